@@ -1,0 +1,437 @@
+"""Ingest: embed every image of a folder with one or more frozen backbones into a store.
+
+Decoding (read, hash, decode, resize) runs in DataLoader worker processes, overlapped with the
+model. Work is committed in chunks, each an atomic Lance commit, images before the file records
+that point at them, so a run killed at any moment resumes where it stopped: ids are content
+hashes, inserts are keyed on them, and nothing is embedded twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from embedstore._backbones import Backbone, Pooling, create_backbone
+from embedstore._images import (
+    DEFAULT_MAX_PIXELS,
+    FoundFile,
+    ImageError,
+    decode_image,
+    find_images,
+    hash_bytes,
+    read_bytes,
+)
+from embedstore._metadata import RESERVED, join_metadata, read_metadata
+from embedstore._preprocess import Preprocess
+from embedstore._store import EmbDtype, Store, StoreError, connect
+
+_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+
+
+class IngestError(ValueError):
+    """The ingest cannot run at all (bad folder, bad options); the message says what to do."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IngestError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise IngestError(f"unknown device {device!r}; valid: auto, cpu, cuda")
+    return torch.device(device)
+
+
+@dataclass
+class _Work:
+    path: str
+    rel: str
+    known_id: str | None
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Reads, hashes, decodes and preprocesses one file per item (runs in worker processes)."""
+
+    def __init__(self, work: list[_Work], preprocs: list[Preprocess], max_pixels: int) -> None:
+        self.work, self.preprocs, self.max_pixels = work, preprocs, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        w = self.work[i]
+        try:
+            data = read_bytes(w.path)
+            image_id = w.known_id or hash_bytes(data)
+            im = decode_image(data, self.max_pixels)
+            arrays = [p(im) for p in self.preprocs]
+            return {"i": i, "id": image_id, "arrays": arrays, "size": im.size, "bytes": len(data)}
+        except ImageError as e:
+            return {"i": i, "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - any decoder failure loses one file, not the run
+            return {"i": i, "error": f"cannot decode: {type(e).__name__}: {e}"}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [it for it in items if "error" not in it]
+    n_pre = len(ok[0]["arrays"]) if ok else 0
+    stacks = [torch.from_numpy(np.stack([it["arrays"][k] for it in ok])) for k in range(n_pre)]
+    for it in ok:
+        del it["arrays"]
+    return {"ok": ok, "stacks": stacks, "errors": [it for it in items if "error" in it]}
+
+
+def _label_and_split(rel: str) -> tuple[str | None, str | None]:
+    parts = rel.split("/")
+    label = parts[-2] if len(parts) >= 2 else None
+    split = next((_SPLIT_NAMES[p.lower()] for p in parts[:-2] if p.lower() in _SPLIT_NAMES), None)
+    if label is not None and label.lower() in _SPLIT_NAMES and len(parts) == 2:
+        split, label = _SPLIT_NAMES[label.lower()], None  # root/train/x.jpg: a split, no class
+    return label, split
+
+
+def ingest(
+    images_dir: str | os.PathLike,
+    store: str | os.PathLike | Store | None = None,
+    *,
+    backbones: list[str] | tuple[str, ...] = ("efficientnet-lite0",),
+    pooling: Pooling = "cls",
+    metadata: str | os.PathLike | None = None,
+    label_column: str | None = None,
+    join_column: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | None = None,
+    dtype: EmbDtype = "float16",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    commit_every: int = 512,
+    progress: bool = True,
+    backbone_objects: list[Backbone] | None = None,
+) -> dict[str, Any]:
+    """Embed every image under ``images_dir`` into ``store``; returns a summary dict.
+
+    Re-running adds only what is new; a new backbone embeds only for that backbone.
+
+    >>> summary = ingest("photos/", "my-store", backbones=["efficientnet-lite0"])
+    """
+    t0 = time.perf_counter()
+    root = Path(images_dir).expanduser()
+    if not root.exists():
+        raise IngestError(f"{root}: images folder not found")
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a folder; give the folder that holds the images")
+    if batch_size < 1:
+        raise IngestError(f"--batch-size must be at least 1, not {batch_size}")
+    if dtype not in ("float16", "float32"):
+        raise IngestError(f"unknown dtype {dtype!r}; valid: float16, float32")
+    root = root.resolve()
+    st = store if isinstance(store, Store) else connect(store)
+    dev = resolve_device(device)
+    meta = read_metadata(metadata, join_column) if metadata is not None else None
+    if label_column is not None:
+        if meta is None:
+            raise IngestError("--label-column needs --metadata FILE")
+        if label_column not in meta.table.column_names:
+            raise IngestError(
+                f"{metadata}: label column {label_column!r} not found; columns: {', '.join(meta.table.column_names)}"
+            )
+    models = backbone_objects or [create_backbone(b, pooling) for b in dict.fromkeys(backbones)]
+    for m in models:
+        m.to(dev)
+
+    # ---- scan
+    found: list[FoundFile] = list(find_images(root))
+    supported = [f for f in found if f.supported]
+    skipped: list[dict[str, Any]] = [
+        {"root": str(root), "rel": f.rel, "reason": f"unsupported format ({Path(f.rel).suffix})"}
+        for f in found if not f.supported
+    ]  # fmt: skip
+    if not found:
+        raise IngestError(
+            f"{root}: no image files found (looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
+        )
+
+    # ---- per-file label, split and metadata
+    rels = [f.rel for f in supported]
+    labels_split = [_label_and_split(r) for r in rels]
+    meta_cols: dict[str, pa.Array] = {}
+    warnings: list[str] = []
+    if meta is not None:
+        joined = join_metadata(meta, rels)
+        warnings += joined.warnings
+        meta_cols = dict(joined.columns)
+        if label_column is not None:
+            lab = meta_cols.pop(label_column).cast(pa.string()).to_pylist()
+            labels_split = [(lab[i], s) for i, (_, s) in enumerate(labels_split)]
+        meta_cols = {(f"meta_{k}" if k in RESERVED else k): v for k, v in meta_cols.items()}
+    rel_pos = {r: i for i, r in enumerate(rels)}
+
+    # ---- what is already there
+    index = st.file_index(str(root))
+    store_ids = st.all_ids()
+    have = {m.name: st.ids_with_embedding(m.column) for m in models}
+    for m in models:
+        st.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
+    work: list[_Work] = []
+    unchanged_ids: set[str] = set()
+    queued_ids: set[str] = set()
+    for f in supported:
+        prev = index.get(f.rel)
+        if prev is not None and prev[0] == f.size and prev[1] == f.mtime_ns and prev[2] in store_ids:
+            image_id = prev[2]
+            missing = any(image_id not in have[m.name] for m in models)
+            if missing and image_id not in queued_ids:
+                work.append(_Work(str(f.path), f.rel, image_id))
+                queued_ids.add(image_id)
+            else:
+                unchanged_ids.add(image_id)
+        else:
+            work.append(_Work(str(f.path), f.rel, None))
+
+    if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
+        _update_existing_metadata(st, index, store_ids, rel_pos, labels_split, meta_cols, label_column)
+
+    # ---- decode in workers, embed, commit in chunks
+    preprocs = list(dict.fromkeys(m.preprocess for m in models))
+    pre_of = [preprocs.index(m.preprocess) for m in models]
+    n_workers = _default_workers() if workers is None else max(0, workers)
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(work, preprocs, max_pixels), batch_size=batch_size, shuffle=False,
+        num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if n_workers else None, persistent_workers=False,
+        multiprocessing_context="spawn" if n_workers else None,
+    )  # fmt: skip
+    stats = Counter()
+    pending = _Pending()
+    seen_this_run: dict[str, str] = {}  # id -> first rel in this run
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(work), unit="img", desc=f"ingest {root.name}", disable=not progress, smoothing=0.1)
+    try:
+        for batch in loader:
+            for e in batch["errors"]:
+                skipped.append({"root": str(root), "rel": work[e["i"]].rel, "reason": e["error"]})
+            embed_rows: list[int] = []  # positions in batch["ok"] that need a forward pass
+            for k, it in enumerate(batch["ok"]):
+                w = work[it["i"]]
+                image_id = it["id"]
+                pending.files.append((w.rel, image_id))
+                pending.ok_rels.append(w.rel)
+                first = seen_this_run.get(image_id)
+                if first is not None:  # same bytes twice in this run: one image, both paths
+                    pending.add_path(image_id, w.rel)
+                    stats["duplicates"] += 1
+                    continue
+                seen_this_run[image_id] = w.rel
+                if image_id in store_ids and all(image_id in have[m.name] for m in models):
+                    pending.add_path(image_id, w.rel)  # renamed / duplicated file of a stored image
+                    stats["duplicates" if w.known_id is None else "unchanged"] += 1
+                    continue
+                embed_rows.append(k)
+            if embed_rows:
+                sel = torch.tensor(embed_rows)
+                embs = {}
+                for m, p in zip(models, pre_of, strict=True):
+                    x = batch["stacks"][p].index_select(0, sel)
+                    e = m.embed(x).cpu().numpy()  # (b, dim)
+                    embs[m.name] = e.astype(np.float16 if dtype == "float16" else np.float32)
+                for j, k in enumerate(embed_rows):
+                    it = batch["ok"][k]
+                    w = work[it["i"]]
+                    row_embs = {m.column: embs[m.name][j] for m in models}
+                    bad = [m.name for m in models if not np.isfinite(row_embs[m.column]).all()]
+                    if bad:
+                        skipped.append({"root": str(root), "rel": w.rel, "reason": f"backbone {bad[0]} gave a non-finite embedding"})
+                        continue
+                    if it["id"] in store_ids:  # stored image missing some backbone
+                        for m in models:
+                            if it["id"] not in have[m.name]:
+                                pending.updates.setdefault(m.column, []).append((it["id"], row_embs[m.column]))
+                                stats[f"embedded:{m.name}"] += 1
+                    else:
+                        pos = rel_pos[w.rel]
+                        label, split = labels_split[pos]
+                        row = {"id": it["id"], "path": w.rel, "paths": [w.rel], "root": str(root),
+                               "label": label, "split": split, "width": it["size"][0],
+                               "height": it["size"][1], "bytes": it["bytes"]}  # fmt: skip
+                        pending.new.append((row, pos, row_embs))
+                        stats["new"] += 1
+                        for m in models:
+                            stats[f"embedded:{m.name}"] += 1
+            bar.update(len(batch["ok"]) + len(batch["errors"]))
+            if pending.size() >= commit_every:
+                _commit(st, root, pending, models, dtype, meta_cols, skipped, store_ids, have)
+        _commit(st, root, pending, models, dtype, meta_cols, skipped, store_ids, have)
+    finally:
+        bar.close()
+    _maybe_compact(st)
+
+    seconds = time.perf_counter() - t0
+    total_in_store = st.count()
+    run_skips = Counter(s["reason"].split(":")[0].split("(")[0].strip() for s in skipped)
+    summary = {
+        "root": str(root),
+        "store": str(st.path),
+        "files_found": len(found),
+        "new_images": stats["new"],
+        "already_stored": len(unchanged_ids) + stats["unchanged"],
+        "duplicates": stats["duplicates"],
+        "embedded": {m.name: stats[f"embedded:{m.name}"] for m in models},
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(run_skips),
+        "skipped_file": str(st.path / "skipped.csv"),
+        "warnings": warnings,
+        "images_in_store": total_in_store,
+        "store_version": st.version,
+        "device": str(dev),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(work) / seconds, 1) if seconds > 0 else None,
+    }
+    summary["ok"] = total_in_store > 0 and (len(supported) - len([s for s in skipped if not s["reason"].startswith("unsupported")]) > 0)
+    return summary
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.new: list[tuple[dict, int, dict]] = []
+        self.updates: dict[str, list[tuple[str, np.ndarray]]] = {}
+        self.paths: dict[str, list[str]] = {}
+        self.files: list[tuple[str, str]] = []
+        self.ok_rels: list[str] = []
+        self.skipped_from = 0  # skipped[skipped_from:] are not recorded in the store yet
+
+    def add_path(self, image_id: str, rel: str) -> None:
+        for row, _, _ in self.new:
+            if row["id"] == image_id:
+                if rel not in row["paths"]:
+                    row["paths"].append(rel)
+                return
+        self.paths.setdefault(image_id, []).append(rel)
+
+    def size(self) -> int:
+        return len(self.files)
+
+    def clear(self) -> None:
+        skipped_from = self.skipped_from
+        self.__init__()
+        self.skipped_from = skipped_from
+
+
+def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: str,
+            meta_cols: dict[str, pa.Array], skipped: list[dict], store_ids: set[str],
+            have: dict[str, set[str]]) -> None:  # fmt: skip
+    """Write one chunk: images, then embeddings of old images, then paths, then file records."""
+    if p.new:
+        cols: dict[str, Any] = {k: [r[k] for r, _, _ in p.new] for k in p.new[0][0]}
+        schema_fields = [
+            pa.field("id", pa.string()), pa.field("path", pa.string()),
+            pa.field("paths", pa.list_(pa.string())), pa.field("root", pa.string()),
+            pa.field("label", pa.string()), pa.field("split", pa.string()),
+            pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("bytes", pa.int64()),
+        ]  # fmt: skip
+        arrays = [pa.array(cols[f.name], f.type) for f in schema_fields]
+        arrays.append(pa.array([_now()] * len(p.new), pa.string()))
+        schema_fields.append(pa.field("added_at", pa.string()))
+        pos = pa.array([q for _, q, _ in p.new])
+        for name, col in meta_cols.items():
+            arrays.append(col.take(pos))
+            schema_fields.append(pa.field(name, col.type))
+        for m in models:
+            f = st.embedding_field(m.column, m.dim, dtype, m.describe())
+            flat = np.stack([e[m.column] for _, _, e in p.new]).reshape(-1)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), m.dim))
+            schema_fields.append(f)
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(schema_fields))
+        st.insert_images(table)
+        for r, _, _ in p.new:
+            store_ids.add(r["id"])
+            for m in models:
+                have[m.name].add(r["id"])
+    for column, items in p.updates.items():
+        m = next(m for m in models if m.column == column)
+        flat = np.stack([e for _, e in items]).reshape(-1)
+        t = pa.table({"id": [i for i, _ in items],
+                      column: pa.FixedSizeListArray.from_arrays(pa.array(flat), m.dim)})  # fmt: skip
+        st.update_columns(t)
+        for i, _ in items:
+            have[m.name].add(i)
+    if p.paths:
+        ids = list(p.paths)
+        where = "id IN (" + ", ".join("'" + i + "'" for i in ids) + ")"
+        cur = st.read(columns=["id", "paths"], where=where)
+        known = dict(zip(cur.column("id").to_pylist(), cur.column("paths").to_pylist(), strict=True))
+        rows = []
+        for i in ids:
+            if i not in known:
+                continue
+            merged = list(known[i] or [])
+            for rel in p.paths[i]:
+                if rel not in merged:
+                    merged.append(rel)
+            if merged != known[i]:
+                rows.append({"id": i, "paths": merged})
+        if rows:
+            st.update_columns(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("paths", pa.list_(pa.string()))])))
+    if p.files:
+        recs = []
+        for rel, image_id in p.files:
+            try:
+                s = os.stat(root / rel)
+            except OSError:
+                continue
+            recs.append({"root": str(root), "rel": rel, "size": s.st_size, "mtime_ns": s.st_mtime_ns, "id": image_id})
+        st.record_files(pa.Table.from_pylist(recs, schema=pa.schema(
+            [("root", pa.string()), ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("id", pa.string())])))  # fmt: skip
+    st.clear_skipped(str(root), p.ok_rels)
+    st.record_skipped(skipped[p.skipped_from :])
+    n = len(skipped)
+    p.clear()
+    p.skipped_from = n
+
+
+def _update_existing_metadata(st: Store, index, store_ids, rel_pos, labels_split, meta_cols, label_column) -> None:
+    rows_id, rows_pos = [], []
+    for rel, (_, _, image_id) in index.items():
+        if image_id in store_ids and rel in rel_pos:
+            rows_id.append(image_id)
+            rows_pos.append(rel_pos[rel])
+    if not rows_id:
+        return
+    first: dict[str, int] = {}
+    for i, pos in zip(rows_id, rows_pos, strict=True):
+        first.setdefault(i, pos)
+    ids = list(first)
+    pos = pa.array([first[i] for i in ids])
+    cols = {"id": pa.array(ids, pa.string())}
+    for name, col in meta_cols.items():
+        cols[name] = col.take(pos)
+    if label_column is not None:
+        cols["label"] = pa.array([labels_split[first[i]][0] for i in ids], pa.string())
+    st.update_columns(pa.table(cols))
+
+
+def _default_workers() -> int:
+    n = os.cpu_count() or 1
+    return max(1, min(n - 1, 16))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _maybe_compact(st: Store) -> None:
+    """Merge the many small fragments of a chunked ingest (one atomic commit)."""
+    st.compact(min_fragments=16)
+
+
+__all__ = ["IngestError", "StoreError", "ingest", "resolve_device"]

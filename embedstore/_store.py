@@ -1,0 +1,461 @@
+"""The Lance store: the only module that imports lance.
+
+Layout of a store folder (readable with ``lance.dataset``, DuckDB or Polars):
+
+- ``images.lance``: one row per unique image (``id`` = SHA-256 of its bytes) with ``path``,
+  ``paths`` (every name the same bytes were found under), ``root``, ``label``, ``split``,
+  ``width``, ``height``, ``bytes``, ``added_at``, the metadata columns, an optional ``fold``, and
+  one fixed-size-list column per backbone (``emb_<name>``). Each embedding field's metadata holds
+  ``embedstore`` = JSON that reproduces it (backbone, source, weights hash, pooling, input size,
+  mean/std, dim, dtype, library versions).
+- ``files.lance``: (root, rel, size, mtime_ns, id) for every ingested file, so re-runs skip
+  unchanged files without reading them.
+- ``skipped.lance`` and ``skipped.csv``: every file that was not ingested, with its reason.
+- ``indexes/``: ANN indexes built by ``embedstore index``.
+
+Every write is one atomic Lance commit, so a process killed at any moment leaves the store at
+the last commit; ingest resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+STORE_FORMAT = 1
+EMB_PREFIX = "emb_"
+_META_KEY = "embedstore"
+EmbDtype = Literal["float16", "float32"]
+
+
+class StoreError(ValueError):
+    """A store problem the user can act on; the message says what to do."""
+
+
+def default_store_path() -> str:
+    return os.environ.get("EMBEDSTORE_PATH", "./embedstore")
+
+
+def connect(path: str | os.PathLike | None = None, *, create: bool = True) -> Store:
+    """Open (or create) the store at ``path`` (default ``$EMBEDSTORE_PATH`` or ``./embedstore``)."""
+    return Store(path or default_store_path(), create=create)
+
+
+def _import_lance():
+    import lance
+
+    return lance
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    column: str
+    backbone: str
+    dim: int
+    dtype: str
+    describe: dict[str, Any]
+
+
+class Store:
+    """A folder of Lance tables holding images, their metadata and their embeddings."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
+        self.path = Path(path).expanduser()
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path}: store path is a file, not a folder; choose another --store")
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`")
+            self.path.mkdir(parents=True)
+        elif any(self.path.iterdir()) and not (self.path / "images.lance").exists() and not create:
+            raise StoreError(f"{self.path}: not an embedstore store (no images.lance)")
+        self._lance = _import_lance()
+
+    # ------------------------------------------------------------------ low level
+
+    def _uri(self, table: str) -> str:
+        return str(self.path / f"{table}.lance")
+
+    def _open(self, table: str):
+        uri = self._uri(table)
+        if not os.path.exists(uri):
+            return None
+        return self._lance.dataset(uri)
+
+    def _write(self, table: str, data: pa.Table, mode: str = "append") -> None:
+        ds = self._open(table)
+        if ds is None:
+            self._lance.write_dataset(data, self._uri(table), mode="create")
+        else:
+            self._lance.write_dataset(data, self._uri(table), mode=mode)
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / "images.lance").exists()
+
+    @property
+    def version(self) -> int:
+        ds = self._open("images")
+        return 0 if ds is None else int(ds.version)
+
+    def schema(self) -> pa.Schema | None:
+        ds = self._open("images")
+        return None if ds is None else ds.schema
+
+    def count(self, where: str | None = None) -> int:
+        ds = self._open("images")
+        if ds is None:
+            return 0
+        return int(ds.count_rows(filter=where)) if where else int(ds.count_rows())
+
+    # ------------------------------------------------------------------ embeddings metadata
+
+    def embeddings_info(self) -> dict[str, EmbeddingInfo]:
+        """Backbones in the store, keyed by backbone name."""
+        schema = self.schema()
+        out: dict[str, EmbeddingInfo] = {}
+        if schema is None:
+            return out
+        for f in schema:
+            if not f.name.startswith(EMB_PREFIX):
+                continue
+            md = f.metadata or {}
+            desc = json.loads(md.get(_META_KEY.encode(), b"{}") or b"{}")
+            name = desc.get("backbone", f.name[len(EMB_PREFIX) :])
+            dtype = str(f.type.value_type)
+            dtype = {"halffloat": "float16", "float": "float32"}.get(dtype, dtype)
+            out[name] = EmbeddingInfo(f.name, name, f.type.list_size, dtype, desc)
+        return out
+
+    def resolve_backbone(self, backbone: str | None) -> EmbeddingInfo:
+        """The embedding column for ``backbone`` (a name or column), or the only one there is."""
+        infos = self.embeddings_info()
+        if not infos:
+            raise StoreError(f"{self.path}: the store has no embeddings; run `embedstore ingest` first")
+        if backbone is None:
+            if len(infos) > 1:
+                raise StoreError(
+                    f"{self.path}: the store has several backbones ({', '.join(infos)}); choose one with --backbone"
+                )
+            return next(iter(infos.values()))
+        for info in infos.values():
+            if backbone in (info.backbone, info.column) or info.column == _column_of(backbone):
+                return info
+        raise StoreError(
+            f"{self.path}: no embeddings for backbone {backbone!r}; the store has: {', '.join(infos)}"
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def ensure_embedding_column(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> None:
+        """Add an (all null) embedding column described by ``describe`` if it is not there yet."""
+        ds = self._open("images")
+        pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
+        meta = {_META_KEY: json.dumps({**describe, "dtype": dtype}, sort_keys=True)}
+        if ds is None:
+            return
+        if column in ds.schema.names:
+            f = ds.schema.field(column)
+            if f.type != pa_type:
+                raise StoreError(
+                    f"{self.path}: column {column} holds {f.type}, not {pa_type}; use another backbone name"
+                )
+            return
+        ds.add_columns(pa.field(column, pa_type, metadata=meta))
+        self._lance.dataset(self._uri("images")).update_field_metadata({column: meta}, replace=True)
+
+    def embedding_field(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> pa.Field:
+        pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
+        meta = {_META_KEY: json.dumps({**describe, "dtype": dtype}, sort_keys=True)}
+        return pa.field(column, pa_type, metadata=meta)
+
+    def insert_images(self, rows: pa.Table) -> int:
+        """Insert rows whose ``id`` is not in the store yet (others are left as they are).
+
+        The first insert creates the table with ``rows``' schema; later inserts add any new
+        columns (as nulls for the old rows) first. Returns the number of rows inserted.
+        """
+        if rows.num_rows == 0:
+            return 0
+        ds = self._open("images")
+        if ds is None:
+            self._lance.write_dataset(rows, self._uri("images"), mode="create")
+            self.set_table_metadata({"format": STORE_FORMAT, "created_at": _now()})
+            return rows.num_rows
+        self._add_missing_columns(ds, rows.schema)
+        ds = self._open("images")
+        rows = _conform(rows, ds.schema)
+        res = ds.merge_insert("id").when_not_matched_insert_all().execute(rows)
+        return int(res["num_inserted_rows"])
+
+    def update_columns(self, rows: pa.Table, key: str = "id") -> int:
+        """Update the given columns of existing rows matched on ``key`` (new columns are added)."""
+        if rows.num_rows == 0:
+            return 0
+        ds = self._open("images")
+        if ds is None:
+            raise StoreError(f"{self.path}: the store is empty")
+        self._add_missing_columns(ds, rows.schema)
+        ds = self._open("images")
+        rows = rows.cast(pa.schema([ds.schema.field(n) for n in rows.column_names]))
+        res = ds.merge_insert(key).when_matched_update_all().execute(rows)
+        return int(res["num_updated_rows"])
+
+    def _add_missing_columns(self, ds, schema: pa.Schema) -> None:
+        missing = [f for f in schema if f.name not in ds.schema.names]
+        if missing:
+            ds.add_columns(missing)
+            md = {f.name: f.metadata for f in missing if f.metadata}
+            if md:
+                self._lance.dataset(self._uri("images")).update_field_metadata(
+                    {k: {kk.decode() if isinstance(kk, bytes) else kk: vv.decode() if isinstance(vv, bytes) else vv for kk, vv in v.items()} for k, v in md.items()},
+                    replace=True,
+                )
+
+    def set_table_metadata(self, values: dict[str, Any]) -> None:
+        ds = self._open("images")
+        if ds is None:
+            return
+        current = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
+        current.update({f"{_META_KEY}.{k}": json.dumps(v) for k, v in values.items()})
+        ds.update_schema_metadata(current)
+
+    def table_metadata(self) -> dict[str, Any]:
+        schema = self.schema()
+        out = {}
+        for k, v in ((schema.metadata or {}) if schema is not None else {}).items():
+            k = k.decode()
+            if k.startswith(_META_KEY + "."):
+                out[k[len(_META_KEY) + 1 :]] = json.loads(v.decode())
+        return out
+
+    def record_files(self, rows: pa.Table) -> None:
+        """Upsert (root, rel) -> (size, mtime_ns, id) for ingested files."""
+        if rows.num_rows == 0:
+            return
+        ds = self._open("files")
+        if ds is None:
+            self._lance.write_dataset(rows, self._uri("files"), mode="create")
+            return
+        ds.merge_insert(["root", "rel"]).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+    def file_index(self, root: str) -> dict[str, tuple[int, int, str]]:
+        """``rel -> (size, mtime_ns, id)`` for files already ingested from ``root``."""
+        ds = self._open("files")
+        if ds is None:
+            return {}
+        t = ds.to_table(columns=["rel", "size", "mtime_ns", "id"], filter=f"root = {_sql_str(root)}")
+        return {
+            r: (s, m, i)
+            for r, s, m, i in zip(
+                t.column("rel").to_pylist(), t.column("size").to_pylist(),
+                t.column("mtime_ns").to_pylist(), t.column("id").to_pylist(), strict=True,
+            )
+        }  # fmt: skip
+
+    def record_skipped(self, rows: list[dict[str, Any]]) -> None:
+        """Record skipped files (root, rel, reason); a later success removes the record."""
+        if not rows:
+            return
+        t = pa.Table.from_pylist(
+            [{**r, "at": _now()} for r in rows],
+            schema=pa.schema([("root", pa.string()), ("rel", pa.string()), ("reason", pa.string()), ("at", pa.string())]),
+        )
+        ds = self._open("skipped")
+        if ds is None:
+            self._lance.write_dataset(t, self._uri("skipped"), mode="create")
+        else:
+            ds.merge_insert(["root", "rel"]).when_matched_update_all().when_not_matched_insert_all().execute(t)
+        self._write_skipped_csv()
+
+    def clear_skipped(self, root: str, rels: list[str]) -> None:
+        ds = self._open("skipped")
+        if ds is None or not rels:
+            return
+        t = ds.to_table(columns=["rel"], filter=f"root = {_sql_str(root)}")
+        present = set(t.column("rel").to_pylist()) & set(rels)
+        if present:
+            ds.delete(f"root = {_sql_str(root)} AND rel IN ({', '.join(_sql_str(r) for r in sorted(present))})")
+            self._write_skipped_csv()
+
+    def skipped(self) -> pa.Table:
+        ds = self._open("skipped")
+        if ds is None:
+            return pa.table({"root": pa.array([], pa.string()), "rel": pa.array([], pa.string()), "reason": pa.array([], pa.string()), "at": pa.array([], pa.string())})
+        return ds.to_table()
+
+    def _write_skipped_csv(self) -> None:
+        import pyarrow.csv as pcsv
+
+        tmp = self.path / "skipped.csv.tmp"
+        pcsv.write_csv(self.skipped(), tmp)
+        os.replace(tmp, self.path / "skipped.csv")
+
+    def compact(self, min_fragments: int = 16) -> None:
+        """Merge small fragments (after a chunked ingest) when there are ``min_fragments`` or more."""
+        for name in ("images", "files"):
+            ds = self._open(name)
+            if ds is not None and len(ds.get_fragments()) >= min_fragments:
+                ds.optimize.compact_files()
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        """Rows as a pyarrow table, optionally only ``columns`` and rows matching SQL ``where``."""
+        ds = self._open("images")
+        if ds is None:
+            raise StoreError(f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`")
+        if columns is not None:
+            unknown = [c for c in columns if c not in ds.schema.names]
+            if unknown:
+                raise StoreError(f"{self.path}: no column(s) {', '.join(unknown)}; columns: {', '.join(n for n in ds.schema.names if not n.startswith(EMB_PREFIX))}")
+        try:
+            return ds.to_table(columns=columns, filter=where)
+        except (ValueError, OSError) as e:
+            if where:
+                raise StoreError(f"invalid --where expression {where!r}: {str(e).splitlines()[0]}") from e
+            raise
+
+    def ids_with_embedding(self, column: str) -> set[str]:
+        ds = self._open("images")
+        if ds is None or column not in ds.schema.names:
+            return set()
+        return set(ds.to_table(columns=["id"], filter=f"{column} IS NOT NULL").column("id").to_pylist())
+
+    def all_ids(self) -> set[str]:
+        ds = self._open("images")
+        if ds is None:
+            return set()
+        return set(ds.to_table(columns=["id"]).column("id").to_pylist())
+
+    def embeddings(
+        self,
+        backbone: str | None = None,
+        *,
+        where: str | None = None,
+        columns: tuple[str, ...] | list[str] = ("id", "label"),
+        dtype: str = "float32",
+        as_torch: bool = False,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One backbone's embeddings ``(N, dim)`` and the chosen columns, for rows with one.
+
+        ``where`` is a SQL filter on any column (``"label = 'daisy'"``, ``"fold != 0"``).
+        Returns ``(X, {column: array})``; ``X`` is numpy (or a torch tensor with ``as_torch``).
+
+        >>> X, cols = connect("store").embeddings("efficientnet-lite0", where="label IS NOT NULL")
+        """
+        info = self.resolve_backbone(backbone)
+        filt = f"{info.column} IS NOT NULL" + (f" AND ({where})" if where else "")
+        t = self.read(columns=[info.column, *columns], where=filt)
+        emb = t.column(info.column).combine_chunks() if t.num_rows else None
+        if emb is None or t.num_rows == 0:
+            X = np.zeros((0, info.dim), dtype=dtype)
+        else:
+            X = emb.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, info.dim)
+            if X.dtype != np.dtype(dtype) or not X.flags.writeable:
+                X = X.astype(dtype)  # a writable copy: callers (and torch) may write to it
+        out = {c: _to_numpy(t.column(c)) for c in columns}
+        if as_torch:
+            import torch
+
+            return torch.from_numpy(X), out
+        return X, out
+
+    # ------------------------------------------------------------------ summary
+
+    def info(self) -> dict[str, Any]:
+        """Counts, classes with a long-tail summary, backbones, version, size, skipped files."""
+        out: dict[str, Any] = {"store": str(self.path), "exists": self.exists}
+        ds = self._open("images")
+        skipped = self.skipped()
+        reasons = {}
+        if skipped.num_rows:
+            for r in skipped.column("reason").to_pylist():
+                key = r.split(":")[0].split("(")[0].strip()
+                reasons[key] = reasons.get(key, 0) + 1
+        out["skipped"] = {"count": skipped.num_rows, "by_reason": reasons, "file": str(self.path / "skipped.csv")}
+        if ds is None:
+            out.update(images=0, labelled=0, unlabelled=0, classes={"count": 0}, backbones=[], version=0)
+            out["size_bytes"] = _du(self.path)
+            return out
+        t = ds.to_table(columns=["label"])
+        labels = t.column("label")
+        n = t.num_rows
+        n_lab = n - labels.null_count
+        counts = pc.value_counts(labels.drop_null()).to_pylist() if n_lab else []
+        sizes = sorted(((c["counts"], c["values"]) for c in counts), reverse=True)
+        cls: dict[str, Any] = {"count": len(sizes)}
+        if sizes:
+            arr = np.array([s for s, _ in sizes])
+            cls.update(
+                largest={"label": sizes[0][1], "images": int(sizes[0][0])},
+                smallest={"label": sizes[-1][1], "images": int(sizes[-1][0])},
+                median_images=float(np.median(arr)),
+                under_5_images=int((arr < 5).sum()),
+                imbalance_ratio=round(float(arr[0] / arr[-1]), 2),
+            )
+        backbones = []
+        for info in self.embeddings_info().values():
+            have = int(ds.count_rows(filter=f"{info.column} IS NOT NULL"))
+            backbones.append({"name": info.backbone, "column": info.column, "dim": info.dim,
+                              "dtype": info.dtype, "embedded": have, "source": info.describe.get("source")})  # fmt: skip
+        cols = [f.name for f in ds.schema if not f.name.startswith(EMB_PREFIX)]
+        out.update(
+            images=n, labelled=n_lab, unlabelled=n - n_lab, classes=cls, backbones=backbones,
+            version=int(ds.version), columns=cols, size_bytes=_du(self.path),
+            folds=self.table_metadata().get("folds"),
+        )  # fmt: skip
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _column_of(name: str) -> str:
+    return EMB_PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dp, _, fns in os.walk(path):
+        for f in fns:
+            try:
+                total += os.path.getsize(os.path.join(dp, f))
+            except OSError:
+                pass
+    return total
+
+
+def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or col.null_count:
+        return np.array(col.to_pylist(), dtype=object)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Give ``rows`` exactly ``schema``'s columns (missing ones as nulls), in its order."""
+    cols = []
+    for f in schema:
+        if f.name in rows.column_names:
+            cols.append(rows.column(f.name).cast(f.type))
+        else:
+            cols.append(pa.nulls(rows.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)

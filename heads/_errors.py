@@ -1,0 +1,5 @@
+"""The one exception type for bad input to heads (a clear message that says what to do)."""
+
+
+class HeadsError(ValueError):
+    """Bad input for a head, a run or an ensemble; ``str(e)`` says what to do."""

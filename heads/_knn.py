@@ -1,0 +1,313 @@
+"""Non-parametric heads on L2-normalised embeddings: kNN voting and class centroids.
+
+``KNNHead`` follows the DINOv2 k-NN evaluation protocol: cosine similarity to the training
+embeddings, each of the top-k neighbours votes for its class with weight ``exp(sim / T)``, and
+the class scores are normalised to probabilities. Several k are scored from one search.
+``CentroidHead`` is the nearest-class-mean classifier with cosine logits ``cos / T``.
+
+Both store what they learned as tensors plus a JSON config (``get_state`` / ``from_state``),
+never a pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+
+from heads._registry import register_head
+from heads._search import IndexKind, NeighborIndex, as_float32, l2_normalize
+
+DEFAULT_K = 20
+DEFAULT_KS = (10, 20, 100, 200)
+_LOG_EPS = 1e-12  # decision_function = log(max(p, eps)): classes without votes get log(1e-12)
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_labels(y: Any, n: int) -> np.ndarray:
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must be 1-D with one label per row of X ({n}); got shape {y.shape}")
+    return y
+
+
+def classes_to_json(classes: np.ndarray) -> list:
+    """Class labels as plain Python ``str``/``int``/``float`` values for a JSON config."""
+    return [c.item() if isinstance(c, np.generic) else c for c in np.asarray(classes).tolist()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.device):
+        return str(value)
+    return value
+
+
+def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    classes, y_idx = np.unique(y, return_inverse=True)
+    return classes, y_idx.astype(np.int64).ravel()
+
+
+def _class_sums(X: np.ndarray, y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class sums of rows of ``X`` ``(N, d)`` -> ``(C, d)`` float64 (every class present)."""
+    order = np.argsort(y_idx, kind="stable")
+    starts = np.searchsorted(y_idx[order], np.arange(n_classes))  # (C,)
+    return np.add.reduceat(X[order].astype(np.float64), starts, axis=0)  # (C, d)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- kNN
+@register_head("knn")
+class KNNHead(ClassifierMixin, BaseEstimator):
+    """Temperature-weighted kNN voting on cosine similarity (DINOv2 k-NN protocol).
+
+    - ``k``: neighbours used by ``predict``/``predict_proba``; ``ks``: the neighbour counts
+      scored together by :meth:`predict_proba_multi_k`.
+    - ``k`` or ``ks`` larger than the training set raise ``ValueError`` at ``fit``, except that
+      the *defaults* (``k=20``, ``ks=(10, 20, 100, 200)``) are clamped silently to the training
+      size, so the default head works on small data (e.g. ``ks_ == (10, 20, 50)`` for 50 rows).
+    - ``index``/``backend``/``device``/``batch_size``: passed to :class:`NeighborIndex`.
+
+    Training embeddings are normalised and rounded to float16 at ``fit`` (that is what
+    ``get_state`` stores), so a head rebuilt with ``from_state`` predicts identically.
+    ``decision_function`` gives ``log(max(p, 1e-12))``.
+    """
+
+    def __init__(
+        self,
+        k: int = DEFAULT_K,
+        ks: Sequence[int] = DEFAULT_KS,
+        temperature: float = 0.07,
+        index: IndexKind = "auto",
+        backend: str = "auto",
+        device: str | torch.device = "auto",
+        batch_size: int = 4096,
+    ) -> None:
+        self.k = k
+        self.ks = ks
+        self.temperature = temperature
+        self.index = index
+        self.backend = backend
+        self.device = device
+        self.batch_size = batch_size
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        fields: Any = None,
+        aux: Any = None,
+        X_val: Any = None,
+        y_val: Any = None,
+        fields_val: Any = None,
+        **ignored_fit_kw: Any,
+    ) -> KNNHead:
+        """Store ``X`` ``(N, d)`` and labels ``y`` ``(N,)``; metadata and validation are ignored."""
+        emb = l2_normalize(X).astype(np.float16)  # (N, d)
+        y = _as_labels(y, emb.shape[0])
+        classes, y_idx = _encode_labels(y)
+        self._set_fitted(classes, emb, y_idx)
+        return self
+
+    def _set_fitted(self, classes: np.ndarray, emb16: np.ndarray, y_idx: np.ndarray) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        self.k_, self.ks_ = self._resolve_ks(emb16.shape[0])
+        self.classes_ = classes
+        self.embeddings_ = emb16  # (N, d) float16, unit norm up to rounding
+        self.labels_ = y_idx  # (N,) int64 indices into classes_
+        self.n_features_in_ = emb16.shape[1]
+        self.index_ = NeighborIndex(kind=self.index, backend=self.backend, device=self.device)
+        self.index_.build(emb16.astype(np.float32))
+
+    def _resolve_ks(self, n: int) -> tuple[int, tuple[int, ...]]:
+        k, ks = int(self.k), tuple(int(v) for v in self.ks)
+        if k < 1 or not ks or min(ks) < 1:
+            raise ValueError(f"k and ks must be >= 1 (ks non-empty); got k={k}, ks={ks}")
+        if k > n:
+            if k != DEFAULT_K:
+                raise ValueError(
+                    f"k={k} is larger than the training set ({n} stored embeddings); use k <= {n}"
+                )
+            k = n
+        too_big = [v for v in ks if v > n]
+        if too_big and ks != DEFAULT_KS:
+            raise ValueError(
+                f"ks={too_big} larger than the training set ({n} stored embeddings); use k <= {n}"
+            )
+        return k, tuple(sorted({min(v, n) for v in ks}))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "index_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(X, y) first")
+
+    def predict_proba_multi_k(
+        self, X: Any, ks: Sequence[int] | None = None
+    ) -> dict[int, np.ndarray]:
+        """Class probabilities ``{k: (N, C)}`` for every k in ``ks`` (default ``ks_``), one search.
+
+        The search fetches ``max(ks)`` neighbours; each k uses the first k of them.
+        """
+        self._check_fitted()
+        ks = self.ks_ if ks is None else tuple(sorted({int(v) for v in ks}))
+        n = self.labels_.shape[0]
+        if ks[-1] > n:
+            raise ValueError(f"k={ks[-1]} is larger than the training set ({n} stored embeddings)")
+        sims, idx = self.index_.search(X, ks[-1], batch_size=self.batch_size)  # (N, K), (N, K)
+        out = {k: np.empty((sims.shape[0], len(self.classes_)), np.float32) for k in ks}
+        for start in range(0, sims.shape[0], self.batch_size):  # bounds the (B, C) temporaries
+            rows = slice(start, start + self.batch_size)
+            for k, P in self._vote(sims[rows], idx[rows], ks).items():
+                out[k][rows] = P
+        return out
+
+    def _vote(
+        self, sims: np.ndarray, idx: np.ndarray, ks: tuple[int, ...]
+    ) -> dict[int, np.ndarray]:
+        N, C = sims.shape[0], len(self.classes_)
+        valid = idx >= 0  # ANN indices may miss neighbours (-1)
+        labels = self.labels_[np.where(valid, idx, 0)]  # (N, K)
+        # exp(sim / T) relative to the best neighbour: same ratios, no overflow for small T.
+        top = np.where(np.isfinite(sims[:, :1]), sims[:, :1], 0.0)  # (N, 1)
+        w = np.where(valid, np.exp((sims - top) / self.temperature), 0.0)  # (N, K)
+        flat = labels + np.arange(N)[:, None] * C  # (N, K) positions in a flattened (N, C)
+        scores = np.zeros(N * C, dtype=np.float64)
+        out, prev = {}, 0
+        for k in ks:  # ascending: add only the votes of neighbours prev..k
+            scores += np.bincount(flat[:, prev:k].ravel(), w[:, prev:k].ravel(), minlength=N * C)
+            S = scores.reshape(N, C)
+            total = S.sum(axis=1, keepdims=True)  # (N, 1)
+            P = np.divide(S, total, out=np.full_like(S, 1.0 / C), where=total > 0)
+            out[k], prev = P.astype(np.float32), k
+        return out
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(N, C)`` vote shares of the ``k_`` nearest training embeddings; columns = ``classes_``."""
+        self._check_fitted()
+        return self.predict_proba_multi_k(X, (self.k_,))[self.k_]
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``(N, C)`` log-probabilities, floored at ``log(1e-12)``."""
+        return np.log(np.maximum(self.predict_proba(X), _LOG_EPS))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``(N,)`` labels from ``classes_``."""
+        best = self.predict_proba(X).argmax(axis=1)  # (N,)
+        return self.classes_[best]
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64 ``(N,)``)."""
+        self._check_fitted()
+        config = {
+            "head": "knn",
+            "params": {k: _jsonable(v) for k, v in self.get_params().items()},
+            "classes": classes_to_json(self.classes_),
+            "k_": self.k_,
+            "ks_": list(self.ks_),
+        }
+        tensors = {
+            "embeddings": torch.from_numpy(np.ascontiguousarray(self.embeddings_)),
+            "labels": torch.from_numpy(np.ascontiguousarray(self.labels_)),
+        }
+        return config, tensors
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> KNNHead:
+        """Rebuild a fitted head from :meth:`get_state` output (the index is rebuilt)."""
+        params = dict(config["params"])
+        params["ks"] = tuple(params["ks"])
+        head = cls(**params)
+        emb16 = tensors["embeddings"].to(torch.float16).cpu().numpy()
+        labels = tensors["labels"].to(torch.int64).cpu().numpy()
+        head._set_fitted(np.asarray(config["classes"]), emb16, labels)
+        return head
+
+
+# --------------------------------------------------------------------------- centroids
+@register_head("centroid")
+class CentroidHead(ClassifierMixin, BaseEstimator):
+    """Nearest class prototype: prototype = normalised mean of normalised embeddings.
+
+    ``decision_function`` gives cosine logits ``cos(x, prototype_c) / temperature``;
+    ``predict_proba`` is their softmax.
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        self.temperature = temperature
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        fields: Any = None,
+        aux: Any = None,
+        X_val: Any = None,
+        y_val: Any = None,
+        fields_val: Any = None,
+        **ignored_fit_kw: Any,
+    ) -> CentroidHead:
+        """Class prototypes from ``X`` ``(N, d)`` and ``y`` ``(N,)``."""
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        Xn = l2_normalize(X)  # (N, d)
+        classes, y_idx = _encode_labels(_as_labels(y, Xn.shape[0]))
+        self.classes_ = classes
+        self.prototypes_ = l2_normalize(_class_sums(Xn, y_idx, len(classes)))  # (C, d)
+        self.n_features_in_ = Xn.shape[1]
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``(N, C)`` cosine logits ``cos / T``; columns = ``classes_``."""
+        if not hasattr(self, "prototypes_"):
+            raise NotFittedError("CentroidHead is not fitted: call fit(X, y) first")
+        Xn = l2_normalize(X)  # (N, d)
+        if Xn.shape[1] != self.prototypes_.shape[1]:
+            raise ValueError(
+                f"X has {Xn.shape[1]} features, the head was fit on {self.prototypes_.shape[1]}"
+            )
+        return (Xn @ self.prototypes_.T) / np.float32(self.temperature)  # (N, C)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(N, C)`` softmax of the cosine logits."""
+        return _softmax(self.decision_function(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``(N,)`` labels of the nearest prototypes."""
+        best = self.decision_function(X).argmax(axis=1)  # (N,)
+        return self.classes_[best]
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """JSON config and tensors (``prototypes`` float32 ``(C, d)``)."""
+        if not hasattr(self, "prototypes_"):
+            raise NotFittedError("CentroidHead is not fitted: call fit(X, y) first")
+        config = {
+            "head": "centroid",
+            "params": {k: _jsonable(v) for k, v in self.get_params().items()},
+            "classes": classes_to_json(self.classes_),
+        }
+        return config, {"prototypes": torch.from_numpy(np.ascontiguousarray(self.prototypes_))}
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CentroidHead:
+        """Rebuild a fitted head from :meth:`get_state` output."""
+        head = cls(**config["params"])
+        head.classes_ = np.asarray(config["classes"])
+        head.prototypes_ = as_float32(tensors["prototypes"])
+        head.n_features_in_ = head.prototypes_.shape[1]
+        return head

@@ -1,0 +1,685 @@
+"""Linear, MLP and transformer heads on frozen embeddings, and their on-device trainer.
+
+All three are one scikit-learn estimator, :class:`NeuralHead`, with a different ``arch``:
+
+- ``linear``: LayerNorm(embedding) ++ metadata fields -> Dropout -> classifier.
+- ``mlp``: LayerNorm(embedding) ++ metadata fields -> Linear -> GELU -> Dropout -> classifier.
+- ``transformer``: MetaFormer-style fusion. The embedding is one token, each metadata field its
+  own token, plus a learned CLS token; a small pre-norm ``nn.TransformerEncoder`` mixes them and
+  the classifier reads the CLS output.
+
+The classifier is ``nn.Linear``, or cosines to (sub-center) class weights when the loss asks for
+it (``loss.classifier == "cosine"``, the ArcFace family). Auxiliary binary targets (``aux=``, e.g.
+poisonous) get extra output units trained with :class:`heads.losses.CompositeLoss`.
+
+Training keeps every tensor on the device and slices minibatches out of one permutation (or one
+weighted draw) per epoch, so an epoch costs what its matrix products cost.
+
+>>> head = create_head("mlp", hidden=512, epochs=20).fit(X, y, X_val=Xv, y_val=yv)
+>>> head.predict_proba(Xv).shape  # (N, len(head.classes_))
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from heads._metrics import macro_f1
+from heads._registry import register_head
+from heads.losses import CompositeLoss, create_loss
+
+__all__ = [
+    "LinearHead",
+    "MLPHead",
+    "NeuralHead",
+    "TransformerHead",
+    "compute_class_weights",
+    "prior_sample_weights",
+    "resolve_device",
+]
+
+Arch = Literal["linear", "mlp", "transformer"]
+ClassWeights = Literal["none", "inverse", "sqrt-inverse"]
+Sampler = Literal["none", "balanced", "prior"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+_EVAL_BATCH = 8192
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else Apple MPS, else CPU; anything else as given."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def compute_class_weights(class_counts: ArrayLike | Sequence[int], mode: ClassWeights) -> np.ndarray:
+    """Per-class loss weights ``(C,)`` from training counts, scaled so samples average 1.
+
+    ``"inverse"`` is ``N / (C * n_c)`` (scikit-learn's ``"balanced"``), ``"sqrt-inverse"`` is
+    proportional to ``1 / sqrt(n_c)``; both satisfy ``sum_c n_c w_c = N``. ``"none"`` gives ones.
+
+    >>> compute_class_weights([1, 4], "inverse")
+    array([2.5  , 0.625])
+    """
+    _check_choice("class_weights", mode, CLASS_WEIGHTS)
+    n = np.asarray(class_counts, dtype=np.float64)  # (C,)
+    if n.ndim != 1 or (n <= 0).any():
+        raise ValueError(f"class_counts must be a 1-D vector of positive counts, got {n[:10]}")
+    if mode == "none":
+        return np.ones_like(n)
+    raw = 1.0 / n if mode == "inverse" else 1.0 / np.sqrt(n)
+    return raw * n.sum() / (raw * n).sum()
+
+
+def prior_sample_weights(
+    y_train: ArrayLike | Sequence[int], y_val: ArrayLike | Sequence[int], num_classes: int
+) -> np.ndarray:
+    """Per-training-sample weights ``(N,)``: validation class frequency / training frequency.
+
+    The FungiCLEF 2024 sampler: drawing training samples with these weights makes the training
+    class distribution match the validation one. Labels are class indices ``0 .. C-1``; a class
+    absent from the validation data gets weight 0 (never drawn).
+
+    >>> prior_sample_weights([0, 0, 0, 1], [0, 1], 2)  # train freq (.75, .25), val (.5, .5)
+    array([0.66666667, 0.66666667, 0.66666667, 2.        ])
+    """
+    yt = np.asarray(y_train, dtype=np.int64)
+    yv = np.asarray(y_val, dtype=np.int64)
+    if yt.size == 0 or yv.size == 0:
+        raise ValueError("prior_sample_weights needs non-empty y_train and y_val")
+    f_train = np.bincount(yt, minlength=num_classes) / yt.size  # (C,)
+    f_val = np.bincount(yv, minlength=num_classes) / yv.size  # (C,)
+    ratio = np.divide(f_val, f_train, out=np.zeros(num_classes), where=f_train > 0)  # (C,)
+    return ratio[yt]
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class CosineClassifier(nn.Module):
+    """Cosines between L2-normalised features and class weights ``(B, C)``.
+
+    With ``subcenters`` K > 1 each class has K weight vectors (row ``c * K + k``) and its cosine
+    is the max over them (sub-center ArcFace).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, subcenters: int = 1) -> None:
+        super().__init__()
+        self.num_classes, self.subcenters = num_classes, subcenters
+        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, in_features))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cos = F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (B, C*K)
+        if self.subcenters > 1:
+            cos = cos.view(-1, self.num_classes, self.subcenters).amax(-1)  # (B, C)
+        return cos
+
+
+class _HeadNet(nn.Module):
+    """Body (per ``arch``) -> features ``(B, F)`` -> class outputs ``(B, C)`` [+ aux ``(B, A)``]."""
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        input_dim: int,
+        field_dims: Sequence[int],
+        num_classes: int,
+        num_aux: int,
+        hidden: int,
+        dropout: float,
+        classifier: str,
+        subcenters: int,
+        transformer_dim: int,
+        transformer_layers: int,
+        transformer_heads: int,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        if arch in ("linear", "mlp"):
+            self.norm = nn.LayerNorm(input_dim)
+            width = input_dim + sum(field_dims)
+            if arch == "mlp":
+                self.body = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))
+                width = hidden
+            else:
+                self.body = nn.Dropout(dropout)
+        else:
+            d = transformer_dim
+            self.embed = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, d))
+            self.field_proj = nn.ModuleList(nn.Linear(fd, d) for fd in field_dims)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+            self.token_type = nn.Parameter(torch.zeros(1, 2 + len(field_dims), d))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            nn.init.trunc_normal_(self.token_type, std=0.02)
+            layer = nn.TransformerEncoderLayer(
+                d,
+                transformer_heads,
+                dim_feedforward=hidden,
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(
+                layer, transformer_layers, enable_nested_tensor=False
+            )
+            self.out_norm = nn.LayerNorm(d)
+            width = d
+        if classifier == "cosine":
+            self.classifier: nn.Module = CosineClassifier(width, num_classes, subcenters)
+        else:
+            self.classifier = nn.Linear(width, num_classes)
+        self.aux = nn.Linear(width, num_aux) if num_aux else None
+
+    def features(self, x: torch.Tensor, fields: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.arch != "transformer":
+            return self.body(torch.cat([self.norm(x), *fields], dim=1))  # (B, F)
+        tokens = [self.embed(x)] + [p(f) for p, f in zip(self.field_proj, fields, strict=True)]
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, d)
+        seq = torch.cat([cls, torch.stack(tokens, dim=1)], dim=1) + self.token_type  # (B, T, d)
+        return self.out_norm(self.encoder(seq)[:, 0])  # (B, d)
+
+    def forward(
+        self, x: torch.Tensor, fields: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.features(x, fields)  # (B, F)
+        return self.classifier(h), (self.aux(h) if self.aux is not None else None)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _as_matrix(
+    a: ArrayLike, name: str, device: torch.device, *, rows: int | None = None, finite: bool = True
+) -> torch.Tensor:
+    """``a`` as float32 ``(N, d)`` on ``device``; ValueError on NaN/Inf rows or a bad shape."""
+    t = torch.as_tensor(a).detach()
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(t.shape)}")
+    if rows is not None and t.shape[0] != rows:
+        raise ValueError(f"{name} has {t.shape[0]} rows, expected {rows}")
+    t = t.to(device).float()
+    if finite:
+        bad = int((~torch.isfinite(t).all(dim=1)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} has {bad} of {t.shape[0]} rows with NaN or Inf values; re-embed those "
+                f"images or filter those rows out"
+            )
+    return t
+
+
+def _as_fields(
+    fields: Sequence[ArrayLike] | None, name: str, device: torch.device, rows: int
+) -> list[torch.Tensor]:
+    return [_as_matrix(f, f"{name}[{i}]", device, rows=rows) for i, f in enumerate(fields or [])]
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+class NeuralHead(ClassifierMixin, BaseEstimator):
+    """A linear / MLP / transformer classification head trained on the device in seconds.
+
+    Settings (stored as given; checked at ``fit``): ``arch`` (None = the class default),
+    ``hidden`` (MLP width; the transformer's feed-forward width), ``dropout``, ``loss`` (a name in
+    ``heads.losses``) with ``loss_kwargs``, ``class_weights`` (``"none"``, ``"inverse"``,
+    ``"sqrt-inverse"``), ``sampler`` (``"none"``; ``"balanced"``: every class equally likely;
+    ``"prior"``: draw training samples so that class frequencies match the validation data,
+    needs ``y_val``), ``aux_alpha`` (weight of the auxiliary loss), ``epochs``, ``lr``,
+    ``weight_decay`` (AdamW, on weight matrices only), ``batch_size``, ``warmup_epochs``,
+    ``patience`` (epochs without a better validation macro-F1 before stopping; None = never),
+    ``seed``, ``device``, ``transformer_dim``, ``transformer_layers``, ``transformer_heads`` and
+    ``verbose`` (a progress bar over epochs).
+
+    Learned: ``classes_``, ``n_features_in_``, ``field_dims_``, ``num_aux_``, ``class_counts_``,
+    ``model_``, ``loss_``, ``history_`` (one dict per epoch), ``best_epoch_``, ``device_``.
+    """
+
+    default_arch: str = "mlp"
+
+    def __init__(
+        self,
+        *,
+        arch: Arch | None = None,
+        hidden: int = 1024,
+        dropout: float = 0.1,
+        loss: str = "ce",
+        loss_kwargs: dict[str, Any] | None = None,
+        class_weights: ClassWeights = "none",
+        sampler: Sampler = "none",
+        aux_alpha: float = 1.0,
+        epochs: int = 30,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 1024,
+        warmup_epochs: int = 1,
+        patience: int | None = 10,
+        seed: int = 0,
+        device: str = "auto",
+        transformer_dim: int = 256,
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+        verbose: bool = False,
+    ) -> None:
+        self.arch = arch
+        self.hidden = hidden
+        self.dropout = dropout
+        self.loss = loss
+        self.loss_kwargs = loss_kwargs
+        self.class_weights = class_weights
+        self.sampler = sampler
+        self.aux_alpha = aux_alpha
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.warmup_epochs = warmup_epochs
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.transformer_dim = transformer_dim
+        self.transformer_layers = transformer_layers
+        self.transformer_heads = transformer_heads
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ building
+
+    @property
+    def _arch(self) -> str:
+        return self.arch if self.arch is not None else self.default_arch
+
+    def _check_settings(self) -> None:
+        _check_choice("arch", self._arch, ARCHS)
+        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        for name in ("hidden", "epochs", "batch_size", "transformer_dim", "transformer_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self._arch == "transformer" and self.transformer_dim % self.transformer_heads:
+            raise ValueError(
+                f"transformer_dim ({self.transformer_dim}) must be divisible by "
+                f"transformer_heads ({self.transformer_heads})"
+            )
+
+    def _build(self, input_dim: int, field_dims: list[int], counts: np.ndarray, num_aux: int) -> None:
+        """Create ``loss_`` and ``model_`` (fresh weights) on ``device_``."""
+        weight = compute_class_weights(counts, self.class_weights)
+        self.loss_ = create_loss(
+            self.loss,
+            num_classes=len(counts),
+            class_counts=torch.as_tensor(counts, dtype=torch.float32),
+            class_weight=None
+            if self.class_weights == "none"
+            else torch.as_tensor(weight, dtype=torch.float32),
+            **(self.loss_kwargs or {}),
+        ).to(self.device_)
+        self.model_ = _HeadNet(
+            arch=self._arch,
+            input_dim=input_dim,
+            field_dims=field_dims,
+            num_classes=len(counts),
+            num_aux=num_aux,
+            hidden=self.hidden,
+            dropout=self.dropout,
+            classifier=getattr(self.loss_, "classifier", "linear"),
+            subcenters=int(getattr(self.loss_, "subcenters", 1) or 1),
+            transformer_dim=self.transformer_dim,
+            transformer_layers=self.transformer_layers,
+            transformer_heads=self.transformer_heads,
+        ).to(self.device_)
+        self.n_features_in_ = input_dim
+        self.field_dims_ = list(field_dims)
+        self.num_aux_ = num_aux
+        self.class_counts_ = np.asarray(counts, dtype=np.int64)
+
+    def _draw(self, n: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        """This epoch's sample order ``(N,)``: a permutation, or a weighted draw with replacement."""
+        if weights is None:
+            return torch.randperm(n, generator=gen, device=self.device_)
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+    def _sample_weights(self, y: np.ndarray, y_val: np.ndarray | None) -> torch.Tensor | None:
+        c = len(self.classes_)
+        if self.sampler == "none":
+            return None
+        if self.sampler == "balanced":
+            w = 1.0 / np.bincount(y, minlength=c)[y]
+        else:
+            if y_val is None or y_val.size == 0:
+                raise ValueError("sampler='prior' needs validation labels: pass y_val= to fit")
+            w = prior_sample_weights(y, y_val, c)
+            if not (w > 0).any():
+                raise ValueError("sampler='prior': no training class occurs in y_val")
+        return torch.as_tensor(w, dtype=torch.float32, device=self.device_)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike | Sequence[Any],
+        *,
+        fields: Sequence[ArrayLike] | None = None,
+        aux: ArrayLike | None = None,
+        X_val: ArrayLike | None = None,
+        y_val: ArrayLike | Sequence[Any] | None = None,
+        fields_val: Sequence[ArrayLike] | None = None,
+        aux_val: ArrayLike | None = None,
+    ) -> NeuralHead:
+        """Train on embeddings ``X`` ``(N, D)`` and labels ``y`` ``(N,)``; returns self.
+
+        ``fields``: encoded metadata blocks ``(N, d_i)``; ``aux``: ``(N, A)`` binary targets
+        (NaN = missing). With ``X_val``/``y_val`` the best epoch by validation macro-F1 is kept
+        and training stops after ``patience`` epochs without improvement; validation samples
+        whose label is not among the training classes are left out (with a warning).
+        """
+        self._check_settings()
+        self.device_ = resolve_device(self.device)
+        dev = self.device_
+        x = _as_matrix(X, "X", dev)  # (N, D)
+        n = x.shape[0]
+        y_arr = np.asarray(y).reshape(-1)
+        if y_arr.shape[0] != n:
+            raise ValueError(f"X has {n} rows but y has {y_arr.shape[0]}")
+        self.classes_, y_idx = np.unique(y_arr, return_inverse=True)
+        y_idx = y_idx.reshape(-1)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"y holds a single class ({self.classes_[0]!r}); a classifier needs at least 2"
+            )
+        f_train = _as_fields(fields, "fields", dev, n)
+        a_train = None if aux is None else _as_matrix(aux, "aux", dev, rows=n, finite=False)
+
+        val = self._validation(X_val, y_val, fields_val, aux_val, len(f_train), a_train)
+        counts = np.bincount(y_idx, minlength=len(self.classes_))
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            gen = torch.Generator(device=dev).manual_seed(self.seed)
+            self._build(
+                x.shape[1],
+                [f.shape[1] for f in f_train],
+                counts,
+                0 if a_train is None else a_train.shape[1],
+            )
+            weights = self._sample_weights(y_idx, None if val is None else val[1].cpu().numpy())
+            self._train(x, torch.as_tensor(y_idx, device=dev), f_train, a_train, val, weights, gen)
+        return self
+
+    def _validation(
+        self,
+        X_val: ArrayLike | None,
+        y_val: Any,
+        fields_val: Sequence[ArrayLike] | None,
+        aux_val: ArrayLike | None,
+        num_fields: int,
+        a_train: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None:
+        """Checked validation tensors ``(X, y index, fields, aux)``, known classes only."""
+        if X_val is None and y_val is None:
+            return None
+        if X_val is None or y_val is None:
+            raise ValueError("pass both X_val and y_val, or neither")
+        dev = self.device_
+        xv = _as_matrix(X_val, "X_val", dev)
+        m = xv.shape[0]
+        yv = np.asarray(y_val).reshape(-1)
+        if yv.shape[0] != m:
+            raise ValueError(f"X_val has {m} rows but y_val has {yv.shape[0]}")
+        if len(fields_val or []) != num_fields:
+            raise ValueError(f"fit got {num_fields} fields but {len(fields_val or [])} fields_val")
+        fv = _as_fields(fields_val, "fields_val", dev, m)
+        av = None
+        if a_train is not None and aux_val is not None:
+            av = _as_matrix(aux_val, "aux_val", dev, rows=m, finite=False)
+        c = len(self.classes_)
+        pos = np.searchsorted(self.classes_, yv).clip(0, c - 1)
+        known = self.classes_[pos] == yv  # (M,)
+        if not known.any():
+            raise ValueError("none of the y_val labels is a training class")
+        if not known.all():
+            warnings.warn(
+                f"{int((~known).sum())} of {m} validation samples have labels absent from y; "
+                f"they are left out of validation",
+                stacklevel=3,
+            )
+        keep = torch.as_tensor(np.flatnonzero(known), device=dev)
+        return (
+            xv[keep],
+            torch.as_tensor(pos[known], device=dev),
+            [f[keep] for f in fv],
+            None if av is None else av[keep],
+        )
+
+    def _criterion(
+        self, out: torch.Tensor, aux_out: torch.Tensor | None, y: torch.Tensor, aux: Any
+    ) -> torch.Tensor:
+        if aux_out is None or aux is None:
+            return self.loss_(out, y)
+        return self._composite(out, y, aux_logits=aux_out, aux_target=aux)
+
+    def _train(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        fields: list[torch.Tensor],
+        aux: torch.Tensor | None,
+        val: tuple | None,
+        weights: torch.Tensor | None,
+        gen: torch.Generator,
+    ) -> None:
+        model, n, bs = self.model_, x.shape[0], int(self.batch_size)
+        self._composite = CompositeLoss(self.loss_, self.aux_alpha).to(self.device_)
+        decay = [p for k, p in model.named_parameters() if p.ndim >= 2 and "token" not in k]
+        rest = [p for k, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in k)]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=self.lr,
+        )
+        steps = math.ceil(n / bs)
+        warmup, total = int(self.warmup_epochs * steps), int(self.epochs) * steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, total))
+
+        self.history_: list[dict[str, Any]] = []
+        best_f1, best_state, since_best = -1.0, None, 0
+        bar = tqdm(range(int(self.epochs)), desc=f"{self._arch} head", unit="epoch", disable=not self.verbose)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            model.train()
+            order = self._draw(n, weights, gen)  # (N,)
+            total_loss = torch.zeros((), device=self.device_)
+            for s in range(0, n, bs):
+                idx = order[s : s + bs]  # (B,)
+                out, aux_out = model(x[idx], [f[idx] for f in fields])  # (B, C), (B, A)
+                loss = self._criterion(out, aux_out, y[idx], None if aux is None else aux[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += loss.detach() * idx.shape[0]
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(total_loss) / n}
+            row.update(self._evaluate(val))
+            row["seconds"] = time.perf_counter() - t0
+            self.history_.append(row)
+            if val is None:
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+                continue
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_f1=f"{row['val_macro_f1']:.4f}")
+            if row["val_macro_f1"] > best_f1:
+                best_f1, since_best, self.best_epoch_ = row["val_macro_f1"], 0, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if self.patience is not None and since_best >= self.patience:
+                    break
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            self.best_epoch_ = len(self.history_)
+        model.eval()
+
+    @torch.no_grad()
+    def _evaluate(self, val: tuple | None) -> dict[str, float | None]:
+        if val is None:
+            return {"val_loss": None, "val_top1": None, "val_macro_f1": None}
+        xv, yv, fv, av = val
+        out, aux_out = self._outputs(xv, fv)
+        loss = self._criterion(out, aux_out, yv, av)
+        pred = self.loss_.inference_logits(out).argmax(1)  # (M,)
+        return {
+            "val_loss": float(loss),
+            "val_top1": float((pred == yv).float().mean()),
+            "val_macro_f1": macro_f1(yv.cpu().numpy(), pred.cpu().numpy()),
+        }
+
+    def _outputs(
+        self, x: torch.Tensor, fields: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model outputs over ``x`` in eval mode, batched: ``(N, C)`` and ``(N, A)`` or None."""
+        self.model_.eval()
+        outs, auxs = [], []
+        with torch.no_grad():
+            for s in range(0, x.shape[0], _EVAL_BATCH):
+                o, a = self.model_(x[s : s + _EVAL_BATCH], [f[s : s + _EVAL_BATCH] for f in fields])
+                outs.append(o)
+                auxs.append(a)
+        aux = torch.cat(auxs) if auxs and auxs[0] is not None else None
+        return torch.cat(outs), aux
+
+    # ------------------------------------------------------------------ predicting
+
+    def _inputs(self, X: ArrayLike, fields: Sequence[ArrayLike] | None) -> tuple:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit(X, y) first")
+        x = _as_matrix(X, "X", self.device_)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features, the head was fitted on {self.n_features_in_}")
+        f = _as_fields(fields, "fields", self.device_, x.shape[0])
+        dims = [t.shape[1] for t in f]
+        if dims != self.field_dims_:
+            raise ValueError(f"fields have widths {dims}, the head was fitted on {self.field_dims_}")
+        return x, f
+
+    def decision_function(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """Logits ``(N, C)`` float32, columns following ``classes_``."""
+        out, _ = self._outputs(*self._inputs(X, fields))
+        return self.loss_.inference_logits(out).float().cpu().numpy()
+
+    def predict_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """Softmax of the logits ``(N, C)``, columns following ``classes_``."""
+        out, _ = self._outputs(*self._inputs(X, fields))
+        return torch.softmax(self.loss_.inference_logits(out).float(), dim=1).cpu().numpy()
+
+    def predict(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """The most likely class label of each row ``(N,)``."""
+        return self.classes_[self.decision_function(X, fields).argmax(1)]
+
+    def aux_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """Sigmoid of the auxiliary outputs ``(N, A)`` (e.g. probability of being poisonous)."""
+        x, f = self._inputs(X, fields)
+        if not self.num_aux_:
+            raise ValueError("the head was fitted without aux targets; pass aux= to fit")
+        _, aux = self._outputs(x, f)
+        return torch.sigmoid(aux.float()).cpu().numpy()
+
+    # ------------------------------------------------------------------ persisting
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(config, tensors)``: JSON-able settings and shapes, and the model's state_dict."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted; nothing to save")
+        config = {k: v for k, v in self.get_params().items()}
+        config.update(
+            arch=self._arch,
+            classes=self.classes_.tolist(),
+            input_dim=int(self.n_features_in_),
+            field_dims=[int(d) for d in self.field_dims_],
+            num_aux=int(self.num_aux_),
+            class_counts=self.class_counts_.tolist(),
+            best_epoch=int(self.best_epoch_),
+            history=self.history_,
+            fitted=True,
+        )
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        return config, tensors
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> NeuralHead:
+        """Rebuild a fitted head from :meth:`get_state`'s output (identical logits)."""
+        if not config.get("fitted"):
+            raise ValueError("config does not describe a fitted head (fitted is not true)")
+        settings = {k: config[k] for k in cls._get_param_names() if k in config}
+        if settings.get("arch") == cls.default_arch:
+            settings["arch"] = None  # as built by the registered factory
+        head = cls(**settings)
+        head.device_ = resolve_device(head.device)
+        head.classes_ = np.asarray(config["classes"])
+        head._build(
+            int(config["input_dim"]),
+            [int(d) for d in config["field_dims"]],
+            np.asarray(config["class_counts"], dtype=np.int64),
+            int(config["num_aux"]),
+        )
+        head.model_.load_state_dict(tensors)
+        head.model_.eval()
+        head.history_ = list(config.get("history", []))
+        head.best_epoch_ = int(config.get("best_epoch", len(head.history_)))
+        return head
+
+
+@register_head("linear")
+class LinearHead(NeuralHead):
+    """:class:`NeuralHead` with ``arch="linear"``."""
+
+    default_arch = "linear"
+
+
+@register_head("mlp")
+class MLPHead(NeuralHead):
+    """:class:`NeuralHead` with ``arch="mlp"``."""
+
+    default_arch = "mlp"
+
+
+@register_head("transformer")
+class TransformerHead(NeuralHead):
+    """:class:`NeuralHead` with ``arch="transformer"``: metadata fields as tokens."""
+
+    default_arch = "transformer"

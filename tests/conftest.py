@@ -1,0 +1,86 @@
+"""Fixtures that build real things small: image files, tiny HF models, real Lance stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FLOWERS = Path(os.environ.get("FLOWERS12", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers12")).resolve()
+
+
+def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size: int = 48, seed: int = 0,
+                       fmt: str = "JPEG") -> list[Path]:  # fmt: skip
+    """Real image files, one folder per class; each class has its own colour and stripe pattern."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c in range(n_classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.array([(c * 97) % 256, (c * 53 + 80) % 256, (c * 31 + 160) % 256], dtype=np.float32)
+        for i in range(per_class):
+            a = np.tile(base, (size, size, 1))
+            a[:, :: (c + 2)] *= 0.5  # class-specific stripes
+            a += rng.normal(0, 12, a.shape)
+            ext = ".jpg" if fmt == "JPEG" else ".png"
+            p = d / f"img_{i}{ext}"
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(p, fmt)
+            paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_dino(tmp_path_factory) -> Path:
+    """A tiny random DINOv2 saved with save_pretrained, with its processor config."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    d = tmp_path_factory.mktemp("models") / "tiny-dino"
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       patch_size=8, image_size=32)  # fmt: skip
+    torch.manual_seed(0)
+    Dinov2Model(cfg).save_pretrained(d)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(d)  # fmt: skip
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIP (vision + text) saved with save_pretrained, no processor config."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    d = tmp_path_factory.mktemp("models") / "tiny-clip"
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                           patch_size=8, image_size=32),
+        projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def flowers() -> Path:
+    if not (FLOWERS / "train").is_dir():
+        pytest.skip(f"real photos not found at {FLOWERS}")
+    return FLOWERS
+
+
+@pytest.fixture(scope="session")
+def flowers_store(flowers, tmp_path_factory) -> Path:
+    """flowers12 (train + test, 960 real photos) embedded once with efficientnet-lite0."""
+    import embedstore
+
+    path = tmp_path_factory.mktemp("stores") / "flowers"
+    summary = embedstore.ingest(flowers, path, batch_size=32, workers=1, progress=False)
+    # flowers12 holds one byte-identical pair (train/iris/image_0422.jpg = image_0469.jpg)
+    assert summary["new_images"] == 959 and summary["duplicates"] == 1, summary
+    return path
