@@ -180,6 +180,40 @@ def info_cmd(store: str | None, as_json: bool) -> None:
         click.echo(f"columns    {', '.join(info['columns'])}")
 
 
+@embedstore_cli.command("split")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True, help="Number of folds K.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction held out as a test part no fold trains on.")
+@click.option("--group-by", default=None, help="Column whose groups stay in one fold (e.g. observation_id).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--use-split", "use_split_column", is_flag=True,
+              help="Honour the store's split column (train/val/test folders): test is held out, val is fold 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
+    """Write a stratified (optionally grouped) fold assignment into the store.
+
+    Classes with fewer groups than folds train in every fold; the summary says how many.
+
+    \b
+    Example:
+      embedstore split --store flowers --folds 5 --holdout 0.1 --seed 0
+      embedstore split --store fungi --folds 5 --group-by observation_id
+      embedstore split --store flowers --folds 3 --use-split
+    """
+    import embedstore
+
+    res = embedstore.split(store, **kw)
+    if as_json:
+        _echo_json(res)
+        return
+    per = ", ".join(f"fold {k}: {v}" for k, v in res["images_per_fold"].items())
+    click.echo(f"{per}; held out: {res['holdout_images']}; always train: {res['always_train_images']} "
+               f"({res['small_classes']} class(es) too small to split); unlabelled: {res['unlabelled']}")
+    for n in res["notes"]:
+        click.echo(f"  {n}")
+
+
 @embedstore_cli.command("backbones")
 @click.argument("pattern", default="*")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -214,6 +248,169 @@ def heads_cli() -> None:
       heads train --store flowers --fold all --head mlp --out runs/mlp
       heads eval runs/mlp
     """
+
+
+def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+@heads_cli.command("train")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--fold", default="0", show_default=True, help="Validation fold K, or 'all' (then an ensemble of the folds).")
+@click.option("--backbone", default=None, help="Embedding column's backbone (default: the only one).")
+@click.option("--head", "head", default="mlp", show_default=True, help="linear | mlp | transformer | knn | centroid.")
+@click.option("--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024).")
+@click.option("--dropout", type=click.FloatRange(0, 1), default=None)
+@click.option("--loss", default=None, help="ce | focal | seesaw | arcface | subcenter-arcface | logit-adjusted.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce.")
+@click.option("--class-weights", type=click.Choice(["none", "inverse", "sqrt-inverse"]), default=None)
+@click.option("--sampler", type=click.Choice(["none", "balanced", "prior"]), default=None,
+              help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.")
+@click.option("--metadata", "metadata", multiple=True, help="Metadata column fed to the head; repeatable.")
+@click.option("--aux-target", "aux_targets", multiple=True, help="Binary column learned as an auxiliary output; repeatable.")
+@click.option("--aux-alpha", type=float, default=None, help="Weight of the auxiliary BCE loss.")
+@click.option("--epochs", type=click.IntRange(1), default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
+@click.option("--unknown", default=None, help="Attach an unknown detector: msp | entropy | energy | max-logit | knn | mahalanobis | relative-mahalanobis.")
+@click.option("--unknown-label", default="unknown", show_default=True, help="Label of images of no known class.")
+@click.option("--where", default=None, help="SQL filter on store rows used for training and validation.")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
+              label_smoothing: float | None, **kw: Any) -> None:  # fmt: skip
+    """Train a head on one fold (or all folds) of a store's embeddings.
+
+    \b
+    Example:
+      heads train --store flowers --fold all --head mlp --epochs 30 --out runs/mlp
+      heads train --store fungi --fold 0 --head transformer --metadata habitat --metadata month \\
+          --aux-target poisonous --loss seesaw --sampler prior --unknown energy --out runs/tf
+    """
+    import heads
+
+    if label_smoothing is not None:
+        kw["loss_kwargs"] = {"label_smoothing": label_smoothing}
+    res = heads.train(store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw)
+    if as_json:
+        _echo_json(res)
+        return
+    for m in res["metrics"]:
+        click.echo(f"fold {m['fold']}: top1 {m.get('top1', float('nan')):.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}  "
+                   f"({m['epochs']} epochs, {m['fit_seconds']} s)  -> {m['run']}")
+    if res["ensemble"]:
+        e = heads.evaluate(res["ensemble"], plots=False)
+        click.echo(f"ensemble of {len(res['runs'])} folds (out-of-fold): top1 {e.get('top1', float('nan')):.4f}  "
+                   f"macro-F1 {e.get('macro_f1', float('nan')):.4f}  -> {res['ensemble']}")
+        if "holdout" in e:
+            click.echo(f"held-out part: top1 {e['holdout'].get('top1', float('nan')):.4f}  macro-F1 {e['holdout'].get('macro_f1', float('nan')):.4f}")
+
+
+_EVAL_KEYS = ("top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
+              "auroc", "fpr95", "closed_set_acc", "open_set_acc", "track1", "track2", "track3", "track4")  # fmt: skip
+
+
+@heads_cli.command("eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--store", default=None, help="Store to read the held-out part from (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run or ensemble.")
+def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
+    """Score runs or ensembles: top-1/3, macro-F1, mean class accuracy, shot buckets, open-set
+    and FungiCLEF tracks when defined; on validation (out-of-fold) and the held-out part.
+
+    \b
+    Example:
+      heads eval runs/mlp runs/knn --json
+    """
+    import heads
+
+    results = [heads.evaluate(r, store=store) for r in runs]
+    if as_json:
+        _echo_json(results)
+        return
+    for r in results:
+        click.echo(f"{r['run']}  ({r['kind']}, {r['n']} validation images)")
+        for part, d in (("validation", r), ("held-out", r.get("holdout"))):
+            if not d:
+                continue
+            vals = "  ".join(f"{k} {d[k]:.4f}" for k in _EVAL_KEYS if isinstance(d.get(k), float))
+            click.echo(f"  {part:<10} {vals}")
+        if r.get("most_confused"):
+            pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5])
+            click.echo(f"  most confused: {pairs}")
+        if r.get("per_class_png"):
+            click.echo(f"  per-class plot: {r['per_class_png']}")
+
+
+@heads_cli.command("ensemble")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out", required=True, help="Ensemble directory to write.")
+@click.option("--weights", callback=_float_list, default=None, help="Comma-separated member weights.")
+@click.option("--average", type=click.Choice(["logits", "probs"]), default="logits", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def ensemble_cmd(runs: tuple[str, ...], out: str, weights: list[float] | None, average: str, as_json: bool) -> None:
+    """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.
+
+    \b
+    Example:
+      heads ensemble runs/mlp runs/knn runs/tf --out runs/ens --weights 1,0.5,1
+    """
+    import heads
+
+    res = heads.ensemble(list(runs), out, weights=weights, average=average)
+    if as_json:
+        _echo_json(res)
+        return
+    vals = "  ".join(f"{k} {res[k]:.4f}" for k in _EVAL_KEYS if isinstance(res.get(k), float))
+    click.echo(f"{res['path']}: {vals}")
+    if res.get("holdout"):
+        h = res["holdout"]
+        click.echo("held-out: " + "  ".join(f"{k} {h[k]:.4f}" for k in _EVAL_KEYS if isinstance(h.get(k), float)))
+
+
+@heads_cli.command("predict")
+@click.argument("run", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(path_type=str))
+@click.option("--images", "images_dir", default=None, type=click.Path(path_type=str), help="Predict every image under this folder.")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--prior", default=None, help="'uniform' or a label,probability CSV/JSON: adjust to a test label distribution.")
+@click.option("--cost-matrix", default=None, type=click.Path(path_type=str),
+              help="CSV cost[true, predicted]: choose the label of least expected cost.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="A list with one object per image.")
+def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Top-k labels for images with a run or ensemble (new images are embedded on the fly).
+
+    \b
+    Example:
+      heads predict runs/mlp photo1.jpg photo2.jpg --top-k 3
+      heads predict runs/ens --images new_photos/ --prior uniform --json
+    """
+    import heads
+
+    res = heads.predict(run, list(images), **kw)
+    if as_json:
+        _echo_json(res)
+    else:
+        for r in res:
+            if "error" in r:
+                click.echo(f"{r['path']}: error: {r['error']}")
+                continue
+            tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
+            flag = "  [unknown]" if r.get("unknown") else ""
+            click.echo(f"{r['path']}: {r['label']}{flag}  ({tops})")
+    if all("error" in r for r in res):
+        click.echo("error: no image could be predicted", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@
 """
 
 from embedstore._backbones import (
+    backbone_from_description,
     Backbone,
     BackboneError,
     create_backbone,
@@ -14,6 +15,7 @@ from embedstore._backbones import (
     list_backbones,
     register_backbone,
 )
+from embedstore._folds import ALWAYS_TRAIN, HOLDOUT, split
 from embedstore._images import ImageError, decode_image, find_images, hash_bytes
 from embedstore._ingest import IngestError, ingest, resolve_device
 from embedstore._metadata import MetadataError, read_metadata
@@ -21,7 +23,11 @@ from embedstore._preprocess import Preprocess
 from embedstore._store import EmbeddingInfo, Store, StoreError, connect, default_store_path
 
 __all__ = [
+    "ALWAYS_TRAIN",
+    "HOLDOUT",
+    "split",
     "Backbone",
+    "backbone_from_description",
     "BackboneError",
     "EmbeddingInfo",
     "ImageError",

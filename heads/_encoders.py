@@ -135,7 +135,9 @@ def _geohash_ints(lat: np.ndarray, lon: np.ndarray, precision: int) -> np.ndarra
 
 def _cells_to_str(cells: np.ndarray, precision: int) -> list[str]:
     return [
-        "".join(_GEOHASH_ALPHABET[(int(c) >> (5 * (precision - 1 - i))) & 31] for i in range(precision))
+        "".join(
+            _GEOHASH_ALPHABET[(int(c) >> (5 * (precision - 1 - i))) & 31] for i in range(precision)
+        )
         for c in cells
     ]
 
@@ -249,7 +251,11 @@ class CategoricalEncoder(_Encoder):
 
     def get_state(self) -> dict[str, Any]:
         self._check_fitted()
-        return {"kind": self.kind, "max_categories": self.max_categories, "categories": self.categories_}
+        return {
+            "kind": self.kind,
+            "max_categories": self.max_categories,
+            "categories": self.categories_,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CategoricalEncoder:
@@ -664,6 +670,7 @@ class MetadataEncoder:
             max_geohash_cells=state["max_geohash_cells"],
         )
         enc.fields_ = [
-            (f["name"], tuple(f["columns"]), encoder_from_state(f["state"])) for f in state["fields"]
+            (f["name"], tuple(f["columns"]), encoder_from_state(f["state"]))
+            for f in state["fields"]
         ]
         return enc

@@ -76,7 +76,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def compute_class_weights(class_counts: ArrayLike | Sequence[int], mode: ClassWeights) -> np.ndarray:
+def compute_class_weights(
+    class_counts: ArrayLike | Sequence[int], mode: ClassWeights
+) -> np.ndarray:
     """Per-class loss weights ``(C,)`` from training counts, scaled so samples average 1.
 
     ``"inverse"`` is ``N / (C * n_c)`` (scikit-learn's ``"balanced"``), ``"sqrt-inverse"`` is
@@ -118,6 +120,10 @@ def prior_sample_weights(
 
 
 # --------------------------------------------------------------------------- the network
+
+
+# A linear probe wants a larger step than a deeper head (DINOv2's linear eval sweeps 1e-3..1e-1).
+DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "transformer": 5e-4}
 
 
 class CosineClassifier(nn.Module):
@@ -286,7 +292,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         sampler: Sampler = "none",
         aux_alpha: float = 1.0,
         epochs: int = 30,
-        lr: float = 1e-3,
+        lr: float | None = None,
         weight_decay: float = 1e-4,
         batch_size: int = 1024,
         warmup_epochs: int = 1,
@@ -338,7 +344,9 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
                 f"transformer_heads ({self.transformer_heads})"
             )
 
-    def _build(self, input_dim: int, field_dims: list[int], counts: np.ndarray, num_aux: int) -> None:
+    def _build(
+        self, input_dim: int, field_dims: list[int], counts: np.ndarray, num_aux: int
+    ) -> None:
         """Create ``loss_`` and ``model_`` (fresh weights) on ``device_``."""
         weight = compute_class_weights(counts, self.class_weights)
         self.loss_ = create_loss(
@@ -509,8 +517,11 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         decay = [p for k, p in model.named_parameters() if p.ndim >= 2 and "token" not in k]
         rest = [p for k, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in k)]
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=self.lr,
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=self.lr if self.lr is not None else DEFAULT_LR[self._arch],
         )
         steps = math.ceil(n / bs)
         warmup, total = int(self.warmup_epochs * steps), int(self.epochs) * steps
@@ -518,7 +529,12 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
 
         self.history_: list[dict[str, Any]] = []
         best_f1, best_state, since_best = -1.0, None, 0
-        bar = tqdm(range(int(self.epochs)), desc=f"{self._arch} head", unit="epoch", disable=not self.verbose)
+        bar = tqdm(
+            range(int(self.epochs)),
+            desc=f"{self._arch} head",
+            unit="epoch",
+            disable=not self.verbose,
+        )
         for epoch in bar:
             t0 = time.perf_counter()
             model.train()
@@ -590,14 +606,20 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit(X, y) first")
         x = _as_matrix(X, "X", self.device_)
         if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features, the head was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {x.shape[1]} features, the head was fitted on {self.n_features_in_}"
+            )
         f = _as_fields(fields, "fields", self.device_, x.shape[0])
         dims = [t.shape[1] for t in f]
         if dims != self.field_dims_:
-            raise ValueError(f"fields have widths {dims}, the head was fitted on {self.field_dims_}")
+            raise ValueError(
+                f"fields have widths {dims}, the head was fitted on {self.field_dims_}"
+            )
         return x, f
 
-    def decision_function(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+    def decision_function(
+        self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None
+    ) -> np.ndarray:
         """Logits ``(N, C)`` float32, columns following ``classes_``."""
         out, _ = self._outputs(*self._inputs(X, fields))
         return self.loss_.inference_logits(out).float().cpu().numpy()

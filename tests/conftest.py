@@ -84,3 +84,35 @@ def flowers_store(flowers, tmp_path_factory) -> Path:
     # flowers12 holds one byte-identical pair (train/iris/image_0422.jpg = image_0469.jpg)
     assert summary["new_images"] == 959 and summary["duplicates"] == 1, summary
     return path
+
+
+def make_synthetic_store(path: Path, *, n_classes: int = 6, per_class: int = 40, dim: int = 16, sep: float = 4.0,
+                         seed: int = 0, extra: dict | None = None, labels=None, X=None):  # fmt: skip
+    """A real store whose embedding column holds separable Gaussian clusters (no images needed).
+
+    Rows are written through the store API exactly as ingest writes them.
+    """
+    import pyarrow as pa
+
+    import embedstore
+
+    rng = np.random.default_rng(seed)
+    if X is None:
+        centers = rng.normal(0, 1, (n_classes, dim)) * sep
+        y = np.repeat(np.arange(n_classes), per_class)
+        X = (centers[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32)
+        labels = [f"species_{c}" for c in y] if labels is None else labels
+    n, dim = X.shape
+    st = embedstore.connect(path)
+    field = st.embedding_field("emb_synthetic", dim, "float32", {"backbone": "synthetic", "source": "test", "dim": dim})
+    cols = {
+        "id": pa.array([f"{i:064x}" for i in range(n)]),
+        "path": pa.array([f"img_{i}.jpg" for i in range(n)]),
+        "label": pa.array(labels, pa.string()),
+    }
+    for k, v in (extra or {}).items():
+        cols[k] = pa.array(v)
+    arrays = list(cols.values()) + [pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)]
+    fields = [pa.field(k, a.type) for k, a in cols.items()] + [field]
+    st.insert_images(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+    return st

@@ -62,6 +62,9 @@ def test_knn_voting_matches_loop_reference(backend):
     np.testing.assert_allclose(
         head.predict_proba(Q), _reference_vote(X, y, Q, 20, 0.1, head.classes_), atol=1e-5
     )
+    small_batches = clone(head).set_params(batch_size=7).fit(X, y).predict_proba_multi_k(Q)
+    for k in multi:
+        np.testing.assert_array_equal(small_batches[k], multi[k])
 
 
 def test_faiss_and_torch_heads_predict_the_same():

@@ -46,6 +46,15 @@ def _blobs(n: int = 2000, c: int = 10, d: int = 64, sep: float = 1.0, seed: int 
     return X[:k], labels[:k], X[k:], labels[k:]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: extra threads only add synchronisation (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def blobs():
     return _blobs()
@@ -248,3 +257,21 @@ def test_sklearn_clone_keeps_the_class_and_settings():
     twin = clone(head)
     assert type(twin) is type(head) and twin.get_params() == head.get_params()
     assert twin.get_params()["arch"] is None  # the class's default arch applies
+
+
+def test_unknown_validation_labels_are_left_out_with_a_warning(blobs):
+    X, y, Xv, yv = blobs
+    yv = yv.copy()
+    yv[:20] = "unknown"
+    with pytest.warns(UserWarning, match="20 of 500 validation samples have labels absent"):
+        head = create_head("linear", **{**FAST, "epochs": 2}).fit(X, y, X_val=Xv, y_val=yv)
+    assert "unknown" not in head.classes_
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_reaches_cpu_accuracy(blobs):
+    X, y, Xv, yv = blobs
+    for arch in ARCHS:
+        head = create_head(arch, **{**FAST, "device": "cuda", "sampler": "balanced"})
+        head.fit(X, y, X_val=Xv, y_val=yv)
+        assert head.device_.type == "cuda" and _val_acc(head, Xv, yv) >= 0.95

@@ -1,0 +1,401 @@
+"""Ingest throughput: how close `embedstore.ingest` gets to the model's forward-pass ceiling.
+
+Run from the repository root (the first run writes the test images once, to a cache folder):
+
+    python benchmarks/ingest.py                              # 3000 images, default backbones
+    python benchmarks/ingest.py --n 60 --workers 1           # a quick check that it works
+    python benchmarks/ingest.py --backbones efficientnet-lite0,dinov2-small --device cuda
+
+The images are N real photos of about 300x400 px: random crops, flips and rescales of the
+flowers12 photos (``../shared/data/flowers12``) saved as JPEG quality 90, landscape 400x300 or
+portrait 300x400, in ``benchmarks/out/ingest-images-<n>/<species>/`` (gitignored).
+
+For each backbone it measures, in images per second:
+
+- **forward ceiling**: ``backbone.embed`` on a uint8 batch already in memory on the device
+  (normalise + forward, CUDA autocast as in ingest), after warm-up, with ``cuda.synchronize``;
+- **ingest**: the whole ``embedstore.ingest`` of the folder into a fresh temporary store (scan,
+  decode workers, forward, Lance commits, compaction), from its own summary, then the time of a
+  second ingest of the same folder (nothing new: the fixed cost of scanning and checking);
+- **decode**: the ingest's decode workers alone (read + hash + decode + preprocess, the same
+  DataLoader settings and worker count, no model), with the time to the first batch (worker
+  start-up); and two single-process baselines: the ingest's per-file code, and plain PIL
+  (``Image.open().convert("RGB")`` + the same resize/crop, no hashing or EXIF handling).
+
+Ingest is reported as a % of the ceiling and of ``min(ceiling, decode)``, the rate a perfectly
+overlapped pipeline would reach. Default backbones: ``efficientnet-lite0``; on CUDA also
+``dinov2-small`` and ``dinov2-large`` with *random* weights, built from ``Dinov2Config`` at the real
+sizes and saved with ``save_pretrained`` (so the ordinary loading path is used, and no network is
+needed): the speed of a model does not depend on its weights.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python benchmarks/ingest.py` puts benchmarks/ first on sys.path; import from the repo root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks._common import FLOWERS, OUT_DIR, machine_info, print_table, write_json  # noqa: E402
+
+# Real DINOv2 sizes (facebook/dinov2-*): hidden, layers, heads; mlp = 4 x hidden, patch 14.
+DINOV2_SIZES: dict[str, tuple[int, int, int]] = {
+    "dinov2-small": (384, 12, 6),
+    "dinov2-base": (768, 12, 12),
+    "dinov2-large": (1024, 24, 16),
+    "dinov2-giant": (1536, 40, 24),
+}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# --------------------------------------------------------------------------- test images
+
+
+def make_images(n: int, dest: Path, source: Path = FLOWERS, seed: int = 0) -> Path:
+    """Write ``n`` JPEGs of 400x300 / 300x400 px derived from real photos into ``dest`` (once).
+
+    Each is a random crop (55-100 % of the photo's area, at the target aspect ratio) of one
+    flowers12 photo, flipped half the time, resized (bicubic) and saved at quality 90 under
+    ``dest/<species>/``. A finished folder holds ``.complete`` and is reused as it is.
+    """
+    if (dest / ".complete").exists():
+        return dest
+    photos = sorted(p for p in source.glob("*/*/*.jpg"))
+    if not photos:
+        raise SystemExit(f"no photos found under {source}/*/*/*.jpg; pass --flowers DIR")
+    rng = np.random.default_rng(seed)
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        src = photos[i % len(photos)]
+        with Image.open(src) as f:
+            im = f.convert("RGB")
+        out_w, out_h = (400, 300) if rng.random() < 0.5 else (300, 400)
+        aspect = out_w / out_h
+        w, h = im.size
+        area = rng.uniform(0.55, 1.0) * w * h
+        cw = min(w, round((area * aspect) ** 0.5))
+        ch = min(h, round(cw / aspect))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = im.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        im = im.resize((out_w, out_h), Image.BICUBIC)
+        folder = tmp / src.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"{i:06d}.jpg", quality=90)
+    (tmp / ".complete").write_text(f"{n}\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"wrote {n} images to {dest} in {time.perf_counter() - t0:.1f} s")
+    return dest
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def random_dinov2(name: str, folder: Path) -> Path:
+    """A DINOv2 of ``name``'s real size with random weights, saved with ``save_pretrained``."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    try:  # the same config file; the Pil class avoids a warning when torchvision is absent
+        from transformers import BitImageProcessorPil as Processor
+    except ImportError:
+        from transformers import BitImageProcessor as Processor
+
+    hidden, layers, heads = DINOV2_SIZES[name]
+    cfg = Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=224,
+    )
+    torch.manual_seed(0)
+    Dinov2Model(cfg).save_pretrained(folder)
+    Processor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    ).save_pretrained(folder)
+    return folder
+
+
+def build_backbone(name: str, models_dir: Path) -> Any:
+    """``dinov2-*`` short names: random weights at the real size; anything else as registered."""
+    import embedstore
+
+    if name in DINOV2_SIZES:
+        folder = random_dinov2(name, models_dir / name)
+        return embedstore.create_backbone(str(folder), "cls", alias=name)
+    return embedstore.create_backbone(name, "cls")
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_ceiling(
+    backbone: Any, files: list[Path], batch_size: int, device: Any, min_seconds: float
+) -> dict[str, Any]:
+    """``backbone.embed`` images/s on one real uint8 batch already on ``device``."""
+    import torch
+
+    arrays = []
+    for p in files[:batch_size]:
+        with Image.open(p) as f:
+            arrays.append(backbone.preprocess(f.convert("RGB")))
+    while len(arrays) < batch_size:  # fewer files than a batch: repeat them
+        arrays += arrays[: batch_size - len(arrays)]
+    x = torch.from_numpy(np.stack(arrays)).to(device)  # (B, 3, H, W) uint8
+    for _ in range(2):  # warm-up: allocator, cuDNN / kernel selection, lazy init
+        backbone.embed(x)
+    _sync(device)
+    times: list[float] = []
+    t_start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - t_start < min_seconds:
+        t0 = time.perf_counter()
+        backbone.embed(x)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    per_batch = statistics.median(times)
+    return {
+        "images_per_s": batch_size / per_batch,
+        "seconds_per_batch": per_batch,
+        "batches": len(times),
+        "input_px": int(x.shape[-1]),
+    }
+
+
+def run_ingest(
+    folder: Path, backbone: Any, batch_size: int, device: str, workers: int | None
+) -> dict[str, Any]:
+    """``embedstore.ingest`` of ``folder`` into a fresh temporary store, then once more (no-op)."""
+    import embedstore
+
+    with tempfile.TemporaryDirectory(prefix="embedstore-bench-") as tmp:
+        store = Path(tmp) / "store"
+        kw = dict(
+            backbones=[backbone.name],
+            backbone_objects=[backbone],
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            progress=False,
+        )
+        t0 = time.perf_counter()
+        summary = embedstore.ingest(folder, store, **kw)
+        wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = embedstore.ingest(folder, store, **kw)
+        rescan = time.perf_counter() - t0
+        store_mb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20
+    if summary["new_images"] == 0 or summary["skipped"]:
+        print(f"warning: ingest stored {summary['new_images']} new, skipped {summary['skipped']}")
+    return {
+        "images_per_s": summary["images_per_s"],
+        "seconds": summary["seconds"],
+        "wall_seconds": wall,
+        "new_images": summary["new_images"],
+        "skipped": summary["skipped"],
+        "device": summary["device"],
+        "rescan_seconds": rescan,
+        "rescan_new_images": again["new_images"],
+        "store_mib": store_mb,
+    }
+
+
+def decode_workers(
+    files: list[tuple[Path, str]], preprocess: Any, batch_size: int, workers: int, pin: bool
+) -> dict[str, Any]:
+    """The ingest's decode stage alone: its Dataset and DataLoader settings, no model."""
+    import torch
+
+    from embedstore._images import DEFAULT_MAX_PIXELS
+    from embedstore._ingest import _collate, _DecodeDataset, _Work
+
+    work = [_Work(str(p), rel, None) for p, rel in files]
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(work, [preprocess], DEFAULT_MAX_PIXELS),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        multiprocessing_context="spawn" if workers else None,
+    )
+    n_ok, first = 0, None
+    t0 = time.perf_counter()
+    for batch in loader:
+        n_ok += len(batch["ok"])
+        if first is None:
+            first = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    steady = (n_ok - batch_size) / (seconds - first) if n_ok > batch_size and first else None
+    return {
+        "images_per_s": n_ok / seconds,
+        "steady_images_per_s": steady,
+        "seconds": seconds,
+        "first_batch_seconds": first,
+        "images": n_ok,
+        "workers": workers,
+    }
+
+
+def decode_serial(files: list[tuple[Path, str]], preprocess: Any, plain_pil: bool) -> dict[str, Any]:
+    """One process, no DataLoader: the ingest's per-file code, or plain PIL + the same resize/crop."""
+    from embedstore._images import DEFAULT_MAX_PIXELS
+    from embedstore._ingest import _DecodeDataset, _Work
+
+    ds = _DecodeDataset([_Work(str(p), rel, None) for p, rel in files], [preprocess], DEFAULT_MAX_PIXELS)
+    t0 = time.perf_counter()
+    for i, (p, _) in enumerate(files):
+        if plain_pil:
+            with Image.open(p) as f:
+                preprocess(f.convert("RGB"))
+        else:
+            ds[i]
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": len(files) / seconds, "seconds": seconds, "images": len(files)}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000, help="number of images (default 3000)")
+    ap.add_argument("--backbones", default=None,
+                    help="comma-separated; default efficientnet-lite0 (+ dinov2-small,dinov2-large on CUDA)")  # fmt: skip
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="decode workers (default: ingest's own default, cores - 1)")  # fmt: skip
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--min-seconds", type=float, default=5.0,
+                    help="time the forward ceiling for at least this long (default 5)")  # fmt: skip
+    ap.add_argument("--decode-serial-n", type=int, default=300,
+                    help="images for the single-process decode baselines (default 300)")  # fmt: skip
+    ap.add_argument("--flowers", type=Path, default=FLOWERS, help="source photos (flowers12)")
+    ap.add_argument("--images-dir", type=Path, default=None,
+                    help="cache folder for the images (default benchmarks/out/ingest-images-<n>)")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=OUT_DIR / "ingest.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import embedstore
+    from embedstore._ingest import _default_workers
+
+    info = machine_info()
+    device = embedstore.resolve_device(args.device)
+    workers = _default_workers() if args.workers is None else max(0, args.workers)
+    if args.backbones:
+        names = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    else:
+        names = ["efficientnet-lite0"] + (["dinov2-small", "dinov2-large"] if device.type == "cuda" else [])
+    folder = make_images(args.n, args.images_dir or OUT_DIR / f"ingest-images-{args.n}", args.flowers)
+    found = list(embedstore.find_images(folder))
+    files = [(f.path, f.rel) for f in found]
+    paths = [p for p, _ in files]
+    print(f"{len(files)} images in {folder}; device {device}; {workers} decode workers; "
+          f"batch {args.batch_size}; torch threads {torch.get_num_threads()}; load {info['load_avg']}")  # fmt: skip
+
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="embedstore-bench-models-") as models_dir:
+        for name in names:
+            t0 = time.perf_counter()
+            bb = build_backbone(name, Path(models_dir)).to(device)
+            build_s = time.perf_counter() - t0
+            print(f"\n[{name}] built in {build_s:.1f} s (dim {bb.dim}, input {bb.preprocess.crop_px} px)")
+            ceiling = forward_ceiling(bb, paths, args.batch_size, device, args.min_seconds)
+            print(f"  forward ceiling  {ceiling['images_per_s']:8.1f} img/s")
+            dec = decode_workers(files, bb.preprocess, args.batch_size, workers, device.type == "cuda")
+            print(f"  decode workers   {dec['images_per_s']:8.1f} img/s ({workers} workers, "
+                  f"first batch after {dec['first_batch_seconds']:.1f} s)")  # fmt: skip
+            sub = files[: args.decode_serial_n]
+            ser_lib = decode_serial(sub, bb.preprocess, plain_pil=False)
+            ser_pil = decode_serial(sub, bb.preprocess, plain_pil=True)
+            print(f"  decode 1 process {ser_lib['images_per_s']:8.1f} img/s (ingest code), "
+                  f"{ser_pil['images_per_s']:.1f} img/s (plain PIL)")  # fmt: skip
+            ing = run_ingest(folder, bb, args.batch_size, str(device), args.workers)
+            print(f"  ingest           {ing['images_per_s']:8.1f} img/s ({ing['seconds']:.1f} s; "
+                  f"re-run with nothing new {ing['rescan_seconds']:.1f} s)")  # fmt: skip
+            bound = min(ceiling["images_per_s"], dec["images_per_s"])
+            ing_rate = ing["images_per_s"] or 0.0
+            results.append({
+                "backbone": name, "dim": bb.dim, "input_px": bb.preprocess.crop_px,
+                "build_seconds": build_s, "forward_ceiling": ceiling, "ingest": ing,
+                "decode_workers": dec, "decode_serial_ingest_code": ser_lib,
+                "decode_serial_plain_pil": ser_pil,
+                "ingest_pct_of_ceiling": 100 * ing_rate / ceiling["images_per_s"],
+                "ingest_pct_of_bound": 100 * ing_rate / bound,
+            })  # fmt: skip
+            rows += [
+                {"backbone": name, "measure": "forward ceiling (embed, on device)",
+                 "img_per_s": ceiling["images_per_s"], "seconds": ceiling["seconds_per_batch"] * ceiling["batches"]},
+                {"backbone": name, "measure": "ingest (whole pipeline)", "img_per_s": ing_rate,
+                 "seconds": ing["seconds"], "pct_ceiling": results[-1]["ingest_pct_of_ceiling"],
+                 "pct_bound": results[-1]["ingest_pct_of_bound"]},
+                {"backbone": name, "measure": "ingest re-run, nothing new", "img_per_s": None,
+                 "seconds": ing["rescan_seconds"]},
+                {"backbone": name, "measure": f"decode, {workers} workers (ingest DataLoader)",
+                 "img_per_s": dec["images_per_s"], "seconds": dec["seconds"]},
+                {"backbone": name, "measure": "decode, 1 process, ingest code",
+                 "img_per_s": ser_lib["images_per_s"], "seconds": ser_lib["seconds"]},
+                {"backbone": name, "measure": "decode, 1 process, plain PIL",
+                 "img_per_s": ser_pil["images_per_s"], "seconds": ser_pil["seconds"]},
+            ]  # fmt: skip
+            del bb
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    print_table(rows, ["backbone", "measure", "img_per_s", "seconds", "pct_ceiling", "pct_bound"],
+                title=f"ingest benchmark: {len(files)} images, {device}, {workers} workers, batch {args.batch_size}")  # fmt: skip
+    print("pct_bound: ingest as a % of min(forward ceiling, decode workers)")
+    report = {
+        "benchmark": "ingest",
+        "settings": {
+            "n": len(files), "images_dir": str(folder), "device": str(device), "workers": workers,
+            "batch_size": args.batch_size, "min_seconds": args.min_seconds,
+            "decode_serial_n": min(args.decode_serial_n, len(files)), "backbones": names,
+            "image_sizes_px": "400x300 or 300x400 JPEG q90",
+        },  # fmt: skip
+        "machine": info,
+        "results": results,
+    }
+    path = write_json(report, args.out)
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

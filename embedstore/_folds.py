@@ -1,0 +1,140 @@
+"""Cross-validation folds written into the store as an int column ``fold``.
+
+Values: ``0..K-1`` the fold an image validates in; ``-1`` the held-out test part (no fold ever
+trains on it); ``-2`` "always train" (a class too small to split trains in every fold);
+null for unlabelled images. Stratified by label; ``group_by`` keeps every image of a group
+(an observation, say) in one fold. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedstore._store import Store, StoreError, connect
+
+HOLDOUT, ALWAYS_TRAIN = -1, -2
+
+
+def split(
+    store: str | os.PathLike | Store | None = None,
+    *,
+    folds: int = 5,
+    holdout: float = 0.0,
+    group_by: str | None = None,
+    seed: int = 0,
+    use_split_column: bool = False,
+) -> dict[str, Any]:
+    """Assign folds to the store's labelled images; returns a summary.
+
+    ``use_split_column`` honours an existing ``split`` column (from train/val/test folders):
+    ``test`` becomes the held-out part, ``val`` becomes fold 0 with every ``train`` image in
+    training; without a ``val`` part the ``train`` images are split into ``folds`` folds.
+
+    >>> split("my-store", folds=5, holdout=0.1, group_by="observation_id", seed=0)
+    """
+    st = store if isinstance(store, Store) else connect(store, create=False)
+    if folds < 2:
+        raise StoreError(f"--folds must be at least 2, not {folds}")
+    if not 0.0 <= holdout < 1.0:
+        raise StoreError(f"--holdout must be a fraction in [0, 1), not {holdout}")
+    schema = st.schema()
+    if schema is None:
+        raise StoreError(f"{st.path}: the store is empty; run `embedstore ingest` first")
+    cols = ["id", "label"] + (["split"] if "split" in schema.names else []) + ([group_by] if group_by else [])
+    if group_by and group_by not in schema.names:
+        raise StoreError(f"{st.path}: no column {group_by!r} to group by; columns: {', '.join(n for n in schema.names if not n.startswith('emb_'))}")
+    t = st.read(columns=cols)
+    ids = np.array(t.column("id").to_pylist(), dtype=object)
+    labels = np.array(t.column("label").to_pylist(), dtype=object)
+    labelled = np.array([x is not None for x in labels])
+    if not labelled.any():
+        raise StoreError(f"{st.path}: no labelled images to split; label them by class folders or --label-column")
+    if group_by:
+        # an image with no group value is its own group
+        keys = [f"g:{g}" if g is not None else f"i:{i}" for g, i in zip(t.column(group_by).to_pylist(), ids, strict=True)]
+        group_key = np.unique(np.array(keys), return_inverse=True)[1]
+    else:
+        group_key = np.arange(len(ids))
+    fold = np.full(len(ids), np.iinfo(np.int32).min, dtype=np.int64)  # min = unassigned/null
+    rng_seed = int(seed)
+    splits = np.array(t.column("split").to_pylist() if "split" in cols else [None] * len(ids), dtype=object)
+    pool = labelled.copy()
+    notes: list[str] = []
+    if use_split_column:
+        if not any(s in ("train", "val", "test") for s in splits[labelled]):
+            raise StoreError(f"{st.path}: no split column values (train/val/test) to honour; drop --use-split")
+        fold[labelled & (splits == "test")] = HOLDOUT
+        pool = labelled & (splits != "test")
+        if (labelled & (splits == "val")).any():
+            fold[labelled & (splits == "val")] = 0
+            fold[labelled & (splits != "val") & (splits != "test")] = ALWAYS_TRAIN
+            pool = np.zeros_like(pool)
+            notes.append("val part is fold 0; train part trains in every fold")
+    elif holdout > 0:
+        ho = _stratified_group_part(labels, group_key, pool, holdout, rng_seed)
+        fold[ho] = HOLDOUT
+        pool = pool & ~ho
+    small_classes = 0
+    if pool.any():
+        idx = np.flatnonzero(pool)
+        lab, grp = labels[idx], group_key[idx]
+        n_groups = Counter()
+        for c, g in set(zip(lab, grp, strict=True)):
+            n_groups[c] += 1
+        small = np.array([n_groups[c] < folds for c in lab])
+        small_classes = len({c for c, n in n_groups.items() if n < folds})
+        fold[idx[small]] = ALWAYS_TRAIN
+        idx = idx[~small]
+        if len(idx):
+            from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+            y = np.unique(labels[idx].astype(str), return_inverse=True)[1]
+            if group_by:
+                splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=rng_seed)
+                it = splitter.split(np.zeros(len(idx)), y, group_key[idx])
+            else:
+                splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=rng_seed)
+                it = splitter.split(np.zeros(len(idx)), y)
+            for k, (_, val) in enumerate(it):
+                fold[idx[val]] = k
+    mask = fold != np.iinfo(np.int32).min
+    arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
+    st.update_columns(pa.table({"id": pa.array(ids.tolist(), pa.string()), "fold": arr}))
+    counts = {int(k): int(v) for k, v in sorted(Counter(fold[mask].tolist()).items())}
+    summary = {
+        "folds": folds if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes) else 1,
+        "holdout": holdout, "group_by": group_by, "seed": seed, "use_split_column": use_split_column,
+        "images_per_fold": {str(k): v for k, v in counts.items() if k >= 0},
+        "holdout_images": counts.get(HOLDOUT, 0), "always_train_images": counts.get(ALWAYS_TRAIN, 0),
+        "small_classes": small_classes, "unlabelled": int((~labelled).sum()), "notes": notes,
+    }  # fmt: skip
+    st.set_table_metadata({"folds": summary})
+    return summary
+
+
+def _stratified_group_part(labels, group_key, pool, frac: float, seed: int) -> np.ndarray:
+    """A stratified, grouped random part of about ``frac`` of the pool (classes of one group stay out)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=bool)
+    idx = np.flatnonzero(pool)
+    by_class: dict[Any, list[int]] = {}
+    for i in idx:
+        by_class.setdefault(labels[i], []).append(i)
+    taken_groups: set[int] = set()
+    for c in sorted(by_class, key=str):
+        members = np.array(by_class[c])
+        groups = np.unique(group_key[members])
+        if len(groups) < 2:
+            continue  # a class with one group cannot give any to the test part
+        rng.shuffle(groups)
+        n_take = max(1, int(round(frac * len(groups))))
+        n_take = min(n_take, len(groups) - 1)
+        taken_groups.update(groups[:n_take].tolist())
+    out[idx] = np.isin(group_key[idx], list(taken_groups))
+    return out
+
