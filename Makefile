@@ -1,0 +1,42 @@
+# make demo  : set up and run the main job on real photos (ingest, info, lookup, train, eval, predict)
+# make test  : set up and run the whole test suite (what CI runs)
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+DATA  ?= ../shared/data/flowers12
+STORE ?= demo-store
+RUNS  ?= runs
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0   # the CPU wheel; an unpinned torch pulls CUDA builds
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/embedstore ingest $(DATA) --store $(STORE)
+	$(BIN)/embedstore info --store $(STORE)
+	$(BIN)/embedstore split --store $(STORE) --folds 5 --use-split
+	$(BIN)/embedstore lookup $(DATA)/test/daisy/image_0809.jpg --store $(STORE) --k 5
+	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp
+	$(BIN)/heads eval $(RUNS)/mlp
+	$(BIN)/heads predict $(RUNS)/mlp $(DATA)/test/sunflower/image_0721.jpg $(DATA)/test/iris/image_0401.jpg --top-k 3
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/heads.py
+	$(PY) benchmarks/knn.py
+
+clean:
+	rm -rf $(STORE) $(RUNS)
