@@ -22,10 +22,10 @@ demo: setup
 	$(BIN)/embedstore ingest $(DATA) --store $(STORE)
 	$(BIN)/embedstore info --store $(STORE)
 	$(BIN)/embedstore split --store $(STORE) --folds 5 --use-split
-	$(BIN)/embedstore lookup $(DATA)/test/daisy/image_0809.jpg --store $(STORE) --k 5
+	$(BIN)/embedstore lookup $(DATA)/test/daisy/image_0804.jpg --store $(STORE) --k 5
 	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp
 	$(BIN)/heads eval $(RUNS)/mlp
-	$(BIN)/heads predict $(RUNS)/mlp $(DATA)/test/sunflower/image_0721.jpg $(DATA)/test/iris/image_0401.jpg --top-k 3
+	$(BIN)/heads predict $(RUNS)/mlp $(DATA)/test/sunflower/image_0723.jpg $(DATA)/test/iris/image_0406.jpg --top-k 3
 
 test: setup
 	$(BIN)/pytest -q
