@@ -331,6 +331,12 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
     except ValueError as e:
         raise HeadsError(f"fold {k}: {e}") from e
     fit_s = time.perf_counter() - t0
+    knn_by_k = None
+    if hasattr(model, "predict_proba_multi_k") and known_val.any():  # every k from one search
+        index = {c: i for i, c in enumerate(classes)}
+        yv = np.array([index[c] for c in y_val_all[known_val]])
+        multi = model.predict_proba_multi_k(X_val[known_val])
+        knn_by_k = {str(kk): float((p.argmax(axis=1) == yv).mean()) for kk, p in sorted(multi.items())}
     fields_val_kw = {"fields": fields_val} if fields_val is not None else {}
     val_logits = np.asarray(model.decision_function(X_val, **fields_val_kw), dtype=np.float32) if len(val_rows) else np.zeros((0, len(classes)), np.float32)
     detector = None
@@ -374,6 +380,7 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
         "fit_seconds": round(fit_s, 3),
+        "knn_top1_by_k": knn_by_k,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "weights_sha256": {"head.safetensors": _sha256(run_dir / "head.safetensors")},
@@ -395,7 +402,10 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
     from heads._evaluate import evaluate
 
     res = evaluate(run_dir, holdout=False, plots=False)
-    return {"run": str(run_dir), "fold": k, "fit_seconds": round(fit_s, 3), "epochs": len(history), **res}
+    out = {"run": str(run_dir), "fold": k, "fit_seconds": round(fit_s, 3), "epochs": len(history), **res}
+    if knn_by_k is not None:
+        out["knn_top1_by_k"] = knn_by_k
+    return out
 
 
 def write_val(run_dir: Path, data: FoldData, rows: np.ndarray, logits: np.ndarray, scores: np.ndarray | None) -> None:

@@ -100,6 +100,8 @@ def test_every_head_learns_separable_store_embeddings(tmp_path, head):
     res = heads.train(st, fold=0, head=head, out=tmp_path / "run", **({"progress": False} if head in ("knn", "centroid") else FAST))
     m = res["metrics"][0]
     assert m["top1"] >= 0.95 and m["macro_f1"] >= 0.95, m
+    if head == "knn":  # every default k scored from one search (clamped to the 96 training rows)
+        assert set(m["knn_top1_by_k"]) == {"10", "20", "96"} and min(m["knn_top1_by_k"].values()) >= 0.9
     # save, load and predict give identical logits
     run = heads.load(tmp_path / "run")
     val = heads._runs.read_val(tmp_path / "run")
