@@ -87,23 +87,64 @@ def embedstore_cli() -> None:
 @embedstore_cli.command("ingest")
 @click.argument("images_dir", type=click.Path(path_type=str))
 @click.option("--store", "store", default=None, help=STORE_HELP)
-@click.option("--backbone", "backbones", multiple=True, default=("efficientnet-lite0",), show_default=True,
-              help="Backbone short name, Hugging Face hub id or local model folder; repeatable.")
-@click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True,
-              help="Token pooling for transformer backbones.")
-@click.option("--metadata", type=click.Path(path_type=str), default=None,
-              help="CSV or Parquet file joined to images by relative path, file name or id.")
+@click.option(
+    "--backbone",
+    "backbones",
+    multiple=True,
+    default=("efficientnet-lite0",),
+    show_default=True,
+    help="Backbone short name, Hugging Face hub id or local model folder; repeatable.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["cls", "mean", "cls+mean"]),
+    default="cls",
+    show_default=True,
+    help="Token pooling for transformer backbones.",
+)
+@click.option(
+    "--metadata",
+    type=click.Path(path_type=str),
+    default=None,
+    help="CSV or Parquet file joined to images by relative path, file name or id.",
+)
 @click.option("--join-column", default=None, help="Metadata column holding the image path/name/id.")
-@click.option("--label-column", default=None, help="Metadata column holding the label (default: class folder).")
+@click.option(
+    "--label-column",
+    default=None,
+    help="Metadata column holding the label (default: class folder).",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=None, help="Decode worker processes (default: cores - 1).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Stored embedding precision.")
-@click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
-              help="Larger images are skipped as possible decompression bombs.")
-@click.option("--commit-every", type=click.IntRange(1), default=512, show_default=True,
-              help="Images per atomic commit (a killed run resumes from the last one).")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=None,
+    help="Decode worker processes (default: cores - 1).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Stored embedding precision.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=89_478_485,
+    show_default=True,
+    help="Larger images are skipped as possible decompression bombs.",
+)
+@click.option(
+    "--commit-every",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
+    help="Images per atomic commit (a killed run resumes from the last one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], quiet: bool, as_json: bool,
@@ -120,7 +161,9 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
     """
     import embedstore
 
-    summary = embedstore.ingest(images_dir, store, backbones=list(backbones), progress=not quiet, **kw)
+    summary = embedstore.ingest(
+        images_dir, store, backbones=list(backbones), progress=not quiet, **kw
+    )
     if as_json:
         _echo_json(summary)
     else:
@@ -136,7 +179,9 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
             click.echo(f"  skipped files are listed in {summary['skipped_file']}")
         for w in summary["warnings"]:
             click.echo(f"  warning: {w}")
-        click.echo(f"store {summary['store']}: {summary['images_in_store']} images, version {summary['store_version']}")
+        click.echo(
+            f"store {summary['store']}: {summary['images_in_store']} images, version {summary['store_version']}"
+        )
     if not summary["ok"]:
         click.echo("error: no image could be ingested; see the reasons above", err=True)
         sys.exit(1)
@@ -158,8 +203,12 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(info)
         return
-    click.echo(f"store      {info['store']}  (version {info['version']}, {_human_bytes(info['size_bytes'])} on disk)")
-    click.echo(f"images     {info['images']}  ({info['labelled']} labelled, {info['unlabelled']} unlabelled)")
+    click.echo(
+        f"store      {info['store']}  (version {info['version']}, {_human_bytes(info['size_bytes'])} on disk)"
+    )
+    click.echo(
+        f"images     {info['images']}  ({info['labelled']} labelled, {info['unlabelled']} unlabelled)"
+    )
     c = info["classes"]
     if c["count"]:
         click.echo(
@@ -170,25 +219,49 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     else:
         click.echo("classes    0")
     for b in info["backbones"]:
-        click.echo(f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded  [{b['column']}]")
+        click.echo(
+            f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded  [{b['column']}]"
+        )
     if info.get("folds"):
         f = info["folds"]
-        click.echo(f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, group-by {f.get('group_by')})")
+        click.echo(
+            f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, group-by {f.get('group_by')})"
+        )
     s = info["skipped"]
-    click.echo(f"skipped    {s['count']}" + (f"  ({', '.join(f'{k}: {v}' for k, v in s['by_reason'].items())}; see {s['file']})" if s["count"] else ""))
+    click.echo(
+        f"skipped    {s['count']}"
+        + (
+            f"  ({', '.join(f'{k}: {v}' for k, v in s['by_reason'].items())}; see {s['file']})"
+            if s["count"]
+            else ""
+        )
+    )
     if info.get("columns"):
         click.echo(f"columns    {', '.join(info['columns'])}")
 
 
 @embedstore_cli.command("split")
 @click.option("--store", default=None, help=STORE_HELP)
-@click.option("--folds", type=click.IntRange(2), default=5, show_default=True, help="Number of folds K.")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fraction held out as a test part no fold trains on.")
-@click.option("--group-by", default=None, help="Column whose groups stay in one fold (e.g. observation_id).")
+@click.option(
+    "--folds", type=click.IntRange(2), default=5, show_default=True, help="Number of folds K."
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction held out as a test part no fold trains on.",
+)
+@click.option(
+    "--group-by", default=None, help="Column whose groups stay in one fold (e.g. observation_id)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--use-split", "use_split_column", is_flag=True,
-              help="Honour the store's split column (train/val/test folders): test is held out, val is fold 0.")
+@click.option(
+    "--use-split",
+    "use_split_column",
+    is_flag=True,
+    help="Honour the store's split column (train/val/test folders): test is held out, val is fold 0.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     """Write a stratified (optionally grouped) fold assignment into the store.
@@ -208,10 +281,95 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
         _echo_json(res)
         return
     per = ", ".join(f"fold {k}: {v}" for k, v in res["images_per_fold"].items())
-    click.echo(f"{per}; held out: {res['holdout_images']}; always train: {res['always_train_images']} "
-               f"({res['small_classes']} class(es) too small to split); unlabelled: {res['unlabelled']}")
+    click.echo(
+        f"{per}; held out: {res['holdout_images']}; always train: {res['always_train_images']} "
+        f"({res['small_classes']} class(es) too small to split); unlabelled: {res['unlabelled']}"
+    )
     for n in res["notes"]:
         click.echo(f"  {n}")
+
+
+@embedstore_cli.command("lookup")
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--k", "k", type=int, default=10, show_default=True, help="Neighbours per query.")
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option("--where", default=None, help="SQL filter on stored rows, e.g. \"habitat = 'wood'\".")
+@click.option(
+    "--column", "columns", multiple=True, help="Metadata column to show (repeatable; default: all)."
+)
+@click.option(
+    "--index",
+    type=click.Choice(["auto", "exact", "ivf", "hnsw"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="A list with one object per query.")
+def lookup_cmd(
+    queries: tuple[str, ...], columns: tuple[str, ...], as_json: bool, **kw: Any
+) -> None:
+    """The nearest stored images to each query (an image file or a stored row id), and a vote.
+
+    An exact duplicate of a stored image comes back first with similarity 1.
+
+    \b
+    Example:
+      embedstore lookup mushroom.jpg --store fungi --k 10 --where "habitat = 'wood'"
+      embedstore lookup 3f2a...e9 --store fungi --json
+    """
+    import embedstore
+
+    res = embedstore.lookup(kw.pop("store"), list(queries), columns=list(columns) or None, **kw)
+    if as_json:
+        _echo_json(res["results"])
+        return
+    how = f"{res.get('index_kind', 'exact')} index" if res["used_index"] else "exact search"
+    click.echo(f"{res.get('backbone')} embeddings, {how}")
+    for w in res.get("warnings", []):
+        click.echo(f"warning: {w}")
+    for q in res["results"]:
+        v = q["vote"]
+        click.echo(f"{q['query']}: vote {v['label']} ({v['score']:.3f})")
+        for n in q["neighbors"]:
+            click.echo(f"  {n['similarity']:.4f}  {n['label']}  {n['path']}")
+
+
+@embedstore_cli.command("index")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "exact", "ivf", "hnsw"]),
+    default="auto",
+    show_default=True,
+    help="auto: IVF from 200,000 vectors, exact below.",
+)
+@click.option(
+    "--nlist", type=click.IntRange(1), default=None, help="IVF lists (default ~4 sqrt(N))."
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the index is up to date.")
+@click.option("--json", "as_json", is_flag=True)
+def index_cmd(as_json: bool, **kw: Any) -> None:
+    """Build or refresh the ANN index `embedstore lookup` uses for a backbone.
+
+    \b
+    Example:
+      embedstore index --store fungi --kind ivf
+    """
+    import embedstore
+
+    res = embedstore.build_index(kw.pop("store"), **kw)
+    if as_json:
+        _echo_json(res)
+        return
+    click.echo(json.dumps(res, default=str))
 
 
 @embedstore_cli.command("backbones")
@@ -261,29 +419,72 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
 
 @heads_cli.command("train")
 @click.option("--store", default=None, help=STORE_HELP)
-@click.option("--fold", default="0", show_default=True, help="Validation fold K, or 'all' (then an ensemble of the folds).")
-@click.option("--backbone", default=None, help="Embedding column's backbone (default: the only one).")
-@click.option("--head", "head", default="mlp", show_default=True, help="linear | mlp | transformer | knn | centroid.")
+@click.option(
+    "--fold",
+    default="0",
+    show_default=True,
+    help="Validation fold K, or 'all' (then an ensemble of the folds).",
+)
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option(
+    "--head",
+    "head",
+    default="mlp",
+    show_default=True,
+    help="linear | mlp | transformer | knn | centroid.",
+)
 @click.option("--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024).")
 @click.option("--dropout", type=click.FloatRange(0, 1), default=None)
-@click.option("--loss", default=None, help="ce | focal | seesaw | arcface | subcenter-arcface | logit-adjusted.")
+@click.option(
+    "--loss",
+    default=None,
+    help="ce | focal | seesaw | arcface | subcenter-arcface | logit-adjusted.",
+)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce.")
-@click.option("--class-weights", type=click.Choice(["none", "inverse", "sqrt-inverse"]), default=None)
-@click.option("--sampler", type=click.Choice(["none", "balanced", "prior"]), default=None,
-              help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.")
-@click.option("--metadata", "metadata", multiple=True, help="Metadata column fed to the head; repeatable.")
-@click.option("--aux-target", "aux_targets", multiple=True, help="Binary column learned as an auxiliary output; repeatable.")
+@click.option(
+    "--class-weights", type=click.Choice(["none", "inverse", "sqrt-inverse"]), default=None
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["none", "balanced", "prior"]),
+    default=None,
+    help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
+)
+@click.option(
+    "--metadata", "metadata", multiple=True, help="Metadata column fed to the head; repeatable."
+)
+@click.option(
+    "--aux-target",
+    "aux_targets",
+    multiple=True,
+    help="Binary column learned as an auxiliary output; repeatable.",
+)
 @click.option("--aux-alpha", type=float, default=None, help="Weight of the auxiliary BCE loss.")
 @click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
-@click.option("--unknown", default=None, help="Attach an unknown detector: msp | entropy | energy | max-logit | knn | mahalanobis | relative-mahalanobis.")
-@click.option("--unknown-label", default="unknown", show_default=True, help="Label of images of no known class.")
-@click.option("--where", default=None, help="SQL filter on store rows used for training and validation.")
+@click.option(
+    "--unknown",
+    default=None,
+    help="Attach an unknown detector: msp | entropy | energy | max-logit | knn | mahalanobis | relative-mahalanobis.",
+)
+@click.option(
+    "--unknown-label",
+    default="unknown",
+    show_default=True,
+    help="Label of images of no known class.",
+)
+@click.option(
+    "--where", default=None, help="SQL filter on store rows used for training and validation."
+)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>).")
+@click.option(
+    "--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
@@ -300,19 +501,27 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
 
     if label_smoothing is not None:
         kw["loss_kwargs"] = {"label_smoothing": label_smoothing}
-    res = heads.train(store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw)
+    res = heads.train(
+        store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw
+    )
     if as_json:
         _echo_json(res)
         return
     for m in res["metrics"]:
-        click.echo(f"fold {m['fold']}: top1 {m.get('top1', float('nan')):.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}  "
-                   f"({m['epochs']} epochs, {m['fit_seconds']} s)  -> {m['run']}")
+        click.echo(
+            f"fold {m['fold']}: top1 {m.get('top1', float('nan')):.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}  "
+            f"({m['epochs']} epochs, {m['fit_seconds']} s)  -> {m['run']}"
+        )
     if res["ensemble"]:
         e = heads.evaluate(res["ensemble"], plots=False)
-        click.echo(f"ensemble of {len(res['runs'])} folds (out-of-fold): top1 {e.get('top1', float('nan')):.4f}  "
-                   f"macro-F1 {e.get('macro_f1', float('nan')):.4f}  -> {res['ensemble']}")
+        click.echo(
+            f"ensemble of {len(res['runs'])} folds (out-of-fold): top1 {e.get('top1', float('nan')):.4f}  "
+            f"macro-F1 {e.get('macro_f1', float('nan')):.4f}  -> {res['ensemble']}"
+        )
         if "holdout" in e:
-            click.echo(f"held-out part: top1 {e['holdout'].get('top1', float('nan')):.4f}  macro-F1 {e['holdout'].get('macro_f1', float('nan')):.4f}")
+            click.echo(
+                f"held-out part: top1 {e['holdout'].get('top1', float('nan')):.4f}  macro-F1 {e['holdout'].get('macro_f1', float('nan')):.4f}"
+            )
 
 
 _EVAL_KEYS = ("top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
@@ -321,7 +530,9 @@ _EVAL_KEYS = ("top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium
 
 @heads_cli.command("eval")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--store", default=None, help="Store to read the held-out part from (default: the run's).")
+@click.option(
+    "--store", default=None, help="Store to read the held-out part from (default: the run's)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run or ensemble.")
 def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     """Score runs or ensembles: top-1/3, macro-F1, mean class accuracy, shot buckets, open-set
@@ -345,7 +556,9 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
             vals = "  ".join(f"{k} {d[k]:.4f}" for k in _EVAL_KEYS if isinstance(d.get(k), float))
             click.echo(f"  {part:<10} {vals}")
         if r.get("most_confused"):
-            pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5])
+            pairs = ", ".join(
+                f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5]
+            )
             click.echo(f"  most confused: {pairs}")
         if r.get("per_class_png"):
             click.echo(f"  per-class plot: {r['per_class_png']}")
@@ -354,10 +567,16 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
 @heads_cli.command("ensemble")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out", required=True, help="Ensemble directory to write.")
-@click.option("--weights", callback=_float_list, default=None, help="Comma-separated member weights.")
-@click.option("--average", type=click.Choice(["logits", "probs"]), default="logits", show_default=True)
+@click.option(
+    "--weights", callback=_float_list, default=None, help="Comma-separated member weights."
+)
+@click.option(
+    "--average", type=click.Choice(["logits", "probs"]), default="logits", show_default=True
+)
 @click.option("--json", "as_json", is_flag=True)
-def ensemble_cmd(runs: tuple[str, ...], out: str, weights: list[float] | None, average: str, as_json: bool) -> None:
+def ensemble_cmd(
+    runs: tuple[str, ...], out: str, weights: list[float] | None, average: str, as_json: bool
+) -> None:
     """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.
 
     \b
@@ -374,18 +593,37 @@ def ensemble_cmd(runs: tuple[str, ...], out: str, weights: list[float] | None, a
     click.echo(f"{res['path']}: {vals}")
     if res.get("holdout"):
         h = res["holdout"]
-        click.echo("held-out: " + "  ".join(f"{k} {h[k]:.4f}" for k in _EVAL_KEYS if isinstance(h.get(k), float)))
+        click.echo(
+            "held-out: "
+            + "  ".join(f"{k} {h[k]:.4f}" for k in _EVAL_KEYS if isinstance(h.get(k), float))
+        )
 
 
 @heads_cli.command("predict")
 @click.argument("run", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, type=click.Path(path_type=str))
-@click.option("--images", "images_dir", default=None, type=click.Path(path_type=str), help="Predict every image under this folder.")
+@click.option(
+    "--images",
+    "images_dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Predict every image under this folder.",
+)
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--prior", default=None, help="'uniform' or a label,probability CSV/JSON: adjust to a test label distribution.")
-@click.option("--cost-matrix", default=None, type=click.Path(path_type=str),
-              help="CSV cost[true, predicted]: choose the label of least expected cost.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--prior",
+    default=None,
+    help="'uniform' or a label,probability CSV/JSON: adjust to a test label distribution.",
+)
+@click.option(
+    "--cost-matrix",
+    default=None,
+    type=click.Path(path_type=str),
+    help="CSV cost[true, predicted]: choose the label of least expected cost.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per image.")
 def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> None:
     """Top-k labels for images with a run or ensemble (new images are embedded on the fly).
@@ -411,6 +649,47 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
     if all("error" in r for r in res):
         click.echo("error: no image could be predicted", err=True)
         sys.exit(1)
+
+
+@heads_cli.command("openset")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--backbone", default=None)
+@click.option(
+    "--holdout-classes",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.25,
+    show_default=True,
+    help="Share of classes held out as unknown in each draw.",
+)
+@click.option("--draws", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--detector", "detectors", multiple=True, help="Detector to measure (repeatable; default: all)."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--roc-png", default=None, help="Write ROC curves of the last draw to this PNG.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One object per detector: detector, auroc, fpr95."
+)
+def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
+    """Measure unknown-class detectors without labelled unknowns: hold out classes, train on the
+    rest, and report each detector's AUROC and FPR at 95% TPR, averaged over draws.
+
+    \b
+    Example:
+      heads openset --store flowers --holdout-classes 0.25 --roc-png roc.png
+    """
+    import heads
+
+    rows = heads.openset(kw.pop("store"), detectors=list(detectors) or None, **kw)
+    if as_json:
+        _echo_json(rows)
+        return
+    from heads._openset import format_table
+
+    click.echo(format_table(rows))
 
 
 if __name__ == "__main__":  # pragma: no cover

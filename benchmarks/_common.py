@@ -135,7 +135,9 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+def print_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
+) -> None:
     """Print ``rows`` (dicts) as an aligned text table of ``columns``; missing values show ``-``.
 
     >>> print_table([{"name": "a", "images_per_s": 812.3}], ["name", "images_per_s"])

@@ -44,7 +44,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         st = embedstore.connect(Path(tmp) / "store")
-        field = st.embedding_field("emb_bench", a.dim, "float16", {"backbone": "bench", "source": "random", "dim": a.dim})
+        field = st.embedding_field(
+            "emb_bench", a.dim, "float16", {"backbone": "bench", "source": "random", "dim": a.dim}
+        )
         X = rng.standard_normal((a.n, a.dim), dtype=np.float32).astype(np.float16)
         for part in np.array_split(np.arange(a.n), 10):
             t = pa.Table.from_arrays(
@@ -66,7 +68,9 @@ def main() -> None:
         assert got.shape == X.shape
     for r in rows:
         r["rows_per_s"] = a.n / r["seconds"] if "filtered" not in r["read"] else None
-    print_table(rows, ["read", "seconds", "rows_per_s"], title=f"store read, {a.n:,} x {a.dim} float16")
+    print_table(
+        rows, ["read", "seconds", "rows_per_s"], title=f"store read, {a.n:,} x {a.dim} float16"
+    )
     path = write_json({"n": a.n, "dim": a.dim, "rows": rows, "machine": machine_info()}, a.out)
     print(f"wrote {path}")
 

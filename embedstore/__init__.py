@@ -7,9 +7,9 @@
 """
 
 from embedstore._backbones import (
-    backbone_from_description,
     Backbone,
     BackboneError,
+    backbone_from_description,
     create_backbone,
     embedding_column,
     list_backbones,
@@ -18,6 +18,7 @@ from embedstore._backbones import (
 from embedstore._folds import ALWAYS_TRAIN, HOLDOUT, split
 from embedstore._images import ImageError, decode_image, find_images, hash_bytes
 from embedstore._ingest import IngestError, ingest, resolve_device
+from embedstore._lookup import build_index, lookup
 from embedstore._metadata import MetadataError, read_metadata
 from embedstore._preprocess import Preprocess
 from embedstore._store import EmbeddingInfo, Store, StoreError, connect, default_store_path
@@ -28,6 +29,8 @@ __all__ = [
     "split",
     "Backbone",
     "backbone_from_description",
+    "build_index",
+    "lookup",
     "BackboneError",
     "EmbeddingInfo",
     "ImageError",

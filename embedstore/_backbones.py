@@ -71,7 +71,13 @@ class Backbone:
 
     def describe(self) -> dict[str, Any]:
         """What reproduces this backbone's embeddings (stored in the column's metadata)."""
-        import transformers
+        from importlib.metadata import PackageNotFoundError, version
+
+        def _v(dist: str) -> str | None:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return None
 
         return {
             "backbone": self.name,
@@ -83,7 +89,11 @@ class Backbone:
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
             "dim": self.dim,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": _v("transformers"),
+                "embedstore": _v("embedstore"),
+            },
         }
 
 
@@ -133,7 +143,13 @@ class EfficientNetLite0(Backbone):
         self.weights_sha256 = _sha256_file(weights)
         self.preprocess = Preprocess(224, 224, "shortest", "bicubic", (0.498,) * 3, (0.502,) * 3)
 
+    def to(self, device: str | torch.device, autocast: bool = True) -> Backbone:
+        super().to(device, autocast)
+        self.model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+        return self
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.model.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
 
 
@@ -226,7 +242,9 @@ class HFBackbone(Backbone):
             default = _DEFAULT_PREPROCESS.get(self.model_type)
             if default is None:  # DINOv2 style: resize 256/224 of the crop, ImageNet stats
                 return Preprocess(round(size * 256 / 224), size)
-            return Preprocess(size, size, default.resize_mode, default.resample, default.mean, default.std)
+            return Preprocess(
+                size, size, default.resize_mode, default.resample, default.mean, default.std
+            )
 
     @staticmethod
     def _weights_hash(source: str) -> str:
@@ -268,7 +286,9 @@ def register_backbone(name: str, factory: Callable[..., Backbone]) -> None:
 
 register_backbone("efficientnet-lite0", lambda name, pooling="cls": EfficientNetLite0(name))
 for _short, _hub in HF_SHORT_NAMES.items():
-    register_backbone(_short, lambda name, pooling="cls", _hub=_hub: HFBackbone(name, _hub, pooling))
+    register_backbone(
+        _short, lambda name, pooling="cls", _hub=_hub: HFBackbone(name, _hub, pooling)
+    )
 
 
 def list_backbones(pattern: str = "*") -> list[dict[str, str]]:

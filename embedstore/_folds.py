@@ -45,29 +45,44 @@ def split(
     schema = st.schema()
     if schema is None:
         raise StoreError(f"{st.path}: the store is empty; run `embedstore ingest` first")
-    cols = ["id", "label"] + (["split"] if "split" in schema.names else []) + ([group_by] if group_by else [])
+    cols = (
+        ["id", "label"]
+        + (["split"] if "split" in schema.names else [])
+        + ([group_by] if group_by else [])
+    )
     if group_by and group_by not in schema.names:
-        raise StoreError(f"{st.path}: no column {group_by!r} to group by; columns: {', '.join(n for n in schema.names if not n.startswith('emb_'))}")
+        raise StoreError(
+            f"{st.path}: no column {group_by!r} to group by; columns: {', '.join(n for n in schema.names if not n.startswith('emb_'))}"
+        )
     t = st.read(columns=cols)
     ids = np.array(t.column("id").to_pylist(), dtype=object)
     labels = np.array(t.column("label").to_pylist(), dtype=object)
     labelled = np.array([x is not None for x in labels])
     if not labelled.any():
-        raise StoreError(f"{st.path}: no labelled images to split; label them by class folders or --label-column")
+        raise StoreError(
+            f"{st.path}: no labelled images to split; label them by class folders or --label-column"
+        )
     if group_by:
         # an image with no group value is its own group
-        keys = [f"g:{g}" if g is not None else f"i:{i}" for g, i in zip(t.column(group_by).to_pylist(), ids, strict=True)]
+        keys = [
+            f"g:{g}" if g is not None else f"i:{i}"
+            for g, i in zip(t.column(group_by).to_pylist(), ids, strict=True)
+        ]
         group_key = np.unique(np.array(keys), return_inverse=True)[1]
     else:
         group_key = np.arange(len(ids))
     fold = np.full(len(ids), np.iinfo(np.int32).min, dtype=np.int64)  # min = unassigned/null
     rng_seed = int(seed)
-    splits = np.array(t.column("split").to_pylist() if "split" in cols else [None] * len(ids), dtype=object)
+    splits = np.array(
+        t.column("split").to_pylist() if "split" in cols else [None] * len(ids), dtype=object
+    )
     pool = labelled.copy()
     notes: list[str] = []
     if use_split_column:
         if not any(s in ("train", "val", "test") for s in splits[labelled]):
-            raise StoreError(f"{st.path}: no split column values (train/val/test) to honour; drop --use-split")
+            raise StoreError(
+                f"{st.path}: no split column values (train/val/test) to honour; drop --use-split"
+            )
         fold[labelled & (splits == "test")] = HOLDOUT
         pool = labelled & (splits != "test")
         if (labelled & (splits == "val")).any():
@@ -84,7 +99,7 @@ def split(
         idx = np.flatnonzero(pool)
         lab, grp = labels[idx], group_key[idx]
         n_groups = Counter()
-        for c, g in set(zip(lab, grp, strict=True)):
+        for c, _g in set(zip(lab, grp, strict=True)):
             n_groups[c] += 1
         small = np.array([n_groups[c] < folds for c in lab])
         small_classes = len({c for c, n in n_groups.items() if n < folds})
@@ -137,4 +152,3 @@ def _stratified_group_part(labels, group_key, pool, frac: float, seed: int) -> n
         taken_groups.update(groups[:n_take].tolist())
     out[idx] = np.isin(group_key[idx], list(taken_groups))
     return out
-

@@ -46,7 +46,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IngestError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+        raise IngestError(
+            "--device cuda was asked for but CUDA is not available; use --device cpu or auto"
+        )
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise IngestError(f"unknown device {device!r}; valid: auto, cpu, cuda")
     return torch.device(device)
@@ -187,7 +189,12 @@ def ingest(
     queued_ids: set[str] = set()
     for f in supported:
         prev = index.get(f.rel)
-        if prev is not None and prev[0] == f.size and prev[1] == f.mtime_ns and prev[2] in store_ids:
+        if (
+            prev is not None
+            and prev[0] == f.size
+            and prev[1] == f.mtime_ns
+            and prev[2] in store_ids
+        ):
             image_id = prev[2]
             missing = any(image_id not in have[m.name] for m in models)
             if missing and image_id not in queued_ids:
@@ -199,12 +206,17 @@ def ingest(
             work.append(_Work(str(f.path), f.rel, None))
 
     if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
-        _update_existing_metadata(st, index, store_ids, rel_pos, labels_split, meta_cols, label_column)
+        _update_existing_metadata(
+            st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
+        )
 
     # ---- decode in workers, embed, commit in chunks
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
     pre_of = [preprocs.index(m.preprocess) for m in models]
     n_workers = _default_workers() if workers is None else max(0, workers)
+    n_workers = min(
+        n_workers, -(-len(work) // batch_size)
+    )  # no idle workers (none at all for no work)
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(work, preprocs, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
@@ -216,7 +228,9 @@ def ingest(
     seen_this_run: dict[str, str] = {}  # id -> first rel in this run
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(work), unit="img", desc=f"ingest {root.name}", disable=not progress, smoothing=0.1)
+    bar = tqdm(
+        total=len(work), unit="img", desc=f"ingest {root.name}", disable=not progress, smoothing=0.1
+    )
     try:
         for batch in loader:
             for e in batch["errors"]:
@@ -251,12 +265,20 @@ def ingest(
                     row_embs = {m.column: embs[m.name][j] for m in models}
                     bad = [m.name for m in models if not np.isfinite(row_embs[m.column]).all()]
                     if bad:
-                        skipped.append({"root": str(root), "rel": w.rel, "reason": f"backbone {bad[0]} gave a non-finite embedding"})
+                        skipped.append(
+                            {
+                                "root": str(root),
+                                "rel": w.rel,
+                                "reason": f"backbone {bad[0]} gave a non-finite embedding",
+                            }
+                        )
                         continue
                     if it["id"] in store_ids:  # stored image missing some backbone
                         for m in models:
                             if it["id"] not in have[m.name]:
-                                pending.updates.setdefault(m.column, []).append((it["id"], row_embs[m.column]))
+                                pending.updates.setdefault(m.column, []).append(
+                                    (it["id"], row_embs[m.column])
+                                )
                                 stats[f"embedded:{m.name}"] += 1
                     else:
                         pos = rel_pos[w.rel]
@@ -297,7 +319,9 @@ def ingest(
         "seconds": round(seconds, 2),
         "images_per_s": round(len(work) / seconds, 1) if seconds > 0 else None,
     }
-    summary["ok"] = total_in_store > 0 and (len(supported) - len([s for s in skipped if not s["reason"].startswith("unsupported")]) > 0)
+    summary["ok"] = total_in_store > 0 and (
+        len(supported) - len([s for s in skipped if not s["reason"].startswith("unsupported")]) > 0
+    )
     return summary
 
 
@@ -369,7 +393,9 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
         ids = list(p.paths)
         where = "id IN (" + ", ".join("'" + i + "'" for i in ids) + ")"
         cur = st.read(columns=["id", "paths"], where=where)
-        known = dict(zip(cur.column("id").to_pylist(), cur.column("paths").to_pylist(), strict=True))
+        known = dict(
+            zip(cur.column("id").to_pylist(), cur.column("paths").to_pylist(), strict=True)
+        )
         rows = []
         for i in ids:
             if i not in known:
@@ -381,7 +407,11 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
             if merged != known[i]:
                 rows.append({"id": i, "paths": merged})
         if rows:
-            st.update_columns(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("paths", pa.list_(pa.string()))])))
+            st.update_columns(
+                pa.Table.from_pylist(
+                    rows, schema=pa.schema([("id", pa.string()), ("paths", pa.list_(pa.string()))])
+                )
+            )
     if p.files:
         recs = []
         for rel, image_id in p.files:
@@ -389,7 +419,15 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
                 s = os.stat(root / rel)
             except OSError:
                 continue
-            recs.append({"root": str(root), "rel": rel, "size": s.st_size, "mtime_ns": s.st_mtime_ns, "id": image_id})
+            recs.append(
+                {
+                    "root": str(root),
+                    "rel": rel,
+                    "size": s.st_size,
+                    "mtime_ns": s.st_mtime_ns,
+                    "id": image_id,
+                }
+            )
         st.record_files(pa.Table.from_pylist(recs, schema=pa.schema(
             [("root", pa.string()), ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("id", pa.string())])))  # fmt: skip
     st.clear_skipped(str(root), p.ok_rels)
@@ -399,7 +437,9 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
     p.skipped_from = n
 
 
-def _update_existing_metadata(st: Store, index, store_ids, rel_pos, labels_split, meta_cols, label_column) -> None:
+def _update_existing_metadata(
+    st: Store, index, store_ids, rel_pos, labels_split, meta_cols, label_column
+) -> None:
     rows_id, rows_pos = [], []
     for rel, (_, _, image_id) in index.items():
         if image_id in store_ids and rel in rel_pos:

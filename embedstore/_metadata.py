@@ -17,7 +17,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 RESERVED = frozenset(
-    {"id", "path", "paths", "root", "label", "split", "fold", "width", "height", "bytes", "added_at"}
+    {
+        "id",
+        "path",
+        "paths",
+        "root",
+        "label",
+        "split",
+        "fold",
+        "width",
+        "height",
+        "bytes",
+        "added_at",
+    }
 )
 _JOIN_CANDIDATES = (
     "path", "relpath", "rel_path", "image_path", "filepath", "file_path", "file", "filename",
@@ -62,7 +74,9 @@ def read_metadata(path: str | os.PathLike, join_column: str | None = None) -> Me
         elif suffix in (".csv", ".tsv", ".txt"):
             table = _read_csv(p, "\t" if suffix == ".tsv" else ",", warnings)
         else:
-            raise MetadataError(f"{p}: unsupported metadata format {suffix!r}; use .csv or .parquet")
+            raise MetadataError(
+                f"{p}: unsupported metadata format {suffix!r}; use .csv or .parquet"
+            )
     except pa.ArrowInvalid as e:
         raise MetadataError(f"{p}: cannot parse metadata: {e}") from e
     if table.num_rows == 0:
@@ -142,7 +156,9 @@ def _infer(name: str, col: pa.Array, warnings: list[str], fname: str) -> pa.Arra
     is_geo = name.lower() in _LAT_NAMES | _LON_NAMES
     if n_num >= 0.9 * n_valid or (is_geo and n_num > 0):
         if n_num < n_valid:
-            warnings.append(f"{fname}: column {name!r}: {n_valid - n_num} non-numeric value(s) set to null")
+            warnings.append(
+                f"{fname}: column {name!r}: {n_valid - n_num} non-numeric value(s) set to null"
+            )
         integral = n_num > 0 and np.all(np.mod(nums[~np.isnan(nums)], 1) == 0) and not is_geo
         mask = np.isnan(nums)
         if integral and np.all(np.abs(nums[~mask]) < 2**53):
@@ -157,8 +173,12 @@ def _infer(name: str, col: pa.Array, warnings: list[str], fname: str) -> pa.Arra
         n_ok = int(parsed.notna().sum())
         if n_ok >= 0.5 * n_valid:
             if n_ok < n_valid:
-                warnings.append(f"{fname}: column {name!r}: {n_valid - n_ok} unparseable date(s) set to null")
-            return pa.array(parsed.dt.tz_localize(None) if parsed.dt.tz else parsed, pa.timestamp("us"))
+                warnings.append(
+                    f"{fname}: column {name!r}: {n_valid - n_ok} unparseable date(s) set to null"
+                )
+            return pa.array(
+                parsed.dt.tz_localize(None) if parsed.dt.tz else parsed, pa.timestamp("us")
+            )
     return stripped
 
 
@@ -210,7 +230,10 @@ def join_metadata(meta: Metadata, rel_paths: list[str]) -> JoinResult:
     excluded), under the file's own names (the caller renames reserved ones).
     """
     warnings = list(meta.warnings)
-    keys = [None if k is None else str(k).strip() for k in meta.table.column(meta.join_column).to_pylist()]
+    keys = [
+        None if k is None else str(k).strip()
+        for k in meta.table.column(meta.join_column).to_pylist()
+    ]
     modes = {
         "relative path": [r for r in rel_paths],
         "file name": [r.rsplit("/", 1)[-1] for r in rel_paths],
@@ -227,7 +250,9 @@ def join_metadata(meta: Metadata, rel_paths: list[str]) -> JoinResult:
         else:
             first[k] = i
     if dups:
-        warnings.append(f"metadata: {dups} duplicate key(s) in {meta.join_column!r}; kept the first row of each")
+        warnings.append(
+            f"metadata: {dups} duplicate key(s) in {meta.join_column!r}; kept the first row of each"
+        )
     best_mode, best_idx, best_n = None, None, -1
     for mode, img_keys in modes.items():
         idx = np.array([first.get(k, -1) for k in img_keys], dtype=np.int64)
@@ -241,7 +266,9 @@ def join_metadata(meta: Metadata, rel_paths: list[str]) -> JoinResult:
             "or stem; check --join-column"
         )
     elif best_n < len(rel_paths):
-        warnings.append(f"metadata: {len(rel_paths) - best_n} image(s) have no metadata row ({best_mode} join)")
+        warnings.append(
+            f"metadata: {len(rel_paths) - best_n} image(s) have no metadata row ({best_mode} join)"
+        )
     unused = len(first) - len(set(best_idx[best_idx >= 0].tolist()))
     if unused > 0:
         warnings.append(f"metadata: {unused} row(s) match no image")

@@ -83,7 +83,9 @@ def from_processor_config(cfg: dict[str, Any]) -> Preprocess:
         resize_px, mode = 224, "shortest"
     if cfg.get("do_resize") is False:
         mode = "shortest"
-    crop_px = int(crop.get("height", resize_px)) if cfg.get("do_center_crop", bool(crop)) else resize_px
+    crop_px = (
+        int(crop.get("height", resize_px)) if cfg.get("do_center_crop", bool(crop)) else resize_px
+    )
     mean = tuple(cfg.get("image_mean") or IMAGENET_MEAN)
     std = tuple(cfg.get("image_std") or IMAGENET_STD)
     if cfg.get("do_normalize") is False:

@@ -71,10 +71,14 @@ class Store:
     def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
         self.path = Path(path).expanduser()
         if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"{self.path}: store path is a file, not a folder; choose another --store")
+            raise StoreError(
+                f"{self.path}: store path is a file, not a folder; choose another --store"
+            )
         if not self.path.exists():
             if not create:
-                raise StoreError(f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`")
+                raise StoreError(
+                    f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`"
+                )
             self.path.mkdir(parents=True)
         elif any(self.path.iterdir()) and not (self.path / "images.lance").exists() and not create:
             raise StoreError(f"{self.path}: not an embedstore store (no images.lance)")
@@ -140,7 +144,9 @@ class Store:
         """The embedding column for ``backbone`` (a name or column), or the only one there is."""
         infos = self.embeddings_info()
         if not infos:
-            raise StoreError(f"{self.path}: the store has no embeddings; run `embedstore ingest` first")
+            raise StoreError(
+                f"{self.path}: the store has no embeddings; run `embedstore ingest` first"
+            )
         if backbone is None:
             if len(infos) > 1:
                 raise StoreError(
@@ -156,7 +162,9 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def ensure_embedding_column(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> None:
+    def ensure_embedding_column(
+        self, column: str, dim: int, dtype: EmbDtype, describe: dict
+    ) -> None:
         """Add an (all null) embedding column described by ``describe`` if it is not there yet."""
         ds = self._open("images")
         pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
@@ -217,7 +225,15 @@ class Store:
             md = {f.name: f.metadata for f in missing if f.metadata}
             if md:
                 self._lance.dataset(self._uri("images")).update_field_metadata(
-                    {k: {kk.decode() if isinstance(kk, bytes) else kk: vv.decode() if isinstance(vv, bytes) else vv for kk, vv in v.items()} for k, v in md.items()},
+                    {
+                        k: {
+                            kk.decode() if isinstance(kk, bytes) else kk: vv.decode()
+                            if isinstance(vv, bytes)
+                            else vv
+                            for kk, vv in v.items()
+                        }
+                        for k, v in md.items()
+                    },
                     replace=True,
                 )
 
@@ -246,14 +262,18 @@ class Store:
         if ds is None:
             self._lance.write_dataset(rows, self._uri("files"), mode="create")
             return
-        ds.merge_insert(["root", "rel"]).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        ds.merge_insert(
+            ["root", "rel"]
+        ).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
     def file_index(self, root: str) -> dict[str, tuple[int, int, str]]:
         """``rel -> (size, mtime_ns, id)`` for files already ingested from ``root``."""
         ds = self._open("files")
         if ds is None:
             return {}
-        t = ds.to_table(columns=["rel", "size", "mtime_ns", "id"], filter=f"root = {_sql_str(root)}")
+        t = ds.to_table(
+            columns=["rel", "size", "mtime_ns", "id"], filter=f"root = {_sql_str(root)}"
+        )
         return {
             r: (s, m, i)
             for r, s, m, i in zip(
@@ -268,13 +288,22 @@ class Store:
             return
         t = pa.Table.from_pylist(
             [{**r, "at": _now()} for r in rows],
-            schema=pa.schema([("root", pa.string()), ("rel", pa.string()), ("reason", pa.string()), ("at", pa.string())]),
+            schema=pa.schema(
+                [
+                    ("root", pa.string()),
+                    ("rel", pa.string()),
+                    ("reason", pa.string()),
+                    ("at", pa.string()),
+                ]
+            ),
         )
         ds = self._open("skipped")
         if ds is None:
             self._lance.write_dataset(t, self._uri("skipped"), mode="create")
         else:
-            ds.merge_insert(["root", "rel"]).when_matched_update_all().when_not_matched_insert_all().execute(t)
+            ds.merge_insert(
+                ["root", "rel"]
+            ).when_matched_update_all().when_not_matched_insert_all().execute(t)
         self._write_skipped_csv()
 
     def clear_skipped(self, root: str, rels: list[str]) -> None:
@@ -284,13 +313,22 @@ class Store:
         t = ds.to_table(columns=["rel"], filter=f"root = {_sql_str(root)}")
         present = set(t.column("rel").to_pylist()) & set(rels)
         if present:
-            ds.delete(f"root = {_sql_str(root)} AND rel IN ({', '.join(_sql_str(r) for r in sorted(present))})")
+            ds.delete(
+                f"root = {_sql_str(root)} AND rel IN ({', '.join(_sql_str(r) for r in sorted(present))})"
+            )
             self._write_skipped_csv()
 
     def skipped(self) -> pa.Table:
         ds = self._open("skipped")
         if ds is None:
-            return pa.table({"root": pa.array([], pa.string()), "rel": pa.array([], pa.string()), "reason": pa.array([], pa.string()), "at": pa.array([], pa.string())})
+            return pa.table(
+                {
+                    "root": pa.array([], pa.string()),
+                    "rel": pa.array([], pa.string()),
+                    "reason": pa.array([], pa.string()),
+                    "at": pa.array([], pa.string()),
+                }
+            )
         return ds.to_table()
 
     def _write_skipped_csv(self) -> None:
@@ -313,23 +351,31 @@ class Store:
         """Rows as a pyarrow table, optionally only ``columns`` and rows matching SQL ``where``."""
         ds = self._open("images")
         if ds is None:
-            raise StoreError(f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`")
+            raise StoreError(
+                f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`"
+            )
         if columns is not None:
             unknown = [c for c in columns if c not in ds.schema.names]
             if unknown:
-                raise StoreError(f"{self.path}: no column(s) {', '.join(unknown)}; columns: {', '.join(n for n in ds.schema.names if not n.startswith(EMB_PREFIX))}")
+                raise StoreError(
+                    f"{self.path}: no column(s) {', '.join(unknown)}; columns: {', '.join(n for n in ds.schema.names if not n.startswith(EMB_PREFIX))}"
+                )
         try:
             return ds.to_table(columns=columns, filter=where)
         except (ValueError, OSError) as e:
             if where:
-                raise StoreError(f"invalid --where expression {where!r}: {str(e).splitlines()[0]}") from e
+                raise StoreError(
+                    f"invalid --where expression {where!r}: {str(e).splitlines()[0]}"
+                ) from e
             raise
 
     def ids_with_embedding(self, column: str) -> set[str]:
         ds = self._open("images")
         if ds is None or column not in ds.schema.names:
             return set()
-        return set(ds.to_table(columns=["id"], filter=f"{column} IS NOT NULL").column("id").to_pylist())
+        return set(
+            ds.to_table(columns=["id"], filter=f"{column} IS NOT NULL").column("id").to_pylist()
+        )
 
     def all_ids(self) -> set[str]:
         ds = self._open("images")
@@ -382,9 +428,15 @@ class Store:
             for r in skipped.column("reason").to_pylist():
                 key = r.split(":")[0].split("(")[0].strip()
                 reasons[key] = reasons.get(key, 0) + 1
-        out["skipped"] = {"count": skipped.num_rows, "by_reason": reasons, "file": str(self.path / "skipped.csv")}
+        out["skipped"] = {
+            "count": skipped.num_rows,
+            "by_reason": reasons,
+            "file": str(self.path / "skipped.csv"),
+        }
         if ds is None:
-            out.update(images=0, labelled=0, unlabelled=0, classes={"count": 0}, backbones=[], version=0)
+            out.update(
+                images=0, labelled=0, unlabelled=0, classes={"count": 0}, backbones=[], version=0
+            )
             out["size_bytes"] = _du(self.path)
             return out
         t = ds.to_table(columns=["label"])

@@ -12,6 +12,7 @@ from heads._errors import HeadsError
 from heads._evaluate import evaluate
 from heads._knn import CentroidHead, KNNHead
 from heads._neural import NeuralHead
+from heads._openset import openset, openset_arrays
 from heads._predict import predict
 from heads._registry import create_head, list_heads, register_head
 from heads._runs import Run, load, train
@@ -37,6 +38,8 @@ __all__ = [
     "list_heads",
     "list_losses",
     "load",
+    "openset",
+    "openset_arrays",
     "predict",
     "register_detector",
     "register_head",

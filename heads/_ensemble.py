@@ -56,11 +56,15 @@ class Ensemble:
             out.update(m.backbone_columns())
         return out
 
-    def logits(self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         parts = [m.logits(embeddings, table) for m in self.members]
         return combine(parts, self.weights, self.average)
 
-    def unknown_scores(self, embeddings: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray | None:
+    def unknown_scores(
+        self, embeddings: dict[str, np.ndarray], logits: np.ndarray
+    ) -> np.ndarray | None:
         """Mean over members with a detector of (score - member threshold); threshold 0."""
         parts = []
         for m in self.members:
@@ -77,7 +81,9 @@ class Ensemble:
 def combine(parts: list[np.ndarray], weights: np.ndarray, average: str) -> np.ndarray:
     w = weights / weights.sum()
     if average == "probs":
-        p = sum(wi * np.exp(_log_softmax(z.astype(np.float64))) for wi, z in zip(w, parts, strict=True))
+        p = sum(
+            wi * np.exp(_log_softmax(z.astype(np.float64))) for wi, z in zip(w, parts, strict=True)
+        )
         return np.log(np.maximum(p, 1e-30)).astype(np.float32)
     return sum(wi * z.astype(np.float64) for wi, z in zip(w, parts, strict=True)).astype(np.float32)
 
@@ -102,7 +108,9 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
         raise HeadsError(f"unknown average {average!r}; valid: logits, probs")
     w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(w) != len(runs):
-        raise HeadsError(f"{len(w)} weight(s) for {len(runs)} member(s); give one weight per member")
+        raise HeadsError(
+            f"{len(w)} weight(s) for {len(runs)} member(s); give one weight per member"
+        )
     if (w < 0).any() or w.sum() <= 0:
         raise HeadsError("weights must be non-negative and not all zero")
     out = Path(out)
@@ -110,7 +118,9 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
     classes = members[0].classes
     for r, m in zip(runs, members, strict=True):
         if m.classes != classes:
-            raise HeadsError(f"{r}: its classes differ from {runs[0]}'s; ensemble members must share classes")
+            raise HeadsError(
+                f"{r}: its classes differ from {runs[0]}'s; ensemble members must share classes"
+            )
     out.mkdir(parents=True, exist_ok=True)
     rels = []
     for r in runs:
@@ -166,12 +176,16 @@ def _write_val(out: Path, runs: list, members: list, w: np.ndarray, average: str
     cols: dict[str, Any] = {
         "id": pa.array(list(order), pa.string()),
         "label": pa.array([None if x is None else str(x) for x in label], pa.string()),
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.astype(np.float32).reshape(-1)), c),
+        "logits": pa.FixedSizeListArray.from_arrays(
+            pa.array(logits.astype(np.float32).reshape(-1)), c
+        ),
     }
     if any("observation" in v for v in vals):
         cols["observation"] = pa.array([None if x is None else str(x) for x in obs], pa.string())
     if any("poisonous" in v for v in vals):
         cols["poisonous"] = pa.array([None if x is None else bool(x) for x in poison], pa.bool_())
     if score_n.any():
-        cols["unknown_score"] = pa.array(np.where(score_n > 0, score_acc / np.maximum(score_n, 1), np.nan))
+        cols["unknown_score"] = pa.array(
+            np.where(score_n > 0, score_acc / np.maximum(score_n, 1), np.nan)
+        )
     pq.write_table(pa.table(cols), out / "val.parquet")

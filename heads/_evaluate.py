@@ -33,11 +33,19 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
     index = {c: i for i, c in enumerate(classes)}
     labels = rows["label"]
     logits = np.asarray(rows["logits"], dtype=np.float64)
-    y_true = np.array([index.get(str(v), -1) if v is not None else -1 for v in labels], dtype=np.int64)
+    y_true = np.array(
+        [index.get(str(v), -1) if v is not None else -1 for v in labels], dtype=np.int64
+    )
     known = y_true >= 0
-    out: dict[str, Any] = {"n": int(len(y_true)), "n_known": int(known.sum()), "n_unknown": int((~known).sum())}
+    out: dict[str, Any] = {
+        "n": int(len(y_true)),
+        "n_known": int(known.sum()),
+        "n_unknown": int((~known).sum()),
+    }
     if known.any():
-        out.update(classification_report(y_true[known], logits[known], train_counts=model.train_counts))
+        out.update(
+            classification_report(y_true[known], logits[known], train_counts=model.train_counts)
+        )
         out["n"] = int(len(y_true))
     pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
     scores = rows.get("unknown_score")
@@ -52,7 +60,9 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
             out.update(openset_scores(known, s))
     poison = rows.get("poisonous")
     poc = model.config.get("poisonous_of_class") if hasattr(model, "config") else None
-    unknown_label = model.config.get("unknown_label", "unknown") if hasattr(model, "config") else "unknown"
+    unknown_label = (
+        model.config.get("unknown_label", "unknown") if hasattr(model, "config") else "unknown"
+    )
     has_unknown = any(str(v) == unknown_label for v in labels if v is not None)
     if poison is not None and poc is not None and has_unknown and len(labels):
         obs = rows.get("observation")
@@ -64,9 +74,13 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
         if scores is not None and thr is not None:
             s = np.asarray(scores, dtype=np.float64)
             inv = np.searchsorted(uniq, obs_ids)
-            mean_s = np.bincount(inv, weights=s, minlength=len(uniq)) / np.bincount(inv, minlength=len(uniq))
+            mean_s = np.bincount(inv, weights=s, minlength=len(uniq)) / np.bincount(
+                inv, minlength=len(uniq)
+            )
             p_obs = np.where(mean_s >= thr, p_obs, -1)
-        pt = np.array([bool(p) if p is not None else False for p in np.asarray(poison, dtype=object)[first]])
+        pt = np.array(
+            [bool(p) if p is not None else False for p in np.asarray(poison, dtype=object)[first]]
+        )
         pt = pt & (y_obs >= 0)  # unknown observations are not poisonous by definition
         out.update(fungiclef_scores(y_obs, p_obs, pt, np.asarray(poc, dtype=bool)))
         out["observations"] = int(len(uniq))
@@ -90,13 +104,20 @@ def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = Tru
     path = Path(path)
     model = load(path)
     res = score_rows(model, read_val(path))
-    out = {"run": str(path), "kind": model.config["kind"], "head": model.config.get("head"), **_public(res)}
+    out = {
+        "run": str(path),
+        "kind": model.config["kind"],
+        "head": model.config.get("head"),
+        **_public(res),
+    }
     if plots and res["n_known"]:
         from heads._plots import plot_per_class
 
         known = res["_true"] >= 0
         f1 = per_class_f1(res["_true"][known], res["_pred"][known], len(model.classes))
-        out["per_class_png"] = str(plot_per_class(f1, model.train_counts, model.classes, path / "per_class.png"))
+        out["per_class_png"] = str(
+            plot_per_class(f1, model.train_counts, model.classes, path / "per_class.png")
+        )
         out["most_confused"] = most_confused(res["_true"], res["_pred"], model.classes, top=10)
     if holdout:
         rows = holdout_rows(model, store)
@@ -125,15 +146,24 @@ def holdout_rows(model: Any, store: str | os.PathLike | None = None) -> dict[str
 def rows_from_store(model: Any, st: Any, where: str) -> dict[str, Any] | None:
     """Embeddings of every column the model needs for rows matching ``where``, and its logits."""
     cols = model.backbone_columns()
-    extra = [c for c in (model.config.get("observation_column"), model.config.get("poison_column")) if c]
+    extra = [
+        c for c in (model.config.get("observation_column"), model.config.get("poison_column")) if c
+    ]
     meta = list(dict.fromkeys([*model.columns, *extra]))
-    t = st.read(columns=["id", "label", *meta, *cols], where=where + "".join(f" AND {c} IS NOT NULL" for c in cols))
+    t = st.read(
+        columns=["id", "label", *meta, *cols],
+        where=where + "".join(f" AND {c} IS NOT NULL" for c in cols),
+    )
     if t.num_rows == 0:
         return None
     embs = {}
     for c, b in cols.items():
         arr = t.column(c).combine_chunks()
-        embs[c] = arr.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, b["dim"]).astype(np.float32)
+        embs[c] = (
+            arr.values.to_numpy(zero_copy_only=False)
+            .reshape(t.num_rows, b["dim"])
+            .astype(np.float32)
+        )
     table = {c: np.array(t.column(c).to_pylist(), dtype=object) for c in meta}
     logits = model.logits(embs, table)
     rows: dict[str, Any] = {"id": np.array(t.column("id").to_pylist(), dtype=object),

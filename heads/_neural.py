@@ -421,6 +421,8 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self._check_settings()
         self.device_ = resolve_device(self.device)
         dev = self.device_
+        if dev.type == "cuda":  # TF32 tensor cores for the fp32 matmuls of training
+            torch.backends.cuda.matmul.allow_tf32 = True
         x = _as_matrix(X, "X", dev)  # (N, D)
         n = x.shape[0]
         y_arr = np.asarray(y).reshape(-1)

@@ -30,7 +30,9 @@ def read_prior(spec: str, classes: list[str]) -> np.ndarray:
         return np.full(len(classes), 1.0 / len(classes))
     p = Path(spec)
     if not p.is_file():
-        raise HeadsError(f"{p}: prior file not found; give 'uniform', a CSV (label,probability) or a JSON object")
+        raise HeadsError(
+            f"{p}: prior file not found; give 'uniform', a CSV (label,probability) or a JSON object"
+        )
     try:
         if p.suffix.lower() == ".json":
             d = {str(k): float(v) for k, v in json.loads(p.read_text()).items()}
@@ -41,7 +43,9 @@ def read_prior(spec: str, classes: list[str]) -> np.ndarray:
                 rows = rows[1:]
             d = {r[0]: float(r[1]) for r in rows}
     except (ValueError, IndexError, json.JSONDecodeError) as e:
-        raise HeadsError(f"{p}: cannot read the prior ({e}); expected label,probability rows") from e
+        raise HeadsError(
+            f"{p}: cannot read the prior ({e}); expected label,probability rows"
+        ) from e
     unknown = sorted(set(d) - set(classes))
     if unknown:
         raise HeadsError(f"{p}: label(s) not known to the run: {', '.join(unknown[:5])}")
@@ -59,7 +63,9 @@ def read_cost_matrix(path: str, classes: list[str]) -> np.ndarray:
     with open(p, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     if len(rows) < 2:
-        raise HeadsError(f"{p}: a cost matrix needs a header row of predicted labels and one row per true label")
+        raise HeadsError(
+            f"{p}: a cost matrix needs a header row of predicted labels and one row per true label"
+        )
     header = rows[0][1:]
     idx = {c: i for i, c in enumerate(classes)}
     missing = [c for c in classes if c not in header or c not in {r[0] for r in rows[1:]}]
@@ -193,7 +199,9 @@ def predict(
                 embs[c][chunk] = e
                 for j in chunk:
                     have[c][j] = True
-    ok = np.array([("error" not in r) and all(have[c][j] for c in cols) for j, r in enumerate(results)])
+    ok = np.array(
+        [("error" not in r) and all(have[c][j] for c in cols) for j, r in enumerate(results)]
+    )
     if ok.any():
         sel = np.flatnonzero(ok)
         sub = {c: v[sel] for c, v in embs.items()}
@@ -202,13 +210,17 @@ def predict(
         scores = model.unknown_scores(sub, logits.astype(np.float32))
         if pri is not None:
             train_prior = model.train_counts / model.train_counts.sum()
-            logits = logits + np.log(np.maximum(pri, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
+            logits = (
+                logits + np.log(np.maximum(pri, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
+            )
         probs = np.exp(_log_softmax(logits))
         k = min(top_k, len(classes))
         top = np.argsort(-probs, axis=1)[:, :k]
         for row, j in enumerate(sel):
             r = results[j]
-            r["top_k"] = [{"label": classes[t], "probability": float(probs[row, t])} for t in top[row]]
+            r["top_k"] = [
+                {"label": classes[t], "probability": float(probs[row, t])} for t in top[row]
+            ]
             best = int(top[row, 0]) if cost is None else int(np.argmin(probs[row] @ cost))
             r["label"] = classes[best]
             if cost is not None:

@@ -73,7 +73,9 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     d = Path(run_dir)
     p = d / "config.json"
     if not p.is_file():
-        raise HeadsError(f"{d}: not a run or ensemble directory (no config.json); train one with `heads train`")
+        raise HeadsError(
+            f"{d}: not a run or ensemble directory (no config.json); train one with `heads train`"
+        )
     try:
         config = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -96,7 +98,9 @@ def _load_tensors(run_dir: Path, name: str, expected_sha: str | None) -> dict[st
     if not p.is_file():
         raise HeadsError(f"{p}: weights file missing; retrain the run")
     if expected_sha and _sha256(p) != expected_sha:
-        raise HeadsError(f"{p}: weights file is corrupt or was replaced (SHA-256 mismatch); retrain the run")
+        raise HeadsError(
+            f"{p}: weights file is corrupt or was replaced (SHA-256 mismatch); retrain the run"
+        )
     try:
         return load_file(str(p))
     except Exception as e:  # safetensors raises its own error types
@@ -126,7 +130,9 @@ def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((lower[c] for c in candidates if c in lower), None)
 
 
-def load_fold_data(store: Any, backbone: str | None, columns: list[str], where: str | None = None) -> FoldData:
+def load_fold_data(
+    store: Any, backbone: str | None, columns: list[str], where: str | None = None
+) -> FoldData:
     """Read one backbone's embeddings with labels, folds and ``columns`` from a store."""
     import embedstore
 
@@ -139,14 +145,22 @@ def load_fold_data(store: Any, backbone: str | None, columns: list[str], where: 
             f"{st.path}: no column(s) {', '.join(missing)}; columns: "
             f"{', '.join(n for n in names if not n.startswith('emb_'))}"
         )
-    extra_cols = [c for c in (_find_column(names, OBS_COLUMNS), _find_column(names, POISON_COLUMNS)) if c]
-    cols = list(dict.fromkeys(["id", "label", *(["fold"] if "fold" in names else []), *columns, *extra_cols]))
+    extra_cols = [
+        c for c in (_find_column(names, OBS_COLUMNS), _find_column(names, POISON_COLUMNS)) if c
+    ]
+    cols = list(
+        dict.fromkeys(
+            ["id", "label", *(["fold"] if "fold" in names else []), *columns, *extra_cols]
+        )
+    )
     X, t = st.embeddings(info.backbone, where=where, columns=cols, dtype="float32")
     fold = t.get("fold")
     if fold is None:
         fold_arr = np.full(len(X), np.iinfo(np.int32).min, dtype=np.int64)
     else:
-        fold_arr = np.array([np.iinfo(np.int32).min if v is None else int(v) for v in fold], dtype=np.int64)
+        fold_arr = np.array(
+            [np.iinfo(np.int32).min if v is None else int(v) for v in fold], dtype=np.int64
+        )
     data = FoldData(X, t["id"], t["label"], fold_arr, t, info, str(st.path), st.version)
     data.extra["obs_column"] = _find_column(names, OBS_COLUMNS)
     data.extra["poison_column"] = _find_column(names, POISON_COLUMNS)
@@ -162,7 +176,9 @@ def check_finite(X: np.ndarray, ids: np.ndarray, column: str) -> None:
         )
 
 
-def _aux_matrix(table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray) -> np.ndarray | None:
+def _aux_matrix(
+    table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray
+) -> np.ndarray | None:
     if not cols:
         return None
     out = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
@@ -171,11 +187,17 @@ def _aux_matrix(table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray)
         for i, x in enumerate(v):
             if x is None or (isinstance(x, float) and np.isnan(x)):
                 continue
-            out[i, j] = float(bool(x)) if not isinstance(x, str) else float(x.strip().lower() in ("1", "true", "yes", "y"))
+            out[i, j] = (
+                float(bool(x))
+                if not isinstance(x, str)
+                else float(x.strip().lower() in ("1", "true", "yes", "y"))
+            )
     return out
 
 
-def _meta_table(table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+def _meta_table(
+    table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray
+) -> dict[str, np.ndarray]:
     return {c: table[c][rows] for c in cols}
 
 
@@ -261,9 +283,15 @@ def train(
         except (TypeError, ValueError):
             raise HeadsError(f"--fold must be a fold number or 'all', not {fold!r}") from None
         if k not in present:
-            raise HeadsError(f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} (or use --fold all)")
+            raise HeadsError(
+                f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} (or use --fold all)"
+            )
         folds = [k]
-    base = Path(out) if out is not None else Path("runs") / f"{head}-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = (
+        Path(out)
+        if out is not None
+        else Path("runs") / f"{head}-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if base.exists() and not base.is_dir():
         raise HeadsError(f"{base}: --out is a file; give a directory")
     runs, metrics = [], []
@@ -336,16 +364,27 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
         index = {c: i for i, c in enumerate(classes)}
         yv = np.array([index[c] for c in y_val_all[known_val]])
         multi = model.predict_proba_multi_k(X_val[known_val])
-        knn_by_k = {str(kk): float((p.argmax(axis=1) == yv).mean()) for kk, p in sorted(multi.items())}
+        knn_by_k = {
+            str(kk): float((p.argmax(axis=1) == yv).mean()) for kk, p in sorted(multi.items())
+        }
     fields_val_kw = {"fields": fields_val} if fields_val is not None else {}
-    val_logits = np.asarray(model.decision_function(X_val, **fields_val_kw), dtype=np.float32) if len(val_rows) else np.zeros((0, len(classes)), np.float32)
+    val_logits = (
+        np.asarray(model.decision_function(X_val, **fields_val_kw), dtype=np.float32)
+        if len(val_rows)
+        else np.zeros((0, len(classes)), np.float32)
+    )
     detector = None
     val_scores = None
     if unknown is not None:
         from heads._unknown import create_detector
 
         detector = create_detector(unknown)
-        tr_logits = np.asarray(model.decision_function(X_tr, **({"fields": fields_tr} if fields_tr is not None else {})), dtype=np.float32)
+        tr_logits = np.asarray(
+            model.decision_function(
+                X_tr, **({"fields": fields_tr} if fields_tr is not None else {})
+            ),
+            dtype=np.float32,
+        )
         detector.fit(X_tr, y_tr, logits=tr_logits)
         if len(val_rows):
             val_scores = detector.score_samples(X_val, logits=val_logits)
@@ -355,7 +394,10 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
     poisonous_of_class = None
     if poison_col:
         pv = _aux_matrix(data.table, [poison_col], train_rows)[:, 0]
-        poisonous_of_class = [bool(np.nanmean(pv[y_tr == c]) > 0.5) if np.isfinite(pv[y_tr == c]).any() else False for c in classes]
+        poisonous_of_class = [
+            bool(np.nanmean(pv[y_tr == c]) > 0.5) if np.isfinite(pv[y_tr == c]).any() else False
+            for c in classes
+        ]
     run_dir.mkdir(parents=True, exist_ok=True)
     config_h, tensors = model.get_state()
     save_file({k2: v.contiguous() for k2, v in tensors.items()}, str(run_dir / "head.safetensors"))
@@ -366,9 +408,17 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
         "head_config": config_h,
         "classes": classes.tolist(),
         "train_counts": [counts[c] for c in classes],
-        "backbone": {"name": data.backbone.backbone, "column": data.backbone.column, "dim": data.backbone.dim,
-                     "describe": data.backbone.describe},  # fmt: skip
-        "store": {"path": str(Path(data.store_path).resolve()), "version": data.store_version, "where": where},
+        "backbone": {
+            "name": data.backbone.backbone,
+            "column": data.backbone.column,
+            "dim": data.backbone.dim,
+            "describe": data.backbone.describe,
+        },  # fmt: skip
+        "store": {
+            "path": str(Path(data.store_path).resolve()),
+            "version": data.store_version,
+            "where": where,
+        },
         "fold": k,
         "metadata": metadata,
         "metadata_encoder": enc.get_state() if enc is not None else None,
@@ -388,7 +438,9 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
     }
     if detector is not None:
         dconf, dtens = detector.get_state()
-        save_file({k2: v.contiguous() for k2, v in dtens.items()}, str(run_dir / "detector.safetensors"))
+        save_file(
+            {k2: v.contiguous() for k2, v in dtens.items()}, str(run_dir / "detector.safetensors")
+        )
         config["detector"] = {"name": unknown, "config": dconf}
         config["weights_sha256"]["detector.safetensors"] = _sha256(run_dir / "detector.safetensors")
     history = list(getattr(model, "history_", []) or [])
@@ -402,21 +454,33 @@ def _train_fold(data: FoldData, k: int, head: str, kwargs: dict[str, Any], run_d
     from heads._evaluate import evaluate
 
     res = evaluate(run_dir, holdout=False, plots=False)
-    out = {"run": str(run_dir), "fold": k, "fit_seconds": round(fit_s, 3), "epochs": len(history), **res}
+    out = {
+        "run": str(run_dir),
+        "fold": k,
+        "fit_seconds": round(fit_s, 3),
+        "epochs": len(history),
+        **res,
+    }
     if knn_by_k is not None:
         out["knn_top1_by_k"] = knn_by_k
     return out
 
 
-def write_val(run_dir: Path, data: FoldData, rows: np.ndarray, logits: np.ndarray, scores: np.ndarray | None) -> None:
+def write_val(
+    run_dir: Path, data: FoldData, rows: np.ndarray, logits: np.ndarray, scores: np.ndarray | None
+) -> None:
     cols: dict[str, Any] = {
         "id": pa.array(data.ids[rows].tolist(), pa.string()),
         "label": pa.array([None if v is None else str(v) for v in data.labels[rows]], pa.string()),
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1).astype(np.float32)), logits.shape[1]),
+        "logits": pa.FixedSizeListArray.from_arrays(
+            pa.array(logits.reshape(-1).astype(np.float32)), logits.shape[1]
+        ),
     }
     obs, poison = data.extra.get("obs_column"), data.extra.get("poison_column")
     if obs:
-        cols["observation"] = pa.array([None if v is None else str(v) for v in data.table[obs][rows]], pa.string())
+        cols["observation"] = pa.array(
+            [None if v is None else str(v) for v in data.table[obs][rows]], pa.string()
+        )
     if poison:
         pv = _aux_matrix(data.table, [poison], rows)[:, 0]
         cols["poisonous"] = pa.array(pv, mask=np.isnan(pv)).cast(pa.bool_())
@@ -435,7 +499,9 @@ def read_val(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": np.array(t.column("id").to_pylist(), dtype=object),
         "label": np.array(t.column("label").to_pylist(), dtype=object),
-        "logits": lg.values.to_numpy(zero_copy_only=False).reshape(n, lg.type.list_size) if n else np.zeros((0, lg.type.list_size), np.float32),
+        "logits": lg.values.to_numpy(zero_copy_only=False).reshape(n, lg.type.list_size)
+        if n
+        else np.zeros((0, lg.type.list_size), np.float32),
     }
     for c in ("observation", "poisonous", "unknown_score"):
         if c in t.column_names:
@@ -453,14 +519,18 @@ class Run:
         self.path = Path(path)
         self.config = read_config(self.path)
         if self.config.get("kind") != "run":
-            raise HeadsError(f"{self.path}: is an {self.config.get('kind')}, not a run; load it with heads.load")
+            raise HeadsError(
+                f"{self.path}: is an {self.config.get('kind')}, not a run; load it with heads.load"
+            )
         sha = self.config.get("weights_sha256", {})
         tensors = _load_tensors(self.path, "head.safetensors", sha.get("head.safetensors"))
         cls = head_class(self.config["head"])
         try:
             self.head = cls.from_state(self.config["head_config"], tensors)
         except (KeyError, RuntimeError, ValueError) as e:
-            raise HeadsError(f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run") from e
+            raise HeadsError(
+                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run"
+            ) from e
         self.encoder = None
         if self.config.get("metadata_encoder"):
             from heads._encoders import MetadataEncoder
@@ -494,17 +564,28 @@ class Run:
         b = self.config["backbone"]
         return {b["column"]: b}
 
-    def logits(self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns."""
         X = embeddings[self.config["backbone"]["column"]]
         kw = {}
         if self.encoder is not None:
             n = len(X)
-            tab = {c: (table[c] if table is not None and c in table else np.array([None] * n, dtype=object)) for c in self.columns}
+            tab = {
+                c: (
+                    table[c]
+                    if table is not None and c in table
+                    else np.array([None] * n, dtype=object)
+                )
+                for c in self.columns
+            }
             kw["fields"] = self.encoder.transform(tab)
         return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
 
-    def unknown_scores(self, embeddings: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray | None:
+    def unknown_scores(
+        self, embeddings: dict[str, np.ndarray], logits: np.ndarray
+    ) -> np.ndarray | None:
         if self.detector is None:
             return None
         X = embeddings[self.config["backbone"]["column"]]
@@ -512,7 +593,9 @@ class Run:
 
     @property
     def threshold(self) -> float | None:
-        return None if self.detector is None else float(getattr(self.detector, "threshold_", np.nan))
+        return (
+            None if self.detector is None else float(getattr(self.detector, "threshold_", np.nan))
+        )
 
 
 def load(path: str | os.PathLike) -> Any:

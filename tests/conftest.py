@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-FLOWERS = Path(os.environ.get("FLOWERS12", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers12")).resolve()
+FLOWERS = Path(
+    os.environ.get(
+        "FLOWERS12", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers12"
+    )
+).resolve()
 
 
 def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size: int = 48, seed: int = 0,
@@ -20,7 +24,9 @@ def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size:
     for c in range(n_classes):
         d = root / f"class_{c}"
         d.mkdir(parents=True, exist_ok=True)
-        base = np.array([(c * 97) % 256, (c * 53 + 80) % 256, (c * 31 + 160) % 256], dtype=np.float32)
+        base = np.array(
+            [(c * 97) % 256, (c * 53 + 80) % 256, (c * 31 + 160) % 256], dtype=np.float32
+        )
         for i in range(per_class):
             a = np.tile(base, (size, size, 1))
             a[:, :: (c + 2)] *= 0.5  # class-specific stripes
@@ -104,7 +110,9 @@ def make_synthetic_store(path: Path, *, n_classes: int = 6, per_class: int = 40,
         labels = [f"species_{c}" for c in y] if labels is None else labels
     n, dim = X.shape
     st = embedstore.connect(path)
-    field = st.embedding_field("emb_synthetic", dim, "float32", {"backbone": "synthetic", "source": "test", "dim": dim})
+    field = st.embedding_field(
+        "emb_synthetic", dim, "float32", {"backbone": "synthetic", "source": "test", "dim": dim}
+    )
     cols = {
         "id": pa.array([f"{i:064x}" for i in range(n)]),
         "path": pa.array([f"img_{i}.jpg" for i in range(n)]),

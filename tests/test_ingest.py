@@ -107,16 +107,23 @@ def test_two_backbones_and_adding_one_later_embeds_only_that(tmp_path, tiny_dino
     store = tmp_path / "s"
     _ingest(imgs, store, tiny_dino)
     before = _rows(store).sort_by("id").column("emb_tiny_dino")
-    s = embedstore.ingest(imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], workers=0, progress=False)
+    s = embedstore.ingest(
+        imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], workers=0, progress=False
+    )
     assert s["new_images"] == 0 and s["embedded"] == {"tiny-dino": 0, "tiny-clip": 6}
     t = _rows(store).sort_by("id")
     assert t.column("emb_tiny_dino") == before  # untouched
-    assert t.column("emb_tiny_clip").null_count == 0 and t.schema.field("emb_tiny_clip").type.list_size == 24
+    assert (
+        t.column("emb_tiny_clip").null_count == 0
+        and t.schema.field("emb_tiny_clip").type.list_size == 24
+    )
     info = embedstore.connect(store).info()
     assert {b["name"]: b["dim"] for b in info["backbones"]} == {"tiny-dino": 32, "tiny-clip": 24}
     # both at once for new images
     write_class_images(imgs / "new", n_classes=1, per_class=2, seed=5)
-    s = embedstore.ingest(imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], workers=0, progress=False)
+    s = embedstore.ingest(
+        imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], workers=0, progress=False
+    )
     assert s["embedded"] == {"tiny-dino": 2, "tiny-clip": 2}
     assert _rows(store).column("emb_tiny_clip").null_count == 0
 
@@ -191,16 +198,30 @@ def _bad_folder(root: Path) -> dict[str, str]:
     pal = rgb.convert("P", palette=Image.ADAPTIVE)
     pal.info["transparency"] = 0
     pal.save(d / "palette.png", transparency=0)
-    Image.fromarray((np.arange(40 * 60).reshape(40, 60) * 20).astype(np.uint16)).save(d / "deep16.png")
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(d / "noise.WEBP")
-    Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / "b.BMP")
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / "t.TIFF")
+    Image.fromarray((np.arange(40 * 60).reshape(40, 60) * 20).astype(np.uint16)).save(
+        d / "deep16.png"
+    )
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(
+        d / "noise.WEBP"
+    )
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+        d / "b.BMP"
+    )
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+        d / "t.TIFF"
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees: stored 40 wide x 20 high, shown 20 x 40
-    Image.fromarray(np.random.default_rng(4).integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(d / "rotated.jpg", exif=exif)
-    Image.fromarray(np.random.default_rng(5).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / "ünïcødé 花.jpg")
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(
+        d / "rotated.jpg", exif=exif
+    )
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+        d / "ünïcødé 花.jpg"
+    )
     raw_name = os.path.join(os.fsencode(d), b"latin1-\xe9t\xe9.jpg")
-    Image.fromarray(np.random.default_rng(6).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(raw_name, "JPEG")
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+        raw_name, "JPEG"
+    )
     os.symlink(d / "does-not-exist.jpg", d / "dangling.jpg")
     (d / "notes.txt").write_text("ignored: not an image extension")
     return {
@@ -217,7 +238,9 @@ def test_every_bad_input_is_skipped_with_its_reason_and_good_ones_ingested(tmp_p
     expected = _bad_folder(tmp_path / "imgs")
     s = _ingest(tmp_path / "imgs", tmp_path / "s", tiny_dino)
     assert s["ok"]
-    assert s["new_images"] == 12  # good, cmyk, gray, rgba, palette, 16-bit, webp, bmp, tiff, rotated, 2 names
+    assert (
+        s["new_images"] == 12
+    )  # good, cmyk, gray, rgba, palette, 16-bit, webp, bmp, tiff, rotated, 2 names
     st = embedstore.connect(tmp_path / "s")
     sk = st.skipped().to_pylist()
     got = {r["rel"]: r["reason"] for r in sk}
@@ -244,11 +267,15 @@ def test_decoded_modes_become_sane_rgb():
     im = Image.fromarray(rgb)
     for mode in ("CMYK", "L", "RGBA", "P", "I;16", "LA", "1"):
         buf = io.BytesIO()
-        conv = im.convert(mode) if mode != "I;16" else Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+        conv = (
+            im.convert(mode)
+            if mode != "I;16"
+            else Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+        )
         conv.save(buf, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
         out = embedstore.decode_image(buf.getvalue())
         assert out.mode == "RGB" and out.size == (12, 10), mode
-    deep = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    deep = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
     buf = io.BytesIO()
     deep.save(buf, "PNG")
     out = np.asarray(embedstore.decode_image(buf.getvalue()))[..., 0]
@@ -330,7 +357,14 @@ def test_metadata_join_keeps_typed_columns_and_reports_problems(tmp_path, tiny_d
     )
     s = _ingest(imgs, tmp_path / "s", tiny_dino, metadata=csv)
     w = " | ".join(s["warnings"])
-    for needle in ("malformed", "unparseable date", "outside +-90", "duplicate key", "match no image", "have no metadata row"):
+    for needle in (
+        "malformed",
+        "unparseable date",
+        "outside +-90",
+        "duplicate key",
+        "match no image",
+        "have no metadata row",
+    ):
         assert needle in w, (needle, w)
     t = _rows(tmp_path / "s")
     sch = t.schema
@@ -340,9 +374,15 @@ def test_metadata_join_keeps_typed_columns_and_reports_problems(tmp_path, tiny_d
     assert pa.types.is_integer(sch.field("observation_id").type)
     rows = {r["path"]: r for r in t.to_pylist()}
     # relative paths are matched; a bare name 'img_0.jpg' is ambiguous, the relative-path mode wins
-    assert rows["class_0/img_1.jpg"]["eventDate"] is None and rows["class_0/img_1.jpg"]["latitude"] is None
+    assert (
+        rows["class_0/img_1.jpg"]["eventDate"] is None
+        and rows["class_0/img_1.jpg"]["latitude"] is None
+    )
     assert rows["class_0/img_1.jpg"]["substrate"] is None
-    assert rows["class_0/img_2.jpg"]["poisonous"] is True and rows["class_0/img_2.jpg"]["count"] is None
+    assert (
+        rows["class_0/img_2.jpg"]["poisonous"] is True
+        and rows["class_0/img_2.jpg"]["count"] is None
+    )
     assert rows["class_1/img_0.jpg"]["eventDate"].day == 1  # first duplicate kept
     assert rows["class_1/img_2.jpg"]["substrate"] is None  # no metadata row
     assert rows["class_0/img_2.jpg"]["label"] == "class_0"
@@ -357,7 +397,9 @@ def test_label_column_and_parquet_and_id_join(tmp_path, tiny_dino):
     pq.write_table(pa.table({"image_id": ["class_0/img_0.jpg", "class_0/img_1.jpg", "class_1/img_0.jpg", "class_1/img_1.jpg"],
                              "species": ["a", "b", "a", None], "elevation_m": [1.5, 2.5, None, 4.0]}),
                    tmp_path / "m.parquet")  # fmt: skip
-    s = _ingest(imgs, tmp_path / "s", tiny_dino, metadata=tmp_path / "m.parquet", label_column="species")
+    s = _ingest(
+        imgs, tmp_path / "s", tiny_dino, metadata=tmp_path / "m.parquet", label_column="species"
+    )
     assert s["new_images"] == 4 and stems
     info = embedstore.connect(tmp_path / "s").info()
     assert info["labelled"] == 3 and info["unlabelled"] == 1 and info["classes"]["count"] == 2
@@ -369,7 +411,9 @@ def test_metadata_added_later_updates_stored_rows(tmp_path, tiny_dino):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=1, per_class=2)
     _ingest(imgs, tmp_path / "s", tiny_dino)
-    (tmp_path / "m.csv").write_text("path,habitat\nclass_0/img_0.jpg,forest\nclass_0/img_1.jpg,meadow\n")
+    (tmp_path / "m.csv").write_text(
+        "path,habitat\nclass_0/img_0.jpg,forest\nclass_0/img_1.jpg,meadow\n"
+    )
     s = _ingest(imgs, tmp_path / "s", tiny_dino, metadata=tmp_path / "m.csv")
     assert s["new_images"] == 0
     t = _rows(tmp_path / "s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,9 @@ def test_built_index_is_used_until_the_store_changes(tmp_path, tiny_dino, kind):
     summary = build_index(store, kind=kind, nlist=2 if kind == "ivf" else None)
     want_kind = "exact" if kind == "auto" else kind  # auto: exact below 200,000 vectors
     assert summary["built"] and summary["kind"] == want_kind and summary["ntotal"] == 13
-    faiss_path, ids_path = index_paths(embedstore.connect(store), embedstore.connect(store).resolve_backbone(None))
+    faiss_path, ids_path = index_paths(
+        embedstore.connect(store), embedstore.connect(store).resolve_backbone(None)
+    )
     side = json.loads(Path(str(faiss_path) + ".json").read_text())
     assert side["store"]["version"] == embedstore.connect(store).version and ids_path.exists()
     assert build_index(store, kind=kind, nlist=2 if kind == "ivf" else None)["built"] is False
@@ -158,6 +161,22 @@ def test_built_index_is_used_until_the_store_changes(tmp_path, tiny_dino, kind):
     assert rebuilt["built"] and rebuilt["ntotal"] == 15
     res = lookup(store, q, k=5)
     assert res["used_index"] is True and not res["index_stale"]
+
+
+def test_rebuilt_backbone_reproduces_the_stored_embedding_with_its_pooling(tmp_path, tiny_dino):
+    write_class_images(tmp_path / "imgs", n_classes=2, per_class=2)
+    s = embedstore.ingest(tmp_path / "imgs", tmp_path / "store", backbones=[str(tiny_dino)],
+                          pooling="mean", workers=0, progress=False)  # fmt: skip
+    assert s["embedded"] == {"tiny-dino-mean": 4}
+    png = tmp_path / "same-pixels.png"  # new bytes, the stored image's pixels
+    Image.open(tmp_path / "imgs" / "class_1" / "img_0.jpg").save(png)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same weights: no warning
+        res = lookup(tmp_path / "store", [str(png)], k=1, backbone="tiny-dino-mean")
+    (r,) = res["results"]
+    assert not r["in_store"] and res["backbone"] == "tiny-dino-mean" and res["warnings"] == []
+    assert r["neighbors"][0]["path"] == str(tmp_path / "imgs" / "class_1" / "img_0.jpg")
+    assert r["neighbors"][0]["similarity"] > 0.999  # float16 storage is the only difference
 
 
 def test_query_embedding_warns_when_the_model_weights_changed(tmp_path, tiny_dino):
@@ -209,7 +228,9 @@ def test_bad_input_fails_with_a_clear_message_and_changes_nothing(small, tmp_pat
         with pytest.raises(embedstore.StoreError) as e:
             lookup(small, **kw)
         assert str(e.value).startswith(message), (kw, str(e.value))
-    assert "No field named no_such_column" in _message(lookup, small, [q], where="no_such_column = 1")
+    assert "No field named no_such_column" in _message(
+        lookup, small, [q], where="no_such_column = 1"
+    )
     assert embedstore.connect(small).version == version
     assert not (small / "indexes").exists()
 
@@ -224,11 +245,16 @@ def test_empty_or_missing_store(tmp_path, small):
     q = str(small.parent / "imgs" / "class_0" / "img_0.jpg")
     embedstore.connect(tmp_path / "empty")  # creates the folder, no images
     msg = _message(lookup, tmp_path / "empty", [q])
-    assert msg == f"{tmp_path / 'empty'}: the store is empty; run `embedstore ingest IMAGES_DIR --store {tmp_path / 'empty'}`"
+    assert (
+        msg
+        == f"{tmp_path / 'empty'}: the store is empty; run `embedstore ingest IMAGES_DIR --store {tmp_path / 'empty'}`"
+    )
     assert "no store here" in _message(lookup, tmp_path / "missing", [q])
     assert not (tmp_path / "missing").exists()
     assert "the store is empty" in _message(build_index, tmp_path / "empty")
-    assert "nlist=99 must be between 1 and the 13 vectors" in _message(build_index, small, kind="ivf", nlist=99)
+    assert "nlist=99 must be between 1 and the 13 vectors" in _message(
+        build_index, small, kind="ivf", nlist=99
+    )
     assert "nlist only applies to kind 'ivf'" in _message(build_index, small, kind="hnsw", nlist=4)
     assert not (small / "indexes").exists()
 
@@ -242,7 +268,9 @@ def test_flowers12_lookup_votes_the_true_species(flowers_store, flowers, tmp_pat
     res = lookup(flowers_store, [str(p) for p in picked], k=10, where="split = 'train'")
     assert all(r["in_store"] for r in res["results"])
     assert all(nb["split"] == "train" for r in res["results"] for nb in r["neighbors"])
-    hits = [r["vote"]["label"] == p.parent.name for p, r in zip(picked, res["results"], strict=True)]
+    hits = [
+        r["vote"]["label"] == p.parent.name for p, r in zip(picked, res["results"], strict=True)
+    ]
     acc_stored = float(np.mean(hits))
 
     # Re-encoded as PNG: new bytes, same pixels: embedded afresh with the stored backbone.

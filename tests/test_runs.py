@@ -97,18 +97,29 @@ def test_use_split_column_honours_train_and_test_folders(tmp_path, tiny_dino):
 def test_every_head_learns_separable_store_embeddings(tmp_path, head):
     st = make_synthetic_store(tmp_path / "s")
     embedstore.split(st, folds=2, holdout=0.2, seed=0)
-    res = heads.train(st, fold=0, head=head, out=tmp_path / "run", **({"progress": False} if head in ("knn", "centroid") else FAST))
+    res = heads.train(
+        st,
+        fold=0,
+        head=head,
+        out=tmp_path / "run",
+        **({"progress": False} if head in ("knn", "centroid") else FAST),
+    )
     m = res["metrics"][0]
     assert m["top1"] >= 0.95 and m["macro_f1"] >= 0.95, m
     if head == "knn":  # every default k scored from one search (clamped to the 96 training rows)
-        assert set(m["knn_top1_by_k"]) == {"10", "20", "96"} and min(m["knn_top1_by_k"].values()) >= 0.9
+        assert (
+            set(m["knn_top1_by_k"]) == {"10", "20", "96"}
+            and min(m["knn_top1_by_k"].values()) >= 0.9
+        )
     # save, load and predict give identical logits
     run = heads.load(tmp_path / "run")
     val = heads._runs.read_val(tmp_path / "run")
     X, c = st.embeddings(where="fold = 0", columns=["id"])
     order = {i: k for k, i in enumerate(c["id"])}
     X = X[[order[i] for i in val["id"]]]
-    np.testing.assert_allclose(run.logits({"emb_synthetic": X}), val["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run.logits({"emb_synthetic": X}), val["logits"], rtol=1e-5, atol=1e-5
+    )
     for name in ("config.json", "head.safetensors", "history.json", "val.parquet"):
         assert (tmp_path / "run" / name).is_file()
 
@@ -143,7 +154,9 @@ def test_fungiclef_tracks_and_unknown_detection_end_to_end(tmp_path):
     labels = [f"s{c}" for c in y] + ["unknown"] * 30
     poison = [c in (1, 3) for c in y] + [False] * 30
     obs = [f"o{i // 2}" for i in range(230)]
-    st = make_synthetic_store(tmp_path / "s", X=Xa, labels=labels, extra={"poisonous": poison, "observation_id": obs})
+    st = make_synthetic_store(
+        tmp_path / "s", X=Xa, labels=labels, extra={"poisonous": poison, "observation_id": obs}
+    )
     embedstore.split(st, folds=2, seed=0, group_by="observation_id")
     res = heads.train(st, fold=0, head="mlp", unknown="knn", out=tmp_path / "r", **FAST)
     m = res["metrics"][0]
@@ -155,7 +168,18 @@ def test_fungiclef_tracks_and_unknown_detection_end_to_end(tmp_path):
     r = CliRunner().invoke(heads_cli, ["eval", str(tmp_path / "r"), "--json"])
     assert r.exit_code == 0, r.output
     (obj,) = json.loads(r.output)
-    for key in ("top1", "top3", "macro_f1", "mean_class_acc", "track1", "track2", "track3", "track4", "auroc", "fpr95"):
+    for key in (
+        "top1",
+        "top3",
+        "macro_f1",
+        "mean_class_acc",
+        "track1",
+        "track2",
+        "track3",
+        "track4",
+        "auroc",
+        "fpr95",
+    ):
         assert isinstance(obj[key], float), key
     assert (tmp_path / "r" / "per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -166,7 +190,9 @@ def test_ensemble_of_folds_and_heads(tmp_path):
     r1 = heads.train(st, fold="all", head="mlp", out=tmp_path / "mlp", **FAST)
     r2 = heads.train(st, fold="all", head="knn", out=tmp_path / "knn", progress=False)
     assert (tmp_path / "mlp" / "config.json").is_file() and len(r1["runs"]) == 3
-    e = heads.ensemble([r1["ensemble"], r2["ensemble"]], tmp_path / "ens", weights=[1.0, 0.5], average="probs")
+    e = heads.ensemble(
+        [r1["ensemble"], r2["ensemble"]], tmp_path / "ens", weights=[1.0, 0.5], average="probs"
+    )
     assert e["n"] == 240 and "holdout" in e  # out-of-fold over every non-held-out image
     singles = [heads.evaluate(r, plots=False)["top1"] for r in r1["runs"]]
     assert e["top1"] >= min(singles) - 0.05
@@ -178,9 +204,18 @@ def test_ensemble_of_folds_and_heads(tmp_path):
 
 def test_mlp_on_real_flowers12_embeddings_beats_chance_widely(flowers_store, tmp_path):
     embedstore.split(flowers_store, folds=3, use_split_column=True, seed=0)
-    res = heads.train(flowers_store, fold="all", head="mlp", out=tmp_path / "mlp", hidden=512, **{**FAST, "epochs": 30, "batch_size": 128})
+    res = heads.train(
+        flowers_store,
+        fold="all",
+        head="mlp",
+        out=tmp_path / "mlp",
+        hidden=512,
+        **{**FAST, "epochs": 30, "batch_size": 128},
+    )
     e = heads.evaluate(res["ensemble"], plots=False)
-    print(f"flowers12 MLP fold ensemble: out-of-fold top1 {e['top1']:.3f}, test top1 {e['holdout']['top1']:.3f}")
+    print(
+        f"flowers12 MLP fold ensemble: out-of-fold top1 {e['top1']:.3f}, test top1 {e['holdout']['top1']:.3f}"
+    )
     assert e["holdout"]["top1"] > 0.8  # chance is 1/12
     # predict test photos by path (their stored embeddings are reused): the JSON contract
     import glob
@@ -188,7 +223,9 @@ def test_mlp_on_real_flowers12_embeddings_beats_chance_widely(flowers_store, tmp
     from tests.conftest import FLOWERS
 
     files = sorted(glob.glob(str(FLOWERS / "test" / "sunflower" / "*.jpg")))[:3]
-    r = CliRunner().invoke(heads_cli, ["predict", res["ensemble"], *files, "--json", "--top-k", "3"])
+    r = CliRunner().invoke(
+        heads_cli, ["predict", res["ensemble"], *files, "--json", "--top-k", "3"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert [o["path"] for o in out] == files
@@ -219,7 +256,9 @@ def test_predict_new_images_prior_and_cost_matrix(tmp_path, tiny_dino):
     assert {r["label"] for r in pri} == {"class_1"}
     # a cost matrix where predicting class_1 is free picks class_1 everywhere too
     (tmp_path / "cost.csv").write_text("true,class_0,class_1\nclass_0,0,0\nclass_1,100,0\n")
-    cm = heads.predict(tmp_path / "r", [r["path"] for r in ok], cost_matrix=str(tmp_path / "cost.csv"))
+    cm = heads.predict(
+        tmp_path / "r", [r["path"] for r in ok], cost_matrix=str(tmp_path / "cost.csv")
+    )
     assert {r["label"] for r in cm} == {"class_1"} and all("expected_cost" in r for r in cm)
     r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path / "r"), str(new / "broken.jpg")])
     assert r.exit_code == 1 and "no image could be predicted" in r.output
@@ -258,11 +297,22 @@ def test_training_bad_input_gives_clear_message_and_changes_nothing(tmp_path, ca
         X = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
         X[3, 2] = np.nan
         labels = ["a", "b"] * 30
-    st = make_synthetic_store(tmp_path / "s", n_classes=3, per_class=20, X=X, labels=labels, extra=extra)
+    st = make_synthetic_store(
+        tmp_path / "s", n_classes=3, per_class=20, X=X, labels=labels, extra=extra
+    )
     if case not in ("no_folds", "no_labels"):
         embedstore.split(st, folds=2, seed=0)
     v = _store_version(tmp_path / "s")
-    args = ["train", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--epochs", "2", "--quiet"]
+    args = [
+        "train",
+        "--store",
+        str(tmp_path / "s"),
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "2",
+        "--quiet",
+    ]
     args += {
         "bad_fold": ["--fold", "7"], "bad_backbone": ["--backbone", "dinov2-giant"],
         "all_missing_metadata": ["--metadata", "habitat"], "bad_head": ["--head", "resnet"],
