@@ -102,9 +102,13 @@ def test_mahalanobis_matches_loop_reference(open_set, relative):
     y = open_set["y_train"]
     mus = {c: X[y == c].mean(0) for c in np.unique(y)}
     resid = np.vstack([X[y == c] - mus[c] for c in mus])
-    P = np.linalg.inv(LedoitWolf(assume_centered=True).fit(resid).covariance_)
-    P0 = np.linalg.inv(LedoitWolf().fit(X).covariance_)
+    lw = LedoitWolf(assume_centered=True).fit(resid)
+    P = np.linalg.inv(lw.covariance_)
+    # the background Gaussian reuses the class covariance's shrinkage intensity
     mu0 = X.mean(0)
+    S0 = np.cov(X.T, bias=True)
+    a = lw.shrinkage_
+    P0 = np.linalg.inv((1 - a) * S0 + a * np.trace(S0) / S0.shape[0] * np.eye(S0.shape[0]))
     Q = l2_normalize(open_set["X_eval"][::10]).astype(np.float64)
     expected = []
     for q in Q:
