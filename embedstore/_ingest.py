@@ -319,9 +319,9 @@ def ingest(
         "seconds": round(seconds, 2),
         "images_per_s": round(len(work) / seconds, 1) if seconds > 0 else None,
     }
-    summary["ok"] = total_in_store > 0 and (
-        len(supported) - len([s for s in skipped if not s["reason"].startswith("unsupported")]) > 0
-    )
+    # Success unless none of this folder's image files is usable (all skipped, or none supported).
+    failed = sum(1 for s in skipped if not s["reason"].startswith("unsupported format"))
+    summary["ok"] = total_in_store > 0 and len(supported) > failed
     return summary
 
 
