@@ -167,19 +167,18 @@ class Store:
     ) -> None:
         """Add an (all null) embedding column described by ``describe`` if it is not there yet."""
         ds = self._open("images")
-        pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
-        meta = {_META_KEY: json.dumps({**describe, "dtype": dtype}, sort_keys=True)}
         if ds is None:
-            return
+            return  # the first insert creates the table with the column
+        field = self.embedding_field(column, dim, dtype, describe)
         if column in ds.schema.names:
-            f = ds.schema.field(column)
-            if f.type != pa_type:
+            have = ds.schema.field(column).type
+            if have != field.type:
                 raise StoreError(
-                    f"{self.path}: column {column} holds {f.type}, not {pa_type}; use another backbone name"
+                    f"{self.path}: column {column} holds {have}, not {field.type}; "
+                    "ingest with the store's --dtype or use another backbone name"
                 )
             return
-        ds.add_columns(pa.field(column, pa_type, metadata=meta))
-        self._lance.dataset(self._uri("images")).update_field_metadata({column: meta}, replace=True)
+        self._add_missing_columns(ds, pa.schema([field]))
 
     def embedding_field(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> pa.Field:
         pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
@@ -219,23 +218,18 @@ class Store:
         return int(res["num_updated_rows"])
 
     def _add_missing_columns(self, ds, schema: pa.Schema) -> None:
+        """Add ``schema``'s columns the table lacks (null for existing rows), keeping field metadata."""
         missing = [f for f in schema if f.name not in ds.schema.names]
-        if missing:
-            ds.add_columns(missing)
-            md = {f.name: f.metadata for f in missing if f.metadata}
-            if md:
-                self._lance.dataset(self._uri("images")).update_field_metadata(
-                    {
-                        k: {
-                            kk.decode() if isinstance(kk, bytes) else kk: vv.decode()
-                            if isinstance(vv, bytes)
-                            else vv
-                            for kk, vv in v.items()
-                        }
-                        for k, v in md.items()
-                    },
-                    replace=True,
-                )
+        if not missing:
+            return
+        ds.add_columns(missing)
+        md = {
+            f.name: {k.decode(): v.decode() for k, v in f.metadata.items()}
+            for f in missing
+            if f.metadata
+        }
+        if md:
+            self._lance.dataset(self._uri("images")).update_field_metadata(md, replace=True)
 
     def set_table_metadata(self, values: dict[str, Any]) -> None:
         ds = self._open("images")

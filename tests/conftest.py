@@ -38,6 +38,23 @@ def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size:
     return paths
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors and indexes: intra-op and OpenMP threads only add start-up and spinning
+    (10x slower on a busy 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures``."""
+    import torch
+
+    from heads._search import import_faiss
+
+    faiss = import_faiss()
+    torch_before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_before)
+    faiss.omp_set_num_threads(faiss_before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dino(tmp_path_factory) -> Path:
     """A tiny random DINOv2 saved with save_pretrained, with its processor config."""

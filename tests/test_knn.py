@@ -11,19 +11,12 @@ from sklearn.exceptions import NotFittedError
 
 from heads import create_head, list_heads
 from heads._knn import CentroidHead, KNNHead
-from heads._search import import_faiss, l2_normalize
+from heads._search import l2_normalize
 
 HEADS = ["knn", "centroid"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """Tiny indices: OpenMP start-up and spinning cost more than they save on a busy machine."""
-    faiss = import_faiss()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clusters(rng, n_classes=8, per_class=40, d=32, spread=0.5, labels=None):

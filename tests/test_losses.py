@@ -129,13 +129,7 @@ def random_inputs(
     return x.to(dtype), torch.randint(0, C, (batch,), generator=g)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tensors here are tiny: intra-op threads only add overhead (10x on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_registered_loss_has_a_reference():

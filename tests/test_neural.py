@@ -46,13 +46,7 @@ def _blobs(n: int = 2000, c: int = 10, d: int = 64, sep: float = 1.0, seed: int 
     return X[:k], labels[:k], X[k:], labels[k:]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add synchronisation (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 import embedstore
@@ -19,12 +18,7 @@ from tests.conftest import make_synthetic_store, write_class_images
 FAST = {"epochs": 15, "batch_size": 64, "progress": False, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fold_table(st):

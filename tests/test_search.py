@@ -8,19 +8,12 @@ import torch
 
 import heads._search as search
 from heads._device import resolve_device
-from heads._search import NeighborIndex, default_nlist, import_faiss, l2_normalize, sidecar_path
+from heads._search import NeighborIndex, default_nlist, l2_normalize, sidecar_path
 
 BACKENDS = ["faiss", "torch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """Tiny indices: OpenMP start-up and spinning cost more than they save on a busy machine."""
-    faiss = import_faiss()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clustered(rng, n, d=32, n_clusters=50, spread=0.15):

@@ -11,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from heads._knn import CentroidHead
-from heads._search import import_faiss, l2_normalize
+from heads._search import l2_normalize
 from heads._unknown import (
     create_detector,
     detector_from_state,
@@ -24,14 +24,7 @@ EMBEDDING_DETECTORS = ["knn", "mahalanobis", "relative-mahalanobis"]
 LOGIT_DETECTORS = ["energy", "entropy", "max-logit", "msp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """Tiny indices: OpenMP start-up and spinning cost more than they save on a busy machine."""
-    faiss = import_faiss()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
