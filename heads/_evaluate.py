@@ -48,6 +48,7 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
         )
         out["n"] = int(len(y_true))
     pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
+    out["_pred_closed"] = pred  # species confusions, before any unknown decision
     scores = rows.get("unknown_score")
     thr = getattr(model, "threshold", None)
     if scores is not None and thr is not None and len(scores):
@@ -114,11 +115,12 @@ def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = Tru
         from heads._plots import plot_per_class
 
         known = res["_true"] >= 0
-        f1 = per_class_f1(res["_true"][known], res["_pred"][known], len(model.classes))
+        y, p = res["_true"][known], res["_pred_closed"][known]
+        f1 = per_class_f1(y, p, len(model.classes))
         out["per_class_png"] = str(
             plot_per_class(f1, model.train_counts, model.classes, path / "per_class.png")
         )
-        out["most_confused"] = most_confused(res["_true"], res["_pred"], model.classes, top=10)
+        out["most_confused"] = most_confused(y, p, model.classes, top=10)
     if holdout:
         rows = holdout_rows(model, store)
         if rows is not None:
