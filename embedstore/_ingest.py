@@ -42,16 +42,13 @@ class IngestError(ValueError):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IngestError(
-            "--device cuda was asked for but CUDA is not available; use --device cpu or auto"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise IngestError(f"unknown device {device!r}; valid: auto, cpu, cuda")
-    return torch.device(device)
+    """``"auto"`` -> CUDA when available (else MPS, else CPU); CUDA asked for but absent is an error."""
+    from heads._device import resolve_device as _resolve
+
+    try:
+        return _resolve(device)
+    except ValueError as e:
+        raise IngestError(f"--device: {e}") from None
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn a device setting into a ``torch.device``.
 
-    ``"auto"`` (or ``None``) gives ``cuda`` when a GPU is visible, else ``cpu``; anything else is
+    ``"auto"`` (or ``None``) gives ``cuda`` when a GPU is visible, else Apple ``mps``, else ``cpu``; anything else is
     parsed by ``torch.device``. Asking for CUDA on a machine without it fails here, with a clear
     message, rather than deep inside a kernel.
 
@@ -16,7 +16,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     device(type='cpu')
     """
     if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:

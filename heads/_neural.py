@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from heads._device import resolve_device
 from heads._metrics import macro_f1
 from heads._registry import register_head
 from heads.losses import CompositeLoss, create_loss
@@ -63,17 +64,6 @@ ArrayLike = np.ndarray | torch.Tensor
 def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
     if value not in valid:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else Apple MPS, else CPU; anything else as given."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def compute_class_weights(

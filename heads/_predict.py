@@ -16,12 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from heads._ensemble import _log_softmax
 from heads._errors import HeadsError
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def read_prior(spec: str, classes: list[str]) -> np.ndarray:
