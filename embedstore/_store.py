@@ -80,7 +80,7 @@ class Store:
                     f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`"
                 )
             self.path.mkdir(parents=True)
-        elif any(self.path.iterdir()) and not (self.path / "images.lance").exists() and not create:
+        elif any(self.path.iterdir()) and not self.exists and not create:
             raise StoreError(f"{self.path}: not an embedstore store (no images.lance)")
         self._lance = _import_lance()
 
@@ -91,7 +91,7 @@ class Store:
 
     def _open(self, table: str):
         uri = self._uri(table)
-        if not os.path.exists(uri):
+        if not _has_version(uri):  # absent, or a first write killed before its commit
             return None
         return self._lance.dataset(uri)
 
@@ -104,7 +104,7 @@ class Store:
 
     @property
     def exists(self) -> bool:
-        return (self.path / "images.lance").exists()
+        return _has_version(self._uri("images"))
 
     @property
     def version(self) -> int:
@@ -468,6 +468,15 @@ class Store:
 
 def _column_of(name: str) -> str:
     return EMB_PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()
+
+
+def _has_version(uri: str) -> bool:
+    """A Lance table exists once its first commit wrote a manifest under ``_versions``."""
+    versions = os.path.join(uri, "_versions")
+    if not os.path.isdir(versions):
+        return False
+    with os.scandir(versions) as entries:
+        return any(True for _ in entries)
 
 
 def _sql_str(s: str) -> str:

@@ -433,9 +433,13 @@ def test_kill_9_during_ingest_then_resume_has_every_image_exactly_once(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     killed = False
+    files = store / "files.lance"
     while time.time() < deadline and proc.poll() is None:
-        files = store / "files.lance"
-        if files.exists() and lance.dataset(str(files)).count_rows() >= 8:
+        if (
+            (files / "_versions").is_dir()
+            and any((files / "_versions").iterdir())
+            and lance.dataset(str(files)).count_rows() >= 8
+        ):
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
             break
@@ -453,3 +457,16 @@ def test_kill_9_during_ingest_then_resume_has_every_image_exactly_once(tmp_path)
     assert lance.dataset(str(store / "files.lance")).count_rows() == 81
     paths = [p for ps in t.column("paths").to_pylist() for p in ps]
     assert sorted(paths) == sorted(p.relative_to(imgs).as_posix() for p in imgs.rglob("*.jpg"))
+
+
+def test_a_first_write_killed_before_its_commit_is_resumed(tmp_path, tiny_dino):
+    """kill -9 during a table's very first write leaves a folder with data but no version."""
+    write_class_images(tmp_path / "imgs", n_classes=1, per_class=3)
+    store = tmp_path / "s"
+    for table in ("images", "files"):
+        (store / f"{table}.lance" / "data").mkdir(parents=True)
+        (store / f"{table}.lance" / "data" / "half-written.lance").write_bytes(b"\x00" * 64)
+    assert not embedstore.connect(store).exists
+    s = _ingest(tmp_path / "imgs", store, tiny_dino)
+    assert s["new_images"] == 3 and _rows(store).num_rows == 3
+    assert embedstore.connect(store).info()["images"] == 3
