@@ -6,6 +6,9 @@ BIN   := $(VENV)/bin
 DATA  ?= ../shared/data/flowers12
 STORE ?= demo-store
 RUNS  ?= runs
+SPLIT ?= --use-split                       # honour train/ and test/ folders; empty: 5 plain folds
+QUERY ?= $(DATA)/test/daisy/image_0804.jpg
+PHOTOS ?= $(DATA)/test/sunflower/image_0723.jpg $(DATA)/test/iris/image_0406.jpg
 
 .PHONY: setup demo test lint bench clean
 
@@ -21,11 +24,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/embedstore ingest $(DATA) --store $(STORE)
 	$(BIN)/embedstore info --store $(STORE)
-	$(BIN)/embedstore split --store $(STORE) --folds 5 --use-split
-	$(BIN)/embedstore lookup $(DATA)/test/daisy/image_0804.jpg --store $(STORE) --k 5
+	$(BIN)/embedstore split --store $(STORE) --folds 5 $(SPLIT)
+	$(BIN)/embedstore lookup $(QUERY) --store $(STORE) --k 5
 	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp
 	$(BIN)/heads eval $(RUNS)/mlp
-	$(BIN)/heads predict $(RUNS)/mlp $(DATA)/test/sunflower/image_0723.jpg $(DATA)/test/iris/image_0406.jpg --top-k 3
+	$(BIN)/heads predict $(RUNS)/mlp $(PHOTOS) --top-k 3
 
 test: setup
 	$(BIN)/pytest -q
