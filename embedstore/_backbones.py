@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable
@@ -321,10 +320,6 @@ def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = 
         f"unknown backbone {name!r}{hint}; valid names: {valid}; or a Hugging Face hub id "
         "(org/model) or a local model folder"
     )
-
-
-def describe_json(backbone: Backbone) -> str:
-    return json.dumps(backbone.describe(), sort_keys=True)
 
 
 def backbone_from_description(describe: dict[str, Any]) -> Backbone:
