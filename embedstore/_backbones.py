@@ -322,10 +322,23 @@ def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = 
     )
 
 
-def backbone_from_description(describe: dict[str, Any]) -> Backbone:
+def weights_mismatch(backbone: Backbone, describe: dict[str, Any]) -> str | None:
+    """A message when ``backbone``'s weights differ from those recorded in ``describe``."""
+    recorded = describe.get("weights_sha256")
+    if not recorded or recorded == "unknown" or backbone.weights_sha256 in (recorded, "unknown"):
+        return None
+    return (
+        f"backbone {describe['backbone']!r}: the weights at {describe.get('source')} (sha256 "
+        f"{backbone.weights_sha256[:12]}) differ from those the store was embedded with "
+        f"({recorded[:12]}); new embeddings will not match the stored ones"
+    )
+
+
+def backbone_from_description(describe: dict[str, Any], *, warn: bool = True) -> Backbone:
     """Rebuild the backbone that produced a stored column, from the column's description.
 
-    Warns when the rebuilt weights differ from the recorded hash (embeddings would not match).
+    With ``warn``, warns when the rebuilt weights differ from the recorded hash
+    (:func:`weights_mismatch`).
     """
     import warnings
 
@@ -335,11 +348,7 @@ def backbone_from_description(describe: dict[str, Any]) -> Backbone:
         bb: Backbone = EfficientNetLite0(name)
     else:
         bb = HFBackbone(name, source, pooling if pooling in POOLINGS else "cls")
-    recorded = describe.get("weights_sha256")
-    if recorded and recorded != "unknown" and bb.weights_sha256 not in (recorded, "unknown"):
-        warnings.warn(
-            f"backbone {name}: weights at {source} differ from those the store was built with "
-            f"(sha256 {bb.weights_sha256[:12]} vs {recorded[:12]}); new embeddings will not match",
-            stacklevel=2,
-        )
+    msg = weights_mismatch(bb, describe) if warn else None
+    if msg:
+        warnings.warn(msg, stacklevel=2)
     return bb

@@ -42,7 +42,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedstore._backbones import POOLINGS, Backbone, BackboneError, create_backbone
+from embedstore._backbones import (
+    Backbone,
+    BackboneError,
+    backbone_from_description,
+    weights_mismatch,
+)
 from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
 from embedstore._store import EMB_PREFIX, EmbeddingInfo, Store, StoreError, _sql_str, connect
 from heads._device import resolve_device
@@ -388,36 +393,16 @@ def _rebuild_backbone(
     info: EmbeddingInfo, dev: torch.device, first: str, notes: list[str]
 ) -> Backbone:
     """The backbone recorded in the column's metadata; warns when its weights differ."""
-    desc = info.describe
-    pooling = desc.get("pooling", "cls")
-    pooling = pooling if pooling in POOLINGS else "cls"  # CNNs record "avg"
-    suffix = "" if pooling == "cls" else "-" + pooling.replace("+", "-")
-    base = (
-        info.backbone[: -len(suffix)]
-        if suffix and info.backbone.endswith(suffix)
-        else info.backbone
-    )
-    source = str(desc.get("source") or base)
-    is_model_path = not source.startswith("pypi:") and (
-        "/" in source or os.sep in source or Path(source).expanduser().exists()
-    )
     try:
-        if is_model_path:
-            bb = create_backbone(source, pooling, alias=base)
-        else:
-            bb = create_backbone(base, pooling)
+        bb = backbone_from_description(info.describe, warn=False)
     except BackboneError as e:
         raise StoreError(
-            f"{first}: not in the store, and backbone {info.backbone!r} (source {source}) cannot be "
-            f"rebuilt to embed it: {e}. Query stored images by row id instead"
+            f"{first}: not in the store, and backbone {info.backbone!r} (source "
+            f"{info.describe.get('source')}) cannot be rebuilt to embed it: {e}. Query stored "
+            "images by row id instead"
         ) from e
-    stored_sha = desc.get("weights_sha256")
-    if stored_sha and bb.weights_sha256 != stored_sha:
-        msg = (
-            f"backbone {info.backbone!r}: the weights at {source} (sha256 {bb.weights_sha256[:12]}) "
-            f"differ from those the store was embedded with ({stored_sha[:12]}); query files are "
-            "embedded with different weights and their similarities may mislead"
-        )
+    msg = weights_mismatch(bb, info.describe)
+    if msg:
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append(msg)
     return bb.to(dev)
