@@ -34,37 +34,21 @@ def openset(
     *,
     backbone: str | None = None,
     where: str | None = None,
-    holdout_classes: float = 0.25,
-    draws: int = 3,
-    detectors: list[str] | None = None,
-    head: str = "linear",
-    head_kwargs: dict[str, Any] | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    roc_png: str | os.PathLike | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """:func:`openset_arrays` on a store's labelled embeddings of one backbone.
 
     ``store``: an ``embedstore.Store`` or its path; ``where``: an optional SQL filter on the rows
-    (unlabelled rows are always left out).
+    (unlabelled rows are always left out); ``options``: those of :func:`openset_arrays`
+    (``holdout_classes``, ``draws``, ``detectors``, ``head``, ``head_kwargs``, ``seed``,
+    ``device``, ``roc_png``).
     """
     import embedstore
 
     st = store if isinstance(store, embedstore.Store) else embedstore.connect(store, create=False)
     filt = "label IS NOT NULL" + (f" AND ({where})" if where else "")
     X, cols = st.embeddings(backbone, where=filt, columns=("label",))  # (N, d)
-    return openset_arrays(
-        X,
-        cols["label"],
-        holdout_classes=holdout_classes,
-        draws=draws,
-        detectors=detectors,
-        head=head,
-        head_kwargs=head_kwargs,
-        seed=seed,
-        device=device,
-        roc_png=roc_png,
-    )
+    return openset_arrays(X, cols["label"], **options)
 
 
 def openset_arrays(
