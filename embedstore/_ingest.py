@@ -211,9 +211,7 @@ def ingest(
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
     pre_of = [preprocs.index(m.preprocess) for m in models]
     n_workers = _default_workers() if workers is None else max(0, workers)
-    n_workers = min(
-        n_workers, -(-len(work) // batch_size)
-    )  # no idle workers (none at all for no work)
+    n_workers = min(n_workers, -(-len(work) // batch_size))  # none idle; none for no work
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(work, preprocs, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
@@ -222,7 +220,7 @@ def ingest(
     )  # fmt: skip
     stats = Counter()
     pending = _Pending()
-    seen_this_run: dict[str, str] = {}  # id -> first rel in this run
+    seen_this_run: set[str] = set()
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -238,15 +236,14 @@ def ingest(
                 image_id = it["id"]
                 pending.files.append((w.rel, image_id))
                 pending.ok_rels.append(w.rel)
-                first = seen_this_run.get(image_id)
-                if first is not None:  # same bytes twice in this run: one image, both paths
+                if image_id in seen_this_run:  # same bytes twice in this run: one image, both paths
                     pending.add_path(image_id, w.rel)
                     stats["duplicates"] += 1
                     continue
-                seen_this_run[image_id] = w.rel
+                seen_this_run.add(image_id)
                 if image_id in store_ids and all(image_id in have[m.name] for m in models):
                     pending.add_path(image_id, w.rel)  # renamed / duplicated file of a stored image
-                    stats["duplicates" if w.known_id is None else "unchanged"] += 1
+                    stats["duplicates"] += 1
                     continue
                 embed_rows.append(k)
             if embed_rows:
@@ -293,7 +290,7 @@ def ingest(
         _commit(st, root, pending, models, dtype, meta_cols, skipped, store_ids, have)
     finally:
         bar.close()
-    _maybe_compact(st)
+    st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
 
     seconds = time.perf_counter() - t0
     total_in_store = st.count()
@@ -303,7 +300,7 @@ def ingest(
         "store": str(st.path),
         "files_found": len(found),
         "new_images": stats["new"],
-        "already_stored": len(unchanged_ids) + stats["unchanged"],
+        "already_stored": len(unchanged_ids),
         "duplicates": stats["duplicates"],
         "embedded": {m.name: stats[f"embedded:{m.name}"] for m in models},
         "skipped": len(skipped),
@@ -464,11 +461,6 @@ def _default_workers() -> int:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _maybe_compact(st: Store) -> None:
-    """Merge the many small fragments of a chunked ingest (one atomic commit)."""
-    st.compact(min_fragments=16)
 
 
 __all__ = ["IngestError", "StoreError", "ingest", "resolve_device"]
