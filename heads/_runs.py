@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
+from embedstore._folds import HOLDOUT
 from heads._errors import HeadsError
 from heads._registry import create_head, head_class, list_heads
 
 RUN_FORMAT = 1
-ALWAYS_TRAIN, HOLDOUT = -2, -1
 POISON_COLUMNS = ("poisonous", "is_poisonous", "poison")
 OBS_COLUMNS = ("observation_id", "observationid", "observation", "obs_id")
 
@@ -202,10 +202,6 @@ def _meta_table(
 
 
 # ---------------------------------------------------------------------------- training
-
-
-_HEAD_OPTIONS = ("hidden", "dropout", "loss", "loss_kwargs", "class_weights", "sampler", "aux_alpha",
-                 "epochs", "lr", "batch_size", "seed", "device", "k", "temperature")  # fmt: skip
 
 
 def _head_kwargs(head: str, options: dict[str, Any]) -> dict[str, Any]:
