@@ -13,6 +13,18 @@ from typing import Any
 
 import click
 
+from embedstore._options import (
+    AVERAGES,
+    CLASS_WEIGHTS,
+    DEVICE_CHOICES,
+    EMB_DTYPES,
+    LOOKUP_INDEXES,
+    METRIC_NAMES,
+    POOLINGS,
+    SAMPLERS,
+    check_device,
+)
+
 STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."
 _USER_ERRORS: tuple[type[Exception], ...] = ()
 
@@ -44,6 +56,55 @@ class _Group(click.Group):
             if isinstance(e, _user_errors()) and not os.environ.get("EMBEDSTORE_DEBUG"):
                 raise click.ClickException(str(e)) from None
             raise
+
+
+class _Device(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (presence is checked by the library)."""
+
+    name = "|".join(DEVICE_CHOICES)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return check_device(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DEVICE = _Device()
+
+
+class _Registered(click.Choice):
+    """A choice among a registry's names, listed when first needed (keeps ``--help`` light)."""
+
+    def __init__(self, names: Any) -> None:
+        self._names = names
+        super().__init__([])
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        return list(self._names())
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+
+def _heads_names() -> list[str]:
+    import heads
+
+    return heads.list_heads()
+
+
+def _loss_names() -> list[str]:
+    import heads
+
+    return heads.list_losses()
+
+
+def _detector_names() -> list[str]:
+    import heads
+
+    return heads.list_detectors()
 
 
 def _echo_json(obj: Any) -> None:
@@ -97,7 +158,7 @@ def embedstore_cli() -> None:
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["cls", "mean", "cls+mean"]),
+    type=click.Choice(POOLINGS),
     default="cls",
     show_default=True,
     help="Token pooling for transformer backbones.",
@@ -115,9 +176,7 @@ def embedstore_cli() -> None:
     help="Metadata column holding the label (default: class folder).",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option(
     "--workers",
     type=click.IntRange(0),
@@ -126,7 +185,7 @@ def embedstore_cli() -> None:
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float16", "float32"]),
+    type=click.Choice(EMB_DTYPES),
     default="float16",
     show_default=True,
     help="Stored embedding precision.",
@@ -164,25 +223,24 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
     summary = embedstore.ingest(
         images_dir, store, backbones=list(backbones), progress=not quiet, **kw
     )
+    s = summary
     if as_json:
-        _echo_json(summary)
+        _echo_json(s.to_dict())
     else:
-        emb = ", ".join(f"{k}: {v}" for k, v in summary["embedded"].items())
+        emb = ", ".join(f"{k}: {v}" for k, v in s.embedded.items())
         click.echo(
-            f"{summary['files_found']} files: {summary['new_images']} new, {summary['already_stored']} already stored, "
-            f"{summary['duplicates']} duplicate names, {summary['skipped']} skipped; embedded {emb} "
-            f"in {summary['seconds']} s ({summary['images_per_s']} img/s on {summary['device']})"
+            f"{s.files_found} files: {s.new_images} new, {s.already_stored} already stored, "
+            f"{s.duplicates} duplicate names, {s.skipped} skipped; embedded {emb} "
+            f"in {s.seconds} s ({s.images_per_s} img/s on {s.device})"
         )
-        for reason, n in summary["skipped_by_reason"].items():
+        for reason, n in s.skipped_by_reason.items():
             click.echo(f"  skipped {n}: {reason}")
-        if summary["skipped"]:
-            click.echo(f"  skipped files are listed in {summary['skipped_file']}")
-        for w in summary["warnings"]:
+        if s.skipped:
+            click.echo(f"  skipped files are listed in {s.skipped_file}")
+        for w in s.warnings:
             click.echo(f"  warning: {w}")
-        click.echo(
-            f"store {summary['store']}: {summary['images_in_store']} images, version {summary['store_version']}"
-        )
-    if not summary["ok"]:
+        click.echo(f"store {s.store}: {s.images_in_store} images, version {s.store_version}")
+    if not s.ok:
         click.echo("error: no image could be ingested; see the reasons above", err=True)
         sys.exit(1)
 
@@ -199,7 +257,7 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     """
     import embedstore
 
-    info = embedstore.connect(store, create=False).info()
+    info = embedstore.connect(store, create=False).info().to_dict()
     if as_json:
         _echo_json(info)
         return
@@ -276,7 +334,7 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     """
     import embedstore
 
-    res = embedstore.split(store, **kw)
+    res = embedstore.split(store, **kw).to_dict()
     if as_json:
         _echo_json(res)
         return
@@ -302,13 +360,11 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
 )
 @click.option(
     "--index",
-    type=click.Choice(["auto", "exact", "ivf", "hnsw"]),
+    type=click.Choice(LOOKUP_INDEXES),
     default="auto",
     show_default=True,
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per query.")
 def lookup_cmd(
     queries: tuple[str, ...], columns: tuple[str, ...], as_json: bool, **kw: Any
@@ -326,16 +382,17 @@ def lookup_cmd(
 
     res = embedstore.lookup(kw.pop("store"), list(queries), columns=list(columns) or None, **kw)
     if as_json:
-        _echo_json(res["results"])
+        _echo_json([q.to_dict() for q in res.results])
         return
-    how = f"{res.get('index_kind', 'exact')} index" if res["used_index"] else "exact search"
-    click.echo(f"{res.get('backbone')} embeddings, {how}")
-    for w in res.get("warnings", []):
+    how = f"{res.index_kind} index" if res.used_index else "exact search"
+    click.echo(f"{res.backbone} embeddings, {how}")
+    for w in res.warnings:
         click.echo(f"warning: {w}")
-    for q in res["results"]:
-        v = q["vote"]
-        click.echo(f"{q['query']}: vote {v['label']} ({v['score']:.3f})")
-        for n in q["neighbors"]:
+    for q in res.results:
+        v = q.vote
+        score = "-" if v["score"] is None else f"{v['score']:.3f}"
+        click.echo(f"{q.query}: vote {v['label']} ({score})")
+        for n in q.neighbors:
             click.echo(f"  {n['similarity']:.4f}  {n['label']}  {n['path']}")
 
 
@@ -346,7 +403,7 @@ def lookup_cmd(
 )
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "exact", "ivf", "hnsw"]),
+    type=click.Choice(LOOKUP_INDEXES),
     default="auto",
     show_default=True,
     help="auto: IVF from 200,000 vectors, exact below.",
@@ -355,7 +412,8 @@ def lookup_cmd(
     "--nlist", type=click.IntRange(1), default=None, help="IVF lists (default ~4 sqrt(N))."
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the index is up to date.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Where to build.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(as_json: bool, **kw: Any) -> None:
     """Build or refresh the ANN index `embedstore lookup` uses for a backbone.
 
@@ -367,9 +425,13 @@ def index_cmd(as_json: bool, **kw: Any) -> None:
 
     res = embedstore.build_index(kw.pop("store"), **kw)
     if as_json:
-        _echo_json(res)
+        _echo_json(res.to_dict())
         return
-    click.echo(json.dumps(res, default=str))
+    state = "built" if res.built else "already up to date"
+    click.echo(
+        f"{res.kind} index of {res.ntotal} {res.backbone} embeddings ({res.dim}-d) {state} at "
+        f"store version {res.store_version}: {res.path} ({res.seconds} s)"
+    )
 
 
 @embedstore_cli.command("backbones")
@@ -429,26 +491,22 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
     "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
 )
 @click.option(
-    "--head",
-    "head",
-    default="mlp",
-    show_default=True,
-    help="linear | mlp | transformer | knn | centroid.",
-)
+    "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
+    help="Head from the registry.",
+)  # fmt: skip
 @click.option("--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024).")
 @click.option("--dropout", type=click.FloatRange(0, 1), default=None)
 @click.option(
     "--loss",
+    type=_Registered(_loss_names),
     default=None,
-    help="ce | focal | seesaw | arcface | subcenter-arcface | logit-adjusted.",
+    help="Loss from the registry (default ce).",
 )
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce.")
-@click.option(
-    "--class-weights", type=click.Choice(["none", "inverse", "sqrt-inverse"]), default=None
-)
+@click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), default=None)
 @click.option(
     "--sampler",
-    type=click.Choice(["none", "balanced", "prior"]),
+    type=click.Choice(SAMPLERS),
     default=None,
     help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
 )
@@ -467,10 +525,9 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
 @click.option(
-    "--unknown",
-    default=None,
-    help="Attach an unknown detector: msp | entropy | energy | max-logit | knn | mahalanobis | relative-mahalanobis.",
-)
+    "--unknown", type=_Registered(_detector_names), default=None,
+    help="Attach an unknown-class detector from the registry.",
+)  # fmt: skip
 @click.option(
     "--unknown-label",
     default="unknown",
@@ -481,7 +538,7 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
 @click.option("--seed", type=int, default=None)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
 @click.option(
     "--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>)."
 )
@@ -505,27 +562,27 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
         store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw
     )
     if as_json:
-        _echo_json(res)
+        _echo_json(res.to_dict())
         return
-    for m in res["metrics"]:
+    nan = float("nan")
+    for m in res.metrics:
         click.echo(
-            f"fold {m['fold']}: top1 {m.get('top1', float('nan')):.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}  "
-            f"({m['epochs']} epochs, {m['fit_seconds']} s)  -> {m['run']}"
+            f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
+            f"({m.epochs} epochs, {m.fit_seconds} s)  -> {m.run}"
         )
-    if res["ensemble"]:
-        e = heads.evaluate(res["ensemble"], plots=False)
+    e = res.ensemble_metrics
+    if e is not None:
         click.echo(
-            f"ensemble of {len(res['runs'])} folds (out-of-fold): top1 {e.get('top1', float('nan')):.4f}  "
-            f"macro-F1 {e.get('macro_f1', float('nan')):.4f}  -> {res['ensemble']}"
+            f"ensemble of {len(res.runs)} folds (out-of-fold): top1 {e.metrics.get('top1', nan):.4f}  "
+            f"macro-F1 {e.metrics.get('macro_f1', nan):.4f}  -> {res.ensemble}"
         )
-        if "holdout" in e:
+        if e.holdout is not None:
             click.echo(
-                f"held-out part: top1 {e['holdout'].get('top1', float('nan')):.4f}  macro-F1 {e['holdout'].get('macro_f1', float('nan')):.4f}"
+                f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
             )
 
 
-_EVAL_KEYS = ("top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
-              "auroc", "fpr95", "closed_set_acc", "open_set_acc", "track1", "track2", "track3", "track4")  # fmt: skip
+_EVAL_KEYS = METRIC_NAMES
 
 
 @heads_cli.command("eval")
@@ -544,7 +601,7 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     """
     import heads
 
-    results = [heads.evaluate(r, store=store) for r in runs]
+    results = [heads.evaluate(r, store=store).to_dict() for r in runs]
     if as_json:
         _echo_json(results)
         return
@@ -570,9 +627,7 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
 @click.option(
     "--weights", callback=_float_list, default=None, help="Comma-separated member weights."
 )
-@click.option(
-    "--average", type=click.Choice(["logits", "probs"]), default="logits", show_default=True
-)
+@click.option("--average", type=click.Choice(AVERAGES), default="logits", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def ensemble_cmd(
     runs: tuple[str, ...], out: str, weights: list[float] | None, average: str, as_json: bool
@@ -587,12 +642,13 @@ def ensemble_cmd(
 
     res = heads.ensemble(list(runs), out, weights=weights, average=average)
     if as_json:
-        _echo_json(res)
+        _echo_json(res.to_dict())
         return
-    vals = "  ".join(f"{k} {res[k]:.4f}" for k in _EVAL_KEYS if isinstance(res.get(k), float))
-    click.echo(f"{res['path']}: {vals}")
-    if res.get("holdout"):
-        h = res["holdout"]
+    m = res.metrics
+    vals = "  ".join(f"{k} {m[k]:.4f}" for k in _EVAL_KEYS if isinstance(m.get(k), float))
+    click.echo(f"{res.run}: {vals}")
+    if res.holdout:
+        h = res.holdout
         click.echo(
             "held-out: "
             + "  ".join(f"{k} {h[k]:.4f}" for k in _EVAL_KEYS if isinstance(h.get(k), float))
@@ -621,9 +677,7 @@ def ensemble_cmd(
     type=click.Path(path_type=str),
     help="CSV cost[true, predicted]: choose the label of least expected cost.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per image.")
 def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> None:
     """Top-k labels for images with a run or ensemble (new images are embedded on the fly).
@@ -637,16 +691,16 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
 
     res = heads.predict(run, list(images), **kw)
     if as_json:
-        _echo_json(res)
+        _echo_json([r.to_dict() for r in res])
     else:
         for r in res:
-            if "error" in r:
-                click.echo(f"{r['path']}: error: {r['error']}")
+            if r.error is not None:
+                click.echo(f"{r.path}: error: {r.error}")
                 continue
-            tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
-            flag = "  [unknown]" if r.get("unknown") else ""
-            click.echo(f"{r['path']}: {r['label']}{flag}  ({tops})")
-    if all("error" in r for r in res):
+            tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r.top_k)
+            flag = "  [unknown]" if r.unknown else ""
+            click.echo(f"{r.path}: {r.label}{flag}  ({tops})")
+    if all(r.error is not None for r in res):
         click.echo("error: no image could be predicted", err=True)
         sys.exit(1)
 
@@ -663,12 +717,11 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
 )
 @click.option("--draws", type=click.IntRange(1), default=3, show_default=True)
 @click.option(
-    "--detector", "detectors", multiple=True, help="Detector to measure (repeatable; default: all)."
-)
+    "--detector", "detectors", multiple=True, type=_Registered(_detector_names),
+    help="Detector to measure (repeatable; default: all).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option("--roc-png", default=None, help="Write ROC curves of the last draw to this PNG.")
 @click.option(
     "--json", "as_json", is_flag=True, help="One object per detector: detector, auroc, fpr95."
@@ -687,9 +740,7 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
     if as_json:
         _echo_json(rows)
         return
-    from heads._openset import format_table
-
-    click.echo(format_table(rows))
+    click.echo(heads.format_openset_table(rows))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import embedstore  # noqa: E402
 import heads  # noqa: E402
 from benchmarks._common import OUT_DIR, machine_info, print_table, write_json  # noqa: E402
 from heads._metrics import macro_f1  # noqa: E402
@@ -324,9 +325,7 @@ def part_dataloader(p: Problem, args: argparse.Namespace, variant: str) -> dict[
 
 
 def _device(device: str) -> torch.device:
-    from heads._neural import resolve_device
-
-    return resolve_device(device)
+    return embedstore.resolve_device(device)
 
 
 # --------------------------------------------------------------------------- (c) scikit-learn

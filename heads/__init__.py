@@ -1,38 +1,50 @@
 """heads: classifiers, losses, kNN and unknown detectors trained on stored embeddings.
 
+Built on ``embedstore`` (imports run one way: ``heads`` uses ``embedstore``, never the reverse).
+
 >>> import heads
 >>> res = heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30)
->>> heads.evaluate("runs/mlp")["macro_f1"]
->>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)
+>>> heads.evaluate("runs/mlp").metrics["macro_f1"]
+>>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
 """
 
-from heads._encoders import MetadataEncoder
-from heads._ensemble import Ensemble, ensemble
+from heads._encoders import ENCODERS, MetadataEncoder
+from heads._ensemble import ensemble
 from heads._errors import HeadsError
-from heads._evaluate import evaluate
+from heads._evaluate import EvalResult, evaluate
 from heads._knn import CentroidHead, KNNHead
+from heads._loaded import Ensemble, Predictor, Run, load
 from heads._neural import NeuralHead
+from heads._openset import format_table as format_openset_table
 from heads._openset import openset, openset_arrays
-from heads._predict import predict
-from heads._registry import create_head, list_heads, register_head
-from heads._runs import Run, load, train
-from heads._search import NeighborIndex
-from heads._unknown import create_detector, list_detectors, register_detector
-from heads.losses import create_loss, list_losses, register_loss
+from heads._predict import Prediction, predict
+from heads._registry import HEADS, create_head, list_heads, register_head
+from heads._train import FoldResult, TrainResult, train
+from heads._unknown import DETECTORS, create_detector, list_detectors, register_detector
+from heads.losses import LOSSES, create_loss, list_losses, register_loss
 
 __all__ = [
+    "DETECTORS",
+    "ENCODERS",
+    "HEADS",
+    "LOSSES",
     "CentroidHead",
     "Ensemble",
+    "EvalResult",
+    "FoldResult",
     "HeadsError",
     "KNNHead",
     "MetadataEncoder",
-    "NeighborIndex",
     "NeuralHead",
+    "Prediction",
+    "Predictor",
     "Run",
+    "TrainResult",
     "create_detector",
     "create_head",
     "create_loss",
     "ensemble",
+    "format_openset_table",
     "evaluate",
     "list_detectors",
     "list_heads",

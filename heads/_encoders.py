@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from embedstore._registry import Registry
+
 __all__ = [
     "CategoricalEncoder",
     "CyclicalDoyEncoder",
@@ -463,30 +465,27 @@ class NumberEncoder(_Encoder):
         return enc
 
 
-_ENCODERS: dict[str, type[_Encoder]] = {
+ENCODERS: Registry = Registry("encoder kind", "kinds")
+for _kind, _cls in {
     "categorical": CategoricalEncoder,
     "cyclical-month": CyclicalMonthEncoder,
     "cyclical-doy": CyclicalDoyEncoder,
     "geohash": GeohashEncoder,
     "number": NumberEncoder,
-}
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in _ENCODERS:
-        raise ValueError(f"unknown encoder kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+}.items():
+    ENCODERS.register(_kind, _cls)
+register_encoder = ENCODERS.register
+list_encoders = ENCODERS.list
 
 
 def create_encoder(kind: Kind, **kwargs: Any) -> _Encoder:
     """An unfitted encoder of ``kind`` with its settings ``kwargs``."""
-    _check_kind(kind)
-    return _ENCODERS[kind](**kwargs)
+    return ENCODERS.create(kind, **kwargs)
 
 
 def encoder_from_state(state: Mapping[str, Any]) -> _Encoder:
     """Rebuild a fitted encoder from :meth:`get_state`'s dict."""
-    _check_kind(state.get("kind", ""))
-    return _ENCODERS[state["kind"]].from_state(state)
+    return ENCODERS.get(state.get("kind", "")).from_state(state)
 
 
 # --------------------------------------------------------------------------- the table encoder
@@ -551,7 +550,7 @@ def _explicit_fields(columns: Mapping[Any, Any]) -> list[tuple[str, tuple[str, .
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         kinds = [k for kind in kinds for k in (_DATE_KINDS if kind == "date" else (kind,))]
         for kind in kinds:
-            _check_kind(kind)
+            ENCODERS.get(kind)  # an unknown kind: RegistryError naming the valid ones
             if (kind == "geohash") != (len(cols) == 2):
                 raise ValueError(
                     f"{key!r}: geohash takes two columns (latitude, longitude), e.g. "

@@ -1,5 +1,6 @@
-"""Ensembles: average logits (or probabilities, optionally weighted) across folds, heads and
-backbones. An ensemble directory is usable wherever a run is (eval, predict, another ensemble).
+"""Writing ensembles: average logits (or probabilities, optionally weighted) across folds, heads
+and backbones. An ensemble directory is usable wherever a run is (eval, predict, another
+ensemble); :class:`heads.Ensemble` loads it.
 """
 
 from __future__ import annotations
@@ -7,95 +8,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedstore._options import AVERAGES, Average
 from heads._errors import HeadsError
-from heads._runs import RUN_FORMAT, load, read_config, read_val, write_config
-
-Average = Literal["logits", "probs"]
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-class Ensemble:
-    """Members loaded from an ensemble directory; combines their logits and unknown scores."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.config = read_config(self.path)
-        self.members = [load(_resolve(self.path, m)) for m in self.config["members"]]
-        self.weights = np.asarray(self.config["weights"], dtype=np.float64)
-        self.average: str = self.config["average"]
-
-    @property
-    def classes(self) -> list[str]:
-        return self.members[0].classes
-
-    @property
-    def train_counts(self) -> np.ndarray:
-        return np.mean([m.train_counts for m in self.members], axis=0)
-
-    @property
-    def store_path(self) -> str:
-        return self.config["store"]["path"]
-
-    @property
-    def columns(self) -> list[str]:
-        return list(dict.fromkeys(c for m in self.members for c in m.columns))
-
-    def backbone_columns(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for m in self.members:
-            out.update(m.backbone_columns())
-        return out
-
-    def logits(
-        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
-    ) -> np.ndarray:
-        parts = [m.logits(embeddings, table) for m in self.members]
-        return combine(parts, self.weights, self.average)
-
-    def unknown_scores(
-        self, embeddings: dict[str, np.ndarray], logits: np.ndarray
-    ) -> np.ndarray | None:
-        """Mean over members with a detector of (score - member threshold); threshold 0."""
-        parts = []
-        for m in self.members:
-            s = m.unknown_scores(embeddings, m.logits(embeddings))
-            if s is not None:
-                parts.append(s - m.threshold)
-        return None if not parts else np.mean(parts, axis=0)
-
-    @property
-    def threshold(self) -> float | None:
-        return 0.0 if any(m.threshold is not None for m in self.members) else None
-
-
-def combine(parts: list[np.ndarray], weights: np.ndarray, average: str) -> np.ndarray:
-    w = weights / weights.sum()
-    if average == "probs":
-        p = sum(
-            wi * np.exp(_log_softmax(z.astype(np.float64))) for wi, z in zip(w, parts, strict=True)
-        )
-        return np.log(np.maximum(p, 1e-30)).astype(np.float32)
-    return sum(wi * z.astype(np.float64) for wi, z in zip(w, parts, strict=True)).astype(np.float32)
-
-
-def _resolve(base: Path, member: str) -> Path:
-    p = Path(member)
-    return p if p.is_absolute() else (base / p).resolve()
+from heads._evaluate import EvalResult, evaluate
+from heads._loaded import load, log_softmax
+from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
 
 
 def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: list[float] | None = None,
-             average: Average = "logits") -> dict[str, Any]:  # fmt: skip
-    """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores.
+             average: Average = "logits") -> EvalResult:  # fmt: skip
+    """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
+    (``.run`` is the ensemble's path).
 
     Validation logits are combined per image over the members that validated it, so a fold
     ensemble is scored out-of-fold.
@@ -104,8 +33,8 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
     """
     if not runs:
         raise HeadsError("give at least one run or ensemble directory")
-    if average not in ("logits", "probs"):
-        raise HeadsError(f"unknown average {average!r}; valid: logits, probs")
+    if average not in AVERAGES:
+        raise HeadsError(f"unknown average {average!r}; valid: {', '.join(AVERAGES)}")
     w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(w) != len(runs):
         raise HeadsError(
@@ -114,7 +43,7 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
     if (w < 0).any() or w.sum() <= 0:
         raise HeadsError("weights must be non-negative and not all zero")
     out = Path(out)
-    members = [load(r) for r in runs]
+    members = [load(r, "cpu") for r in runs]
     classes = members[0].classes
     for r, m in zip(runs, members, strict=True):
         if m.classes != classes:
@@ -140,9 +69,7 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
     }  # fmt: skip
     _write_val(out, runs, members, w, average)
     write_config(out, config)
-    from heads._evaluate import evaluate
-
-    return {"path": str(out), **evaluate(out, holdout=True, plots=True)}
+    return evaluate(out, holdout=True, plots=True)
 
 
 def _write_val(out: Path, runs: list, members: list, w: np.ndarray, average: str) -> None:
@@ -161,7 +88,7 @@ def _write_val(out: Path, runs: list, members: list, w: np.ndarray, average: str
     for v, wi, m in zip(vals, w, members, strict=True):
         idx = np.array([order[i] for i in v["id"]], dtype=np.int64)
         z = v["logits"].astype(np.float64)
-        acc[idx] += wi * (np.exp(_log_softmax(z)) if average == "probs" else z)
+        acc[idx] += wi * (np.exp(log_softmax(z)) if average == "probs" else z)
         wsum[idx] += wi
         label[idx] = v["label"]
         if "observation" in v:

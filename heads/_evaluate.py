@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import embedstore
+from embedstore import Result
+from heads._loaded import Predictor, load
 from heads._metrics import (
     aggregate_by_observation,
     classification_report,
@@ -25,9 +29,36 @@ from heads._metrics import (
     openset_scores,
     per_class_f1,
 )
+from heads._plots import plot_per_class
+from heads._rundir import read_val
 
 
-def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class EvalResult(Result):
+    """Scores of a run or ensemble: ``metrics`` on the validation part (out-of-fold for a fold
+    ensemble) and ``holdout`` on the store's held-out part (None without one).
+
+    ``to_dict()`` puts the metrics at the top level: ``{"run", "kind", "head", "top1", ...,
+    "holdout": {...}}``.
+    """
+
+    run: str
+    kind: str
+    head: str | None
+    metrics: dict[str, Any]
+    holdout: dict[str, Any] | None = None
+    per_class_png: str | None = None
+    most_confused: list[dict[str, Any]] | None = None
+
+    def items_(self) -> dict[str, Any]:
+        out = {"run": self.run, "kind": self.kind, "head": self.head, **self.metrics}
+        for k in ("per_class_png", "most_confused", "holdout"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+
+def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
     """Metrics for rows ``{"label", "logits", ["unknown_score", "observation", "poisonous"]}``."""
     classes = model.classes
     index = {c: i for i, c in enumerate(classes)}
@@ -50,20 +81,18 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
     pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
     out["_pred_closed"] = pred  # species confusions, before any unknown decision
     scores = rows.get("unknown_score")
-    thr = getattr(model, "threshold", None)
+    thr = model.threshold
     if scores is not None and thr is not None and len(scores):
         s = np.asarray(scores, dtype=np.float64)
-        pred = np.where(s >= thr, pred, -1)
+        pred = np.where(model.is_unknown(s), -1, pred)
         out["unknown_rate"] = float(np.mean(pred == -1))
         out["open_set_acc"] = openset_accuracy(y_true, pred)
         out["closed_set_acc"] = closed_set_accuracy(y_true, pred)
         if known.any() and (~known).any():
             out.update(openset_scores(known, s))
     poison = rows.get("poisonous")
-    poc = model.config.get("poisonous_of_class") if hasattr(model, "config") else None
-    unknown_label = (
-        model.config.get("unknown_label", "unknown") if hasattr(model, "config") else "unknown"
-    )
+    poc = model.config.get("poisonous_of_class")
+    unknown_label = model.unknown_label
     has_unknown = any(str(v) == unknown_label for v in labels if v is not None)
     if poison is not None and poc is not None and has_unknown and len(labels):
         obs = rows.get("observation")
@@ -78,7 +107,7 @@ def score_rows(model: Any, rows: dict[str, Any]) -> dict[str, Any]:
             mean_s = np.bincount(inv, weights=s, minlength=len(uniq)) / np.bincount(
                 inv, minlength=len(uniq)
             )
-            p_obs = np.where(mean_s >= thr, p_obs, -1)
+            p_obs = np.where(model.is_unknown(mean_s), -1, p_obs)
         pt = np.array(
             [bool(p) if p is not None else False for p in np.asarray(poison, dtype=object)[first]]
         )
@@ -94,87 +123,64 @@ def _public(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = True,
-             store: str | os.PathLike | None = None) -> dict[str, Any]:  # fmt: skip
+             store: str | os.PathLike | None = None, device: str = "auto") -> EvalResult:  # fmt: skip
     """Scores of a run or ensemble directory (``top1``, ``top3``, ``macro_f1``, ``mean_class_acc``,
     shot buckets; open-set and ``track1``..``track4`` when defined), plus ``holdout`` scores.
 
-    >>> heads.evaluate("runs/mlp")["macro_f1"]
+    >>> heads.evaluate("runs/mlp").metrics["macro_f1"]
     """
-    from heads._runs import load, read_val
-
     path = Path(path)
-    model = load(path)
+    model = load(path, device)
     res = score_rows(model, read_val(path))
-    out = {
-        "run": str(path),
-        "kind": model.config["kind"],
-        "head": model.config.get("head"),
-        **_public(res),
-    }
+    out = EvalResult(str(path), model.config["kind"], model.config.get("head"), _public(res))
     if plots and res["n_known"]:
-        from heads._plots import plot_per_class
-
         known = res["_true"] >= 0
         y, p = res["_true"][known], res["_pred_closed"][known]
         f1 = per_class_f1(y, p, len(model.classes))
-        out["per_class_png"] = str(
+        out.per_class_png = str(
             plot_per_class(f1, model.train_counts, model.classes, path / "per_class.png")
         )
-        out["most_confused"] = most_confused(y, p, model.classes, top=10)
+        out.most_confused = most_confused(y, p, model.classes, top=10)
     if holdout:
         rows = holdout_rows(model, store)
         if rows is not None:
-            out["holdout"] = _public(score_rows(model, rows))
+            out.holdout = _public(score_rows(model, rows))
     if plots:
-        (path / "eval.json").write_text(json.dumps(out, indent=2, default=str))
+        (path / "eval.json").write_text(json.dumps(out.to_dict(), indent=2, default=str))
     return out
 
 
-def holdout_rows(model: Any, store: str | os.PathLike | None = None) -> dict[str, Any] | None:
+def holdout_rows(model: Predictor, store: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Logits for the store's held-out images (fold -1), or None when there are none."""
-    import embedstore
-
-    spath = store or model.store_path
     try:
-        st = embedstore.connect(spath, create=False)
+        st = embedstore.connect(store or model.store_path, create=False)
     except embedstore.StoreError:
         return None
-    schema = st.schema()
-    if schema is None or "fold" not in schema.names:
+    if not st.has_column("fold"):
         return None
-    return rows_from_store(model, st, "fold = -1")
+    return rows_from_store(model, st, part="holdout")
 
 
-def rows_from_store(model: Any, st: Any, where: str) -> dict[str, Any] | None:
-    """Embeddings of every column the model needs for rows matching ``where``, and its logits."""
+def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> dict[str, Any] | None:
+    """Logits (and unknown scores) of the rows ``select``-ed (as :meth:`Store.read` takes) that
+    hold every embedding column the model needs."""
     cols = model.backbone_columns()
-    extra = [
-        c for c in (model.config.get("observation_column"), model.config.get("poison_column")) if c
-    ]
-    meta = list(dict.fromkeys([*model.columns, *extra]))
-    t = st.read(
-        columns=["id", "label", *meta, *cols],
-        where=where + "".join(f" AND {c} IS NOT NULL" for c in cols),
+    obs, poison = model.config.get("observation_column"), model.config.get("poison_column")
+    meta = list(dict.fromkeys([*model.columns, *(c for c in (obs, poison) if c)]))
+    embs, t = st.embedding_rows(
+        {c: b["dim"] for c, b in cols.items()}, ["id", "label", *meta], **select
     )
-    if t.num_rows == 0:
+    if len(t["id"]) == 0:
         return None
-    embs = {}
-    for c, b in cols.items():
-        arr = t.column(c).combine_chunks()
-        embs[c] = (
-            arr.values.to_numpy(zero_copy_only=False)
-            .reshape(t.num_rows, b["dim"])
-            .astype(np.float32)
-        )
-    table = {c: np.array(t.column(c).to_pylist(), dtype=object) for c in meta}
+    table = {c: np.asarray(t[c], dtype=object) for c in meta}
     logits = model.logits(embs, table)
-    rows: dict[str, Any] = {"id": np.array(t.column("id").to_pylist(), dtype=object),
-                            "label": np.array(t.column("label").to_pylist(), dtype=object), "logits": logits}  # fmt: skip
-    s = model.unknown_scores(embs, logits)
+    rows: dict[str, Any] = {"id": np.asarray(t["id"], dtype=object),
+                            "label": np.asarray(t["label"], dtype=object), "logits": logits}  # fmt: skip
+    s = model.unknown_scores(embs, logits, table)
     if s is not None:
         rows["unknown_score"] = s
-    if model.config.get("observation_column"):
-        rows["observation"] = table[model.config["observation_column"]]
-    if model.config.get("poison_column"):
-        rows["poisonous"] = table[model.config["poison_column"]]
+    if obs:
+        rows["observation"] = table[obs]
+    if poison:
+        rows["poisonous"] = table[poison]
     return rows

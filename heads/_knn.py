@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 
+from embedstore._search import IndexKind, NeighborIndex, as_float32, l2_normalize
 from heads._registry import register_head
-from heads._search import IndexKind, NeighborIndex, as_float32, l2_normalize
+from heads._validation import fit_inputs, head_tags, predict_input
 
 DEFAULT_K = 20
 DEFAULT_KS = (10, 20, 100, 200)
@@ -28,15 +30,6 @@ _LOG_EPS = 1e-12  # decision_function = log(max(p, eps)): classes without votes 
 
 
 # --------------------------------------------------------------------------- helpers
-def _as_labels(y: Any, n: int) -> np.ndarray:
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    y = np.asarray(y)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must be 1-D with one label per row of X ({n}); got shape {y.shape}")
-    return y
-
-
 def classes_to_json(classes: np.ndarray) -> list:
     """Class labels as plain Python ``str``/``int``/``float`` values for a JSON config."""
     return [c.item() if isinstance(c, np.generic) else c for c in np.asarray(classes).tolist()]
@@ -115,11 +108,14 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         X_val: Any = None,
         y_val: Any = None,
         fields_val: Any = None,
-        **ignored_fit_kw: Any,
+        aux_val: Any = None,
     ) -> KNNHead:
-        """Store ``X`` ``(N, d)`` and labels ``y`` ``(N,)``; metadata and validation are ignored."""
+        """Store ``X`` ``(N, d)`` and labels ``y`` ``(N,)``; metadata and validation are ignored.
+
+        ``sample_weight`` is not accepted (a TypeError rather than weights silently ignored).
+        """
+        X, y = fit_inputs(self, X, y)
         emb = l2_normalize(X).astype(np.float16)  # (N, d)
-        y = _as_labels(y, emb.shape[0])
         classes, y_idx = _encode_labels(y)
         self._set_fitted(classes, emb, y_idx)
         return self
@@ -152,9 +148,11 @@ class KNNHead(ClassifierMixin, BaseEstimator):
             )
         return k, tuple(sorted({min(v, n) for v in ks}))
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "index_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(X, y) first")
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "index_")
+
+    def __sklearn_tags__(self) -> Tags:
+        return head_tags(super().__sklearn_tags__())
 
     def predict_proba_multi_k(
         self, X: Any, ks: Sequence[int] | None = None
@@ -163,7 +161,7 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
         The search fetches ``max(ks)`` neighbours; each k uses the first k of them.
         """
-        self._check_fitted()
+        X = predict_input(self, X)
         ks = self.ks_ if ks is None else tuple(sorted({int(v) for v in ks}))
         n = self.labels_.shape[0]
         if ks[-1] > n:
@@ -198,7 +196,7 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(N, C)`` vote shares of the ``k_`` nearest training embeddings; columns = ``classes_``."""
-        self._check_fitted()
+        check_is_fitted(self)
         return self.predict_proba_multi_k(X, (self.k_,))[self.k_]
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -212,7 +210,7 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64 ``(N,)``)."""
-        self._check_fitted()
+        check_is_fitted(self)
         config = {
             "head": "knn",
             "params": {k: _jsonable(v) for k, v in self.get_params().items()},
@@ -260,42 +258,44 @@ class CentroidHead(ClassifierMixin, BaseEstimator):
         X_val: Any = None,
         y_val: Any = None,
         fields_val: Any = None,
-        **ignored_fit_kw: Any,
+        aux_val: Any = None,
     ) -> CentroidHead:
-        """Class prototypes from ``X`` ``(N, d)`` and ``y`` ``(N,)``."""
+        """Class prototypes from ``X`` ``(N, d)`` and ``y`` ``(N,)``; no ``sample_weight``."""
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        X, y = fit_inputs(self, X, y)
         Xn = l2_normalize(X)  # (N, d)
-        classes, y_idx = _encode_labels(_as_labels(y, Xn.shape[0]))
+        classes, y_idx = _encode_labels(y)
         self.classes_ = classes
         self.prototypes_ = l2_normalize(_class_sums(Xn, y_idx, len(classes)))  # (C, d)
-        self.n_features_in_ = Xn.shape[1]
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``(N, C)`` cosine logits ``cos / T``; columns = ``classes_``."""
-        if not hasattr(self, "prototypes_"):
-            raise NotFittedError("CentroidHead is not fitted: call fit(X, y) first")
-        Xn = l2_normalize(X)  # (N, d)
-        if Xn.shape[1] != self.prototypes_.shape[1]:
-            raise ValueError(
-                f"X has {Xn.shape[1]} features, the head was fit on {self.prototypes_.shape[1]}"
-            )
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "prototypes_")
+
+    def __sklearn_tags__(self) -> Tags:
+        return head_tags(super().__sklearn_tags__())
+
+    def _logits(self, X: Any) -> np.ndarray:
+        Xn = l2_normalize(predict_input(self, X))  # (N, d)
         return (Xn @ self.prototypes_.T) / np.float32(self.temperature)  # (N, C)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``(N, C)`` cosine logits ``cos / T``; columns = ``classes_`` (two for two classes)."""
+        return self._logits(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(N, C)`` softmax of the cosine logits."""
-        return _softmax(self.decision_function(X))
+        return _softmax(self._logits(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """``(N,)`` labels of the nearest prototypes."""
-        best = self.decision_function(X).argmax(axis=1)  # (N,)
+        best = self._logits(X).argmax(axis=1)  # (N,)
         return self.classes_[best]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """JSON config and tensors (``prototypes`` float32 ``(C, d)``)."""
-        if not hasattr(self, "prototypes_"):
-            raise NotFittedError("CentroidHead is not fitted: call fit(X, y) first")
+        check_is_fitted(self)
         config = {
             "head": "centroid",
             "params": {k: _jsonable(v) for k, v in self.get_params().items()},

@@ -25,19 +25,23 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from heads._device import resolve_device
+from embedstore._device import resolve_device
+from embedstore._options import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 from heads._metrics import macro_f1
 from heads._registry import register_head
+from heads._validation import head_tags, host_array
 from heads.losses import CompositeLoss, create_loss
 
 __all__ = [
@@ -50,12 +54,6 @@ __all__ = [
     "resolve_device",
 ]
 
-Arch = Literal["linear", "mlp", "transformer"]
-ClassWeights = Literal["none", "inverse", "sqrt-inverse"]
-Sampler = Literal["none", "balanced", "prior"]
-ARCHS: tuple[str, ...] = get_args(Arch)
-CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
 _EVAL_BATCH = 8192
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -215,7 +213,9 @@ def _as_matrix(
     a: ArrayLike, name: str, device: torch.device, *, rows: int | None = None, finite: bool = True
 ) -> torch.Tensor:
     """``a`` as float32 ``(N, d)`` on ``device``; ValueError on NaN/Inf rows or a bad shape."""
-    t = torch.as_tensor(a).detach()
+    with warnings.catch_warnings():  # a read-only memmap: the tensor is only ever read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.as_tensor(a).detach()
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2:
@@ -315,6 +315,15 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self.transformer_heads = transformer_heads
         self.verbose = verbose
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = head_tags(super().__sklearn_tags__())
+        # LayerNorm over the embedding drops each row's mean and scale: on scikit-learn's
+        # 2-feature blobs only the sign of x0 - x1 is left (64% accuracy, whatever the training),
+        # short of its 0.83 check. Embeddings have hundreds of features; tests/test_neural.py
+        # asserts the accuracy reached on those.
+        tags.classifier_tags.poor_score = True
+        return tags
+
     # ------------------------------------------------------------------ building
 
     @property
@@ -409,20 +418,24 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         whose label is not among the training classes are left out (with a warning).
         """
         self._check_settings()
+        # scikit-learn's checks (2-D, not empty, not sparse or complex, len(y) == len(X), a
+        # class label y); NaN / Inf rows are counted by _as_matrix on the device.
+        X, y = validate_data(
+            self, host_array(X), host_array(y), dtype=np.float32, ensure_all_finite=False
+        )
+        check_classification_targets(y)
         self.device_ = resolve_device(self.device)
         dev = self.device_
         if dev.type == "cuda":  # TF32 tensor cores for the fp32 matmuls of training
             torch.backends.cuda.matmul.allow_tf32 = True
         x = _as_matrix(X, "X", dev)  # (N, D)
         n = x.shape[0]
-        y_arr = np.asarray(y).reshape(-1)
-        if y_arr.shape[0] != n:
-            raise ValueError(f"X has {n} rows but y has {y_arr.shape[0]}")
-        self.classes_, y_idx = np.unique(y_arr, return_inverse=True)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
         y_idx = y_idx.reshape(-1)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"y holds a single class ({self.classes_[0]!r}); a classifier needs at least 2"
+                f"y holds a single class ({self.classes_[0].tolist()!r}): one class is not "
+                f"enough, a classifier needs at least 2"
             )
         f_train = _as_fields(fields, "fields", dev, n)
         a_train = None if aux is None else _as_matrix(aux, "aux", dev, rows=n, finite=False)
@@ -457,7 +470,19 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         if X_val is None or y_val is None:
             raise ValueError("pass both X_val and y_val, or neither")
         dev = self.device_
-        xv = _as_matrix(X_val, "X_val", dev)
+        xv = check_array(
+            host_array(X_val),
+            input_name="X_val",
+            estimator=self,
+            dtype=np.float32,
+            ensure_all_finite=False,
+        )
+        if xv.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X_val has {xv.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (those of X)"
+            )
+        xv = _as_matrix(xv, "X_val", dev)
         m = xv.shape[0]
         yv = np.asarray(y_val).reshape(-1)
         if yv.shape[0] != m:
@@ -593,14 +618,16 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ predicting
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
     def _inputs(self, X: ArrayLike, fields: Sequence[ArrayLike] | None) -> tuple:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit(X, y) first")
+        """Checked ``X`` (as in fit, and ``n_features_in_`` wide) and fields, on the device."""
+        check_is_fitted(self)
+        X = validate_data(
+            self, host_array(X), reset=False, dtype=np.float32, ensure_all_finite=False
+        )
         x = _as_matrix(X, "X", self.device_)
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {x.shape[1]} features, the head was fitted on {self.n_features_in_}"
-            )
         f = _as_fields(fields, "fields", self.device_, x.shape[0])
         dims = [t.shape[1] for t in f]
         if dims != self.field_dims_:
@@ -609,21 +636,29 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             )
         return x, f
 
+    def _logits(self, X: ArrayLike, fields: Sequence[ArrayLike] | None) -> torch.Tensor:
+        """Inference logits ``(N, C)`` float32 on the device, which every prediction reads."""
+        out, _ = self._outputs(*self._inputs(X, fields))
+        return self.loss_.inference_logits(out).float()
+
     def decision_function(
         self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None
     ) -> np.ndarray:
-        """Logits ``(N, C)`` float32, columns following ``classes_``."""
-        out, _ = self._outputs(*self._inputs(X, fields))
-        return self.loss_.inference_logits(out).float().cpu().numpy()
+        """Logits ``(N, C)`` float32, columns following ``classes_``.
+
+        Two columns for two classes as well (not scikit-learn's ``(N,)`` margin): the unknown
+        detectors and the ensembles read one logit per class.
+        """
+        return self._logits(X, fields).cpu().numpy()
 
     def predict_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
         """Softmax of the logits ``(N, C)``, columns following ``classes_``."""
-        out, _ = self._outputs(*self._inputs(X, fields))
-        return torch.softmax(self.loss_.inference_logits(out).float(), dim=1).cpu().numpy()
+        return torch.softmax(self._logits(X, fields), dim=1).cpu().numpy()
 
     def predict(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
         """The most likely class label of each row ``(N,)``."""
-        return self.classes_[self.decision_function(X, fields).argmax(1)]
+        best = self._logits(X, fields).argmax(1).cpu().numpy()  # (N,); checks it is fitted first
+        return self.classes_[best]
 
     def aux_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
         """Sigmoid of the auxiliary outputs ``(N, A)`` (e.g. probability of being poisonous)."""
@@ -637,8 +672,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """``(config, tensors)``: JSON-able settings and shapes, and the model's state_dict."""
-        if not hasattr(self, "model_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted; nothing to save")
+        check_is_fitted(self)
         config = {k: v for k, v in self.get_params().items()}
         config.update(
             arch=self._arch,

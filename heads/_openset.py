@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from heads._device import resolve_device
+import embedstore
+from embedstore._device import resolve_device
 from heads._errors import HeadsError
 from heads._metrics import openset_scores
+from heads._plots import plot_roc
 from heads._registry import create_head
 from heads._unknown import create_detector, list_detectors
 
@@ -43,11 +45,8 @@ def openset(
     (``holdout_classes``, ``draws``, ``detectors``, ``head``, ``head_kwargs``, ``seed``,
     ``device``, ``roc_png``).
     """
-    import embedstore
-
     st = store if isinstance(store, embedstore.Store) else embedstore.connect(store, create=False)
-    filt = "label IS NOT NULL" + (f" AND ({where})" if where else "")
-    X, cols = st.embeddings(backbone, where=filt, columns=("label",))  # (N, d)
+    X, cols = st.embeddings(backbone, where=where, labelled=True, columns=("label",))  # (N, d)
     return openset_arrays(X, cols["label"], **options)
 
 
@@ -132,8 +131,6 @@ def openset_arrays(
             per_draw[n].append(openset_scores(is_known, scores))
             curves[n] = (is_known, scores)
     if roc_png is not None:
-        from heads._plots import plot_roc
-
         plot_roc(curves, roc_png)
     rows = []
     for n in names:

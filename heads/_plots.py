@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from heads._metrics import openset_scores
+
 __all__ = ["plot_per_class", "plot_roc", "plot_training_curves"]
 
 _DPI = 120
@@ -165,8 +167,6 @@ def plot_roc(curves: Mapping[str, tuple[object, object]], path: str | os.PathLik
     accepted, the y axis the fraction of knowns accepted; legends give AUROC and FPR@95%TPR.
     """
     from sklearn.metrics import roc_curve
-
-    from heads._metrics import openset_scores
 
     if not curves:
         raise ValueError("curves is empty: nothing to plot")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from heads._ensemble import _log_softmax
+import embedstore
+from embedstore import Result
 from heads._errors import HeadsError
+from heads._loaded import Predictor, load, log_softmax
 
 
 def read_prior(spec: str, classes: list[str]) -> np.ndarray:
@@ -88,9 +91,35 @@ def _is_number(s: str) -> bool:
         return False
 
 
+@dataclass
+class Prediction(Result):
+    """One image's answer: ``label`` (top-1, or the least-cost label with a cost matrix, or the
+    run's unknown label where its detector fires), ``top_k`` (``[{label, probability}]``),
+    ``unknown`` (None without a detector); ``error`` instead for an unusable file."""
+
+    path: str
+    id: str | None = None
+    label: str | None = None
+    top_k: list[dict[str, Any]] | None = None
+    unknown: bool | None = None
+    unknown_score: float | None = None
+    expected_cost: float | None = None
+    error: str | None = None
+
+    def items_(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        out = {"path": self.path, "top_k": self.top_k, "label": self.label, "unknown": self.unknown,
+               "id": self.id}  # fmt: skip
+        for k in ("unknown_score", "expected_cost"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+
 def predict(
-    run: str | os.PathLike,
-    images: list[str | os.PathLike] | None = None,
+    run: str | os.PathLike | Predictor,
+    images: list[str | os.PathLike | bytes] | None = None,
     *,
     images_dir: str | os.PathLike | None = None,
     top_k: int = 5,
@@ -98,20 +127,18 @@ def predict(
     cost_matrix: str | None = None,
     device: str = "auto",
     batch_size: int = 32,
-) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for each image; one dict per image.
+    backbones: dict[str, Any] | None = None,
+) -> list[Prediction]:
+    """Top-k labels with probabilities for each image (a file, or bytes); one result per image.
 
-    Each dict: ``path``, ``label`` (top-1, or the least-cost label with ``cost_matrix``, or
-    ``"unknown"`` where the run's detector fires), ``top_k`` (``[{label, probability}]``),
-    ``unknown`` (bool, or None without a detector); ``error`` instead for an unusable file.
+    ``run`` is a run or ensemble directory, or one already loaded (``heads.load``).
+    Stored images reuse their stored embeddings; new ones are embedded with the run's recorded
+    backbone(s) (``backbones``: a ``{column: Backbone}`` cache kept across calls).
 
-    >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)
+    >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
-    import embedstore
-    from heads._runs import load
-
-    model = load(run)
-    paths = [str(p) for p in (images or [])]
+    model = run if isinstance(run, Predictor) else load(run, device)
+    paths: list[str | bytes] = [p if isinstance(p, bytes) else str(p) for p in (images or [])]
     if images_dir is not None:
         root = Path(images_dir)
         if not root.is_dir():
@@ -124,108 +151,41 @@ def predict(
     classes = model.classes
     pri = read_prior(prior, classes) if prior else None
     cost = read_cost_matrix(cost_matrix, classes) if cost_matrix else None
-    cols = model.backbone_columns()
-    # 1. read and hash every file; decode errors become per-image errors
-    results: list[dict[str, Any]] = [{"path": p} for p in paths]
-    ids: list[str | None] = []
-    blobs: list[bytes | None] = []
-    for r in results:
-        try:
-            data = embedstore._images.read_bytes(r["path"]) if os.path.exists(r["path"]) else None
-            if data is None:
-                raise embedstore.ImageError("file not found")
-            ids.append(embedstore.hash_bytes(data))
-            blobs.append(data)
-        except embedstore.ImageError as e:
-            r["error"] = str(e)
-            ids.append(None)
-            blobs.append(None)
-    # 2. stored embeddings and metadata for files already in the store
-    n = len(paths)
-    embs = {c: np.zeros((n, b["dim"]), np.float32) for c, b in cols.items()}
-    have = {c: np.zeros(n, bool) for c in cols}
-    meta_cols = model.columns
-    table = {c: np.array([None] * n, dtype=object) for c in meta_cols}
     try:
         st = embedstore.connect(model.store_path, create=False)
-        present = [i for i in ids if i]
-        if present and st.schema() is not None:
-            names = st.schema().names
-            want = [c for c in cols if c in names]
-            mc = [c for c in meta_cols if c in names]
-            where = "id IN (" + ", ".join("'" + i + "'" for i in sorted(set(present))) + ")"
-            t = st.read(columns=["id", *mc, *want], where=where)
-            pos = {i: k for k, i in enumerate(t.column("id").to_pylist())}
-            for c in want:
-                vals = t.column(c).to_pylist()
-                for j, i in enumerate(ids):
-                    if i in pos and vals[pos[i]] is not None:
-                        embs[c][j] = np.asarray(vals[pos[i]], dtype=np.float32)
-                        have[c][j] = True
-            for c in mc:
-                vals = t.column(c).to_pylist()
-                for j, i in enumerate(ids):
-                    if i in pos:
-                        table[c][j] = vals[pos[i]]
     except embedstore.StoreError:
-        pass
-    # 3. embed the rest with each recorded backbone
-    dev = embedstore.resolve_device(device)
-    for c, b in cols.items():
-        todo = [j for j in range(n) if not have[c][j] and blobs[j] is not None]
-        if not todo:
-            continue
-        bb = embedstore.backbone_from_description(b["describe"]).to(dev)
-        import torch
-
-        for s in range(0, len(todo), batch_size):
-            chunk, arrays = [], []
-            for j in todo[s : s + batch_size]:
-                try:
-                    im = embedstore.decode_image(blobs[j])
-                except embedstore.ImageError as e:
-                    results[j]["error"] = str(e)
-                    continue
-                chunk.append(j)
-                arrays.append(bb.preprocess(im))
-            if chunk:
-                e = bb.embed(torch.from_numpy(np.stack(arrays))).cpu().numpy()
-                if b["describe"].get("dtype", "float16") == "float16":
-                    e = e.astype(np.float16).astype(np.float32)  # as the store would hold it
-                embs[c][chunk] = e
-                for j in chunk:
-                    have[c][j] = True
-    ok = np.array(
-        [("error" not in r) and all(have[c][j] for c in cols) for j, r in enumerate(results)]
-    )
-    if ok.any():
-        sel = np.flatnonzero(ok)
-        sub = {c: v[sel] for c, v in embs.items()}
-        subt = {c: v[sel] for c, v in table.items()}
-        logits = model.logits(sub, subt).astype(np.float64)
-        scores = model.unknown_scores(sub, logits.astype(np.float32))
-        if pri is not None:
-            train_prior = model.train_counts / model.train_counts.sum()
-            logits = (
-                logits + np.log(np.maximum(pri, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
-            )
-        probs = np.exp(_log_softmax(logits))
-        k = min(top_k, len(classes))
-        top = np.argsort(-probs, axis=1)[:, :k]
-        for row, j in enumerate(sel):
-            r = results[j]
-            r["top_k"] = [
-                {"label": classes[t], "probability": float(probs[row, t])} for t in top[row]
-            ]
-            best = int(top[row, 0]) if cost is None else int(np.argmin(probs[row] @ cost))
-            r["label"] = classes[best]
-            if cost is not None:
-                r["expected_cost"] = float((probs[row] @ cost)[best])
-            r["unknown"] = None
-            if scores is not None:
-                r["unknown"] = bool(scores[row] < model.threshold)
-                r["unknown_score"] = float(scores[row])
-                if r["unknown"]:
-                    r["label"] = "unknown"
-            r["id"] = ids[j]
+        st = None  # the run's store is gone: every image is embedded anew
+    inputs = embedstore.read_inputs(paths)
+    batch = embedstore.embed_inputs(
+        st, inputs, {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()},
+        meta_columns=model.columns, device=device, batch_size=batch_size, backbones=backbones,
+    )  # fmt: skip
+    results = [Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(inputs)]
+    sel = np.flatnonzero(batch.ok)
+    if not len(sel):
+        return results
+    sub = {c: v[sel] for c, v in batch.embeddings.items()}
+    subt = {c: v[sel] for c, v in batch.table.items()}
+    logits = model.logits(sub, subt)
+    scores = model.unknown_scores(sub, logits, subt)
+    unknown = model.is_unknown(scores) if scores is not None else None
+    logits = logits.astype(np.float64)
+    if pri is not None:
+        train_prior = model.train_counts / model.train_counts.sum()
+        logits = logits + np.log(np.maximum(pri, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
+    probs = np.exp(log_softmax(logits))
+    k = min(top_k, len(classes))
+    top = np.argsort(-probs, axis=1)[:, :k]
+    for row, j in enumerate(sel):
+        r = results[j]
+        r.top_k = [{"label": classes[t], "probability": float(probs[row, t])} for t in top[row]]
+        best = int(top[row, 0]) if cost is None else int(np.argmin(probs[row] @ cost))
+        r.label = classes[best]
+        if cost is not None:
+            r.expected_cost = float((probs[row] @ cost)[best])
+        if unknown is not None:
+            r.unknown = bool(unknown[row])
+            r.unknown_score = float(scores[row])
+            if r.unknown:
+                r.label = model.unknown_label
     return results

@@ -28,7 +28,6 @@ works straight away; calibrate on held-out data for a threshold that means somet
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -39,11 +38,12 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import NotFittedError
 
-from heads._search import IndexKind, NeighborIndex, as_float32, l2_normalize
+from embedstore._registry import Registry
+from embedstore._search import IndexKind, NeighborIndex, as_float32, l2_normalize
 
 DetectorNeeds = Literal["logits", "embeddings"]
 FIT_THRESHOLD_SAMPLE = 10_000  # training rows scored for the provisional threshold at fit
-_DETECTORS: dict[str, type[UnknownDetector]] = {}
+DETECTORS: Registry = Registry("detector")
 
 
 # --------------------------------------------------------------------------- registry
@@ -52,36 +52,26 @@ def register_detector(name: str, cls: type | None = None) -> Callable[[type], ty
 
     def _add(c: type) -> type:
         c.name = name
-        _DETECTORS[name] = c
-        return c
+        return DETECTORS.register(name, c)
 
     return _add(cls) if cls is not None else _add
 
 
 def list_detectors(pattern: str = "*") -> list[str]:
     """Names of the registered detectors matching a glob ``pattern``."""
-    return sorted(n for n in _DETECTORS if fnmatch.fnmatch(n, pattern))
+    return DETECTORS.list(pattern)
 
 
 def create_detector(name: str, **kwargs: Any) -> UnknownDetector:
     """Build the detector registered as ``name`` with keyword settings ``kwargs``."""
-    if name not in _DETECTORS:
-        raise ValueError(
-            f"unknown detector {name!r}; valid detectors: {', '.join(list_detectors())}"
-        )
-    return _DETECTORS[name](**kwargs)
+    return DETECTORS.create(name, **kwargs)
 
 
 def detector_from_state(
     config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> UnknownDetector:
     """Rebuild any detector from ``get_state()`` output, dispatching on ``config["detector"]``."""
-    name = config.get("detector")
-    if name not in _DETECTORS:
-        raise ValueError(
-            f"unknown detector {name!r}; valid detectors: {', '.join(list_detectors())}"
-        )
-    return _DETECTORS[name].from_state(config, tensors)
+    return DETECTORS.get(config.get("detector")).from_state(config, tensors)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -196,16 +186,24 @@ class UnknownDetector(OutlierMixin, BaseEstimator):
 
     def decision_function(self, embeddings: Any = None, logits: Any = None) -> np.ndarray:
         """``(N,)`` ``score_samples - threshold_``: >= 0 known, < 0 unknown."""
+        self._check_threshold()
+        return self.score_samples(embeddings, logits) - self.threshold_
+
+    def predict(self, embeddings: Any = None, logits: Any = None) -> np.ndarray:
+        """``(N,)`` int: +1 known, -1 unknown."""
+        return self.predict_scores(self.score_samples(embeddings, logits))
+
+    def predict_scores(self, scores: Any) -> np.ndarray:
+        """``(N,)`` int +1 known / -1 unknown for scores :meth:`score_samples` already gave."""
+        self._check_threshold()
+        return np.where(np.asarray(scores, dtype=np.float64) - self.threshold_ >= 0, 1, -1)
+
+    def _check_threshold(self) -> None:
         if getattr(self, "threshold_", None) is None:
             raise NotFittedError(
                 f"detector {self.name!r} has no threshold_: call calibrate(...) on validation data "
                 "(or fit with logits=)"
             )
-        return self.score_samples(embeddings, logits) - self.threshold_
-
-    def predict(self, embeddings: Any = None, logits: Any = None) -> np.ndarray:
-        """``(N,)`` int: +1 known, -1 unknown."""
-        return np.where(self.decision_function(embeddings, logits) >= 0, 1, -1)
 
     def fit_predict(self, embeddings: Any, labels: Any, logits: Any = None) -> np.ndarray:
         """``fit`` then ``predict`` on the same data (with the provisional threshold)."""

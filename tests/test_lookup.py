@@ -15,7 +15,8 @@ from PIL import Image
 
 import embedstore
 from embedstore._images import hash_bytes
-from embedstore._lookup import build_index, index_paths, lookup, vote
+from embedstore._indexes import build_index, index_paths
+from embedstore._lookup import lookup, vote
 from tests.conftest import write_class_images
 
 
@@ -70,7 +71,7 @@ def test_exact_duplicate_outside_the_store_comes_first_with_similarity_one(small
     assert r["vote"]["label"] == "class_1" and r["vote"]["score"] > 0.5
     sims = [nb["similarity"] for nb in r["neighbors"]]
     assert sims == sorted(sims, reverse=True) and len(sims) == 5
-    json.dumps(res)  # the whole result is JSON-able
+    json.dumps(res.to_dict(), allow_nan=False)  # the whole result is JSON-able
 
 
 def test_row_id_query_and_new_files_are_embedded_with_the_stored_backbone(small, tmp_path):

@@ -1,4 +1,4 @@
-"""heads._search against a numpy brute-force reference, with the real faiss on small data."""
+"""embedstore._search against a numpy brute-force reference, with the real faiss on small data."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import heads._search as search
-from heads._device import resolve_device
-from heads._search import NeighborIndex, default_nlist, l2_normalize, sidecar_path
+import embedstore._search as search
+from embedstore._device import resolve_device
+from embedstore._search import NeighborIndex, default_nlist, l2_normalize, sidecar_path
 
 BACKENDS = ["faiss", "torch"]
 

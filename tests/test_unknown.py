@@ -10,8 +10,8 @@ from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
+from embedstore._search import l2_normalize
 from heads._knn import CentroidHead
-from heads._search import l2_normalize
 from heads._unknown import (
     create_detector,
     detector_from_state,

@@ -12,26 +12,36 @@ the head must have; ``loss.inference_logits(outputs)`` gives the logits to predi
 
 from __future__ import annotations
 
-import fnmatch
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from embedstore._registry import Registry, RegistryError
 from heads.losses._base import Loss
 from heads.losses.composite import CompositeLoss
 
-__all__ = ["CompositeLoss", "Loss", "create_loss", "list_losses", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "CompositeLoss",
+    "Loss",
+    "RegistryError",
+    "create_loss",
+    "list_losses",
+    "register_loss",
+]
 
 L = TypeVar("L", bound=Loss)
 
-_LOSSES: dict[str, type[Loss]] = {}
-_BUILTIN = (
-    "heads.losses.cross_entropy",
-    "heads.losses.focal",
-    "heads.losses.seesaw",
-    "heads.losses.arcface",
-    "heads.losses.logit_adjusted",
+LOSSES: Registry = Registry(
+    "loss",
+    "losses",
+    builtin=(
+        "heads.losses.cross_entropy",
+        "heads.losses.focal",
+        "heads.losses.seesaw",
+        "heads.losses.arcface",
+        "heads.losses.logit_adjusted",
+    ),
 )
 
 
@@ -45,19 +55,14 @@ def register_loss(name: str) -> Callable[[type[L]], type[L]]:
     def _add(cls: type[L]) -> type[L]:
         if not (isinstance(cls, type) and issubclass(cls, Loss)):
             raise TypeError(f"register_loss({name!r}) expects a Loss subclass, got {cls!r}")
-        old = _LOSSES.get(name)
-        if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"loss name {name!r} is already registered to {old.__qualname__}")
-        _LOSSES[name] = cls
-        return cls
+        return LOSSES.register(name, cls)
 
     return _add
 
 
 def list_losses(pattern: str = "*") -> list[str]:
     """Names of the registered losses matching a glob ``pattern``, sorted."""
-    _load_builtin()
-    return sorted(n for n in _LOSSES if fnmatch.fnmatch(n, pattern))
+    return LOSSES.list(pattern)
 
 
 def create_loss(name: str, **kwargs: Any) -> Loss:
@@ -66,10 +71,7 @@ def create_loss(name: str, **kwargs: Any) -> Loss:
     An unknown name, an unknown setting or a missing required one (``class_counts`` for
     ``"seesaw"`` and ``"logit-adjusted"``) raises ValueError naming the valid choices.
     """
-    _load_builtin()
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(list_losses())}")
-    cls = _LOSSES[name]
+    cls = LOSSES.get(name)
     sig = inspect.signature(cls)
     try:
         sig.bind(**kwargs)
@@ -78,9 +80,3 @@ def create_loss(name: str, **kwargs: Any) -> Loss:
             f"loss {name!r}: {e}; valid settings: {', '.join(sig.parameters)}"
         ) from None
     return cls(**kwargs)
-
-
-def _load_builtin() -> None:
-    # Importing a family module registers its losses; done on first use, as heads._registry does.
-    for mod in _BUILTIN:
-        importlib.import_module(mod)

@@ -22,17 +22,13 @@ import importlib.util
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 
-from heads._device import resolve_device
-
-IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
-Backend = Literal["auto", "faiss", "torch"]
-INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
-BACKENDS: tuple[str, ...] = get_args(Backend)
+from embedstore._device import resolve_device
+from embedstore._options import INDEX_KINDS, SEARCH_BACKENDS, IndexKind, SearchBackend
 
 AUTO_ANN_MIN_VECTORS = 200_000  # kind="auto": exact below this many stored vectors, IVF from it
 TORCH_STORE_CHUNK = 262_144  # torch path: rows of the store scored against one query batch
@@ -114,7 +110,7 @@ class NeighborIndex:
     def __init__(
         self,
         kind: IndexKind = "exact",
-        backend: Backend = "auto",
+        backend: SearchBackend = "auto",
         device: str | torch.device = "auto",
         nlist: int | None = None,
         nprobe: int = 16,
@@ -124,7 +120,7 @@ class NeighborIndex:
         seed: int = 0,
     ) -> None:
         _check_choice("kind", kind, INDEX_KINDS)
-        _check_choice("backend", backend, BACKENDS)
+        _check_choice("backend", backend, SEARCH_BACKENDS)
         if backend == "torch" and kind in ("ivf", "hnsw"):
             raise ValueError(f"kind={kind!r} needs faiss; the torch backend only does exact search")
         self.kind = kind
@@ -373,7 +369,7 @@ class NeighborIndex:
         cls,
         path: str | Path,
         *,
-        backend: Backend | None = None,
+        backend: SearchBackend | None = None,
         device: str | torch.device = "auto",
     ) -> NeighborIndex:
         """Read an index written by :meth:`save` (``backend=None`` keeps the saved setting)."""

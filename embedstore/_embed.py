@@ -1,0 +1,213 @@
+"""Files to embeddings: the one path lookup, predict and the service share.
+
+An input is an image file, raw image bytes (an upload), or a stored row id. Its content hash is
+its id, so an input whose bytes are already stored reuses the stored embedding (and metadata);
+any other is decoded with the safe decoder and embedded with the backbone recorded in the
+column's metadata, rebuilt once per column (or taken from a caller's cache, as the service
+keeps them resident). New embeddings are rounded to the column's dtype, as the store would
+hold them, so a photo gives the same answer before and after it is ingested.
+
+>>> batch = embed_inputs(store, read_inputs(["photo.jpg"]), {info.column: info.describe})
+>>> batch.embeddings[info.column][batch.ok]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedstore._backbones import (
+    Backbone,
+    BackboneError,
+    backbone_from_description,
+    weights_mismatch,
+)
+from embedstore._device import resolve_device
+from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
+from embedstore._store import Store, StoreError
+
+EMBED_BATCH = 32  # images per forward pass
+_HEX_ID = re.compile(r"^[0-9a-fA-F]{64}$")
+_OR_IDS = {True: " or a 64-hex stored row id", False: ""}
+
+
+@dataclass
+class Input:
+    """One thing to embed: ``name`` (for messages), its ``id`` (content hash, or a stored row
+    id), its ``data`` (None for a stored id) and an ``error`` when it cannot be read."""
+
+    name: str
+    id: str | None
+    data: bytes | None = None
+    error: str | None = None
+
+
+def read_inputs(items: list[str | os.PathLike | bytes], *, allow_ids: bool = False) -> list[Input]:
+    """Read and hash files (or bytes); with ``allow_ids`` a 64-hex string that is no file is a
+    stored row id. Unreadable inputs carry an ``error`` instead of failing the batch."""
+    out = []
+    for k, item in enumerate(items):
+        if isinstance(item, bytes | bytearray):
+            out.append(Input(f"upload {k}", hash_bytes(bytes(item)), bytes(item)))
+            continue
+        name = str(item)
+        if os.path.isfile(name):
+            try:
+                data = read_bytes(name)
+            except ImageError as e:
+                out.append(Input(name, None, error=f"cannot read the file: {e}"))
+                continue
+            out.append(Input(name, hash_bytes(data), data))
+        elif allow_ids and _HEX_ID.match(name) and not os.path.exists(name):
+            out.append(Input(name, name.lower()))
+        elif os.path.isdir(name):
+            out.append(
+                Input(name, None, error="is a folder; give image files" + _OR_IDS[allow_ids])
+            )
+        else:
+            out.append(
+                Input(
+                    name,
+                    None,
+                    error="query file not found (give an image file" + _OR_IDS[allow_ids] + ")",
+                )
+            )
+    return out
+
+
+@dataclass
+class EmbeddedInputs:
+    """Embeddings of a list of inputs, row ``j`` for input ``j``.
+
+    ``embeddings[column]`` is ``(N, dim)`` float32 (zeros where missing), ``have[column]`` says
+    which rows hold one, ``in_store`` which inputs are stored images, ``table`` the requested
+    metadata columns of stored rows (None for new images), ``errors`` ``{row: reason}``.
+    """
+
+    inputs: list[Input]
+    embeddings: dict[str, np.ndarray]
+    have: dict[str, np.ndarray]
+    in_store: np.ndarray
+    table: dict[str, np.ndarray]
+    errors: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Rows with no error and every column embedded."""
+        ok = np.ones(len(self.inputs), dtype=bool)
+        for h in self.have.values():
+            ok &= h
+        ok[list(self.errors)] = False
+        return ok
+
+
+def embed_inputs(
+    store: Store | None,
+    inputs: list[Input],
+    columns: dict[str, dict[str, Any]],
+    *,
+    meta_columns: list[str] | tuple[str, ...] = (),
+    device: str | torch.device = "auto",
+    batch_size: int = EMBED_BATCH,
+    backbones: dict[str, Backbone] | None = None,
+) -> EmbeddedInputs:
+    """Embeddings of ``inputs`` for every embedding column in ``columns`` (``{column: describe}``).
+
+    Stored rows are reused by id; the rest are decoded and embedded with the recorded backbone
+    (``backbones`` is a cache ``{column: Backbone}`` filled as backbones are built). A backbone
+    that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an error row.
+    """
+    n = len(inputs)
+    embs = {c: np.zeros((n, int(d["dim"])), np.float32) for c, d in columns.items()}
+    have = {c: np.zeros(n, bool) for c in columns}
+    table = {c: np.array([None] * n, dtype=object) for c in meta_columns}
+    res = EmbeddedInputs(inputs, embs, have, np.zeros(n, bool), table)
+    for j, q in enumerate(inputs):
+        if q.error:
+            res.errors[j] = q.error
+    # 1. stored rows, by id
+    ids = sorted({q.id for q in inputs if q.id and not q.error})
+    if store is not None and ids and store.exists:
+        names = store.schema().names
+        want = [c for c in columns if c in names]
+        meta = [c for c in meta_columns if c in names]
+        t = store.read(["id", *meta, *want], ids=ids)
+        pos = {i: k for k, i in enumerate(t.column("id").to_pylist())}
+        rows = [(j, pos[q.id]) for j, q in enumerate(inputs) if q.id in pos and j not in res.errors]
+        for j, _ in rows:
+            res.in_store[j] = True
+        for c in want:
+            vals = t.column(c).to_pylist()
+            for j, k in rows:
+                if vals[k] is not None:
+                    embs[c][j] = np.asarray(vals[k], dtype=np.float32)
+                    have[c][j] = True
+        for c in meta:
+            vals = t.column(c).to_pylist()
+            for j, k in rows:
+                table[c][j] = vals[k]
+    for j, q in enumerate(inputs):
+        if j not in res.errors and q.data is None and not all(h[j] for h in have.values()):
+            res.errors[j] = (
+                "no stored image has this id (and no such file)" if not res.in_store[j] else
+                "the stored image has no " + ", ".join(columns[c].get("backbone", c) for c in columns if not have[c][j]) + " embedding"
+            )  # fmt: skip
+    # 2. decode the rest once, then embed with each recorded backbone
+    todo = [j for j, q in enumerate(inputs) if j not in res.errors and q.data is not None
+            and not all(h[j] for h in have.values())]  # fmt: skip
+    images: dict[int, Any] = {}
+    for j in todo:
+        try:
+            images[j] = decode_image(inputs[j].data)
+        except ImageError as e:
+            res.errors[j] = f"cannot use as a query image: {e}"
+    if not images:
+        return res
+    dev = resolve_device(device)
+    cache = backbones if backbones is not None else {}
+    for c, describe in columns.items():
+        rows = [j for j in images if not have[c][j]]
+        if not rows:
+            continue
+        bb = cache.get(c)
+        if bb is None:
+            bb = cache[c] = _rebuild(describe, dev, inputs[rows[0]].name, res.warnings)
+        X = embed_images(bb, [images[j] for j in rows], batch_size)
+        if describe.get("dtype", "float16") == "float16":
+            X = X.astype(np.float16).astype(np.float32)  # as the store would hold it
+        embs[c][rows] = X
+        have[c][rows] = True
+    return res
+
+
+def embed_images(bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH) -> np.ndarray:
+    """PIL RGB images -> ``(n, dim)`` float32 embeddings, in batches."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack([bb.preprocess(im) for im in images[s : s + batch_size]]))
+        out.append(bb.embed(x).cpu().numpy())  # (B, dim)
+    return np.concatenate(out).astype(np.float32)
+
+
+def _rebuild(describe: dict[str, Any], dev: torch.device, first: str, notes: list[str]) -> Backbone:
+    """The backbone recorded in a column's metadata, on ``dev``; notes a weights mismatch."""
+    try:
+        bb = backbone_from_description(describe, warn=False)
+    except BackboneError as e:
+        raise StoreError(
+            f"{first}: not in the store, and backbone {describe.get('backbone')!r} (source "
+            f"{describe.get('source')}) cannot be rebuilt to embed it: {e}. Use stored images "
+            "(by row id) instead"
+        ) from e
+    msg = weights_mismatch(bb, describe)
+    if msg:
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(msg)
+    return bb.to(dev)

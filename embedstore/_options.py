@@ -1,0 +1,64 @@
+"""Option types shared by the library, the CLI and the service: one place for every choice.
+
+Each string choice is a ``Literal`` with its tuple of values beside it (for ``click.Choice``
+and for messages); :func:`check_choice` validates one with a message that lists the valid values.
+Devices are the one open-ended choice (``cuda:N``): :data:`DEVICE_PATTERN` and
+:func:`check_device` validate their spelling, :func:`embedstore.resolve_device` their presence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+# --- devices: "auto", "cpu", "cuda", "cuda:N", "mps"
+Device = str
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+# --- backbones and the store
+Pooling = Literal["cls", "mean", "cls+mean"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+EmbDtype = Literal["float16", "float32"]
+EMB_DTYPES: tuple[str, ...] = get_args(EmbDtype)
+
+# --- nearest-neighbour search
+IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
+LookupIndex = Literal["auto", "exact", "ivf", "hnsw"]
+LOOKUP_INDEXES: tuple[str, ...] = get_args(LookupIndex)
+SearchBackend = Literal["auto", "faiss", "torch"]
+SEARCH_BACKENDS: tuple[str, ...] = get_args(SearchBackend)
+
+# --- heads
+Arch = Literal["linear", "mlp", "transformer"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+ClassWeights = Literal["none", "inverse", "sqrt-inverse"]
+CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
+Sampler = Literal["none", "balanced", "prior"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Average = Literal["logits", "probs"]
+AVERAGES: tuple[str, ...] = get_args(Average)
+
+# --- metrics, in the order tables print them
+MetricName = Literal[
+    "top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
+    "auroc", "fpr95", "closed_set_acc", "open_set_acc", "track1", "track2", "track3", "track4",
+]  # fmt: skip
+METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+
+
+def check_choice(value: str, choices: Iterable[str], option: str) -> str:
+    """``value`` if it is one of ``choices``, else ValueError naming ``option`` and the choices."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {option} {value!r}; valid: {', '.join(choices)}")
+    return value
+
+
+def check_device(value: str) -> str:
+    """``value`` if it is spelled as a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
+        raise ValueError(f"invalid device {value!r}; use one of {', '.join(DEVICE_CHOICES)}")
+    return value

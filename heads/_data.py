@@ -1,0 +1,117 @@
+"""Reading a store's embeddings, labels, folds and metadata once for training, and the rows of
+each fold's training and validation parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedstore import ALWAYS_TRAIN, HOLDOUT, EmbeddingInfo, Store, connect
+from heads._errors import HeadsError
+
+POISON_COLUMNS = ("poisonous", "is_poisonous", "poison")
+OBS_COLUMNS = ("observation_id", "observationid", "observation", "obs_id")
+NO_FOLD = np.iinfo(np.int32).min  # unlabelled rows, or a store split before they were added
+
+
+@dataclass
+class FoldData:
+    """Everything read from the store once, for all folds."""
+
+    X: np.ndarray  # (N, D) float32
+    ids: np.ndarray
+    labels: np.ndarray  # object, None for unlabelled
+    fold: np.ndarray  # int64, min int for null
+    table: dict[str, np.ndarray]  # metadata / aux / observation / poisonous columns
+    backbone: EmbeddingInfo
+    store_path: str
+    store_version: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
+    lower = {n.lower(): n for n in names}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def load_fold_data(
+    store: Any, backbone: str | None, columns: list[str], where: str | None = None
+) -> FoldData:
+    """Read one backbone's embeddings with labels, folds and ``columns`` from a store."""
+    st = store if isinstance(store, Store) else connect(store, create=False)
+    info = st.resolve_backbone(backbone)
+    names = st.schema().names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise HeadsError(
+            f"{st.path}: no column(s) {', '.join(missing)}; columns: "
+            f"{', '.join(n for n in names if not n.startswith('emb_'))}"
+        )
+    extra_cols = [
+        c for c in (_find_column(names, OBS_COLUMNS), _find_column(names, POISON_COLUMNS)) if c
+    ]
+    cols = list(
+        dict.fromkeys(
+            ["id", "label", *(["fold"] if "fold" in names else []), *columns, *extra_cols]
+        )
+    )
+    X, t = st.embeddings(info.backbone, where=where, columns=cols, dtype="float32")
+    fold = t.get("fold")
+    if fold is None:
+        fold_arr = np.full(len(X), NO_FOLD, dtype=np.int64)
+    else:
+        fold_arr = np.array([NO_FOLD if v is None else int(v) for v in fold], dtype=np.int64)
+    data = FoldData(X, t["id"], t["label"], fold_arr, t, info, str(st.path), st.version)
+    data.extra["obs_column"] = _find_column(names, OBS_COLUMNS)
+    data.extra["poison_column"] = _find_column(names, POISON_COLUMNS)
+    return data
+
+
+def check_finite(X: np.ndarray, ids: np.ndarray, column: str) -> None:
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise HeadsError(
+            f"{int(bad.sum())} row(s) of {column} hold NaN or Inf embeddings (first id {ids[bad][0]}); "
+            "re-ingest those images or leave them out with --where"
+        )
+
+
+def aux_matrix(
+    table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray
+) -> np.ndarray | None:
+    if not cols:
+        return None
+    out = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
+    for j, c in enumerate(cols):
+        v = table[c][rows]
+        for i, x in enumerate(v):
+            if x is None or (isinstance(x, float) and np.isnan(x)):
+                continue
+            out[i, j] = (
+                float(bool(x))
+                if not isinstance(x, str)
+                else float(x.strip().lower() in ("1", "true", "yes", "y"))
+            )
+    return out
+
+
+def meta_table(
+    table: dict[str, np.ndarray], cols: list[str], rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    return {c: table[c][rows] for c in cols}
+
+
+def fold_rows(data: FoldData, k: int, unknown_label: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows)`` of fold ``k``: training takes every labelled known-class row
+    outside fold ``k`` and the held-out part (``ALWAYS_TRAIN`` rows train in every fold);
+    validation takes every labelled row of fold ``k``, unknowns included."""
+    labelled = np.array([v is not None for v in data.labels])
+    is_unknown = labelled & np.array([v == unknown_label for v in data.labels])
+    in_fold = (data.fold >= 0) | (data.fold == ALWAYS_TRAIN)
+    train_rows = np.flatnonzero(
+        labelled & ~is_unknown & in_fold & (data.fold != k) & (data.fold != HOLDOUT)
+    )
+    val_rows = np.flatnonzero(labelled & (data.fold == k))
+    return train_rows, val_rows

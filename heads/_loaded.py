@@ -1,0 +1,271 @@
+"""Loaded predictors: a :class:`Run` or an :class:`Ensemble` behind one :class:`Predictor` contract.
+
+Evaluate, predict and the service use only what :class:`Predictor` declares, so an ensemble
+works wherever a run does. ``load(path, device="auto")`` picks the class from the directory's
+config and puts the model on ``device``, whatever device it was trained on: the device a run
+records is a training setting, not a requirement for using it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from embedstore import resolve_device
+from heads._encoders import MetadataEncoder
+from heads._errors import HeadsError
+from heads._registry import head_class
+from heads._rundir import load_tensors, read_config
+from heads._unknown import detector_from_state
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What a trained model offers its users (runs and ensembles alike).
+
+    ``logits`` and ``unknown_scores`` take ``{embedding column: (N, D) float32}`` and a table
+    ``{metadata column: (N,) array}`` holding :attr:`columns`; ``unknown_scores`` compares with
+    :attr:`threshold` (score >= threshold: known).
+    """
+
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def train_counts(self) -> np.ndarray: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    @property
+    def store_path(self) -> str: ...
+
+    @property
+    def unknown_label(self) -> str: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    def backbone_columns(self) -> dict[str, dict[str, Any]]: ...
+
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray: ...
+
+    def unknown_scores(
+        self,
+        embeddings: dict[str, np.ndarray],
+        logits: np.ndarray,
+        table: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None: ...
+
+    def is_unknown(self, scores: np.ndarray) -> np.ndarray: ...
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+class _Loaded:
+    """What runs and ensembles share: config-backed properties."""
+
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def store_path(self) -> str:
+        return self.config["store"]["path"]
+
+    @property
+    def unknown_label(self) -> str:
+        return self.config.get("unknown_label", "unknown")
+
+
+class Run(_Loaded):
+    """A trained head loaded from its run directory (no pickle), ready to predict on ``device``."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto") -> None:
+        self.path = Path(path)
+        self.config = read_config(self.path)
+        if self.config.get("kind") != "run":
+            raise HeadsError(
+                f"{self.path}: is an {self.config.get('kind')}, not a run; load it with heads.load"
+            )
+        self.device = str(resolve_device(device))
+        sha = self.config.get("weights_sha256", {})
+        tensors = load_tensors(self.path, "head.safetensors", sha.get("head.safetensors"))
+        try:
+            cls = head_class(self.config["head"])
+            self.head = cls.from_state(_on_device(self.config["head_config"], self.device), tensors)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise HeadsError(
+                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run"
+            ) from e
+        enc = self.config.get("metadata_encoder")
+        self.encoder = MetadataEncoder.from_state(enc) if enc else None
+        self.detector = None
+        if self.config.get("detector"):
+            dt = load_tensors(self.path, "detector.safetensors", sha.get("detector.safetensors"))
+            dconf = _on_device(self.config["detector"]["config"], self.device)
+            self.detector = detector_from_state(dconf, dt)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.asarray(self.config["train_counts"], dtype=np.float64)
+
+    @property
+    def columns(self) -> list[str]:
+        """Store columns this run reads besides the embedding (its metadata fields)."""
+        return list(self.config.get("metadata") or [])
+
+    def backbone_columns(self) -> dict[str, dict[str, Any]]:
+        b = self.config["backbone"]
+        return {b["column"]: b}
+
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns."""
+        X = embeddings[self.config["backbone"]["column"]]
+        kw = {}
+        if self.encoder is not None:
+            n = len(X)
+            none = np.array([None] * n, dtype=object)
+            tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
+            kw["fields"] = self.encoder.transform(tab)
+        return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
+
+    def unknown_scores(
+        self,
+        embeddings: dict[str, np.ndarray],
+        logits: np.ndarray,
+        table: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """Detector scores (N,) from the embeddings and this run's own ``logits``."""
+        if self.detector is None:
+            return None
+        X = embeddings[self.config["backbone"]["column"]]
+        return np.asarray(self.detector.score_samples(X, logits=logits), dtype=np.float64)
+
+    @property
+    def threshold(self) -> float | None:
+        return (
+            None if self.detector is None else float(getattr(self.detector, "threshold_", np.nan))
+        )
+
+    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: the detector's decision for scores from :meth:`unknown_scores`."""
+        if self.detector is None:
+            return np.zeros(len(scores), dtype=bool)
+        return self.detector.predict_scores(scores) == -1
+
+
+class Ensemble(_Loaded):
+    """Members loaded from an ensemble directory; combines their logits and unknown scores."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto") -> None:
+        self.path = Path(path)
+        self.config = read_config(self.path)
+        self.members = [load(resolve_member(self.path, m), device) for m in self.config["members"]]
+        self.weights = np.asarray(self.config["weights"], dtype=np.float64)
+        self.average: str = self.config["average"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.members[0].classes
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.mean([m.train_counts for m in self.members], axis=0)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys(c for m in self.members for c in m.columns))
+
+    def backbone_columns(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.members:
+            out.update(m.backbone_columns())
+        return out
+
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        parts = [m.logits(embeddings, table) for m in self.members]
+        return combine(parts, self.weights, self.average)
+
+    def unknown_scores(
+        self,
+        embeddings: dict[str, np.ndarray],
+        logits: np.ndarray,
+        table: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """Mean over members with a detector of (score - member threshold); threshold 0.
+
+        Each member scores with its own logits, computed from the same metadata ``table``.
+        """
+        parts = []
+        for m in self.members:
+            if m.threshold is None:
+                continue
+            s = m.unknown_scores(embeddings, m.logits(embeddings, table), table)
+            parts.append(s - m.threshold)
+        return None if not parts else np.mean(parts, axis=0)
+
+    @property
+    def threshold(self) -> float | None:
+        return 0.0 if any(m.threshold is not None for m in self.members) else None
+
+    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: the mean margin over members' thresholds is below 0."""
+        return np.asarray(scores, dtype=np.float64) < 0.0
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Run | Ensemble:
+    """Load a run or an ensemble directory onto ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``).
+
+    >>> model = heads.load("runs/mlp", device="cpu")
+    >>> model.logits({"emb_efficientnet_lite0": X})
+    """
+    config = read_config(path)
+    if config.get("kind") == "ensemble":
+        return Ensemble(path, device)
+    return Run(path, device)
+
+
+def combine(parts: list[np.ndarray], weights: np.ndarray, average: str) -> np.ndarray:
+    """Weighted mean of members' logits, or of their probabilities (as log-probabilities)."""
+    w = weights / weights.sum()
+    if average == "probs":
+        p = sum(
+            wi * np.exp(log_softmax(z.astype(np.float64))) for wi, z in zip(w, parts, strict=True)
+        )
+        return np.log(np.maximum(p, 1e-30)).astype(np.float32)
+    return sum(wi * z.astype(np.float64) for wi, z in zip(w, parts, strict=True)).astype(np.float32)
+
+
+def resolve_member(base: Path, member: str) -> Path:
+    p = Path(member)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _on_device(config: dict[str, Any], device: str) -> dict[str, Any]:
+    """``config`` with its recorded ``device`` setting (top level or under ``params``) replaced."""
+    out = dict(config)
+    if "device" in out:
+        out["device"] = device
+    if isinstance(out.get("params"), dict) and "device" in out["params"]:
+        out["params"] = {**out["params"], "device": device}
+    return out

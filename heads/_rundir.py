@@ -1,0 +1,161 @@
+"""The run-directory format: what a trained head leaves on disk, written and verified here.
+
+A run directory holds:
+
+- ``config.json``: everything that rebuilds the head (head name and settings, class names and
+  training counts, the backbone column and its description, the store path and version, the
+  metadata encoder state, the unknown detector settings), a format number, the SHA-256 of each
+  weights file, and a checksum of the config itself (an edited config is refused).
+- ``head.safetensors`` (and ``detector.safetensors``): tensors only; nothing is ever unpickled.
+- ``history.json`` and ``curves.png``: per-epoch metrics.
+- ``val.parquet``: the validation rows' ids, labels and logits (and unknown scores).
+
+An ensemble directory has the same ``config.json`` (``"kind": "ensemble"``) and ``val.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from heads._errors import HeadsError
+
+RUN_FORMAT = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _checksum(config: dict[str, Any]) -> str:
+    body = {k: v for k, v in config.items() if k != "config_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    config = json.loads(json.dumps(config, default=_json_default))
+    config["config_sha256"] = _checksum(config)
+    tmp = run_dir / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    os.replace(tmp, run_dir / "config.json")
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and verify ``config.json`` of a run or ensemble directory."""
+    d = Path(run_dir)
+    p = d / "config.json"
+    if not p.is_file():
+        raise HeadsError(
+            f"{d}: not a run or ensemble directory (no config.json); train one with `heads train`"
+        )
+    try:
+        config = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HeadsError(f"{p}: not valid JSON ({e}); retrain the run") from e
+    fmt = config.get("format")
+    if fmt != RUN_FORMAT:
+        raise HeadsError(
+            f"{p}: run format {fmt!r}, this version reads format {RUN_FORMAT}; retrain with this version"
+        )
+    if config.get("config_sha256") != _checksum(config):
+        raise HeadsError(
+            f"{p}: config.json was edited after training (checksum mismatch); a head is rebuilt "
+            "exactly from its config, so retrain instead of editing, or restore the original file"
+        )
+    return config
+
+
+def load_tensors(run_dir: Path, name: str, expected_sha: str | None) -> dict[str, torch.Tensor]:
+    p = run_dir / name
+    if not p.is_file():
+        raise HeadsError(f"{p}: weights file missing; retrain the run")
+    if expected_sha and _sha256(p) != expected_sha:
+        raise HeadsError(
+            f"{p}: weights file is corrupt or was replaced (SHA-256 mismatch); retrain the run"
+        )
+    try:
+        return load_file(str(p))
+    except Exception as e:  # safetensors raises its own error types
+        raise HeadsError(f"{p}: cannot read weights ({e}); retrain the run") from e
+
+
+def save_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Write ``tensors`` to ``run_dir/name`` (safetensors); returns the file's SHA-256."""
+    path = run_dir / name
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return _sha256(path)
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=_json_default))
+
+
+def write_val(
+    run_dir: Path,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    logits: np.ndarray,
+    scores: np.ndarray | None = None,
+    observation: np.ndarray | None = None,
+    poisonous: np.ndarray | None = None,
+) -> None:
+    """``val.parquet``: validation ids, labels, logits ``(N, C)`` and the optional columns."""
+    cols: dict[str, Any] = {
+        "id": pa.array([str(i) for i in ids], pa.string()),
+        "label": pa.array([None if v is None else str(v) for v in labels], pa.string()),
+        "logits": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.asarray(logits, np.float32).reshape(-1)), logits.shape[1]
+        ),
+    }
+    if observation is not None:
+        cols["observation"] = pa.array(
+            [None if v is None else str(v) for v in observation], pa.string()
+        )
+    if poisonous is not None:
+        cols["poisonous"] = pa.array(
+            [None if v is None or v != v else bool(v) for v in poisonous], pa.bool_()
+        )
+    if scores is not None:
+        cols["unknown_score"] = pa.array(np.asarray(scores, dtype=np.float64))
+    pq.write_table(pa.table(cols), Path(run_dir) / "val.parquet")
+
+
+def read_val(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "val.parquet"
+    if not p.is_file():
+        raise HeadsError(f"{p}: validation predictions missing; retrain the run")
+    t = pq.read_table(p)
+    n = t.num_rows
+    lg = t.column("logits").combine_chunks()
+    out: dict[str, Any] = {
+        "id": np.array(t.column("id").to_pylist(), dtype=object),
+        "label": np.array(t.column("label").to_pylist(), dtype=object),
+        "logits": lg.values.to_numpy(zero_copy_only=False).reshape(n, lg.type.list_size)
+        if n
+        else np.zeros((0, lg.type.list_size), np.float32),
+    }
+    for c in ("observation", "poisonous", "unknown_score"):
+        if c in t.column_names:
+            out[c] = np.array(t.column(c).to_pylist(), dtype=object)
+    return out
