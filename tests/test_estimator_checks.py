@@ -1,0 +1,208 @@
+"""Every registered head against scikit-learn's own estimator checks, and the heads contract.
+
+A user puts a head in a ``Pipeline`` or a ``GridSearchCV``: it must validate its input the
+scikit-learn way (``parametrize_with_checks`` runs the real checks, fast settings), and it must
+be clonable, give ``predict_proba`` columns in ``classes_`` order and survive the
+``get_state`` / ``from_state`` round trip through JSON and safetensors unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import (
+    check_classifiers_classes,
+    check_classifiers_train,
+    check_decision_proba_consistency,
+    parametrize_with_checks,
+)
+
+from heads import NeuralHead, create_head, list_heads
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Small and quick: scikit-learn's toy problems are a few hundred rows of 2 to 10 features.
+FAST = {
+    "neural": dict(
+        hidden=32,
+        epochs=5,
+        batch_size=64,
+        lr=1e-2,
+        patience=None,
+        transformer_dim=16,
+        transformer_heads=2,
+        transformer_layers=1,
+        device="cpu",
+    ),
+    "knn": dict(device="cpu"),
+}
+NEURAL = [name for name in list_heads() if isinstance(create_head(name), NeuralHead)]
+
+
+def _head(name: str) -> Any:
+    """A new head registered as ``name``, with fast settings."""
+    return create_head(name, **FAST.get("neural" if name in NEURAL else name, {}))
+
+
+def _blobs(n_classes=4, per_class=40, d=16, seed=0, labels=None):
+    """Separable Gaussian clusters; ``labels`` names the classes (not in sorted order)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, d)) * 3.0  # (C, d)
+    y_idx = np.repeat(np.arange(n_classes), per_class)  # (N,)
+    X = (means[y_idx] + 0.5 * rng.normal(size=(y_idx.size, d))).astype(np.float32)  # (N, d)
+    names = np.arange(n_classes) if labels is None else np.asarray(labels)
+    return X, names[y_idx], means.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- scikit-learn
+
+# Binary problems: a head's decision_function gives one logit per class, (N, 2), which the
+# unknown detectors, ensembles and evaluation read (DEVELOPERS.md, "Heads"); scikit-learn wants
+# the (N,) margin. These three checks assert that shape, and fail on it before they reach what
+# else they check, so test_checks_with_the_binary_margin runs them on heads giving the margin.
+BINARY_LOGITS = (
+    "decision_function gives (N, 2) logits for two classes (the heads contract), not "
+    "scikit-learn's (N,) margin; test_checks_with_the_binary_margin runs it with the margin"
+)
+EXPECTED_FAILED = {
+    "check_classifiers_train": BINARY_LOGITS,
+    "check_classifiers_classes": BINARY_LOGITS,
+    "check_decision_proba_consistency": BINARY_LOGITS,
+}
+
+
+@parametrize_with_checks(
+    [_head(name) for name in list_heads()],
+    expected_failed_checks=lambda head: EXPECTED_FAILED,
+    xfail_strict=True,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _with_binary_margin(cls: type) -> type:
+    """``cls`` whose ``decision_function`` gives scikit-learn's ``(N,)`` margin for 2 classes."""
+
+    def decision_function(self, X):
+        z = cls.decision_function(self, X)  # (N, C)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+
+    return type(cls.__name__, (cls,), {"decision_function": decision_function})
+
+
+@pytest.mark.parametrize(
+    "check",
+    [check_classifiers_train, check_classifiers_classes, check_decision_proba_consistency],
+    ids=lambda c: c.__name__,
+)
+@pytest.mark.parametrize("name", list_heads())
+def test_checks_with_the_binary_margin(name, check):
+    """The expected failures above, with only the binary decision_function shape adapted."""
+    settings = _head(name).get_params()
+    head = _with_binary_margin(type(_head(name)))(**settings)
+    check(type(head).__name__, head)
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_binary_decision_function_has_a_column_per_class(name):
+    X, y, _ = _blobs(n_classes=2)
+    head = _head(name).fit(X, y)
+    Z = head.decision_function(X)
+    assert Z.shape == (len(X), 2)
+    np.testing.assert_array_equal(head.classes_[Z.argmax(1)], head.predict(X))
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+@pytest.mark.parametrize(
+    "labels", [["zeta", "alpha", "mu", "beta"], [40, 7, 13, -2]], ids=["str", "int"]
+)
+@pytest.mark.parametrize("name", list_heads())
+def test_head_contract(tmp_path, name, labels):
+    X, y, means = _blobs(labels=labels)
+    order = np.random.default_rng(1).permutation(len(X))
+    X, y = X[order], y[order]
+    built = _head(name)
+    head = clone(built)
+    assert type(head) is type(built) and head.get_params() == built.get_params()
+    with pytest.raises(NotFittedError):
+        head.predict_proba(X)
+    assert head.fit(X, y) is head
+    with pytest.raises(NotFittedError):
+        clone(head).predict(X)  # a clone carries the settings, not what was learned
+
+    assert list(head.classes_) == sorted(labels)
+    P, Z, pred = head.predict_proba(X), head.decision_function(X), head.predict(X)
+    assert P.shape == Z.shape == (len(X), len(labels)) and P.dtype == np.float32
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(head.classes_[P.argmax(1)], pred)
+    np.testing.assert_array_equal(head.classes_[Z.argmax(1)], pred)
+    assert np.mean(pred == y) > 0.95
+    # column j of predict_proba is classes_[j]: each class mean scores highest in its column
+    P_means = head.predict_proba(means)  # (C, C); row i is the mean of class labels[i]
+    np.testing.assert_array_equal(head.classes_[P_means.argmax(1)], labels)
+
+    config, tensors = head.get_state()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(tensors, tmp_path / "weights.safetensors")
+    again = type(head).from_state(
+        json.loads((tmp_path / "config.json").read_text()),
+        load_file(tmp_path / "weights.safetensors"),
+    )
+    Q = np.random.default_rng(2).normal(size=(30, X.shape[1])).astype(np.float32) * 3.0
+    assert list(again.classes_) == list(head.classes_)
+    assert again.n_features_in_ == head.n_features_in_
+    np.testing.assert_array_equal(again.predict_proba(Q), head.predict_proba(Q))
+    np.testing.assert_array_equal(again.decision_function(Q), head.decision_function(Q))
+    np.testing.assert_array_equal(again.predict(Q), head.predict(Q))
+    assert again.get_params() == head.get_params()
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_head_refuses_sample_weight(name):
+    """A weight nobody reads is worse than an error (GridSearchCV routes sample_weight)."""
+    X, y, _ = _blobs()
+    with pytest.raises(TypeError, match="sample_weight"):
+        _head(name).fit(X, y, sample_weight=np.ones(len(X)))
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_bad_input_messages(name):
+    X, y, _ = _blobs()
+    head = _head(name)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        head.fit(X, np.linspace(0, 1, len(X)))
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
+        head.fit(X[:, 0], y)
+    with pytest.raises(TypeError, match="Sparse data was passed"):
+        head.fit(sparse.csr_matrix(X), y)
+    X_nan = X.copy()
+    X_nan[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        head.fit(X_nan, y)
+    head.fit(X, y)
+    with pytest.raises(ValueError, match="X has 15 features, but .* is expecting 16 features"):
+        head.predict(X[:, :15])
+
+
+@pytest.mark.parametrize("name", NEURAL)
+def test_neural_head_checks_validation_inputs(name):
+    """X_val is checked like X (the kNN and centroid heads ignore it)."""
+    X, y, _ = _blobs()
+    head = _head(name).set_params(epochs=1)
+    with pytest.raises(ValueError, match="X_val has 15 features, but .* is expecting 16"):
+        head.fit(X, y, X_val=X[:, :15], y_val=y)
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
+        head.fit(X, y, X_val=X[:, 0], y_val=y)
+    X_nan = X.copy()
+    X_nan[[3, 5], 1] = np.inf
+    with pytest.raises(ValueError, match="X_val has 2 of 160 rows with NaN or Inf values"):
+        head.fit(X, y, X_val=X_nan, y_val=y)
