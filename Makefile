@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # the CPU wheel; an unpinned torch pulls CUDA builds
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'   # ray: the --engine ray extra (tests/test_ray.py)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/embedstore info --store $(STORE)
 	$(BIN)/embedstore split --store $(STORE) --folds 5 $(SPLIT)
 	$(BIN)/embedstore lookup $(QUERY) --store $(STORE) --k 5
-	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp
+	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp --overwrite
 	$(BIN)/heads eval $(RUNS)/mlp
 	$(BIN)/heads predict $(RUNS)/mlp $(PHOTOS) --top-k 3
 
@@ -40,6 +40,8 @@ bench: setup
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/heads.py
 	$(PY) benchmarks/knn.py
+	$(PY) benchmarks/quality_checks.py
+	$(PY) benchmarks/ingest_ray.py
 
 clean:
 	rm -rf $(STORE) $(RUNS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,9 +19,12 @@ from embedstore._options import (
     CLASS_WEIGHTS,
     DEVICE_CHOICES,
     EMB_DTYPES,
+    ENGINES,
     LOOKUP_INDEXES,
+    MAP_METHODS,
     METRIC_NAMES,
     POOLINGS,
+    RUNTIMES,
     SAMPLERS,
     check_device,
 )
@@ -42,6 +46,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
             ValueError,
         )  # fmt: skip
     return _USER_ERRORS
+
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 class _Group(click.Group):
@@ -132,7 +139,7 @@ def _human_bytes(n: int) -> str:
 # ============================================================================ embedstore
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings=_CONTEXT)
 @click.version_option(package_name="embedstore")
 def embedstore_cli() -> None:
     """Embed image collections with frozen backbones into a Lance store.
@@ -143,6 +150,22 @@ def embedstore_cli() -> None:
       embedstore info --store flowers
       embedstore lookup photo.jpg --store flowers --k 5
     """
+
+
+def _ray_options(f: Any) -> Any:
+    """--ray-address, --actors, --gpus-per-actor, --cpus-per-actor (for --engine ray)."""
+    for opt in reversed([
+        click.option("--ray-address", default=None,
+                     help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster."),
+        click.option("--actors", type=click.IntRange(1), default=None,
+                     help="With --engine ray: model actors (default: one per GPU, else half the CPUs)."),
+        click.option("--gpus-per-actor", type=click.FloatRange(0), default=None,
+                     help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0)."),
+        click.option("--cpus-per-actor", type=click.FloatRange(0, min_open=True), default=1.0,
+                     show_default=True, help="With --engine ray: CPUs each actor holds."),
+    ]):  # fmt: skip
+        f = opt(f)
+    return f
 
 
 @embedstore_cli.command("ingest")
@@ -175,8 +198,21 @@ def embedstore_cli() -> None:
     default=None,
     help="Metadata column holding the label (default: class folder).",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Images per forward pass.",
+)
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(0),
@@ -204,6 +240,14 @@ def embedstore_cli() -> None:
     show_default=True,
     help="Images per atomic commit (a killed run resumes from the last one).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: decode and embed on a Ray cluster (pip install 'embedstore[ray]').",
+)
+@_ray_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], quiet: bool, as_json: bool,
@@ -231,7 +275,8 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
         click.echo(
             f"{s.files_found} files: {s.new_images} new, {s.already_stored} already stored, "
             f"{s.duplicates} duplicate names, {s.skipped} skipped; embedded {emb} "
-            f"in {s.seconds} s ({s.images_per_s} img/s on {s.device})"
+            f"in {s.seconds} s ({s.images_per_s} img/s on {s.device}, "
+            f"{'/'.join(dict.fromkeys(s.runtimes.values()))})"
         )
         for reason, n in s.skipped_by_reason.items():
             click.echo(f"  skipped {n}: {reason}")
@@ -313,7 +358,13 @@ def info_cmd(store: str | None, as_json: bool) -> None:
 @click.option(
     "--group-by", default=None, help="Column whose groups stay in one fold (e.g. observation_id)."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed (the same seed gives the same folds).",
+)
 @click.option(
     "--use-split",
     "use_split_column",
@@ -363,8 +414,17 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     type=click.Choice(LOOKUP_INDEXES),
     default="auto",
     show_default=True,
+    help="auto: the saved index when fresh (see `embedstore index`), else exact search; "
+    "exact/ivf/hnsw: that kind.",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+)
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per query.")
 def lookup_cmd(
     queries: tuple[str, ...], columns: tuple[str, ...], as_json: bool, **kw: Any
@@ -438,7 +498,8 @@ def index_cmd(as_json: bool, **kw: Any) -> None:
 @click.argument("pattern", default="*")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def backbones_cmd(pattern: str, as_json: bool) -> None:
-    """List registered backbones (glob PATTERN). Any hub id or model folder also works.
+    """List registered backbones (glob PATTERN) and whether each is on this machine already.
+    Any hub id or model folder also works.
 
     \b
     Example:
@@ -451,13 +512,71 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
         _echo_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['name']:<22} {r['source']}")
+        here = "here" if r["local"] else "download"
+        click.echo(f"{r['name']:<22} {here:<9} {r['source']}")
+    click.echo(
+        "here: the weights are on this machine (works offline); download: fetched from the hub on first use"
+    )
+
+
+@embedstore_cli.command("serve")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--runs", default=None, help="Folder of runs and ensembles to serve (and train into)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on.",
+)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--api-key-env", default=None, metavar="VAR",
+    help="Environment variable holding the API key every /v1 route then requires "
+    "(required to bind an address other than loopback).",
+)  # fmt: skip
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="Largest request body accepted (413 above).")  # fmt: skip
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
+              help="Most images embedded in one forward pass (dynamic batching).")  # fmt: skip
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="Longest a request waits for others to share its forward pass.")  # fmt: skip
+@click.option("--max-jobs", type=click.IntRange(1), default=8, show_default=True,
+              help="Training/ingest jobs that may wait in the queue (429 above).")  # fmt: skip
+@click.option(
+    "--allow-root", default=None, help="Server-side folder under which POST /v1/ingest may read."
+)
+def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, **kw: Any) -> None:
+    """Serve lookups, predictions, training jobs and a species-lookup page over HTTP.
+
+    Keeps the store's embeddings, the backbones and the runs resident; OpenAPI docs at /docs.
+
+    \b
+    Example:
+      embedstore serve --store flowers --runs runs --port 8000
+      curl -F images=@photo.jpg -F run=mlp localhost:8000/v1/predict
+    """
+    import embedstore
+    import service
+
+    key = None
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise click.ClickException(
+                f"--api-key-env {api_key_env}: ${api_key_env} is empty or unset"
+            )
+    settings = service.Settings(store=store or embedstore.default_store_path(), api_key=key, **kw)
+    service.serve(settings, host=host, port=port)
 
 
 # ============================================================================ heads
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings=_CONTEXT)
 @click.version_option(package_name="embedstore")
 def heads_cli() -> None:
     """Train, evaluate, ensemble and predict with heads on stored embeddings.
@@ -470,9 +589,9 @@ def heads_cli() -> None:
     """
 
 
-def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None:
-    if value is None:
-        return None
+def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str | None:
+    if value is None or value == "auto":
+        return value
     try:
         return [float(v) for v in value.split(",")]
     except ValueError:
@@ -495,7 +614,12 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
     help="Head from the registry.",
 )  # fmt: skip
 @click.option("--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024).")
-@click.option("--dropout", type=click.FloatRange(0, 1), default=None)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Dropout before the classifier (default: the head's).",
+)
 @click.option(
     "--loss",
     type=_Registered(_loss_names),
@@ -503,7 +627,12 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
     help="Loss from the registry (default ce).",
 )
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce.")
-@click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), default=None)
+@click.option(
+    "--class-weights",
+    type=click.Choice(CLASS_WEIGHTS),
+    default=None,
+    help="Loss weights per class (default none).",
+)
 @click.option(
     "--sampler",
     type=click.Choice(SAMPLERS),
@@ -520,9 +649,19 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
     help="Binary column learned as an auxiliary output; repeatable.",
 )
 @click.option("--aux-alpha", type=float, default=None, help="Weight of the auxiliary BCE loss.")
-@click.option("--epochs", type=click.IntRange(1), default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=None,
+    help="Training epochs, at most (early stopping on validation macro-F1).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Learning rate (default: the head's; linear 1e-2, mlp 1e-3).",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size.")
 @click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
 @click.option(
     "--unknown", type=_Registered(_detector_names), default=None,
@@ -537,11 +676,15 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | None
 @click.option(
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Random seed for initialisation and sampling.")
 @click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
 @click.option(
     "--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>)."
 )
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace an existing run at --out (whole, once the new one is complete).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
@@ -561,6 +704,8 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     res = heads.train(
         store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw
     )
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         _echo_json(res.to_dict())
         return
@@ -568,7 +713,7 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     for m in res.metrics:
         click.echo(
             f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
-            f"({m.epochs} epochs, {m.fit_seconds} s)  -> {m.run}"
+            f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s)  -> {m.run}"
         )
     e = res.ensemble_metrics
     if e is not None:
@@ -585,19 +730,31 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
 _EVAL_KEYS = METRIC_NAMES
 
 
-@heads_cli.command("eval")
+class _EvalCommand(click.Command):
+    """``heads eval``: its help ends with what each score means (from the library)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        import heads
+
+        with formatter.section("Scores"):
+            formatter.write_dl(list(heads.MEASURES.items()))
+
+
+@heads_cli.command("eval", cls=_EvalCommand)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option(
     "--store", default=None, help="Store to read the held-out part from (default: the run's)."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run or ensemble.")
 def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
-    """Score runs or ensembles: top-1/3, macro-F1, mean class accuracy, shot buckets, open-set
-    and FungiCLEF tracks when defined; on validation (out-of-fold) and the held-out part.
+    """Score runs or ensembles side by side: on the validation part (out-of-fold for a fold
+    ensemble) and on the store's held-out part.
 
     \b
     Example:
-      heads eval runs/mlp runs/knn --json
+      heads eval runs/mlp runs/knn runs/ens
+      heads eval runs/mlp --json
     """
     import heads
 
@@ -605,33 +762,67 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(results)
         return
+    for part, key in (("validation (out-of-fold)", None), ("held-out part", "holdout")):
+        parts = [r if key is None else r.get(key) for r in results]
+        if not any(parts):
+            continue
+        keys = [k for k in _EVAL_KEYS if any(isinstance((d or {}).get(k), float) for d in parts)]
+        names = [Path(r["run"]).name or r["run"] for r in results]
+        width = max(len(k) for k in ["images", *keys])
+        cols = [max(10, len(n)) for n in names]
+        click.echo(f"{part}")
+        click.echo(
+            f"  {'':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols, strict=True))
+        )
+        rows = [("images", [str((d or {}).get("n", "-")) for d in parts])]
+        rows += [
+            (k, [f"{d[k]:.4f}" if isinstance((d or {}).get(k), float) else "-" for d in parts])
+            for k in keys
+        ]
+        for k, vals in rows:
+            click.echo(
+                f"  {k:<{width}}  "
+                + "  ".join(f"{v:>{w}}" for v, w in zip(vals, cols, strict=True))
+            )
     for r in results:
-        click.echo(f"{r['run']}  ({r['kind']}, {r['n']} validation images)")
-        for part, d in (("validation", r), ("held-out", r.get("holdout"))):
-            if not d:
-                continue
-            vals = "  ".join(f"{k} {d[k]:.4f}" for k in _EVAL_KEYS if isinstance(d.get(k), float))
-            click.echo(f"  {part:<10} {vals}")
         if r.get("most_confused"):
             pairs = ", ".join(
                 f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5]
             )
-            click.echo(f"  most confused: {pairs}")
-        if r.get("per_class_png"):
-            click.echo(f"  per-class plot: {r['per_class_png']}")
+            click.echo(f"{r['run']}: most confused: {pairs}")
+        for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
+            if r.get(png):
+                click.echo(
+                    f"{r['run']}: {png.removesuffix('_png').replace('_', ' ')} plot: {r[png]}"
+                )
 
 
 @heads_cli.command("ensemble")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out", required=True, help="Ensemble directory to write.")
 @click.option(
-    "--weights", callback=_float_list, default=None, help="Comma-separated member weights."
+    "--weights",
+    callback=_float_list,
+    default="auto",
+    help="Comma-separated member weights, or auto: greedy selection on the members' out-of-fold "
+    "predictions (never below the best member out-of-fold; equal weights for folds of one run).",
 )
-@click.option("--average", type=click.Choice(AVERAGES), default="logits", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def ensemble_cmd(
-    runs: tuple[str, ...], out: str, weights: list[float] | None, average: str, as_json: bool
-) -> None:
+@click.option(
+    "--average",
+    type=click.Choice(AVERAGES),
+    default="logits",
+    show_default=True,
+    help="Average the members' (calibrated) log-probabilities, or their probabilities.",
+)
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=True,
+    show_default=True,
+    help="Temperature-scale each member on its out-of-fold logits before averaging.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing ensemble at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> None:
     """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.
 
     \b
@@ -640,7 +831,7 @@ def ensemble_cmd(
     """
     import heads
 
-    res = heads.ensemble(list(runs), out, weights=weights, average=average)
+    res = heads.ensemble(list(runs), out, **kw)
     if as_json:
         _echo_json(res.to_dict())
         return
@@ -665,7 +856,9 @@ def ensemble_cmd(
     type=click.Path(path_type=str),
     help="Predict every image under this folder.",
 )
-@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@click.option(
+    "--top-k", type=click.IntRange(1), default=5, show_default=True, help="Labels listed per image."
+)
 @click.option(
     "--prior",
     default=None,
@@ -678,18 +871,77 @@ def ensemble_cmd(
     help="CSV cost[true, predicted]: choose the label of least expected cost.",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+)
+@click.option(
+    "--group-by", default=None,
+    help="One answer per group from the mean logits of its images: a store column "
+    "(e.g. observation_id) or 'folder' (each image's folder).",
+)  # fmt: skip
+@click.option(
+    "--csv", "csv_path", default=None, help="Also write the predictions to this CSV file."
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Batch mode: write every prediction to this Lance table (id, path, label, probability, top_k, unknown).",
+)
+@click.option(
+    "--store",
+    default=None,
+    help="Batch mode without images: predict every image of this store (default: the run's store).",
+)
+@click.option("--overwrite", is_flag=True, help="Batch mode: replace an existing --out table.")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="Batch mode: local, or ray (a Ray cluster; pip install 'embedstore[ray]').",
+)
+@_ray_options
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per image.")
-def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+def predict_cmd(
+    run: str, images: tuple[str, ...], as_json: bool, csv_path: str | None, **kw: Any
+) -> None:
     """Top-k labels for images with a run or ensemble (new images are embedded on the fly).
 
     \b
     Example:
       heads predict runs/mlp photo1.jpg photo2.jpg --top-k 3
       heads predict runs/ens --images new_photos/ --prior uniform --json
+      heads predict runs/mlp --store flowers --engine ray --out predictions.lance
     """
     import heads
 
+    batch = {k: kw.pop(k) for k in ("out", "store", "overwrite", "engine", "ray_address",
+                                     "actors", "gpus_per_actor", "cpus_per_actor")}  # fmt: skip
+    if batch["out"] is not None or batch["engine"] != "local" or batch["store"] is not None:
+        if batch["out"] is None:
+            raise click.UsageError(
+                "batch prediction (--engine, --store) writes a table: give --out PATH"
+            )
+        if kw.pop("group_by", None) is not None or csv_path:
+            raise click.UsageError("--group-by and --csv do not apply with --out")
+        s = heads.predict_batch(run, images=list(images), **batch, **kw)
+        if as_json:
+            _echo_json(s.to_dict())
+        else:
+            click.echo(f"{s.images} predictions ({s.errors} errors, {s.unknown} unknown) written "
+                       f"to {s.out} in {s.seconds} s ({s.images_per_s} img/s, {s.engine})")  # fmt: skip
+        if s.images and s.errors == s.images:
+            click.echo("error: no image could be predicted", err=True)
+            sys.exit(1)
+        return
     res = heads.predict(run, list(images), **kw)
+    if csv_path:
+        heads.write_predictions_csv(res, csv_path)
     if as_json:
         _echo_json([r.to_dict() for r in res])
     else:
@@ -697,9 +949,12 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
             if r.error is not None:
                 click.echo(f"{r.path}: error: {r.error}")
                 continue
-            tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r.top_k)
+            tops = ", ".join(f"{t['label']} {t['probability']:.4f}" for t in r.top_k)
             flag = "  [unknown]" if r.unknown else ""
-            click.echo(f"{r.path}: {r.label}{flag}  ({tops})")
+            group = f"  [group {r.group}]" if r.group else ""
+            click.echo(f"{r.path}: {r.label}{flag}{group}  ({tops})")
+        if csv_path:
+            click.echo(f"predictions written to {csv_path}")
     if all(r.error is not None for r in res):
         click.echo("error: no image could be predicted", err=True)
         sys.exit(1)
@@ -707,7 +962,9 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
 
 @heads_cli.command("openset")
 @click.option("--store", default=None, help=STORE_HELP)
-@click.option("--backbone", default=None)
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
 @click.option(
     "--holdout-classes",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -715,12 +972,18 @@ def predict_cmd(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> 
     show_default=True,
     help="Share of classes held out as unknown in each draw.",
 )
-@click.option("--draws", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--draws",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Random draws of held-out classes (scores are means over draws).",
+)
 @click.option(
     "--detector", "detectors", multiple=True, type=_Registered(_detector_names),
     help="Detector to measure (repeatable; default: all).",
 )  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for the draws.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option("--roc-png", default=None, help="Write ROC curves of the last draw to this PNG.")
 @click.option(
@@ -736,11 +999,195 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
     """
     import heads
 
-    rows = heads.openset(kw.pop("store"), detectors=list(detectors) or None, **kw)
+    rows = heads.openset(
+        kw.pop("store"), detectors=list(detectors) or None, progress=not as_json, **kw
+    )
     if as_json:
         _echo_json(rows)
         return
     click.echo(heads.format_openset_table(rows))
+    if kw.get("roc_png"):
+        click.echo(f"ROC curves (last draw; legend: means over draws): {kw['roc_png']}")
+
+
+# ============================================================================ data quality
+# embedstore duplicates / map, heads issues / report: look at the data through its embeddings.
+
+
+@embedstore_cli.command("duplicates")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option(
+    "--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+    help="Cosine similarity from which two images are near-duplicates.",
+)  # fmt: skip
+@click.option(
+    "--k", "k", type=click.IntRange(1), default=10, show_default=True,
+    help="Neighbours searched per image (pairs per image at most).",
+)  # fmt: skip
+@click.option(
+    "--index", type=click.Choice(LOOKUP_INDEXES), default="auto", show_default=True,
+    help="auto: the saved index when fresh, else exact below 20,000 images, IVF above.",
+)  # fmt: skip
+@click.option("--where", default=None, help="SQL filter on the rows to compare.")
+@click.option(
+    "--out", default=None, help="Folder for duplicates.csv and .png (default STORE/duplicates)."
+)
+@click.option("--top", type=click.IntRange(1), default=12, show_default=True, help="Groups drawn.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Where to search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def duplicates_cmd(as_json: bool, **kw: Any) -> None:
+    """Near-duplicate images by embedding similarity, and the leakage they cause across splits,
+    folds (held-out part included) and labels. Writes a CSV of every pair and a contact sheet.
+
+    \b
+    Example:
+      embedstore duplicates --store flowers --threshold 0.9
+    """
+    import embedstore
+
+    res = embedstore.find_duplicates(kw.pop("store") or embedstore.default_store_path(), **kw)
+    if as_json:
+        _echo_json(res.to_dict())
+        return
+    leak = ", ".join(f"{k} {v}" for k, v in res.leakage.items() if v) or "none"
+    click.echo(
+        f"{res.images} images ({res.backbone}, {res.index} index): {res.pairs_found} near-duplicate "
+        f"pairs (cosine >= {res.threshold}) in {res.groups_found} groups; leaking pairs: {leak}"
+    )
+    if res.holdout_images:
+        click.echo(
+            f"  {res.holdout_images} held-out image(s) have a near-duplicate in a training fold"
+        )
+    for g in res.groups[:5]:
+        leaks = f"  [leak: {', '.join(g.leaks)}]" if g.leaks else ""
+        click.echo(
+            f"  group {g.group} ({g.size}, {g.similarity:.3f}): {', '.join(map(str, g.paths[:4]))}{leaks}"
+        )
+    for n in res.notes:
+        click.echo(f"  note: {n}")
+    click.echo(f"pairs: {res.csv}" + (f"\ncontact sheet: {res.png}" if res.png else ""))
+
+
+@embedstore_cli.command("map")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option(
+    "--color", default="label", show_default=True,
+    help="Column colouring the points: label, split, fold or any other.",
+)  # fmt: skip
+@click.option("--out", default=None, help="PNG to write (default STORE/map.png).")
+@click.option(
+    "--method", type=click.Choice(MAP_METHODS), default="auto", show_default=True,
+    help="auto: PCA under 100 images, UMAP otherwise.",
+)  # fmt: skip
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=12,
+    show_default=True,
+    help="Values named in the legend.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed of the 2-D layout."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def map_cmd(as_json: bool, **kw: Any) -> None:
+    """A 2-D map of the collection (UMAP), written back as the store columns map_x and map_y,
+    and a PNG coloured by a column.
+
+    \b
+    Example:
+      embedstore map --store flowers --color label --out map.png
+    """
+    import embedstore
+
+    res = embedstore.map_store(kw.pop("store") or embedstore.default_store_path(), **kw)
+    if as_json:
+        _echo_json(res.to_dict())
+        return
+    click.echo(
+        f"{res.method.upper()} map of {res.images} images ({res.backbone}) written to columns "
+        f"{', '.join(res.columns)} (store version {res.store_version}); PNG: {res.png}"
+    )
+    for n in res.notes:
+        click.echo(f"  note: {n}")
+
+
+@heads_cli.command("issues")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option(
+    "--top", type=click.IntRange(1), default=20, show_default=True, help="Suspects listed."
+)
+@click.option("--k", "k", type=click.IntRange(1), default=10, show_default=True,
+              help="Neighbours for the outlier score.")  # fmt: skip
+@click.option(
+    "--out", default=None, help="Folder for issues.csv and the PNGs (default RUN/issues)."
+)
+@click.option("--store", default=None, help="Store to read (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def issues_cmd(run: str, as_json: bool, **kw: Any) -> None:
+    """Likely label errors (cleanlab on the run's out-of-fold probabilities) and outliers (low
+    kNN density), with a PNG of the top suspects beside their nearest neighbours.
+
+    \b
+    Example:
+      heads issues runs/mlp --top 30
+    """
+    import heads
+
+    res = heads.find_issues(run, **kw)
+    if as_json:
+        _echo_json(res.to_dict())
+        return
+    click.echo(
+        f"cleanlab flags {res.flagged} of {res.images} validation images of {run}; most suspect:"
+    )
+    for s in res.label_issues:
+        flag = "" if s.flagged else "  (not flagged)"
+        click.echo(f"  #{s.rank} {s.path}: given {s.given}, model says {s.suggested} "
+                   f"(p {s.suggested_probability:.2f}, quality {s.label_quality:.3f}){flag}")  # fmt: skip
+    click.echo("outliers (lowest mean similarity to their neighbours):")
+    for o in res.outliers[:5]:
+        click.echo(f"  #{o.rank} {o.path} ({o.label}): {o.knn_similarity:.3f}, "
+                   f"closest class {o.nearest_class} {o.class_similarity:.3f}")  # fmt: skip
+    for n in res.notes:
+        click.echo(f"  note: {n}")
+    click.echo(f"every image: {res.csv}" + (f"\nsuspects: {res.png}\noutliers: {res.outliers_png}"
+                                           if res.png else ""))  # fmt: skip
+
+
+@heads_cli.command("report")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--out", default=None, help="HTML file to write (default RUN/report.html).")
+@click.option("--top", type=click.IntRange(1), default=12, show_default=True,
+              help="Suspects, pairs and duplicate groups shown.")  # fmt: skip
+@click.option("--store", default=None, help="Store to read (default: the run's).")
+@click.option("--threshold", "duplicates_threshold", type=click.FloatRange(0, 1, min_open=True),
+              default=0.9, show_default=True, help="Near-duplicate cosine similarity.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
+    """One self-contained HTML page about a run: scores, per-class F1, confusions with example
+    images, the unknown detector's ROC, suspected label errors and near-duplicates.
+
+    \b
+    Example:
+      heads report runs/mlp --out report.html
+    """
+    import heads
+
+    res = heads.report(run, **kw)
+    if as_json:
+        _echo_json(res.to_dict())
+        return
+    click.echo(f"wrote {res.path} ({_human_bytes(res.bytes)}, {res.images_inlined} thumbnails; "
+               f"{', '.join(res.sections)})")  # fmt: skip
+    for n in res.notes:
+        click.echo(f"  note: {n}")
 
 
 if __name__ == "__main__":  # pragma: no cover

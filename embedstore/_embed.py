@@ -30,6 +30,9 @@ from embedstore._backbones import (
 )
 from embedstore._device import resolve_device
 from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
+from embedstore._onnx import resolve_runtime, with_runtime
+from embedstore._options import RUNTIMES, Runtime, check_choice
+from embedstore._resident import Resident
 from embedstore._store import Store, StoreError
 
 EMBED_BATCH = 32  # images per forward pass
@@ -115,15 +118,22 @@ def embed_inputs(
     *,
     meta_columns: list[str] | tuple[str, ...] = (),
     device: str | torch.device = "auto",
+    runtime: Runtime = "auto",
     batch_size: int = EMBED_BATCH,
     backbones: dict[str, Backbone] | None = None,
+    resident: Resident | None = None,
 ) -> EmbeddedInputs:
     """Embeddings of ``inputs`` for every embedding column in ``columns`` (``{column: describe}``).
 
     Stored rows are reused by id; the rest are decoded and embedded with the recorded backbone
-    (``backbones`` is a cache ``{column: Backbone}`` filled as backbones are built). A backbone
-    that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an error row.
+    (``backbones`` is a cache ``{column: Backbone}`` filled as backbones are built). With
+    ``resident`` (the store's rows held in memory) stored rows come from it, not from a read.
+    A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
+    error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU, torch
+    on CUDA; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone of the other
+    runtime is rebuilt.
     """
+    check_choice(runtime, RUNTIMES, "runtime")
     n = len(inputs)
     embs = {c: np.zeros((n, int(d["dim"])), np.float32) for c, d in columns.items()}
     have = {c: np.zeros(n, bool) for c in columns}
@@ -134,7 +144,17 @@ def embed_inputs(
             res.errors[j] = q.error
     # 1. stored rows, by id
     ids = sorted({q.id for q in inputs if q.id and not q.error})
-    if store is not None and ids and store.exists:
+    if resident is not None:
+        r_embs, r_have, r_table = resident.vectors([None if q.error else q.id for q in inputs])
+        res.in_store[:] = [not q.error and q.id in resident.row for q in inputs]
+        for c in columns:
+            if c in r_embs:
+                embs[c][:] = r_embs[c]
+                have[c][:] = r_have[c]
+        for c in meta_columns:
+            if c in r_table:
+                table[c][:] = r_table[c]
+    elif store is not None and ids and store.exists:
         names = store.schema().names
         want = [c for c in columns if c in names]
         meta = [c for c in meta_columns if c in names]
@@ -171,14 +191,16 @@ def embed_inputs(
     if not images:
         return res
     dev = resolve_device(device)
+    chosen = resolve_runtime(runtime, dev)
     cache = backbones if backbones is not None else {}
     for c, describe in columns.items():
         rows = [j for j in images if not have[c][j]]
         if not rows:
             continue
         bb = cache.get(c)
-        if bb is None:
-            bb = cache[c] = _rebuild(describe, dev, inputs[rows[0]].name, res.warnings)
+        if bb is None or (runtime != "auto" and bb.runtime != chosen):  # auto: as cached
+            first = inputs[rows[0]].name
+            bb = cache[c] = _rebuild(describe, dev, runtime, first, res.warnings)
         X = embed_images(bb, [images[j] for j in rows], batch_size)
         if describe.get("dtype", "float16") == "float16":
             X = X.astype(np.float16).astype(np.float32)  # as the store would hold it
@@ -196,8 +218,11 @@ def embed_images(bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH)
     return np.concatenate(out).astype(np.float32)
 
 
-def _rebuild(describe: dict[str, Any], dev: torch.device, first: str, notes: list[str]) -> Backbone:
-    """The backbone recorded in a column's metadata, on ``dev``; notes a weights mismatch."""
+def _rebuild(
+    describe: dict[str, Any], dev: torch.device, runtime: Runtime, first: str, notes: list[str]
+) -> Backbone:
+    """The backbone recorded in a column's metadata, on ``dev`` with ``runtime``; notes a
+    weights mismatch."""
     try:
         bb = backbone_from_description(describe, warn=False)
     except BackboneError as e:
@@ -210,4 +235,4 @@ def _rebuild(describe: dict[str, Any], dev: torch.device, first: str, notes: lis
     if msg:
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append(msg)
-    return bb.to(dev)
+    return with_runtime(bb, runtime, dev)

@@ -8,7 +8,8 @@
 - ``<column>.ids.parquet``: the row ids in index order (the build id in its metadata, checked
   against the sidecar).
 
-An index is *fresh* while the store is at the version it was built at. A stale index is ignored (``"index_stale": true`` in the
+An index is *fresh* while the store's rows and embeddings are those it was built from (the
+store's ``embeddings_token``; metadata-only writes such as ``split`` keep it). A stale index is ignored (``"index_stale": true`` in the
 lookup result) until :func:`build_index` rebuilds it. Why a faiss side file rather than a Lance
 vector index inside the dataset: see ``benchmarks/RESULTS.md`` (lookup index comparison).
 """
@@ -69,6 +70,7 @@ def build_index(
     if nlist is not None and kind not in ("ivf", "auto"):
         raise StoreError(f"nlist only applies to kind 'ivf', not {kind!r}")
     version = st.version  # read first: a write during the build leaves the index stale, not wrong
+    token = st.embeddings_token
     faiss_path, ids_path = index_paths(st, info)
     n = st.count(embedded=[info.column])
     if n == 0:
@@ -85,7 +87,7 @@ def build_index(
     if (
         not force
         and manifest is not None
-        and manifest["store"]["version"] == version
+        and _fresh(manifest, version, token)
         and manifest["kind"] == resolved
         and (nlist is None or manifest.get("nlist") == nlist)
     ):
@@ -104,6 +106,7 @@ def build_index(
         meta = json.loads(tmp_sidecar.read_text())
         meta["store"] = {
             "version": version,
+            "embeddings_token": token,
             "backbone": info.backbone,
             "column": info.column,
             "ids_file": ids_path.name,
@@ -140,6 +143,15 @@ def read_index_manifest(store: Store, info: EmbeddingInfo) -> dict[str, Any] | N
     return meta if isinstance(meta.get("store"), dict) else None
 
 
+def _fresh(manifest: dict[str, Any], version: int, token: str | None) -> bool:
+    """Built from the store's current embeddings: the same embeddings token (metadata-only
+    writes such as ``split`` keep it), or, for an index without one, the same version."""
+    built = manifest["store"]
+    if built.get("embeddings_token") and token:
+        return built["embeddings_token"] == token
+    return built.get("version") == version
+
+
 def saved_index(
     st: Store,
     info: EmbeddingInfo,
@@ -153,7 +165,7 @@ def saved_index(
     if manifest is None:
         return None, False
     built_at, now = manifest["store"].get("version"), st.version
-    if built_at != now:
+    if not _fresh(manifest, now, st.embeddings_token):
         notes.append(
             f"the saved {manifest.get('kind')} index for {info.backbone} is stale (built at store "
             f"version {built_at}, the store is at {now}); searched without it. Rebuild it with "

@@ -1,15 +1,18 @@
 """Ingest: embed every image of a folder with one or more frozen backbones into a store.
 
 Decoding (read, hash, decode, resize) runs in DataLoader worker processes, overlapped with the
-model. Work is committed in chunks, each an atomic Lance commit, images before the file records
+model; on the CPU the model runs with ONNX Runtime by default (``runtime``, embedstore._onnx).
+Work is committed in chunks, each an atomic Lance commit, images before the file records
 that point at them, so a run killed at any moment resumes where it stopped: ids are content
 hashes, inserts are keyed on them, and nothing is embedded twice.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+import warnings as warnings_module
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +34,10 @@ from embedstore._images import (
     read_bytes,
 )
 from embedstore._metadata import RESERVED, join_metadata, read_metadata
-from embedstore._options import EmbDtype, Pooling
+from embedstore._onnx import resolve_runtime, with_runtime
+from embedstore._options import ENGINES, EmbDtype, Engine, Pooling, Runtime, check_choice
 from embedstore._preprocess import Preprocess
+from embedstore._registry import Registry
 from embedstore._results import Result
 from embedstore._store import Store, connect
 
@@ -42,6 +47,11 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "v
 
 class IngestError(ValueError):
     """The ingest cannot run at all (bad folder, bad options); the message says what to do."""
+
+
+# Engines other than "local": a function with ingest's keyword arguments that returns an
+# IngestSummary. "ray" registers itself when embedstore._ray_ingest is imported (on first use).
+INGEST_ENGINES: Registry = Registry("ingest engine", builtin=("embedstore._ray_ingest",))
 
 
 @dataclass
@@ -62,9 +72,11 @@ class IngestSummary(Result):
     images_in_store: int
     store_version: int
     device: str
+    runtimes: dict[str, str]  # backbone -> what ran it: "onnx" or "torch"
     seconds: float
     images_per_s: float | None
     ok: bool
+    engine: str = "local"
 
 
 @dataclass
@@ -85,16 +97,25 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         w = self.work[i]
-        try:
-            data = read_bytes(w.path)
-            image_id = w.known_id or hash_bytes(data)
-            im = decode_image(data, self.max_pixels)
-            arrays = [p(im) for p in self.preprocs]
-            return {"i": i, "id": image_id, "arrays": arrays, "size": im.size, "bytes": len(data)}
-        except ImageError as e:
-            return {"i": i, "error": str(e)}
-        except Exception as e:  # noqa: BLE001 - any decoder failure loses one file, not the run
-            return {"i": i, "error": f"cannot decode: {type(e).__name__}: {e}"}
+        return {"i": i, **decode_file(w.path, w.known_id, self.preprocs, self.max_pixels)}
+
+
+def decode_file(
+    path: str, known_id: str | None, preprocs: list[Preprocess], max_pixels: int
+) -> dict[str, Any]:
+    """Read, hash (unless ``known_id``), decode and preprocess one file: ``{"id", "arrays",
+    "size", "bytes"}``, or ``{"error": reason}`` (the reason recorded for a skipped file).
+    What the decode workers of every engine run."""
+    try:
+        data = read_bytes(path)
+        image_id = known_id or hash_bytes(data)
+        im = decode_image(data, max_pixels)
+        arrays = [p(im) for p in preprocs]
+        return {"id": image_id, "arrays": arrays, "size": im.size, "bytes": len(data)}
+    except ImageError as e:
+        return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - any decoder failure loses one file, not the run
+        return {"error": f"cannot decode: {type(e).__name__}: {e}"}
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,116 +147,76 @@ def ingest(
     join_column: str | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    runtime: Runtime = "auto",
     workers: int | None = None,
     dtype: EmbDtype = "float16",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     commit_every: int = 512,
     progress: bool = True,
     backbone_objects: list[Backbone] | None = None,
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
 ) -> IngestSummary:
     """Embed every image under ``images_dir`` into ``store``; returns what it did.
 
     Re-running adds only what is new; a new backbone embeds only for that backbone.
+    ``runtime``: ``auto`` runs backbones with ONNX Runtime on the CPU (exported once, cached)
+    and with torch on CUDA; ``torch`` or ``onnx`` to choose (embedstore._onnx.resolve_runtime).
+
+    ``engine="ray"`` runs decoding and the backbones on a Ray cluster (``ray_address``,
+    ``actors``, ``gpus_per_actor``, ``cpus_per_actor``; embedstore._ray_ingest) and writes the
+    same rows: ``pip install 'embedstore[ray]'``.
 
     >>> summary = ingest("photos/", "my-store", backbones=["efficientnet-lite0"])
+    >>> summary = ingest("photos/", "my-store", engine="ray", ray_address="auto")
     """
+    args = dict(locals())
+    try:
+        check_choice(engine, ENGINES, "engine")
+    except ValueError as e:
+        raise IngestError(f"--engine: {e}") from None
+    if engine != "local":
+        del args["engine"]
+        return INGEST_ENGINES.get(engine)(**args)
+    if ray_address is not None or actors is not None or gpus_per_actor is not None:
+        raise IngestError("--ray-address, --actors and --gpus-per-actor need --engine ray")
     t0 = time.perf_counter()
-    root = Path(images_dir).expanduser()
-    if not root.exists():
-        raise IngestError(f"{root}: images folder not found")
-    if not root.is_dir():
-        raise IngestError(f"{root}: not a folder; give the folder that holds the images")
-    if batch_size < 1:
-        raise IngestError(f"--batch-size must be at least 1, not {batch_size}")
-    if dtype not in ("float16", "float32"):
-        raise IngestError(f"unknown dtype {dtype!r}; valid: float16, float32")
-    root = root.resolve()
+    root = check_folder(images_dir, batch_size, dtype)
     st = store if isinstance(store, Store) else connect(store)
     try:
         dev = resolve_device(device)
     except ValueError as e:
         raise IngestError(f"--device: {e}") from None
-    meta = read_metadata(metadata, join_column) if metadata is not None else None
-    if label_column is not None:
-        if meta is None:
-            raise IngestError("--label-column needs --metadata FILE")
-        if label_column not in meta.table.column_names:
-            raise IngestError(
-                f"{metadata}: label column {label_column!r} not found; columns: {', '.join(meta.table.column_names)}"
-            )
+    try:
+        resolve_runtime(runtime, dev)
+    except ValueError as e:
+        raise IngestError(f"--runtime: {e}") from None
+    meta = read_meta(metadata, join_column, label_column)
     models = backbone_objects or [create_backbone(b, pooling) for b in dict.fromkeys(backbones)]
-    for m in models:
-        m.to(dev)
+    models = [with_runtime(m, runtime, dev) for m in models]
 
-    # ---- scan
-    found: list[FoundFile] = list(find_images(root))
-    supported = [f for f in found if f.supported]
-    skipped: list[dict[str, Any]] = [
-        {"root": str(root), "rel": f.rel, "reason": f"unsupported format ({Path(f.rel).suffix})"}
-        for f in found if not f.supported
-    ]  # fmt: skip
-    if not found:
-        raise IngestError(
-            f"{root}: no image files found (looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
-        )
-
-    # ---- per-file label, split and metadata
-    rels = [f.rel for f in supported]
-    labels_split = [_label_and_split(r) for r in rels]
-    meta_cols: dict[str, pa.Array] = {}
-    warnings: list[str] = []
-    if meta is not None:
-        joined = join_metadata(meta, rels)
-        warnings += joined.warnings
-        meta_cols = dict(joined.columns)
-        if label_column is not None:
-            lab = meta_cols.pop(label_column).cast(pa.string()).to_pylist()
-            labels_split = [(lab[i], s) for i, (_, s) in enumerate(labels_split)]
-        meta_cols = {(f"meta_{k}" if k in RESERVED else k): v for k, v in meta_cols.items()}
-    rel_pos = {r: i for i, r in enumerate(rels)}
-
-    # ---- what is already there
-    index = st.file_index(str(root))
-    store_ids = st.all_ids()
-    have = {m.name: st.ids_with_embedding(m.column) for m in models}
-    for m in models:
-        st.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
-    work: list[_Work] = []
-    unchanged_ids: set[str] = set()
-    queued_ids: set[str] = set()
-    for f in supported:
-        prev = index.get(f.rel)
-        if (
-            prev is not None
-            and prev[0] == f.size
-            and prev[1] == f.mtime_ns
-            and prev[2] in store_ids
-        ):
-            image_id = prev[2]
-            missing = any(image_id not in have[m.name] for m in models)
-            if missing and image_id not in queued_ids:
-                work.append(_Work(str(f.path), f.rel, image_id))
-                queued_ids.add(image_id)
-            else:
-                unchanged_ids.add(image_id)
-        else:
-            work.append(_Work(str(f.path), f.rel, None))
-
-    if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
-        _update_existing_metadata(
-            st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
-        )
+    plan = plan_ingest(st, root, models, dtype, meta, label_column)
+    found, supported, skipped, warnings = plan.found, plan.supported, plan.skipped, plan.warnings
+    labels_split, meta_cols, rel_pos = plan.labels_split, plan.meta_cols, plan.rel_pos
+    store_ids, have, work, unchanged_ids = plan.store_ids, plan.have, plan.work, plan.unchanged_ids
 
     # ---- decode in workers, embed, commit in chunks
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
     pre_of = [preprocs.index(m.preprocess) for m in models]
     n_workers = _default_workers() if workers is None else max(0, workers)
     n_workers = min(n_workers, -(-len(work) // batch_size))  # none idle; none for no work
+    if "fork" not in multiprocessing.get_all_start_methods():
+        n_workers = 0  # spawn would re-import the caller's script: decode in this process
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(work, preprocs, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
         prefetch_factor=4 if n_workers else None, persistent_workers=False,
-        multiprocessing_context="spawn" if n_workers else None,
+        # fork: workers start from this process as it is, so a plain script without an
+        # `if __name__ == "__main__"` guard works (spawn would re-run the script in each worker)
+        multiprocessing_context="fork" if n_workers else None,
     )  # fmt: skip
     stats = Counter()
     pending = _Pending()
@@ -246,7 +227,11 @@ def ingest(
         total=len(work), unit="img", desc=f"ingest {root.name}", disable=not progress, smoothing=0.1
     )
     try:
-        for batch in loader:
+        with warnings_module.catch_warnings():
+            # the forked decode workers never touch Lance (they read, hash and decode files)
+            warnings_module.filterwarnings("ignore", message="lance is not fork-safe")
+            batches = iter(loader)
+        for batch in batches:
             for e in batch["errors"]:
                 skipped.append({"root": str(root), "rel": work[e["i"]].rel, "reason": e["error"]})
             embed_rows: list[int] = []  # positions in batch["ok"] that need a forward pass
@@ -311,21 +296,148 @@ def ingest(
         bar.close()
     st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
 
+    return summarize(st, root, t0, plan, stats, models, str(dev))
+
+
+def summarize(st: Store, root: Path, t0: float, plan: IngestPlan, stats: Counter,
+              models: list[Backbone], device: str, engine: str = "local") -> IngestSummary:  # fmt: skip
+    """The :class:`IngestSummary` of a finished ingest (any engine) from its plan and counts."""
     seconds = time.perf_counter() - t0
     total_in_store = st.count()
+    skipped = plan.skipped
     run_skips = Counter(s["reason"].split(":")[0].split("(")[0].strip() for s in skipped)
     # Success unless none of this folder's image files is usable (all skipped, or none supported).
     failed = sum(1 for s in skipped if not s["reason"].startswith("unsupported format"))
     return IngestSummary(
-        root=str(root), store=str(st.path), files_found=len(found), new_images=stats["new"],
-        already_stored=len(unchanged_ids), duplicates=stats["duplicates"],
+        root=str(root), store=str(st.path), files_found=len(plan.found), new_images=stats["new"],
+        already_stored=len(plan.unchanged_ids), duplicates=stats["duplicates"],
         embedded={m.name: stats[f"embedded:{m.name}"] for m in models}, skipped=len(skipped),
         skipped_by_reason=dict(run_skips), skipped_file=str(st.path / "skipped.csv"),
-        warnings=warnings, images_in_store=total_in_store, store_version=st.version,
-        device=str(dev), seconds=round(seconds, 2),
-        images_per_s=round(len(work) / seconds, 1) if seconds > 0 else None,
-        ok=total_in_store > 0 and len(supported) > failed,
+        warnings=plan.warnings, images_in_store=total_in_store, store_version=st.version,
+        device=device, runtimes={m.name: m.runtime for m in models}, seconds=round(seconds, 2),
+        images_per_s=round(len(plan.work) / seconds, 1) if seconds > 0 else None,
+        ok=total_in_store > 0 and len(plan.supported) > failed, engine=engine,
     )  # fmt: skip
+
+
+def check_folder(images_dir: str | os.PathLike, batch_size: int, dtype: str) -> Path:
+    """The images folder, resolved, after the checks every engine makes on its arguments."""
+    root = Path(images_dir).expanduser()
+    if not root.exists():
+        raise IngestError(f"{root}: images folder not found")
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a folder; give the folder that holds the images")
+    if batch_size < 1:
+        raise IngestError(f"--batch-size must be at least 1, not {batch_size}")
+    if dtype not in ("float16", "float32"):
+        raise IngestError(f"unknown dtype {dtype!r}; valid: float16, float32")
+    return root.resolve()
+
+
+def read_meta(
+    metadata: str | os.PathLike | None, join_column: str | None, label_column: str | None
+) -> Any:
+    """The metadata file read for joining (None without one); checks ``label_column``."""
+    meta = read_metadata(metadata, join_column) if metadata is not None else None
+    if label_column is not None:
+        if meta is None:
+            raise IngestError("--label-column needs --metadata FILE")
+        if label_column not in meta.table.column_names:
+            raise IngestError(
+                f"{metadata}: label column {label_column!r} not found; columns: {', '.join(meta.table.column_names)}"
+            )
+    return meta
+
+
+@dataclass
+class IngestPlan:
+    """What an ingest has to do, from the scan and the store: every engine runs one.
+
+    ``work`` lists the files to read (``known_id`` set for unchanged files of stored images
+    that miss a backbone); ``skipped`` starts with the unsupported files and grows as files
+    fail; ``store_ids`` and ``have`` (backbone name -> ids holding it) grow as chunks commit.
+    """
+
+    found: list[FoundFile]
+    supported: list[FoundFile]
+    skipped: list[dict[str, Any]]
+    labels_split: list[tuple[str | None, str | None]]
+    meta_cols: dict[str, pa.Array]
+    warnings: list[str]
+    rel_pos: dict[str, int]
+    store_ids: set[str]
+    have: dict[str, set[str]]
+    work: list[_Work]
+    unchanged_ids: set[str]
+
+
+def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, meta: Any,
+                label_column: str | None) -> IngestPlan:  # fmt: skip
+    """Scan ``root``, label and join metadata, and compare with the store: an :class:`IngestPlan`.
+
+    Adds the (empty) embedding columns the store lacks and refreshes the metadata of images
+    already stored.
+    """
+    found: list[FoundFile] = list(find_images(root))
+    supported = [f for f in found if f.supported]
+    skipped: list[dict[str, Any]] = [
+        {"root": str(root), "rel": f.rel, "reason": f"unsupported format ({Path(f.rel).suffix})"}
+        for f in found if not f.supported
+    ]  # fmt: skip
+    if not found:
+        raise IngestError(
+            f"{root}: no image files found (looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
+        )
+
+    # ---- per-file label, split and metadata
+    rels = [f.rel for f in supported]
+    labels_split = [_label_and_split(r) for r in rels]
+    meta_cols: dict[str, pa.Array] = {}
+    warnings: list[str] = []
+    if meta is not None:
+        joined = join_metadata(meta, rels)
+        warnings += joined.warnings
+        meta_cols = dict(joined.columns)
+        if label_column is not None:
+            lab = meta_cols.pop(label_column).cast(pa.string()).to_pylist()
+            labels_split = [(lab[i], s) for i, (_, s) in enumerate(labels_split)]
+        meta_cols = {(f"meta_{k}" if k in RESERVED else k): v for k, v in meta_cols.items()}
+    rel_pos = {r: i for i, r in enumerate(rels)}
+
+    # ---- what is already there
+    index = st.file_index(str(root))
+    store_ids = st.all_ids()
+    have = {m.name: st.ids_with_embedding(m.column) for m in models}
+    for m in models:
+        st.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
+    work: list[_Work] = []
+    unchanged_ids: set[str] = set()
+    queued_ids: set[str] = set()
+    for f in supported:
+        prev = index.get(f.rel)
+        if (
+            prev is not None
+            and prev[0] == f.size
+            and prev[1] == f.mtime_ns
+            and prev[2] in store_ids
+        ):
+            image_id = prev[2]
+            missing = any(image_id not in have[m.name] for m in models)
+            if missing and image_id not in queued_ids:
+                work.append(_Work(str(f.path), f.rel, image_id))
+                queued_ids.add(image_id)
+            else:
+                unchanged_ids.add(image_id)
+        else:
+            work.append(_Work(str(f.path), f.rel, None))
+
+    if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
+        _update_existing_metadata(
+            st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
+        )
+
+    return IngestPlan(found, supported, skipped, labels_split, meta_cols, warnings, rel_pos,
+                      store_ids, have, work, unchanged_ids)  # fmt: skip
 
 
 class _Pending:
@@ -377,6 +489,9 @@ def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: s
         st.set_embeddings(column, [i for i, _ in items], np.stack([e for _, e in items]))
         for i, _ in items:
             have[m.name].add(i)
+    for m in models:  # provenance: a column extended by another runtime lists both
+        if p.new or m.column in p.updates:
+            st.note_runtime(m.column, m.runtime)
     st.add_paths(p.paths)
     recs = []
     for rel, image_id in p.files:
@@ -419,4 +534,4 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-__all__ = ["IngestError", "IngestSummary", "ingest"]
+__all__ = ["INGEST_ENGINES", "IngestError", "IngestPlan", "IngestSummary", "ingest"]

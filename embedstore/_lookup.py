@@ -26,7 +26,8 @@ import torch
 from embedstore._device import resolve_device
 from embedstore._embed import embed_inputs, read_inputs
 from embedstore._indexes import open_store, saved_index
-from embedstore._options import LOOKUP_INDEXES, LookupIndex
+from embedstore._options import LOOKUP_INDEXES, RUNTIMES, LookupIndex, Runtime
+from embedstore._resident import Resident
 from embedstore._results import Result, jsonable
 from embedstore._search import NeighborIndex, l2_normalize
 from embedstore._store import EMB_PREFIX, Store, StoreError
@@ -67,7 +68,7 @@ class LookupResult(Result):
 
 def lookup(
     store: Store | str | os.PathLike,
-    queries: list[str],
+    queries: list[str | bytes],
     *,
     k: int = 10,
     backbone: str | None = None,
@@ -75,11 +76,14 @@ def lookup(
     columns: list[str] | None = None,
     index: LookupIndex = "auto",
     device: str | torch.device = "auto",
+    runtime: Runtime = "auto",
     temperature: float = 0.07,
+    resident: Resident | None = None,
+    backbones: dict[str, Any] | None = None,
 ) -> LookupResult:
     """The ``k`` stored images most similar (cosine) to each query, and a kNN vote on their labels.
 
-    ``queries``: image file paths or stored row ids. ``where``: a predicate on the candidates
+    ``queries``: image file paths, image bytes (uploads) or stored row ids. ``where``: a predicate on the candidates
     (``"split = 'train'"``). ``columns``: metadata columns returned per neighbour (default: every
     column that is not an embedding or ingest bookkeeping, e.g. ``split``, ``fold`` and the
     metadata file's columns). ``index``: ``"auto"`` uses a fresh saved index when there is one
@@ -91,10 +95,13 @@ def lookup(
     root joined with the stored relative path) and ``vote`` (``{"label", "score", "votes"}``:
     neighbours vote with weight ``exp(sim / temperature)``, DINOv2 style; unlabelled neighbours
     do not vote; scores are shares of the labelled votes). Raises :class:`StoreError` with a
-    message for bad input.
+    message for bad input. ``resident`` (the store's embeddings held in memory, as the service
+    keeps them) and ``backbones`` (a ``{column: Backbone}`` cache) spare the reads and the
+    model loading. ``runtime`` embeds new query files (``auto``: ONNX Runtime on the CPU, torch
+    on CUDA).
     """
     st = open_store(store)
-    queries = [str(q) for q in queries]
+    queries = [q if isinstance(q, bytes) else str(q) for q in queries]
     if not queries:
         raise StoreError("no queries given: name image files or stored row ids")
     if isinstance(k, bool) or int(k) != k or k < 1:
@@ -102,6 +109,8 @@ def lookup(
     k = int(k)
     if index not in LOOKUP_INDEXES:
         raise StoreError(f"unknown index {index!r}; valid: {', '.join(LOOKUP_INDEXES)}")
+    if runtime not in RUNTIMES:
+        raise StoreError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     if not temperature > 0:
         raise StoreError(f"temperature must be > 0, not {temperature}")
     info = st.resolve_backbone(backbone)
@@ -118,8 +127,15 @@ def lookup(
             raise StoreError(f"{q.name}: {q.error}")
 
     # Candidates: a fresh saved index, or the (filtered) stored embeddings.
-    saved, stale = saved_index(st, info, index, where, dev, notes)
-    if saved is not None:
+    use_resident = resident is not None and where is None and info.column in resident.columns
+    saved, stale = (
+        (None, False) if use_resident else saved_index(st, info, index, where, dev, notes)
+    )
+    if use_resident:
+        search_index, rows = resident.index(info.column)
+        ids = resident.ids[rows].tolist()
+        Xn = None
+    elif saved is not None:
         search_index, ids = saved
         Xn = None
     else:
@@ -140,14 +156,17 @@ def lookup(
         )
 
     # Query vectors (Nq, D): stored rows reused, new files embedded.
-    batch = embed_inputs(st, inputs, {info.column: {**info.describe, "dim": info.dim}}, device=dev)
+    batch = embed_inputs(
+        st, inputs, {info.column: {**info.describe, "dim": info.dim}}, device=dev,
+        runtime=runtime, backbones=backbones, resident=resident,
+    )  # fmt: skip
     for j, reason in sorted(batch.errors.items()):
         raise StoreError(f"{inputs[j].name}: {reason}")
     notes += batch.warnings
     Qn = l2_normalize(batch.embeddings[info.column], "queries")  # (Nq, D)
 
     # Search.
-    if saved is None:
+    if saved is None and not use_resident:
         kind = "exact" if index in ("auto", "exact") else index
         search_index = NeighborIndex(kind=kind, device=dev).build(Xn)
     sims, idx = search_index.search(Qn, k)  # (Nq, k), (Nq, k)
@@ -224,7 +243,8 @@ def _metadata_columns(st: Store, columns: list[str] | None) -> list[str]:
 
 def _rows_by_id(st: Store, ids: list[str], meta_cols: list[str]) -> dict[str, dict[str, Any]]:
     """``id -> {"path", "label", *meta_cols}`` (JSON-able values) for the neighbours."""
-    cols = list(dict.fromkeys(["id", "path", "root", "label", *meta_cols]))
+    names = st.schema().names
+    cols = [c for c in dict.fromkeys(["id", "path", "root", "label", *meta_cols]) if c in names]
     out: dict[str, dict[str, Any]] = {}
     for row in st.read(cols, ids=ids).to_pylist():
         rel, root = row.get("path"), row.get("root")
@@ -232,7 +252,7 @@ def _rows_by_id(st: Store, ids: list[str], meta_cols: list[str]) -> dict[str, di
         out[row["id"]] = {
             **{c: jsonable(row[c]) for c in meta_cols},
             "path": full,
-            "label": row["label"],
+            "label": row.get("label"),
         }
     return out
 

@@ -22,6 +22,14 @@ Pooling = Literal["cls", "mean", "cls+mean"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 EmbDtype = Literal["float16", "float32"]
 EMB_DTYPES: tuple[str, ...] = get_args(EmbDtype)
+# What runs a backbone's forward pass: "auto" is ONNX Runtime on the CPU (when installed) and
+# torch on CUDA / MPS; see embedstore._onnx.resolve_runtime.
+Runtime = Literal["auto", "torch", "onnx"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+# Where ingest and batch prediction run: this process ("local") or a Ray cluster ("ray", the
+# optional extra `pip install 'embedstore[ray]'`; embedstore._ray).
+Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 # --- nearest-neighbour search
 IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
@@ -30,6 +38,10 @@ LookupIndex = Literal["auto", "exact", "ivf", "hnsw"]
 LOOKUP_INDEXES: tuple[str, ...] = get_args(LookupIndex)
 SearchBackend = Literal["auto", "faiss", "torch"]
 SEARCH_BACKENDS: tuple[str, ...] = get_args(SearchBackend)
+
+# --- looking at the data (embedstore map)
+MapMethod = Literal["auto", "umap", "pca"]
+MAP_METHODS: tuple[str, ...] = get_args(MapMethod)
 
 # --- heads
 Arch = Literal["linear", "mlp", "transformer"]
@@ -44,7 +56,8 @@ AVERAGES: tuple[str, ...] = get_args(Average)
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
-    "auroc", "fpr95", "closed_set_acc", "open_set_acc", "track1", "track2", "track3", "track4",
+    "unknown_rate", "acc_without_rejection", "acceptance_rate", "acc_on_accepted", "open_set_acc",
+    "auroc", "fpr95", "track1", "track2", "track3", "track4",
 ]  # fmt: skip
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedstore._options import EmbDtype
+from embedstore._ray import RAY_INSTALL_HINT, EngineError
 from embedstore._results import Result
 
 STORE_FORMAT = 1
@@ -39,6 +41,7 @@ EMB_PREFIX = "emb_"
 HOLDOUT, ALWAYS_TRAIN = -1, -2  # folds of the held-out part and of rows in every training part
 Part = Literal["holdout", "folds"]
 _ID_CHUNK = 2000  # ids per "id IN (...)" read
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUST_LOCATION = re.compile(r",\s*\S+\.rs:\d+:\d+\s*$")
 _META_KEY = "embedstore"
@@ -76,6 +79,15 @@ def _import_lance():
     import lance
 
     return lance
+
+
+def _import_lance_ray():
+    """lance-ray, the Ray Data reader and writer of Lance tables (the ``ray`` extra)."""
+    try:
+        import lance_ray
+    except ImportError as e:
+        raise EngineError(f"{RAY_INSTALL_HINT} ({e})") from None
+    return lance_ray
 
 
 @dataclass
@@ -225,10 +237,23 @@ class Store:
             return
         self._add_missing_columns(ds, pa.schema([field]))
 
+    def note_runtime(self, column: str, runtime: str) -> None:
+        """Record in ``column``'s description that ``runtime`` wrote embeddings into it: a column
+        made by one runtime and extended by another lists both, in order, as ``runtimes``."""
+        ds = self._open("images")
+        if ds is None or column not in ds.schema.names:
+            return
+        md = {k.decode(): v.decode() for k, v in (ds.schema.field(column).metadata or {}).items()}
+        desc = json.loads(md.get(_META_KEY) or "{}")
+        runtimes = desc.get("runtimes") or [desc.get("runtime", "torch")]  # older columns: torch
+        if runtime in runtimes:
+            return
+        desc["runtimes"] = [*runtimes, runtime]
+        md[_META_KEY] = json.dumps(desc, sort_keys=True)
+        ds.update_field_metadata({column: md}, replace=True)
+
     def embedding_field(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> pa.Field:
-        pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
-        meta = {_META_KEY: json.dumps({**describe, "dtype": dtype}, sort_keys=True)}
-        return pa.field(column, pa_type, metadata=meta)
+        return embedding_field(column, dim, dtype, describe)
 
     def insert_images(self, rows: pa.Table) -> int:
         """Insert rows whose ``id`` is not in the store yet (others are left as they are).
@@ -241,9 +266,12 @@ class Store:
         ds = self._open("images")
         if ds is None:
             self._lance.write_dataset(rows, self._uri("images"), mode="create")
-            self.set_table_metadata({"format": STORE_FORMAT, "created_at": _now()})
+            self.set_table_metadata(
+                {"format": STORE_FORMAT, "created_at": _now(), "embeddings_token": _token()}
+            )
             return rows.num_rows
-        self._add_missing_columns(ds, rows.schema)
+        self._new_embeddings_token()
+        self._add_missing_columns(self._open("images"), rows.schema)  # at the token's version
         ds = self._open("images")
         rows = _conform(rows, ds.schema)
         res = ds.merge_insert("id").when_not_matched_insert_all().execute(rows)
@@ -283,17 +311,10 @@ class Store:
         """
         if not rows:
             return 0
-        fields, arrays = [], []
-        for f in IMAGE_FIELDS:
-            fields.append(f)
-            arrays.append(pa.array([r.get(f.name) for r in rows], f.type))
-        for name, col in (metadata or {}).items():
-            fields.append(pa.field(name, col.type))
-            arrays.append(col)
-        for column, X in (embeddings or {}).items():
-            fields.append(self.embedding_field(column, X.shape[1], dtype, describes[column]))
-            arrays.append(_fixed_size_list(X, dtype))
-        return self.insert_images(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+        return self.insert_images(
+            image_table(rows, metadata=metadata, embeddings=embeddings, describes=describes,
+                        dtype=dtype)
+        )  # fmt: skip
 
     def set_embeddings(self, column: str, ids: list[str], X: np.ndarray) -> int:
         """Write ``X`` (``(n, dim)``) into the existing embedding ``column`` of rows ``ids``."""
@@ -301,7 +322,19 @@ class Store:
         if ds is None or column not in ds.schema.names:
             raise StoreError(f"{self.path}: no embedding column {column}")
         dtype = "float16" if ds.schema.field(column).type.value_type == pa.float16() else "float32"
+        self._new_embeddings_token()
         return self.update_columns(ids, {column: _fixed_size_list(X, dtype)})
+
+    @property
+    def embeddings_token(self) -> str | None:
+        """Changes whenever rows or embeddings are written, not on metadata-only writes (labels,
+        folds): what a saved index checks to know it is still fresh."""
+        return self.table_metadata().get("embeddings_token")
+
+    def _new_embeddings_token(self) -> None:
+        # Before the write: a write killed half-way leaves the token new, so an index built
+        # before it reads as stale (safe), never as fresh.
+        self.set_table_metadata({"embeddings_token": _token()})
 
     def add_paths(self, paths: dict[str, list[str]]) -> None:
         """Add relative paths to the ``paths`` list of stored images (``{id: [rel, ...]}``)."""
@@ -447,6 +480,74 @@ class Store:
         pcsv.write_csv(self.skipped(), tmp)
         os.replace(tmp, self.path / "skipped.csv")
 
+    # ------------------------------------------------------------------ distributed writes
+
+    def prepare_images(self, schema: pa.Schema) -> pa.Schema:
+        """Make ``images`` hold every column of ``schema`` (:func:`image_table`'s schema) before
+        workers write fragments for it: the table is created empty with that schema (and the
+        store's table metadata) when absent, else the missing columns are added. Returns the
+        table's schema, which :func:`write_image_fragments` conforms rows to."""
+        ds = self._open("images")
+        if ds is None:
+            self._lance.write_dataset(schema.empty_table(), self._uri("images"), mode="create")
+            self.set_table_metadata(
+                {"format": STORE_FORMAT, "created_at": _now(), "embeddings_token": _token()}
+            )
+        else:
+            self._add_missing_columns(ds, schema)
+        return self._open("images").schema
+
+    def append_fragments(
+        self, fragments: list[str], *, ids: list[str], read_version: int | None = None
+    ) -> int:
+        """Commit image fragments written by workers (:func:`write_image_fragments`, JSON) in
+        one transaction; ``ids`` are the rows they hold. Returns the new version.
+
+        The caller checked that none of ``ids`` is stored when the table was at
+        ``read_version``; if another writer committed since, the ids are checked again and an
+        overlap refuses the commit (the fragments are left unreferenced), so an image is never
+        stored twice.
+        """
+        if not fragments:
+            return self.version
+        ds = self._open("images")
+        if ds is None:
+            raise StoreError(f"{self.path}: no images table to append to")
+        if read_version is not None and int(ds.version) != read_version:
+            clash = self.read(["id"], ids=ids).num_rows if ids else 0
+            if clash:
+                raise StoreError(
+                    f"{self.path}: another process added {clash} of these images during this "
+                    "ingest; stop it and run the ingest again (it resumes where it stopped)"
+                )
+        frags = [self._lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
+        self._new_embeddings_token()
+        new = self._lance.LanceDataset.commit(
+            self._uri("images"), self._lance.LanceOperation.Append(frags),
+            read_version=self._open("images").version,
+        )  # fmt: skip
+        return int(new.version)
+
+    def ray_dataset(
+        self,
+        columns: list[str],
+        where: str | None = None,
+        *,
+        labelled: bool = False,
+        part: Part | None = None,
+        embedded: tuple[str, ...] | list[str] = (),
+    ) -> Any:
+        """The rows :meth:`read` would select, as a Ray Dataset read in parallel by the cluster
+        (lance-ray's ``read_lance``, one read task per fragment)."""
+        ds = self._open("images")
+        if ds is None:
+            raise StoreError(
+                f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`"
+            )
+        self._check_columns(ds, [*columns, *embedded])
+        filt = self._filter(ds, where, labelled=labelled, part=part, embedded=embedded)
+        return _import_lance_ray().read_lance(self._uri("images"), columns=columns, filter=filt)
+
     def compact(self, min_fragments: int = 16) -> None:
         """Merge small fragments (after a chunked ingest) when there are ``min_fragments`` or more."""
         for name in ("images", "files"):
@@ -496,6 +597,21 @@ class Store:
             return ds.to_table(columns=columns, filter=filt)
         except (ValueError, OSError) as e:
             raise self._read_error(e, where) from e
+
+    def image_file(self, image_id: str) -> Path | None:
+        """The file a stored image was ingested from (root joined with its path), or None when
+        the id is not stored. Only ids are taken: no caller-given path is ever opened."""
+        if (
+            not isinstance(image_id, str)
+            or not _HEX64.match(image_id)
+            or not self.has_column("root")
+        ):
+            return None
+        t = self.read(["root", "path"], ids=[image_id.lower()])
+        if t.num_rows == 0:
+            return None
+        root, rel = t.column("root")[0].as_py(), t.column("path")[0].as_py()
+        return Path(root) / rel if root and rel else None
 
     def check_where(self, where: str) -> None:
         """Raise StoreError with a clear message unless ``where`` is one valid predicate here."""
@@ -756,6 +872,10 @@ def _looks_like_predicate_error(reason: str) -> bool:
     )
 
 
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -769,6 +889,12 @@ def _du(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def numpy_columns(table: pa.Table, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Columns of ``table`` as numpy arrays, as the readers return them (strings and columns
+    with nulls as object arrays of Python values): what heads' encoders take."""
+    return {c: _to_numpy(table.column(c)) for c in (columns or table.column_names)}
 
 
 def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -810,3 +936,91 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(rows.num_rows, f.type))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+# ---------------------------------------------------------------------- rows and fragments
+
+
+def embedding_field(column: str, dim: int, dtype: EmbDtype, describe: dict) -> pa.Field:
+    """The Lance field of an embedding column: fixed-size list of ``dtype``, described by
+    ``describe`` (what reproduces it) in its field metadata."""
+    pa_type = pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
+    meta = {_META_KEY: json.dumps({**describe, "dtype": dtype}, sort_keys=True)}
+    return pa.field(column, pa_type, metadata=meta)
+
+
+def image_table(
+    rows: list[dict[str, Any]],
+    *,
+    metadata: dict[str, pa.Array] | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
+    describes: dict[str, dict[str, Any]] | None = None,
+    dtype: EmbDtype = "float16",
+) -> pa.Table:
+    """Image rows as the store writes them: :data:`IMAGE_FIELDS` from ``rows``, then the
+    ``metadata`` columns, then one described column per ``embeddings`` entry (``(n, dim)``)."""
+    fields, arrays = [], []
+    for f in IMAGE_FIELDS:
+        fields.append(f)
+        arrays.append(pa.array([r.get(f.name) for r in rows], f.type))
+    for name, col in (metadata or {}).items():
+        fields.append(pa.field(name, col.type))
+        arrays.append(col)
+    for column, X in (embeddings or {}).items():
+        fields.append(embedding_field(column, X.shape[1], dtype, (describes or {})[column]))
+        arrays.append(_fixed_size_list(X, dtype))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_image_fragments(store_path: str | os.PathLike, rows: pa.Table) -> list[str]:
+    """Write ``rows`` (:func:`image_table`) as data files of the store's ``images`` table
+    without committing them; returns the fragments as JSON for :meth:`Store.append_fragments`.
+
+    What a worker of a distributed ingest calls: only the driver commits, one transaction per
+    chunk, so a worker killed mid-write leaves unreferenced files and no rows.
+    """
+    lance = _import_lance()
+    uri = str(Path(store_path) / "images.lance")
+    ds = lance.dataset(uri)
+    frags = lance.fragment.write_fragments(_conform(rows, ds.schema), ds, schema=ds.schema)
+    return [json.dumps(f.to_json()) for f in frags]
+
+
+def _check_out(path: str | os.PathLike, overwrite: bool) -> tuple[str, str]:
+    p = Path(path).expanduser()
+    if p.exists() and not overwrite:
+        raise StoreError(f"{p}: already exists; remove it, choose another --out, or overwrite")
+    if p.exists() and not _has_version(str(p)):
+        raise StoreError(f"{p}: exists and is not a Lance table; choose another --out")
+    return str(p), "overwrite" if p.exists() else "create"
+
+
+def write_table(path: str | os.PathLike, table: pa.Table, *, overwrite: bool = False) -> str:
+    """Write ``table`` as a new Lance table at ``path`` (a ``.lance`` folder), e.g. a batch of
+    predictions; an existing one is replaced only with ``overwrite``. Returns the path."""
+    uri, mode = _check_out(path, overwrite)
+    _import_lance().write_dataset(table, uri, mode=mode)
+    return uri
+
+
+def read_table(
+    path: str | os.PathLike, columns: list[str] | None = None, where: str | None = None
+) -> pa.Table:
+    """A Lance table written by :func:`write_table` or :func:`write_ray_dataset` (a batch of
+    predictions, say) as pyarrow: ``columns`` (default all) of the rows matching ``where``."""
+    p = Path(path).expanduser()
+    if not _has_version(str(p)):
+        raise StoreError(f"{p}: no Lance table here")
+    filt = f"({check_predicate(where)})" if where is not None else None
+    return _import_lance().dataset(str(p)).to_table(columns=columns, filter=filt)
+
+
+def write_ray_dataset(
+    ds: Any, path: str | os.PathLike, *, schema: pa.Schema, overwrite: bool = False
+) -> str:
+    """Write a Ray Dataset as a Lance table at ``path``, from the workers in parallel, with
+    lance-ray's ``write_lance`` (Ray 2.60's own ``Dataset.write_lance`` fails with pylance 14).
+    Returns the path."""
+    uri, mode = _check_out(path, overwrite)
+    _import_lance_ray().write_lance(ds, uri, schema=schema, mode=mode)
+    return uri

@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from embedstore import ALWAYS_TRAIN, HOLDOUT, EmbeddingInfo, Store, connect
+from embedstore import (
+    ALWAYS_TRAIN,
+    DUPLICATE_THRESHOLD,
+    HOLDOUT,
+    EmbeddingInfo,
+    Store,
+    connect,
+    near_duplicate_pairs,
+)
 from heads._errors import HeadsError
 
 POISON_COLUMNS = ("poisonous", "is_poisonous", "poison")
@@ -115,3 +123,25 @@ def fold_rows(data: FoldData, k: int, unknown_label: str) -> tuple[np.ndarray, n
     )
     val_rows = np.flatnonzero(labelled & (data.fold == k))
     return train_rows, val_rows
+
+
+def holdout_leakage(data: FoldData, threshold: float = DUPLICATE_THRESHOLD) -> list[str]:
+    """A warning when held-out images (fold -1) have near-duplicates among the training folds'
+    images (cosine similarity >= ``threshold``): their held-out scores would be optimistic.
+    One kNN search of the held-out part against the rest; no warning, an empty list."""
+    held = np.flatnonzero(data.fold == HOLDOUT)
+    train = np.flatnonzero((data.fold >= 0) | (data.fold == ALWAYS_TRAIN))
+    if not len(held) or not len(train):
+        return []
+    p = near_duplicate_pairs(data.X[train], queries=data.X[held], threshold=threshold, k=1)
+    if not len(p.first):
+        return []
+    a, b = str(data.ids[held[p.first[0]]]), str(data.ids[train[p.second[0]]])
+    t = connect(data.store_path, create=False).read(["id", "path"], ids=[a, b]).to_pylist()
+    path = {r["id"]: r["path"] for r in t}
+    return [
+        f"{len(p.first)} of the {len(held)} held-out images have a near-duplicate (cosine >= "
+        f"{threshold}) among the training folds' images, e.g. {path.get(a, a)} ~ "
+        f"{path.get(b, b)} ({p.similarity[0]:.3f}): held-out scores will be optimistic. List "
+        f"them with `embedstore duplicates --store {data.store_path}`"
+    ]

@@ -21,13 +21,29 @@ from heads._loaded import load, log_softmax
 from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
 
 
-def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: list[float] | None = None,
-             average: Average = "logits") -> EvalResult:  # fmt: skip
+def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
+             weights: list[float] | str | None = "auto",
+             average: Average = "logits", calibrate: bool = True,
+             overwrite: bool = False) -> EvalResult:  # fmt: skip
     """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
     (``.run`` is the ensemble's path).
 
-    Validation logits are combined per image over the members that validated it, so a fold
-    ensemble is scored out-of-fold.
+    With ``calibrate`` (the default) each member's logits are first temperature-scaled (the
+    temperature that minimises its out-of-fold log-loss) and turned into log-probabilities, so
+    members whose scores live on other scales (kNN votes beside an MLP's logits) weigh what
+    they should; ``average`` then averages those log-probabilities (``logits``) or the
+    probabilities (``probs``). Validation logits are combined per image over the members that
+    validated it, so a fold ensemble is scored out-of-fold. The ensemble records each member's
+    config checksum and refuses to load once a member changed. An existing ensemble at ``out``
+    is refused unless ``overwrite``.
+
+    ``weights``: one per member, or ``"auto"`` (the default): members that validated the same
+    images (different heads or backbones over the same folds) are weighted by greedy ensemble
+    selection on those out-of-fold predictions (Caruana et al. 2004: start from the best member,
+    add members with replacement while top-1 improves, ties to the lower log-loss), so the
+    ensemble never scores below its best member out-of-fold (the held-out part then says how
+    much of that holds); members that validated different images (the folds of one run) weigh
+    the same.
 
     >>> heads.ensemble(["runs/mlp/fold0", "runs/mlp/fold1"], "runs/mlp")
     """
@@ -35,7 +51,10 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
         raise HeadsError("give at least one run or ensemble directory")
     if average not in AVERAGES:
         raise HeadsError(f"unknown average {average!r}; valid: {', '.join(AVERAGES)}")
-    w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    auto = isinstance(weights, str)
+    if auto and weights != "auto":
+        raise HeadsError(f"weights must be one number per member or 'auto', not {weights!r}")
+    w = np.ones(len(runs)) if weights is None or auto else np.asarray(weights, dtype=np.float64)
     if len(w) != len(runs):
         raise HeadsError(
             f"{len(w)} weight(s) for {len(runs)} member(s); give one weight per member"
@@ -43,6 +62,10 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
     if (w < 0).any() or w.sum() <= 0:
         raise HeadsError("weights must be non-negative and not all zero")
     out = Path(out)
+    if (out / "config.json").is_file() and not overwrite:
+        raise HeadsError(
+            f"{out}: an ensemble or run is there already; give --overwrite to replace it"
+        )
     members = [load(r, "cpu") for r in runs]
     classes = members[0].classes
     for r, m in zip(runs, members, strict=True):
@@ -60,20 +83,103 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *, weights: 
             rels.append(str(rp))
     first_cfg = read_config(runs[0])
     store = first_cfg["store"]
+    vals = [read_val(Path(r)) for r in runs]
+    temps = [
+        fit_temperature(v, m.classes) if calibrate else 1.0
+        for v, m in zip(vals, members, strict=True)
+    ]
+    if auto and len(runs) > 1:
+        w = select_weights(vals, classes, temps, average)
     config = {
         "format": RUN_FORMAT, "kind": "ensemble", "members": rels, "weights": w.tolist(), "average": average,
         "classes": classes, "store": store, "unknown_label": first_cfg.get("unknown_label", "unknown"),
         "poisonous_of_class": first_cfg.get("poisonous_of_class"),
         "observation_column": first_cfg.get("observation_column"), "poison_column": first_cfg.get("poison_column"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "calibrated": bool(calibrate), "temperatures": temps,
+        "member_sha256": [read_config(r)["config_sha256"] for r in runs],
     }  # fmt: skip
-    _write_val(out, runs, members, w, average)
+    _write_val(out, vals, members, w, average, temps if calibrate else None)
     write_config(out, config)
     return evaluate(out, holdout=True, plots=True)
 
 
-def _write_val(out: Path, runs: list, members: list, w: np.ndarray, average: str) -> None:
-    vals = [read_val(Path(r)) for r in runs]
+def select_weights(vals: list[dict[str, Any]], classes: list[str], temps: list[float],
+                   average: str, rounds: int = 20) -> np.ndarray:  # fmt: skip
+    """Greedy ensemble selection with replacement on the images every member validated; equal
+    weights when the members validated (mostly) different images."""
+    common = set(vals[0]["id"])
+    for v in vals[1:]:
+        common &= set(v["id"])
+    if len(common) < 0.5 * max(len(v["id"]) for v in vals):
+        return np.ones(len(vals))
+    ids = sorted(common)
+    index = {c: i for i, c in enumerate(classes)}
+    parts, y = [], None
+    for v, t in zip(vals, temps, strict=True):
+        pos = {i: k for k, i in enumerate(v["id"])}
+        rows = np.array([pos[i] for i in ids])
+        z = log_softmax(v["logits"][rows].astype(np.float64) / t)
+        parts.append(np.exp(z) if average == "probs" else z)
+        if y is None:
+            y = np.array([index.get(str(x), -1) if x is not None else -1 for x in v["label"][rows]])
+    known = y >= 0
+    if not known.any():
+        return np.ones(len(vals))
+    parts = [p[known] for p in parts]
+    y = y[known]
+
+    def score(total: np.ndarray, n: int) -> tuple[float, float]:
+        mean = total / n
+        logp = np.log(np.maximum(mean, 1e-30)) if average == "probs" else log_softmax(mean)
+        return float((mean.argmax(1) == y).mean()), float(-logp[np.arange(len(y)), y].mean())
+
+    counts = np.zeros(len(vals))
+    scores = [score(p, 1) for p in parts]
+    first = max(range(len(vals)), key=lambda j: (scores[j][0], -scores[j][1]))
+    counts[first], total, best = 1, parts[first].copy(), scores[first]
+    best_counts = counts.copy()
+    for n in range(2, rounds + 1):
+        cand = [score(total + p, n) for p in parts]
+        j = max(range(len(vals)), key=lambda k: (cand[k][0], -cand[k][1]))
+        counts[j] += 1
+        total += parts[j]
+        if (cand[j][0], -cand[j][1]) > (best[0], -best[1]):
+            best, best_counts = cand[j], counts.copy()
+    return best_counts
+
+
+def fit_temperature(val: dict[str, Any], classes: list[str]) -> float:
+    """The temperature T minimising the log-loss of ``softmax(logits / T)`` on the validation
+    rows of known classes (1.0 when there are none): a golden-section search on log T."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index.get(str(v), -1) if v is not None else -1 for v in val["label"]])
+    known = y >= 0
+    if not known.any():
+        return 1.0
+    z, y = val["logits"][known].astype(np.float64), y[known]
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t))[np.arange(len(y)), y].mean())
+
+    lo, hi = np.log(1e-3), np.log(1e3)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def _write_val(out: Path, vals: list, members: list, w: np.ndarray, average: str,
+               temps: list[float] | None) -> None:  # fmt: skip
     order: dict[str, int] = {}
     for v in vals:
         for i in v["id"]:
@@ -85,9 +191,11 @@ def _write_val(out: Path, runs: list, members: list, w: np.ndarray, average: str
     label = np.empty(n, dtype=object)
     obs = np.empty(n, dtype=object)
     poison = np.empty(n, dtype=object)
-    for v, wi, m in zip(vals, w, members, strict=True):
+    for j, (v, wi, m) in enumerate(zip(vals, w, members, strict=True)):
         idx = np.array([order[i] for i in v["id"]], dtype=np.int64)
         z = v["logits"].astype(np.float64)
+        if temps is not None:
+            z = log_softmax(z / temps[j])
         acc[idx] += wi * (np.exp(log_softmax(z)) if average == "probs" else z)
         wsum[idx] += wi
         label[idx] = v["label"]

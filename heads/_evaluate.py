@@ -22,15 +22,30 @@ from heads._loaded import Predictor, load
 from heads._metrics import (
     aggregate_by_observation,
     classification_report,
-    closed_set_accuracy,
     fungiclef_scores,
     most_confused,
     openset_accuracy,
     openset_scores,
     per_class_f1,
 )
-from heads._plots import plot_per_class
+from heads._plots import plot_confusion, plot_per_class
 from heads._rundir import read_val
+
+# What each score means (``heads eval --help`` and the README print these).
+MEASURES: dict[str, str] = {
+    "top1": "share of known-class images whose best label is right (no rejection)",
+    "top3": "share of known-class images whose label is among the best three",
+    "macro_f1": "F1 per class, averaged over classes (each class counts the same)",
+    "mean_class_acc": "recall per class, averaged over classes",
+    "many_shot/medium_shot/few_shot": "top-1 on classes with >100 / 20-100 / <20 training images",
+    "unknown_rate": "share of all images the unknown detector rejects",
+    "acc_without_rejection": "top-1 on known-class images, the detector ignored",
+    "acceptance_rate": "share of all images the detector accepts (coverage)",
+    "acc_on_accepted": "share of accepted images labelled right (an accepted unknown is wrong)",
+    "open_set_acc": "share of all images right with 'unknown' as one more class",
+    "auroc/fpr95": "known vs unknown separation of the detector's score (needs unknown images)",
+    "track1..track4": "FungiCLEF 2024 scores per observation (with unknown and poisonous labels)",
+}
 
 
 @dataclass
@@ -48,11 +63,19 @@ class EvalResult(Result):
     metrics: dict[str, Any]
     holdout: dict[str, Any] | None = None
     per_class_png: str | None = None
+    holdout_per_class_png: str | None = None
+    confusion_png: str | None = None
     most_confused: list[dict[str, Any]] | None = None
 
     def items_(self) -> dict[str, Any]:
         out = {"run": self.run, "kind": self.kind, "head": self.head, **self.metrics}
-        for k in ("per_class_png", "most_confused", "holdout"):
+        for k in (
+            "per_class_png",
+            "holdout_per_class_png",
+            "confusion_png",
+            "most_confused",
+            "holdout",
+        ):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
@@ -84,10 +107,16 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
     thr = model.threshold
     if scores is not None and thr is not None and len(scores):
         s = np.asarray(scores, dtype=np.float64)
+        closed = pred
         pred = np.where(model.is_unknown(s), -1, pred)
-        out["unknown_rate"] = float(np.mean(pred == -1))
+        accepted = pred != -1
+        out["unknown_rate"] = float(np.mean(~accepted))
+        if known.any():
+            out["acc_without_rejection"] = float(np.mean(closed[known] == y_true[known]))
+        out["acceptance_rate"] = float(np.mean(accepted))
+        if accepted.any():
+            out["acc_on_accepted"] = float(np.mean(pred[accepted] == y_true[accepted]))
         out["open_set_acc"] = openset_accuracy(y_true, pred)
-        out["closed_set_acc"] = closed_set_accuracy(y_true, pred)
         if known.any() and (~known).any():
             out.update(openset_scores(known, s))
     poison = rows.get("poisonous")
@@ -133,21 +162,52 @@ def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = Tru
     model = load(path, device)
     res = score_rows(model, read_val(path))
     out = EvalResult(str(path), model.config["kind"], model.config.get("head"), _public(res))
+    name = _plot_name(path, model)
     if plots and res["n_known"]:
-        known = res["_true"] >= 0
-        y, p = res["_true"][known], res["_pred_closed"][known]
+        y, p = _known_pairs(res)
         f1 = per_class_f1(y, p, len(model.classes))
-        out.per_class_png = str(
-            plot_per_class(f1, model.train_counts, model.classes, path / "per_class.png")
-        )
+        out.per_class_png = str(plot_per_class(
+            f1, model.train_counts, model.classes, path / "per_class.png",
+            title=f"{name}, validation part (out-of-fold)",
+        ))  # fmt: skip
+        out.confusion_png = str(plot_confusion(
+            y, p, model.classes, path / "confusion.png", title=f"{name}, validation part"
+        ))  # fmt: skip
         out.most_confused = most_confused(y, p, model.classes, top=10)
     if holdout:
         rows = holdout_rows(model, store)
         if rows is not None:
-            out.holdout = _public(score_rows(model, rows))
+            scored = score_rows(model, rows)
+            out.holdout = _public(scored)
+            if plots and scored["n_known"]:
+                y, p = _known_pairs(scored)
+                out.holdout_per_class_png = str(plot_per_class(
+                    per_class_f1(y, p, len(model.classes)), model.train_counts, model.classes,
+                    path / "holdout_per_class.png", title=f"{name}, held-out part",
+                ))  # fmt: skip
     if plots:
         (path / "eval.json").write_text(json.dumps(out.to_dict(), indent=2, default=str))
     return out
+
+
+def _known_pairs(res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    known = res["_true"] >= 0
+    return res["_true"][known], res["_pred_closed"][known]
+
+
+def _plot_name(path: Path, model: Predictor) -> str:
+    """``mlp/fold2 (run, fold 2)`` or ``mlp (ensemble of 5)``: what a plot title names."""
+    cfg = model.config
+
+    def shown(name: str) -> str:  # a run still in its hidden folder: the name it will have
+        return name[1:].split(".partial-")[0] if ".partial-" in name else name
+
+    label = shown(path.name)
+    if path.name.startswith("fold"):
+        label = f"{shown(path.parent.name)}/{path.name}"
+    if cfg.get("kind") == "ensemble":
+        return f"{label} (ensemble of {len(cfg['members'])})"
+    return f"{label} ({cfg.get('head')}, fold {cfg.get('fold')})"
 
 
 def holdout_rows(model: Predictor, store: str | os.PathLike | None = None) -> dict[str, Any] | None:

@@ -178,9 +178,22 @@ class Ensemble(_Loaded):
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto") -> None:
         self.path = Path(path)
         self.config = read_config(self.path)
-        self.members = [load(resolve_member(self.path, m), device) for m in self.config["members"]]
+        paths = [resolve_member(self.path, m) for m in self.config["members"]]
+        for p, want in zip(
+            paths, self.config.get("member_sha256") or [None] * len(paths), strict=True
+        ):
+            have = read_config(p).get("config_sha256")
+            if want is not None and have != want:
+                raise HeadsError(
+                    f"{self.path}: member {p} changed since the ensemble was made (it was retrained "
+                    "or replaced); re-create the ensemble with `heads ensemble ... --overwrite`"
+                )
+        self.members = [load(p, device) for p in paths]
         self.weights = np.asarray(self.config["weights"], dtype=np.float64)
         self.average: str = self.config["average"]
+        self.temperatures = (
+            self.config.get("temperatures") if self.config.get("calibrated") else None
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -204,6 +217,11 @@ class Ensemble(_Loaded):
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
     ) -> np.ndarray:
         parts = [m.logits(embeddings, table) for m in self.members]
+        if self.temperatures is not None:  # calibrated members: log-probabilities at temperature T
+            parts = [
+                log_softmax(z.astype(np.float64) / t)
+                for z, t in zip(parts, self.temperatures, strict=True)
+            ]
         return combine(parts, self.weights, self.average)
 
     def unknown_scores(

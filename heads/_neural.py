@@ -548,7 +548,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         best_f1, best_state, since_best = -1.0, None, 0
         bar = tqdm(
             range(int(self.epochs)),
-            desc=f"{self._arch} head",
+            desc=getattr(self, "_progress_desc", None) or f"{self._arch} head",
             unit="epoch",
             disable=not self.verbose,
         )
@@ -580,6 +580,9 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             else:
                 since_best += 1
                 if self.patience is not None and since_best >= self.patience:
+                    # end the bar at 100%: the run is complete, not cut off
+                    bar.total = epoch + 1
+                    bar.set_postfix_str(f"stopped at epoch {epoch + 1}, best {self.best_epoch_}")
                     break
         bar.close()
         if best_state is not None:

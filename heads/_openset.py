@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import embedstore
 from embedstore._device import resolve_device
@@ -62,6 +63,7 @@ def openset_arrays(
     seed: int = 0,
     device: str | torch.device = "auto",
     roc_png: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """AUROC / FPR@95 of unknown detectors with held-out classes as the unknowns.
 
@@ -70,7 +72,8 @@ def openset_arrays(
     classes stay known). ``detectors``: names (default: every registered detector). ``head``:
     the head whose ``decision_function`` feeds the logit detectors, built with ``head_kwargs``
     (``epochs=30``, ``seed`` and ``device`` by default when it takes them); it is only trained
-    when a logit detector is asked for. ``roc_png``: ROC curves of the last draw.
+    when a logit detector is asked for. ``roc_png``: ROC curves of the last draw, the legend
+    giving the means over draws (as the table). ``progress``: a bar over the draws.
 
     Returns one dict per detector, best AUROC first: ``detector``, ``needs``, ``auroc``,
     ``fpr95`` (means over draws), ``auroc_std``, ``fpr95_std`` (population std), ``draws``.
@@ -104,7 +107,7 @@ def openset_arrays(
     per_draw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     needs: dict[str, str] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for draw in range(int(draws)):
+    for draw in tqdm(range(int(draws)), desc="openset draws", unit="draw", disable=not progress):
         held = rng.choice(classes, n_hold, replace=False)
         is_unknown = np.isin(y, held)  # (N,)
         train, test_known = _stratified_split(y, ~is_unknown, rng)
@@ -130,8 +133,6 @@ def openset_arrays(
             scores = det.score_samples(X[test], logits=logits_test)  # (Nt,)
             per_draw[n].append(openset_scores(is_known, scores))
             curves[n] = (is_known, scores)
-    if roc_png is not None:
-        plot_roc(curves, roc_png)
     rows = []
     for n in names:
         au = np.array([r["auroc"] for r in per_draw[n]])
@@ -147,6 +148,9 @@ def openset_arrays(
                 "draws": int(draws),
             }
         )
+    if roc_png is not None:
+        means = {r["detector"]: (r["auroc"], r["fpr95"]) for r in rows}
+        plot_roc(curves, roc_png, summaries=means, title=f"mean over {int(draws)} draw(s)")
     return sorted(rows, key=lambda r: (-r["auroc"], r["detector"]))
 
 

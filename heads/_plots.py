@@ -18,7 +18,7 @@ import numpy as np
 
 from heads._metrics import openset_scores
 
-__all__ = ["plot_per_class", "plot_roc", "plot_training_curves"]
+__all__ = ["plot_confusion", "plot_per_class", "plot_roc", "plot_training_curves"]
 
 _DPI = 120
 
@@ -45,6 +45,7 @@ def plot_per_class(
     class_names: Sequence[str],
     path: str | os.PathLike[str],
     n_annotate: int = 5,
+    title: str | None = None,
 ) -> Path:
     """Scatter of per-class F1 against training images per class (log x axis).
 
@@ -61,7 +62,7 @@ def plot_per_class(
         )
     x = np.maximum(counts, 1.0)
     if x.max() / x.min() < 4.0 and f1.size <= 60:  # no real long tail: a scatter says nothing
-        return _plot_per_class_bars(f1, counts, class_names, path)
+        return _plot_per_class_bars(f1, counts, class_names, path, title)
 
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
@@ -76,7 +77,7 @@ def plot_per_class(
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("training images per class (log scale)")
     ax.set_ylabel("per-class F1")
-    ax.set_title(f"Per-class F1 vs. training class frequency ({f1.size} classes)")
+    ax.set_title(_titled(title, f"per-class F1 vs. training class frequency ({f1.size} classes)"))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right")
 
@@ -94,7 +95,7 @@ def plot_per_class(
 
 
 def _plot_per_class_bars(f1: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
-                         path: str | os.PathLike[str]) -> Path:  # fmt: skip
+                         path: str | os.PathLike[str], title: str | None = None) -> Path:  # fmt: skip
     """Per-class F1 as sorted horizontal bars (worst at the top), for balanced class sizes."""
     order = np.argsort(-f1, kind="stable")  # barh draws bottom-up: best at the bottom
     fig = _figure(7.0, max(2.5, 0.28 * f1.size + 1.2))
@@ -105,17 +106,19 @@ def _plot_per_class_bars(f1: np.ndarray, counts: np.ndarray, class_names: Sequen
     ax.axvline(
         f1.mean(), color="grey", linestyle="--", linewidth=1, label=f"mean F1 {f1.mean():.3f}"
     )
-    lo = max(0.0, float(f1.min()) - 0.1)
-    ax.set_xlim(lo, 1.0)
+    ax.set_xlim(0.0, 1.0)  # from 0: a zoomed axis exaggerates small differences
     ax.set_xlabel("per-class F1")
-    ax.set_title(f"Per-class F1 ({f1.size} classes; training images in brackets)")
+    ax.set_title(_titled(title, f"per-class F1 ({f1.size} classes; training images in brackets)"))
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
 def plot_training_curves(
-    history: Sequence[Mapping[str, float | int | None]], path: str | os.PathLike[str]
+    history: Sequence[Mapping[str, float | int | None]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    best_epoch: int | None = None,
 ) -> Path:
     """Per-epoch losses (left) and validation metrics (right) from a training history.
 
@@ -123,6 +126,7 @@ def plot_training_curves(
     "val_macro_f1": 0.41, "val_top1": 0.55}``. Keys ending in ``loss`` go on the left panel,
     other keys starting with ``val_`` on the right; epochs missing a key (validation every few
     epochs) are skipped for that curve. Without ``"epoch"`` the x axis is 1, 2, ...
+    ``best_epoch`` (the epoch kept) is marked on both panels.
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
@@ -141,30 +145,86 @@ def plot_training_curves(
 
     fig = _figure(10.0, 4.0)
     ax_loss, ax_metric = fig.subplots(1, 2)
-    for ax, group, ylabel, title in (
+    if title:
+        fig.suptitle(title)
+    ax_metric.set_ylim(0, 1.02)  # scores from 0, so small gains look small
+    for ax, group, ylabel, panel in (
         (ax_loss, loss_keys, "loss", "Loss"),
         (ax_metric, metric_keys, "score", "Validation metrics"),
     ):
         for key in group:
             xs, ys = series(key)
             ax.plot(xs, ys, marker="o", markersize=3, label=key)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:red", linestyle="--", linewidth=1,
+                       label=f"best epoch {best_epoch} (kept)")  # fmt: skip
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.grid(True, alpha=0.3)
-        if group:
-            ax.legend()
+        if group or best_epoch is not None:
+            ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
 
 
-def plot_roc(curves: Mapping[str, tuple[object, object]], path: str | os.PathLike[str]) -> Path:
+def plot_confusion(
+    y_true: object,
+    y_pred: object,
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    max_classes: int = 20,
+) -> Path:
+    """Row-normalised confusion matrix; with more than ``max_classes`` classes, the classes
+    involved in the most confusions only (their errors with the others are left out)."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    n = len(class_names)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    keep = np.arange(n)
+    if n > max_classes:
+        off = cm - np.diag(np.diag(cm))
+        keep = np.sort(np.argsort(-(off.sum(0) + off.sum(1)), kind="stable")[:max_classes])
+    sub = cm[np.ix_(keep, keep)].astype(np.float64)
+    norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
+    size = 2.0 + 0.42 * len(keep)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [str(class_names[i]) for i in keep]
+    ax.set_xticks(np.arange(len(keep)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(len(keep)), names, fontsize=7)
+    for i in range(len(keep)):
+        for j in range(len(keep)):
+            if sub[i, j]:
+                ax.text(j, i, int(sub[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    shown = "" if len(keep) == n else f"; the {len(keep)} most-confused of {n} classes"
+    ax.set_title(_titled(title, f"confusion matrix (rows sum to 1{shown})"), fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def _titled(title: str | None, what: str) -> str:
+    return f"{title}\n{what}" if title else what[0].upper() + what[1:]
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[object, object]],
+    path: str | os.PathLike[str],
+    summaries: Mapping[str, tuple[float, float]] | None = None,
+    title: str | None = None,
+) -> Path:
     """ROC curves of several unknown detectors on one axis.
 
     ``curves`` maps a detector name to ``(is_known (N,) bool, scores (N,))`` with higher score =
     more known (the ``score_samples`` convention). The x axis is the fraction of unknowns
-    accepted, the y axis the fraction of knowns accepted; legends give AUROC and FPR@95%TPR.
+    accepted, the y axis the fraction of knowns accepted; legends give AUROC and FPR@95%TPR
+    (``summaries[name] = (auroc, fpr95)`` when given, e.g. means over several draws).
     """
     from sklearn.metrics import roc_curve
 
@@ -176,20 +236,19 @@ def plot_roc(curves: Mapping[str, tuple[object, object]], path: str | os.PathLik
         known = np.asarray(is_known, dtype=bool)
         s = np.asarray(scores, dtype=np.float64)
         fpr, tpr, _ = roc_curve(known, s)
-        summary = openset_scores(known, s)
-        ax.plot(
-            fpr,
-            tpr,
-            linewidth=1.5,
-            label=f"{name} (AUROC {summary['auroc']:.3f}, FPR95 {summary['fpr95']:.3f})",
-        )
+        if summaries is not None and name in summaries:
+            auroc, fpr95 = summaries[name]
+        else:
+            summary = openset_scores(known, s)
+            auroc, fpr95 = summary["auroc"], summary["fpr95"]
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {auroc:.3f}, FPR95 {fpr95:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("unknowns accepted (false positive rate)")
     ax.set_ylabel("knowns accepted (true positive rate)")
-    ax.set_title("Unknown detection ROC")
+    ax.set_title(_titled(title, "unknown detection ROC") if title else "Unknown detection ROC")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

@@ -19,6 +19,7 @@ import numpy as np
 
 import embedstore
 from embedstore import Result
+from embedstore._options import Runtime
 from heads._errors import HeadsError
 from heads._loaded import Predictor, load, log_softmax
 
@@ -104,6 +105,7 @@ class Prediction(Result):
     unknown: bool | None = None
     unknown_score: float | None = None
     expected_cost: float | None = None
+    group: str | None = None
     error: str | None = None
 
     def items_(self) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class Prediction(Result):
             return {"path": self.path, "error": self.error}
         out = {"path": self.path, "top_k": self.top_k, "label": self.label, "unknown": self.unknown,
                "id": self.id}  # fmt: skip
-        for k in ("unknown_score", "expected_cost"):
+        for k in ("unknown_score", "expected_cost", "group"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
@@ -121,19 +123,29 @@ def predict(
     run: str | os.PathLike | Predictor,
     images: list[str | os.PathLike | bytes] | None = None,
     *,
+    ids: list[str] | None = None,
     images_dir: str | os.PathLike | None = None,
     top_k: int = 5,
     prior: str | None = None,
     cost_matrix: str | None = None,
     device: str = "auto",
+    runtime: Runtime = "auto",
     batch_size: int = 32,
     backbones: dict[str, Any] | None = None,
+    resident: embedstore.Resident | None = None,
+    group_by: str | None = None,
 ) -> list[Prediction]:
-    """Top-k labels with probabilities for each image (a file, or bytes); one result per image.
+    """Top-k labels with probabilities for each image (a file, or bytes) and each stored row id
+    in ``ids``; one result per input, files first.
 
     ``run`` is a run or ensemble directory, or one already loaded (``heads.load``).
     Stored images reuse their stored embeddings; new ones are embedded with the run's recorded
-    backbone(s) (``backbones``: a ``{column: Backbone}`` cache kept across calls).
+    backbone(s). ``backbones`` (a ``{column: Backbone}`` cache kept across calls) and
+    ``resident`` (the store's embeddings held in memory) are what a long-lived caller (the
+    service) passes to skip loading. ``runtime`` embeds new images (``auto``: ONNX Runtime on
+    the CPU, torch on CUDA; ``torch`` or ``onnx`` to choose). ``group_by`` gives every image of
+    a group one answer from their mean logits (FungiCLEF style: several photos of one specimen):
+    a store column (for stored images), or ``"folder"`` (the image file's folder).
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
@@ -144,23 +156,52 @@ def predict(
         if not root.is_dir():
             raise HeadsError(f"{root}: --images folder not found")
         paths += [str(f.path) for f in embedstore.find_images(root) if f.supported]
-    if not paths:
+    if not paths and not ids:
         raise HeadsError("no images given; name image files or use --images DIR")
     if top_k < 1:
         raise HeadsError(f"--top-k must be at least 1, not {top_k}")
-    classes = model.classes
-    pri = read_prior(prior, classes) if prior else None
-    cost = read_cost_matrix(cost_matrix, classes) if cost_matrix else None
-    try:
-        st = embedstore.connect(model.store_path, create=False)
-    except embedstore.StoreError:
-        st = None  # the run's store is gone: every image is embedded anew
+    pri = read_prior(prior, model.classes) if prior else None
+    cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
+    st = None
+    if resident is None:
+        try:
+            st = embedstore.connect(model.store_path, create=False)
+        except embedstore.StoreError:
+            st = None  # the run's store is gone: every image is embedded anew
     inputs = embedstore.read_inputs(paths)
+    inputs += [embedstore.Input(i, i.lower() if _is_id(i) else None, error=None if _is_id(i)
+               else "not a stored row id (64 hex digits)") for i in (ids or [])]  # fmt: skip
+    columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()}
+    meta = [*model.columns, *([group_by] if group_by not in (None, "folder") else [])]
     batch = embedstore.embed_inputs(
-        st, inputs, {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()},
-        meta_columns=model.columns, device=device, batch_size=batch_size, backbones=backbones,
+        st, inputs, columns, meta_columns=meta, device=device, runtime=runtime,
+        batch_size=batch_size, backbones=backbones, resident=resident,
     )  # fmt: skip
-    results = [Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(inputs)]
+    groups = None
+    if group_by == "folder":
+        groups = [str(Path(q.name).parent) if q.data is not None and not q.name.startswith("upload ")
+                  else None for q in inputs]  # fmt: skip
+    elif group_by is not None:
+        groups = [None if v is None else str(v) for v in batch.table[group_by]]
+    return predict_embeddings(model, batch, top_k=top_k, prior=pri, cost=cost, groups=groups)
+
+
+def predict_embeddings(
+    model: Predictor,
+    batch: embedstore.EmbeddedInputs,
+    *,
+    top_k: int = 5,
+    prior: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
+    groups: list[str | None] | None = None,
+) -> list[Prediction]:
+    """Predictions for inputs already embedded (``embedstore.embed_inputs``): top-k, the
+    ``prior`` adjustment, the least-cost label, the unknown decision. Inputs sharing a
+    ``groups`` key (None: a group of its own) get one answer from their mean logits and scores."""
+    classes = model.classes
+    results = [
+        Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(batch.inputs)
+    ]
     sel = np.flatnonzero(batch.ok)
     if not len(sel):
         return results
@@ -168,11 +209,24 @@ def predict(
     subt = {c: v[sel] for c, v in batch.table.items()}
     logits = model.logits(sub, subt)
     scores = model.unknown_scores(sub, logits, subt)
+    if groups is not None:  # one answer per group: mean logits (and scores) over its images
+        keys = np.array(
+            [groups[j] if groups[j] is not None else f"\0{j}" for j in sel], dtype=object
+        )
+        _, inv = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inv)[:, None]
+        mean = np.zeros((inv.max() + 1, logits.shape[1]))
+        np.add.at(mean, inv, logits)
+        logits = (mean / counts)[inv].astype(np.float32)
+        if scores is not None:
+            scores = (np.bincount(inv, weights=scores) / counts[:, 0])[inv]
+        for j in sel:
+            results[j].group = groups[j]
     unknown = model.is_unknown(scores) if scores is not None else None
     logits = logits.astype(np.float64)
-    if pri is not None:
+    if prior is not None:
         train_prior = model.train_counts / model.train_counts.sum()
-        logits = logits + np.log(np.maximum(pri, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
+        logits = logits + np.log(np.maximum(prior, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
     probs = np.exp(log_softmax(logits))
     k = min(top_k, len(classes))
     top = np.argsort(-probs, axis=1)[:, :k]
@@ -189,3 +243,40 @@ def predict(
             if r.unknown:
                 r.label = model.unknown_label
     return results
+
+
+def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike) -> Path:
+    """A CSV of predictions: ``path, id, label, probability`` (of the top label), ``unknown``,
+    ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "path",
+                "id",
+                "label",
+                "probability",
+                "unknown",
+                "unknown_score",
+                "group",
+                "top_k",
+                "error",
+            ]
+        )
+        for p in predictions:
+            top = p.top_k or []
+            w.writerow([
+                p.path, p.id or "", p.label or "", f"{top[0]['probability']:.6f}" if top else "",
+                "" if p.unknown is None else str(p.unknown).lower(),
+                "" if p.unknown_score is None else f"{p.unknown_score:.6f}", p.group or "",
+                ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top), p.error or "",
+            ])  # fmt: skip
+    os.replace(tmp, path)
+    return path
+
+
+def _is_id(s: str) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdefABCDEF" for c in s)

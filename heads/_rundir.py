@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,18 @@ def save_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> 
     path = run_dir / name
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return _sha256(path)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Put the complete folder ``new`` at ``dest`` (replacing what was there) with renames, so a
+    reader sees the old folder or the new one, never a mix."""
+    dest = Path(dest)
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

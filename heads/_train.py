@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,29 @@ import torch
 from sklearn.base import clone
 
 from embedstore import Result
-from heads._data import FoldData, aux_matrix, check_finite, fold_rows, load_fold_data, meta_table
+from heads._data import (
+    FoldData,
+    aux_matrix,
+    check_finite,
+    fold_rows,
+    holdout_leakage,
+    load_fold_data,
+    meta_table,
+)
 from heads._encoders import MetadataEncoder
 from heads._ensemble import ensemble
 from heads._errors import HeadsError
 from heads._evaluate import EvalResult, evaluate
 from heads._plots import plot_training_curves
 from heads._registry import HEADS
-from heads._rundir import RUN_FORMAT, save_tensors, write_config, write_history, write_val
+from heads._rundir import (
+    RUN_FORMAT,
+    replace_dir,
+    save_tensors,
+    write_config,
+    write_history,
+    write_val,
+)
 from heads._unknown import DETECTORS, UnknownDetector
 
 _NOT_HEAD_OPTIONS = ("seed", "device")  # options every head may ignore
@@ -58,6 +76,7 @@ class TrainResult(Result):
     ensemble: str | None
     metrics: list[FoldResult]
     ensemble_metrics: EvalResult | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +114,8 @@ def train(
     unknown_label: str = "unknown",
     where: str | None = None,
     progress: bool = True,
+    on_fold: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
     **head_options: Any,
 ) -> TrainResult:
     """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
@@ -104,6 +125,9 @@ def train(
     ``metadata`` columns are encoded (fitted on the training part only) and fed to the head;
     ``aux_targets`` are binary columns learned as auxiliary outputs (e.g. poisonous).
     ``unknown`` attaches an unknown-class detector calibrated on the validation fold.
+    An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
+    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that raises
+    from it stops the training between folds: how the service cancels a job).
 
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
     """
@@ -116,6 +140,7 @@ def train(
             f"{data.store_path}: no labelled images; label them by class folders or `embedstore ingest --label-column`"
         )
     folds = _folds_to_train(data, fold)
+    leaks = holdout_leakage(data)
     base = (
         Path(out)
         if out is not None
@@ -123,35 +148,56 @@ def train(
     )
     if base.exists() and not base.is_dir():
         raise HeadsError(f"{base}: --out is a file; give a directory")
+    if base.exists() and any(base.iterdir()) and not overwrite:
+        raise HeadsError(
+            f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
+        )
+    # Train into a hidden folder beside --out and swap it in whole when complete: a run killed or
+    # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
+    work = base.parent / f".{base.name}.partial-{uuid.uuid4().hex[:8]}"
     runs, metrics = [], []
     settings = {"head": head, "metadata": list(metadata), "aux_targets": list(aux_targets),
                 "unknown": unknown, "unknown_label": unknown_label, "where": where}  # fmt: skip
-    for k in folds:
-        run_dir = base / f"fold{k}" if fold == "all" else base
-        f = prepare_fold(data, k, list(metadata), list(aux_targets), unknown_label)
-        model = clone(estimator)
-        fit_s = fit_fold(model, data, f)
-        val_logits, det, val_scores = calibrate_fold(
-            model, None if detector is None else clone(detector), data, f
-        )
-        save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, settings)
-        res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
-        runs.append(str(run_dir))
-        metrics.append(
-            FoldResult(
-                str(run_dir),
-                k,
-                round(fit_s, 3),
-                len(getattr(model, "history_", []) or []),
-                res.metrics,
-                f.extra.get("knn_top1_by_k"),
-            )  # fmt: skip
-        )
-    ens, ens_metrics = None, None
-    if fold == "all" and len(runs) > 1:
-        ens_metrics = ensemble(runs, base)
-        ens = ens_metrics.run
-    return TrainResult(runs, ens, metrics, ens_metrics)
+    try:
+        for done, k in enumerate(folds):
+            if on_fold is not None:
+                on_fold(done, len(folds))
+            run_dir = work / f"fold{k}" if fold == "all" else work
+            f = prepare_fold(data, k, list(metadata), list(aux_targets), unknown_label)
+            model = clone(estimator)
+            model._progress_desc = f"{head} fold {k} ({done + 1}/{len(folds)})"
+            fit_s = fit_fold(model, data, f)
+            val_logits, det, val_scores = calibrate_fold(
+                model, None if detector is None else clone(detector), data, f
+            )
+            save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, settings)
+            res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
+            runs.append(str(run_dir))
+            metrics.append(
+                FoldResult(
+                    str(base / run_dir.relative_to(work)) if run_dir != work else str(base),
+                    k,
+                    round(fit_s, 3),
+                    len(getattr(model, "history_", []) or []),
+                    res.metrics,
+                    f.extra.get("knn_top1_by_k"),
+                )  # fmt: skip
+            )
+        ens, ens_metrics = None, None
+        if fold == "all" and len(runs) > 1:
+            ens_metrics = ensemble(runs, work)
+            ens_metrics.run = ens = str(base)
+            for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
+                if getattr(ens_metrics, png):
+                    setattr(ens_metrics, png, str(base / Path(getattr(ens_metrics, png)).name))
+        replace_dir(work, base)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
+        raise
+    runs = [m.run for m in metrics]
+    if on_fold is not None:
+        on_fold(len(folds), len(folds))
+    return TrainResult(runs, ens, metrics, ens_metrics, leaks)
 
 
 # ---------------------------------------------------------------------------- build once
@@ -314,7 +360,10 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
     history = list(getattr(model, "history_", []) or [])
     write_history(run_dir, history)
     if history:
-        plot_training_curves(history, run_dir / "curves.png")
+        plot_training_curves(
+            history, run_dir / "curves.png", best_epoch=getattr(model, "best_epoch_", None),
+            title=f"{settings['head']} on {data.backbone.backbone}, fold {f.k}: training curves",
+        )  # fmt: skip
     obs_col = data.extra.get("obs_column")
     write_val(
         run_dir, data.ids[f.val_rows], data.labels[f.val_rows], val_logits, val_scores,

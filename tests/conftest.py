@@ -38,6 +38,20 @@ def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size:
     return paths
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports (``runtime="auto"`` on the CPU exports each backbone once) go to a folder
+    of this test session, not the user's ~/.cache/embedstore."""
+    before = os.environ.get("EMBEDSTORE_CACHE")
+    path = tmp_path_factory.mktemp("embedstore-cache")
+    os.environ["EMBEDSTORE_CACHE"] = str(path)
+    yield path / "onnx"
+    if before is None:
+        os.environ.pop("EMBEDSTORE_CACHE", None)
+    else:
+        os.environ["EMBEDSTORE_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors and indexes: intra-op and OpenMP threads only add start-up and spinning

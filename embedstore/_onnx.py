@@ -1,0 +1,439 @@
+"""ONNX Runtime for backbones: export once, check against torch, cache, run on the CPU.
+
+On a CPU, ONNX Runtime runs a convolutional backbone several times faster than torch eager
+(convolutions fused with their batch norms and activations, its own blocked kernels:
+efficientnet-lite0 5-6x on 2 cores; ``benchmarks/RESULTS.md``, "ONNX Runtime"); for the
+Hugging Face transformers (DINOv2) it measured no faster than torch, so ``auto`` keeps torch
+for them (``Backbone.prefers_onnx_on_cpu``).
+A backbone is exported once with ``torch.onnx.export`` (the normalisation included, so the graph
+takes the ``uint8`` batches the decode workers make) into a cache folder keyed by everything
+that changes its output: the weights' SHA-256, pooling, input size, mean/std, and the exporter's
+opset and library versions. Before it is kept, each export is checked against torch on a probe
+batch (cosine >= 0.9999); its files' SHA-256 are written to a manifest that is checked each time
+it is loaded, so an export that is stale, edited or cut short is rebuilt, never trusted.
+
+:func:`with_runtime` is the one place a runtime setting becomes a backbone that runs with it;
+ingest, lookup and predict (through :func:`embedstore.embed_inputs`) all go through it.
+
+>>> bb = with_runtime(create_backbone("efficientnet-lite0"), "auto", "cpu")
+>>> bb.runtime, bb.describe()["runtime"]
+('onnx', 'onnx')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedstore._backbones import Backbone, BackboneError, _sha256_file
+from embedstore._device import resolve_device
+from embedstore._options import RUNTIMES, Runtime, check_choice
+
+EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, outputs, what is inside)
+OPSET = 18
+MIN_COSINE = 0.9999  # an export whose probe embeddings differ more from torch's is refused
+MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
+_TRACE_BATCH, _PROBE_BATCH = 2, 3  # probing at another batch size checks the dynamic batch axis
+_INSTALL_HINT = (
+    "runtime 'onnx' needs onnxruntime (a dependency of embedstore: `pip install onnxruntime`, "
+    "and onnx onnxscript to export a backbone), or use --runtime torch"
+)
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def onnx_cache_dir() -> Path:
+    """Where exports are kept: ``$EMBEDSTORE_CACHE/onnx``, else ``~/.cache/embedstore/onnx``
+    (``$XDG_CACHE_HOME`` honoured)."""
+    root = os.environ.get("EMBEDSTORE_CACHE")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "embedstore")
+    return Path(root).expanduser() / "onnx"
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may use (its affinity mask), ONNX Runtime's intra-op threads."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_runtime(
+    runtime: Runtime = "auto",
+    device: str | torch.device = "auto",
+    backbone: Backbone | None = None,
+) -> str:
+    """``"torch"`` or ``"onnx"`` for a runtime setting on a device (and a backbone).
+
+    ``auto`` is ONNX Runtime on the CPU when it is installed and the backbone runs faster there
+    (``backbone.prefers_onnx_on_cpu``: efficientnet-lite0 yes; the Hugging Face transformers
+    no, ONNX Runtime measured 0.8-0.9x torch for DINOv2-small), torch anywhere else (CUDA keeps
+    its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only.
+
+    >>> resolve_runtime("auto", "cpu", create_backbone("efficientnet-lite0"))
+    'onnx'
+    """
+    check_choice(runtime, RUNTIMES, "runtime")
+    dev = resolve_device(device)
+    if runtime == "torch":
+        return "torch"
+    if runtime == "auto" and backbone is not None and not backbone.prefers_onnx_on_cpu:
+        return "torch"
+    if dev.type != "cpu":
+        if runtime == "auto":
+            return "torch"
+        raise BackboneError(
+            f"runtime 'onnx' runs on the CPU, not {dev}; use --runtime torch (or auto) on "
+            f"{dev.type}, or --device cpu"
+        )
+    try:
+        _import_onnxruntime()
+    except BackboneError:
+        if runtime == "auto":
+            return "torch"
+        raise
+    return "onnx"
+
+
+def with_runtime(
+    backbone: Backbone,
+    runtime: Runtime = "auto",
+    device: str | torch.device = "auto",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> Backbone:
+    """``backbone`` ready to embed on ``device`` with ``runtime`` (see :func:`resolve_runtime`:
+    ``auto`` is ONNX Runtime on the CPU for backbones that run faster there).
+
+    For ONNX Runtime the backbone is exported (or its cached export loaded and verified) and an
+    :class:`OnnxBackbone` returned: same name, preprocessing and description, ``runtime`` =
+    ``"onnx"``. With ``auto``, a backbone that cannot be exported, or whose export disagrees
+    with torch, warns and runs with torch; with ``onnx`` it raises :class:`BackboneError`.
+    ``threads``: ONNX Runtime's intra-op threads (default: every core, :func:`cpu_threads`).
+    """
+    dev = resolve_device(device)
+    chosen = resolve_runtime(runtime, dev, backbone)
+    if backbone.runtime == chosen:
+        return backbone.to(dev)
+    if chosen == "torch":
+        raise BackboneError(
+            f"backbone {backbone.name!r} was built for {backbone.runtime}; build it again "
+            "(create_backbone) to run it with torch"
+        )
+    try:
+        return OnnxBackbone(backbone, export_onnx(backbone, cache_dir), threads=threads)
+    except BackboneError as e:
+        if runtime == "onnx":
+            raise
+        warnings.warn(f"{e}; running {backbone.name} with torch", RuntimeWarning, stacklevel=2)
+        return backbone.to(dev)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class OnnxBackbone(Backbone):
+    """A backbone run by ONNX Runtime on the CPU from its verified export.
+
+    ``embed(uint8 (B, 3, H, W)) -> float32 (B, dim)`` as every backbone; the graph normalises
+    and pools itself. It keeps the torch backbone's description (so stored columns rebuild and
+    compare as before) and adds ``runtime: "onnx"`` and the onnxruntime version.
+    """
+
+    runtime = "onnx"
+    prefers_onnx_on_cpu = True
+
+    def __init__(self, base: Backbone, path: str | os.PathLike, *, threads: int | None = None):
+        super().__init__()
+        self.name, self.dim, self.preprocess = base.name, base.dim, base.preprocess
+        self.source, self.weights_sha256 = base.source, base.weights_sha256
+        self.pooling = getattr(base, "pooling", "avg")
+        self.path = Path(path)
+        self.threads = threads or cpu_threads()
+        self._describe = base.describe()
+        try:
+            self.session = _session(self.path, self.threads)
+        except BackboneError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+            raise BackboneError(f"ONNX Runtime cannot load {self.path}: {e}") from e
+        self._input = self.session.get_inputs()[0].name
+
+    def to(self, device: str | torch.device, autocast: bool = True) -> Backbone:
+        if torch.device(device).type != "cpu":
+            raise BackboneError(
+                f"{self.name} runs with ONNX Runtime on the CPU; rebuild it for {device} with "
+                "runtime 'torch'"
+            )
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8`` images (B, 3, H, W) -> embeddings float32 (B, dim), on the CPU."""
+        x = np.ascontiguousarray(images.cpu().numpy(), dtype=np.uint8)  # no copy when it can
+        out = self.session.run(None, {self._input: x})[0]  # (B, dim) float32
+        return torch.from_numpy(out)
+
+    def describe(self) -> dict[str, Any]:
+        versions = {**self._describe.get("versions", {}), "onnxruntime": _version("onnxruntime")}
+        return {**self._describe, "runtime": "onnx", "versions": versions}
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackboneError(_INSTALL_HINT) from e
+    return onnxruntime
+
+
+def _session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads, one op at a time, every graph
+    optimisation (fusions, blocked NCHWc layouts)."""
+    ort = _import_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only
+    # Idle intra-op threads sleep instead of spinning: between ops and batches the cores go to
+    # the decode workers (ingest) or other work, not to busy-waiting.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------- exporting
+
+
+def export_key(backbone: Backbone) -> dict[str, Any]:
+    """Everything an export depends on; its SHA-256 names the cache folder."""
+    d = backbone.describe()
+    key = {
+        "format": EXPORT_FORMAT,
+        "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+        "source": d.get("source"),
+        "weights_sha256": _weights_fingerprint(backbone),
+        "pooling": d.get("pooling"),
+        "input_size_px": d.get("input_size_px"),
+        "mean": d.get("mean"),
+        "std": d.get("std"),
+        "dim": d.get("dim"),
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "onnxscript": _version("onnxscript"),
+    }
+    return json.loads(json.dumps(key))  # as a manifest reads back (lists, not tuples)
+
+
+def export_onnx(backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The verified ONNX export of a torch ``backbone``: from the cache when it is sound, else
+    exported, checked against torch and written there. Returns the ``model.onnx`` path.
+
+    Raises :class:`BackboneError` when the model cannot be exported or its export disagrees
+    with torch (min cosine below :data:`MIN_COSINE` on the probe batch).
+    """
+    key = export_key(backbone)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else onnx_cache_dir()
+    slug = re.sub(r"[^0-9A-Za-z]+", "-", backbone.name).strip("-").lower() or "backbone"
+    folder = root / f"{slug}-{digest[:16]}"
+    problem = check_export(folder, key)
+    if problem is None:
+        return folder / MODEL_FILE
+    if folder.exists():
+        warnings.warn(f"{folder}: {problem}; exporting it again", RuntimeWarning, stacklevel=2)
+    tmp = root / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        _export(backbone, tmp, key)
+        _publish(tmp, folder, key)
+    except OSError as e:
+        raise BackboneError(
+            f"cannot write the ONNX export of {backbone.name} under {root} ({e}); set "
+            "EMBEDSTORE_CACHE to a writable folder"
+        ) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / MODEL_FILE
+
+
+def check_export(folder: Path, key: dict[str, Any]) -> str | None:
+    """None when ``folder`` holds a complete export for ``key`` whose files match the SHA-256
+    its manifest recorded; else what is wrong with it."""
+    if not (folder / MANIFEST_FILE).is_file():
+        return "no export yet" if not folder.exists() else "no manifest (an interrupted export)"
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable manifest"
+    if manifest.get("key") != key:
+        return "its manifest describes another model or library versions (stale)"
+    if MODEL_FILE not in files:
+        return "its manifest lists no model file"
+    for name, sha in files.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _sha256_file(p) != sha:
+            return f"{name} does not match the SHA-256 its manifest recorded (corrupt or edited)"
+    return None
+
+
+class _Exportable(torch.nn.Module):
+    """``uint8`` images (B, 3, H, W) -> embeddings (B, dim): the backbone's normalise + forward."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model  # registered, so its weights become the graph's initialisers
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone._forward(self.backbone.preprocess.normalize(images))  # (B, dim)
+
+
+def _export(backbone: Backbone, folder: Path, key: dict[str, Any]) -> None:
+    """Export into ``folder``, check it against torch, then write the manifest (last)."""
+    folder.mkdir(parents=True)
+    backbone.to("cpu", autocast=False)
+    px = backbone.preprocess.crop_px
+    example = torch.from_numpy(probe_images(_TRACE_BATCH, px))  # (2, 3, px, px) uint8
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            torch.onnx.export(
+                _Exportable(backbone).eval(), (example,), str(folder / MODEL_FILE),
+                input_names=["images"], output_names=["embeddings"], opset_version=OPSET,
+                dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                external_data=True, optimize=True, verbose=False,
+            )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean "cannot"
+        raise BackboneError(
+            f"cannot export {backbone.name} to ONNX ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+        ) from e
+    seconds = time.perf_counter() - t0
+    check = _compare(backbone, folder / MODEL_FILE, px)
+    files = {p.name: _sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = {"key": key, "files": files, "check": check, "export_seconds": round(seconds, 2),
+                "exporter": "torch.onnx.export(dynamo=True)", "created_at": _now()}  # fmt: skip
+    with open(folder / MANIFEST_FILE, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _compare(backbone: Backbone, path: Path, px: int) -> dict[str, Any]:
+    """Probe embeddings from the export against torch's; BackboneError below MIN_COSINE."""
+    x = probe_images(_PROBE_BATCH, px)
+    want = backbone.embed(torch.from_numpy(x)).cpu().numpy()  # (3, dim) torch eager, float32
+    got = _session(path, 1).run(None, {"images": x})[0]  # (3, dim)
+    stats = embedding_agreement(got, want)
+    if not stats["min_cosine"] >= MIN_COSINE:  # NaN fails too
+        raise BackboneError(
+            f"the ONNX export of {backbone.name} differs from torch (min cosine "
+            f"{stats['min_cosine']:.6f} < {MIN_COSINE}, max abs diff {stats['max_abs_diff']:.2e})"
+        )
+    return {"probe_images": _PROBE_BATCH, **stats}
+
+
+def embedding_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """``max_abs_diff`` and per-row ``min_cosine`` of two ``(n, d)`` embedding arrays."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(1) / np.maximum(na * nb, 1e-30)  # (n,)
+    return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+
+
+def probe_images(n: int, px: int, seed: int = 0) -> np.ndarray:
+    """``n`` deterministic ``uint8`` images (n, 3, px, px): smooth colour ramps with noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, px)
+    yy, xx = np.meshgrid(ramp, ramp, indexing="ij")  # (px, px)
+    base = np.stack([xx, yy, 1.0 - xx * yy])  # (3, px, px)
+    out = [255 * base * rng.uniform(0.3, 1.0, (3, 1, 1)) + rng.normal(0, 24, (3, px, px))
+           for _ in range(n)]  # fmt: skip
+    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
+def _publish(tmp: Path, folder: Path, key: dict[str, Any]) -> None:
+    """Move a finished export into place; a sound one another process published first wins."""
+    try:
+        os.rename(tmp, folder)
+        return
+    except OSError:
+        if check_export(folder, key) is None:
+            return
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
+
+
+def _weights_fingerprint(backbone: Backbone) -> str:
+    """The recorded weights SHA-256, or (when unknown) one of the model's tensors."""
+    sha = getattr(backbone, "weights_sha256", None)
+    if sha and sha != "unknown":
+        return sha
+    h = hashlib.sha256()
+    for name, t in sorted(backbone.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "tensors:" + h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's progress lines and warnings off; errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+__all__ = [
+    "MIN_COSINE",
+    "OnnxBackbone",
+    "check_export",
+    "cpu_threads",
+    "embedding_agreement",
+    "export_key",
+    "export_onnx",
+    "onnx_cache_dir",
+    "probe_images",
+    "resolve_runtime",
+    "with_runtime",
+]
