@@ -211,7 +211,7 @@ def _ray_options(f: Any) -> Any:
     type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
-    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch.",
 )
 @click.option(
     "--workers",
@@ -423,7 +423,7 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
-    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch.",
 )
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per query.")
 def lookup_cmd(
@@ -876,7 +876,7 @@ def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> N
     type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
-    help="What runs the backbone: ONNX Runtime (CPU) or torch; auto: onnx on CPU, torch on CUDA.",
+    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch.",
 )
 @click.option(
     "--group-by", default=None,

@@ -129,9 +129,9 @@ def embed_inputs(
     (``backbones`` is a cache ``{column: Backbone}`` filled as backbones are built). With
     ``resident`` (the store's rows held in memory) stored rows come from it, not from a read.
     A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
-    error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU, torch
-    on CUDA; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone of the other
-    runtime is rebuilt.
+    error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU where it
+    is faster, else torch; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone
+    of the other runtime is rebuilt.
     """
     check_choice(runtime, RUNTIMES, "runtime")
     n = len(inputs)

@@ -163,8 +163,8 @@ def ingest(
     """Embed every image under ``images_dir`` into ``store``; returns what it did.
 
     Re-running adds only what is new; a new backbone embeds only for that backbone.
-    ``runtime``: ``auto`` runs backbones with ONNX Runtime on the CPU (exported once, cached)
-    and with torch on CUDA; ``torch`` or ``onnx`` to choose (embedstore._onnx.resolve_runtime).
+    ``runtime``: ``auto`` runs backbones with ONNX Runtime on the CPU where it is faster
+    (efficientnet-lite0; exported once, cached) and with torch otherwise; ``torch`` or ``onnx`` to choose (embedstore._onnx.resolve_runtime).
 
     ``engine="ray"`` runs decoding and the backbones on a Ray cluster (``ray_address``,
     ``actors``, ``gpus_per_actor``, ``cpus_per_actor``; embedstore._ray_ingest) and writes the

@@ -97,8 +97,8 @@ def lookup(
     do not vote; scores are shares of the labelled votes). Raises :class:`StoreError` with a
     message for bad input. ``resident`` (the store's embeddings held in memory, as the service
     keeps them) and ``backbones`` (a ``{column: Backbone}`` cache) spare the reads and the
-    model loading. ``runtime`` embeds new query files (``auto``: ONNX Runtime on the CPU, torch
-    on CUDA).
+    model loading. ``runtime`` embeds new query files (``auto``: ONNX Runtime on the CPU where it
+    is faster, else torch).
     """
     st = open_store(store)
     queries = [q if isinstance(q, bytes) else str(q) for q in queries]

@@ -22,8 +22,8 @@ Pooling = Literal["cls", "mean", "cls+mean"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 EmbDtype = Literal["float16", "float32"]
 EMB_DTYPES: tuple[str, ...] = get_args(EmbDtype)
-# What runs a backbone's forward pass: "auto" is ONNX Runtime on the CPU (when installed) and
-# torch on CUDA / MPS; see embedstore._onnx.resolve_runtime.
+# What runs a backbone's forward pass: "auto" is ONNX Runtime on the CPU for backbones it runs
+# faster (efficientnet-lite0), torch otherwise; see embedstore._onnx.resolve_runtime.
 Runtime = Literal["auto", "torch", "onnx"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 # Where ingest and batch prediction run: this process ("local") or a Ray cluster ("ray", the

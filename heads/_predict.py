@@ -143,7 +143,7 @@ def predict(
     backbone(s). ``backbones`` (a ``{column: Backbone}`` cache kept across calls) and
     ``resident`` (the store's embeddings held in memory) are what a long-lived caller (the
     service) passes to skip loading. ``runtime`` embeds new images (``auto``: ONNX Runtime on
-    the CPU, torch on CUDA; ``torch`` or ``onnx`` to choose). ``group_by`` gives every image of
+    the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives every image of
     a group one answer from their mean logits (FungiCLEF style: several photos of one specimen):
     a store column (for stored images), or ``"folder"`` (the image file's folder).
 

@@ -188,7 +188,9 @@ def test_add_images_then_searchable_at_once_and_exactly_once(client, flowers):
     n0 = st.count()
     new = _reencoded(_photo(flowers, "tigerlily", 2), quality=55)  # new bytes, same flower
     r = client.post(
-        "/v1/images", files=[("images", ("n.jpg", new))], data={"label": "tigerlily", "site": "garden"}
+        "/v1/images",
+        files=[("images", ("n.jpg", new))],
+        data={"label": "tigerlily", "site": "garden"},
     )
     assert r.status_code == 201, r.text
     (new_id,) = r.json()["ids"]
@@ -196,7 +198,9 @@ def test_add_images_then_searchable_at_once_and_exactly_once(client, flowers):
     look = client.post("/v1/lookup", json={"ids": [new_id], "k": 2}).json()[0]
     assert look["neighbors"][0]["id"] == new_id and look["neighbors"][0]["label"] == "tigerlily"
     assert look["neighbors"][0]["site"] == "garden"
-    again = client.post("/v1/images", files=[("images", ("n2.jpg", new))], data={"label": "tigerlily"})
+    again = client.post(
+        "/v1/images", files=[("images", ("n2.jpg", new))], data={"label": "tigerlily"}
+    )
     assert again.status_code == 201 and again.json()["new_images"] == 0
     assert st.count() == n0 + 1
     bad = client.post("/v1/images", files=[("images", ("x.jpg", b"nope"))])
@@ -307,10 +311,13 @@ def test_kill_9_while_adding_and_training_loses_nothing_acknowledged(tmp_path, t
             assert r.status_code == 201, r.text
             acknowledged += r.json()["ids"]
             k += 1
+
         # one more upload in flight when the server dies (its answer never comes)
         def in_flight() -> None:
             try:
-                httpx.post(f"{url}/v1/images", files=[("images", ("z.png", buf.getvalue()))], timeout=30)
+                httpx.post(
+                    f"{url}/v1/images", files=[("images", ("z.png", buf.getvalue()))], timeout=30
+                )
             except httpx.HTTPError:
                 pass
 
