@@ -549,6 +549,10 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
 @click.option(
     "--allow-root", default=None, help="Server-side folder under which POST /v1/ingest may read."
 )
+@click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else torch.",
+)  # fmt: skip
 def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, **kw: Any) -> None:
     """Serve lookups, predictions, training jobs and a species-lookup page over HTTP.
 

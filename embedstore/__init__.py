@@ -27,6 +27,7 @@ from embedstore._duplicates import (
     NearPairs,
     find_duplicates,
     near_duplicate_pairs,
+    self_join_index,
 )
 from embedstore._embed import EmbeddedInputs, Input, embed_images, embed_inputs, read_inputs
 from embedstore._folds import SplitSummary, split
@@ -93,6 +94,7 @@ __all__ = [
     "load_thumbnail",
     "map_store",
     "near_duplicate_pairs",
+    "self_join_index",
     "AddedImages",
     "Resident",
     "add_images",

@@ -75,7 +75,7 @@ def near_duplicate_pairs(
     Without ``queries``: pairs ``i < j`` within ``X`` (N, d). With ``queries`` (M, d): pairs
     ``(query row, X row)`` across the two sets. ``index`` is a NeighborIndex already holding
     ``X`` (e.g. the store's saved one); otherwise one of ``kind`` is built (``"auto"``: see
-    :func:`duplicate_index`).
+    :func:`self_join_index`).
 
     >>> p = near_duplicate_pairs(X, threshold=0.9)
     >>> list(zip(p.first, p.second, p.similarity))[:3]
@@ -86,7 +86,7 @@ def near_duplicate_pairs(
         raise ValueError(f"k must be >= 1; got {k}")
     if index is None:
         n_queries = len(X) if queries is None else len(queries)
-        index = duplicate_index(len(X), n_queries, kind, device).build(X)
+        index = self_join_index(len(X), n_queries, kind, device).build(X)
     n = index.ntotal
     self_join = queries is None
     Q = X if self_join else queries
@@ -109,10 +109,11 @@ def near_duplicate_pairs(
                      index.kind_ or index.kind)  # fmt: skip
 
 
-def duplicate_index(
+def self_join_index(
     n: int, n_queries: int, kind: IndexKind = "auto", device: str | torch.device = "cpu"
 ) -> NeighborIndex:
-    """The index a near-duplicate search of ``n_queries`` queries over ``n`` vectors uses.
+    """The index for ``n_queries`` kNN queries over ``n`` vectors that are mostly the same
+    vectors (near-duplicates, kNN density of every image).
 
     ``"auto"``: exact below :data:`IVF_FROM` vectors, or when there are few queries, or on a
     GPU (brute force is fast there); otherwise IVF with ``sqrt(n)`` lists. A self-join asks
@@ -279,7 +280,7 @@ def find_duplicates(
 
     ``index="auto"`` uses the store's saved index (``embedstore index``) when it is up to date,
     else builds one (exact below 20,000 images, IVF with ``sqrt(N)`` lists above:
-    :func:`duplicate_index`); ``"exact"``, ``"ivf"``, ``"hnsw"`` choose. Writes
+    :func:`self_join_index`); ``"exact"``, ``"ivf"``, ``"hnsw"`` choose. Writes
     ``duplicates.csv`` (every pair) and ``duplicates.png`` (the ``top`` groups: those leaking
     across train/test, the held-out part or labels first, then across folds) into ``out``
     (default ``STORE/duplicates``); ``plots=False`` writes the CSV only.

@@ -9,7 +9,8 @@ image's own label) ranks them, flagged ones first.
 **Outliers** come from the embeddings: an image whose nearest stored neighbours are far (low
 mean cosine similarity to its ``k`` nearest neighbours) sits in an empty part of the space, and
 one far from every class centroid belongs to no class well. The kNN search is
-:class:`embedstore.NeighborIndex` over the store's embeddings of the run's backbone.
+:func:`embedstore.self_join_index` (exact below 20,000 images, IVF above) over the store's
+embeddings of the run's backbone.
 
 >>> res = heads.find_issues("runs/mlp", top=20)
 >>> [(s.path, s.given, s.suggested) for s in res.label_issues[:3]]
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import embedstore
-from embedstore import NeighborIndex, Result, Tile, contact_sheet, l2_normalize, load_thumbnail
+from embedstore import Result, Tile, contact_sheet, l2_normalize, load_thumbnail, self_join_index
 from heads._errors import HeadsError
 from heads._loaded import Predictor, load, log_softmax
 from heads._rundir import read_val
@@ -226,7 +227,7 @@ def _neighbours(model: Predictor, st: embedstore.Store, ids: np.ndarray, y: np.n
     found = rows >= 0
     if found.any() and len(S) > 1:
         kk = min(k + 1, len(S))
-        index = NeighborIndex(kind="auto", device=device).build(S)
+        index = self_join_index(len(S), int(found.sum()), device=device).build(S)
         sims, idx = index.search(S[rows[found]], kk)  # (n_found, kk)
         other = (idx != rows[found][:, None]) & (idx >= 0)  # drop the image itself
         order = np.argsort(~other, axis=1, kind="stable")[:, :k]  # others first, in rank order

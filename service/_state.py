@@ -37,6 +37,9 @@ class Settings:
     max_wait_ms: float = 5.0
     max_jobs: int = 8
     allow_root: str | None = None
+    runtime: str = (
+        "auto"  # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx
+    )
 
 
 class _LazyBackbones(dict):
@@ -108,7 +111,10 @@ class State:
                 if info is None:
                     raise NotFound(f"the store has no embedding column {column!r}")
                 try:
-                    bb = embedstore.backbone_from_description(info.describe).to(self.device)
+                    bb = embedstore.with_runtime(
+                        embedstore.backbone_from_description(info.describe),
+                        self.settings.runtime, self.device,
+                    )  # fmt: skip
                 except embedstore.BackboneError as e:
                     raise embedstore.StoreError(
                         f"backbone {info.backbone!r} (source {info.describe.get('source')}) cannot "
