@@ -660,6 +660,12 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
     help="Training epochs, at most (early stopping on validation macro-F1).",
 )
 @click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=None,
+    help="Stop after this many epochs without a better validation macro-F1 (default 10; 0: never).",
+)
+@click.option(
     "--lr",
     type=float,
     default=None,

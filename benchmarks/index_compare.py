@@ -484,7 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nprobes", type=int, nargs="+", default=[16, 64],
                    help="IVF lists / Lance partitions probed per query (16: the library's)")  # fmt: skip
-    p.add_argument("--lance", nargs="+", default=list(LANCE_CONFIGS), metavar="TYPE[:PARTITIONS]",
+    p.add_argument("--lance", nargs="*", default=list(LANCE_CONFIGS), metavar="TYPE[:PARTITIONS]",
                    help=f"Lance indexes to build, in order; types: {', '.join(LANCE_TYPES)}")  # fmt: skip
     p.add_argument("--metric", choices=("dot", "cosine"), default="dot",
                    help="dot: the column holds L2-normalised vectors; cosine: raw vectors")  # fmt: skip

@@ -260,7 +260,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
     ``"prior"``: draw training samples so that class frequencies match the validation data,
     needs ``y_val``), ``aux_alpha`` (weight of the auxiliary loss), ``epochs``, ``lr``,
     ``weight_decay`` (AdamW, on weight matrices only), ``batch_size``, ``warmup_epochs``,
-    ``patience`` (epochs without a better validation macro-F1 before stopping; None = never),
+    ``patience`` (epochs without a better validation macro-F1 before stopping; None or 0 = never),
     ``seed``, ``device``, ``transformer_dim``, ``transformer_layers``, ``transformer_heads`` and
     ``verbose`` (a progress bar over epochs).
 
@@ -579,7 +579,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-                if self.patience is not None and since_best >= self.patience:
+                if self.patience and since_best >= self.patience:
                     # end the bar at 100%: the run is complete, not cut off
                     bar.total = epoch + 1
                     bar.set_postfix_str(f"stopped at epoch {epoch + 1}, best {self.best_epoch_}")

@@ -91,6 +91,7 @@ class TrainBody(_Body):
     sampler: str | None = None
     aux_alpha: float | None = None
     epochs: int | None = Field(None, ge=1, le=10_000)
+    patience: int | None = Field(None, ge=0)
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     k: int | None = Field(None, ge=1)

@@ -223,6 +223,15 @@ def test_early_stopping_restores_the_best_epoch(blobs):
     assert _val_acc(head, Xv, yv) == pytest.approx(best["val_top1"])
 
 
+@pytest.mark.parametrize("patience", [0, None])
+def test_patience_zero_or_none_never_stops_early(blobs, patience):
+    X, y, Xv, yv = blobs
+    head = create_head("linear", **{**FAST, "epochs": 30, "patience": patience}).fit(
+        X, y, X_val=Xv, y_val=yv
+    )
+    assert len(head.history_) == 30  # with patience 3 the same data stops well before
+
+
 def test_without_validation_all_epochs_run(blobs):
     X, y, _, _ = blobs
     head = create_head("linear", **{**FAST, "epochs": 3}).fit(X, y)

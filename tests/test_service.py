@@ -298,8 +298,10 @@ def test_kill_9_while_adding_and_training_loses_nothing_acknowledged(tmp_path, t
     rng = np.random.default_rng(0)
     try:
         # a training job that will be killed half-way, and uploads acknowledged one by one
-        httpx.post(f"{url}/v1/train", json={"name": "half", "head": "mlp", "fold": "all",
-                                             "epochs": 400, "device": "cpu"})  # fmt: skip
+        # (10,000 epochs of batches of one, no early stopping: minutes of work on any machine)
+        job = httpx.post(f"{url}/v1/train", json={"name": "half", "head": "mlp", "fold": "all",
+                                                   "epochs": 10_000, "batch_size": 1, "patience": 0,
+                                                   "device": "cpu"}).json()  # fmt: skip
         deadline = time.time() + 4.0
         k = 0
         while time.time() < deadline:
@@ -322,11 +324,13 @@ def test_kill_9_while_adding_and_training_loses_nothing_acknowledged(tmp_path, t
                 pass
 
         threading.Thread(target=in_flight, daemon=True).start()
+        status = httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"]
         time.sleep(0.05)
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
     assert acknowledged
+    assert status in ("queued", "running"), status  # the training job was cut off, not finished
     server = _start(store, runs, port)
     try:
         listed = [r["name"] for r in httpx.get(f"{url}/v1/runs").json()]
