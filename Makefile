@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/embedstore info --store $(STORE)
 	$(BIN)/embedstore split --store $(STORE) --folds 5 $(SPLIT)
 	$(BIN)/embedstore lookup $(QUERY) --store $(STORE) --k 5
-	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy --out $(RUNS)/mlp --overwrite
+	$(BIN)/heads train --store $(STORE) --fold all --head mlp --epochs 40 --batch-size 128 --unknown energy-knn --out $(RUNS)/mlp --overwrite
 	$(BIN)/heads eval $(RUNS)/mlp
 	$(BIN)/heads predict $(RUNS)/mlp $(PHOTOS) --top-k 3
 

@@ -20,10 +20,12 @@ from embedstore._options import (
     DEVICE_CHOICES,
     EMB_DTYPES,
     ENGINES,
+    ENSEMBLE_MEMBERS,
     LOOKUP_INDEXES,
     MAP_METHODS,
     METRIC_NAMES,
     POOLINGS,
+    REFERENCES,
     RUNTIMES,
     SAMPLERS,
     check_device,
@@ -49,6 +51,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+# Exit codes: 0 done; 1 the command ran but nothing could be done (no image ingested or
+# predicted) or an unexpected failure (a traceback); 2 a user error: a bad option, argument,
+# file or store, shown as one line (click's own usage errors exit 2 as well).
+EXIT_USER_ERROR = 2
+
+
+class _UserError(click.ClickException):
+    exit_code = EXIT_USER_ERROR
 
 
 class _Group(click.Group):
@@ -61,7 +71,7 @@ class _Group(click.Group):
             raise
         except Exception as e:
             if isinstance(e, _user_errors()) and not os.environ.get("EMBEDSTORE_DEBUG"):
-                raise click.ClickException(str(e)) from None
+                raise _UserError(str(e)) from None
             raise
 
 
@@ -112,6 +122,10 @@ def _detector_names() -> list[str]:
     import heads
 
     return heads.list_detectors()
+
+
+def _detector_names_or_default() -> list[str]:
+    return ["default", *_detector_names()]
 
 
 def _echo_json(obj: Any) -> None:
@@ -234,6 +248,18 @@ def _ray_options(f: Any) -> Any:
     help="Larger images are skipped as possible decompression bombs.",
 )
 @click.option(
+    "--prune",
+    is_flag=True,
+    help="Also remove rows whose files were deleted or now hold other bytes (see `info`).",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(1),
+    default=100_000_000,
+    show_default=True,
+    help="Larger files are skipped unread (FIFOs, devices and other non-regular files always are).",
+)
+@click.option(
     "--commit-every",
     type=click.IntRange(1),
     default=512,
@@ -248,6 +274,14 @@ def _ray_options(f: Any) -> Any:
     help="local: this process; ray: decode and embed on a Ray cluster (pip install 'embedstore[ray]').",
 )
 @_ray_options
+@click.option(
+    "--views",
+    default=None,
+    metavar="NAMES",
+    help="Also store embeddings of augmented views, comma-separated: flip, crops5 (4 corner + "
+    "centre crops at 87.5%), or crop_tl/crop_tr/crop_bl/crop_br/crop_c. On a store that has the "
+    "images only the views are embedded; heads train on them and predict with them (TTA).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], quiet: bool, as_json: bool,
@@ -261,6 +295,7 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
     Example:
       embedstore ingest ../shared/data/flowers12 --store flowers
       embedstore ingest photos/ --metadata meta.csv --backbone dinov2-small --backbone efficientnet-lite0
+      embedstore ingest ../shared/data/flowers12 --store flowers --views flip,crops5
     """
     import embedstore
 
@@ -278,12 +313,16 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
             f"in {s.seconds} s ({s.images_per_s} img/s on {s.device}, "
             f"{'/'.join(dict.fromkeys(s.runtimes.values()))})"
         )
+        for name, vs in s.views.items():
+            click.echo(f"  views of {name}: " + ", ".join(f"{v}: {n}" for v, n in vs.items()))
         for reason, n in s.skipped_by_reason.items():
             click.echo(f"  skipped {n}: {reason}")
         if s.skipped:
             click.echo(f"  skipped files are listed in {s.skipped_file}")
         for w in s.warnings:
             click.echo(f"  warning: {w}")
+        if s.pruned:
+            click.echo(f"  pruned {s.pruned} image(s) whose files are gone or changed")
         click.echo(f"store {s.store}: {s.images_in_store} images, version {s.store_version}")
     if not s.ok:
         click.echo("error: no image could be ingested; see the reasons above", err=True)
@@ -325,11 +364,19 @@ def info_cmd(store: str | None, as_json: bool) -> None:
         click.echo(
             f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded  [{b['column']}]"
         )
+        if b.get("views"):
+            click.echo(
+                "  views    "
+                + ", ".join(f"{v['name']} ({v['embedded']} embedded)" for v in b["views"])
+                + f"  [{b['column']}__<view>]"
+            )
     if info.get("folds"):
         f = info["folds"]
         click.echo(
             f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, group-by {f.get('group_by')})"
         )
+        if f.get("note"):
+            click.echo(f"           warning: {f['note']}")
     s = info["skipped"]
     click.echo(
         f"skipped    {s['count']}"
@@ -341,6 +388,71 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     )
     if info.get("columns"):
         click.echo(f"columns    {', '.join(info['columns'])}")
+    for w in info.get("warnings") or []:
+        click.echo(f"warning    {w}")
+    stale = info.get("stale_files") or {}
+    if stale.get("gone") or stale.get("changed"):
+        click.echo(
+            f"warning    {stale['gone']} ingested file(s) deleted and {stale['changed']} changed on "
+            "disk since; their rows describe the old files: run `embedstore ingest FOLDER "
+            "--prune` to bring the store in step"
+        )
+
+
+@embedstore_cli.command("check")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--repair", is_flag=True, help="Go back to the last good version of each damaged table."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_cmd(store: str | None, repair: bool, as_json: bool) -> None:
+    """Verify every version of the store's tables: manifests readable, data files present.
+
+    Says in plain words what is damaged and what to do; exits 1 while damage remains.
+
+    \b
+    Example:
+      embedstore check --store flowers
+      embedstore check --store flowers --repair
+    """
+    import embedstore
+
+    r = embedstore.check(store or embedstore.default_store_path(), repair=repair)
+    if as_json:
+        _echo_json(r.to_dict())
+    else:
+        for t in r.tables:
+            if t["versions"] or t["damaged"]:
+                state = "DAMAGED" if t["damaged"] else "ok"
+                click.echo(f"{t['table']:8} {state}: {t['versions']} version(s), latest "
+                           f"{t['latest']}, last good {t['last_good']}")  # fmt: skip
+        for line in r.problems:
+            click.echo(f"  problem: {line}")
+        for line in r.advice:
+            click.echo(f"  to do: {line}")
+        if r.repaired:
+            click.echo("repaired: damaged versions moved to " + str(Path(r.store) / "damaged"))
+        click.echo("store is sound" if r.ok else "store is damaged")
+    if not r.ok:
+        sys.exit(1)
+
+
+@embedstore_cli.command("drop-column")
+@click.argument("name")
+@click.option("--store", default=None, help=STORE_HELP)
+def drop_column_cmd(name: str, store: str | None) -> None:
+    """Remove the metadata column NAME from every image of the store (one commit).
+
+    The columns ingest writes itself (id, path, label ...) and embedding columns are kept.
+
+    \b
+    Example:
+      embedstore drop-column --store flowers emb_notes
+    """
+    import embedstore
+
+    embedstore.drop_column(store, name)
+    click.echo(f"dropped column {name}")
 
 
 @embedstore_cli.command("split")
@@ -513,9 +625,11 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
         return
     for r in rows:
         here = "here" if r["local"] else "download"
-        click.echo(f"{r['name']:<22} {here:<9} {r['source']}")
+        lic = (r.get("license") or "-") + (" (gated)" if r.get("gated") else "")
+        click.echo(f"{r['name']:<22} {here:<9} {lic:<24} {r['source']}")
     click.echo(
-        "here: the weights are on this machine (works offline); download: fetched from the hub on first use"
+        "here: the weights are on this machine (works offline); download: fetched from the hub on first use;\n"
+        "gated: the hub asks you to accept the licence and request access first (then `hf auth login`)"
     )
 
 
@@ -570,9 +684,7 @@ def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, 
     if api_key_env is not None:
         key = os.environ.get(api_key_env)
         if not key:
-            raise click.ClickException(
-                f"--api-key-env {api_key_env}: ${api_key_env} is empty or unset"
-            )
+            raise _UserError(f"--api-key-env {api_key_env}: ${api_key_env} is empty or unset")
     settings = service.Settings(store=store or embedstore.default_store_path(), api_key=key, **kw)
     service.serve(settings, host=host, port=port)
 
@@ -611,8 +723,10 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
     help="Validation fold K, or 'all' (then an ensemble of the folds).",
 )
 @click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+    "--backbone", "backbones", multiple=True,
+    help="Embedding column's backbone (default: the only one); repeat to train on several, "
+    "each L2-normalised and concatenated in the order given.",
+)  # fmt: skip
 @click.option(
     "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
     help="Head from the registry.",
@@ -674,8 +788,20 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size.")
 @click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
 @click.option(
-    "--unknown", type=_Registered(_detector_names), default=None,
-    help="Attach an unknown-class detector from the registry.",
+    "--reference", type=click.Choice(REFERENCES), default=None,
+    help="For --head centroid: prototypes of the training part, or of train+val (all folds, "
+    "as a refit; needs --fold all).",
+)  # fmt: skip
+@click.option(
+    "--transductive", is_flag=True, default=None,
+    help="For --head centroid: move the prototypes toward the images being predicted (soft "
+    "k-means) before predicting them.",
+)  # fmt: skip
+@click.option(
+    "--unknown", type=_Registered(_detector_names_or_default), default=None, is_flag=False,
+    flag_value="default",
+    help="Attach an unknown-class detector from the registry; bare --unknown: the default "
+    "(energy-knn, best measured on fine-grained data; see heads openset).",
 )  # fmt: skip
 @click.option(
     "--unknown-label",
@@ -686,6 +812,26 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
 @click.option(
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
+@click.option(
+    "--refit", is_flag=True,
+    help="With --fold all: also train one model on every fold for the folds' median best epoch "
+    "(saved as OUT/refit).",
+)  # fmt: skip
+@click.option(
+    "--ensemble", "ensemble", type=click.Choice(ENSEMBLE_MEMBERS), default=None,
+    help="What OUT predicts with: the fold runs, the refit, or both (default: both with --refit, "
+    "else folds).",
+)  # fmt: skip
+@click.option(
+    "--views/--no-views", "views", default=None,
+    help="Train on the augmented views stored beside the embeddings (embedstore ingest --views) "
+    "as augmentation (default: yes when the store has them).",
+)  # fmt: skip
+@click.option(
+    "--tta/--no-tta", "tta", default=None,
+    help="Predict with test-time augmentation: the mean of the main embedding's and the views' "
+    "logits, for stored and new images alike (default: yes when the store has views).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=None, help="Random seed for initialisation and sampling.")
 @click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
 @click.option(
@@ -698,17 +844,24 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
-              label_smoothing: float | None, **kw: Any) -> None:  # fmt: skip
+              label_smoothing: float | None, backbones: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Train a head on one fold (or all folds) of a store's embeddings.
 
     \b
     Example:
       heads train --store flowers --fold all --head mlp --epochs 30 --out runs/mlp
+      heads train --store flowers --fold all --head mlp --unknown --out runs/mlp-open
       heads train --store fungi --fold 0 --head transformer --metadata habitat --metadata month \\
           --aux-target poisonous --loss seesaw --sampler prior --unknown energy --out runs/tf
+      heads train --store flowers --fold all --head mlp --refit --ensemble both --out runs/mlp
+      heads train --store flowers --fold all --head centroid --reference train+val --transductive
+      heads train --store flowers --fold all --head mlp --no-tta --out runs/mlp-views
+      heads train --store flowers --fold all --head mlp --backbone efficientnet-lite0 \\
+          --backbone dinov2-small --out runs/mlp-2bb
     """
     import heads
 
+    kw["backbone"] = list(backbones) if len(backbones) > 1 else (backbones or [None])[0]
     if label_smoothing is not None:
         kw["loss_kwargs"] = {"label_smoothing": label_smoothing}
     res = heads.train(
@@ -725,6 +878,12 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
             f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
             f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s)  -> {m.run}"
         )
+    if res.refit is not None:
+        r = res.refit
+        click.echo(
+            f"refit on all folds: {r.metrics['n_train']} images"
+            f"{f', {r.epochs} epochs' if r.epochs else ''} ({r.fit_seconds} s)  -> {r.run}"
+        )
     e = res.ensemble_metrics
     if e is not None:
         click.echo(
@@ -735,6 +894,93 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
             click.echo(
                 f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
             )
+
+
+@heads_cli.command("tune")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option(
+    "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
+    help="Head to tune (a neural head: linear, mlp, transformer).",
+)  # fmt: skip
+@click.option(
+    "--trials", type=click.IntRange(1), default=50, show_default=True, help="Trials, at most."
+)
+@click.option(
+    "--timeout-s", type=click.FloatRange(0, min_open=True), default=None,
+    help="Stop starting trials after this many seconds (a running one stops between folds).",
+)  # fmt: skip
+@click.option(
+    "--fold", default="all", show_default=True,
+    help="'all': score trials out-of-fold over every fold and retrain all folds; K: on fold K only.",
+)  # fmt: skip
+@click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+@click.option(
+    "--losses", default=None,
+    help="Comma-separated losses to try (default: every registered loss).",
+)  # fmt: skip
+@click.option(
+    "--epochs", type=click.IntRange(1), default=None, help="Fixed training epochs, at most."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=None, help="Fixed training batch size."
+)
+@click.option(
+    "--patience", type=click.IntRange(0), default=None, help="Fixed early-stopping patience."
+)
+@click.option(
+    "--where", default=None, help="SQL filter on store rows used for training and validation."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the sampler and every head."
+)
+@click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
+@click.option(
+    "--out",
+    default=None,
+    help="Run directory for the best parameters (default runs/<head>-tuned-...).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, **kw: Any) -> None:
+    """Search a head's learning rate, weight decay, dropout, hidden width, loss and label
+    smoothing with Optuna for the best out-of-fold macro-F1, then retrain the best into --out
+    (a normal run folder, with trials.csv, trials.json and trials.png beside it).
+
+    \b
+    Example:
+      heads tune --store grocery --head mlp --trials 50 --timeout-s 600 --out runs/mlp-tuned
+      heads eval runs/mlp-tuned
+    """
+    import heads
+
+    loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
+    res = heads.tune(store, losses=loss_list, progress=not quiet, **kw)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if as_json:
+        _echo_json(res.to_dict())
+        return
+    click.echo(
+        f"{res.n_trials} trials ({res.n_complete} complete, {res.n_pruned} pruned, "
+        f"{res.n_failed} failed) in {res.seconds:.0f} s"
+    )
+    if res.default_macro_f1 is not None:
+        click.echo(
+            f"default recipe (trial 0): macro-F1 {res.default_macro_f1:.4f}  top1 {res.default_top1:.4f}"
+        )
+    click.echo(
+        f"best (trial {res.best_trial}): macro-F1 {res.best_macro_f1:.4f}  top1 {res.best_top1:.4f}"
+    )
+    click.echo("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in res.best_params.items()))  # fmt: skip
+    e = res.train.ensemble_metrics if res.train is not None else None
+    if e is not None and e.holdout is not None:
+        click.echo(f"held-out part: top1 {e.holdout.get('top1', float('nan')):.4f}  "
+                   f"macro-F1 {e.holdout.get('macro_f1', float('nan')):.4f}")  # fmt: skip
+    click.echo(f"-> {res.run}  (trials: {res.trials_csv}, {res.trials_png})")
 
 
 _EVAL_KEYS = METRIC_NAMES

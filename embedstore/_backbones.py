@@ -38,6 +38,8 @@ class Backbone:
     # runtime "auto" on a CPU uses ONNX Runtime only where it measured faster than torch eager
     # (benchmarks/RESULTS.md, "ONNX Runtime"); a plug-in sets it once it has measured its own.
     prefers_onnx_on_cpu: bool = False
+    # the weights' licence and whether the hub gates them (None: not known); see FAMILY_LICENSES
+    license: License | None = None
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -93,6 +95,8 @@ class Backbone:
             "std": list(self.preprocess.std),
             "dim": self.dim,
             "runtime": self.runtime,
+            "license": None if self.license is None else self.license.name,
+            "gated": None if self.license is None else self.license.gated,
             "versions": {
                 "torch": torch.__version__,
                 "transformers": _v("transformers"),
@@ -176,6 +180,47 @@ HF_SHORT_NAMES: dict[str, str] = {
     "clip-vit-l-14": "openai/clip-vit-large-patch14",
     "siglip-base": "google/siglip-base-patch16-224",
     "vit-base": "google/vit-base-patch16-224",
+    # DINOv3 ViTs (transformers >= 4.56: DINOv3ViTModel), pretrained on LVD-1689M; gated.
+    "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
+    "dinov3-vits16plus": "facebook/dinov3-vits16plus-pretrain-lvd1689m",
+    "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
+    "dinov3-vith16plus": "facebook/dinov3-vith16plus-pretrain-lvd1689m",
+    "dinov3-vit7b16": "facebook/dinov3-vit7b16-pretrain-lvd1689m",
+    # SigLIP 2, fixed resolution (SiglipModel; its vision tower only).
+    "siglip2-base": "google/siglip2-base-patch16-224",
+    "siglip2-base-256": "google/siglip2-base-patch16-256",
+    "siglip2-base-384": "google/siglip2-base-patch16-384",
+    "siglip2-base-512": "google/siglip2-base-patch16-512",
+    "siglip2-large": "google/siglip2-large-patch16-256",
+    "siglip2-large-384": "google/siglip2-large-patch16-384",
+    "siglip2-so400m": "google/siglip2-so400m-patch14-224",
+    "siglip2-so400m-384": "google/siglip2-so400m-patch14-384",
+    "siglip2-giant": "google/siglip2-giant-opt-patch16-256",
+}
+
+DINOV3_LICENSE = "DINOv3 License"
+DINOV3_LICENSE_URL = "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"
+
+
+@dataclass(frozen=True)
+class License:
+    """A model's licence and whether its hub weights are gated (an access request and accepted
+    terms before download); recorded in the store's column metadata."""
+
+    name: str | None
+    gated: bool | None
+    link: str | None = None
+
+
+# By model family (the config's model_type): what a registered short name, a hub id or a local
+# folder of that family records. A DINOv3 derivative stays under the DINOv3 License.
+FAMILY_LICENSES: dict[str, License] = {
+    "dinov3_vit": License(DINOV3_LICENSE, True, DINOV3_LICENSE_URL),
+    "dinov3_convnext": License(DINOV3_LICENSE, True, DINOV3_LICENSE_URL),
+    "dinov2": License("Apache-2.0", False),
+    "siglip": License("Apache-2.0", False),
+    "siglip2": License("Apache-2.0", False),
 }
 
 # Defaults when a model folder has no preprocessor_config.json (tiny test models, say).
@@ -183,6 +228,8 @@ _DEFAULT_PREPROCESS = {
     "clip": Preprocess(224, 224, "shortest", "bicubic", CLIP_MEAN, CLIP_STD),
     "siglip": Preprocess(224, 224, "exact", "bicubic", (0.5,) * 3, (0.5,) * 3),
     "vit": Preprocess(224, 224, "exact", "bilinear", (0.5,) * 3, (0.5,) * 3),
+    # DINOv3's processor resizes to 224 x 224 (no crop), ImageNet statistics
+    "dinov3_vit": Preprocess(224, 224, "exact", "bilinear"),
 }
 
 
@@ -216,11 +263,22 @@ class HFBackbone(Backbone):
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
             model = AutoModel.from_pretrained(source, config=config, local_files_only=local_only)
         except OSError as e:
+            lic = hub_license(source)
+            gated = (
+                f" (its weights are gated, {lic.name}: accept the licence and request access at "
+                f"https://huggingface.co/{source}, then `hf auth login`)"
+                if lic is not None and lic.gated
+                else ""
+            )
             if local_only:
                 raise BackboneError(
                     f"{source}: not in the local Hugging Face cache, and "
                     f"{_hub_offline_reason(source)}. Download it where the hub is reachable "
-                    "(it is cached for later), or give a local model folder"
+                    f"(it is cached for later){gated}, or give a local model folder"
+                ) from e
+            if gated:
+                raise BackboneError(
+                    f"{source}: cannot load it ({str(e).splitlines()[0]}){gated}"
                 ) from e
             raise BackboneError(
                 f"{source}: cannot load a Hugging Face model ({str(e).splitlines()[0]}). Check "
@@ -234,8 +292,15 @@ class HFBackbone(Backbone):
             vcfg = getattr(config, "vision_config", config)
         else:
             vcfg = config
+        if config.model_type == "siglip2":
+            raise BackboneError(
+                f"{source}: a NaFlex SigLIP 2 checkpoint (model_type siglip2) takes patch "
+                "sequences, not fixed-size images; use a fixed-resolution one, e.g. "
+                "`siglip2-base` (google/siglip2-base-patch16-224), see `embedstore backbones 'siglip2*'`"
+            )
         self.model = model.eval().requires_grad_(False)
         self.model_type = config.model_type
+        self.license = FAMILY_LICENSES.get(config.model_type)
         self.name, self.source, self.pooling = name, source, pooling
         hidden = int(vcfg.hidden_size)
         self.dim = hidden * 2 if pooling == "cls+mean" else hidden
@@ -300,17 +365,37 @@ class BackboneSpec:
     factory: Callable[..., Backbone]
     source: str
     note: str = ""
+    license: License | None = None
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(
-    name: str, factory: Callable[..., Backbone], *, source: str = "registered", note: str = ""
-) -> None:
+    name: str, factory: Callable[..., Backbone], *, source: str = "registered", note: str = "",
+    license: License | None = None,
+) -> None:  # fmt: skip
     """Register ``factory(name=..., pooling=...)`` under ``name``; ``source`` is what the built
-    backbone records as its source, so a stored column rebuilds through the same entry."""
-    BACKBONES.register(name, BackboneSpec(factory, source, note), replace=True)
+    backbone records as its source, so a stored column rebuilds through the same entry;
+    ``license`` (name, gated) is recorded in the column metadata of what it embeds."""
+    BACKBONES.register(name, BackboneSpec(factory, source, note, license), replace=True)
+
+
+def hub_license(hub_id: str) -> License | None:
+    """The licence of a registered short name's hub weights (checked on their model cards)."""
+    for prefix, family in (("facebook/dinov3-", "dinov3_vit"), ("facebook/dinov2", "dinov2"),
+                           ("google/siglip2-", "siglip2"), ("google/siglip-", "siglip")):  # fmt: skip
+        if hub_id.startswith(prefix):
+            return FAMILY_LICENSES[family]
+    if hub_id.startswith("google/vit-"):
+        return License("Apache-2.0", False)
+    return None
+
+
+def _with_license(bb: Backbone, spec: BackboneSpec | None) -> Backbone:
+    if spec is not None and spec.license is not None:
+        bb.license = spec.license
+    return bb
 
 
 register_backbone(
@@ -325,6 +410,7 @@ for _short, _hub in HF_SHORT_NAMES.items():
         lambda name, pooling="cls", _hub=_hub: HFBackbone(name, _hub, pooling),
         source=_hub,
         note=f"hf:{_hub}",
+        license=hub_license(_hub),
     )
 
 
@@ -336,11 +422,14 @@ def list_backbones(pattern: str = "*") -> list[dict[str, Any]]:
     rows = []
     for n in names:
         spec = BACKBONES.get(n)
+        lic = spec.license
         rows.append(
             {
                 "name": n,
                 "source": spec.note or spec.source,
                 "local": _available_locally(spec.source),
+                "license": None if lic is None else lic.name,
+                "gated": None if lic is None else lic.gated,
             }
         )
     return rows
@@ -390,16 +479,24 @@ def create_backbone(name: str, pooling: Pooling = "cls", *, alias: str | None = 
         raise BackboneError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     suffix = "" if pooling == "cls" else "-" + pooling.replace("+", "-")
     if name in BACKBONES:
-        return BACKBONES.get(name).factory(name=(alias or name) + suffix, pooling=pooling)
+        spec = BACKBONES.get(name)
+        return _with_license(spec.factory(name=(alias or name) + suffix, pooling=pooling), spec)
     looks_local = os.sep in name or name.startswith((".", "~")) or Path(name).exists()
     if Path(name).expanduser().exists() or "/" in name:
         key = alias or Path(name.rstrip("/")).name
-        return HFBackbone(key + suffix, name, pooling)
+        return _with_license(HFBackbone(key + suffix, name, pooling), _spec_of_source(name))
     valid = ", ".join(r["name"] for r in list_backbones())
     hint = " (no such folder)" if looks_local else ""
     raise BackboneError(
         f"unknown backbone {name!r}{hint}; valid names: {valid}; or a Hugging Face hub id "
         "(org/model) or a local model folder"
+    )
+
+
+def _spec_of_source(source: str) -> BackboneSpec | None:
+    """The registered entry whose weights come from ``source`` (a hub id), or None."""
+    return next(
+        (BACKBONES.get(n) for n in BACKBONES.list() if BACKBONES.get(n).source == source), None
     )
 
 
@@ -427,10 +524,9 @@ def backbone_from_description(describe: dict[str, Any], *, warn: bool = True) ->
     name, source = describe["backbone"], describe.get("source", "")
     pooling = describe.get("pooling", "cls")
     pooling = pooling if pooling in POOLINGS else "cls"
-    spec = next(
-        (BACKBONES.get(n) for n in BACKBONES.list() if BACKBONES.get(n).source == source), None
-    )
+    spec = _spec_of_source(source)
     bb = spec.factory(name=name, pooling=pooling) if spec else HFBackbone(name, source, pooling)
+    _with_license(bb, spec)
     msg = weights_mismatch(bb, describe) if warn else None
     if msg:
         warnings.warn(msg, stacklevel=2)

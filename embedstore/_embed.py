@@ -34,6 +34,7 @@ from embedstore._onnx import resolve_runtime, with_runtime
 from embedstore._options import RUNTIMES, Runtime, check_choice
 from embedstore._resident import Resident
 from embedstore._store import Store, StoreError
+from embedstore._views import make_view
 
 EMBED_BATCH = 32  # images per forward pass
 _HEX_ID = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -177,7 +178,9 @@ def embed_inputs(
         if j not in res.errors and q.data is None and not all(h[j] for h in have.values()):
             res.errors[j] = (
                 "no stored image has this id (and no such file)" if not res.in_store[j] else
-                "the stored image has no " + ", ".join(columns[c].get("backbone", c) for c in columns if not have[c][j]) + " embedding"
+                "the stored image has no " + ", ".join(_name(c, columns[c]) for c in columns if not have[c][j]) + " embedding"
+                + (f"; add the views with `embedstore ingest IMAGES_DIR --store {store.path if store else 'STORE'} --views ...`"
+                   if any("view" in columns[c] and not have[c][j] for c in columns) else "")
             )  # fmt: skip
     # 2. decode the rest once, then embed with each recorded backbone
     todo = [j for j, q in enumerate(inputs) if j not in res.errors and q.data is not None
@@ -197,11 +200,12 @@ def embed_inputs(
         rows = [j for j in images if not have[c][j]]
         if not rows:
             continue
-        bb = cache.get(c)
+        key = describe.get("view_of", c)  # a view column runs its main column's backbone
+        bb = cache.get(key)
         if bb is None or (runtime != "auto" and bb.runtime != chosen):  # auto: as cached
             first = inputs[rows[0]].name
-            bb = cache[c] = _rebuild(describe, dev, runtime, first, res.warnings)
-        X = embed_images(bb, [images[j] for j in rows], batch_size)
+            bb = cache[key] = _rebuild(describe, dev, runtime, first, res.warnings)
+        X = embed_images(bb, [images[j] for j in rows], batch_size, view=describe.get("view"))
         if describe.get("dtype", "float16") == "float16":
             X = X.astype(np.float16).astype(np.float32)  # as the store would hold it
         embs[c][rows] = X
@@ -209,13 +213,22 @@ def embed_inputs(
     return res
 
 
-def embed_images(bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """PIL RGB images -> ``(n, dim)`` float32 embeddings, in batches."""
+def embed_images(
+    bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH, *, view: str | None = None
+) -> np.ndarray:
+    """PIL RGB images -> ``(n, dim)`` float32 embeddings, in batches; with ``view`` (a name
+    in embedstore._views, e.g. ``"flip"``) of that augmented view, as ingest stores it."""
     out = []
+    pre = bb.preprocess if view is None else (lambda im: make_view(im, view, bb.preprocess))
     for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.stack([bb.preprocess(im) for im in images[s : s + batch_size]]))
+        x = torch.from_numpy(np.stack([pre(im) for im in images[s : s + batch_size]]))
         out.append(bb.embed(x).cpu().numpy())  # (B, dim)
     return np.concatenate(out).astype(np.float32)
+
+
+def _name(column: str, describe: dict[str, Any]) -> str:
+    name = describe.get("backbone", column)
+    return f"{name} {describe['view']} view" if "view" in describe else name
 
 
 def _rebuild(

@@ -136,7 +136,6 @@ def split(
                 fold[idx[val]] = k
     mask = fold != np.iinfo(np.int32).min
     arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
-    st.update_columns(ids.tolist(), {"fold": arr})
     counts = {int(k): int(v) for k, v in sorted(Counter(fold[mask].tolist()).items())}
     summary = SplitSummary(
         folds=folds if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes) else 1,
@@ -145,7 +144,13 @@ def split(
         holdout_images=counts.get(HOLDOUT, 0), always_train_images=counts.get(ALWAYS_TRAIN, 0),
         small_classes=small_classes, unlabelled=int((~labelled).sum()), notes=notes,
     )  # fmt: skip
-    st.set_table_metadata({"folds": summary.to_dict()})
+    with st.writing("embedstore split"):
+        # The summary first, marked unfinished, then the column (one commit), then the summary
+        # marked done: a split killed in between reads as interrupted (info says so), never as
+        # a summary of other folds than the column holds.
+        st.set_table_metadata({"folds": {**summary.to_dict(), "complete": False}})
+        st.update_columns(ids.tolist(), {"fold": arr})
+        st.set_table_metadata({"folds": summary.to_dict()})
     return summary
 
 

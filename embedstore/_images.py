@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ UNSUPPORTED_EXTENSIONS = frozenset(
     {".gif", ".heic", ".heif", ".avif", ".svg", ".ico", ".psd", ".raw", ".cr2", ".nef", ".dng"}
 )
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit (~ 0.25 GB of RGB)
+DEFAULT_MAX_BYTES = 100_000_000  # larger files are skipped unread ("file too large")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -33,19 +36,36 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class FoundFile:
-    """One file under the images folder. ``rel`` is the path relative to the root, POSIX style."""
+    """One file under the images folder. ``rel`` is the path relative to the root, POSIX style.
+
+    ``skip`` is why a file with an image name is never opened: it is not a regular file once
+    links are resolved (a FIFO, a device).
+    """
 
     path: Path
     rel: str
     size: int
     mtime_ns: int
     supported: bool
+    skip: str | None = None
 
 
 def _rel(path: Path, root: Path) -> str:
     rel = path.relative_to(root).as_posix()
-    # Non-UTF-8 names come back with surrogate escapes; keep them representable in Arrow strings.
-    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    # A non-UTF-8 name keeps its raw bytes as \\xNN escapes (Arrow strings are UTF-8): two
+    # such names stay two, and disk_path() finds the file again from the stored name.
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_BYTE_ESCAPE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def disk_path(root: str | os.PathLike, rel: str) -> Path:
+    """The file a stored relative name (from :func:`find_images`) stands for under ``root``."""
+    if "\\x" not in rel:
+        return Path(root) / rel
+    raw = _BYTE_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), rel.encode("utf-8"))
+    return Path(root) / os.fsdecode(raw)
 
 
 def find_images(root: str | os.PathLike) -> Iterator[FoundFile]:
@@ -65,12 +85,25 @@ def find_images(root: str | os.PathLike) -> Iterator[FoundFile]:
             if ext not in IMAGE_EXTENSIONS and ext not in UNSUPPORTED_EXTENSIONS:
                 continue
             p = Path(dirpath) / name
+            skip = None
             try:
-                st = p.stat()
+                st = p.stat()  # follows links: what would be opened
                 size, mtime = st.st_size, st.st_mtime_ns
+                skip = _not_regular(st.st_mode)
             except OSError:  # a broken link, say: reported as unreadable when it is read
                 size, mtime = -1, -1
-            yield FoundFile(p, _rel(p, root), size, mtime, ext in IMAGE_EXTENSIONS)
+            yield FoundFile(p, _rel(p, root), size, mtime, ext in IMAGE_EXTENSIONS, skip)
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is never opened (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a folder"))  # fmt: skip
+    kind = next((k for is_kind, k in kinds if is_kind(mode)), "a special file")
+    return f"not a regular file: {kind} (after resolving links)"
 
 
 def hash_bytes(data: bytes) -> str:
@@ -78,14 +111,41 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
+def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file (links resolved) of at most ``max_bytes``.
+
+    Opened without blocking and checked on the open file, so a FIFO or a device (``/dev/zero``
+    behind a link named ``z.jpg``) is refused at once, never waited on or read without end.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except PermissionError as e:
         raise ImageError("unreadable: permission denied") from e
     except OSError as e:
         raise ImageError(f"unreadable: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        why = _not_regular(st.st_mode)
+        if why is not None:
+            raise ImageError(why)
+        if st.st_size > max_bytes:
+            raise ImageError(_too_large(st.st_size, max_bytes))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # a file that grew since: still at most max_bytes
+        if len(data) > max_bytes:
+            raise ImageError(_too_large(len(data), max_bytes))
+        return data
+    except OSError as e:
+        raise ImageError(f"unreadable: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file too large: {size:,} bytes or more is over the limit of {max_bytes:,} "
+        "(raise --max-bytes if it is genuine)"
+    )
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

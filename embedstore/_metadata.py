@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedstore._store import EMB_PREFIX
+
 RESERVED = frozenset(
     {
         "id",
@@ -53,6 +55,7 @@ class Metadata:
     table: pa.Table
     join_column: str
     warnings: list[str] = field(default_factory=list)
+    file: str = "metadata"  # the file it was read from, named in messages
 
 
 def read_metadata(path: str | os.PathLike, join_column: str | None = None) -> Metadata:
@@ -82,6 +85,7 @@ def read_metadata(path: str | os.PathLike, join_column: str | None = None) -> Me
     if table.num_rows == 0:
         raise MetadataError(f"{p}: metadata file has no rows")
     names = table.column_names
+    check_column_names(names, p)
     if join_column is None:
         lower = {n.lower(): n for n in names}
         join_column = next((lower[c] for c in _JOIN_CANDIDATES if c in lower), None)
@@ -94,8 +98,56 @@ def read_metadata(path: str | os.PathLike, join_column: str | None = None) -> Me
         raise MetadataError(
             f"{p}: join column {join_column!r} not found; columns: {', '.join(names)}"
         )
+    store_column_names([n for n in names if n != join_column], p)  # clashes: refused now
     table = _type_columns(table, join_column, warnings, p.name)
-    return Metadata(table, join_column, warnings)
+    return Metadata(table, join_column, warnings, str(p))
+
+
+def check_column_names(names: list[str], file: str | os.PathLike) -> None:
+    """MetadataError unless every column has a name and no name is repeated."""
+    seen: set[str] = set()
+    for n in names:
+        if not n.strip():
+            raise MetadataError(f"{file}: a column has no name; give every column a header")
+        if n in seen:
+            raise MetadataError(
+                f"{file}: column {n!r} appears more than once; rename or remove the copies"
+            )
+        seen.add(n)
+
+
+def store_column_names(
+    names: list[str], file: str | os.PathLike
+) -> tuple[dict[str, str], list[str]]:
+    """The store column each metadata column is written under, and a warning per rename.
+
+    Names the store uses itself (:data:`RESERVED`), names starting with the embedding prefix
+    ``emb_`` and names starting with ``_`` (Lance's ``_rowid``, ``_distance`` ...) are stored as
+    ``meta_<name>``; two columns that would land on one name are refused (MetadataError).
+
+    >>> store_column_names(["habitat", "emb_notes", "_rowid"], "m.csv")[0]
+    {'habitat': 'habitat', 'emb_notes': 'meta_emb_notes', '_rowid': 'meta_rowid'}
+    """
+    out: dict[str, str] = {}
+    warnings: list[str] = []
+    for n in names:
+        why = ("a column the store writes itself" if n in RESERVED else
+               f"names starting with {EMB_PREFIX} are embedding columns"
+               if n.startswith(EMB_PREFIX) else
+               "names starting with _ are Lance's own" if n.startswith("_") else None)  # fmt: skip
+        new = n if why is None else "meta_" + n.lstrip("_")
+        if why is not None:
+            warnings.append(f"{Path(file).name}: column {n!r} is stored as {new!r} ({why})")
+        out[n] = new
+    by_new: dict[str, str] = {}
+    for n, new in out.items():
+        if new in by_new:
+            raise MetadataError(
+                f"{file}: columns {by_new[new]!r} and {n!r} would both be stored as {new!r}; "
+                "rename one of them"
+            )
+        by_new[new] = n
+    return out, warnings
 
 
 def _read_csv(p: Path, delimiter: str, warnings: list[str]) -> pa.Table:

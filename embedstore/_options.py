@@ -52,6 +52,12 @@ Sampler = Literal["none", "balanced", "prior"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Average = Literal["logits", "probs"]
 AVERAGES: tuple[str, ...] = get_args(Average)
+# What `heads train --fold all --refit` ensembles: the fold runs, the refit run, or both.
+EnsembleMembers = Literal["folds", "refit", "both"]
+ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
+# The reference set of the centroid head: the training part, or training + validation.
+Reference = Literal["train", "train+val"]
+REFERENCES: tuple[str, ...] = get_args(Reference)
 
 # --- metrics, in the order tables print them
 MetricName = Literal[

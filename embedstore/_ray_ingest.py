@@ -35,7 +35,13 @@ import pyarrow as pa
 import torch
 
 from embedstore._backbones import Backbone, create_backbone
-from embedstore._images import DEFAULT_MAX_PIXELS, ImageError, hash_bytes, read_bytes
+from embedstore._images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    hash_bytes,
+    read_bytes,
+)
 from embedstore._ingest import (
     INGEST_ENGINES,
     IngestError,
@@ -77,6 +83,7 @@ def ingest_ray(
     workers: int | None = None,  # unused: the cluster places its decode tasks itself
     dtype: EmbDtype = "float16",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     commit_every: int = 512,
     progress: bool = True,
     backbone_objects: list[Backbone] | None = None,
@@ -137,7 +144,7 @@ def ingest_ray(
         if todo:
             rows = _input_rows(plan, root, todo, rels_of)
             results = _pipeline(rows, st, names, pooling, runtime, models, layout, dtype,
-                                max_pixels, batch_size, commit_every, plan)  # fmt: skip
+                                max_pixels, batch_size, commit_every, plan, max_bytes)  # fmt: skip
             _drain(results, st, root, models, dtype, plan, rels_of, pending, stats, commit_every,
                    bar)  # fmt: skip
     finally:
@@ -266,7 +273,8 @@ def _input_rows(
 
 def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, runtime: Runtime,
               models: list[Backbone], layout: ActorLayout, dtype: EmbDtype, max_pixels: int,
-              batch_size: int, commit_every: int, plan: IngestPlan) -> Any:  # fmt: skip
+              batch_size: int, commit_every: int, plan: IngestPlan,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> Any:  # fmt: skip
     """The Ray Dataset of results: decode tasks, then the embedding actors that write fragments."""
     ray = import_ray()
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
@@ -277,7 +285,8 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
     # the actors' also keep Ray Data from fusing decoding into the actors, which would
     # serialise it behind the model.
     ds = ds.map_batches(
-        _decode_batch, fn_kwargs={"preprocs": preprocs, "max_pixels": max_pixels},
+        _decode_batch,
+        fn_kwargs={"preprocs": preprocs, "max_pixels": max_pixels, "max_bytes": max_bytes},
         batch_format="pyarrow", batch_size=None, num_cpus=1,
         memory=_DECODE_WORKER_BYTES + 3 * max_pixels,
     )  # fmt: skip
@@ -367,7 +376,8 @@ def _np_dtype(dtype: EmbDtype) -> type:
 # ---------------------------------------------------------------------- cluster
 
 
-def _decode_batch(batch: pa.Table, preprocs: list[Preprocess], max_pixels: int) -> pa.Table:
+def _decode_batch(batch: pa.Table, preprocs: list[Preprocess], max_pixels: int,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:  # fmt: skip
     """Ray task: read, hash, decode and preprocess each row's file (``decode_file``). A file
     whose bytes no longer match the id the driver hashed is an error (its bytes changed)."""
     files, ids = batch.column(_FILE).to_pylist(), batch.column("id").to_pylist()
@@ -375,7 +385,7 @@ def _decode_batch(batch: pa.Table, preprocs: list[Preprocess], max_pixels: int) 
     errors, sizes, nbytes = [], [], []
     arrays: list[list[bytes | None]] = [[] for _ in preprocs]
     for f, i, k in zip(files, ids, known, strict=True):
-        r = decode_file(f, i if k else None, preprocs, max_pixels)
+        r = decode_file(f, i if k else None, preprocs, max_pixels, max_bytes=max_bytes)
         if "error" not in r and r["id"] != i:
             r = {"error": "changed while it was being ingested; run the ingest again"}
         errors.append(r.get("error"))

@@ -7,7 +7,12 @@ Layout of a store folder (readable with ``lance.dataset``, DuckDB or Polars):
   ``width``, ``height``, ``bytes``, ``added_at``, the metadata columns, an optional ``fold``, and
   one fixed-size-list column per backbone (``emb_<name>``). Each embedding field's metadata holds
   ``embedstore`` = JSON that reproduces it (backbone, source, weights hash, pooling, input size,
-  mean/std, dim, dtype, library versions).
+  mean/std, dim, dtype, library versions). Augmented views (``ingest --views flip,crops5``) are
+  one more column each, ``emb_<name>__<view>`` (same type; its metadata adds ``view`` and
+  ``view_of``), and the main column's metadata lists them in order as ``views``. A column per
+  view, not one list-of-vectors column per backbone: adding a view later is adding a column
+  (existing data untouched, every commit atomic, resumable like adding a backbone), a reader
+  takes the views it wants, and each column describes itself.
 - ``files.lance``: (root, rel, size, mtime_ns, id) for every ingested file, so re-runs skip
   unchanged files without reading them.
 - ``skipped.lance`` and ``skipped.csv``: every file that was not ingested, with its reason.
@@ -19,11 +24,16 @@ the last commit; ingest resumes from there.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import re
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedstore._images import disk_path
 from embedstore._options import EmbDtype
 from embedstore._ray import RAY_INSTALL_HINT, EngineError
 from embedstore._results import Result
@@ -43,8 +54,13 @@ Part = Literal["holdout", "folds"]
 _ID_CHUNK = 2000  # ids per "id IN (...)" read
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RUST_LOCATION = re.compile(r",\s*\S+\.rs:\d+:\d+\s*$")
+_RUST_ANYWHERE = re.compile(r",?\s*[^\s,]+\.rs:\d+:\d+")
 _META_KEY = "embedstore"
+VIEW_SEP = "__"  # a view column is <main column>__<view> (embedstore._views)
+LOCK_FILE = "write.lock"  # held (fcntl.lockf) by the one process writing the store
+_HELD: dict[str, list] = {}  # resolved store path -> [lock file descriptor, depth], this process
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_GUARD = threading.Lock()
 
 
 # Columns every image row has (ingest writes them); metadata and embeddings follow.
@@ -64,6 +80,188 @@ IMAGE_FIELDS: tuple[pa.Field, ...] = (
 
 class StoreError(ValueError):
     """A store problem the user can act on; the message says what to do."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store; the message names it (PID, command, since when)."""
+
+
+def _writes(method):
+    """Run a write method of :class:`Store` holding the store's write lock (:meth:`Store.writing`)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.writing():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+@dataclass
+class CheckReport(Result):
+    """What ``embedstore check`` found: per table, its versions and the damaged ones;
+    ``problems`` and ``advice`` in plain words; ``ok`` when nothing is (left) damaged."""
+
+    store: str
+    ok: bool
+    repaired: bool
+    tables: list[dict[str, Any]]
+    problems: list[str]
+    advice: list[str]
+
+
+_TABLES = ("images", "files", "skipped")
+_U64 = 2**64 - 1
+
+
+def check(store: str | os.PathLike, repair: bool = False) -> CheckReport:
+    """Verify every version of every table of ``store``: each manifest can be read and every
+    data file it names is there. With ``repair``, a table whose newest versions are damaged
+    goes back to its last good version (the damaged manifests are moved to ``STORE/damaged/``;
+    images added after that version are ingested again by the next ingest); a damaged file
+    index or skipped list with no good version is moved aside too (the next ingest rebuilds it).
+
+    >>> report = check("my-store")
+    >>> report = check("my-store", repair=True)
+    """
+    root = Path(store).expanduser()
+    if not root.is_dir():
+        raise StoreError(f"{root}: no store here")
+    lance = _import_lance()
+    tables = [_check_table(lance, root, t) for t in _TABLES]
+    repaired = False
+    if repair and any(t["damaged"] for t in tables):
+        fd = _lock(root, "embedstore check --repair")  # no other writer while it repairs
+        try:
+            for t in tables:
+                repaired |= _repair_table(root, t)
+        finally:
+            os.close(fd)
+        tables = [_check_table(lance, root, t) for t in _TABLES]
+    problems, advice = [], []
+    for t in tables:
+        problems += t.pop("problems")
+        if t["damaged"] and t["last_good"] is not None:
+            advice.append(
+                f"{t['table']}: run `embedstore check --store {root} --repair` to go back to "
+                f"version {t['last_good']}, then run the ingest again (it adds what was lost)"
+            )
+        elif t["damaged"] and t["table"] == "images":
+            advice.append(
+                "images: no version can be read; ingest the images again into a new store "
+                "(`embedstore ingest IMAGES_DIR --store NEW`)"
+            )
+        elif t["damaged"]:
+            advice.append(
+                f"{t['table']}: run `embedstore check --store {root} --repair` to move it aside; "
+                "the next ingest rebuilds it (re-reading the files)"
+            )
+    ok = not any(t["damaged"] for t in tables)
+    return CheckReport(str(root), ok, repaired, tables, problems, advice)
+
+
+def _manifests(uri: Path) -> dict[int, Path]:
+    """Version number -> manifest file, from the names under ``_versions`` (Lance names them
+    ``N.manifest``, or ``2**64-1-N.manifest`` in its newer scheme)."""
+    out = {}
+    for m in (uri / "_versions").glob("*.manifest"):
+        try:
+            n = int(m.stem)
+        except ValueError:
+            continue
+        out[_U64 - n if n > 2**63 else n] = m
+    return out
+
+
+def _check_table(lance, root: Path, table: str) -> dict[str, Any]:
+    uri = root / f"{table}.lance"
+    t: dict[str, Any] = {"table": table, "versions": 0, "latest": None, "last_good": None,
+                         "damaged": False, "damaged_versions": {}, "problems": []}  # fmt: skip
+    if not uri.exists():
+        if table == "images":
+            t["problems"].append("images: there is no images table (nothing ingested yet?)")
+        return t
+    manifests = _manifests(uri)
+    data = uri / "data"
+    if not manifests:
+        has_data = data.is_dir() and any(data.iterdir())
+        if has_data:
+            t["damaged"] = True
+            t["problems"].append(
+                f"{table}: its version history ({uri / '_versions'}) is missing or empty, so Lance "
+                "cannot open it although it holds data files"
+            )
+        return t
+    t["versions"], t["latest"] = len(manifests), max(manifests)
+    for v in sorted(manifests):
+        why = _version_problem(lance, uri, v)
+        if why is None:
+            t["last_good"] = v
+        else:
+            t["damaged_versions"][v] = why
+    bad_after = {v: w for v, w in t["damaged_versions"].items() if t["last_good"] is None or v > t["last_good"]}  # fmt: skip
+    if bad_after:
+        t["damaged"] = True
+        first = min(bad_after)
+        t["problems"].append(
+            f"{table}: version(s) {', '.join(map(str, sorted(bad_after)))} of {t['latest']} are "
+            f"damaged (version {first}: {bad_after[first]})"
+            + (f"; version {t['last_good']} is the last good one" if t["last_good"] else "")
+        )
+    return t
+
+
+def _version_problem(lance, uri: Path, version: int) -> str | None:
+    """Why ``version`` of the table at ``uri`` cannot be read (None when it can)."""
+    try:
+        ds = lance.dataset(str(uri), version=version)
+        frags = ds.get_fragments()
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the answer
+        return f"its manifest cannot be read: {_plain(e)}"
+    for f in frags:
+        for d in f.metadata.files:
+            p = uri / "data" / d.path
+            if not p.is_file() or p.stat().st_size == 0:
+                return f"data file {p.name} is missing or empty"
+    return None
+
+
+def _repair_table(root: Path, t: dict[str, Any]) -> bool:
+    """Move aside what makes table ``t`` damaged (see :func:`check`); True when it changed."""
+    if not t["damaged"]:
+        return False
+    uri = root / f"{t['table']}.lance"
+    aside = root / "damaged" / time.strftime("%Y%m%dT%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    if t["last_good"] is None:
+        if t["table"] == "images":
+            return False  # nothing Lance can go back to; the advice says what to do
+        os.replace(uri, aside / uri.name)
+        return True
+    manifests = _manifests(uri)
+    for v, m in manifests.items():
+        if v > t["last_good"]:
+            os.replace(m, aside / f"{t['table']}-{m.name}")
+    hint = uri / "_versions" / "latest_version_hint.json"
+    if hint.exists():
+        os.replace(hint, aside / f"{t['table']}-{hint.name}")
+    return True
+
+
+def _plain(e: Exception) -> str:
+    """An exception from Lance as one line, without Rust source locations."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = _RUST_ANYWHERE.sub("", text)
+    return re.sub(r"^(External error: )?(LanceError\(\w+\): )?(Generic N/A error: )?", "", text)
+
+
+def drop_column(store: str | os.PathLike | Store | None, name: str) -> None:
+    """Remove the metadata column ``name`` from the store (:meth:`Store.drop_column`).
+
+    >>> drop_column("my-store", "emb_notes")
+    """
+    st = store if isinstance(store, Store) else connect(store, create=False)
+    st.drop_column(name)
 
 
 def default_store_path() -> str:
@@ -106,6 +304,8 @@ class StoreInfo(Result):
     size_bytes: int
     columns: list[str] | None = None
     folds: dict[str, Any] | None = None
+    warnings: list[str] | None = None  # of the last ingest of each folder (metadata problems)
+    stale_files: dict[str, int] | None = None  # ingested files gone or changed on disk since
 
 
 @dataclass(frozen=True)
@@ -115,6 +315,16 @@ class EmbeddingInfo:
     dim: int
     dtype: str
     describe: dict[str, Any]
+
+    @property
+    def views(self) -> list[str]:
+        """The augmented views stored beside this embedding, in order (``embedstore._views``)."""
+        return list(self.describe.get("views") or [])
+
+    @property
+    def view_columns(self) -> dict[str, str]:
+        """``{view: column}`` of the views stored beside this embedding (``<column>__<view>``)."""
+        return {v: f"{self.column}{VIEW_SEP}{v}" for v in self.views}
 
 
 class Store:
@@ -132,8 +342,16 @@ class Store:
                     f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`"
                 )
             self.path.mkdir(parents=True)
-        elif any(self.path.iterdir()) and not self.exists and not create:
-            raise StoreError(f"{self.path}: not an embedstore store (no images.lance)")
+        elif any(self.path.iterdir()) and not create and not self.exists:
+            if (self.path / "images.lance").is_dir():
+                raise StoreError(
+                    f"{self.path}: images.lance has no committed version (its _versions folder is "
+                    "missing or empty): the first ingest was stopped before its first commit (run "
+                    "it again) or the store is damaged (run `embedstore check --store "
+                    f"{self.path}`)"
+                )
+            if not _has_version(self._uri("skipped")):  # only skipped files: a store still
+                raise StoreError(f"{self.path}: not an embedstore store (no images.lance)")
         self._lance = _import_lance()
 
     # ------------------------------------------------------------------ low level
@@ -145,7 +363,14 @@ class Store:
         uri = self._uri(table)
         if not _has_version(uri):  # absent, or a first write killed before its commit
             return None
-        return self._lance.dataset(uri)
+        try:
+            return self._lance.dataset(uri)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise StoreError(
+                f"{self.path}: the store is damaged: its {table} table cannot be opened "
+                f"({_plain(e)}); run `embedstore check --store {self.path}` to see what is "
+                "damaged and how to repair it"
+            ) from e
 
     def _write(self, table: str, data: pa.Table, mode: str = "append") -> None:
         ds = self._open(table)
@@ -153,6 +378,35 @@ class Store:
             self._lance.write_dataset(data, self._uri(table), mode="create")
         else:
             self._lance.write_dataset(data, self._uri(table), mode=mode)
+
+    @contextmanager
+    def writing(self, what: str | None = None) -> Iterator[None]:
+        """Hold the store's write lock: one process writes a store at a time.
+
+        Every write method takes it; a long job (an ingest) holds it throughout, so a second
+        writer is refused at once with :class:`StoreLockedError` naming the holder ("store is
+        being written by PID ...") instead of racing it. Re-entrant within a process (threads
+        wait for each other); the lock dies with its process, so a ``kill -9`` leaves none.
+        """
+        key = str(self.path.resolve())
+        with _GUARD:
+            tlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+        with tlock:
+            held = _HELD.get(key)
+            if held is not None:  # this thread holds it already
+                held[1] += 1
+                try:
+                    yield
+                finally:
+                    held[1] -= 1
+                return
+            fd = _lock(self.path, what or "embedstore")
+            _HELD[key] = [fd, 1]
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                os.close(fd)  # releases the lock
 
     @property
     def exists(self) -> bool:
@@ -187,10 +441,12 @@ class Store:
         if schema is None:
             return out
         for f in schema:
-            if not f.name.startswith(EMB_PREFIX):
+            if not _is_embedding(f):  # emb_notes of an older store, say, is not one
                 continue
             md = f.metadata or {}
             desc = json.loads(md.get(_META_KEY.encode(), b"{}") or b"{}")
+            if "view" in desc or VIEW_SEP in f.name:  # an augmented view of another column
+                continue
             name = desc.get("backbone", f.name[len(EMB_PREFIX) :])
             dtype = str(f.type.value_type)
             dtype = {"halffloat": "float16", "float": "float32"}.get(dtype, dtype)
@@ -219,6 +475,7 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
+    @_writes
     def ensure_embedding_column(
         self, column: str, dim: int, dtype: EmbDtype, describe: dict
     ) -> None:
@@ -236,6 +493,24 @@ class Store:
                 )
             return
         self._add_missing_columns(ds, pa.schema([field]))
+
+    @_writes
+    def record_views(self, column: str, views: list[str]) -> list[str]:
+        """Record in ``column``'s field metadata that ``views`` (augmented views, each in its
+        own column ``<column>__<view>``) are stored beside it: the stored list, then any new
+        ones, in order. Returns the recorded list."""
+        ds = self._open("images")
+        if ds is None or column not in ds.schema.names:
+            return list(views)
+        md = {k.decode(): v.decode() for k, v in (ds.schema.field(column).metadata or {}).items()}
+        desc = json.loads(md.get(_META_KEY) or "{}")
+        have = list(desc.get("views") or [])
+        merged = have + [v for v in views if v not in have]
+        if merged != have:
+            desc["views"] = merged
+            md[_META_KEY] = json.dumps(desc, sort_keys=True)
+            ds.update_field_metadata({column: md}, replace=True)
+        return merged
 
     def note_runtime(self, column: str, runtime: str) -> None:
         """Record in ``column``'s description that ``runtime`` wrote embeddings into it: a column
@@ -255,6 +530,7 @@ class Store:
     def embedding_field(self, column: str, dim: int, dtype: EmbDtype, describe: dict) -> pa.Field:
         return embedding_field(column, dim, dtype, describe)
 
+    @_writes
     def insert_images(self, rows: pa.Table) -> int:
         """Insert rows whose ``id`` is not in the store yet (others are left as they are).
 
@@ -264,10 +540,9 @@ class Store:
         if rows.num_rows == 0:
             return 0
         ds = self._open("images")
-        if ds is None:
-            self._lance.write_dataset(rows, self._uri("images"), mode="create")
-            self.set_table_metadata(
-                {"format": STORE_FORMAT, "created_at": _now(), "embeddings_token": _token()}
+        if ds is None:  # the store's format metadata goes in the same (first) commit
+            self._lance.write_dataset(
+                _with_store_metadata(rows), self._uri("images"), mode="create"
             )
             return rows.num_rows
         self._new_embeddings_token()
@@ -277,6 +552,7 @@ class Store:
         res = ds.merge_insert("id").when_not_matched_insert_all().execute(rows)
         return int(res["num_inserted_rows"])
 
+    @_writes
     def update_columns(self, ids: list[str], columns: dict[str, pa.Array | list]) -> int:
         """Set ``columns`` (name -> values aligned with ``ids``) of the rows with those ids.
 
@@ -316,6 +592,35 @@ class Store:
                         dtype=dtype)
         )  # fmt: skip
 
+    @_writes
+    def drop_column(self, name: str) -> None:
+        """Remove the metadata column ``name`` from every row (one commit; the files of older
+        versions keep it until they are cleaned up). The columns ingest writes itself and
+        embedding columns are refused."""
+        ds = self._open("images")
+        if ds is None:
+            raise StoreError(f"{self.path}: the store is empty; there is no column to drop")
+        self._check_columns(ds, [name])
+        if name in {f.name for f in IMAGE_FIELDS}:
+            raise StoreError(
+                f"{self.path}: column {name!r} is one the store itself needs; only metadata "
+                "columns can be dropped"
+            )
+        if _is_embedding(ds.schema.field(name)):
+            raise StoreError(
+                f"{self.path}: column {name!r} holds embeddings; only metadata columns can be dropped"
+            )
+        ds.drop_columns([name])
+        if name == "fold":  # the fold summary describes the column: it goes with it
+            self._drop_table_metadata("folds")
+
+    def _drop_table_metadata(self, key: str) -> None:
+        ds = self._open("images")
+        md = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
+        if md.pop(f"{_META_KEY}.{key}", None) is not None:
+            ds.update_schema_metadata(md, replace=True)
+
+    @_writes
     def set_embeddings(self, column: str, ids: list[str], X: np.ndarray) -> int:
         """Write ``X`` (``(n, dim)``) into the existing embedding ``column`` of rows ``ids``."""
         ds = self._open("images")
@@ -370,6 +675,7 @@ class Store:
         if md:
             self._lance.dataset(self._uri("images")).update_field_metadata(md, replace=True)
 
+    @_writes
     def set_table_metadata(self, values: dict[str, Any]) -> None:
         ds = self._open("images")
         if ds is None:
@@ -387,6 +693,79 @@ class Store:
                 out[k[len(_META_KEY) + 1 :]] = json.loads(v.decode())
         return out
 
+    def file_records(self, root: str | None = None) -> pa.Table:
+        """The file index (root, rel, size, mtime_ns, id), of one ``root`` or of all."""
+        ds = self._open("files")
+        if ds is None:
+            return pa.table({c: pa.array([], t) for c, t in (("root", pa.string()),
+                             ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+                             ("id", pa.string()))})  # fmt: skip
+        filt = None if root is None else f"root = {_sql_str(root)}"
+        return ds.to_table(columns=["root", "rel", "size", "mtime_ns", "id"], filter=filt)
+
+    def paths_of(self, root: str) -> dict[str, set[str]]:
+        """``{id: {rel, ...}}``: the paths stored for each image ingested from ``root``."""
+        ds = self._open("images")
+        if ds is None:
+            return {}
+        t = ds.to_table(columns=["id", "paths"], filter=f"root = {_sql_str(root)}")
+        return {
+            i: set(ps or [])
+            for i, ps in zip(t["id"].to_pylist(), t["paths"].to_pylist(), strict=True)
+        }
+
+    def stale_files(self) -> dict[str, int]:
+        """``{"gone": n, "changed": m}``: ingested files that no longer exist, or whose size or
+        time changed since (their rows still describe the old bytes until the folder is
+        ingested again; ``ingest --prune`` then removes what no file backs)."""
+        gone = changed = 0
+        t = self.file_records()
+        for r, rel, size, mtime in zip(
+            t["root"].to_pylist(), t["rel"].to_pylist(), t["size"].to_pylist(),
+            t["mtime_ns"].to_pylist(), strict=True,
+        ):  # fmt: skip
+            try:
+                s = os.stat(disk_path(r, rel))
+            except OSError:
+                gone += 1
+                continue
+            changed += (s.st_size, s.st_mtime_ns) != (size, mtime)
+        return {"gone": gone, "changed": changed}
+
+    @_writes
+    def delete_images(self, ids: list[str]) -> int:
+        """Delete the image rows ``ids`` (one commit per 2,000); returns how many there were."""
+        ds = self._open("images")
+        if ds is None or not ids:
+            return 0
+        n = 0
+        for s in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[s : s + _ID_CHUNK]
+            n += int(ds.count_rows(filter=_sql_in("id", chunk)))
+            self._new_embeddings_token()
+            self._open("images").delete(_sql_in("id", chunk))
+            ds = self._open("images")
+        return n
+
+    @_writes
+    def delete_file_records(self, root: str, rels: list[str]) -> None:
+        ds = self._open("files")
+        for s in range(0, len(rels), _ID_CHUNK):
+            if ds is not None:
+                ds.delete(f"root = {_sql_str(root)} AND {_sql_in('rel', rels[s : s + _ID_CHUNK])}")
+                ds = self._open("files")
+
+    @_writes
+    def record_warnings(self, root: str, warnings: list[str]) -> None:
+        """Keep the warnings of the last ingest of ``root`` (metadata problems, say) in the
+        store, where ``info`` shows them; an ingest without warnings clears its root's."""
+        kept = dict(self.table_metadata().get("warnings") or {})
+        if kept.get(root, []) == list(warnings) or self._open("images") is None:
+            return
+        kept[root] = list(warnings)
+        self.set_table_metadata({"warnings": {r: w for r, w in kept.items() if w}})
+
+    @_writes
     def record_files(self, root: str, files: list[tuple[str, int, int, str]]) -> None:
         """Upsert ``(rel, size, mtime_ns, id)`` of files ingested from ``root``."""
         if not files:
@@ -424,6 +803,7 @@ class Store:
             )
         }  # fmt: skip
 
+    @_writes
     def record_skipped(self, rows: list[dict[str, Any]]) -> None:
         """Record skipped files (root, rel, reason); a later success removes the record."""
         if not rows:
@@ -448,6 +828,7 @@ class Store:
             ).when_matched_update_all().when_not_matched_insert_all().execute(t)
         self._write_skipped_csv()
 
+    @_writes
     def clear_skipped(self, root: str, rels: list[str]) -> None:
         ds = self._open("skipped")
         if ds is None or not rels:
@@ -455,9 +836,7 @@ class Store:
         t = ds.to_table(columns=["rel"], filter=f"root = {_sql_str(root)}")
         present = set(t.column("rel").to_pylist()) & set(rels)
         if present:
-            ds.delete(
-                f"root = {_sql_str(root)} AND rel IN ({', '.join(_sql_str(r) for r in sorted(present))})"
-            )
+            ds.delete(f"root = {_sql_str(root)} AND {_sql_in('rel', sorted(present))}")
             self._write_skipped_csv()
 
     def skipped(self) -> pa.Table:
@@ -482,6 +861,7 @@ class Store:
 
     # ------------------------------------------------------------------ distributed writes
 
+    @_writes
     def prepare_images(self, schema: pa.Schema) -> pa.Schema:
         """Make ``images`` hold every column of ``schema`` (:func:`image_table`'s schema) before
         workers write fragments for it: the table is created empty with that schema (and the
@@ -489,14 +869,13 @@ class Store:
         table's schema, which :func:`write_image_fragments` conforms rows to."""
         ds = self._open("images")
         if ds is None:
-            self._lance.write_dataset(schema.empty_table(), self._uri("images"), mode="create")
-            self.set_table_metadata(
-                {"format": STORE_FORMAT, "created_at": _now(), "embeddings_token": _token()}
-            )
+            empty = _with_store_metadata(schema.empty_table())
+            self._lance.write_dataset(empty, self._uri("images"), mode="create")
         else:
             self._add_missing_columns(ds, schema)
         return self._open("images").schema
 
+    @_writes
     def append_fragments(
         self, fragments: list[str], *, ids: list[str], read_version: int | None = None
     ) -> int:
@@ -548,6 +927,7 @@ class Store:
         filt = self._filter(ds, where, labelled=labelled, part=part, embedded=embedded)
         return _import_lance_ray().read_lance(self._uri("images"), columns=columns, filter=filt)
 
+    @_writes
     def compact(self, min_fragments: int = 16) -> None:
         """Merge small fragments (after a chunked ingest) when there are ``min_fragments`` or more."""
         for name in ("images", "files"):
@@ -663,6 +1043,31 @@ class Store:
             return torch.from_numpy(X), out
         return X, out
 
+    def view_embeddings(
+        self, backbone: str | None, ids: list[str] | np.ndarray, *, dtype: str = "float32"
+    ) -> tuple[list[str], np.ndarray]:
+        """The augmented views stored beside ``backbone``'s embeddings (``ingest --views``) for
+        rows ``ids``: ``(view names, (N, V, dim))`` in ``ids`` order, NaN where a row lacks one.
+
+        >>> names, V = connect("store").view_embeddings("efficientnet-lite0", ids)
+        """
+        info = self.resolve_backbone(backbone)
+        ds = self._open("images")
+        cols = {v: c for v, c in info.view_columns.items() if c in ds.schema.names}
+        ids = [str(i) for i in ids]
+        out = np.full((len(ids), len(cols), info.dim), np.nan, dtype=dtype)
+        if not cols or not ids:
+            return list(cols), out
+        t = self.read(["id", *cols.values()], ids=ids)
+        pos = {i: k for k, i in enumerate(ids)}
+        rows = np.array([pos[i] for i in t.column("id").to_pylist()], dtype=np.int64)
+        for v, c in enumerate(cols.values()):
+            col = t.column(c).combine_chunks()
+            X = col.values.to_numpy(zero_copy_only=False).reshape(len(col), info.dim)
+            ok = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            out[rows[ok], v] = X[ok]
+        return list(cols), out
+
     def embedding_rows(
         self,
         embedding_columns: dict[str, int],
@@ -712,7 +1117,7 @@ class Store:
         """The one place SQL text is built: the user's predicate in parentheses, AND the selectors."""
         terms = [f"({check_predicate(where)})"] if where is not None else []
         if ids is not None:
-            terms.append("id IN (" + ", ".join(_sql_str(i) for i in ids) + ")" if ids else "false")
+            terms.append(_sql_in("id", ids))
         if labelled:
             terms.append("label IS NOT NULL")
         if part is not None:
@@ -726,18 +1131,27 @@ class Store:
         return " AND ".join(terms) if terms else None
 
     def _read_error(self, e: Exception, where: str | None) -> StoreError:
-        reason = _RUST_LOCATION.sub("", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        if where is not None and _looks_like_predicate_error(reason):
+        reason = _plain(e)
+        damaged = any(w in str(e) for w in ("LanceError(IO)", "Not found", "No such file"))
+        if where is not None and not damaged and _looks_like_predicate_error(reason):
             return StoreError(f"invalid --where expression {where!r}: {reason}")
         return StoreError(
-            f"{self.path}: cannot read the store ({reason}); it may be damaged or written by a "
-            "newer version"
+            f"{self.path}: cannot read the store ({reason}); it is damaged or was written by a "
+            f"newer version: run `embedstore check --store {self.path}` to see which"
         )
 
     # ------------------------------------------------------------------ summary
 
     def info(self) -> StoreInfo:
         """Counts, classes with a long-tail summary, backbones, version, size, skipped files."""
+        try:
+            return self._info()
+        except StoreError:
+            raise
+        except (OSError, ValueError, RuntimeError) as e:  # a damaged store, say
+            raise self._read_error(e, None) from e
+
+    def _info(self) -> StoreInfo:
         out: dict[str, Any] = {"store": str(self.path), "exists": self.exists}
         ds = self._open("images")
         skipped = self.skipped()
@@ -778,11 +1192,19 @@ class Store:
             have = int(ds.count_rows(filter=f"{info.column} IS NOT NULL"))
             backbones.append({"name": info.backbone, "column": info.column, "dim": info.dim,
                               "dtype": info.dtype, "embedded": have, "source": info.describe.get("source")})  # fmt: skip
+            if info.views:  # augmented views: name, column and how many images hold it
+                backbones[-1]["views"] = [
+                    {"name": v, "column": c, "embedded": int(ds.count_rows(filter=f"{c} IS NOT NULL"))
+                     if c in ds.schema.names else 0}
+                    for v, c in info.view_columns.items()
+                ]  # fmt: skip
         cols = [f.name for f in ds.schema if not f.name.startswith(EMB_PREFIX)]
         out.update(
             images=n, labelled=n_lab, unlabelled=n - n_lab, classes=cls, backbones=backbones,
             version=int(ds.version), columns=cols, size_bytes=_du(self.path),
-            folds=self.table_metadata().get("folds"),
+            folds=_fold_summary(self.table_metadata().get("folds")),
+            stale_files=self.stale_files(),
+            warnings=[w for ws in (self.table_metadata().get("warnings") or {}).values() for w in ws],
         )  # fmt: skip
         return StoreInfo(**out)
 
@@ -794,6 +1216,19 @@ def _column_of(name: str) -> str:
     return EMB_PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()
 
 
+def _fold_summary(folds: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The split summary for ``info``; one whose split was killed before it finished says so."""
+    if folds is None or folds.get("complete", True):
+        return folds
+    return {**folds, "interrupted": True, "note": "a split was stopped before it finished: the "
+            "fold column may not match this summary; run `embedstore split` again"}  # fmt: skip
+
+
+def _is_embedding(field: pa.Field) -> bool:
+    """An embedding column: named ``emb_...`` and a fixed-size list of floats."""
+    return field.name.startswith(EMB_PREFIX) and pa.types.is_fixed_size_list(field.type)
+
+
 def _has_version(uri: str) -> bool:
     """A Lance table exists once its first commit wrote a manifest under ``_versions``."""
     versions = os.path.join(uri, "_versions")
@@ -803,7 +1238,36 @@ def _has_version(uri: str) -> bool:
         return any(True for _ in entries)
 
 
+def _lock(store: Path, what: str) -> int:
+    """Take ``store``'s write lock (a POSIX record lock: held by this process only, not by
+    forked workers, released when it exits however it exits); StoreLockedError if taken."""
+    fd = os.open(store / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise StoreLockedError(
+            f"{store}: the store is being written by {holder}; wait for it to finish (or stop "
+            "it) and run this again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} ({what}, since {_now()})".encode(), 0)
+    return fd
+
+
+def _sql_in(column: str, values: list[str]) -> str:
+    """``column IN ('a', 'b')`` with every value escaped as a string literal (``false`` for
+    none): the one way a list of ids or paths read from the store goes into a filter."""
+    if not values:
+        return "false"
+    return f"{_quote_column(column)} IN ({', '.join(_sql_str(v) for v in values)})"
+
+
 def _sql_str(s: str) -> str:
+    """``s`` as an SQL string literal (quotes doubled); StoreError for anything not a string."""
+    if not isinstance(s, str):
+        raise StoreError(f"expected a text value in a filter, not {type(s).__name__} {s!r}")
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -870,6 +1334,16 @@ def _looks_like_predicate_error(reason: str) -> bool:
             "invalid",
         )
     )
+
+
+def _with_store_metadata(rows: pa.Table) -> pa.Table:
+    """``rows`` carrying the store's table metadata (format, creation time, embeddings token),
+    so that the commit creating the table records them too: a first commit killed half-way
+    leaves no table, never a table without its format."""
+    values = {"format": STORE_FORMAT, "created_at": _now(), "embeddings_token": _token()}
+    md = dict(rows.schema.metadata or {})
+    md.update({f"{_META_KEY}.{k}".encode(): json.dumps(v).encode() for k, v in values.items()})
+    return rows.replace_schema_metadata(md)
 
 
 def _token() -> str:

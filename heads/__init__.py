@@ -23,7 +23,14 @@ from heads._predict import Prediction, predict, predict_embeddings, write_predic
 from heads._registry import HEADS, create_head, list_heads, register_head
 from heads._report import ReportResult, report
 from heads._train import FoldResult, TrainResult, train
-from heads._unknown import DETECTORS, create_detector, list_detectors, register_detector
+from heads._tune import TuneResult, search_space, tune
+from heads._unknown import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    create_detector,
+    list_detectors,
+    register_detector,
+)
 from heads.losses import LOSSES, create_loss, list_losses, register_loss
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "Suspect",
     "find_issues",
     "report",
+    "DEFAULT_DETECTOR",
     "DETECTORS",
     "ENCODERS",
     "HEADS",
@@ -53,6 +61,7 @@ __all__ = [
     "Predictor",
     "Run",
     "TrainResult",
+    "TuneResult",
     "create_detector",
     "create_head",
     "create_loss",
@@ -70,6 +79,8 @@ __all__ = [
     "register_detector",
     "register_head",
     "register_loss",
+    "search_space",
     "train",
+    "tune",
     "write_predictions_csv",
 ]

@@ -17,6 +17,7 @@ from embedstore import (
     connect,
     near_duplicate_pairs,
 )
+from embedstore._search import l2_normalize
 from heads._errors import HeadsError
 
 POISON_COLUMNS = ("poisonous", "is_poisonous", "poison")
@@ -37,6 +38,10 @@ class FoldData:
     store_path: str
     store_version: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # augmented views of X (``ingest --views``): (N, V, D) float32, a row lacking a view holds
+    # its main embedding there; None when not read. ``view_names`` names the V views in order.
+    views: np.ndarray | None = None
+    view_names: list[str] = field(default_factory=list)
 
 
 def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -45,11 +50,26 @@ def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
 
 
 def load_fold_data(
-    store: Any, backbone: str | None, columns: list[str], where: str | None = None
-) -> FoldData:
-    """Read one backbone's embeddings with labels, folds and ``columns`` from a store."""
+    store: Any, backbone: str | list[str] | None, columns: list[str], where: str | None = None,
+    views: bool = False,
+) -> FoldData:  # fmt: skip
+    """Read one backbone's embeddings with labels, folds and ``columns`` from a store; with
+    ``views`` also the augmented views stored beside them (:attr:`FoldData.views`).
+
+    Several backbones (a list): the rows holding every one of them, each backbone's embedding
+    L2-normalised and concatenated in the order given (:func:`concat_backbones`);
+    ``data.backbone`` is the first, ``data.extra["backbones"]`` all of them.
+    """
     st = store if isinstance(store, Store) else connect(store, create=False)
-    info = st.resolve_backbone(backbone)
+    infos = [
+        st.resolve_backbone(b)
+        for b in (backbone if isinstance(backbone, list | tuple) else [backbone])
+    ]
+    if len({i.column for i in infos}) < len(infos):
+        raise HeadsError(
+            f"--backbone: a backbone is named twice ({', '.join(backbone)}); name each once"
+        )
+    info = infos[0]
     names = st.schema().names
     missing = [c for c in columns if c not in names]
     if missing:
@@ -65,7 +85,11 @@ def load_fold_data(
             ["id", "label", *(["fold"] if "fold" in names else []), *columns, *extra_cols]
         )
     )
-    X, t = st.embeddings(info.backbone, where=where, columns=cols, dtype="float32")
+    if len(infos) == 1:
+        X, t = st.embeddings(info.backbone, where=where, columns=cols, dtype="float32")
+    else:
+        embs, t = st.embedding_rows({i.column: i.dim for i in infos}, cols, where=where)
+        X = concat_backbones([embs[i.column] for i in infos])
     fold = t.get("fold")
     if fold is None:
         fold_arr = np.full(len(X), NO_FOLD, dtype=np.int64)
@@ -74,7 +98,19 @@ def load_fold_data(
     data = FoldData(X, t["id"], t["label"], fold_arr, t, info, str(st.path), st.version)
     data.extra["obs_column"] = _find_column(names, OBS_COLUMNS)
     data.extra["poison_column"] = _find_column(names, POISON_COLUMNS)
+    data.extra["backbones"] = infos
+    if views:
+        data.view_names, V = st.view_embeddings(info.backbone, data.ids)
+        missing = np.isnan(V).any(axis=2)  # (N, V): rows stored before the view was added
+        V[missing] = np.broadcast_to(X[:, None, :], V.shape)[missing]
+        data.views = V
     return data
+
+
+def concat_backbones(arrays: list[np.ndarray]) -> np.ndarray:
+    """``(N, D1 + D2 + ...)`` float32: each backbone's ``(N, Di)`` embedding L2-normalised, side
+    by side, so that no backbone outweighs another by the scale of its features."""
+    return np.concatenate([l2_normalize(a) for a in arrays], axis=1)
 
 
 def check_finite(X: np.ndarray, ids: np.ndarray, column: str) -> None:
@@ -111,17 +147,17 @@ def meta_table(
     return {c: table[c][rows] for c in cols}
 
 
-def fold_rows(data: FoldData, k: int, unknown_label: str) -> tuple[np.ndarray, np.ndarray]:
+def fold_rows(data: FoldData, k: int | None, unknown_label: str) -> tuple[np.ndarray, np.ndarray]:
     """``(train_rows, val_rows)`` of fold ``k``: training takes every labelled known-class row
     outside fold ``k`` and the held-out part (``ALWAYS_TRAIN`` rows train in every fold);
-    validation takes every labelled row of fold ``k``, unknowns included."""
+    validation takes every labelled row of fold ``k``, unknowns included. ``k=None`` (a refit):
+    every fold trains, no row validates."""
     labelled = np.array([v is not None for v in data.labels])
     is_unknown = labelled & np.array([v == unknown_label for v in data.labels])
     in_fold = (data.fold >= 0) | (data.fold == ALWAYS_TRAIN)
-    train_rows = np.flatnonzero(
-        labelled & ~is_unknown & in_fold & (data.fold != k) & (data.fold != HOLDOUT)
-    )
-    val_rows = np.flatnonzero(labelled & (data.fold == k))
+    not_k = np.ones(len(data.fold), bool) if k is None else data.fold != k
+    train_rows = np.flatnonzero(labelled & ~is_unknown & in_fold & not_k & (data.fold != HOLDOUT))
+    val_rows = np.flatnonzero(labelled & (data.fold == k)) if k is not None else np.zeros(0, int)
     return train_rows, val_rows
 
 

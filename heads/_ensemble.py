@@ -24,7 +24,8 @@ from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
 def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
              weights: list[float] | str | None = "auto",
              average: Average = "logits", calibrate: bool = True,
-             overwrite: bool = False) -> EvalResult:  # fmt: skip
+             overwrite: bool = False,
+             validation: list[str | os.PathLike] | None = None) -> EvalResult:  # fmt: skip
     """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
     (``.run`` is the ensemble's path).
 
@@ -44,6 +45,11 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
     ensemble never scores below its best member out-of-fold (the held-out part then says how
     much of that holds); members that validated different images (the folds of one run) weigh
     the same.
+
+    A member with no validation rows (a refit on every fold) adds nothing to the validation
+    part, and is calibrated with the temperature its config records (the folds' mean).
+    ``validation``: runs whose out-of-fold predictions make the validation part instead of the
+    members' (how ``heads train --refit --ensemble refit`` scores the refit alone).
 
     >>> heads.ensemble(["runs/mlp/fold0", "runs/mlp/fold1"], "runs/mlp")
     """
@@ -84,10 +90,7 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
     first_cfg = read_config(runs[0])
     store = first_cfg["store"]
     vals = [read_val(Path(r)) for r in runs]
-    temps = [
-        fit_temperature(v, m.classes) if calibrate else 1.0
-        for v, m in zip(vals, members, strict=True)
-    ]
+    temps = [_temperature(v, m) if calibrate else 1.0 for v, m in zip(vals, members, strict=True)]
     if auto and len(runs) > 1:
         w = select_weights(vals, classes, temps, average)
     config = {
@@ -99,7 +102,17 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
         "calibrated": bool(calibrate), "temperatures": temps,
         "member_sha256": [read_config(r)["config_sha256"] for r in runs],
     }  # fmt: skip
-    _write_val(out, vals, members, w, average, temps if calibrate else None)
+    if validation:
+        v_members = [load(r, "cpu") for r in validation]
+        v_vals = [read_val(Path(r)) for r in validation]
+        v_temps = [_temperature(v, m) for v, m in zip(v_vals, v_members, strict=True)]
+        config["validation"] = [
+            os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation
+        ]
+        _write_val(out, v_vals, v_members, np.ones(len(validation)), average,
+                   v_temps if calibrate else None)  # fmt: skip
+    else:
+        _write_val(out, vals, members, w, average, temps if calibrate else None)
     write_config(out, config)
     return evaluate(out, holdout=True, plots=True)
 
@@ -147,6 +160,13 @@ def select_weights(vals: list[dict[str, Any]], classes: list[str], temps: list[f
         if (cand[j][0], -cand[j][1]) > (best[0], -best[1]):
             best, best_counts = cand[j], counts.copy()
     return best_counts
+
+
+def _temperature(val: dict[str, Any], member: Any) -> float:
+    """A member's temperature: fitted on its validation rows, or its recorded one (a refit)."""
+    if len(val["id"]) == 0 and member.config.get("temperature") is not None:
+        return float(member.config["temperature"])
+    return fit_temperature(val, member.classes)
 
 
 def fit_temperature(val: dict[str, Any], classes: list[str]) -> float:

@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from embedstore import resolve_device
+from embedstore import resolve_device, view_column, view_describe
+from heads._data import concat_backbones
 from heads._encoders import MetadataEncoder
 from heads._errors import HeadsError
 from heads._registry import head_class
@@ -130,22 +131,56 @@ class Run(_Loaded):
         """Store columns this run reads besides the embedding (its metadata fields)."""
         return list(self.config.get("metadata") or [])
 
+    @property
+    def tta_views(self) -> list[str]:
+        """The augmented views whose logits :meth:`logits` averages with the main embedding's
+        (test-time augmentation; ``heads train --tta``), in order; empty without TTA."""
+        return list((self.config.get("views") or {}).get("tta") or [])
+
+    @property
+    def backbones(self) -> list[dict[str, Any]]:
+        """The backbones the head reads, in order (``heads train --backbone a --backbone b``)."""
+        return list(self.config.get("backbones") or [self.config["backbone"]])
+
+    def head_input(self, embeddings: dict[str, np.ndarray]) -> np.ndarray:
+        """The head's input ``(N, D)`` from ``{column: (N, Di)}``: the backbone's embedding, or
+        several backbones' each L2-normalised and concatenated, as at training."""
+        bs = self.backbones
+        if len(bs) == 1:
+            return embeddings[bs[0]["column"]]
+        return concat_backbones([embeddings[b["column"]] for b in bs])
+
     def backbone_columns(self) -> dict[str, dict[str, Any]]:
+        """The embedding columns this run reads: its backbones', then (with TTA) one per view,
+        described so that ``embed_inputs`` makes the same view of a new image."""
         b = self.config["backbone"]
-        return {b["column"]: b}
+        out = {c["column"]: c for c in self.backbones}
+        for v in self.tta_views:
+            c = view_column(b["column"], v)
+            out[c] = {**b, "name": f"{b['name']} {v} view", "column": c, "view": v,
+                      "describe": view_describe(b["describe"], b["column"], v)}  # fmt: skip
+        return out
 
     def logits(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
     ) -> np.ndarray:
-        """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns."""
-        X = embeddings[self.config["backbone"]["column"]]
+        """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns;
+        with TTA the mean of the logits of the main embedding and of each view's."""
+        columns = list(self.backbone_columns())
+        X = self.head_input(embeddings)
         kw = {}
         if self.encoder is not None:
             n = len(X)
             none = np.array([None] * n, dtype=object)
             tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
             kw["fields"] = self.encoder.transform(tab)
-        return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
+        if len(columns) == len(self.backbones):  # no TTA
+            return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
+        z = [
+            np.asarray(self.head.decision_function(embeddings[c], **kw), np.float64)
+            for c in columns
+        ]
+        return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 
     def unknown_scores(
         self,
@@ -156,7 +191,7 @@ class Run(_Loaded):
         """Detector scores (N,) from the embeddings and this run's own ``logits``."""
         if self.detector is None:
             return None
-        X = embeddings[self.config["backbone"]["column"]]
+        X = self.head_input(embeddings)
         return np.asarray(self.detector.score_samples(X, logits=logits), dtype=np.float64)
 
     @property

@@ -152,9 +152,16 @@ class _HeadNet(nn.Module):
         transformer_dim: int,
         transformer_layers: int,
         transformer_heads: int,
+        token_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.arch = arch
+        self.token_dims = [int(t) for t in token_dims] if token_dims else None
+        if self.token_dims is not None and sum(self.token_dims) != input_dim:
+            raise ValueError(
+                f"token_dims {self.token_dims} sum to {sum(self.token_dims)}, not the embedding "
+                f"width {input_dim}"
+            )
         if arch in ("linear", "mlp"):
             self.norm = nn.LayerNorm(input_dim)
             width = input_dim + sum(field_dims)
@@ -165,10 +172,16 @@ class _HeadNet(nn.Module):
                 self.body = nn.Dropout(dropout)
         else:
             d = transformer_dim
-            self.embed = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, d))
+            if self.token_dims is None:  # the embedding is one token
+                self.embed = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, d))
+            else:  # one token per block of token_dims (a backbone each)
+                self.embeds = nn.ModuleList(
+                    nn.Sequential(nn.LayerNorm(w), nn.Linear(w, d)) for w in self.token_dims
+                )
+            n_emb = 1 if self.token_dims is None else len(self.token_dims)
             self.field_proj = nn.ModuleList(nn.Linear(fd, d) for fd in field_dims)
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-            self.token_type = nn.Parameter(torch.zeros(1, 2 + len(field_dims), d))
+            self.token_type = nn.Parameter(torch.zeros(1, 1 + n_emb + len(field_dims), d))
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             nn.init.trunc_normal_(self.token_type, std=0.02)
             layer = nn.TransformerEncoderLayer(
@@ -194,7 +207,12 @@ class _HeadNet(nn.Module):
     def features(self, x: torch.Tensor, fields: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.arch != "transformer":
             return self.body(torch.cat([self.norm(x), *fields], dim=1))  # (B, F)
-        tokens = [self.embed(x)] + [p(f) for p, f in zip(self.field_proj, fields, strict=True)]
+        if self.token_dims is None:
+            tokens = [self.embed(x)]  # (B, d)
+        else:
+            blocks = torch.split(x, self.token_dims, dim=1)  # (B, D_i) each
+            tokens = [e(b) for e, b in zip(self.embeds, blocks, strict=True)]
+        tokens += [p(f) for p, f in zip(self.field_proj, fields, strict=True)]
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, d)
         seq = torch.cat([cls, torch.stack(tokens, dim=1)], dim=1) + self.token_type  # (B, T, d)
         return self.out_norm(self.encoder(seq)[:, 0])  # (B, d)
@@ -261,7 +279,9 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
     needs ``y_val``), ``aux_alpha`` (weight of the auxiliary loss), ``epochs``, ``lr``,
     ``weight_decay`` (AdamW, on weight matrices only), ``batch_size``, ``warmup_epochs``,
     ``patience`` (epochs without a better validation macro-F1 before stopping; None or 0 = never),
-    ``seed``, ``device``, ``transformer_dim``, ``transformer_layers``, ``transformer_heads`` and
+    ``seed``, ``device``, ``transformer_dim``, ``transformer_layers``, ``transformer_heads``,
+    ``token_dims`` (transformer: the embedding's blocks that become one token each, e.g. the
+    widths of several backbones concatenated; None: the whole embedding is one token) and
     ``verbose`` (a progress bar over epochs).
 
     Learned: ``classes_``, ``n_features_in_``, ``field_dims_``, ``num_aux_``, ``class_counts_``,
@@ -292,6 +312,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         transformer_dim: int = 256,
         transformer_layers: int = 2,
         transformer_heads: int = 4,
+        token_dims: Sequence[int] | None = None,
         verbose: bool = False,
     ) -> None:
         self.arch = arch
@@ -313,6 +334,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self.transformer_dim = transformer_dim
         self.transformer_layers = transformer_layers
         self.transformer_heads = transformer_heads
+        self.token_dims = token_dims
         self.verbose = verbose
 
     def __sklearn_tags__(self) -> Tags:
@@ -370,6 +392,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             transformer_dim=self.transformer_dim,
             transformer_layers=self.transformer_layers,
             transformer_heads=self.transformer_heads,
+            token_dims=self.token_dims if self._arch == "transformer" else None,
         ).to(self.device_)
         self.n_features_in_ = input_dim
         self.field_dims_ = list(field_dims)
@@ -409,8 +432,13 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         y_val: ArrayLike | Sequence[Any] | None = None,
         fields_val: Sequence[ArrayLike] | None = None,
         aux_val: ArrayLike | None = None,
+        X_views: ArrayLike | None = None,
     ) -> NeuralHead:
         """Train on embeddings ``X`` ``(N, D)`` and labels ``y`` ``(N,)``; returns self.
+
+        ``X_views``: ``(N, V, D)`` embeddings of augmented views of the same images (``ingest
+        --views``), used as augmentation: each epoch every image is seen once, as one of its
+        ``1 + V`` embeddings (the main one or a view) drawn at random.
 
         ``fields``: encoded metadata blocks ``(N, d_i)``; ``aux``: ``(N, A)`` binary targets
         (NaN = missing). With ``X_val``/``y_val`` the best epoch by validation macro-F1 is kept
@@ -439,6 +467,15 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             )
         f_train = _as_fields(fields, "fields", dev, n)
         a_train = None if aux is None else _as_matrix(aux, "aux", dev, rows=n, finite=False)
+        xs = x  # (N, D), or with views (1 + V, N, D)
+        if X_views is not None:
+            v = np.asarray(host_array(X_views), dtype=np.float32)
+            if v.ndim != 3 or v.shape[0] != n or v.shape[2] != x.shape[1]:
+                raise ValueError(
+                    f"X_views must be (N, V, D) = ({n}, V, {x.shape[1]}), not {v.shape}"
+                )
+            v = _as_matrix(v.reshape(-1, v.shape[2]), "X_views", dev).reshape(v.shape)
+            xs = torch.cat([x[None], v.transpose(0, 1)])  # (1 + V, N, D)
 
         val = self._validation(X_val, y_val, fields_val, aux_val, len(f_train), a_train)
         counts = np.bincount(y_idx, minlength=len(self.classes_))
@@ -452,7 +489,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
                 0 if a_train is None else a_train.shape[1],
             )
             weights = self._sample_weights(y_idx, None if val is None else val[1].cpu().numpy())
-            self._train(x, torch.as_tensor(y_idx, device=dev), f_train, a_train, val, weights, gen)
+            self._train(xs, torch.as_tensor(y_idx, device=dev), f_train, a_train, val, weights, gen)
         return self
 
     def _validation(
@@ -529,7 +566,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         weights: torch.Tensor | None,
         gen: torch.Generator,
     ) -> None:
-        model, n, bs = self.model_, x.shape[0], int(self.batch_size)
+        model, n, bs = self.model_, x.shape[-2], int(self.batch_size)  # x: (N, D) or (1 + V, N, D)
         self._composite = CompositeLoss(self.loss_, self.aux_alpha).to(self.device_)
         decay = [p for k, p in model.named_parameters() if p.ndim >= 2 and "token" not in k]
         rest = [p for k, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in k)]
@@ -556,10 +593,13 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             t0 = time.perf_counter()
             model.train()
             order = self._draw(n, weights, gen)  # (N,)
+            if x.ndim == 3:  # views: each image as one of its 1 + V embeddings this epoch
+                pick = torch.randint(0, x.shape[0], (n,), generator=gen, device=self.device_)
             total_loss = torch.zeros((), device=self.device_)
             for s in range(0, n, bs):
                 idx = order[s : s + bs]  # (B,)
-                out, aux_out = model(x[idx], [f[idx] for f in fields])  # (B, C), (B, A)
+                xb = x[idx] if x.ndim == 2 else x[pick[idx], idx]  # (B, D)
+                out, aux_out = model(xb, [f[idx] for f in fields])  # (B, C), (B, A)
                 loss = self._criterion(out, aux_out, y[idx], None if aux is None else aux[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -26,7 +26,7 @@ from heads._errors import HeadsError
 from heads._metrics import openset_scores
 from heads._plots import plot_roc
 from heads._registry import create_head
-from heads._unknown import create_detector, list_detectors
+from heads._unknown import DEFAULT_DETECTOR, create_detector, list_detectors
 
 TEST_FRACTION = 0.2  # share of each known class's images scored as known test images
 DEFAULT_HEAD_KW = {"epochs": 30}  # applied when the head takes these settings
@@ -72,8 +72,8 @@ def openset_arrays(
     classes stay known). ``detectors``: names (default: every registered detector). ``head``:
     the head whose ``decision_function`` feeds the logit detectors, built with ``head_kwargs``
     (``epochs=30``, ``seed`` and ``device`` by default when it takes them); it is only trained
-    when a logit detector is asked for. ``roc_png``: ROC curves of the last draw, the legend
-    giving the means over draws (as the table). ``progress``: a bar over the draws.
+    when a detector that reads logits is asked for. ``roc_png``: ROC curves of the last draw, the
+    legend giving the means over draws (as the table). ``progress``: a bar over the draws.
 
     Returns one dict per detector, best AUROC first: ``detector``, ``needs``, ``auroc``,
     ``fpr95`` (means over draws), ``auroc_std``, ``fpr95_std`` (population std), ``draws``.
@@ -118,7 +118,7 @@ def openset_arrays(
             raise HeadsError("no known class has 2 or more images: nothing to test the knowns on")
         dets = {n: _with_defaults(create_detector(n), {"device": dev}) for n in names}
         logits_train = logits_test = None
-        if any(d.needs == "logits" for d in dets.values()):
+        if any(d.needs != "embeddings" for d in dets.values()):
             h = _with_defaults(
                 create_head(head, **(head_kwargs or {})),
                 {**DEFAULT_HEAD_KW, "seed": seed + draw, "device": str(dev)},
@@ -155,13 +155,16 @@ def openset_arrays(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The :func:`openset` rows as an aligned text table."""
+    """The :func:`openset` rows as an aligned text table; ``*`` marks the default detector."""
     lines = [f"{'detector':<22} {'needs':<10} {'AUROC':>14} {'FPR@95':>14}"]
     for r in rows:
+        name = r["detector"] + (" *" if r["detector"] == DEFAULT_DETECTOR else "")
         lines.append(
-            f"{r['detector']:<22} {r['needs']:<10} {r['auroc']:>7.3f} ± {r['auroc_std']:.3f}"
+            f"{name:<22} {r['needs']:<10} {r['auroc']:>7.3f} ± {r['auroc_std']:.3f}"
             f" {r['fpr95']:>7.3f} ± {r['fpr95_std']:.3f}"
         )
+    if any(r["detector"] == DEFAULT_DETECTOR for r in rows):
+        lines.append("* the default detector (heads train --unknown)")
     return "\n".join(lines)
 
 

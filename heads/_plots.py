@@ -18,7 +18,7 @@ import numpy as np
 
 from heads._metrics import openset_scores
 
-__all__ = ["plot_confusion", "plot_per_class", "plot_roc", "plot_training_curves"]
+__all__ = ["plot_confusion", "plot_per_class", "plot_roc", "plot_training_curves", "plot_trials"]
 
 _DPI = 120
 
@@ -251,4 +251,50 @@ def plot_roc(
     ax.set_title(_titled(title, "unknown detection ROC") if title else "Unknown detection ROC")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_trials(
+    numbers: Sequence[int],
+    values: Sequence[float | None],
+    pruned: Sequence[float | None],
+    path: str | os.PathLike[str],
+    default: float | None = None,
+    title: str | None = None,
+    ylabel: str = "out-of-fold macro-F1",
+) -> Path:
+    """A hyper-parameter search: each finished trial's objective (dots), each pruned trial's
+    last running value (grey crosses), the best so far (a step line) and the default recipe
+    (a dashed line, when given). The y axis starts at 0, as the other score plots do."""
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    done = [(n, v) for n, v in zip(numbers, values, strict=True) if v is not None]
+    cut = [(n, v) for n, v in zip(numbers, pruned, strict=True) if v is not None]
+    if done:
+        ax.scatter(*zip(*done, strict=True), s=18, color="tab:blue", label="trial", zorder=3)
+        best, xs, ys = -math.inf, [], []
+        for n, v in done:
+            best = max(best, v)
+            xs.append(n)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="tab:red", linewidth=1.5,
+                label=f"best so far ({ys[-1]:.4f})")  # fmt: skip
+    if cut:
+        ax.scatter(*zip(*cut, strict=True), s=18, marker="x", color="0.6",
+                   label="pruned (running mean at the stop)")  # fmt: skip
+    if default is not None:
+        ax.axhline(default, color="grey", linestyle="--", linewidth=1,
+                   label=f"default recipe ({default:.4f})")  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered 0, 1, 2 ...
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(ylabel)
+    ax.set_title(_titled(title, "hyper-parameter search"))
+    ax.grid(True, alpha=0.3)
+    if done or cut:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no trial finished", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)

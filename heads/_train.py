@@ -21,6 +21,7 @@ import torch
 from sklearn.base import clone
 
 from embedstore import Result
+from embedstore._options import ENSEMBLE_MEMBERS, EnsembleMembers
 from heads._data import (
     FoldData,
     aux_matrix,
@@ -31,7 +32,8 @@ from heads._data import (
     meta_table,
 )
 from heads._encoders import MetadataEncoder
-from heads._ensemble import ensemble
+from heads._ensemble import ensemble as write_ensemble
+from heads._ensemble import fit_temperature
 from heads._errors import HeadsError
 from heads._evaluate import EvalResult, evaluate
 from heads._plots import plot_training_curves
@@ -44,9 +46,13 @@ from heads._rundir import (
     write_history,
     write_val,
 )
-from heads._unknown import DETECTORS, UnknownDetector
+from heads._unknown import DEFAULT_DETECTOR, DETECTORS, UnknownDetector
 
 _NOT_HEAD_OPTIONS = ("seed", "device")  # options every head may ignore
+# With views stored (``embedstore ingest --views``) and no --views/--tta given: train on them
+# as augmentation and predict with test-time augmentation (measured: benchmarks/RESULTS.md).
+DEFAULT_VIEWS = True
+DEFAULT_TTA = True
 
 
 @dataclass
@@ -54,7 +60,7 @@ class FoldResult(Result):
     """One fold's run: where it went, how long it fitted, and its validation scores."""
 
     run: str
-    fold: int
+    fold: int | None  # None: the refit on every fold
     fit_seconds: float
     epochs: int
     metrics: dict[str, Any]
@@ -77,13 +83,14 @@ class TrainResult(Result):
     metrics: list[FoldResult]
     ensemble_metrics: EvalResult | None = None
     warnings: list[str] = field(default_factory=list)
+    refit: FoldResult | None = None
 
 
 @dataclass
 class _Fold:
-    """One fold's prepared inputs (the 'prepare' step)."""
+    """One fold's prepared inputs (the 'prepare' step); ``k`` None for the refit."""
 
-    k: int
+    k: int | None
     train_rows: np.ndarray
     val_rows: np.ndarray
     y_train: np.ndarray
@@ -105,7 +112,7 @@ def train(
     store: Any = None,
     *,
     fold: int | str = 0,
-    backbone: str | None = None,
+    backbone: str | list[str] | None = None,
     head: str = "mlp",
     out: str | os.PathLike | None = None,
     metadata: list[str] | tuple[str, ...] = (),
@@ -113,9 +120,13 @@ def train(
     unknown: str | None = None,
     unknown_label: str = "unknown",
     where: str | None = None,
+    refit: bool = False,
+    ensemble: EnsembleMembers | None = None,
     progress: bool = True,
     on_fold: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    views: bool | None = None,
+    tta: bool | None = None,
     **head_options: Any,
 ) -> TrainResult:
     """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
@@ -124,16 +135,38 @@ def train(
     ``sampler``, ``epochs``, ``lr``, ``batch_size``, ``seed``, ``device``, ``k`` ...).
     ``metadata`` columns are encoded (fitted on the training part only) and fed to the head;
     ``aux_targets`` are binary columns learned as auxiliary outputs (e.g. poisonous).
-    ``unknown`` attaches an unknown-class detector calibrated on the validation fold.
+    ``unknown`` attaches an unknown-class detector calibrated on the validation fold (a name
+    from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``).
     An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
     complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that raises
     from it stops the training between folds: how the service cancels a job).
 
+    ``refit`` (with ``fold="all"``) also trains one model on every fold's rows (the held-out part
+    stays out) for the median of the folds' best epochs, saved as ``<out>/refit``; it has no
+    validation rows, so its temperature is the mean of the folds' and its unknown threshold the
+    mean of the folds' thresholds. ``ensemble`` says what ``<out>`` predicts with: ``"folds"``,
+    ``"refit"`` or ``"both"`` (default with ``refit``: :data:`DEFAULT_REFIT_ENSEMBLE`); its
+    validation part stays the folds' out-of-fold predictions, the refit having none.
+    A centroid head with ``reference="train+val"`` implies ``refit`` (and by default
+    ``ensemble="refit"``): the folds are scored with prototypes of their training part, and
+    the refit's prototypes, which ``<out>`` predicts with, use every fold.
+
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
+    >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
     """
     estimator = build_head(head, head_options, progress)
+    unknown = DEFAULT_DETECTOR if unknown == "default" else unknown
     detector = build_detector(unknown, head_options.get("device"))
-    data = load_fold_data(store, backbone, [*metadata, *aux_targets], where)
+    refit, ensemble = _refit_settings(estimator, fold, refit, ensemble)
+    several = isinstance(backbone, list | tuple) and len(backbone) > 1
+    if several and (views or tta):
+        raise HeadsError("--views and --tta work with one --backbone; drop them or name one")
+    data = load_fold_data(store, backbone, [*metadata, *aux_targets], where,
+                          views=(views is not False or bool(tta)) and not several)  # fmt: skip
+    if several and getattr(estimator, "_arch", None) == "transformer" and not estimator.token_dims:
+        # token fusion: one token per backbone
+        estimator.set_params(token_dims=[i.dim for i in data.extra["backbones"]])
+    use_views(data, views, tta)
     check_finite(data.X, data.ids, data.backbone.column)
     if not any(v is not None for v in data.labels):
         raise HeadsError(
@@ -144,7 +177,8 @@ def train(
     base = (
         Path(out)
         if out is not None
-        else Path("runs") / f"{head}-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        else Path("runs")
+        / f"{head}-{'+'.join(i.backbone for i in data.extra['backbones'])}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if base.exists() and not base.is_dir():
         raise HeadsError(f"{base}: --out is a file; give a directory")
@@ -155,21 +189,25 @@ def train(
     # Train into a hidden folder beside --out and swap it in whole when complete: a run killed or
     # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
     work = base.parent / f".{base.name}.partial-{uuid.uuid4().hex[:8]}"
-    runs, metrics = [], []
+    runs, metrics, stats = [], [], []
     settings = {"head": head, "metadata": list(metadata), "aux_targets": list(aux_targets),
                 "unknown": unknown, "unknown_label": unknown_label, "where": where}  # fmt: skip
+    steps = len(folds) + int(refit)
     try:
         for done, k in enumerate(folds):
             if on_fold is not None:
-                on_fold(done, len(folds))
+                on_fold(done, steps)
             run_dir = work / f"fold{k}" if fold == "all" else work
             f = prepare_fold(data, k, list(metadata), list(aux_targets), unknown_label)
             model = clone(estimator)
+            if getattr(model, "reference", None) == "train+val":  # the folds score on train only
+                model.set_params(reference="train")
             model._progress_desc = f"{head} fold {k} ({done + 1}/{len(folds)})"
             fit_s = fit_fold(model, data, f)
             val_logits, det, val_scores = calibrate_fold(
                 model, None if detector is None else clone(detector), data, f
             )
+            stats.append(_fold_stats(model, det, f, val_logits))
             save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, settings)
             res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
             runs.append(str(run_dir))
@@ -183,9 +221,18 @@ def train(
                     f.extra.get("knn_top1_by_k"),
                 )  # fmt: skip
             )
-        ens, ens_metrics = None, None
-        if fold == "all" and len(runs) > 1:
-            ens_metrics = ensemble(runs, work)
+        ens, ens_metrics, refit_res = None, None, None
+        if refit:
+            if on_fold is not None:
+                on_fold(len(folds), steps)
+            refit_res = fit_refit(estimator, detector, data, stats, work / "refit", settings,
+                                  list(metadata), list(aux_targets))  # fmt: skip
+            refit_res.run = str(base / "refit")
+        if fold == "all" and (len(runs) > 1 or refit):
+            members, weights = _ensemble_members(ensemble, runs, work / "refit", refit)
+            ens_metrics = write_ensemble(
+                members, work, weights=weights, validation=runs if ensemble == "refit" else None
+            )
             ens_metrics.run = ens = str(base)
             for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
                 if getattr(ens_metrics, png):
@@ -196,8 +243,111 @@ def train(
         raise
     runs = [m.run for m in metrics]
     if on_fold is not None:
-        on_fold(len(folds), len(folds))
-    return TrainResult(runs, ens, metrics, ens_metrics, leaks)
+        on_fold(steps, steps)
+    return TrainResult(runs, ens, metrics, ens_metrics, leaks, refit_res)
+
+
+# ---------------------------------------------------------------------------- refit
+
+# What a refit run's ensemble holds by default, and the refit's weight beside the K folds in
+# "both" (K: as much as the folds together); chosen out-of-fold on grocery81 (benchmarks/refit.py).
+DEFAULT_REFIT_ENSEMBLE: EnsembleMembers = "both"
+REFIT_WEIGHT = "folds"
+
+
+@dataclass
+class _FoldStats:
+    """What the refit takes from each fold: best epoch, temperature, unknown threshold."""
+
+    best_epoch: int | None
+    temperature: float
+    threshold: float | None
+
+
+def _refit_settings(estimator: Any, fold: int | str, refit: bool,
+                    members: str | None) -> tuple[bool, str]:  # fmt: skip
+    if getattr(estimator, "reference", None) == "train+val":
+        if fold != "all":
+            raise HeadsError(
+                "--reference train+val needs --fold all: the folds are scored on their training "
+                "part, and the refit on every fold is the reference set"
+            )
+        refit, members = True, members or "refit"
+    if members is not None and members not in ENSEMBLE_MEMBERS:
+        raise HeadsError(f"--ensemble {members!r}: valid: {', '.join(ENSEMBLE_MEMBERS)}")
+    if refit and fold != "all":
+        raise HeadsError("--refit needs --fold all (its epochs are chosen on the folds)")
+    if members in ("refit", "both") and not refit:
+        raise HeadsError(f"--ensemble {members} needs --refit")
+    return refit, members or (DEFAULT_REFIT_ENSEMBLE if refit else "folds")
+
+
+def _backbones_config(data: FoldData) -> dict[str, Any]:
+    """``{"backbones": [...]}`` for a head on several backbones (their embeddings L2-normalised
+    and concatenated in this order); nothing for one."""
+    infos = data.extra.get("backbones") or [data.backbone]
+    if len(infos) == 1:
+        return {}
+    return {"backbones": [{"name": i.backbone, "column": i.column, "dim": i.dim,
+                           "describe": i.describe} for i in infos]}  # fmt: skip
+
+
+def _fold_stats(
+    model: Any, det: UnknownDetector | None, f: _Fold, val_logits: np.ndarray
+) -> _FoldStats:
+    temp = fit_temperature({"label": f.y_val, "logits": val_logits}, f.classes.tolist())
+    best = getattr(model, "best_epoch_", None)
+    thr = None if det is None else getattr(det, "threshold_", None)
+    return _FoldStats(None if best is None else int(best), temp, thr)
+
+
+def refit_epochs(best_epochs: list[int]) -> int:
+    """The refit's epoch count: the median of the folds' best epochs (rounded, at least 1).
+
+    The refit sees K/(K-1) times the rows per epoch, so the same epochs already take that many
+    more optimiser steps; the count is not scaled further.
+    """
+    return max(1, int(round(float(np.median(best_epochs)))))
+
+
+def fit_refit(estimator: Any, detector: UnknownDetector | None, data: FoldData,
+              stats: list[_FoldStats], run_dir: Path, settings: dict[str, Any],
+              metadata: list[str], aux_targets: list[str]) -> FoldResult:  # fmt: skip
+    """Train ``estimator`` on every fold's rows for the folds' median best epoch and save it as a
+    run in ``run_dir`` (no validation rows: temperature and unknown threshold from the folds)."""
+    f = prepare_fold(data, None, metadata, aux_targets, settings["unknown_label"])
+    model = clone(estimator)
+    best = [s.best_epoch for s in stats if s.best_epoch is not None]
+    epochs = None
+    if best and "epochs" in model.get_params():
+        epochs = refit_epochs(best)
+        model.set_params(epochs=epochs)
+    model._progress_desc = f"{settings['head']} refit on all folds"
+    fit_s = fit_fold(model, data, f)
+    val_logits, det, _ = calibrate_fold(
+        model, None if detector is None else clone(detector), data, f
+    )
+    thresholds = [s.threshold for s in stats if s.threshold is not None]
+    if det is not None and thresholds:
+        det.threshold_ = float(np.mean(thresholds))
+        det.calibration_ = {"method": "mean of the folds' thresholds", "thresholds": thresholds}
+    temperature = float(np.mean([s.temperature for s in stats]))
+    extra = {"refit": {"epochs": epochs, "fold_best_epochs": best,
+                       "fold_temperatures": [s.temperature for s in stats]},
+             "temperature": temperature}  # fmt: skip
+    save_fold(run_dir, model, det, data, f, val_logits, None, fit_s, settings, extra)
+    n = len(getattr(model, "history_", []) or [])
+    return FoldResult(str(run_dir), None, round(fit_s, 3), n, {"n_train": int(len(f.train_rows))})
+
+
+def _ensemble_members(members: str, runs: list[str], refit_dir: Path,
+                      refit: bool) -> tuple[list[str], list[float] | str]:  # fmt: skip
+    if not refit or members == "folds":
+        return runs, "auto"
+    if members == "refit":
+        return [str(refit_dir)], "auto"
+    w_refit = float(len(runs)) if REFIT_WEIGHT == "folds" else 1.0
+    return [*runs, str(refit_dir)], [1.0] * len(runs) + [w_refit]
 
 
 # ---------------------------------------------------------------------------- build once
@@ -261,7 +411,7 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
 # ---------------------------------------------------------------------------- fold steps
 
 
-def prepare_fold(data: FoldData, k: int, metadata: list[str], aux_targets: list[str],
+def prepare_fold(data: FoldData, k: int | None, metadata: list[str], aux_targets: list[str],
                  unknown_label: str) -> _Fold:  # fmt: skip
     """Rows, labels, encoded metadata (encoder fitted on the training part) and aux targets."""
     train_rows, val_rows = fold_rows(data, k, unknown_label)
@@ -269,7 +419,8 @@ def prepare_fold(data: FoldData, k: int, metadata: list[str], aux_targets: list[
     classes = np.unique(y_tr)
     if len(classes) < 2:
         raise HeadsError(
-            f"fold {k}: the training part has {len(classes)} class(es); a classifier needs at least 2"
+            f"{'refit' if k is None else f'fold {k}'}: the training part has {len(classes)} "
+            "class(es); a classifier needs at least 2"
         )
     y_val = data.labels[val_rows].astype(str)
     f = _Fold(k, train_rows, val_rows, y_tr, classes, y_val, np.isin(y_val, classes))
@@ -297,14 +448,63 @@ def fit_fold(model: Any, data: FoldData, f: _Fold) -> float:
         fit_kw["aux"] = f.aux_train
     if f.known_val.any():
         fit_kw["X_val"], fit_kw["y_val"] = data.X[f.val_rows][f.known_val], f.y_val[f.known_val]
+    X, y = data.X[f.train_rows], f.y_train
+    if data.extra.get("train_views"):  # augmentation by the stored views of each image
+        V = data.views[f.train_rows]  # (n, V, D)
+        if "X_views" in inspect.signature(model.fit).parameters:
+            fit_kw["X_views"] = V  # the head draws one of main + views per image and epoch
+        else:  # others (kNN, centroids, ...) fit on every view as one more image
+            X, y, fit_kw = _stack_views(X, V, y, fit_kw)
     t0 = time.perf_counter()
     try:
-        model.fit(data.X[f.train_rows], f.y_train, **fit_kw)
+        model.fit(X, y, **fit_kw)
     except HeadsError:
         raise
     except ValueError as e:
-        raise HeadsError(f"fold {f.k}: {e}") from e
+        raise HeadsError(f"{'refit' if f.k is None else f'fold {f.k}'}: {e}") from e
     return time.perf_counter() - t0
+
+
+def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
+    """Decide whether training uses the stored views as augmentation (``views``) and validation
+    and prediction average the views' logits (``tta``); None: :data:`DEFAULT_VIEWS` /
+    :data:`DEFAULT_TTA` when the store has views for the backbone. Records the view names
+    in ``data.extra`` (``train_views``, ``tta_views``)."""
+    have = bool(data.view_names)
+    if (views or tta) and not have:
+        raise HeadsError(
+            f"{data.store_path}: no views of {data.backbone.backbone} are stored; add them with "
+            f"`embedstore ingest IMAGES_DIR --store {data.store_path} --views flip,crops5` or "
+            "drop --views/--tta"
+        )
+    train_v = have and (DEFAULT_VIEWS if views is None else views)
+    tta_v = have and (DEFAULT_TTA if tta is None else tta)
+    data.extra["train_views"] = list(data.view_names) if train_v else []
+    data.extra["tta_views"] = list(data.view_names) if tta_v else []
+
+
+def tta_logits(model: Any, data: FoldData, rows: np.ndarray, **kw: Any) -> np.ndarray:
+    """Logits ``(n, C)`` of ``rows``: with test-time augmentation (``tta_views``) the mean of
+    the logits of the main embedding and of each view, as a loaded run predicts."""
+    parts = [data.X[rows]]
+    if data.extra.get("tta_views"):
+        parts += list(data.views[rows].transpose(1, 0, 2))  # V of (n, D)
+    z = [np.asarray(model.decision_function(x, **kw), dtype=np.float64) for x in parts]
+    return np.mean(z, axis=0).astype(np.float32)
+
+
+def _stack_views(X: np.ndarray, V: np.ndarray, y: np.ndarray,
+                 fit_kw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Training rows with every view as one more row: ``(n * (1 + V), D)``, labels and
+    metadata fields / aux targets repeated to match."""
+    reps = 1 + V.shape[1]
+    X = np.concatenate([X, V.transpose(1, 0, 2).reshape(-1, X.shape[1])])
+    kw = dict(fit_kw)
+    if "fields" in kw:
+        kw["fields"] = [np.concatenate([a] * reps) for a in kw["fields"]]
+    if "aux" in kw:
+        kw["aux"] = np.concatenate([kw["aux"]] * reps)
+    return X, np.tile(y, reps), kw
 
 
 def calibrate_fold(model: Any, detector: UnknownDetector | None, data: FoldData,
@@ -320,7 +520,7 @@ def calibrate_fold(model: Any, detector: UnknownDetector | None, data: FoldData,
             str(kk): float((p.argmax(axis=1) == yv).mean()) for kk, p in sorted(multi.items())
         }
     val_logits = (
-        np.asarray(model.decision_function(X_val, **f.fields("val")), dtype=np.float32)
+        tta_logits(model, data, f.val_rows, **f.fields("val"))
         if len(f.val_rows)
         else np.zeros((0, len(f.classes)), np.float32)
     )
@@ -338,8 +538,9 @@ def calibrate_fold(model: Any, detector: UnknownDetector | None, data: FoldData,
 
 def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data: FoldData, f: _Fold,
               val_logits: np.ndarray, val_scores: np.ndarray | None, fit_s: float,
-              settings: dict[str, Any]) -> None:  # fmt: skip
-    """Write the run directory (weights, detector, history, validation logits, config last)."""
+              settings: dict[str, Any], extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write the run directory (weights, detector, history, validation logits, config last);
+    ``extra`` adds keys to its config (a refit's epochs and temperature)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_h, tensors = model.get_state()
     sha = {"head.safetensors": save_tensors(run_dir, "head.safetensors", tensors)}
@@ -362,7 +563,8 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
     if history:
         plot_training_curves(
             history, run_dir / "curves.png", best_epoch=getattr(model, "best_epoch_", None),
-            title=f"{settings['head']} on {data.backbone.backbone}, fold {f.k}: training curves",
+            title=f"{settings['head']} on {data.backbone.backbone}, "
+            f"{'refit on all folds' if f.k is None else f'fold {f.k}'}: training curves",
         )  # fmt: skip
     obs_col = data.extra.get("obs_column")
     write_val(
@@ -383,6 +585,7 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
             "dim": data.backbone.dim,
             "describe": data.backbone.describe,
         },
+        **_backbones_config(data),
         "store": {
             "path": str(Path(data.store_path).resolve()),
             "version": data.store_version,
@@ -404,5 +607,11 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "weights_sha256": sha,
         "detector": det_config,
+        # augmented views (``ingest --views``): those trained on, those averaged at prediction
+        "views": {
+            "train": data.extra.get("train_views") or [],
+            "tta": data.extra.get("tta_views") or [],
+        },
+        **(extra or {}),
     }
     write_config(run_dir, config)

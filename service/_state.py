@@ -96,9 +96,9 @@ class State:
             if self._resident is None or self._resident.stale:
                 infos = self.store.embeddings_info().values()
                 meta = sorted({c for _, m in self._runs.values() for c in m.columns})
-                self._resident = embedstore.Resident(
-                    self.store, [i.column for i in infos], meta, device=self.device
-                )
+                # with the views' columns: runs that predict with TTA read them for stored ids
+                cols = [c for i in infos for c in (i.column, *i.view_columns.values())]
+                self._resident = embedstore.Resident(self.store, cols, meta, device=self.device)
             return self._resident
 
     def backbone(self, column: str) -> BatchedBackbone:

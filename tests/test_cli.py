@@ -62,3 +62,17 @@ def test_openset_json_contract(tmp_path):
     assert by["mahalanobis"]["auroc"] > 0.95  # held-out clusters are far from every class mean
     for row in rows:  # (logit detectors extrapolate: far-off clusters can get confident logits)
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr95"] <= 1.0 and row["draws"] == 1
+
+
+def test_bare_unknown_attaches_the_default_detector(tmp_path):
+    st = make_synthetic_store(tmp_path / "s", n_classes=4, per_class=20)
+    embedstore.split(st, folds=2, seed=0)
+    r = CliRunner().invoke(heads_cli, ["train", "--store", str(tmp_path / "s"), "--fold", "0", "--head", "centroid",
+                                       "--unknown", "--out", str(tmp_path / "r"), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["detector"]["name"] == "energy-knn"
+    assert config["detector"]["config"]["params"]["k"] == 1
+    r = CliRunner().invoke(heads_cli, ["train", "--store", str(tmp_path / "s"), "--fold", "0", "--head", "centroid",
+                                       "--unknown", "odin", "--out", str(tmp_path / "r2")])  # fmt: skip
+    assert r.exit_code != 0 and "'odin' is not one of 'default', 'energy'" in r.output, r.output

@@ -76,11 +76,22 @@ EXPECTED_FAILED = {
     "check_classifiers_classes": BINARY_LOGITS,
     "check_decision_proba_consistency": BINARY_LOGITS,
 }
+# The transductive centroid head moves its prototypes toward the batch it predicts: a row's
+# answer depends on the other rows of its call, by design (the FungiCLEF 2025 recipe). Its
+# binary decision_function ranks like its predict_proba, so that check passes.
+TRANSDUCTIVE = create_head("centroid", transductive=True, reference="train+val")
+EXPECTED_FAILED_TRANSDUCTIVE = {
+    "check_classifiers_train": BINARY_LOGITS,
+    "check_classifiers_classes": BINARY_LOGITS,
+    "check_methods_subset_invariance": "transductive: a prediction depends on its batch",
+}
 
 
 @parametrize_with_checks(
-    [_head(name) for name in list_heads()],
-    expected_failed_checks=lambda head: EXPECTED_FAILED,
+    [*(_head(name) for name in list_heads()), TRANSDUCTIVE],
+    expected_failed_checks=lambda head: (
+        EXPECTED_FAILED_TRANSDUCTIVE if head is TRANSDUCTIVE else EXPECTED_FAILED
+    ),
     xfail_strict=True,
 )
 def test_sklearn_estimator_checks(estimator, check):

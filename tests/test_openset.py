@@ -7,7 +7,7 @@ import pytest
 
 from heads import HeadsError
 from heads._openset import _stratified_split, format_table, openset, openset_arrays
-from heads._unknown import list_detectors
+from heads._unknown import DEFAULT_DETECTOR, list_detectors
 
 
 def _clusters(seed=0, n_classes=8, per_class=60, d=32, spread=0.7):
@@ -83,3 +83,14 @@ def test_flowers12_held_out_species(flowers_store, tmp_path):
     print("\nflowers12, 3 of 12 species held out, 3 draws:\n" + format_table(rows))
     assert rows[0]["auroc"] > 0.7
     assert (tmp_path / "roc.png").exists()
+
+
+def test_flowers12_default_detector_beats_chance_and_energy(flowers_store):
+    """The default detector (energy fused with deep kNN) on real photos, 3 of 12 species held out:
+    well above chance (0.5) and above energy alone (measured 0.94 against 0.90)."""
+    rows = openset(flowers_store, detectors=[DEFAULT_DETECTOR, "energy"], draws=3, device="cpu")
+    auroc = {r["detector"]: r["auroc"] for r in rows}
+    print("\n" + format_table(rows))
+    assert auroc[DEFAULT_DETECTOR] > 0.85
+    assert auroc[DEFAULT_DETECTOR] > auroc["energy"]
+    assert "energy-knn *" in format_table(rows)

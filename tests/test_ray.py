@@ -203,7 +203,7 @@ def test_without_the_extra_engine_ray_says_how_to_install_it(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "lance_ray", None)
     args = ["ingest", str(tmp_path / "imgs"), "--store", str(tmp_path / "s"), "--engine", "ray"]
     r = CliRunner().invoke(embedstore_cli, args)
-    assert r.exit_code == 1 and "pip install 'embedstore[ray]'" in r.output, r.output
+    assert r.exit_code == 2 and "pip install 'embedstore[ray]'" in r.output, r.output
     with pytest.raises(embedstore.EngineError, match=r"pip install 'embedstore\[ray\]'"):
         embedstore.connect_ray()
     r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path), "--engine", "ray"])

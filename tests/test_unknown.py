@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from embedstore._search import l2_normalize
 from heads._knn import CentroidHead
 from heads._unknown import (
+    DEFAULT_DETECTOR,
     create_detector,
     detector_from_state,
     list_detectors,
@@ -22,6 +23,7 @@ from heads._unknown import (
 
 EMBEDDING_DETECTORS = ["knn", "mahalanobis", "relative-mahalanobis"]
 LOGIT_DETECTORS = ["energy", "entropy", "max-logit", "msp"]
+FUSED_DETECTORS = ["energy-knn"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +60,7 @@ def open_set():
 def _fit(name, d, **kw):
     det = create_detector(name, **kw)
     return det.fit(
-        d["X_train"], d["y_train"], logits=d["logits_train"] if det.needs == "logits" else None
+        d["X_train"], d["y_train"], logits=d["logits_train"] if det.needs != "embeddings" else None
     )
 
 
@@ -72,7 +74,7 @@ def test_embedding_detectors_separate_held_out_clusters(open_set, name):
     assert auroc > 0.9, f"{name}: AUROC {auroc:.3f}"
 
 
-@pytest.mark.parametrize("name", LOGIT_DETECTORS)
+@pytest.mark.parametrize("name", LOGIT_DETECTORS + FUSED_DETECTORS)
 def test_logit_detectors_on_centroid_head_logits(open_set, name):
     auroc = roc_auc_score(open_set["is_known"], _scores(_fit(name, open_set), open_set))
     print(f"{name} on CentroidHead logits: AUROC {auroc:.3f}")  # reported with pytest -s
@@ -186,10 +188,11 @@ def test_calibration_errors():
 
 
 def test_registry():
-    assert set(list_detectors()) == set(EMBEDDING_DETECTORS + LOGIT_DETECTORS)
+    assert set(list_detectors()) == set(EMBEDDING_DETECTORS + LOGIT_DETECTORS + FUSED_DETECTORS)
+    assert DEFAULT_DETECTOR in list_detectors()
     assert list_detectors("*mahalanobis") == ["mahalanobis", "relative-mahalanobis"]
     with pytest.raises(
-        ValueError, match="unknown detector 'odin'; valid detectors: energy, entropy"
+        ValueError, match="unknown detector 'odin'; valid detectors: energy, energy-knn, entropy"
     ):
         create_detector("odin")
 
@@ -197,7 +200,7 @@ def test_registry():
 @pytest.mark.parametrize("name", list_detectors())
 def test_detector_contract(open_set, tmp_path, name):
     det = create_detector(name)
-    assert det.needs in ("logits", "embeddings")
+    assert det.needs in ("logits", "embeddings", "both")
     assert (
         det.fit(
             torch.from_numpy(open_set["X_train"]),
@@ -228,6 +231,50 @@ def test_detector_contract(open_set, tmp_path, name):
     np.testing.assert_array_equal(
         again.predict(open_set["X_eval"], logits=open_set["logits_eval"]), pred
     )
+
+
+def test_energy_knn_matches_a_direct_numpy_computation():
+    """Slow reference: energy by logsumexp, k-th cosine neighbour by brute force, both
+    standardised with the training scores (kNN leave-one-out)."""
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(120, 24)).astype(np.float32), np.repeat(np.arange(6), 20)
+    Z, Xq, Zq = rng.normal(size=(120, 6)), rng.normal(size=(30, 24)), rng.normal(size=(30, 6))
+    for k, w, t in [(1, 0.5, 1.0), (3, 0.2, 2.0)]:
+        det = create_detector("energy-knn", k=k, weight=w, temperature=t, device="cpu")
+        det.fit(X, y, logits=Z)
+        U = X / np.linalg.norm(X, axis=1, keepdims=True)
+        Uq = Xq / np.linalg.norm(Xq, axis=1, keepdims=True)
+        S = U @ U.T
+        np.fill_diagonal(S, -np.inf)
+        sim_train = np.sort(S, axis=1)[:, -k]  # k-th nearest other training row
+        sim_query = np.sort(Uq @ U.T, axis=1)[:, -k]
+        e_train = t * np.log(np.exp(Z / t).sum(axis=1))
+        e_query = t * np.log(np.exp(Zq / t).sum(axis=1))
+        want = (
+            w * (e_query - e_train.mean()) / e_train.std()
+            + (1 - w) * (sim_query - sim_train.mean()) / sim_train.std()
+        )
+        # the training embeddings are kept in float16, as saved
+        np.testing.assert_allclose(det.score_samples(Xq, logits=Zq), want, atol=5e-3)
+        train_fused = (
+            w * (e_train - e_train.mean()) / e_train.std()
+            + (1 - w) * (sim_train - sim_train.mean()) / sim_train.std()
+        )
+        assert det.threshold_ == pytest.approx(np.quantile(train_fused, 0.05), abs=5e-3)
+
+
+def test_energy_knn_needs_logits_and_a_valid_weight(open_set):
+    with pytest.raises(ValueError, match="detector 'energy-knn' needs logits="):
+        create_detector("energy-knn").fit(open_set["X_train"], open_set["y_train"])
+    det = _fit("energy-knn", open_set)
+    with pytest.raises(ValueError, match="detector 'energy-knn' needs logits="):
+        det.score_samples(open_set["X_eval"])
+    with pytest.raises(ValueError, match="detector 'energy-knn' needs embeddings"):
+        det.score_samples(logits=open_set["logits_eval"])
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]; got 2"):
+        create_detector("energy-knn", weight=2).fit(
+            open_set["X_train"], open_set["y_train"], logits=open_set["logits_train"]
+        )
 
 
 @pytest.mark.parametrize("name", LOGIT_DETECTORS)

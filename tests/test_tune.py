@@ -1,0 +1,132 @@
+"""heads.tune: Optuna over a head's settings on the out-of-fold macro-F1, the best retrained as a
+normal run, the trials written beside it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import embedstore
+import heads
+from cli import heads_cli
+from tests.conftest import make_synthetic_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAST = {"epochs": 8, "batch_size": 64, "device": "cpu", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # close clusters: the default recipe is not already perfect, so settings matter
+    path = tmp_path_factory.mktemp("tune") / "s"
+    st = make_synthetic_store(path, n_classes=6, per_class=30, dim=16, sep=1.0)
+    embedstore.split(st, folds=3, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "run"
+    return heads.tune(store, head="mlp", trials=6, out=out, seed=0, **FAST)
+
+
+def test_tune_tries_the_default_first_keeps_the_best_and_retrains_it_as_a_normal_run(tuned):
+    res, run = tuned, tuned.run
+    rows = list(csv.DictReader(open(res.trials_csv)))
+    assert len(rows) == res.n_trials == 6 and res.n_complete + res.n_pruned + res.n_failed == 6
+    assert res.n_failed == 0 and res.n_complete >= 3
+    # trial 0 is the head's own recipe, so tuning can never end below it out-of-fold
+    first = rows[0]
+    assert (first["lr"], first["weight_decay"], first["dropout"], first["hidden"], first["loss"]) == (
+        "0.001", "0.0001", "0.1", "1024", "ce"
+    )  # fmt: skip
+    assert res.default_macro_f1 == pytest.approx(float(first["macro_f1"]))
+    assert res.best_macro_f1 >= res.default_macro_f1
+    assert res.best_macro_f1 == max(float(r["macro_f1"]) for r in rows if r["macro_f1"])
+    assert float(rows[-1]["best_so_far"]) == pytest.approx(res.best_macro_f1)
+    # the best settings retrained through heads.train: a fold ensemble that scores exactly what
+    # the trial scored out-of-fold (same seed, same folds), and loads like any run
+    ev = heads.evaluate(res.run)
+    assert ev.metrics["macro_f1"] == pytest.approx(res.best_macro_f1, abs=1e-9)
+    assert ev.metrics["top1"] == pytest.approx(res.best_top1, abs=1e-9)
+    assert ev.metrics["macro_f1"] > 0.8
+    cfg = json.loads((Path(run) / "fold0" / "config.json").read_text())["head_config"]
+    for k, v in res.best_params.items():
+        if k == "label_smoothing":
+            assert cfg["loss_kwargs"] == {"label_smoothing": pytest.approx(v)}
+        else:
+            assert cfg[k] == pytest.approx(v) if isinstance(v, float) else cfg[k] == v
+    summary = json.loads(open(res.trials_json).read())
+    assert summary["best"]["trial"] == res.best_trial and len(summary["trials"]) == 6
+    assert open(res.trials_png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(heads.load(res.run).classes) == 6
+
+
+@pytest.mark.slow
+def test_tune_is_reproducible_with_a_seed(store, tuned, tmp_path):
+    again = heads.tune(store, head="mlp", trials=3, out=tmp_path / "a", seed=0, **FAST)
+    ra = [(r["state"], r["macro_f1"], r["lr"]) for r in csv.DictReader(open(again.trials_csv))]
+    rb = [(r["state"], r["macro_f1"], r["lr"]) for r in csv.DictReader(open(tuned.trials_csv))]
+    assert ra == rb[:3]  # the first trials are never pruned: the same draws, the same scores
+
+
+def test_the_linear_head_has_no_hidden_width_to_search():
+    assert heads.search_space("linear") == {
+        "lr": (1e-3, 1e-1, "log"), "weight_decay": (1e-6, 1.0, "log"),
+        "dropout": (0.0, 0.7, "linear"), "loss": heads.list_losses(),
+        "label_smoothing": (0.0, 0.3, "linear"),
+    }  # fmt: skip
+    assert "hidden" in heads.search_space("mlp")
+    assert set(heads.search_space("mlp", {"loss": "focal", "dropout": 0.2})) == {
+        "lr", "weight_decay", "hidden"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tune_stops_at_the_time_limit_with_the_trials_it_finished(store, tmp_path):
+    res = heads.tune(store, head="mlp", trials=200, timeout_s=1.0, out=tmp_path / "r", **FAST)
+    assert 1 <= res.n_complete and res.n_trials < 200
+    assert (tmp_path / "r" / "config.json").is_file()
+
+
+def test_tune_bad_input_says_what_to_do(store, tuned, tmp_path):
+    with pytest.raises(heads.HeadsError, match="--head knn: nothing to search"):
+        heads.tune(store, head="knn", trials=2, out=tmp_path / "k")
+    with pytest.raises(heads.HeadsError, match="--losses nope: valid losses: arcface, ce"):
+        heads.tune(store, head="mlp", losses=["nope"], out=tmp_path / "k")
+    with pytest.raises(heads.HeadsError, match="a run is there already; give --overwrite"):
+        heads.tune(store, head="mlp", trials=1, out=tuned.run, **FAST)
+    with pytest.raises(heads.HeadsError, match="--trials must be >= 1"):
+        heads.tune(store, head="mlp", trials=0)
+
+
+def test_heads_tune_cli(store, tmp_path):
+    r = CliRunner().invoke(heads_cli, ["tune", "--help"])
+    assert r.exit_code == 0 and "heads tune --store grocery --head mlp --trials 50" in r.output
+    out = tmp_path / "cli"
+    args = ["tune", "--store", str(store), "--head", "mlp", "--trials", "2", "--epochs", "8",
+            "--batch-size", "64", "--device", "cpu", "--losses", "ce,focal", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(heads_cli, args)
+    assert r.exit_code == 0, r.output
+    assert "default recipe (trial 0): macro-F1" in r.output and "best (trial" in r.output
+    assert (out / "trials.csv").is_file() and (out / "trials.png").is_file()
+    r = CliRunner().invoke(
+        heads_cli, ["tune", "--store", str(store), "--head", "knn", "--out", str(tmp_path / "x")]
+    )
+    assert r.exit_code == 2 and "nothing to search" in r.output
+
+
+@pytest.mark.slow
+def test_tune_on_real_photos_beats_or_matches_the_default_recipe(flowers_store, tmp_path):
+    embedstore.split(flowers_store, folds=3, seed=0) if not embedstore.connect(
+        flowers_store, create=False
+    ).info().folds else None  # fmt: skip
+    res = heads.tune(flowers_store, head="mlp", trials=4, out=tmp_path / "run", epochs=15,
+                     device="cpu", progress=False)  # fmt: skip
+    assert res.best_macro_f1 >= res.default_macro_f1 >= 0.85
+    ev = heads.evaluate(res.run)
+    assert ev.metrics["macro_f1"] == pytest.approx(res.best_macro_f1, abs=1e-9)
