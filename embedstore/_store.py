@@ -341,7 +341,7 @@ class Store:
                 raise StoreError(
                     f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`"
                 )
-            self.path.mkdir(parents=True)
+            self.path.mkdir(parents=True, exist_ok=True)  # another writer may create it first
         elif any(self.path.iterdir()) and not create and not self.exists:
             if (self.path / "images.lance").is_dir():
                 raise StoreError(
