@@ -32,6 +32,12 @@ from embedstore._options import (
 )
 
 STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."
+# Options several commands share, declared once (each use builds its own click.Option).
+store_option = click.option("--store", default=None, help=STORE_HELP)
+backbone_option = click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 _USER_ERRORS: tuple[type[Exception], ...] = ()
 
 
@@ -330,7 +336,7 @@ def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], q
 
 
 @embedstore_cli.command("info")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info_cmd(store: str | None, as_json: bool) -> None:
     """Summarise a store: images, classes (long tail), backbones, version, size, skipped files.
@@ -400,7 +406,7 @@ def info_cmd(store: str | None, as_json: bool) -> None:
 
 
 @embedstore_cli.command("check")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option(
     "--repair", is_flag=True, help="Go back to the last good version of each damaged table."
 )
@@ -439,7 +445,7 @@ def check_cmd(store: str | None, repair: bool, as_json: bool) -> None:
 
 @embedstore_cli.command("drop-column")
 @click.argument("name")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 def drop_column_cmd(name: str, store: str | None) -> None:
     """Remove the metadata column NAME from every image of the store (one commit).
 
@@ -456,7 +462,7 @@ def drop_column_cmd(name: str, store: str | None) -> None:
 
 
 @embedstore_cli.command("split")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option(
     "--folds", type=click.IntRange(2), default=5, show_default=True, help="Number of folds K."
 )
@@ -512,11 +518,9 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
 
 @embedstore_cli.command("lookup")
 @click.argument("queries", nargs=-1, required=True)
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option("--k", "k", type=int, default=10, show_default=True, help="Neighbours per query.")
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@backbone_option
 @click.option("--where", default=None, help="SQL filter on stored rows, e.g. \"habitat = 'wood'\".")
 @click.option(
     "--column", "columns", multiple=True, help="Metadata column to show (repeatable; default: all)."
@@ -569,10 +573,8 @@ def lookup_cmd(
 
 
 @embedstore_cli.command("index")
-@click.option("--store", default=None, help=STORE_HELP)
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@store_option
+@backbone_option
 @click.option(
     "--kind",
     type=click.Choice(LOOKUP_INDEXES),
@@ -634,7 +636,7 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
 
 
 @embedstore_cli.command("serve")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option(
     "--runs", default=None, help="Folder of runs and ensembles to serve (and train into)."
 )
@@ -715,7 +717,7 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
 
 
 @heads_cli.command("train")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option(
     "--fold",
     default="0",
@@ -841,7 +843,7 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
     "--overwrite", is_flag=True,
     help="Replace an existing run at --out (whole, once the new one is complete).",
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
               label_smoothing: float | None, backbones: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
@@ -897,7 +899,7 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
 
 
 @heads_cli.command("tune")
-@click.option("--store", default=None, help=STORE_HELP)
+@store_option
 @click.option(
     "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
     help="Head to tune (a neural head: linear, mlp, transformer).",
@@ -913,9 +915,7 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     "--fold", default="all", show_default=True,
     help="'all': score trials out-of-fold over every fold and retrain all folds; K: on fold K only.",
 )  # fmt: skip
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@backbone_option
 @click.option(
     "--losses", default=None,
     help="Comma-separated losses to try (default: every registered loss).",
@@ -942,7 +942,7 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     help="Run directory for the best parameters (default runs/<head>-tuned-...).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run at --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, **kw: Any) -> None:
     """Search a head's learning rate, weight decay, dropout, hidden width, loss and label
@@ -1217,10 +1217,8 @@ def predict_cmd(
 
 
 @heads_cli.command("openset")
-@click.option("--store", default=None, help=STORE_HELP)
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@store_option
+@backbone_option
 @click.option(
     "--holdout-classes",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -1271,10 +1269,8 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
 
 
 @embedstore_cli.command("duplicates")
-@click.option("--store", default=None, help=STORE_HELP)
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@store_option
+@backbone_option
 @click.option(
     "--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
     help="Cosine similarity from which two images are near-duplicates.",
@@ -1293,7 +1289,7 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
 )
 @click.option("--top", type=click.IntRange(1), default=12, show_default=True, help="Groups drawn.")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Where to search.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def duplicates_cmd(as_json: bool, **kw: Any) -> None:
     """Near-duplicate images by embedding similarity, and the leakage they cause across splits,
     folds (held-out part included) and labels. Writes a CSV of every pair and a contact sheet.
@@ -1328,10 +1324,8 @@ def duplicates_cmd(as_json: bool, **kw: Any) -> None:
 
 
 @embedstore_cli.command("map")
-@click.option("--store", default=None, help=STORE_HELP)
-@click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
+@store_option
+@backbone_option
 @click.option(
     "--color", default="label", show_default=True,
     help="Column colouring the points: label, split, fold or any other.",
@@ -1351,7 +1345,7 @@ def duplicates_cmd(as_json: bool, **kw: Any) -> None:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Random seed of the 2-D layout."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def map_cmd(as_json: bool, **kw: Any) -> None:
     """A 2-D map of the collection (UMAP), written back as the store columns map_x and map_y,
     and a PNG coloured by a column.
@@ -1385,7 +1379,7 @@ def map_cmd(as_json: bool, **kw: Any) -> None:
     "--out", default=None, help="Folder for issues.csv and the PNGs (default RUN/issues)."
 )
 @click.option("--store", default=None, help="Store to read (default: the run's).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def issues_cmd(run: str, as_json: bool, **kw: Any) -> None:
     """Likely label errors (cleanlab on the run's out-of-fold probabilities) and outliers (low
     kNN density), with a PNG of the top suspects beside their nearest neighbours.
@@ -1425,7 +1419,7 @@ def issues_cmd(run: str, as_json: bool, **kw: Any) -> None:
 @click.option("--store", default=None, help="Store to read (default: the run's).")
 @click.option("--threshold", "duplicates_threshold", type=click.FloatRange(0, 1, min_open=True),
               default=0.9, show_default=True, help="Near-duplicate cosine similarity.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
     """One self-contained HTML page about a run: scores, per-class F1, confusions with example
     images, the unknown detector's ROC, suspected label errors and near-duplicates.
