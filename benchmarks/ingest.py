@@ -6,7 +6,8 @@ Run from the repository root (the first run writes the test images once, to a ca
     python benchmarks/ingest.py --n 60 --workers 1           # a quick check that it works
     python benchmarks/ingest.py --backbones efficientnet-lite0,dinov2-small --device cuda
     python benchmarks/ingest.py --runtimes torch,onnx         # CPU: torch eager vs ONNX Runtime
-    python benchmarks/ingest.py --backbones dinov2-small --n 600 --no-marginal
+    python benchmarks/ingest.py --backbones dinov2-small --n 600 --no-marginal \
+        --runtimes torch,onnx,onnx-int8 --batch-sweep 32   # DINOv2: float32 and int8 ONNX
 
 The images are N real photos of about 300x400 px: random crops, flips and rescales of the
 flowers12 photos (``../shared/data/flowers12``) saved as JPEG quality 90, landscape 400x300 or
@@ -35,6 +36,9 @@ ceiling and the whole ingest are measured for each runtime, one after the other 
 (``embedstore.with_runtime``: torch eager, or the backbone's cached ONNX export run by ONNX
 Runtime with one intra-op thread per core), on the same images, so the comparison holds on a
 busy machine. ``--batch-sweep`` times the forward pass of each runtime at several batch sizes.
+Each runtime other than torch also gets its embeddings of 64 of the photos compared with
+torch's (min cosine, max abs difference): ``onnx`` is torch within float32 rounding,
+``onnx-int8`` (quantised) is not, and the row says by how much.
 Beside them, the **FLOP ceiling**: the backbone's FLOPs per image (``torch.utils.flop_counter``,
 a multiply-add counted as 2) against the CPU's peak (cores x clock x FLOPs per cycle: 32 with
 AVX2 + FMA, 64 with AVX-512, i.e. two FMA units; ``--peak-gflops`` to give it). Default backbones: ``efficientnet-lite0``; on CUDA also
@@ -397,6 +401,19 @@ def decode_serial(
 # --------------------------------------------------------------------------- main
 
 
+def _agreement(backbones: dict[str, Any], paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Each non-torch runtime's embeddings of ``paths`` against torch's (when both ran)."""
+    import embedstore
+    from embedstore._onnx import embedding_agreement
+
+    if "torch" not in backbones or len(backbones) < 2:
+        return {}
+    images = [embedstore.decode_image(Path(p).read_bytes()) for p in paths]
+    want = embedstore.embed_images(backbones["torch"], images)
+    return {rt: {"images": len(images), **embedding_agreement(embedstore.embed_images(bb, images), want)}
+            for rt, bb in backbones.items() if rt != "torch"}  # fmt: skip
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -508,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{args.batch_size}; ready in {prep_s:.1f} s); sweep "
                       + ", ".join(f"{b}: {v:.1f}" for b, v in sw.items()))  # fmt: skip
                 ready[rt] = (rb, prep_s, ceiling, sw)
+            agreement = _agreement({rt: r[0] for rt, r in ready.items()}, paths[:64])
             for rt, (rb, prep_s, ceiling, sw) in ready.items():
                 ing = run_ingest(folder, rb, args.batch_size, str(device), args.workers, rt,
                                  marginal=not args.no_marginal)  # fmt: skip
@@ -528,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "ingest_pct_of_ceiling": 100 * ing_rate / fwd,
                     "ingest_pct_of_bound": 100 * ing_rate / bound,
                     "ingest_pct_of_flop_ceiling": _pct(ing_rate, flop_ceiling),
+                    "agreement_with_torch": agreement.get(rt),
                 })  # fmt: skip
                 key = {"backbone": name, "runtime": rt}
                 rows += [
@@ -550,12 +569,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "seconds": ing["rescan_seconds"]},
                 ]  # fmt: skip
             by_rt = {r["runtime"]: r for r in results if r["backbone"] == name}
-            if "torch" in by_rt and "onnx" in by_rt:
+            for rt in [r for r in by_rt if r != "torch" and "torch" in by_rt]:
                 for what, get in (("forward", lambda r: r["forward_ceiling"]["images_per_s"]),
                                   ("ingest", lambda r: r["ingest"]["images_per_s"])):  # fmt: skip
-                    rows.append({"backbone": name, "runtime": "onnx / torch",
+                    rows.append({"backbone": name, "runtime": f"{rt} / torch",
                                  "measure": f"{what} speed-up (x)",
-                                 "img_per_s": get(by_rt["onnx"]) / get(by_rt["torch"])})  # fmt: skip
+                                 "img_per_s": get(by_rt[rt]) / get(by_rt["torch"])})  # fmt: skip
+                agree = by_rt[rt].get("agreement_with_torch")
+                if agree:
+                    rows.append({"backbone": name, "runtime": f"{rt} / torch",
+                                 "measure": f"min cosine to torch ({agree['images']} photos; "
+                                            f"max abs diff {agree['max_abs_diff']:.1e})",
+                                 "img_per_s": agree["min_cosine"]})  # fmt: skip
             rows += [
                 {"backbone": name, "runtime": "-", "measure": f"FLOP ceiling ({flops / 1e9:.2f} GFLOP/image)",
                  "img_per_s": flop_ceiling},

@@ -38,7 +38,7 @@ from embedstore._ingest import IngestError, IngestSummary, ingest
 from embedstore._lookup import LookupResult, QueryResult, lookup
 from embedstore._map import MapResult, map_store
 from embedstore._metadata import MetadataError, read_metadata
-from embedstore._onnx import OnnxBackbone, resolve_runtime, with_runtime
+from embedstore._onnx import OnnxBackbone, resolve_runtime, runtime_for_column, with_runtime
 from embedstore._preprocess import Preprocess
 from embedstore._ray import (
     RAY_INSTALL_HINT,
@@ -162,6 +162,7 @@ __all__ = [
     "register_backbone",
     "resolve_device",
     "resolve_runtime",
+    "runtime_for_column",
     "split",
     "with_runtime",
     "VIEWS",

@@ -38,6 +38,9 @@ class Backbone:
     # runtime "auto" on a CPU uses ONNX Runtime only where it measured faster than torch eager
     # (benchmarks/RESULTS.md, "ONNX Runtime"); a plug-in sets it once it has measured its own.
     prefers_onnx_on_cpu: bool = False
+    # runtime "onnx-int8" (opt-in) quantises the matrix multiplies of transformers; a backbone
+    # without them (convolutions) is refused rather than run at fp32 speed under an int8 name
+    quantizable: bool = False
     # the weights' licence and whether the hub gates them (None: not known); see FAMILY_LICENSES
     license: License | None = None
 
@@ -240,6 +243,8 @@ class HFBackbone(Backbone):
     output: layer-normed CLS for DINOv2 and CLIP, the attention-pool for SigLIP), ``mean`` of the
     patch tokens (registers excluded), or ``cls+mean`` concatenated.
     """
+
+    quantizable = True  # onnx-int8: its projections and attention become int8 (embedstore._onnx)
 
     def __init__(self, name: str, source: str, pooling: Pooling = "cls") -> None:
         super().__init__()

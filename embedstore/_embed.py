@@ -30,7 +30,7 @@ from embedstore._backbones import (
 )
 from embedstore._device import resolve_device
 from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
-from embedstore._onnx import resolve_runtime, with_runtime
+from embedstore._onnx import resolve_runtime, runtime_for_column, with_runtime
 from embedstore._options import RUNTIMES, Runtime, check_choice
 from embedstore._resident import Resident
 from embedstore._store import Store, StoreError
@@ -132,7 +132,8 @@ def embed_inputs(
     A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
     error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU where it
     is faster, else torch; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone
-    of the other runtime is rebuilt.
+    of the other runtime is rebuilt. Under ``auto`` on the CPU, a column that ``onnx-int8``
+    wrote is embedded with ``onnx-int8`` too, so queries match the stored vectors' precision.
     """
     check_choice(runtime, RUNTIMES, "runtime")
     n = len(inputs)
@@ -194,17 +195,18 @@ def embed_inputs(
     if not images:
         return res
     dev = resolve_device(device)
-    chosen = resolve_runtime(runtime, dev)
+    resolve_runtime(runtime, dev)  # a bad setting fails before any model loads
     cache = backbones if backbones is not None else {}
     for c, describe in columns.items():
         rows = [j for j in images if not have[c][j]]
         if not rows:
             continue
         key = describe.get("view_of", c)  # a view column runs its main column's backbone
+        rt = runtime_for_column(runtime, describe, dev)  # auto: onnx-int8 as it was written
         bb = cache.get(key)
-        if bb is None or (runtime != "auto" and bb.runtime != chosen):  # auto: as cached
-            first = inputs[rows[0]].name
-            bb = cache[key] = _rebuild(describe, dev, runtime, first, res.warnings)
+        if bb is None or (rt != "auto" and bb.runtime != resolve_runtime(rt, dev)):
+            first = inputs[rows[0]].name  # auto: as cached
+            bb = cache[key] = _rebuild(describe, dev, rt, first, res.warnings)
         X = embed_images(bb, [images[j] for j in rows], batch_size, view=describe.get("view"))
         if describe.get("dtype", "float16") == "float16":
             X = X.astype(np.float16).astype(np.float32)  # as the store would hold it

@@ -483,6 +483,8 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
         else:
             work.append(_Work(str(f.path), f.rel, None))
 
+    if work:
+        warnings += _precision_warnings(st, models, have)
     if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
         _update_existing_metadata(
             st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
@@ -508,6 +510,26 @@ def _plan_views(st: Store, models: list[Backbone], dtype: EmbDtype, views: list[
             have[c] = st.ids_with_embedding(c)
         if vs:
             st.record_views(m.column, vs)
+    return out
+
+
+def _precision_warnings(st: Store, models: list[Backbone], have: dict[str, set[str]]) -> list[str]:
+    """A warning for each column whose stored rows and new rows differ in precision (int8 from
+    ``onnx-int8`` against float32 from torch or onnx): allowed, but no longer one precision."""
+    infos = {i.column: i for i in st.embeddings_info().values()}
+    out = []
+    for m in models:
+        if m.column not in infos or not have.get(m.name):
+            continue
+        d = infos[m.column].describe
+        made = d.get("runtimes") or [d.get("runtime", "torch")]
+        if any((r == "onnx-int8") != (m.runtime == "onnx-int8") for r in made):
+            out.append(
+                f"column {m.column}: its {len(have[m.name])} stored embeddings were made by "
+                f"{'/'.join(made)} and new ones by {m.runtime}; int8 and float32 embeddings "
+                "differ slightly (cosine ~0.999), so this column now mixes both. Use one "
+                "--runtime per store to keep one precision"
+            )
     return out
 
 

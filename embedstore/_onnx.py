@@ -3,8 +3,15 @@
 On a CPU, ONNX Runtime runs a convolutional backbone several times faster than torch eager
 (convolutions fused with their batch norms and activations, its own blocked kernels:
 efficientnet-lite0 5-6x on 2 cores; ``benchmarks/RESULTS.md``, "ONNX Runtime"); for the
-Hugging Face transformers (DINOv2) it measured no faster than torch, so ``auto`` keeps torch
-for them (``Backbone.prefers_onnx_on_cpu``).
+Hugging Face transformers (DINOv2) float32 is GEMM-bound and measured at torch's pace (0.98x
+with the fused export of embedstore._onnx_graphs), so ``auto`` keeps torch for them
+(``Backbone.prefers_onnx_on_cpu``).
+
+``onnx-int8`` (opt-in, never chosen by ``auto``) quantises a transformer's projections and
+attention to int8 (ONNX Runtime's dynamic quantisation: weights per output channel, activations
+per batch): dinov2-small ran ~1.6-1.8x torch on 2 AVX-512 VNNI cores. Its embeddings are *not*
+torch's within float32 tolerance: an int8 export is kept only when its probe embeddings reach
+cosine >= :data:`MIN_COSINE_INT8` against torch, and the column records ``onnx-int8``.
 A backbone is exported once with ``torch.onnx.export`` (the normalisation included, so the graph
 takes the ``uint8`` batches the decode workers make) into a cache folder keyed by everything
 that changes its output: the weights' SHA-256, pooling, input size, mean/std, and the exporter's
@@ -42,11 +49,16 @@ import torch
 
 from embedstore._backbones import Backbone, BackboneError, _sha256_file
 from embedstore._device import resolve_device
+from embedstore._onnx_graphs import fused_graph
 from embedstore._options import RUNTIMES, Runtime, check_choice
 
-EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, outputs, what is inside)
+EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, outputs, what is inside)
 OPSET = 18
 MIN_COSINE = 0.9999  # an export whose probe embeddings differ more from torch's is refused
+MIN_COSINE_INT8 = 0.99  # the same for an int8 export (measured 0.999+ on dinov2-small)
+ONNX_RUNTIMES = ("onnx", "onnx-int8")  # the runtimes ONNX Runtime runs; the rest is torch
+# How onnx-int8 quantises (part of its cache key): onnxruntime.quantization.quantize_dynamic
+INT8_RECIPE = "dynamic; weights s8 per output channel; activations u8 per tensor; MatMul+Attention"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
 _TRACE_BATCH, _PROBE_BATCH = 2, 3  # probing at another batch size checks the dynamic batch axis
 _INSTALL_HINT = (
@@ -79,12 +91,14 @@ def resolve_runtime(
     device: str | torch.device = "auto",
     backbone: Backbone | None = None,
 ) -> str:
-    """``"torch"`` or ``"onnx"`` for a runtime setting on a device (and a backbone).
+    """``"torch"``, ``"onnx"`` or ``"onnx-int8"`` for a runtime setting on a device (and a
+    backbone).
 
     ``auto`` is ONNX Runtime on the CPU when it is installed and the backbone runs faster there
     (``backbone.prefers_onnx_on_cpu``: efficientnet-lite0 yes; the Hugging Face transformers
     no, ONNX Runtime measured 0.8-0.9x torch for DINOv2-small), torch anywhere else (CUDA keeps
-    its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only.
+    its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only, and so does
+    ``onnx-int8``, for backbones with matrix multiplies to quantise (``backbone.quantizable``).
 
     >>> resolve_runtime("auto", "cpu", create_backbone("efficientnet-lite0"))
     'onnx'
@@ -99,8 +113,14 @@ def resolve_runtime(
         if runtime == "auto":
             return "torch"
         raise BackboneError(
-            f"runtime 'onnx' runs on the CPU, not {dev}; use --runtime torch (or auto) on "
+            f"runtime '{runtime}' runs on the CPU, not {dev}; use --runtime torch (or auto) on "
             f"{dev.type}, or --device cpu"
+        )
+    if runtime == "onnx-int8" and backbone is not None and not backbone.quantizable:
+        raise BackboneError(
+            f"runtime 'onnx-int8' quantises a transformer's matrix multiplies and "
+            f"{backbone.name} has none to speak of (a convolutional net); use --runtime onnx, "
+            "already its fastest"
         )
     try:
         _import_onnxruntime()
@@ -108,7 +128,19 @@ def resolve_runtime(
         if runtime == "auto":
             return "torch"
         raise
-    return "onnx"
+    return "onnx-int8" if runtime == "onnx-int8" else "onnx"
+
+
+def runtime_for_column(
+    runtime: Runtime, describe: dict[str, Any], device: str | torch.device = "auto"
+) -> Runtime:
+    """The runtime that embeds new images for a stored column: ``runtime``, except that under
+    ``auto`` on the CPU a column ``onnx-int8`` wrote is embedded with ``onnx-int8`` again, so
+    queries match the stored vectors' precision (lookup, predict and the service use this)."""
+    if runtime == "auto" and describe.get("runtime") == "onnx-int8":
+        if resolve_device(device).type == "cpu":
+            return "onnx-int8"
+    return runtime
 
 
 def with_runtime(
@@ -124,7 +156,7 @@ def with_runtime(
 
     For ONNX Runtime the backbone is exported (or its cached export loaded and verified) and an
     :class:`OnnxBackbone` returned: same name, preprocessing and description, ``runtime`` =
-    ``"onnx"``. With ``auto``, a backbone that cannot be exported, or whose export disagrees
+    ``"onnx"`` (or ``"onnx-int8"``, its int8 export). With ``auto``, a backbone that cannot be exported, or whose export disagrees
     with torch, warns and runs with torch; with ``onnx`` it raises :class:`BackboneError`.
     ``threads``: ONNX Runtime's intra-op threads (default: every core, :func:`cpu_threads`).
     """
@@ -132,15 +164,17 @@ def with_runtime(
     chosen = resolve_runtime(runtime, dev, backbone)
     if backbone.runtime == chosen:
         return backbone.to(dev)
-    if chosen == "torch":
+    if backbone.runtime != "torch":
         raise BackboneError(
             f"backbone {backbone.name!r} was built for {backbone.runtime}; build it again "
-            "(create_backbone) to run it with torch"
+            f"(create_backbone) to run it with {chosen}"
         )
+    precision = "int8" if chosen == "onnx-int8" else "fp32"
     try:
-        return OnnxBackbone(backbone, export_onnx(backbone, cache_dir), threads=threads)
+        path = export_onnx(backbone, cache_dir, precision=precision)
+        return OnnxBackbone(backbone, path, threads=threads, runtime=chosen)
     except BackboneError as e:
-        if runtime == "onnx":
+        if runtime != "auto":
             raise
         warnings.warn(f"{e}; running {backbone.name} with torch", RuntimeWarning, stacklevel=2)
         return backbone.to(dev)
@@ -154,14 +188,26 @@ class OnnxBackbone(Backbone):
 
     ``embed(uint8 (B, 3, H, W)) -> float32 (B, dim)`` as every backbone; the graph normalises
     and pools itself. It keeps the torch backbone's description (so stored columns rebuild and
-    compare as before) and adds ``runtime: "onnx"`` and the onnxruntime version.
+    compare as before) and adds ``runtime`` (``"onnx"``, or ``"onnx-int8"`` for an int8
+    export) and the onnxruntime version.
     """
 
     runtime = "onnx"
     prefers_onnx_on_cpu = True
 
-    def __init__(self, base: Backbone, path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(
+        self,
+        base: Backbone,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        runtime: str = "onnx",
+    ) -> None:
         super().__init__()
+        if runtime not in ONNX_RUNTIMES:
+            raise BackboneError(f"runtime {runtime!r} is not one ONNX Runtime runs")
+        self.runtime = runtime
+        self.quantizable = base.quantizable
         self.name, self.dim, self.preprocess = base.name, base.dim, base.preprocess
         self.source, self.weights_sha256 = base.source, base.weights_sha256
         self.pooling = getattr(base, "pooling", "avg")
@@ -192,7 +238,7 @@ class OnnxBackbone(Backbone):
 
     def describe(self) -> dict[str, Any]:
         versions = {**self._describe.get("versions", {}), "onnxruntime": _version("onnxruntime")}
-        return {**self._describe, "runtime": "onnx", "versions": versions}
+        return {**self._describe, "runtime": self.runtime, "versions": versions}
 
 
 def _import_onnxruntime() -> Any:
@@ -222,11 +268,13 @@ def _session(path: Path, threads: int) -> Any:
 # --------------------------------------------------------------------------- exporting
 
 
-def export_key(backbone: Backbone) -> dict[str, Any]:
+def export_key(backbone: Backbone, precision: str = "fp32") -> dict[str, Any]:
     """Everything an export depends on; its SHA-256 names the cache folder."""
     d = backbone.describe()
     key = {
         "format": EXPORT_FORMAT,
+        "precision": precision,
+        "graph": "fused" if fused_graph(backbone) is not None else "generic",
         "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
         "source": d.get("source"),
         "weights_sha256": _weights_fingerprint(backbone),
@@ -240,29 +288,42 @@ def export_key(backbone: Backbone) -> dict[str, Any]:
         "transformers": _version("transformers"),
         "onnxscript": _version("onnxscript"),
     }
+    if precision == "int8":
+        key.update(quantization=INT8_RECIPE, onnxruntime=_version("onnxruntime"))
     return json.loads(json.dumps(key))  # as a manifest reads back (lists, not tuples)
 
 
-def export_onnx(backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> Path:
+def export_onnx(
+    backbone: Backbone, cache_dir: str | os.PathLike | None = None, *, precision: str = "fp32"
+) -> Path:
     """The verified ONNX export of a torch ``backbone``: from the cache when it is sound, else
     exported, checked against torch and written there. Returns the ``model.onnx`` path.
 
+    ``precision="int8"``: the float32 export (cached too), quantised (:data:`INT8_RECIPE`).
     Raises :class:`BackboneError` when the model cannot be exported or its export disagrees
-    with torch (min cosine below :data:`MIN_COSINE` on the probe batch).
+    with torch (min cosine below :data:`MIN_COSINE`, :data:`MIN_COSINE_INT8` for int8, on the
+    probe batch).
     """
-    key = export_key(backbone)
+    if precision not in ("fp32", "int8"):
+        raise BackboneError(f"unknown precision {precision!r}; valid: fp32, int8")
+    key = export_key(backbone, precision)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     root = Path(cache_dir).expanduser() if cache_dir is not None else onnx_cache_dir()
     slug = re.sub(r"[^0-9A-Za-z]+", "-", backbone.name).strip("-").lower() or "backbone"
+    slug += "-int8" if precision == "int8" else ""
     folder = root / f"{slug}-{digest[:16]}"
     problem = check_export(folder, key)
     if problem is None:
         return folder / MODEL_FILE
     if folder.exists():
         warnings.warn(f"{folder}: {problem}; exporting it again", RuntimeWarning, stacklevel=2)
+    source = export_onnx(backbone, root, precision="fp32") if precision == "int8" else None
     tmp = root / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        _export(backbone, tmp, key)
+        if source is not None:
+            _quantize(backbone, source, tmp, key)
+        else:
+            _export(backbone, tmp, key)
         _publish(tmp, folder, key)
     except OSError as e:
         raise BackboneError(
@@ -310,48 +371,115 @@ class _Exportable(torch.nn.Module):
 
 
 def _export(backbone: Backbone, folder: Path, key: dict[str, Any]) -> None:
-    """Export into ``folder``, check it against torch, then write the manifest (last)."""
+    """Export into ``folder``, check it against torch, then write the manifest (last).
+
+    A backbone with a fused form (embedstore._onnx_graphs: DINOv2) exports that, then ONNX
+    Runtime's transformer optimizer fuses its attention, GELUs and LayerNorms."""
     folder.mkdir(parents=True)
     backbone.to("cpu", autocast=False)
     px = backbone.preprocess.crop_px
     example = torch.from_numpy(probe_images(_TRACE_BATCH, px))  # (2, 3, px, px) uint8
+    fused = fused_graph(backbone)
+    module = fused[0] if fused is not None else _Exportable(backbone).eval()
+    raw = folder / "raw" if fused is not None else folder  # the optimizer reads it from here
+    raw.mkdir(exist_ok=True)
     t0 = time.perf_counter()
+    fusions: dict[str, int] = {}
     try:
         with _quiet():
             torch.onnx.export(
-                _Exportable(backbone).eval(), (example,), str(folder / MODEL_FILE),
+                module, (example,), str(raw / MODEL_FILE),
                 input_names=["images"], output_names=["embeddings"], opset_version=OPSET,
                 dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
                 external_data=True, optimize=True, verbose=False,
             )  # fmt: skip
+            if fused is not None:
+                fusions = _optimize(raw / MODEL_FILE, folder / MODEL_FILE, **fused[1])
+                shutil.rmtree(raw)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean "cannot"
         raise BackboneError(
             f"cannot export {backbone.name} to ONNX ({type(e).__name__}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
         ) from e
-    seconds = time.perf_counter() - t0
-    check = _compare(backbone, folder / MODEL_FILE, px)
+    check = _compare(backbone, folder / MODEL_FILE, px, MIN_COSINE)
+    exporter = "torch.onnx.export(dynamo=True)"
+    if fused is not None:
+        exporter += " of embedstore._onnx_graphs, onnxruntime.transformers optimize_model(vit)"
+    _write_manifest(folder, key, check, time.perf_counter() - t0, exporter, fusions=fusions)
+
+
+def _optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer (``model_type="vit"``) from ``src`` into ``dst``;
+    returns the fused operators it made (e.g. ``{"Attention": 11, ...}``)."""
+    from onnxruntime.transformers import optimizer
+
+    model = optimizer.optimize_model(
+        str(src), model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+    )
+    model.save_model_to_file(str(dst), use_external_data_format=True)
+    return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def _quantize(backbone: Backbone, source: Path, folder: Path, key: dict[str, Any]) -> None:
+    """The float32 export at ``source`` quantised to int8 (:data:`INT8_RECIPE`) into
+    ``folder``, checked against torch (:data:`MIN_COSINE_INT8`), manifest last."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(parents=True)
+    backbone.to("cpu", autocast=False)
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            quantize_dynamic(
+                source, folder / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul", "Attention"], use_external_data_format=True,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the quantiser raises many types; all mean "cannot"
+        raise BackboneError(
+            f"cannot quantise the ONNX export of {backbone.name} to int8 ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); use --runtime onnx"
+        ) from e
+    graph = onnx.load(str(folder / MODEL_FILE), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    quantized = {op: ops.count(op) for op in ("MatMulInteger", "QAttention") if op in ops}
+    if not quantized:
+        raise BackboneError(
+            f"{backbone.name}: its ONNX export has no matrix multiply to quantise to int8; use "
+            "--runtime onnx"
+        )
+    check = _compare(backbone, folder / MODEL_FILE, backbone.preprocess.crop_px, MIN_COSINE_INT8)
+    _write_manifest(folder, key, check, time.perf_counter() - t0,
+                    "onnxruntime.quantization.quantize_dynamic", quantized=quantized)  # fmt: skip
+
+
+def _write_manifest(
+    folder: Path, key: dict[str, Any], check: dict[str, Any], seconds: float, exporter: str,
+    **extra: Any,
+) -> None:  # fmt: skip
+    """The manifest, written last: the key, every file's SHA-256 and the check against torch."""
     files = {p.name: _sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = {"key": key, "files": files, "check": check, "export_seconds": round(seconds, 2),
-                "exporter": "torch.onnx.export(dynamo=True)", "created_at": _now()}  # fmt: skip
+                "exporter": exporter, "created_at": _now(), **extra}  # fmt: skip
     with open(folder / MANIFEST_FILE, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _compare(backbone: Backbone, path: Path, px: int) -> dict[str, Any]:
-    """Probe embeddings from the export against torch's; BackboneError below MIN_COSINE."""
+def _compare(backbone: Backbone, path: Path, px: int, min_cosine: float) -> dict[str, Any]:
+    """Probe embeddings from the export against torch's; BackboneError below ``min_cosine``."""
     x = probe_images(_PROBE_BATCH, px)
     want = backbone.embed(torch.from_numpy(x)).cpu().numpy()  # (3, dim) torch eager, float32
     got = _session(path, 1).run(None, {"images": x})[0]  # (3, dim)
     stats = embedding_agreement(got, want)
-    if not stats["min_cosine"] >= MIN_COSINE:  # NaN fails too
+    if not stats["min_cosine"] >= min_cosine:  # NaN fails too
         raise BackboneError(
             f"the ONNX export of {backbone.name} differs from torch (min cosine "
-            f"{stats['min_cosine']:.6f} < {MIN_COSINE}, max abs diff {stats['max_abs_diff']:.2e})"
+            f"{stats['min_cosine']:.6f} < {min_cosine}, max abs diff {stats['max_abs_diff']:.2e})"
         )
-    return {"probe_images": _PROBE_BATCH, **stats}
+    return {"probe_images": _PROBE_BATCH, "min_cosine_required": min_cosine, **stats}
 
 
 def embedding_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -400,7 +528,8 @@ def _weights_fingerprint(backbone: Backbone) -> str:
 @contextlib.contextmanager
 def _quiet():
     """The exporter's progress lines and warnings off; errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    names = ("torch.onnx", "torch.export", "onnxscript", "onnxruntime", "")  # "": the root,
+    loggers = [logging.getLogger(n) for n in names]  # where onnxruntime's quantiser warns
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -167,9 +167,9 @@ def _driver_models(
     the ONNX graph once into this machine's cache, which actors on it then load."""
     if layout.device == "cpu":
         return [with_runtime(create_backbone(b, pooling), runtime, "cpu") for b in names]
-    if runtime == "onnx":
+    if runtime in ("onnx", "onnx-int8"):
         raise IngestError(
-            "--runtime onnx runs on the CPU and the actors hold GPUs; use --runtime torch (or "
+            f"--runtime {runtime} runs on the CPU and the actors hold GPUs; use --runtime torch (or "
             "auto), or --gpus-per-actor 0"
         )
     return [create_backbone(b, pooling) for b in names]  # torch, as on the actors' GPUs

@@ -195,10 +195,12 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
 
     @app.get("/v1/backbones")
     def backbones() -> dict[str, Any]:
-        """The store's embedding columns (and whether their model is loaded) and the registry."""
+        """The store's embedding columns (whether their model is loaded, and with which runtime)
+        and the registry."""
         cols = [
             {"name": i.backbone, "column": i.column, "dim": i.dim, "dtype": i.dtype,
-             "source": i.describe.get("source"), "loaded": i.column in state.backbones}
+             "source": i.describe.get("source"), "loaded": i.column in state.backbones,
+             "runtime": state.backbone_runtime(i.column)}
             for i in state.store.embeddings_info().values()
         ]  # fmt: skip
         return {"store": cols, "registered": embedstore.list_backbones()}

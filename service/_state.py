@@ -37,9 +37,7 @@ class Settings:
     max_wait_ms: float = 5.0
     max_jobs: int = 8
     allow_root: str | None = None
-    runtime: str = (
-        "auto"  # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx
-    )
+    runtime: str = "auto"  # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,  # onnx-int8; auto embeds for a column onnx-int8 wrote with onnx-int8
 
 
 class _LazyBackbones(dict):
@@ -101,6 +99,12 @@ class State:
                 self._resident = embedstore.Resident(self.store, cols, meta, device=self.device)
             return self._resident
 
+    def backbone_runtime(self, column: str) -> str | None:
+        """What runs ``column``'s loaded backbone (``torch``, ``onnx``, ``onnx-int8``), or None
+        while it is not loaded."""
+        bb = self._raw.get(column)
+        return None if bb is None else bb.runtime
+
     def backbone(self, column: str) -> BatchedBackbone:
         """The backbone that embeds uploads for ``column``, built once from its description."""
         with self._lock:
@@ -113,8 +117,11 @@ class State:
                 try:
                     bb = embedstore.with_runtime(
                         embedstore.backbone_from_description(info.describe),
-                        self.settings.runtime, self.device,
-                    )  # fmt: skip
+                        embedstore.runtime_for_column(
+                            self.settings.runtime, info.describe, self.device
+                        ),
+                        self.device,
+                    )
                 except embedstore.BackboneError as e:
                     raise embedstore.StoreError(
                         f"backbone {info.backbone!r} (source {info.describe.get('source')}) cannot "

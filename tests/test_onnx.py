@@ -16,9 +16,11 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli
+from embedstore._backbones import BackboneError
 from embedstore._onnx import (
     MANIFEST_FILE,
     MIN_COSINE,
+    MIN_COSINE_INT8,
     MODEL_FILE,
     OnnxBackbone,
     check_export,
@@ -309,3 +311,135 @@ def test_lookup_and_predict_embed_new_images_alike_with_either_runtime(tmp_path,
         assert a.label == b.label
         pa, pb = [t["probability"] for t in a.top_k], [t["probability"] for t in b.top_k]
         np.testing.assert_allclose(pa, pb, atol=1e-3)
+
+
+# ---------------------------------------------------------------------- fused DINOv2, int8
+
+
+def _layerscaled_dino(folder: Path, swiglu: bool) -> Path:
+    """A tiny DINOv2 whose LayerScale is not 1 (as in real checkpoints) and whose position
+    embedding is interpolated (trained at 48 px, run at 32): what the fused export folds."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                       patch_size=8, image_size=48, use_swiglu_ffn=swiglu)  # fmt: skip
+    torch.manual_seed(1)
+    model = Dinov2Model(cfg)
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.layer_scale1.lambda1.uniform_(0.05, 0.5)
+            layer.layer_scale2.lambda1.uniform_(0.05, 0.5)
+    model.save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scaled_dino(tmp_path_factory) -> Path:
+    return _layerscaled_dino(tmp_path_factory.mktemp("models") / "scaled-dino", swiglu=False)
+
+
+@pytest.mark.parametrize("swiglu, pooling", [(False, "cls"), (False, "cls+mean"), (True, "mean")])
+def test_dinov2_exports_its_fused_graph_with_torch_embeddings(
+    flowers, tmp_path, scaled_dino, swiglu, pooling
+):
+    folder = _layerscaled_dino(tmp_path / "m", swiglu) if swiglu else scaled_dino
+    files = _photos(flowers)
+    want = _embed(embedstore.create_backbone(str(folder), pooling).to("cpu"), files)
+    bb = with_runtime(embedstore.create_backbone(str(folder), pooling), "onnx", "cpu",
+                      cache_dir=tmp_path / "cache")  # fmt: skip
+    manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
+    assert manifest["key"]["graph"] == "fused" and "optimize_model" in manifest["exporter"]
+    assert manifest["fusions"].get("Attention", 0) >= 1, manifest["fusions"]  # what makes it fast
+    got = _embed(bb, files)
+    assert got.shape == want.shape == (12, bb.dim)
+    _assert_same(got, want, TOL["max_abs_diff"])
+
+
+def test_onnx_int8_is_opt_in_quantised_and_close_to_torch_on_real_photos(
+    flowers, tmp_path, scaled_dino
+):
+    files = _photos(flowers)
+    want = _embed(embedstore.create_backbone(str(scaled_dino)).to("cpu"), files)
+    assert resolve_runtime("auto", "cpu", embedstore.create_backbone(str(scaled_dino))) == "torch"
+    bb = with_runtime(embedstore.create_backbone(str(scaled_dino)), "onnx-int8", "cpu",
+                      cache_dir=tmp_path)  # fmt: skip
+    assert isinstance(bb, OnnxBackbone) and bb.runtime == bb.describe()["runtime"] == "onnx-int8"
+    manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
+    assert manifest["key"]["precision"] == "int8" and manifest["quantized"]["MatMulInteger"] > 0
+    assert manifest["check"]["min_cosine_required"] == MIN_COSINE_INT8
+    stats = embedding_agreement(_embed(bb, files), want)
+    # close to torch, but not torch's float32 vectors: that is why it is opt-in and recorded
+    assert stats["min_cosine"] >= MIN_COSINE_INT8 and stats["max_abs_diff"] > 1e-4, stats
+    fp32 = with_runtime(embedstore.create_backbone(str(scaled_dino)), "onnx", "cpu",
+                        cache_dir=tmp_path)  # fmt: skip
+    assert fp32.path.parent != bb.path.parent  # its own cache folder, built from the fp32 one
+    assert check_export(bb.path.parent, manifest["key"]) is None
+    # a convolutional net has nothing to quantise: refused with what to use instead
+    effnet = embedstore.create_backbone("efficientnet-lite0")
+    with pytest.raises(BackboneError, match="onnx-int8.*use --runtime onnx"):
+        with_runtime(effnet, "onnx-int8", "cpu")
+    # an ONNX backbone is not re-exported under another precision
+    with pytest.raises(BackboneError, match="built for onnx; build it again"):
+        with_runtime(fp32, "onnx-int8", "cpu")
+
+
+def test_an_int8_column_is_recorded_queried_alike_and_mixing_is_warned(tmp_path, scaled_dino):
+    imgs, more, new = tmp_path / "imgs", tmp_path / "more", tmp_path / "new"
+    write_class_images(imgs, n_classes=2, per_class=5, size=48)
+    write_class_images(more, n_classes=2, per_class=2, size=48, seed=5)
+    write_class_images(new, n_classes=2, per_class=1, size=48, seed=9)  # not in the store
+    kw = dict(backbones=[str(scaled_dino)], workers=0, progress=False)
+    s = embedstore.ingest(imgs, tmp_path / "s", runtime="onnx-int8", **kw)
+    assert s.runtimes == {"scaled-dino": "onnx-int8"} and not s.warnings
+    st = embedstore.connect(tmp_path / "s")
+    assert st.embeddings_info()["scaled-dino"].describe["runtime"] == "onnx-int8"
+    # a new photo looked up with runtime auto is embedded as the column was: by onnx-int8
+    queries = sorted(str(p) for p in new.rglob("*.jpg"))
+    cache: dict = {}
+    res = embedstore.lookup(tmp_path / "s", queries, k=3, backbones=cache)
+    assert not res.results[0].in_store
+    assert [b.runtime for b in cache.values()] == ["onnx-int8"]
+    # extending the int8 column with float32 embeddings works, says so and is recorded
+    s = embedstore.ingest(more, tmp_path / "s", runtime="torch", **kw)
+    assert s.new_images == 4
+    assert any("mixes both" in w and "onnx-int8" in w for w in s.warnings), s.warnings
+    assert st.embeddings_info()["scaled-dino"].describe["runtimes"] == ["onnx-int8", "torch"]
+
+
+def test_cli_runtime_onnx_int8_on_a_conv_net_is_a_user_error(tmp_path):
+    imgs = tmp_path / "imgs"
+    write_class_images(imgs, n_classes=2, per_class=1, size=40)
+    r = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(tmp_path / "s"),
+                                            "--runtime", "onnx-int8", "--workers", "0", "--quiet"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "onnx-int8" in r.output and "use --runtime onnx" in r.output
+    assert not (tmp_path / "s" / "images.lance").exists()  # refused before anything was written
+
+
+def test_the_service_embeds_uploads_for_an_int8_column_with_int8(tmp_path, scaled_dino):
+    from fastapi.testclient import TestClient
+
+    import service
+
+    imgs, new = tmp_path / "imgs", tmp_path / "new"
+    write_class_images(imgs, n_classes=2, per_class=4, size=48)
+    write_class_images(new, n_classes=1, per_class=1, size=48, seed=9)
+    embedstore.ingest(imgs, tmp_path / "s", backbones=[str(scaled_dino)], runtime="onnx-int8",
+                      workers=0, progress=False)  # fmt: skip
+    photo = next(new.rglob("*.jpg"))
+    want = embedstore.lookup(tmp_path / "s", [str(photo)], k=3, runtime="onnx-int8").results[0]
+    torch_sims = [n["similarity"] for n in embedstore.lookup(
+        tmp_path / "s", [str(photo)], k=3, runtime="torch").results[0].neighbors]  # fmt: skip
+    app = service.create_app(service.Settings(store=str(tmp_path / "s"), runs=str(tmp_path / "r")))
+    with TestClient(app) as c:
+        assert c.get("/v1/backbones").json()["store"][0]["runtime"] is None  # not loaded yet
+        r = c.post("/v1/lookup", files=[("images", ("q.jpg", photo.read_bytes()))], data={"k": "3"})
+        assert r.status_code == 200, r.text
+        assert c.get("/v1/backbones").json()["store"][0]["runtime"] == "onnx-int8"
+    got = r.json()[0]["neighbors"]
+    assert [n["id"] for n in got] == [n["id"] for n in want.neighbors]
+    sims = [n["similarity"] for n in got]
+    np.testing.assert_allclose(sims, [n["similarity"] for n in want.neighbors], atol=1e-6)
+    assert np.abs(np.subtract(sims, torch_sims)).max() > 1e-6  # and not as torch would embed it
