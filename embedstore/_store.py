@@ -991,7 +991,7 @@ class Store:
         if t.num_rows == 0:
             return None
         root, rel = t.column("root")[0].as_py(), t.column("path")[0].as_py()
-        return Path(root) / rel if root and rel else None
+        return disk_path(root, rel) if root and rel else None  # a non-UTF-8 name: its bytes
 
     def check_where(self, where: str) -> None:
         """Raise StoreError with a clear message unless ``where`` is one valid predicate here."""

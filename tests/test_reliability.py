@@ -427,6 +427,22 @@ def test_non_utf8_names_keep_their_bytes_and_are_not_read_again(tmp_path, tiny_d
     assert s2.already_stored == 2 and s2.duplicates == 0 and s2.new_images == 0
 
 
+def test_a_stored_image_with_a_non_utf8_name_is_found_by_id(tmp_path, tiny_dino):
+    imgs = tmp_path / "imgs"
+    write_class_images(imgs, n_classes=1, per_class=1)
+    src = imgs / "class_0" / "img_0.jpg"
+    data = src.read_bytes()
+    src.unlink()
+    with open(os.path.join(os.fsencode(imgs / "class_0"), b"\xe9t\xe9.jpg"), "wb") as f:
+        f.write(data)  # the photo's only name is Latin-1
+    st = embedstore.connect(tmp_path / "s")
+    _ingest(imgs, st.path, tiny_dino)
+    image_id = embedstore.hash_bytes(data)
+    path = st.image_file(image_id)  # what the service's thumbnail route opens
+    assert path is not None and path.read_bytes() == data
+    assert os.fsencode(path).endswith(b"\xe9t\xe9.jpg")
+
+
 def test_info_tells_of_deleted_and_overwritten_files_and_prune_removes_their_rows(
     tmp_path, tiny_dino
 ):
