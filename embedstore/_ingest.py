@@ -212,9 +212,7 @@ def ingest(
         check_choice(engine, ENGINES, "engine")
     except ValueError as e:
         raise IngestError(f"--engine: {e}") from None
-    if engine != "local" and views:
-        raise IngestError("--views runs with --engine local only; drop --views or --engine")
-    del args["views"], args["prune"]
+    del args["prune"]
     if engine != "local":
         del args["engine"]
         summary = INGEST_ENGINES.get(engine)(**args)

@@ -48,7 +48,9 @@ from embedstore._ingest import (
     IngestPlan,
     IngestSummary,
     _commit,
+    _missing,
     _Pending,
+    _slot,
     check_folder,
     decode_file,
     plan_ingest,
@@ -60,12 +62,14 @@ from embedstore._options import EmbDtype, Pooling, Runtime
 from embedstore._preprocess import Preprocess
 from embedstore._ray import ActorLayout, EngineError, actor_layout, connect_ray, import_ray
 from embedstore._store import Store, connect, image_table, write_image_fragments
+from embedstore._views import expand_views, view_column, view_describe
 
 HASH_TASKS_OVER = 20_000  # files to hash: above this the cluster hashes them, not the driver
 _HASH_THREADS = 8  # reading and SHA-256 release the GIL
 _DECODE_WORKER_BYTES = 384 << 20  # a decode task's process before its image (measured ~240 MiB)
 # Pipeline columns that are not store columns (metadata columns never start with "__").
 _FILE, _KNOWN, _UPDATE, _ERROR, _FRAGS = "__file", "__known", "__update", "__error", "__frags"
+_NEED = "__need"  # a stored image's columns still to embed (null: a new image, every column)
 
 
 def ingest_ray(
@@ -92,8 +96,13 @@ def ingest_ray(
     gpus_per_actor: float | None = None,
     cpus_per_actor: float = 1.0,
     hash_tasks_over: int = HASH_TASKS_OVER,
+    views: list[str] | tuple[str, ...] | str | None = None,
 ) -> IngestSummary:
     """:func:`embedstore.ingest` with ``engine="ray"``: same arguments, same result.
+
+    ``views`` as in the local ingest: the decode tasks make each image's views beside its main
+    array and the actors embed them into their own columns; a stored image gets only the
+    columns it lacks (adding views to a store embeds only the views).
 
     ``ray_address``: None (the cluster this process joined, else a new local one), ``"auto"``
     or ``"HOST:PORT"``; ``actors`` embedding actors (default: one per GPU, or half the CPUs),
@@ -110,6 +119,10 @@ def ingest_ray(
     if commit_every < 1:
         raise IngestError(f"--commit-every must be at least 1, not {commit_every}")
     try:
+        view_names = expand_views(views)
+    except ValueError as e:
+        raise IngestError(f"--views: {e}") from None
+    try:
         cluster = connect_ray(ray_address, quiet=not progress)
         layout = actor_layout(cluster, actors=actors, gpus_per_actor=gpus_per_actor,
                               cpus_per_actor=cpus_per_actor, device=device)  # fmt: skip
@@ -119,21 +132,28 @@ def ingest_ray(
     models = _driver_models(names, pooling, runtime, layout)
     st = store if isinstance(store, Store) else connect(store)
     meta = read_meta(metadata, join_column, label_column)
-    plan = plan_ingest(st, root, models, dtype, meta, label_column)
+    plan = plan_ingest(st, root, models, dtype, meta, label_column, view_names)
+    columns = embedding_columns(models, plan.views)
 
     stats: Counter = Counter()
     pending = _Pending()
     ids = _hash(plan, hash_tasks_over)
     rels_of, todo = _sort_work(plan, root, ids, pending, stats, models)
     if todo:  # the table, with every column the workers will write
+        describes = {m.column: m.describe() for m in models}
         schema = image_table(
             [], metadata={k: v.slice(0, 0) for k, v in plan.meta_cols.items()},
-            embeddings={m.column: np.zeros((0, m.dim), np.float32) for m in models},
-            describes={m.column: m.describe() for m in models}, dtype=dtype,
+            embeddings={c: np.zeros((0, m.dim), np.float32) for c, m, _ in columns},
+            describes={c: describes[m.column] if v is None else
+                       view_describe(describes[m.column], m.column, v) for c, m, v in columns},
+            dtype=dtype,
         )  # fmt: skip
         st.prepare_images(schema.schema)
+        for m in models:  # a new store: its main columns were made just now
+            if plan.views.get(m.name):
+                st.record_views(m.column, plan.views[m.name])
     _commit(st, root, pending, models, dtype, plan.meta_cols, plan.skipped, plan.store_ids,
-            plan.have)  # files of stored images: their paths and records  # fmt: skip
+            plan.have, plan.views)  # files of stored images: their paths and records  # fmt: skip
 
     from tqdm.auto import tqdm
 
@@ -142,7 +162,7 @@ def ingest_ray(
     bar.update(len(plan.work) - sum(len(r) for r in rels_of.values()))  # hashed and done
     try:
         if todo:
-            rows = _input_rows(plan, root, todo, rels_of)
+            rows = _input_rows(plan, root, todo, rels_of, columns)
             results = _pipeline(rows, st, names, pooling, runtime, models, layout, dtype,
                                 max_pixels, batch_size, commit_every, plan, max_bytes)  # fmt: skip
             _drain(results, st, root, models, dtype, plan, rels_of, pending, stats, commit_every,
@@ -157,6 +177,20 @@ INGEST_ENGINES.register("ray", ingest_ray)
 
 
 # ---------------------------------------------------------------------- driver
+
+
+def embedding_columns(
+    models: list[Backbone], views: dict[str, list[str]]
+) -> list[tuple[str, Backbone, str | None]]:
+    """Every column this ingest fills: ``(column, backbone, view)``, each backbone's main
+    column (view None) and then its views'."""
+    return [(m.column if v is None else view_column(m.column, v), m, v)
+            for m in models for v in (None, *views.get(m.name, []))]  # fmt: skip
+
+
+def _have_key(m: Backbone, column: str, view: str | None) -> str:
+    """The key of ``column`` in ``IngestPlan.have``: a backbone's name, or a view's column."""
+    return m.name if view is None else column
 
 
 def _driver_models(
@@ -234,7 +268,7 @@ def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats
         if image_id is None:
             plan.skipped.append({"root": str(root), "rel": w.rel, "reason": error})
             continue
-        if image_id in plan.store_ids and all(image_id in plan.have[m.name] for m in models):
+        if image_id in plan.store_ids and not _missing(image_id, plan.have):
             pending.files.append((w.rel, image_id))
             pending.ok_rels.append(w.rel)
             pending.add_path(image_id, w.rel)  # a renamed or duplicated file of a stored image
@@ -248,16 +282,20 @@ def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats
 
 
 def _input_rows(
-    plan: IngestPlan, root: Path, todo: list[_Todo], rels_of: dict[str, list[str]]
-) -> pa.Table:
+    plan: IngestPlan, root: Path, todo: list[_Todo], rels_of: dict[str, list[str]],
+    columns: list[tuple[str, Backbone, str | None]],
+) -> pa.Table:  # fmt: skip
     """The pipeline's input: one row per image to embed, with every store column that does
     not need the image (ids, paths, labels, metadata) and what the decode task needs."""
     pos = [plan.rel_pos[t.work.rel] for t in todo]
     labels = [plan.labels_split[q] for q in pos]
+    need = [[c for c, m, v in columns if t.id not in plan.have[_have_key(m, c, v)]]
+            if t.update else None for t in todo]  # fmt: skip
     cols: dict[str, Any] = {
         _FILE: pa.array([t.work.path for t in todo], pa.string()),
         _KNOWN: pa.array([t.work.known_id is not None for t in todo], pa.bool_()),
         _UPDATE: pa.array([t.update for t in todo], pa.bool_()),
+        _NEED: pa.array(need, pa.list_(pa.string())),
         "id": pa.array([t.id for t in todo], pa.string()),
         "path": pa.array([t.work.rel for t in todo], pa.string()),
         "paths": pa.array([rels_of[t.id] for t in todo], pa.list_(pa.string())),
@@ -278,6 +316,18 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
     """The Ray Dataset of results: decode tasks, then the embedding actors that write fragments."""
     ray = import_ray()
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
+    pre_of = [preprocs.index(m.preprocess) for m in models]
+    pre_views = [
+        tuple(
+            dict.fromkeys(
+                v
+                for m, q in zip(models, pre_of, strict=True)
+                if q == k
+                for v in plan.views.get(m.name, [])
+            )
+        )
+        for k in range(len(preprocs))
+    ]  # fmt: skip  (views per preprocessing, as local)
     blocks = [rows.slice(s, batch_size) for s in range(0, rows.num_rows, batch_size)]
     ds = ray.data.from_arrow(blocks)
     # One CPU per decode task, and the memory of a worker (Python, torch, PIL) plus the largest
@@ -286,7 +336,8 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
     # serialise it behind the model.
     ds = ds.map_batches(
         _decode_batch,
-        fn_kwargs={"preprocs": preprocs, "max_pixels": max_pixels, "max_bytes": max_bytes},
+        fn_kwargs={"preprocs": preprocs, "max_pixels": max_pixels, "max_bytes": max_bytes,
+                   "views": pre_views},
         batch_format="pyarrow", batch_size=None, num_cpus=1,
         memory=_DECODE_WORKER_BYTES + 3 * max_pixels,
     )  # fmt: skip
@@ -296,6 +347,7 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
             "store_path": str(st.path), "names": names, "pooling": pooling, "runtime": runtime,
             "device": layout.device, "threads": max(1, int(layout.cpus)), "dtype": dtype,
             "preprocs": preprocs, "meta_names": list(plan.meta_cols), "batch_size": batch_size,
+            "pre_views": pre_views, "views_of": plan.views,
         },
         batch_format="pyarrow", batch_size=commit_every,
         compute=ray.data.ActorPoolStrategy(size=layout.actors),
@@ -308,9 +360,10 @@ def _drain(results: Any, st: Store, root: Path, models: list[Backbone], dtype: E
            commit_every: int, bar: Any) -> None:  # fmt: skip
     """Take the actors' results as they come and commit them in chunks."""
     chunk = _Chunk(st.version)
+    columns = embedding_columns(models, plan.views)
     for b in results.iter_batches(batch_format="pyarrow", batch_size=None):
         cols = {c: b.column(c).to_pylist() for c in ("id", _UPDATE, _ERROR, _FRAGS)}
-        vecs = {m.column: b.column(m.column).to_pylist() for m in models}
+        vecs = {c: b.column(c).to_pylist() for c, _, _ in columns}
         bar.update(sum(len(rels_of[i]) for i in cols["id"]))
         for k, image_id in enumerate(cols["id"]):
             rels = rels_of[image_id]
@@ -319,19 +372,19 @@ def _drain(results: Any, st: Store, root: Path, models: list[Backbone], dtype: E
                     {"root": str(root), "rel": r, "reason": cols[_ERROR][k]} for r in rels
                 ]
                 continue
-            if cols[_UPDATE][k]:  # a stored image that misses some backbone
-                for m in models:
-                    if image_id not in plan.have[m.name]:
-                        e = np.frombuffer(vecs[m.column][k], _np_dtype(dtype))
-                        pending.updates.setdefault(m.column, []).append((image_id, e))
-                        stats[f"embedded:{m.name}"] += 1
+            if cols[_UPDATE][k]:  # a stored image that misses some backbone or view
+                for c, m, v in columns:
+                    if image_id not in plan.have[_have_key(m, c, v)]:
+                        e = np.frombuffer(vecs[c][k], _np_dtype(dtype))
+                        pending.updates.setdefault(c, []).append((image_id, e))
+                        stats[_stat(m, v)] += 1
                 for r in rels:
                     pending.add_path(image_id, r)
             else:
                 chunk.add(cols[_FRAGS][k], image_id)
                 stats["new"] += 1
-                for m in models:
-                    stats[f"embedded:{m.name}"] += 1
+                for _, m, v in columns:
+                    stats[_stat(m, v)] += 1
             stats["duplicates"] += len(rels) - 1
             for r in rels:
                 pending.files.append((r, image_id))
@@ -339,6 +392,11 @@ def _drain(results: Any, st: Store, root: Path, models: list[Backbone], dtype: E
         if pending.size() >= commit_every:
             chunk.commit(st, root, pending, models, dtype, plan)
     chunk.commit(st, root, pending, models, dtype, plan)
+
+
+def _stat(m: Backbone, view: str | None) -> str:
+    """The summary's counter of embeddings made for a backbone (or one of its views)."""
+    return f"embedded:{m.name}" if view is None else f"view:{m.name}:{view}"
 
 
 class _Chunk:
@@ -361,11 +419,12 @@ class _Chunk:
             frags = [f for batch in self.fragments for f in json.loads(batch)]
             st.append_fragments(frags, ids=self.ids, read_version=self.version)
             plan.store_ids.update(self.ids)
+            for c, m, v in embedding_columns(models, plan.views):
+                plan.have[_have_key(m, c, v)].update(self.ids)
             for m in models:
-                plan.have[m.name].update(self.ids)
                 st.note_runtime(m.column, m.runtime)
         _commit(st, root, pending, models, dtype, plan.meta_cols, plan.skipped, plan.store_ids,
-                plan.have)  # fmt: skip
+                plan.have, plan.views)  # fmt: skip
         self.fragments, self.ids, self.version = {}, [], st.version
 
 
@@ -377,21 +436,24 @@ def _np_dtype(dtype: EmbDtype) -> type:
 
 
 def _decode_batch(batch: pa.Table, preprocs: list[Preprocess], max_pixels: int,
-                  max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:  # fmt: skip
-    """Ray task: read, hash, decode and preprocess each row's file (``decode_file``). A file
-    whose bytes no longer match the id the driver hashed is an error (its bytes changed)."""
+                  max_bytes: int = DEFAULT_MAX_BYTES,
+                  views: list[tuple[str, ...]] | None = None) -> pa.Table:  # fmt: skip
+    """Ray task: read, hash, decode and preprocess each row's file (``decode_file``), with the
+    ``views`` of each preprocessing (column ``__pre<slot>``, slots as ``_slot``). A file whose
+    bytes no longer match the id the driver hashed is an error (its bytes changed)."""
     files, ids = batch.column(_FILE).to_pylist(), batch.column("id").to_pylist()
     known = batch.column(_KNOWN).to_pylist()
     errors, sizes, nbytes = [], [], []
-    arrays: list[list[bytes | None]] = [[] for _ in preprocs]
+    slots = sum(1 + len(v) for v in views) if views else len(preprocs)
+    arrays: list[list[bytes | None]] = [[] for _ in range(slots)]
     for f, i, k in zip(files, ids, known, strict=True):
-        r = decode_file(f, i if k else None, preprocs, max_pixels, max_bytes=max_bytes)
+        r = decode_file(f, i if k else None, preprocs, max_pixels, views, max_bytes=max_bytes)
         if "error" not in r and r["id"] != i:
             r = {"error": "changed while it was being ingested; run the ingest again"}
         errors.append(r.get("error"))
         sizes.append(r.get("size", (None, None)))
         nbytes.append(r.get("bytes"))
-        for a, out in zip(r.get("arrays", [None] * len(preprocs)), arrays, strict=True):
+        for a, out in zip(r.get("arrays", [None] * slots), arrays, strict=True):
             out.append(None if a is None else a.tobytes())
     batch = batch.drop_columns([_FILE, _KNOWN])
     batch = batch.append_column(_ERROR, pa.array(errors, pa.string()))
@@ -410,44 +472,56 @@ class _EmbedWriter:
 
     def __init__(self, *, store_path: str, names: list[str], pooling: Pooling, runtime: Runtime,
                  device: str, threads: int, dtype: EmbDtype, preprocs: list[Preprocess],
-                 meta_names: list[str], batch_size: int) -> None:  # fmt: skip
+                 meta_names: list[str], batch_size: int,
+                 pre_views: list[tuple[str, ...]] | None = None,
+                 views_of: dict[str, list[str]] | None = None) -> None:  # fmt: skip
         torch.set_num_threads(threads)
         self.models = [
             with_runtime(create_backbone(b, pooling), runtime, device, threads=threads)
             for b in names
         ]
-        self.pre_of = [preprocs.index(m.preprocess) for m in self.models]
-        self.shapes = [(3, p.crop_px, p.crop_px) for p in preprocs]
+        pre_views = pre_views or [()] * len(preprocs)
+        pre_of = {m.name: preprocs.index(m.preprocess) for m in self.models}
+        # (column, backbone, view, its slot in the decoded arrays, the arrays' shape)
+        self.columns = [
+            (c, m, v, _slot(pre_views, pre_of[m.name], v),
+             (3, preprocs[pre_of[m.name]].crop_px, preprocs[pre_of[m.name]].crop_px))
+            for c, m, v in embedding_columns(self.models, views_of or {})
+        ]  # fmt: skip
         self.store_path, self.dtype, self.meta_names = store_path, dtype, meta_names
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         errors = batch.column(_ERROR).to_pylist()
+        need = batch.column(_NEED).to_pylist()  # a stored image: the columns it lacks
         ok = [k for k in range(n) if errors[k] is None]
-        embs: dict[str, np.ndarray] = {}
-        for m, p in zip(self.models, self.pre_of, strict=True):
-            raw = batch.column(f"__pre{p}").to_pylist()
-            x = np.stack([np.frombuffer(raw[k], np.uint8) for k in ok]) if ok else None
-            x = None if x is None else x.reshape(len(ok), *self.shapes[p])  # (n, 3, H, W) uint8
-            embs[m.column] = self._embed(m, x)  # (len(ok), dim)
-        for j, k in enumerate(ok):  # as the local ingest: a non-finite embedding skips the file
-            bad = [m.name for m in self.models if not np.isfinite(embs[m.column][j]).all()]
+        embs: dict[str, dict[int, np.ndarray]] = {}  # column -> {row k: embedding}
+        for c, m, _, slot, shape in self.columns:
+            rows = [k for k in ok if need[k] is None or c in need[k]]  # only what is missing
+            raw = batch.column(f"__pre{slot}").to_pylist()
+            x = np.stack([np.frombuffer(raw[k], np.uint8) for k in rows]) if rows else None
+            x = None if x is None else x.reshape(len(rows), *shape)  # (n, 3, H, W) uint8
+            embs[c] = dict(zip(rows, self._embed(m, x), strict=True))  # (len(rows), dim)
+        for k in ok:  # as the local ingest: a non-finite embedding skips the file
+            bad = [(m.name, v) for c, m, v, _, _ in self.columns
+                   if k in embs[c] and not np.isfinite(embs[c][k]).all()]  # fmt: skip
             if bad:
-                errors[k] = f"backbone {bad[0]} gave a non-finite embedding"
-        row_of = {k: j for j, k in enumerate(ok)}
+                name, v = bad[0]
+                errors[k] = (f"backbone {name} gave a non-finite embedding"
+                             + (f" (view {v})" if v else ""))  # fmt: skip
         good = [k for k in ok if errors[k] is None]
         update = batch.column(_UPDATE).to_pylist()
         new = [k for k in good if not update[k]]
-        frags = json.dumps(self._write(batch, new, [row_of[k] for k in new], embs)) if new else None
+        frags = json.dumps(self._write(batch, new, embs)) if new else None
         is_new = set(new)
         out = {"id": batch.column("id"), _UPDATE: batch.column(_UPDATE),
                _ERROR: pa.array(errors, pa.string()),
                _FRAGS: pa.array([frags if k in is_new else None for k in range(n)], pa.string())}  # fmt: skip
-        for m in self.models:  # embeddings travel back only for stored images
-            e = embs[m.column]
-            out[m.column] = pa.array(
-                [e[row_of[k]].tobytes() if update[k] and errors[k] is None else None
+        for c, *_ in self.columns:  # embeddings travel back only for stored images
+            e = embs[c]
+            out[c] = pa.array(
+                [e[k].tobytes() if update[k] and errors[k] is None and k in e else None
                  for k in range(n)], pa.binary(),
             )  # fmt: skip
         return pa.table(out)
@@ -462,7 +536,7 @@ class _EmbedWriter:
         return np.concatenate(parts).astype(_np_dtype(self.dtype))
 
     def _write(
-        self, batch: pa.Table, rows: list[int], emb_rows: list[int], embs: dict[str, np.ndarray]
+        self, batch: pa.Table, rows: list[int], embs: dict[str, dict[int, np.ndarray]]
     ) -> list[str]:
         take = pa.array(rows, pa.int64())
         t = batch.take(take)
@@ -472,8 +546,8 @@ class _EmbedWriter:
         dicts = [{**{f: values[f][j] for f in fields}, "added_at": now} for j in range(len(rows))]
         table = image_table(
             dicts, metadata={name: t.column(name).combine_chunks() for name in self.meta_names},
-            embeddings={m.column: embs[m.column][emb_rows] for m in self.models},
-            describes={m.column: {} for m in self.models}, dtype=self.dtype,
+            embeddings={c: np.stack([embs[c][k] for k in rows]) for c, *_ in self.columns},
+            describes={c: {} for c, *_ in self.columns}, dtype=self.dtype,
         )  # fmt: skip
         return write_image_fragments(self.store_path, table)
 

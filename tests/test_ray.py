@@ -115,6 +115,35 @@ def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     assert skipped[0].equals(skipped[1]) and skipped[1].num_rows == 2
 
 
+def test_ray_ingest_makes_views_as_the_local_ingest_does(photos, ray_cluster, tmp_path):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(photos / "train" / "iris", imgs / "iris")
+    shutil.copytree(photos / "train" / "sunflower", imgs / "sunflower")
+    kw = {"batch_size": 4, "commit_every": 4, "progress": False}
+    ray_kw = {"engine": "ray", "actors": 1, **kw}
+    store, fresh, local = tmp_path / "ray", tmp_path / "ray-fresh", tmp_path / "local"
+    s = embedstore.ingest(imgs, store, **ray_kw)  # main embeddings only
+    assert s.embedded == {"efficientnet-lite0": 10} and s.views == {}
+    s = embedstore.ingest(imgs, store, views=["flip"], **ray_kw)  # stored images: only the view
+    assert s.embedded == {"efficientnet-lite0": 0}
+    assert s.views == {"efficientnet-lite0": {"flip": 10}}
+    shutil.copytree(photos / "test" / "daisy", imgs / "daisy")  # later images, no views asked:
+    s = embedstore.ingest(imgs, store, **ray_kw)  # they get the store's views too
+    assert s.new_images == 2 and s.views == {"efficientnet-lite0": {"flip": 2}}
+    s = embedstore.ingest(imgs, fresh, views="flip", **ray_kw)  # a new store, with views
+    assert s.new_images == 12 and s.views == {"efficientnet-lite0": {"flip": 12}}
+    embedstore.ingest(imgs, local, workers=0, views="flip", **kw)
+    want = _table(local)
+    for path in (store, fresh):
+        got = _table(path)
+        assert got.column("id").to_pylist() == want.column("id").to_pylist()
+        for c in ("emb_efficientnet_lite0", "emb_efficientnet_lite0__flip"):
+            x = np.asarray(want.column(c).to_pylist(), np.float32)
+            y = np.asarray(got.column(c).to_pylist(), np.float32)  # (12, 1280); no nulls
+            np.testing.assert_allclose(y, x, rtol=2e-3, atol=2e-3)  # float16 rounding
+        assert embedstore.connect(path).embeddings_info()["efficientnet-lite0"].views == ["flip"]
+
+
 def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray_cluster):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
