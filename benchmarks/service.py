@@ -10,7 +10,9 @@ subprocess on 127.0.0.1, then for each scenario (predict by stored id, predict o
 224 px JPEG, lookup on an upload) sends a bounded number of requests at each concurrency and
 stops. Baselines in the same run: ``heads predict`` as one process per request, the library
 in-process (``heads.predict`` with the run loaded once), and the backbone's own forward rate
-(the ceiling for uploads). Memory is the server's resident set at start and at the end.
+(the ceiling for uploads). Memory is the server's resident set at start, after each row and
+at the end; ``--rounds 2`` runs every scenario twice, which tells a high-water mark (flat in
+the second round) from a leak (still growing).
 Prints tables and writes benchmarks/out/service.json.
 """
 
@@ -111,6 +113,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=3, help="`heads predict` process runs")
+    ap.add_argument("--rounds", type=int, default=1, help="run every scenario this many times")
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="scenarios to run, e.g. 'GET /health' 'predict by stored id'")  # fmt: skip
     ap.add_argument("--out", default=str(OUT_DIR / "service.json"))
     args = ap.parse_args()
     if not (FLOWERS / "train").is_dir():
@@ -146,6 +151,8 @@ def main() -> None:
         start_s = time.perf_counter() - t0
         mem_start = _rss_mib(server.pid)
         scenarios = {
+            # the floor: what uvicorn + FastAPI + this client cost for a request that does nothing
+            "GET /health": (args.requests, lambda c, i: c.get("/health")),
             "predict by stored id": (args.requests, lambda c, i: c.post(
                 "/v1/predict", json={"run": "mlp", "ids": [ids[i % len(ids)]], "top_k": 3})),
             "predict upload 224px": (args.upload_requests, lambda c, i: c.post(
@@ -155,13 +162,17 @@ def main() -> None:
                 "/v1/lookup", files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
                 data={"k": "10"})),
         }  # fmt: skip
+        scenarios = {k: v for k, v in scenarios.items() if not args.only or k in args.only}
         rows = []
-        for name, (n, send) in scenarios.items():
-            for conc in args.concurrency:
-                r = _load(url, conc, n, send)
-                rows.append({"scenario": name, **r})
-                print(f"{name:<22} c={conc:<3} p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-                      f"{r['req_per_s']:.1f} req/s  errors {r['errors']}")  # fmt: skip
+        for rnd in range(1, args.rounds + 1):
+            for name, (n, send) in scenarios.items():
+                for conc in args.concurrency:
+                    r = _load(url, conc, n, send)
+                    rows.append({"round": rnd, "scenario": name, **r,
+                                 "rss_mib": _rss_mib(server.pid)})  # fmt: skip
+                    print(f"[{rnd}] {name:<22} c={conc:<3} p50 {r['p50_ms']:.1f} ms  p99 "
+                          f"{r['p99_ms']:.1f} ms  {r['req_per_s']:.1f} req/s  errors "
+                          f"{r['errors']}  server {rows[-1]['rss_mib']:.0f} MiB")  # fmt: skip
         mem_end = _rss_mib(server.pid)
     finally:
         server.kill()
@@ -197,10 +208,10 @@ def main() -> None:
                         str(photos[i]), "--json"], cwd=REPO, capture_output=True, check=True)  # fmt: skip
         proc_s.append(time.perf_counter() - t)
     up32 = next(
-        r
-        for r in rows
-        if r["scenario"] == "predict upload 224px" and r["concurrency"] == max(args.concurrency)
-    )
+        (r for r in rows if r["scenario"] == "predict upload 224px"
+         and r["concurrency"] == max(args.concurrency) and r["round"] == args.rounds),
+        {"concurrency": max(args.concurrency), "req_per_s": float("nan")},
+    )  # fmt: skip
     base = [
         {"what": "heads predict, one process per request (1 photo)", "ms": 1000 * statistics.mean(proc_s)},
         {"what": "library in-process, predict by stored id", "ms": statistics.median(lib_ms)},
@@ -212,8 +223,8 @@ def main() -> None:
          "mem_start_mib": mem_start, "mem_end_mib": mem_end},
         {"what": "server start-up to /ready (s)", "ms": None, "rate": start_s},
     ]  # fmt: skip
-    print_table(rows, ["scenario", "concurrency", "requests", "p50_ms", "p95_ms", "p99_ms", "req_per_s", "errors"],
-                "service on loopback")  # fmt: skip
+    print_table(rows, ["round", "scenario", "concurrency", "requests", "p50_ms", "p95_ms", "p99_ms", "req_per_s",
+                       "errors", "rss_mib"], "service on loopback")  # fmt: skip
     print_table(base, ["what", "ms", "rate", "share_of_forward", "mem_start_mib", "mem_end_mib"],
                 "baselines (same run)")  # fmt: skip
     info = machine_info()

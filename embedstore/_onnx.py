@@ -96,8 +96,8 @@ def resolve_runtime(
 
     ``auto`` is ONNX Runtime on the CPU when it is installed and the backbone runs faster there
     (``backbone.prefers_onnx_on_cpu``: efficientnet-lite0 yes; the Hugging Face transformers
-    no, ONNX Runtime measured 0.8-0.9x torch for DINOv2-small), torch anywhere else (CUDA keeps
-    its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only, and so does
+    no, float32 ONNX Runtime measured 0.9-1.1x torch for DINOv2-small), torch anywhere else
+    (CUDA keeps its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only, and so does
     ``onnx-int8``, for backbones with matrix multiplies to quantise (``backbone.quantizable``).
 
     >>> resolve_runtime("auto", "cpu", create_backbone("efficientnet-lite0"))
