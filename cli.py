@@ -933,6 +933,17 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
 @click.option(
+    "--views/--no-views", "views", default=None,
+    help="Train every trial and the best run on the augmented views stored beside the "
+    "embeddings (embedstore ingest --views), as heads train does (default: yes when the store "
+    "has them).",
+)  # fmt: skip
+@click.option(
+    "--tta/--no-tta", "tta", default=None,
+    help="Score the trials and predict with the best run by test-time augmentation: the mean of "
+    "the main embedding's and the views' logits (default: yes when the store has views).",
+)  # fmt: skip
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the sampler and every head."
 )
 @click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
@@ -952,6 +963,7 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     \b
     Example:
       heads tune --store grocery --head mlp --trials 50 --timeout-s 600 --out runs/mlp-tuned
+      heads tune --store flowers --head mlp --trials 30 --no-tta --out runs/mlp-tuned-views
       heads eval runs/mlp-tuned
     """
     import heads
@@ -976,6 +988,10 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     )
     click.echo("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in res.best_params.items()))  # fmt: skip
+    if res.views["train"] or res.views["tta"]:
+        click.echo(f"views: {', '.join(res.views['train'] or res.views['tta'])} "
+                   f"(training: {'yes' if res.views['train'] else 'no'}, "
+                   f"TTA: {'yes' if res.views['tta'] else 'no'})")  # fmt: skip
     e = res.train.ensemble_metrics if res.train is not None else None
     if e is not None and e.holdout is not None:
         click.echo(f"held-out part: top1 {e.holdout.get('top1', float('nan')):.4f}  "

@@ -8,6 +8,11 @@ defaults are tried first (trial 0), so the best trial is never worse than the de
 out-of-fold. The best parameters are then retrained with :func:`heads.train` into an ordinary
 run folder, beside ``trials.csv``, ``trials.json`` and ``trials.png``.
 
+A store with augmented views (``embedstore ingest --views``) is used as :func:`heads.train` uses
+it, with the same switches (``views``, ``tta``; default: both when the store has views): every
+trial trains on the views as augmentation and scores its folds with test-time augmentation, and
+the best is retrained the same way; ``trials.json`` and the run's config record the views used.
+
 Searched (each only when the head takes it and it is not fixed by the caller): ``lr`` and
 ``weight_decay`` (log scale), ``dropout``, ``hidden`` (not for the linear head), ``loss`` (the
 losses registry) and ``label_smoothing`` (for the losses that take it).
@@ -39,7 +44,16 @@ from heads._metrics import macro_f1
 from heads._neural import DEFAULT_LR
 from heads._plots import plot_trials
 from heads._registry import HEADS
-from heads._train import TrainResult, _Fold, _folds_to_train, build_head, fit_fold, prepare_fold
+from heads._train import (
+    TrainResult,
+    _Fold,
+    _folds_to_train,
+    build_head,
+    fit_fold,
+    prepare_fold,
+    tta_logits,
+    use_views,
+)
 from heads._train import train as train_head
 from heads.losses import LOSSES, list_losses
 
@@ -76,6 +90,8 @@ class TuneResult(Result):
     trials_png: str
     train: TrainResult | None = None
     warnings: list[str] = field(default_factory=list)
+    # augmented views used (``ingest --views``): trained on, and averaged at prediction (TTA)
+    views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
 
 
 def search_space(head: str, fixed: dict[str, Any] | None = None,
@@ -184,6 +200,8 @@ def tune(
     include_default: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    views: bool | None = None,
+    tta: bool | None = None,
     **head_options: Any,
 ) -> TuneResult:
     """Search ``head``'s learning rate, weight decay, dropout, hidden width, loss and label
@@ -195,6 +213,8 @@ def tune(
     (``epochs``, ``batch_size``, ``device``, ... ; a searched name given here is fixed and not
     searched). ``losses`` limits the losses tried (default: every registered loss). ``seed``
     seeds the sampler and every head, so the same call gives the same trials (on one device).
+    ``views`` and ``tta`` are :func:`heads.train`'s: with views stored, trials and the retrained
+    run train on them as augmentation and predict with test-time augmentation unless turned off.
 
     >>> heads.tune("grocery", head="mlp", trials=30, timeout_s=600, out="runs/mlp-tuned").best_params
     """
@@ -213,7 +233,8 @@ def tune(
             "or all are fixed); tune a neural head: linear, mlp or transformer"
         )
     base_est = build_head(head, head_options, progress=False)
-    data = load_fold_data(store, backbone, [], where)
+    data = load_fold_data(store, backbone, [], where, views=views is not False or bool(tta))
+    use_views(data, views, tta)  # as heads.train: data.extra["train_views"] / ["tta_views"]
     check_finite(data.X, data.ids, data.backbone.column)
     folds = [prepare_fold(data, k, [], [], unknown_label) for k in _folds_to_train(data, fold)]
     folds = [f for f in folds if f.known_val.any()]
@@ -270,10 +291,11 @@ def tune(
 
     res = train_head(store, fold=fold, backbone=backbone, head=head, out=base, where=where,
                      unknown_label=unknown_label, progress=progress, overwrite=overwrite,
-                     **head_options, **head_settings(best_params))  # fmt: skip
-    rows = _trial_rows(study.trials, space)
+                     views=views, tta=tta, **head_options, **head_settings(best_params))  # fmt: skip
+    used = _views_used(data)
+    rows = _trial_rows(study.trials, space, used)
     files = _write_trials(base, rows, space, best, default, data, head, head_options,
-                          trials, timeout_s, seed, len(folds), seconds)  # fmt: skip
+                          trials, timeout_s, seed, len(folds), seconds, used)  # fmt: skip
     return TuneResult(
         run=str(base),
         best_params=best_params,
@@ -292,7 +314,14 @@ def tune(
         trials_png=str(files[2]),
         train=res,
         warnings=list(res.warnings),
+        views=used,
     )
+
+
+def _views_used(data: FoldData) -> dict[str, list[str]]:
+    """The views trained on and those averaged at prediction, as a run's config records them."""
+    return {"train": list(data.extra.get("train_views") or []),
+            "tta": list(data.extra.get("tta_views") or [])}  # fmt: skip
 
 
 class _Objective:
@@ -324,8 +353,10 @@ class _Objective:
                 raise optuna.TrialPruned()
             model = clone(self.estimator).set_params(**head_settings(params))
             try:
-                fit_fold(model, self.data, f)
-                pred = model.predict(self.data.X[f.val_rows][f.known_val])
+                fit_fold(model, self.data, f)  # trains on the views when data.extra says so
+                # scored as the retrained run predicts: with TTA when data.extra says so
+                logits = tta_logits(model, self.data, f.val_rows[f.known_val])
+                pred = model.classes_[logits.argmax(1)]
             except (ValueError, RuntimeError) as e:
                 trial.set_user_attr("error", str(e).splitlines()[0])
                 raise
@@ -347,7 +378,8 @@ class _Objective:
         return macro_f1(t, p)
 
 
-def _trial_rows(trials: list[Any], space: dict[str, Any]) -> list[dict[str, Any]]:
+def _trial_rows(trials: list[Any], space: dict[str, Any],
+                views: dict[str, list[str]]) -> list[dict[str, Any]]:  # fmt: skip
     rows, best = [], -math.inf
     for t in trials:
         value = t.value if t.state.name == "COMPLETE" else None
@@ -365,6 +397,8 @@ def _trial_rows(trials: list[Any], space: dict[str, Any]) -> list[dict[str, Any]
             "seconds": t.user_attrs.get("seconds") or (
                 None if t.duration is None else round(t.duration.total_seconds(), 2)),
             **{k: t.params.get(k) for k in space},
+            "views": bool(views["train"]),
+            "tta": bool(views["tta"]),
             "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
         })  # fmt: skip
     return rows
@@ -373,7 +407,7 @@ def _trial_rows(trials: list[Any], space: dict[str, Any]) -> list[dict[str, Any]
 def _write_trials(base: Path, rows: list[dict[str, Any]], space: dict[str, Any], best: Any,
                   default: Any, data: FoldData, head: str, fixed: dict[str, Any], trials: int,
                   timeout_s: float | None, seed: int, n_folds: int,
-                  seconds: float) -> tuple[Path, Path, Path]:  # fmt: skip
+                  seconds: float, views: dict[str, list[str]]) -> tuple[Path, Path, Path]:  # fmt: skip
     """``trials.csv`` (one row per trial), ``trials.json`` (settings, best, every trial) and
     ``trials.png`` (objective per trial and best so far) in the run folder."""
     base.mkdir(parents=True, exist_ok=True)
@@ -394,6 +428,7 @@ def _write_trials(base: Path, rows: list[dict[str, Any]], space: dict[str, Any],
         "seconds": round(seconds, 2),
         "search_space": {k: list(v) for k, v in space.items()},
         "fixed": fixed,
+        "views": views,
         "best": {
             "trial": best.number,
             "params": best.params,

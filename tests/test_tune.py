@@ -4,6 +4,7 @@ normal run, the trials written beside it."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import heads_cli
-from tests.conftest import make_synthetic_store
+from tests.conftest import make_synthetic_store, write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = {"epochs": 8, "batch_size": 64, "device": "cpu", "progress": False}
@@ -130,3 +131,76 @@ def test_tune_on_real_photos_beats_or_matches_the_default_recipe(flowers_store, 
     assert res.best_macro_f1 >= res.default_macro_f1 >= 0.85
     ev = heads.evaluate(res.run)
     assert ev.metrics["macro_f1"] == pytest.approx(res.best_macro_f1, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def views_store(tiny_dino, tmp_path_factory):
+    """Written images embedded by a tiny DINOv2 with a flip view beside each (ingest --views)."""
+    root = tmp_path_factory.mktemp("views-imgs")
+    write_class_images(root, n_classes=3, per_class=6)
+    path = tmp_path_factory.mktemp("views") / "s"
+    embedstore.ingest(root, path, backbones=[str(tiny_dino)], workers=1, progress=False,
+                      views="flip")  # fmt: skip
+    embedstore.split(path, folds=2, seed=0)
+    return path
+
+
+def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
+    views_store, tmp_path, monkeypatch
+):
+    calls = []  # what every fit and prediction of the head saw, trials and retrained run alike
+    fit, logits = heads.NeuralHead.fit, heads.NeuralHead.decision_function
+
+    @functools.wraps(fit)
+    def spy_fit(self, X, y, **kw):
+        calls.append(("fit", "X_views" in kw))
+        return fit(self, X, y, **kw)
+
+    @functools.wraps(logits)
+    def spy_logits(self, X, *a, **kw):
+        calls.append(("logits", len(X)))
+        return logits(self, X, *a, **kw)
+
+    monkeypatch.setattr(heads.NeuralHead, "fit", spy_fit)
+    monkeypatch.setattr(heads.NeuralHead, "decision_function", spy_logits)
+    fast = {"epochs": 3, "batch_size": 16, "device": "cpu", "progress": False}
+    res = heads.tune(views_store, head="linear", trials=2, out=tmp_path / "v", **fast)
+    assert res.views == {"train": ["flip"], "tta": ["flip"]}
+    # 2 trials x 2 folds, then the 2 retrained folds: every fit trains on the views, and each
+    # trial scores its fold with TTA (the logits of the main embeddings, then of the flips)
+    assert [c for c in calls if c[0] == "fit"] == [("fit", True)] * 6
+    first = calls.index(("fit", True))
+    assert [c[0] for c in calls[first + 1 : first + 3]] == ["logits", "logits"]
+    assert calls[first + 1][1] == calls[first + 2][1] > 0
+    assert calls[first + 3][0] == "fit"
+    rows = list(csv.DictReader(open(res.trials_csv)))
+    assert len(rows) == 2 and {(r["views"], r["tta"]) for r in rows} == {("True", "True")}
+    assert json.loads(open(res.trials_json).read())["views"] == res.views
+    for k in (0, 1):  # the best retrained as heads.train does by default: views + TTA
+        cfg = json.loads((tmp_path / "v" / f"fold{k}" / "config.json").read_text())
+        assert cfg["views"] == {"train": ["flip"], "tta": ["flip"]}
+    # the trials were scored with TTA, as the retrained run predicts: the same out-of-fold score
+    ev = heads.evaluate(res.run)
+    assert ev.metrics["macro_f1"] == pytest.approx(res.best_macro_f1, abs=1e-9)
+    assert ev.metrics["top1"] == pytest.approx(res.best_top1, abs=1e-9)
+
+    out = tmp_path / "plain"
+    args = ["tune", "--store", str(views_store), "--head", "linear", "--trials", "1", "--epochs",
+            "3", "--device", "cpu", "--no-views", "--no-tta", "--out", str(out), "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(heads_cli, args)
+    assert r.exit_code == 0, r.output
+    assert "views:" not in r.output
+    assert json.loads((out / "trials.json").read_text())["views"] == {"train": [], "tta": []}
+    assert list(csv.DictReader(open(out / "trials.csv")))[0]["views"] == "False"
+    assert json.loads((out / "fold0" / "config.json").read_text())["views"] == {
+        "train": [],
+        "tta": [],
+    }
+    # views only for training, no TTA: the library switches are heads.train's
+    res = heads.tune(views_store, head="linear", trials=1, out=tmp_path / "t", tta=False, **fast)
+    assert res.views == {"train": ["flip"], "tta": []}
+
+
+def test_tune_with_views_on_a_store_without_them_says_how_to_add_them(store, tmp_path):
+    with pytest.raises(heads.HeadsError, match="no views of synthetic are stored"):
+        heads.tune(store, head="mlp", trials=1, views=True, out=tmp_path / "r", **FAST)
