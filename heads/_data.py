@@ -87,9 +87,11 @@ def load_fold_data(
     )
     if len(infos) == 1:
         X, t = st.embeddings(info.backbone, where=where, columns=cols, dtype="float32")
+        mains = [X]
     else:
         embs, t = st.embedding_rows({i.column: i.dim for i in infos}, cols, where=where)
-        X = concat_backbones([embs[i.column] for i in infos])
+        mains = [embs[i.column] for i in infos]
+        X = concat_backbones(mains)
     fold = t.get("fold")
     if fold is None:
         fold_arr = np.full(len(X), NO_FOLD, dtype=np.int64)
@@ -100,11 +102,31 @@ def load_fold_data(
     data.extra["poison_column"] = _find_column(names, POISON_COLUMNS)
     data.extra["backbones"] = infos
     if views:
-        data.view_names, V = st.view_embeddings(info.backbone, data.ids)
-        missing = np.isnan(V).any(axis=2)  # (N, V): rows stored before the view was added
-        V[missing] = np.broadcast_to(X[:, None, :], V.shape)[missing]
-        data.views = V
+        data.view_names, data.views = read_views(st, infos, data.ids, mains)
     return data
+
+
+def read_views(
+    st: Store, infos: list[Any], ids: np.ndarray, mains: list[np.ndarray]
+) -> tuple[list[str], np.ndarray]:
+    """The views stored for every one of the backbones ``infos`` (named in the first's order):
+    ``(names, (N, V, D))``. A row stored before a view was added holds its main embedding
+    (``mains[i]``, that backbone's ``(N, Di)``) there. Several backbones: each view is made as
+    the main input is, each backbone's part L2-normalised and concatenated."""
+    per = [st.view_embeddings(i.backbone, ids) for i in infos]  # [(names_i, (N, Vi, Di))]
+    names = [v for v in per[0][0] if all(v in n for n, _ in per[1:])]
+    parts = []
+    for (have, V), main in zip(per, mains, strict=True):
+        V = V[:, [have.index(v) for v in names], :]  # (N, V, Di), a copy
+        missing = np.isnan(V).any(axis=2)  # (N, V): rows stored before the view was added
+        V[missing] = np.broadcast_to(main[:, None, :], V.shape)[missing]
+        parts.append(V)
+    if len(parts) == 1:
+        return names, parts[0]
+    n, v = len(ids), len(names)
+    return names, np.concatenate(
+        [l2_normalize(P.reshape(n * v, P.shape[2])).reshape(P.shape) for P in parts], axis=2
+    )
 
 
 def concat_backbones(arrays: list[np.ndarray]) -> np.ndarray:

@@ -153,12 +153,12 @@ class Run(_Loaded):
     def backbone_columns(self) -> dict[str, dict[str, Any]]:
         """The embedding columns this run reads: its backbones', then (with TTA) one per view,
         described so that ``embed_inputs`` makes the same view of a new image."""
-        b = self.config["backbone"]
         out = {c["column"]: c for c in self.backbones}
         for v in self.tta_views:
-            c = view_column(b["column"], v)
-            out[c] = {**b, "name": f"{b['name']} {v} view", "column": c, "view": v,
-                      "describe": view_describe(b["describe"], b["column"], v)}  # fmt: skip
+            for b in self.backbones:
+                c = view_column(b["column"], v)
+                out[c] = {**b, "name": f"{b['name']} {v} view", "column": c, "view": v,
+                          "describe": view_describe(b["describe"], b["column"], v)}  # fmt: skip
         return out
 
     def logits(
@@ -166,7 +166,6 @@ class Run(_Loaded):
     ) -> np.ndarray:
         """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns;
         with TTA the mean of the logits of the main embedding and of each view's."""
-        columns = list(self.backbone_columns())
         X = self.head_input(embeddings)
         kw = {}
         if self.encoder is not None:
@@ -174,12 +173,14 @@ class Run(_Loaded):
             none = np.array([None] * n, dtype=object)
             tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
             kw["fields"] = self.encoder.transform(tab)
-        if len(columns) == len(self.backbones):  # no TTA
+        if not self.tta_views:
             return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
-        z = [
-            np.asarray(self.head.decision_function(embeddings[c], **kw), np.float64)
-            for c in columns
-        ]
+        inputs = [X] + [  # each view of every backbone, made into the head's input as X is
+            self.head_input({b["column"]: embeddings[view_column(b["column"], v)]
+                             for b in self.backbones})
+            for v in self.tta_views
+        ]  # fmt: skip
+        z = [np.asarray(self.head.decision_function(x, **kw), np.float64) for x in inputs]
         return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 
     def unknown_scores(

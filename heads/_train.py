@@ -159,10 +159,8 @@ def train(
     detector = build_detector(unknown, head_options.get("device"))
     refit, ensemble = _refit_settings(estimator, fold, refit, ensemble)
     several = isinstance(backbone, list | tuple) and len(backbone) > 1
-    if several and (views or tta):
-        raise HeadsError("--views and --tta work with one --backbone; drop them or name one")
     data = load_fold_data(store, backbone, [*metadata, *aux_targets], where,
-                          views=(views is not False or bool(tta)) and not several)  # fmt: skip
+                          views=views is not False or bool(tta))  # fmt: skip
     if several and getattr(estimator, "_arch", None) == "transformer" and not estimator.token_dims:
         # token fusion: one token per backbone
         estimator.set_params(token_dims=[i.dim for i in data.extra["backbones"]])
@@ -472,8 +470,10 @@ def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
     in ``data.extra`` (``train_views``, ``tta_views``)."""
     have = bool(data.view_names)
     if (views or tta) and not have:
+        names = [i.backbone for i in data.extra.get("backbones") or [data.backbone]]
+        what = names[0] if len(names) == 1 else "every one of " + ", ".join(names) + " (the same)"
         raise HeadsError(
-            f"{data.store_path}: no views of {data.backbone.backbone} are stored; add them with "
+            f"{data.store_path}: no views of {what} are stored; add them with "
             f"`embedstore ingest IMAGES_DIR --store {data.store_path} --views flip,crops5` or "
             "drop --views/--tta"
         )

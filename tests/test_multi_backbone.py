@@ -5,6 +5,7 @@ new image file is embedded with each backbone to predict it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -91,3 +92,45 @@ def test_two_backbones_from_the_cli_and_clear_errors(two_backbones, tmp_path):
     assert r.exit_code == 2 and "a backbone is named twice" in r.output, r.output
     r = CliRunner().invoke(heads_cli, [*args, "--backbone", a, "--backbone", "nope"])
     assert r.exit_code == 2 and "no embeddings for backbone 'nope'" in r.output, r.output
+
+
+def test_views_of_two_backbones_train_and_predict_with_tta(
+    two_backbones, tmp_path, tiny_dino, tiny_clip
+):
+    """With views stored for both backbones, a head on both trains on each view made as its
+    main input is (both backbones' view, each L2-normalised, side by side) and averages the
+    views' logits at prediction, for stored rows and new files alike."""
+    src, infos = two_backbones
+    store = tmp_path / "s"
+    shutil.copytree(src, store)
+    st = embedstore.connect(store)
+    imgs = tmp_path / "imgs"
+    write_class_images(imgs, n_classes=3, per_class=10, size=40)  # the stored images' files
+    s = embedstore.ingest(imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], views="flip",
+                          workers=0, progress=False)  # fmt: skip
+    assert s.views == {i.backbone: {"flip": 30} for i in infos}  # only the views were made
+    names = [i.backbone for i in infos]
+    out = tmp_path / "r"
+    heads.train(store, fold=0, head="mlp", backbone=names, out=out, **FAST)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["views"] == {"train": ["flip"], "tta": ["flip"]}
+    run = heads.load(out, "cpu")
+    flips = [f"{i.column}__flip" for i in infos]
+    assert list(run.backbone_columns()) == [i.column for i in infos] + flips
+    # TTA: the mean of the logits of the main input and of the flipped one, each concatenated
+    embs, _ = st.embedding_rows({c: i.dim for c, i in zip([*(i.column for i in infos), *flips],
+                                                          [*infos, *infos], strict=True)})  # fmt: skip
+    flipped = {i.column: embs[f] for i, f in zip(infos, flips, strict=True)}
+    want = (run.head.decision_function(run.head_input(embs))
+            + run.head.decision_function(run.head_input(flipped))) / 2  # fmt: skip
+    np.testing.assert_allclose(run.logits(embs), want, rtol=1e-4, atol=1e-5)
+    # a new file is embedded with both backbones and both views, and predicted
+    new = tmp_path / "new"
+    write_class_images(new, n_classes=3, per_class=2, size=40, seed=11)
+    preds = heads.predict(out, images_dir=new, device="cpu")
+    assert len(preds) == 6 and all(p.error is None for p in preds)
+    assert sum(p.label == p.path.split("/")[-2] for p in preds) >= 5
+    # views of only one of the backbones: none are common, and asking for them says so
+    with pytest.raises(heads.HeadsError, match="no views of every one of"):
+        heads.train(src, fold=0, head="mlp", backbone=names, out=tmp_path / "x", views=True,
+                    **FAST)  # fmt: skip
