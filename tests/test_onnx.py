@@ -438,6 +438,9 @@ def test_the_service_embeds_uploads_for_an_int8_column_with_int8(tmp_path, scale
         r = c.post("/v1/lookup", files=[("images", ("q.jpg", photo.read_bytes()))], data={"k": "3"})
         assert r.status_code == 200, r.text
         assert c.get("/v1/backbones").json()["store"][0]["runtime"] == "onnx-int8"
+        # batches of every size: the service's sessions keep no arena (RESULTS, "Service")
+        (bb,) = app.state.service.raw_backbones()
+        assert bb.session.get_session_options().enable_cpu_mem_arena is False
     got = r.json()[0]["neighbors"]
     assert [n["id"] for n in got] == [n["id"] for n in want.neighbors]
     sims = [n["similarity"] for n in got]
