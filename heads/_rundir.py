@@ -15,10 +15,13 @@ An ensemble directory has the same ``config.json`` (``"kind": "ensemble"``) and 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +112,42 @@ def save_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> 
 
 
 def replace_dir(new: Path, dest: Path) -> None:
-    """Put the complete folder ``new`` at ``dest`` (replacing what was there) with renames, so a
-    reader sees the old folder or the new one, never a mix."""
+    """Put the complete folder ``new`` at ``dest`` (replacing what was there), so a reader sees
+    the old folder or the new one, never a mix and never none: on Linux one atomic exchange
+    (``renameat2(RENAME_EXCHANGE)``), after which ``new`` holds the old folder and is removed;
+    elsewhere (or on a file system without it) two renames, with a moment without ``dest``."""
     dest = Path(dest)
+    if dest.exists() and _exchange(Path(new), dest):
+        shutil.rmtree(new, ignore_errors=True)  # the old folder, under the hidden new name
+        return
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     if dest.exists():
         os.replace(dest, old)
     os.replace(new, dest)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or file system does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]  # fmt: skip
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # not offered here: the caller falls back to two renames
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -326,6 +326,43 @@ def _heads_of(run: Path) -> set[str]:
 
 
 @pytest.mark.slow
+def test_replacing_a_run_folder_never_leaves_a_moment_without_it(tmp_path):
+    """A reader polling the run folder while it is replaced 300 times always finds a whole run
+    (one atomic exchange on Linux; two renames left a moment with no folder at all)."""
+    import threading
+
+    from heads._rundir import _exchange, replace_dir
+
+    dest = tmp_path / "run"
+    dest.mkdir()
+    (dest / "config.json").write_text("0")
+    if not _exchange(dest, dest):  # swapping a path with itself: is the call offered here?
+        pytest.skip("no renameat2(RENAME_EXCHANGE) on this system or file system")
+    missing, done = [], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                (dest / "config.json").read_text()
+            except FileNotFoundError:
+                missing.append(1)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(1, 301):
+            new = tmp_path / f".run.partial-{k}"
+            new.mkdir()
+            (new / "config.json").write_text(str(k))
+            replace_dir(new, dest)
+    finally:
+        done.set()
+        t.join()
+    assert not missing, f"the run folder was missing {len(missing)} times"
+    assert (dest / "config.json").read_text() == "300"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # old folders removed
+
+
 def test_a_retrain_killed_at_any_moment_leaves_the_old_run_whole(tmp_path):
     """kill -9 of a real `heads train --overwrite` into an existing run folder, at several
     moments: the folder is always the old linear run (or, once the swap is done, the new one),
