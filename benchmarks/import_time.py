@@ -12,7 +12,9 @@ are interleaved (one of each statement per round) so a slow moment hits every ro
 Statements:
 
 - ``import torch, pyarrow, PIL.Image``: the baseline, the heavy libraries both packages need;
-- ``import embedstore`` and ``import heads``: what the CLI and a user's script pay;
+- ``import embedstore`` (light: its names load on first use), ``embedstore.connect`` and
+  ``embedstore.ingest`` (what using them loads) and ``import heads``: what a script pays;
+- ``import cli``: what ``heads --help`` or a command's ``--help`` pays;
 - a check (one subprocess, not timed) of which optional heavy modules ``import embedstore``
   leaves in ``sys.modules``: ``sklearn`` (the store should not need it), and for information
   ``faiss``, ``lance``, ``lancedb``, ``transformers``.
@@ -44,7 +46,12 @@ STATEMENTS = {
     "python -c pass (start-up)": "pass",
     "import torch, pyarrow, PIL.Image (baseline)": "import torch, pyarrow, PIL.Image",
     "import embedstore": "import embedstore",
+    # the package loads what is used on first use (PEP 562): the store, then a whole run's needs
+    "embedstore.connect (the store's modules)": "import embedstore; embedstore.connect",
+    "embedstore.ingest (+ backbones, torch)": "import embedstore; embedstore.ingest",
     "import heads": "import heads",
+    # what `heads --help` and `embedstore ingest --help` pay: the CLI module and its options
+    "import cli (the command line, --help)": "import cli",
 }
 CHECK_MODULES = ("sklearn", "faiss", "lance", "lancedb", "transformers", "torch", "pyarrow")
 

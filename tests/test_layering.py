@@ -4,6 +4,7 @@ the store owning its queries, typed results, and the defects found while straigh
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -93,6 +94,22 @@ def test_import_embedstore_loads_neither_heads_nor_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
+    """``import embedstore`` and the command line's module load no heavy library (help and
+    option errors answer at once); every public name is still there, from the module that
+    defines it."""
+    code = ("import cli, embedstore, sys; heavy = ('torch', 'lance', 'pyarrow', 'transformers', "
+            "'heads', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert set(embedstore.__all__) == set(embedstore._EXPORTS)
+    for name, (module, attr) in embedstore._EXPORTS.items():
+        assert getattr(embedstore, name) is getattr(importlib.import_module(module), attr), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        embedstore.nope  # noqa: B018
 
 
 # ---------------------------------------------------------------------- registries and options
