@@ -51,6 +51,7 @@ from embedstore._ingest import (
     _missing,
     _Pending,
     _slot,
+    _StoredPaths,
     check_folder,
     decode_file,
     plan_ingest,
@@ -138,7 +139,7 @@ def ingest_ray(
     stats: Counter = Counter()
     pending = _Pending()
     ids = _hash(plan, hash_tasks_over)
-    rels_of, todo = _sort_work(plan, root, ids, pending, stats, models)
+    rels_of, todo = _sort_work(plan, root, ids, pending, stats, _StoredPaths(st, str(root)))
     if todo:  # the table, with every column the workers will write
         describes = {m.column: m.describe() for m in models}
         schema = image_table(
@@ -257,10 +258,11 @@ class _Todo:
 
 
 def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats: Counter,
-               models: list[Backbone]) -> tuple[dict[str, list[str]], list[_Todo]]:  # fmt: skip
+               known: _StoredPaths) -> tuple[dict[str, list[str]], list[_Todo]]:  # fmt: skip
     """Sort the files to read by id, as the local ingest decides per file: unreadable ones are
-    skipped; files of images stored with every backbone get their path and record now; the
-    first file of each other id is decoded, the rest share its result."""
+    skipped; files of images stored with every backbone get their path and record now (a path
+    the image already has is a file re-checked after a crash, another path a duplicate name);
+    the first file of each other id is decoded, the rest share its result."""
     rels_of: dict[str, list[str]] = {}
     todo: list[_Todo] = []
     for w in plan.work:
@@ -272,7 +274,7 @@ def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats
             pending.files.append((w.rel, image_id))
             pending.ok_rels.append(w.rel)
             pending.add_path(image_id, w.rel)  # a renamed or duplicated file of a stored image
-            stats["duplicates"] += 1
+            stats["rechecked" if known.has(image_id, w.rel) else "duplicates"] += 1
             continue
         if image_id not in rels_of:
             rels_of[image_id] = []

@@ -144,6 +144,23 @@ def test_ray_ingest_makes_views_as_the_local_ingest_does(photos, ray_cluster, tm
         assert embedstore.connect(path).embeddings_info()["efficientnet-lite0"].views == ["flip"]
 
 
+def test_after_a_crash_ray_counts_re_checked_files_as_stored_not_duplicates(
+    photos, ray_cluster, tmp_path
+):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(photos / "train" / "iris", imgs / "iris")
+    kw = {"engine": "ray", "actors": 1, "batch_size": 4, "commit_every": 4, "progress": False}
+    store = tmp_path / "s"
+    embedstore.ingest(imgs, store, **kw)
+    # a kill between the images commit and the file records commit leaves the images stored
+    # and the files unrecorded: the next run hashes them again, as the local engine would
+    shutil.rmtree(store / "files.lance")
+    s = embedstore.ingest(imgs, store, **kw)
+    assert s.new_images == 0 and s.duplicates == 0 and s.already_stored == 5
+    shutil.copy(sorted((imgs / "iris").glob("*.jpg"))[0], imgs / "iris" / "copy.jpg")
+    assert embedstore.ingest(imgs, store, **kw).duplicates == 1  # a real duplicate name
+
+
 def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray_cluster):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
