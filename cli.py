@@ -368,7 +368,8 @@ def info_cmd(store: str | None, as_json: bool) -> None:
         click.echo("classes    0")
     for b in info["backbones"]:
         click.echo(
-            f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded  [{b['column']}]"
+            f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded by "
+            f"{' + '.join(b.get('runtimes') or ['torch'])}  [{b['column']}]"
         )
         if b.get("views"):
             click.echo(

@@ -1191,7 +1191,10 @@ class Store:
         for info in self.embeddings_info().values():
             have = int(ds.count_rows(filter=f"{info.column} IS NOT NULL"))
             backbones.append({"name": info.backbone, "column": info.column, "dim": info.dim,
-                              "dtype": info.dtype, "embedded": have, "source": info.describe.get("source")})  # fmt: skip
+                              "dtype": info.dtype, "embedded": have, "source": info.describe.get("source"),
+                              # what made its embeddings: torch, onnx or onnx-int8 (in order)
+                              "runtimes": info.describe.get("runtimes")
+                              or [info.describe.get("runtime", "torch")]})  # fmt: skip
             if info.views:  # augmented views: name, column and how many images hold it
                 backbones[-1]["views"] = [
                     {"name": v, "column": c, "embedded": int(ds.count_rows(filter=f"{c} IS NOT NULL"))

@@ -406,6 +406,9 @@ def test_an_int8_column_is_recorded_queried_alike_and_mixing_is_warned(tmp_path,
     assert s.new_images == 4
     assert any("mixes both" in w and "onnx-int8" in w for w in s.warnings), s.warnings
     assert st.embeddings_info()["scaled-dino"].describe["runtimes"] == ["onnx-int8", "torch"]
+    assert st.info().backbones[0]["runtimes"] == ["onnx-int8", "torch"]
+    r = CliRunner().invoke(embedstore_cli, ["info", "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "14 embedded by onnx-int8 + torch" in r.output, r.output
 
 
 def test_cli_runtime_onnx_int8_on_a_conv_net_is_a_user_error(tmp_path):
