@@ -161,6 +161,24 @@ def test_after_a_crash_ray_counts_re_checked_files_as_stored_not_duplicates(
     assert embedstore.ingest(imgs, store, **kw).duplicates == 1  # a real duplicate name
 
 
+def test_ray_ingest_runs_a_transformer_with_onnx_int8_as_the_local_ingest(
+    photos, ray_cluster, tmp_path, tiny_dino
+):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(photos / "train" / "iris", imgs / "iris")
+    kw = {"backbones": [str(tiny_dino)], "runtime": "onnx-int8", "batch_size": 4,
+          "progress": False}  # fmt: skip
+    s = embedstore.ingest(imgs, tmp_path / "ray", engine="ray", actors=1, commit_every=4, **kw)
+    assert s.runtimes == {"tiny-dino": "onnx-int8"} and s.new_images == 5
+    embedstore.ingest(imgs, tmp_path / "local", workers=0, **kw)
+    a, b = _table(tmp_path / "local"), _table(tmp_path / "ray")
+    x = np.asarray(a.column("emb_tiny_dino").to_pylist(), np.float32)
+    y = np.asarray(b.column("emb_tiny_dino").to_pylist(), np.float32)
+    np.testing.assert_allclose(y, x, rtol=2e-3, atol=2e-3)  # the same int8 export, float16
+    describe = embedstore.connect(tmp_path / "ray").embeddings_info()["tiny-dino"].describe
+    assert describe["runtime"] == "onnx-int8"
+
+
 def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray_cluster):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
