@@ -49,7 +49,7 @@ import torch
 
 from embedstore._backbones import Backbone, BackboneError, _sha256_file
 from embedstore._device import resolve_device
-from embedstore._onnx_graphs import fused_graph
+from embedstore._onnx_graphs import fused_graph, has_fused_graph
 from embedstore._options import RUNTIMES, Runtime, check_choice
 
 EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, outputs, what is inside)
@@ -282,7 +282,7 @@ def export_key(backbone: Backbone, precision: str = "fp32") -> dict[str, Any]:
     key = {
         "format": EXPORT_FORMAT,
         "precision": precision,
-        "graph": "fused" if fused_graph(backbone) is not None else "generic",
+        "graph": "fused" if has_fused_graph(backbone) else "generic",
         "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
         "source": d.get("source"),
         "weights_sha256": _weights_fingerprint(backbone),

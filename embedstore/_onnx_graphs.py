@@ -28,16 +28,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def fused_graph(backbone: Any) -> tuple[nn.Module, dict[str, int]] | None:
-    """``(module, {"num_heads", "hidden_size"})`` to export instead of the backbone's own
-    forward, or None when there is no fused form for it (then the generic export is used)."""
+def has_fused_graph(backbone: Any) -> bool:
+    """Whether :func:`fused_graph` has a fused form for ``backbone`` (cheap: builds nothing)."""
     model = getattr(backbone, "model", None)
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != "dinov2" or not hasattr(model, "encoder"):
+        return False
+    layer = model.encoder.layer[0]  # another transformers layout: the generic export
+    return all(hasattr(layer.attention, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+def fused_graph(backbone: Any) -> tuple[nn.Module, dict[str, int]] | None:
+    """``(module, {"num_heads", "hidden_size"})`` to export instead of the backbone's own
+    forward, or None when there is no fused form for it (then the generic export is used)."""
+    if not has_fused_graph(backbone):
         return None
-    layer = model.encoder.layer[0]
-    if not all(hasattr(layer.attention, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
-        return None  # another transformers layout: the generic export
+    config = backbone.model.config
     module = FusedDinov2(backbone).eval()
     return module, {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
 
