@@ -449,3 +449,14 @@ def test_the_service_embeds_uploads_for_an_int8_column_with_int8(tmp_path, scale
     sims = [n["similarity"] for n in got]
     np.testing.assert_allclose(sims, [n["similarity"] for n in want.neighbors], atol=1e-6)
     assert np.abs(np.subtract(sims, torch_sims)).max() > 1e-6  # and not as torch would embed it
+
+
+def test_onnx_int8_quantises_a_transformer_without_a_fused_form(flowers, tmp_path, tiny_clip):
+    """CLIP has no fused export: its generic export's matrix multiplies are quantised."""
+    files = _photos(flowers)
+    want = _embed(embedstore.create_backbone(str(tiny_clip)).to("cpu"), files)
+    bb = with_runtime(embedstore.create_backbone(str(tiny_clip)), "onnx-int8", "cpu",
+                      cache_dir=tmp_path)  # fmt: skip
+    manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
+    assert manifest["key"]["graph"] == "generic" and manifest["quantized"]["MatMulInteger"] > 0
+    assert embedding_agreement(_embed(bb, files), want)["min_cosine"] >= MIN_COSINE_INT8
