@@ -318,6 +318,11 @@ class EntropyDetector(_LogitDetector):
         return (np.exp(logp) * logp).sum(axis=1)
 
 
+def free_energy(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy ``T logsumexp(z / T)`` of logits ``(N, C)``: ``(N,)``."""
+    return temperature * logsumexp(z / temperature, axis=1)
+
+
 @register_detector("energy")
 class EnergyDetector(_LogitDetector):
     """Negative free energy ``T logsumexp(logits / T)``."""
@@ -326,7 +331,7 @@ class EnergyDetector(_LogitDetector):
         self.temperature = temperature
 
     def _score_logits(self, z: np.ndarray) -> np.ndarray:
-        return self.temperature * logsumexp(z / self.temperature, axis=1)
+        return free_energy(z, self.temperature)
 
 
 @register_detector("max-logit")
@@ -426,8 +431,7 @@ class EnergyKNNDetector(KNNDetector):
         self.temperature = temperature
 
     def _energy(self, logits: Any) -> np.ndarray:
-        z = _as_logits(logits, self.name)  # (N, C)
-        return self.temperature * logsumexp(z / self.temperature, axis=1)  # (N,)
+        return free_energy(_as_logits(logits, self.name), self.temperature)  # (N,)
 
     def _fit(self, embeddings: Any, labels: Any, logits: Any) -> None:
         if not 0.0 <= float(self.weight) <= 1.0:
