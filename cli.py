@@ -17,6 +17,8 @@ import click
 from embedstore._options import (
     AVERAGES,
     CLASS_WEIGHTS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
     DEVICE_CHOICES,
     EMB_DTYPES,
     ENGINES,
@@ -38,6 +40,12 @@ backbone_option = click.option(
     "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+runtime_option = click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else "
+    "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
+    "cosine 0.99).",
+)  # fmt: skip
 _USER_ERRORS: tuple[type[Exception], ...] = ()
 
 
@@ -226,13 +234,7 @@ def _ray_options(f: Any) -> Any:
     help="Images per forward pass.",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within cosine 0.99).",
-)
+@runtime_option
 @click.option(
     "--workers",
     type=click.IntRange(0),
@@ -249,7 +251,7 @@ def _ray_options(f: Any) -> Any:
 @click.option(
     "--max-pixels",
     type=click.IntRange(1),
-    default=89_478_485,
+    default=DEFAULT_MAX_PIXELS,
     show_default=True,
     help="Larger images are skipped as possible decompression bombs.",
 )
@@ -261,7 +263,7 @@ def _ray_options(f: Any) -> Any:
 @click.option(
     "--max-bytes",
     type=click.IntRange(1),
-    default=100_000_000,
+    default=DEFAULT_MAX_BYTES,
     show_default=True,
     help="Larger files are skipped unread (FIFOs, devices and other non-regular files always are).",
 )
@@ -535,13 +537,7 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     "exact/ivf/hnsw: that kind.",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within cosine 0.99).",
-)
+@runtime_option
 @click.option("--json", "as_json", is_flag=True, help="A list with one object per query.")
 def lookup_cmd(
     queries: tuple[str, ...], columns: tuple[str, ...], as_json: bool, **kw: Any
@@ -666,10 +662,7 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
 @click.option(
     "--allow-root", default=None, help="Server-side folder under which POST /v1/ingest may read."
 )
-@click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
-    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else torch; onnx-int8: transformers quantised to int8 on CPU.",
-)  # fmt: skip
+@runtime_option
 def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, **kw: Any) -> None:
     """Serve lookups, predictions, training jobs and a species-lookup page over HTTP.
 
@@ -1144,13 +1137,7 @@ def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> N
     help="CSV cost[true, predicted]: choose the label of least expected cost.",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="What runs the backbone; auto: onnx on CPU where faster (efficientnet-lite0), else torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within cosine 0.99).",
-)
+@runtime_option
 @click.option(
     "--group-by", default=None,
     help="One answer per group from the mean logits of its images: a store column "

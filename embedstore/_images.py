@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from embedstore._options import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Image-like files we recognise but do not decode: reported as skipped rather than ignored.
 UNSUPPORTED_EXTENSIONS = frozenset(
     {".gif", ".heic", ".heif", ".avif", ".svg", ".ico", ".psd", ".raw", ".cr2", ".nef", ".dng"}
 )
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit (~ 0.25 GB of RGB)
-DEFAULT_MAX_BYTES = 100_000_000  # larger files are skipped unread ("file too large")
-
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 

@@ -20,6 +20,10 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # --- backbones and the store
 Pooling = Literal["cls", "mean", "cls+mean"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
+# Image files ingest reads: larger images are skipped as possible decompression bombs (PIL's
+# own default limit, ~0.25 GB of RGB), larger files unread ("file too large").
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_BYTES = 100_000_000
 EmbDtype = Literal["float16", "float32"]
 EMB_DTYPES: tuple[str, ...] = get_args(EmbDtype)
 # What runs a backbone's forward pass: "auto" is ONNX Runtime on the CPU for backbones it runs
