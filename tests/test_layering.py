@@ -105,7 +105,15 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+    # what tools read (the imports under TYPE_CHECKING, and __all__, literal so that linters
+    # see them as re-exports) names what is loaded, from the same place
     assert set(embedstore.__all__) == set(embedstore._EXPORTS)
+    tree = ast.parse((ROOT / "embedstore" / "__init__.py").read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    )
+    typed = {a.asname or a.name: (n.module, a.name) for n in block.body for a in n.names}
+    assert typed == embedstore._EXPORTS
     for name, (module, attr) in embedstore._EXPORTS.items():
         assert getattr(embedstore, name) is getattr(importlib.import_module(module), attr), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
