@@ -69,6 +69,13 @@ def one_thread():
     faiss.omp_set_num_threads(faiss_before)
 
 
+# The towers of the tiny two-tower models (CLIP, SigLIP, SigLIP 2) the tests build from configs.
+TINY_TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                 vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+TINY_VISION = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                   patch_size=8)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_dino(tmp_path_factory) -> Path:
     """A tiny random DINOv2 saved with save_pretrained, with its processor config."""
@@ -93,15 +100,26 @@ def tiny_clip(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("models") / "tiny-clip"
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                           patch_size=8, image_size=32),
-        projection_dim=16,
+        text_config=TINY_TEXT, vision_config={**TINY_VISION, "image_size": 32}, projection_dim=16,
     )  # fmt: skip
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory, tiny_dino):
+    """4 classes x 12 JPEG files embedded with a tiny DINOv2, 3 folds and a held-out part
+    (read only: tests write their runs elsewhere)."""
+    import embedstore
+
+    root = tmp_path_factory.mktemp("photo-store")
+    write_class_images(root / "imgs", n_classes=4, per_class=12, size=40)
+    embedstore.ingest(
+        root / "imgs", root / "s", backbones=[str(tiny_dino)], workers=0, progress=False
+    )
+    embedstore.split(root / "s", folds=3, holdout=0.25, seed=0)
+    return root / "s"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import embedstore
 from cli import embedstore_cli
 from embedstore._backbones import FAMILY_LICENSES
 from embedstore._onnx import MIN_COSINE, OnnxBackbone, embedding_agreement, with_runtime
+from tests.conftest import TINY_TEXT, TINY_VISION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,10 +40,7 @@ def tiny_siglip2(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("models") / "tiny-siglip2"
     cfg = SiglipConfig(
-        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                           patch_size=8, image_size=32),
+        text_config=TINY_TEXT, vision_config={**TINY_VISION, "image_size": 32},
     )  # fmt: skip
     torch.manual_seed(0)
     SiglipModel(cfg).save_pretrained(d)
@@ -124,10 +122,7 @@ def test_naflex_siglip2_and_gated_weights_offline_fail_with_what_to_do(tmp_path,
     from transformers import Siglip2Config, Siglip2Model
 
     cfg = Siglip2Config(
-        text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                           patch_size=8, num_patches=16),
+        text_config=TINY_TEXT, vision_config={**TINY_VISION, "num_patches": 16},
     )  # fmt: skip
     Siglip2Model(cfg).save_pretrained(tmp_path / "naflex")
     with pytest.raises(

@@ -16,18 +16,6 @@ from tests.conftest import write_class_images
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def photo_store(tmp_path_factory, tiny_dino):
-    """4 classes x 12 real JPEG files embedded with a tiny DINOv2, 3 folds and a held-out part."""
-    root = tmp_path_factory.mktemp("protos")
-    write_class_images(root / "imgs", n_classes=4, per_class=12, size=40)
-    embedstore.ingest(
-        root / "imgs", root / "s", backbones=[str(tiny_dino)], workers=0, progress=False
-    )
-    embedstore.split(root / "s", folds=3, holdout=0.25, seed=0)
-    return root / "s"
-
-
 def test_transductive_update_recovers_a_shifted_query_set(photo_store):
     X, t = embedstore.connect(photo_store).embeddings(None, columns=["label", "fold"])
     y = np.asarray(t["label"]).astype(str)

@@ -23,18 +23,6 @@ FAST = {"epochs": 20, "patience": 5, "hidden": 32, "lr": 3e-3, "batch_size": 16,
         "progress": False, "device": "cpu"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def photo_store(tmp_path_factory, tiny_dino):
-    """4 classes x 12 real JPEG files embedded with a tiny DINOv2, 3 folds and a held-out part."""
-    root = tmp_path_factory.mktemp("refit")
-    write_class_images(root / "imgs", n_classes=4, per_class=12, size=40)
-    embedstore.ingest(
-        root / "imgs", root / "s", backbones=[str(tiny_dino)], workers=0, progress=False
-    )
-    embedstore.split(root / "s", folds=3, holdout=0.25, seed=0)
-    return root / "s"
-
-
 def _config(path):
     return json.loads((path / "config.json").read_text())
 
