@@ -460,7 +460,8 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
     have = {m.name: st.ids_with_embedding(m.column) for m in models}
     for m in models:
         st.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
-    views_of = _plan_views(st, models, dtype, views, have)
+    infos = {i.column: i for i in st.embeddings_info().values()}  # read once, for both below
+    views_of = _plan_views(st, infos, models, dtype, views, have)
     work: list[_Work] = []
     unchanged_ids: set[str] = set()
     queued_ids: set[str] = set()
@@ -482,7 +483,7 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
             work.append(_Work(str(f.path), f.rel, None))
 
     if work:
-        warnings += _precision_warnings(st, models, have)
+        warnings += _precision_warnings(infos, models, have)
     if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
         _update_existing_metadata(
             st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
@@ -492,11 +493,11 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
                       store_ids, have, work, unchanged_ids, views_of)  # fmt: skip
 
 
-def _plan_views(st: Store, models: list[Backbone], dtype: EmbDtype, views: list[str] | tuple[str, ...],
+def _plan_views(st: Store, infos: dict[str, Any], models: list[Backbone], dtype: EmbDtype,
+                views: list[str] | tuple[str, ...],
                 have: dict[str, set[str]]) -> dict[str, list[str]]:  # fmt: skip
     """Each backbone's views: those the store holds already (so new images get them too), then
     those asked for. Adds their columns, records them on the main column and fills ``have``."""
-    infos = {i.column: i for i in st.embeddings_info().values()}
     out: dict[str, list[str]] = {}
     for m in models:
         vs = infos[m.column].views if m.column in infos else []
@@ -511,16 +512,15 @@ def _plan_views(st: Store, models: list[Backbone], dtype: EmbDtype, views: list[
     return out
 
 
-def _precision_warnings(st: Store, models: list[Backbone], have: dict[str, set[str]]) -> list[str]:
+def _precision_warnings(infos: dict[str, Any], models: list[Backbone],
+                        have: dict[str, set[str]]) -> list[str]:  # fmt: skip
     """A warning for each column whose stored rows and new rows differ in precision (int8 from
     ``onnx-int8`` against float32 from torch or onnx): allowed, but no longer one precision."""
-    infos = {i.column: i for i in st.embeddings_info().values()}
     out = []
     for m in models:
         if m.column not in infos or not have.get(m.name):
             continue
-        d = infos[m.column].describe
-        made = d.get("runtimes") or [d.get("runtime", "torch")]
+        made = infos[m.column].runtimes
         if any((r == "onnx-int8") != (m.runtime == "onnx-int8") for r in made):
             out.append(
                 f"column {m.column}: its {len(have[m.name])} stored embeddings were made by "

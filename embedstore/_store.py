@@ -326,6 +326,17 @@ class EmbeddingInfo:
         """``{view: column}`` of the views stored beside this embedding (``<column>__<view>``)."""
         return {v: f"{self.column}{VIEW_SEP}{v}" for v in self.views}
 
+    @property
+    def runtimes(self) -> list[str]:
+        """What made this column's embeddings, in order: ``torch``, ``onnx``, ``onnx-int8``."""
+        return _runtimes(self.describe)
+
+
+def _runtimes(describe: dict[str, Any]) -> list[str]:
+    """A column description's runtimes: ``runtimes`` once a second one added rows, else its
+    ``runtime`` (older columns: torch)."""
+    return list(describe.get("runtimes") or [describe.get("runtime", "torch")])
+
 
 class Store:
     """A folder of Lance tables holding images, their metadata and their embeddings."""
@@ -520,7 +531,7 @@ class Store:
             return
         md = {k.decode(): v.decode() for k, v in (ds.schema.field(column).metadata or {}).items()}
         desc = json.loads(md.get(_META_KEY) or "{}")
-        runtimes = desc.get("runtimes") or [desc.get("runtime", "torch")]  # older columns: torch
+        runtimes = _runtimes(desc)
         if runtime in runtimes:
             return
         desc["runtimes"] = [*runtimes, runtime]
@@ -1193,8 +1204,7 @@ class Store:
             backbones.append({"name": info.backbone, "column": info.column, "dim": info.dim,
                               "dtype": info.dtype, "embedded": have, "source": info.describe.get("source"),
                               # what made its embeddings: torch, onnx or onnx-int8 (in order)
-                              "runtimes": info.describe.get("runtimes")
-                              or [info.describe.get("runtime", "torch")]})  # fmt: skip
+                              "runtimes": info.runtimes})  # fmt: skip
             if info.views:  # augmented views: name, column and how many images hold it
                 backbones[-1]["views"] = [
                     {"name": v, "column": c, "embedded": int(ds.count_rows(filter=f"{c} IS NOT NULL"))
