@@ -41,11 +41,14 @@ backbone_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
     help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else "
     "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
     "cosine 0.99).",
-)  # fmt: skip
+)
 _USER_ERRORS: tuple[type[Exception], ...] = ()
 
 
@@ -57,10 +60,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
         import heads
 
         _USER_ERRORS = (
-            embedstore.StoreError, embedstore.IngestError, embedstore.BackboneError,
-            embedstore.MetadataError, embedstore.ImageError, heads.HeadsError, FileNotFoundError,
+            embedstore.StoreError,
+            embedstore.IngestError,
+            embedstore.BackboneError,
+            embedstore.MetadataError,
+            embedstore.ImageError,
+            heads.HeadsError,
+            FileNotFoundError,
             ValueError,
-        )  # fmt: skip
+        )
     return _USER_ERRORS
 
 
@@ -182,16 +190,34 @@ def embedstore_cli() -> None:
 
 def _ray_options(f: Any) -> Any:
     """--ray-address, --actors, --gpus-per-actor, --cpus-per-actor (for --engine ray)."""
-    for opt in reversed([
-        click.option("--ray-address", default=None,
-                     help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster."),
-        click.option("--actors", type=click.IntRange(1), default=None,
-                     help="With --engine ray: model actors (default: one per GPU, else half the CPUs)."),
-        click.option("--gpus-per-actor", type=click.FloatRange(0), default=None,
-                     help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0)."),
-        click.option("--cpus-per-actor", type=click.FloatRange(0, min_open=True), default=1.0,
-                     show_default=True, help="With --engine ray: CPUs each actor holds."),
-    ]):  # fmt: skip
+    for opt in reversed(
+        [
+            click.option(
+                "--ray-address",
+                default=None,
+                help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
+            ),
+            click.option(
+                "--actors",
+                type=click.IntRange(1),
+                default=None,
+                help="With --engine ray: model actors (default: one per GPU, else half the CPUs).",
+            ),
+            click.option(
+                "--gpus-per-actor",
+                type=click.FloatRange(0),
+                default=None,
+                help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
+            ),
+            click.option(
+                "--cpus-per-actor",
+                type=click.FloatRange(0, min_open=True),
+                default=1.0,
+                show_default=True,
+                help="With --engine ray: CPUs each actor holds.",
+            ),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -292,8 +318,14 @@ def _ray_options(f: Any) -> Any:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest_cmd(images_dir: str, store: str | None, backbones: tuple[str, ...], quiet: bool, as_json: bool,
-               **kw: Any) -> None:  # fmt: skip
+def ingest_cmd(
+    images_dir: str,
+    store: str | None,
+    backbones: tuple[str, ...],
+    quiet: bool,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Embed every image under IMAGES_DIR into the store (incremental, resumable).
 
     Labels come from class folders (IMAGES_DIR/<label>/<image>) unless --label-column names a
@@ -433,8 +465,10 @@ def check_cmd(store: str | None, repair: bool, as_json: bool) -> None:
         for t in r.tables:
             if t["versions"] or t["damaged"]:
                 state = "DAMAGED" if t["damaged"] else "ok"
-                click.echo(f"{t['table']:8} {state}: {t['versions']} version(s), latest "
-                           f"{t['latest']}, last good {t['last_good']}")  # fmt: skip
+                click.echo(
+                    f"{t['table']:8} {state}: {t['versions']} version(s), latest "
+                    f"{t['latest']}, last good {t['last_good']}"
+                )
         for line in r.problems:
             click.echo(f"  problem: {line}")
         for line in r.advice:
@@ -647,18 +681,40 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option(
-    "--api-key-env", default=None, metavar="VAR",
+    "--api-key-env",
+    default=None,
+    metavar="VAR",
     help="Environment variable holding the API key every /v1 route then requires "
     "(required to bind an address other than loopback).",
-)  # fmt: skip
-@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
-              help="Largest request body accepted (413 above).")  # fmt: skip
-@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
-              help="Most images embedded in one forward pass (dynamic batching).")  # fmt: skip
-@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="Longest a request waits for others to share its forward pass.")  # fmt: skip
-@click.option("--max-jobs", type=click.IntRange(1), default=8, show_default=True,
-              help="Training/ingest jobs that may wait in the queue (429 above).")  # fmt: skip
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Largest request body accepted (413 above).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Most images embedded in one forward pass (dynamic batching).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="Longest a request waits for others to share its forward pass.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Training/ingest jobs that may wait in the queue (429 above).",
+)
 @click.option(
     "--allow-root", default=None, help="Server-side folder under which POST /v1/ingest may read."
 )
@@ -719,14 +775,20 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
     help="Validation fold K, or 'all' (then an ensemble of the folds).",
 )
 @click.option(
-    "--backbone", "backbones", multiple=True,
+    "--backbone",
+    "backbones",
+    multiple=True,
     help="Embedding column's backbone (default: the only one); repeat to train on several, "
     "each L2-normalised and concatenated in the order given.",
-)  # fmt: skip
+)
 @click.option(
-    "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
+    "--head",
+    "head",
+    type=_Registered(_heads_names),
+    default="mlp",
+    show_default=True,
     help="Head from the registry.",
-)  # fmt: skip
+)
 @click.option("--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024).")
 @click.option(
     "--dropout",
@@ -784,21 +846,28 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size.")
 @click.option("--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn.")
 @click.option(
-    "--reference", type=click.Choice(REFERENCES), default=None,
+    "--reference",
+    type=click.Choice(REFERENCES),
+    default=None,
     help="For --head centroid: prototypes of the training part, or of train+val (all folds, "
     "as a refit; needs --fold all).",
-)  # fmt: skip
+)
 @click.option(
-    "--transductive", is_flag=True, default=None,
+    "--transductive",
+    is_flag=True,
+    default=None,
     help="For --head centroid: move the prototypes toward the images being predicted (soft "
     "k-means) before predicting them.",
-)  # fmt: skip
+)
 @click.option(
-    "--unknown", type=_Registered(_detector_names_or_default), default=None, is_flag=False,
+    "--unknown",
+    type=_Registered(_detector_names_or_default),
+    default=None,
+    is_flag=False,
     flag_value="default",
     help="Attach an unknown-class detector from the registry; bare --unknown: the default "
     "(energy-knn, best measured on fine-grained data; see heads openset).",
-)  # fmt: skip
+)
 @click.option(
     "--unknown-label",
     default="unknown",
@@ -809,38 +878,55 @@ def _float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str 
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
 @click.option(
-    "--refit", is_flag=True,
+    "--refit",
+    is_flag=True,
     help="With --fold all: also train one model on every fold for the folds' median best epoch "
     "(saved as OUT/refit).",
-)  # fmt: skip
+)
 @click.option(
-    "--ensemble", "ensemble", type=click.Choice(ENSEMBLE_MEMBERS), default=None,
+    "--ensemble",
+    "ensemble",
+    type=click.Choice(ENSEMBLE_MEMBERS),
+    default=None,
     help="What OUT predicts with: the fold runs, the refit, or both (default: both with --refit, "
     "else folds).",
-)  # fmt: skip
+)
 @click.option(
-    "--views/--no-views", "views", default=None,
+    "--views/--no-views",
+    "views",
+    default=None,
     help="Train on the augmented views stored beside the embeddings (embedstore ingest --views) "
     "as augmentation (default: yes when the store has them).",
-)  # fmt: skip
+)
 @click.option(
-    "--tta/--no-tta", "tta", default=None,
+    "--tta/--no-tta",
+    "tta",
+    default=None,
     help="Predict with test-time augmentation: the mean of the main embedding's and the views' "
     "logits, for stored and new images alike (default: yes when the store has views).",
-)  # fmt: skip
+)
 @click.option("--seed", type=int, default=None, help="Random seed for initialisation and sampling.")
 @click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto).")
 @click.option(
     "--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>)."
 )
 @click.option(
-    "--overwrite", is_flag=True,
+    "--overwrite",
+    is_flag=True,
     help="Replace an existing run at --out (whole, once the new one is complete).",
-)  # fmt: skip
+)
 @json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str, ...], aux_targets: tuple[str, ...],
-              label_smoothing: float | None, backbones: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
+def train_cmd(
+    store: str | None,
+    as_json: bool,
+    quiet: bool,
+    metadata: tuple[str, ...],
+    aux_targets: tuple[str, ...],
+    label_smoothing: float | None,
+    backbones: tuple[str, ...],
+    **kw: Any,
+) -> None:
     """Train a head on one fold (or all folds) of a store's embeddings.
 
     \b
@@ -895,25 +981,34 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
 @heads_cli.command("tune")
 @store_option
 @click.option(
-    "--head", "head", type=_Registered(_heads_names), default="mlp", show_default=True,
+    "--head",
+    "head",
+    type=_Registered(_heads_names),
+    default="mlp",
+    show_default=True,
     help="Head to tune (a neural head: linear, mlp, transformer).",
-)  # fmt: skip
+)
 @click.option(
     "--trials", type=click.IntRange(1), default=50, show_default=True, help="Trials, at most."
 )
 @click.option(
-    "--timeout-s", type=click.FloatRange(0, min_open=True), default=None,
+    "--timeout-s",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
     help="Stop starting trials after this many seconds (a running one stops between folds).",
-)  # fmt: skip
+)
 @click.option(
-    "--fold", default="all", show_default=True,
+    "--fold",
+    default="all",
+    show_default=True,
     help="'all': score trials out-of-fold over every fold and retrain all folds; K: on fold K only.",
-)  # fmt: skip
+)
 @backbone_option
 @click.option(
-    "--losses", default=None,
+    "--losses",
+    default=None,
     help="Comma-separated losses to try (default: every registered loss).",
-)  # fmt: skip
+)
 @click.option(
     "--epochs", type=click.IntRange(1), default=None, help="Fixed training epochs, at most."
 )
@@ -927,16 +1022,20 @@ def train_cmd(store: str | None, as_json: bool, quiet: bool, metadata: tuple[str
     "--where", default=None, help="SQL filter on store rows used for training and validation."
 )
 @click.option(
-    "--views/--no-views", "views", default=None,
+    "--views/--no-views",
+    "views",
+    default=None,
     help="Train every trial and the best run on the augmented views stored beside the "
     "embeddings (embedstore ingest --views), as heads train does (default: yes when the store "
     "has them).",
-)  # fmt: skip
+)
 @click.option(
-    "--tta/--no-tta", "tta", default=None,
+    "--tta/--no-tta",
+    "tta",
+    default=None,
     help="Score the trials and predict with the best run by test-time augmentation: the mean of "
     "the main embedding's and the views' logits (default: yes when the store has views).",
-)  # fmt: skip
+)
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the sampler and every head."
 )
@@ -980,16 +1079,25 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     click.echo(
         f"best (trial {res.best_trial}): macro-F1 {res.best_macro_f1:.4f}  top1 {res.best_top1:.4f}"
     )
-    click.echo("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in res.best_params.items()))  # fmt: skip
+    click.echo(
+        "  "
+        + "  ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in res.best_params.items()
+        )
+    )
     if res.views["train"] or res.views["tta"]:
-        click.echo(f"views: {', '.join(res.views['train'] or res.views['tta'])} "
-                   f"(training: {'yes' if res.views['train'] else 'no'}, "
-                   f"TTA: {'yes' if res.views['tta'] else 'no'})")  # fmt: skip
+        click.echo(
+            f"views: {', '.join(res.views['train'] or res.views['tta'])} "
+            f"(training: {'yes' if res.views['train'] else 'no'}, "
+            f"TTA: {'yes' if res.views['tta'] else 'no'})"
+        )
     e = res.train.ensemble_metrics if res.train is not None else None
     if e is not None and e.holdout is not None:
-        click.echo(f"held-out part: top1 {e.holdout.get('top1', float('nan')):.4f}  "
-                   f"macro-F1 {e.holdout.get('macro_f1', float('nan')):.4f}")  # fmt: skip
+        click.echo(
+            f"held-out part: top1 {e.holdout.get('top1', float('nan')):.4f}  "
+            f"macro-F1 {e.holdout.get('macro_f1', float('nan')):.4f}"
+        )
     click.echo(f"-> {res.run}  (trials: {res.trials_csv}, {res.trials_png})")
 
 
@@ -1139,10 +1247,11 @@ def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> N
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @runtime_option
 @click.option(
-    "--group-by", default=None,
+    "--group-by",
+    default=None,
     help="One answer per group from the mean logits of its images: a store column "
     "(e.g. observation_id) or 'folder' (each image's folder).",
-)  # fmt: skip
+)
 @click.option(
     "--csv", "csv_path", default=None, help="Also write the predictions to this CSV file."
 )
@@ -1180,8 +1289,19 @@ def predict_cmd(
     """
     import heads
 
-    batch = {k: kw.pop(k) for k in ("out", "store", "overwrite", "engine", "ray_address",
-                                     "actors", "gpus_per_actor", "cpus_per_actor")}  # fmt: skip
+    batch = {
+        k: kw.pop(k)
+        for k in (
+            "out",
+            "store",
+            "overwrite",
+            "engine",
+            "ray_address",
+            "actors",
+            "gpus_per_actor",
+            "cpus_per_actor",
+        )
+    }
     if batch["out"] is not None or batch["engine"] != "local" or batch["store"] is not None:
         if batch["out"] is None:
             raise click.UsageError(
@@ -1193,8 +1313,10 @@ def predict_cmd(
         if as_json:
             _echo_json(s.to_dict())
         else:
-            click.echo(f"{s.images} predictions ({s.errors} errors, {s.unknown} unknown) written "
-                       f"to {s.out} in {s.seconds} s ({s.images_per_s} img/s, {s.engine})")  # fmt: skip
+            click.echo(
+                f"{s.images} predictions ({s.errors} errors, {s.unknown} unknown) written "
+                f"to {s.out} in {s.seconds} s ({s.images_per_s} img/s, {s.engine})"
+            )
         if s.images and s.errors == s.images:
             click.echo("error: no image could be predicted", err=True)
             sys.exit(1)
@@ -1238,9 +1360,12 @@ def predict_cmd(
     help="Random draws of held-out classes (scores are means over draws).",
 )
 @click.option(
-    "--detector", "detectors", multiple=True, type=_Registered(_detector_names),
+    "--detector",
+    "detectors",
+    multiple=True,
+    type=_Registered(_detector_names),
     help="Detector to measure (repeatable; default: all).",
-)  # fmt: skip
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for the draws.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option("--roc-png", default=None, help="Write ROC curves of the last draw to this PNG.")
@@ -1276,17 +1401,27 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
 @store_option
 @backbone_option
 @click.option(
-    "--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.9,
+    show_default=True,
     help="Cosine similarity from which two images are near-duplicates.",
-)  # fmt: skip
+)
 @click.option(
-    "--k", "k", type=click.IntRange(1), default=10, show_default=True,
+    "--k",
+    "k",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
     help="Neighbours searched per image (pairs per image at most).",
-)  # fmt: skip
+)
 @click.option(
-    "--index", type=click.Choice(LOOKUP_INDEXES), default="auto", show_default=True,
+    "--index",
+    type=click.Choice(LOOKUP_INDEXES),
+    default="auto",
+    show_default=True,
     help="auto: the saved index when fresh, else exact below 20,000 images, IVF above.",
-)  # fmt: skip
+)
 @click.option("--where", default=None, help="SQL filter on the rows to compare.")
 @click.option(
     "--out", default=None, help="Folder for duplicates.csv and .png (default STORE/duplicates)."
@@ -1331,14 +1466,19 @@ def duplicates_cmd(as_json: bool, **kw: Any) -> None:
 @store_option
 @backbone_option
 @click.option(
-    "--color", default="label", show_default=True,
+    "--color",
+    default="label",
+    show_default=True,
     help="Column colouring the points: label, split, fold or any other.",
-)  # fmt: skip
+)
 @click.option("--out", default=None, help="PNG to write (default STORE/map.png).")
 @click.option(
-    "--method", type=click.Choice(MAP_METHODS), default="auto", show_default=True,
+    "--method",
+    type=click.Choice(MAP_METHODS),
+    default="auto",
+    show_default=True,
     help="auto: PCA under 100 images, UMAP otherwise.",
-)  # fmt: skip
+)
 @click.option(
     "--top",
     type=click.IntRange(1),
@@ -1377,8 +1517,14 @@ def map_cmd(as_json: bool, **kw: Any) -> None:
 @click.option(
     "--top", type=click.IntRange(1), default=20, show_default=True, help="Suspects listed."
 )
-@click.option("--k", "k", type=click.IntRange(1), default=10, show_default=True,
-              help="Neighbours for the outlier score.")  # fmt: skip
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Neighbours for the outlier score.",
+)
 @click.option(
     "--out", default=None, help="Folder for issues.csv and the PNGs (default RUN/issues)."
 )
@@ -1403,26 +1549,43 @@ def issues_cmd(run: str, as_json: bool, **kw: Any) -> None:
     )
     for s in res.label_issues:
         flag = "" if s.flagged else "  (not flagged)"
-        click.echo(f"  #{s.rank} {s.path}: given {s.given}, model says {s.suggested} "
-                   f"(p {s.suggested_probability:.2f}, quality {s.label_quality:.3f}){flag}")  # fmt: skip
+        click.echo(
+            f"  #{s.rank} {s.path}: given {s.given}, model says {s.suggested} "
+            f"(p {s.suggested_probability:.2f}, quality {s.label_quality:.3f}){flag}"
+        )
     click.echo("outliers (lowest mean similarity to their neighbours):")
     for o in res.outliers[:5]:
-        click.echo(f"  #{o.rank} {o.path} ({o.label}): {o.knn_similarity:.3f}, "
-                   f"closest class {o.nearest_class} {o.class_similarity:.3f}")  # fmt: skip
+        click.echo(
+            f"  #{o.rank} {o.path} ({o.label}): {o.knn_similarity:.3f}, "
+            f"closest class {o.nearest_class} {o.class_similarity:.3f}"
+        )
     for n in res.notes:
         click.echo(f"  note: {n}")
-    click.echo(f"every image: {res.csv}" + (f"\nsuspects: {res.png}\noutliers: {res.outliers_png}"
-                                           if res.png else ""))  # fmt: skip
+    click.echo(
+        f"every image: {res.csv}"
+        + (f"\nsuspects: {res.png}\noutliers: {res.outliers_png}" if res.png else "")
+    )
 
 
 @heads_cli.command("report")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--out", default=None, help="HTML file to write (default RUN/report.html).")
-@click.option("--top", type=click.IntRange(1), default=12, show_default=True,
-              help="Suspects, pairs and duplicate groups shown.")  # fmt: skip
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=12,
+    show_default=True,
+    help="Suspects, pairs and duplicate groups shown.",
+)
 @click.option("--store", default=None, help="Store to read (default: the run's).")
-@click.option("--threshold", "duplicates_threshold", type=click.FloatRange(0, 1, min_open=True),
-              default=0.9, show_default=True, help="Near-duplicate cosine similarity.")  # fmt: skip
+@click.option(
+    "--threshold",
+    "duplicates_threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.9,
+    show_default=True,
+    help="Near-duplicate cosine similarity.",
+)
 @json_option
 def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
     """One self-contained HTML page about a run: scores, per-class F1, confusions with example
@@ -1438,8 +1601,10 @@ def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
     if as_json:
         _echo_json(res.to_dict())
         return
-    click.echo(f"wrote {res.path} ({_human_bytes(res.bytes)}, {res.images_inlined} thumbnails; "
-               f"{', '.join(res.sections)})")  # fmt: skip
+    click.echo(
+        f"wrote {res.path} ({_human_bytes(res.bytes)}, {res.images_inlined} thumbnails; "
+        f"{', '.join(res.sections)})"
+    )
     for n in res.notes:
         click.echo(f"  note: {n}")
 

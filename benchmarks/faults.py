@@ -59,8 +59,22 @@ def _photos(dest: Path, n: int, seed: int) -> list[Path]:
 
 
 def _ingest_cmd(images: Path, store: Path, backbone: str) -> list[str]:
-    return [str(BIN / "embedstore"), "ingest", str(images), "--store", str(store), "--backbone",
-            backbone, "--batch-size", "4", "--commit-every", "4", "--workers", "0", "--quiet"]  # fmt: skip
+    return [
+        str(BIN / "embedstore"),
+        "ingest",
+        str(images),
+        "--store",
+        str(store),
+        "--backbone",
+        backbone,
+        "--batch-size",
+        "4",
+        "--commit-every",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
 
 
 def _count(store: Path, expected_ids: set[str]) -> tuple[int, int]:
@@ -77,16 +91,21 @@ def _has_commit(store: Path) -> bool:
 def kill_during_ingest(tmp: Path, images: Path, ids: set[str], backbone: str, rng) -> dict:
     store = tmp / "kill-ingest"
     shutil.rmtree(store, ignore_errors=True)
-    proc = subprocess.Popen(_ingest_cmd(images, store, backbone), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        _ingest_cmd(images, store, backbone),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     while not _has_commit(store) and proc.poll() is None:
         time.sleep(0.01)
     time.sleep(rng.uniform(0, 1.5))
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    r = subprocess.run(_ingest_cmd(images, store, backbone), env=ENV, capture_output=True,
-                       text=True)  # fmt: skip
+    r = subprocess.run(
+        _ingest_cmd(images, store, backbone), env=ENV, capture_output=True, text=True
+    )
     lost, dup = _count(store, ids)
     return {"killed": killed, "lost": lost, "duplicated": dup, "unclear": int(r.returncode != 0)}
 
@@ -94,8 +113,16 @@ def kill_during_ingest(tmp: Path, images: Path, ids: set[str], backbone: str, rn
 def two_writers(tmp: Path, halves: list[Path], ids: set[str], backbone: str) -> dict:
     store = tmp / "two-writers"
     shutil.rmtree(store, ignore_errors=True)
-    procs = [subprocess.Popen(_ingest_cmd(h, store, backbone), env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for h in halves]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            _ingest_cmd(h, store, backbone),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for h in halves
+    ]
     refused, unclear = 0, 0
     for p, half in zip(procs, halves, strict=True):
         out, err = p.communicate()
@@ -125,9 +152,26 @@ def kill_during_retrain(tmp: Path, store: Path, run: Path, before: dict, rng) ->
     if _heads_of(run) != {"linear"}:  # the last round finished before its kill: start over
         shutil.rmtree(run)
         shutil.copytree(tmp / "linear-run", run)
-    cmd = [str(BIN / "heads"), "train", "--store", str(store), "--fold", "all", "--head", "mlp",
-           "--epochs", "300", "--patience", "0", "--device", "cpu", "--out", str(run),
-           "--overwrite", "--quiet"]  # fmt: skip
+    cmd = [
+        str(BIN / "heads"),
+        "train",
+        "--store",
+        str(store),
+        "--fold",
+        "all",
+        "--head",
+        "mlp",
+        "--epochs",
+        "300",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not list(tmp.glob(f".{run.name}.partial-*")) and proc.poll() is None:
         time.sleep(0.01)
@@ -169,8 +213,9 @@ def main() -> None:
         embedstore.ingest(tmp / "photos", base, backbones=[a.backbone], workers=0, progress=False)
         embedstore.split(base, folds=3, seed=0)
         run = tmp / "run"
-        heads.train(base, fold="all", head="linear", out=run, progress=False, epochs=20,
-                    device="cpu")  # fmt: skip
+        heads.train(
+            base, fold="all", head="linear", out=run, progress=False, epochs=20, device="cpu"
+        )
         before = heads.evaluate(run, plots=False).metrics
         shutil.copytree(run, tmp / "linear-run")
         kills, writers, retrains = [], [], []
@@ -180,25 +225,64 @@ def main() -> None:
             retrains.append(kill_during_retrain(tmp, base, run, before, rng))
             print(f"round {r + 1}/{a.rounds}: {kills[-1]} {writers[-1]} {retrains[-1]}", flush=True)
     rows = [
-        {"fault": "kill -9 during ingest", "rounds": len(kills),
-         "killed_mid_run": sum(k["killed"] for k in kills), "images_lost": sum(k["lost"] for k in kills),
-         "duplicated": sum(k["duplicated"] for k in kills), "unclear_failures": sum(k["unclear"] for k in kills),
-         "mixed_runs": None},
-        {"fault": "two writers at once", "rounds": len(writers),
-         "refused_with_pid": sum(w["refused"] for w in writers),
-         "images_lost": sum(w["lost"] for w in writers), "duplicated": sum(w["duplicated"] for w in writers),
-         "unclear_failures": sum(w["unclear"] for w in writers), "mixed_runs": None},
-        {"fault": "kill -9 during re-train", "rounds": len(retrains),
-         "old_run_kept": sum(r["old_run_kept"] for r in retrains), "images_lost": None,
-         "duplicated": None, "unclear_failures": None, "mixed_runs": sum(r["mixed"] for r in retrains)},
-    ]  # fmt: skip
-    print_table(rows, ["fault", "rounds", "killed_mid_run", "refused_with_pid", "old_run_kept",
-                       "images_lost", "duplicated", "unclear_failures", "mixed_runs"],
-                title=f"faults on {a.images} flowers12 photos ({a.backbone})")  # fmt: skip
-    bad = sum(r[k] or 0 for r in rows for k in ("images_lost", "duplicated", "unclear_failures", "mixed_runs"))  # fmt: skip
+        {
+            "fault": "kill -9 during ingest",
+            "rounds": len(kills),
+            "killed_mid_run": sum(k["killed"] for k in kills),
+            "images_lost": sum(k["lost"] for k in kills),
+            "duplicated": sum(k["duplicated"] for k in kills),
+            "unclear_failures": sum(k["unclear"] for k in kills),
+            "mixed_runs": None,
+        },
+        {
+            "fault": "two writers at once",
+            "rounds": len(writers),
+            "refused_with_pid": sum(w["refused"] for w in writers),
+            "images_lost": sum(w["lost"] for w in writers),
+            "duplicated": sum(w["duplicated"] for w in writers),
+            "unclear_failures": sum(w["unclear"] for w in writers),
+            "mixed_runs": None,
+        },
+        {
+            "fault": "kill -9 during re-train",
+            "rounds": len(retrains),
+            "old_run_kept": sum(r["old_run_kept"] for r in retrains),
+            "images_lost": None,
+            "duplicated": None,
+            "unclear_failures": None,
+            "mixed_runs": sum(r["mixed"] for r in retrains),
+        },
+    ]
+    print_table(
+        rows,
+        [
+            "fault",
+            "rounds",
+            "killed_mid_run",
+            "refused_with_pid",
+            "old_run_kept",
+            "images_lost",
+            "duplicated",
+            "unclear_failures",
+            "mixed_runs",
+        ],
+        title=f"faults on {a.images} flowers12 photos ({a.backbone})",
+    )
+    bad = sum(
+        r[k] or 0
+        for r in rows
+        for k in ("images_lost", "duplicated", "unclear_failures", "mixed_runs")
+    )
     print("all zero: yes" if bad == 0 else f"NOT all zero: {bad}")
-    out = write_json({"machine": info, "args": vars(a), "rows": rows,
-                      "seconds": round(time.perf_counter() - t0, 1)}, a.out)  # fmt: skip
+    out = write_json(
+        {
+            "machine": info,
+            "args": vars(a),
+            "rows": rows,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        a.out,
+    )
     print(f"wrote {out}")
     sys.exit(0 if bad == 0 else 1)
 

@@ -360,11 +360,16 @@ def part_sklearn(p: Problem, args: argparse.Namespace) -> list[dict[str, Any]]:
             fit_s = time.perf_counter() - t0
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         pred = model.predict(p.X_val)
-        out.append({
-            "method": name, "device": "cpu", "train_rows": len(idx), "fit_s": fit_s,
-            **_scores(pred, p.y_val),
-            "note": sub + ("" if converged else "; stopped at max_iter (not converged)"),
-        })  # fmt: skip
+        out.append(
+            {
+                "method": name,
+                "device": "cpu",
+                "train_rows": len(idx),
+                "fit_s": fit_s,
+                **_scores(pred, p.y_val),
+                "note": sub + ("" if converged else "; stopped at max_iter (not converged)"),
+            }
+        )
     return out
 
 
@@ -389,9 +394,15 @@ def _flowers_with_runs(store: Path, args: argparse.Namespace, tmp: Path) -> list
     for name in FLOWER_HEADS:
         t0 = time.perf_counter()
         res = heads.train(
-            copy, fold=args.flowers_fold, backbone=args.flowers_backbone, head=name,
-            out=tmp / "runs" / name, progress=False, epochs=args.flowers_epochs, device=args.device,
-        )  # fmt: skip
+            copy,
+            fold=args.flowers_fold,
+            backbone=args.flowers_backbone,
+            head=name,
+            out=tmp / "runs" / name,
+            progress=False,
+            epochs=args.flowers_epochs,
+            device=args.device,
+        )
         seconds = time.perf_counter() - t0
         path = res["ensemble"] or res["runs"][0]
         ev = heads.evaluate(path, plots=False)
@@ -413,11 +424,17 @@ def _flowers_row(
 ) -> dict[str, Any]:
     ho = ev.get("holdout") or {}
     return {
-        "head": name, "path": "heads.train", "runs": runs, "train_s": seconds,
-        "val_top1": ev.get("top1"), "val_macro_f1": ev.get("macro_f1"),
-        "test_top1": ho.get("top1"), "test_macro_f1": ho.get("macro_f1"), "n_test": ho.get("n"),
+        "head": name,
+        "path": "heads.train",
+        "runs": runs,
+        "train_s": seconds,
+        "val_top1": ev.get("top1"),
+        "val_macro_f1": ev.get("macro_f1"),
+        "test_top1": ho.get("top1"),
+        "test_macro_f1": ho.get("macro_f1"),
+        "n_test": ho.get("n"),
         "note": note,
-    }  # fmt: skip
+    }
 
 
 def _flowers_direct(store: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -446,15 +463,26 @@ def _flowers_direct(store: Path, args: argparse.Namespace) -> list[dict[str, Any
         seconds = time.perf_counter() - t0
         proba = head.predict_proba(X[te])  # (M, C), columns follow classes (sorted)
         probas.append(proba)
-        rows.append({
-            "head": name, "path": "create_head", "runs": 1, "train_s": seconds, "fit_s": seconds,
-            **_test_scores(proba.argmax(1), y_te),
-            "note": f"fit on split=train ({int(tr.sum())}), {args.flowers_epochs} epochs",
-        })  # fmt: skip
-    rows.append({
-        "head": "ensemble (mean probabilities)", "path": "create_head", "runs": 3, "train_s": None,
-        **_test_scores(np.mean(probas, axis=0).argmax(1), y_te),
-    })  # fmt: skip
+        rows.append(
+            {
+                "head": name,
+                "path": "create_head",
+                "runs": 1,
+                "train_s": seconds,
+                "fit_s": seconds,
+                **_test_scores(proba.argmax(1), y_te),
+                "note": f"fit on split=train ({int(tr.sum())}), {args.flowers_epochs} epochs",
+            }
+        )
+    rows.append(
+        {
+            "head": "ensemble (mean probabilities)",
+            "path": "create_head",
+            "runs": 3,
+            "train_s": None,
+            **_test_scores(np.mean(probas, axis=0).argmax(1), y_te),
+        }
+    )
     return rows
 
 
@@ -468,8 +496,10 @@ def _test_scores(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 def part_flowers(args: argparse.Namespace) -> dict[str, Any]:
     if args.flowers_store is None:
-        return {"skipped": "no --flowers-store given; ingest flowers12 first: "
-                "embedstore ingest ../shared/data/flowers12 --store flowers-store"}  # fmt: skip
+        return {
+            "skipped": "no --flowers-store given; ingest flowers12 first: "
+            "embedstore ingest ../shared/data/flowers12 --store flowers-store"
+        }
     store = Path(args.flowers_store)
     # warm-up: one-time costs (CUDA context, torch._dynamo imported by the first AdamW) are not a head's
     rng = np.random.default_rng(0)
@@ -525,26 +555,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     info = machine_info()
     device = _device(args.device)
-    print(f"device {device}; torch threads {torch.get_num_threads()}; load {info['load_avg']}; "
-          f"float32 matmul precision {torch.get_float32_matmul_precision()}")  # fmt: skip
-    report: dict[str, Any] = {"benchmark": "heads", "machine": info, "settings": vars(args) | {
-        "device": str(device), "float32_matmul_precision": torch.get_float32_matmul_precision()}}  # fmt: skip
+    print(
+        f"device {device}; torch threads {torch.get_num_threads()}; load {info['load_avg']}; "
+        f"float32 matmul precision {torch.get_float32_matmul_precision()}"
+    )
+    report: dict[str, Any] = {
+        "benchmark": "heads",
+        "machine": info,
+        "settings": vars(args)
+        | {"device": str(device), "float32_matmul_precision": torch.get_float32_matmul_precision()},
+    }
     rows: list[dict[str, Any]] = []
     if parts & set("abc"):
         p = make_problem(args.scale, seed=args.seed)
         report["problem"] = {
-            "train_rows": len(p.y), "val_rows": len(p.y_val), "dim": p.X.shape[1],
-            "classes": len(p.sizes), "largest_class": int(p.sizes.max()),
-            "smallest_class": int(p.sizes.min()), "median_class": float(np.median(p.sizes)),
+            "train_rows": len(p.y),
+            "val_rows": len(p.y_val),
+            "dim": p.X.shape[1],
+            "classes": len(p.sizes),
+            "largest_class": int(p.sizes.max()),
+            "smallest_class": int(p.sizes.min()),
+            "median_class": float(np.median(p.sizes)),
             "generate_seconds": p.seconds,
-        }  # fmt: skip
-        print(f"problem: {len(p.y):,} train + {len(p.y_val):,} val rows x {p.X.shape[1]}, "
-              f"{len(p.sizes):,} classes ({p.sizes.max()} .. {p.sizes.min()} per class), "
-              f"made in {p.seconds:.1f} s")  # fmt: skip
+        }
+        print(
+            f"problem: {len(p.y):,} train + {len(p.y_val):,} val rows x {p.X.shape[1]}, "
+            f"{len(p.sizes):,} classes ({p.sizes.max()} .. {p.sizes.min()} per class), "
+            f"made in {p.seconds:.1f} s"
+        )
         if "a" in parts:
             r = part_heads_mlp(p, args)
-            print(f"[a] heads MLP: {r['s_per_epoch']:.2f} s/epoch, best epoch {r['best_epoch']} "
-                  f"after {r['to_best_s']:.1f} s, fit {r['fit_s']:.1f} s, val top-1 {r['val_top1']:.3f}")  # fmt: skip
+            print(
+                f"[a] heads MLP: {r['s_per_epoch']:.2f} s/epoch, best epoch {r['best_epoch']} "
+                f"after {r['to_best_s']:.1f} s, fit {r['fit_s']:.1f} s, val top-1 {r['val_top1']:.3f}"
+            )
             rows.append(r)
         if "b" in parts:
             for variant in DL_VARIANTS:
@@ -562,9 +606,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if rows:
         print_table(
             rows,
-            ["method", "device", "train_rows", "s_per_epoch", "loader_only_s", "to_best_s", "fit_s", "val_top1", "val_macro_f1"],
+            [
+                "method",
+                "device",
+                "train_rows",
+                "s_per_epoch",
+                "loader_only_s",
+                "to_best_s",
+                "fit_s",
+                "val_top1",
+                "val_macro_f1",
+            ],
             title=f"heads benchmark, DF20-shaped problem x {args.scale}",
-        )  # fmt: skip
+        )
         for r in rows:
             if r.get("note"):
                 print(f"  {r['method']}: {r['note']}")
@@ -574,9 +628,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "skipped" in fl:
             print(f"\n[d] flowers12 skipped: {fl['skipped']}")
         else:
-            print_table(fl["rows"], ["head", "path", "runs", "train_s", "fit_s", "val_top1", "val_macro_f1",
-                                     "test_top1", "test_macro_f1", "n_test"],
-                        title=f"flowers12 accuracy ({fl['path']})")  # fmt: skip
+            print_table(
+                fl["rows"],
+                [
+                    "head",
+                    "path",
+                    "runs",
+                    "train_s",
+                    "fit_s",
+                    "val_top1",
+                    "val_macro_f1",
+                    "test_top1",
+                    "test_macro_f1",
+                    "n_test",
+                ],
+                title=f"flowers12 accuracy ({fl['path']})",
+            )
     path = write_json(report, args.out)
     print(f"wrote {path}")
     return report

@@ -99,8 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_avg']}; "
-          f"python {machine['python']} ({sys.executable})")  # fmt: skip
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_avg']}; "
+        f"python {machine['python']} ({sys.executable})"
+    )
     for code in STATEMENTS.values():  # warm the OS file cache and any .pyc writing once
         run_once(code)
     times: dict[str, list[float]] = {name: [] for name in STATEMENTS}
@@ -122,12 +124,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if code not in ("pass",) and not name.endswith("(baseline)"):
             row["over_baseline_s"] = med - startup - baseline
         rows.append(row)
-    print_table(rows, ["statement", "median_s", "import_s", "over_baseline_s", "min_s", "max_s"],
-                title=f"import time, fresh interpreter, median of {args.runs} (import_s: minus "
-                f"start-up {startup:.3f} s)")  # fmt: skip
+    print_table(
+        rows,
+        ["statement", "median_s", "import_s", "over_baseline_s", "min_s", "max_s"],
+        title=f"import time, fresh interpreter, median of {args.runs} (import_s: minus "
+        f"start-up {startup:.3f} s)",
+    )
     after = loaded_after("import embedstore", CHECK_MODULES)
-    print("\nafter `import embedstore`, in sys.modules: "
-          + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in after.items()))  # fmt: skip
+    print(
+        "\nafter `import embedstore`, in sys.modules: "
+        + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in after.items())
+    )
     print(f"sklearn imported by `import embedstore`: {after['sklearn']}")
     result = {
         "benchmark": "import_time",

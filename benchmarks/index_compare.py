@@ -250,9 +250,15 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     with Timer() as ts:
         _, truth = exact.search(Q, k)  # (Nq, k)
     loop_s = faiss_loop(exact)
-    add("faiss exact (IndexFlatIP)", param="-", build_s=tb.seconds, recall=1.0,
-        batch_qps=len(Q) / ts.seconds, loop_qps=len(Ql) / loop_s,
-        index_mib=_mib(4 * n * args.dim))  # fmt: skip
+    add(
+        "faiss exact (IndexFlatIP)",
+        param="-",
+        build_s=tb.seconds,
+        recall=1.0,
+        batch_qps=len(Q) / ts.seconds,
+        loop_qps=len(Ql) / loop_s,
+        index_mib=_mib(4 * n * args.dim),
+    )
     del exact
 
     with Timer() as tb:
@@ -265,9 +271,15 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         with Timer() as ts:
             _, idx = ivf.search(Q, k)
         loop_s = faiss_loop(ivf)
-        add(f"faiss IVF side file (nlist {nlist})", param=f"nprobe {p}", build_s=tb.seconds,
-            recall=recall_at_k(idx, truth), batch_qps=len(Q) / ts.seconds,
-            loop_qps=len(Ql) / loop_s, index_mib=side_mib)  # fmt: skip
+        add(
+            f"faiss IVF side file (nlist {nlist})",
+            param=f"nprobe {p}",
+            build_s=tb.seconds,
+            recall=recall_at_k(idx, truth),
+            batch_qps=len(Q) / ts.seconds,
+            loop_qps=len(Ql) / loop_s,
+            index_mib=side_mib,
+        )
     centroids = ivf._faiss_index.quantizer.reconstruct_n(0, nlist)  # (nlist, d) unit-norm
 
     # ---- Lance: the dataset, then one index type at a time
@@ -280,12 +292,17 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     lance_rows: dict[str, tuple[float, float]] = {}  # type -> (build s, index MiB)
     for config in args.lance:
         index_type, parts = parse_config(config, nlist)
-        cap = {"IVF_PQ": ("--pq-max-n", args.pq_max_n),
-               "IVF_HNSW_SQ": ("--hnsw-max-n", args.hnsw_max_n)}  # fmt: skip
+        cap = {
+            "IVF_PQ": ("--pq-max-n", args.pq_max_n),
+            "IVF_HNSW_SQ": ("--hnsw-max-n", args.hnsw_max_n),
+        }
         if index_type in cap and n > cap[index_type][1]:
             flag, limit = cap[index_type]
-            add(f"Lance {index_type} ({parts} partitions)", param="-",
-                note=f"skipped: build too slow ({flag} {limit:,})")  # fmt: skip
+            add(
+                f"Lance {index_type} ({parts} partitions)",
+                param="-",
+                note=f"skipped: build too slow ({flag} {limit:,})",
+            )
             continue
         cents = centroids if index_type.endswith("faiss-centroids") else None
         before = dir_bytes(lance_index_dir(ds)) if lance_index_dir(ds).exists() else 0
@@ -307,9 +324,16 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any
             note = None
             if parts > EXACT_ASSIGN_MAX_PARTITIONS:
                 note = f"> {EXACT_ASSIGN_MAX_PARTITIONS} partitions: approximate assignment"
-            add(f"Lance {index_type} ({parts} partitions, {args.metric})", param=param,
-                build_s=tb.seconds, recall=recall_at_k(idx, truth), batch_qps=len(Q) / ts.seconds,
-                loop_qps=len(Ql) / loop_s, index_mib=idx_mib, note=note)  # fmt: skip
+            add(
+                f"Lance {index_type} ({parts} partitions, {args.metric})",
+                param=param,
+                build_s=tb.seconds,
+                recall=recall_at_k(idx, truth),
+                batch_qps=len(Q) / ts.seconds,
+                loop_qps=len(Ql) / loop_s,
+                index_mib=idx_mib,
+                note=note,
+            )
         last_type = f"{index_type} ({parts} partitions)"
     # the dataset keeps the last index built (create_index(replace=True) swaps it)
 
@@ -328,15 +352,30 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         p.unlink()
     elapsed = time.perf_counter() - t_size
     print(f"  {n:,} done in {elapsed:.0f} s, load {[round(x, 2) for x in os.getloadavg()]}")
-    return {"n_stored": n, "nlist": nlist, "metric": args.metric, "lance_dataset": lance_write,
-            "rows": rows, "filtered": filtered, "append": append, "elapsed_s": elapsed,
-            "load_avg_end": list(os.getloadavg())}  # fmt: skip
+    return {
+        "n_stored": n,
+        "nlist": nlist,
+        "metric": args.metric,
+        "lance_dataset": lance_write,
+        "rows": rows,
+        "filtered": filtered,
+        "append": append,
+        "elapsed_s": elapsed,
+        "load_avg_end": list(os.getloadavg()),
+    }
 
 
 def bench_filter(
-    ds: Any, index_type: str, X16: np.ndarray, folds: np.ndarray, Q: np.ndarray, Qn: np.ndarray,
-    ivf: NeighborIndex, nlist: int, args: argparse.Namespace,
-) -> list[dict[str, Any]]:  # fmt: skip
+    ds: Any,
+    index_type: str,
+    X16: np.ndarray,
+    folds: np.ndarray,
+    Q: np.ndarray,
+    Qn: np.ndarray,
+    ivf: NeighborIndex,
+    nlist: int,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
     """``fold = 0`` lookups: exact over the read rows (today), Lance pre/post-filter, faiss + selector."""
     import faiss
 
@@ -379,8 +418,13 @@ def bench_filter(
         NeighborIndex(kind="exact", backend="faiss", device="cpu").build(V).search(Q[i : i + 1], k)
         one_q.append(time.perf_counter() - t0)
         del V
-    add("today: read filtered rows + faiss exact", param="-", recall=recall_at_k(found, truth),
-        batch_qps=len(Q) / tb.seconds, loop_qps=1.0 / float(np.median(one_q)))  # fmt: skip
+    add(
+        "today: read filtered rows + faiss exact",
+        param="-",
+        recall=recall_at_k(found, truth),
+        batch_qps=len(Q) / tb.seconds,
+        loop_qps=1.0 / float(np.median(one_q)),
+    )
 
     Ql = Q[: args.loop_queries]
     for p in args.nprobes:
@@ -391,10 +435,14 @@ def bench_filter(
                 found = lance_batch(ds, Q, k, search, filter=where, prefilter=prefilter)
             loop_s = lance_loop(ds, Ql, k, search, filter=where, prefilter=prefilter)
             short = float(np.mean((found < 0).any(axis=1)))
-            add(f"Lance {index_type} {'prefilter' if prefilter else 'postfilter'}",
+            add(
+                f"Lance {index_type} {'prefilter' if prefilter else 'postfilter'}",
                 param=", ".join(f"{a} {v}" for a, v in search.items()),
-                recall=recall_at_k(found, truth), batch_qps=len(Q) / ts.seconds,
-                loop_qps=len(Ql) / loop_s, short_share=short)  # fmt: skip
+                recall=recall_at_k(found, truth),
+                batch_qps=len(Q) / ts.seconds,
+                loop_qps=len(Ql) / loop_s,
+                short_share=short,
+            )
 
     sel = faiss.IDSelectorBatch(keep.astype(np.int64))
     raw = ivf._faiss_index  # the side file's faiss index (row order = store order here)
@@ -406,16 +454,25 @@ def bench_filter(
         for i in range(Ql.shape[0]):
             raw.search(l2_normalize(Ql[i : i + 1]), k, params=params)
         loop_s = time.perf_counter() - t0
-        add("faiss IVF side file + IDSelector (not in lookup today)", param=f"nprobe {p}",
-            recall=recall_at_k(found, truth), batch_qps=len(Q) / ts.seconds,
-            loop_qps=len(Ql) / loop_s)  # fmt: skip
+        add(
+            "faiss IVF side file + IDSelector (not in lookup today)",
+            param=f"nprobe {p}",
+            recall=recall_at_k(found, truth),
+            batch_qps=len(Q) / ts.seconds,
+            loop_qps=len(Ql) / loop_s,
+        )
     return rows
 
 
 def bench_append(
-    ds: Any, index_type: str, Xn: np.ndarray, Q: np.ndarray, Qn: np.ndarray, n: int,
+    ds: Any,
+    index_type: str,
+    Xn: np.ndarray,
+    Q: np.ndarray,
+    Qn: np.ndarray,
+    n: int,
     args: argparse.Namespace,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Append rows, search with the unindexed tail, then ``optimize_indices()`` and search again."""
     import faiss
     import lance
@@ -447,8 +504,11 @@ def bench_append(
     with Timer() as ts:
         found = lance_batch(ds, Q, k, search)
     loop_s = lance_loop(ds, Ql, k, search)
-    stale = {"recall": recall_at_k(found, truth), "batch_qps": len(Q) / ts.seconds,
-             "loop_qps": len(Ql) / loop_s}  # fmt: skip
+    stale = {
+        "recall": recall_at_k(found, truth),
+        "batch_qps": len(Q) / ts.seconds,
+        "loop_qps": len(Ql) / loop_s,
+    }
     with Timer() as to:
         ds.optimize.optimize_indices()
     ds = lance.dataset(ds.uri)
@@ -456,14 +516,28 @@ def bench_append(
     with Timer() as ts:
         found = lance_batch(ds, Q, k, search)
     loop_s = lance_loop(ds, Ql, k, search)
-    fresh = {"recall": recall_at_k(found, truth), "batch_qps": len(Q) / ts.seconds,
-             "loop_qps": len(Ql) / loop_s}  # fmt: skip
-    out = {"index_type": index_type, "search": search, "appended": m, "version_before": v_before,
-           "version_after": ds.version, "append_s": tw.seconds, "share_of_truth_new": new_in_truth,
-           "unindexed_tail": stale, "optimize_indices_s": to.seconds, "after_optimize": fresh}  # fmt: skip
-    print(f"  append {m:,} rows ({tw.seconds:.2f} s): unindexed tail recall {stale['recall']:.4f}, "
-          f"{stale['loop_qps']:.0f} q/s one at a time; optimize_indices {to.seconds:.1f} s, then "
-          f"recall {fresh['recall']:.4f}, {fresh['loop_qps']:.0f} q/s")  # fmt: skip
+    fresh = {
+        "recall": recall_at_k(found, truth),
+        "batch_qps": len(Q) / ts.seconds,
+        "loop_qps": len(Ql) / loop_s,
+    }
+    out = {
+        "index_type": index_type,
+        "search": search,
+        "appended": m,
+        "version_before": v_before,
+        "version_after": ds.version,
+        "append_s": tw.seconds,
+        "share_of_truth_new": new_in_truth,
+        "unindexed_tail": stale,
+        "optimize_indices_s": to.seconds,
+        "after_optimize": fresh,
+    }
+    print(
+        f"  append {m:,} rows ({tw.seconds:.2f} s): unindexed tail recall {stale['recall']:.4f}, "
+        f"{stale['loop_qps']:.0f} q/s one at a time; optimize_indices {to.seconds:.1f} s, then "
+        f"recall {fresh['recall']:.4f}, {fresh['loop_qps']:.0f} q/s"
+    )
     return out
 
 
@@ -482,12 +556,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--spread", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nprobes", type=int, nargs="+", default=[16, 64],
-                   help="IVF lists / Lance partitions probed per query (16: the library's)")  # fmt: skip
-    p.add_argument("--lance", nargs="*", default=list(LANCE_CONFIGS), metavar="TYPE[:PARTITIONS]",
-                   help=f"Lance indexes to build, in order; types: {', '.join(LANCE_TYPES)}")  # fmt: skip
-    p.add_argument("--metric", choices=("dot", "cosine"), default="dot",
-                   help="dot: the column holds L2-normalised vectors; cosine: raw vectors")  # fmt: skip
+    p.add_argument(
+        "--nprobes",
+        type=int,
+        nargs="+",
+        default=[16, 64],
+        help="IVF lists / Lance partitions probed per query (16: the library's)",
+    )
+    p.add_argument(
+        "--lance",
+        nargs="*",
+        default=list(LANCE_CONFIGS),
+        metavar="TYPE[:PARTITIONS]",
+        help=f"Lance indexes to build, in order; types: {', '.join(LANCE_TYPES)}",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("dot", "cosine"),
+        default="dot",
+        help="dot: the column holds L2-normalised vectors; cosine: raw vectors",
+    )
     p.add_argument("--pq-sub-vectors", type=int, default=64)
     p.add_argument("--pq-max-n", type=int, default=100_000, help="skip IVF_PQ above this size")
     p.add_argument("--hnsw-max-n", type=int, default=100_000, help="skip IVF_HNSW_SQ above it")
@@ -515,9 +603,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     machine = machine_info()
     machine["versions"]["pyarrow"] = _pyarrow_version()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB, load "
-          f"{machine['load_avg']}, GPU {machine['gpu']['name'] if machine['gpu'] else 'none'}; "
-          f"faiss {machine['versions']['faiss']}, lance {machine['versions']['lance']}")  # fmt: skip
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB, load "
+        f"{machine['load_avg']}, GPU {machine['gpu']['name'] if machine['gpu'] else 'none'}; "
+        f"faiss {machine['versions']['faiss']}, lance {machine['versions']['lance']}"
+    )
     tmp = None
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="index-compare-")
@@ -532,14 +622,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if tmp is not None:
             tmp.cleanup()
     rows = [r for s in sizes for r in s["rows"]]
-    cols = ["n_stored", "method", "param", "build_s", "recall", "batch_qps", "loop_qps",
-            "index_mib", "note"]  # fmt: skip
-    print_table(rows, cols, title=f"lookup index (k={args.k}, {args.n_queries:,} queries; loop: "
-                f"first {args.loop_queries:,} one at a time)")  # fmt: skip
+    cols = [
+        "n_stored",
+        "method",
+        "param",
+        "build_s",
+        "recall",
+        "batch_qps",
+        "loop_qps",
+        "index_mib",
+        "note",
+    ]
+    print_table(
+        rows,
+        cols,
+        title=f"lookup index (k={args.k}, {args.n_queries:,} queries; loop: "
+        f"first {args.loop_queries:,} one at a time)",
+    )
     frows = [r for s in sizes for r in s["filtered"]]
     if frows:
-        print_table(frows, ["n_stored", "method", "param", "recall", "batch_qps", "loop_qps",
-                            "short_share"], title="filtered lookups (where fold = 0, 10% of rows)")  # fmt: skip
+        print_table(
+            frows,
+            ["n_stored", "method", "param", "recall", "batch_qps", "loop_qps", "short_share"],
+            title="filtered lookups (where fold = 0, 10% of rows)",
+        )
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f} s")
     result = {

@@ -54,8 +54,9 @@ from benchmarks._common import FLOWERS, OUT_DIR, machine_info, print_table, writ
 from benchmarks.ingest import make_images  # noqa: E402
 
 
-def run_engine(folder: Path, engine: str, tmp: Path, batch_size: int, small: Path,
-               repeats: int) -> dict[str, Any]:  # fmt: skip
+def run_engine(
+    folder: Path, engine: str, tmp: Path, batch_size: int, small: Path, repeats: int
+) -> dict[str, Any]:
     """``engine``'s fixed cost (the median of ``repeats`` ingests of the ``small`` folder into
     fresh stores: start-up, scan, store creation, compaction) and its rate on all of
     ``folder`` (a fresh store), then the time of a second ingest of it (nothing new)."""
@@ -64,8 +65,9 @@ def run_engine(folder: Path, engine: str, tmp: Path, batch_size: int, small: Pat
     kw: dict[str, Any] = {"batch_size": batch_size, "progress": False, "engine": engine}
     if engine == "ray":
         kw["actors"] = 1
-    smalls = [embedstore.ingest(small, tmp / f"{engine}-small-{r}", **kw).seconds
-              for r in range(repeats)]  # fmt: skip
+    smalls = [
+        embedstore.ingest(small, tmp / f"{engine}-small-{r}", **kw).seconds for r in range(repeats)
+    ]
     fixed = float(np.median(smalls))
     full = embedstore.ingest(folder, tmp / f"{engine}-all", **kw)
     t0 = time.perf_counter()
@@ -116,9 +118,21 @@ def decode_per_core(paths: list[str], n: int) -> dict[str, Any]:
 
 
 def _rows(start: int, n: int, dim: int, rng: np.random.Generator) -> tuple[list[dict], np.ndarray]:
-    rows = [{"id": f"{i:064x}", "path": f"x/{i}.jpg", "paths": [f"x/{i}.jpg"], "root": "/data",
-             "label": f"c{i % 100}", "split": None, "width": 400, "height": 300,
-             "bytes": 50_000, "added_at": "2026-01-01T00:00:00Z"} for i in range(start, start + n)]  # fmt: skip
+    rows = [
+        {
+            "id": f"{i:064x}",
+            "path": f"x/{i}.jpg",
+            "paths": [f"x/{i}.jpg"],
+            "root": "/data",
+            "label": f"c{i % 100}",
+            "split": None,
+            "width": 400,
+            "height": 300,
+            "bytes": 50_000,
+            "added_at": "2026-01-01T00:00:00Z",
+        }
+        for i in range(start, start + n)
+    ]
     return rows, rng.standard_normal((n, dim)).astype(np.float16)
 
 
@@ -148,17 +162,26 @@ def lance_appends(tmp: Path, rows_total: int, chunk: int, dim: int) -> list[dict
             times.append(time.perf_counter() - t0)
         nbytes = sum(f.stat().st_size for f in (st.path / "images.lance").rglob("*") if f.is_file())
         tail = max(1, len(times) // 10)
-        out.append({
-            "way": way, "rows": rows_total, "chunk": chunk, "commits": len(times),
-            "rows_per_s": rows_total / sum(times),
-            "rows_per_s_last_10pct": tail * chunk / sum(times[-tail:]),
-            "ms_per_commit_first": 1000 * float(np.median(times[1 : 1 + tail])),
-            "ms_per_commit_last": 1000 * float(np.median(times[-tail:])),
-            "mb_per_s": nbytes / 2**20 / sum(times),
-            "bytes_per_row": nbytes / rows_total,
-            "ms_commit_only_first": 1000 * float(np.median(commits[:tail])) if commits else None,
-            "ms_commit_only_last": 1000 * float(np.median(commits[-tail:])) if commits else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "way": way,
+                "rows": rows_total,
+                "chunk": chunk,
+                "commits": len(times),
+                "rows_per_s": rows_total / sum(times),
+                "rows_per_s_last_10pct": tail * chunk / sum(times[-tail:]),
+                "ms_per_commit_first": 1000 * float(np.median(times[1 : 1 + tail])),
+                "ms_per_commit_last": 1000 * float(np.median(times[-tail:])),
+                "mb_per_s": nbytes / 2**20 / sum(times),
+                "bytes_per_row": nbytes / rows_total,
+                "ms_commit_only_first": 1000 * float(np.median(commits[:tail]))
+                if commits
+                else None,
+                "ms_commit_only_last": 1000 * float(np.median(commits[-tail:]))
+                if commits
+                else None,
+            }
+        )
     return out
 
 
@@ -194,9 +217,21 @@ def pq_recall(store: str, k: int = 10) -> list[dict[str, Any]]:
             index.train(X)
             index.add(X)
             _, found = index.search(X, k + 1)
-            rec = np.mean([len(set(t) & set(f[f != q])) / k for q, (t, f) in enumerate(zip(truth, found, strict=True))])  # fmt: skip
-            out.append({"bytes_per_vector": m, "dim": d, "vectors": n, "rerank": refine,
-                        "recall_at_10": float(rec)})  # fmt: skip
+            rec = np.mean(
+                [
+                    len(set(t) & set(f[f != q])) / k
+                    for q, (t, f) in enumerate(zip(truth, found, strict=True))
+                ]
+            )
+            out.append(
+                {
+                    "bytes_per_vector": m,
+                    "dim": d,
+                    "vectors": n,
+                    "rerank": refine,
+                    "recall_at_10": float(rec),
+                }
+            )
     return out
 
 
@@ -208,14 +243,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--append-rows", type=int, default=100_000)
     ap.add_argument("--append-chunk", type=int, default=512)
     ap.add_argument("--decode-n", type=int, default=300)
-    ap.add_argument("--small-n", type=int, default=16,
-                    help="images of the start-up probe (default 16)")  # fmt: skip
+    ap.add_argument(
+        "--small-n", type=int, default=16, help="images of the start-up probe (default 16)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="start-up probes per engine (median)")
     ap.add_argument("--flowers", type=Path, default=FLOWERS, help="source photos (flowers12)")
-    ap.add_argument("--images-dir", type=Path, default=None,
-                    help="cache folder for the images (default benchmarks/out/ingest-images-<n>)")  # fmt: skip
-    ap.add_argument("--skip-ingest", action="store_true",
-                    help="only decode per core and Lance appends (no Ray, no ingest, no PQ)")  # fmt: skip
+    ap.add_argument(
+        "--images-dir",
+        type=Path,
+        default=None,
+        help="cache folder for the images (default benchmarks/out/ingest-images-<n>)",
+    )
+    ap.add_argument(
+        "--skip-ingest",
+        action="store_true",
+        help="only decode per core and Lance appends (no Ray, no ingest, no PQ)",
+    )
     ap.add_argument("--out", type=Path, default=OUT_DIR / "ingest_ray.json")
     args = ap.parse_args(argv)
 
@@ -232,8 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ray_start, engines, pq = None, [], []
     if not args.skip_ingest:
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         ray_start = time.perf_counter() - t0
         embedstore.connect_ray()  # Ray Data settings (no progress bars)
         print(f"ray.init(num_cpus={args.cpus}): {ray_start:.1f} s")
@@ -243,11 +290,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # ONNX export once, outside both timings (both engines load it from the cache)
             embedstore.with_runtime(embedstore.create_backbone("efficientnet-lite0"), "auto", "cpu")
             small = small_folder(paths, tmp / "small", args.small_n)
-            engines = [run_engine(folder, e, tmp, args.batch_size, small, args.repeats)
-                       for e in ("local", "ray")]  # fmt: skip
-            print_table(engines, ["engine", "images", "images_per_s", "seconds", "fixed_seconds",
-                                  "marginal_images_per_s", "again_seconds"],
-                        "ingest, local vs Ray")  # fmt: skip
+            engines = [
+                run_engine(folder, e, tmp, args.batch_size, small, args.repeats)
+                for e in ("local", "ray")
+            ]
+            print_table(
+                engines,
+                [
+                    "engine",
+                    "images",
+                    "images_per_s",
+                    "seconds",
+                    "fixed_seconds",
+                    "marginal_images_per_s",
+                    "again_seconds",
+                ],
+                "ingest, local vs Ray",
+            )
             pq = pq_recall(engines[1]["store"])
             print_table(
                 pq, ["bytes_per_vector", "dim", "vectors", "rerank", "recall_at_10"], "PQ recall"
@@ -255,12 +314,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         decode = decode_per_core(paths, args.decode_n)
         print(f"\ndecode per core: {decode['images_per_s']:.0f} img/s ({decode['images']} images)")
         appends = lance_appends(tmp, args.append_rows, args.append_chunk, 768)
-        print_table(appends, ["way", "rows", "chunk", "rows_per_s", "rows_per_s_last_10pct",
-                              "ms_per_commit_first", "ms_per_commit_last", "ms_commit_only_first",
-                              "ms_commit_only_last", "mb_per_s", "bytes_per_row"],
-                    "Lance appends (768-d float16 rows)")  # fmt: skip
-    result = {"machine": info, "ray_init_seconds": ray_start, "cluster_cpus": args.cpus,
-              "engines": engines, "decode_per_core": decode, "appends": appends, "pq": pq}  # fmt: skip
+        print_table(
+            appends,
+            [
+                "way",
+                "rows",
+                "chunk",
+                "rows_per_s",
+                "rows_per_s_last_10pct",
+                "ms_per_commit_first",
+                "ms_per_commit_last",
+                "ms_commit_only_first",
+                "ms_commit_only_last",
+                "mb_per_s",
+                "bytes_per_row",
+            ],
+            "Lance appends (768-d float16 rows)",
+        )
+    result = {
+        "machine": info,
+        "ray_init_seconds": ray_start,
+        "cluster_cpus": args.cpus,
+        "engines": engines,
+        "decode_per_core": decode,
+        "appends": appends,
+        "pq": pq,
+    }
     write_json(result, args.out)
     print(f"\nwrote {args.out}")
     return result

@@ -145,8 +145,15 @@ def bench_size(n: int, args: argparse.Namespace, dev: torch.device) -> list[dict
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
     def add(method: str, device: str, n_queries: int, search_s: float, **extra: Any) -> None:
-        row = {**base, "method": method, "device": device, "n_queries": n_queries,
-               "search_s": search_s, "queries_per_s": n_queries / search_s, **extra}  # fmt: skip
+        row = {
+            **base,
+            "method": method,
+            "device": device,
+            "n_queries": n_queries,
+            "search_s": search_s,
+            "queries_per_s": n_queries / search_s,
+            **extra,
+        }
         rows.append(row)
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
         print("  " + ", ".join(f"{k}={v}" for k, v in shown.items() if k not in base))
@@ -158,8 +165,14 @@ def bench_size(n: int, args: argparse.Namespace, dev: torch.device) -> list[dict
         with Timer() as ts:
             _, truth = exact.search(Q, args.k)  # (Nq, k)
         if "exact" in args.methods:
-            add("NeighborIndex exact", exact.backend_, len(Q), ts.seconds, build_s=tb.seconds,
-                recall_at_k=1.0)  # fmt: skip
+            add(
+                "NeighborIndex exact",
+                exact.backend_,
+                len(Q),
+                ts.seconds,
+                build_s=tb.seconds,
+                recall_at_k=1.0,
+            )
         del exact
     if "ivf" in args.methods:
         nlist = args.nlist or default_nlist(n)
@@ -167,16 +180,28 @@ def bench_size(n: int, args: argparse.Namespace, dev: torch.device) -> list[dict
             ivf = NeighborIndex(kind="ivf", backend="faiss", device="cpu", nlist=nlist).build(X)
         with Timer() as ts:
             _, idx = ivf.search(Q, args.k)
-        add(f"NeighborIndex ivf (nlist={nlist}, nprobe={ivf.nprobe})", ivf.backend_, len(Q),
-            ts.seconds, build_s=tb.seconds, recall_at_k=_recall(idx, truth))  # fmt: skip
+        add(
+            f"NeighborIndex ivf (nlist={nlist}, nprobe={ivf.nprobe})",
+            ivf.backend_,
+            len(Q),
+            ts.seconds,
+            build_s=tb.seconds,
+            recall_at_k=_recall(idx, truth),
+        )
         del ivf
     if "hnsw" in args.methods:
         with Timer() as tb:
             hnsw = NeighborIndex(kind="hnsw", backend="faiss", device="cpu").build(X)
         with Timer() as ts:
             _, idx = hnsw.search(Q, args.k)
-        add("NeighborIndex hnsw (M=32, efSearch=128)", hnsw.backend_, len(Q), ts.seconds,
-            build_s=tb.seconds, recall_at_k=_recall(idx, truth))  # fmt: skip
+        add(
+            "NeighborIndex hnsw (M=32, efSearch=128)",
+            hnsw.backend_,
+            len(Q),
+            ts.seconds,
+            build_s=tb.seconds,
+            recall_at_k=_recall(idx, truth),
+        )
         del hnsw
     for method, backend in (("knn-faiss", "faiss"), ("knn-torch", "torch")):
         if method not in args.methods:
@@ -188,8 +213,14 @@ def bench_size(n: int, args: argparse.Namespace, dev: torch.device) -> list[dict
         head.predict(Q[:16])  # warm-up (CUDA context, kernels)
         with Timer(sync) as ts:
             pred = head.predict(Q)
-        add(f"KNNHead exact ({backend})", head.index_.backend_ + f":{head.index_.device}",
-            len(Q), ts.seconds, build_s=tf.seconds, accuracy=float(np.mean(pred == yq_cpu)))  # fmt: skip
+        add(
+            f"KNNHead exact ({backend})",
+            head.index_.backend_ + f":{head.index_.device}",
+            len(Q),
+            ts.seconds,
+            build_s=tf.seconds,
+            accuracy=float(np.mean(pred == yq_cpu)),
+        )
         del head
     if "sklearn" in args.methods:
         from sklearn.neighbors import KNeighborsClassifier
@@ -201,8 +232,14 @@ def bench_size(n: int, args: argparse.Namespace, dev: torch.device) -> list[dict
             clf.fit(X, y)
         with Timer() as ts:
             pred = clf.predict(Q)
-        add("sklearn KNeighborsClassifier (brute, cosine)", "cpu", len(Q), ts.seconds,
-            build_s=tf.seconds, accuracy=float(np.mean(pred == yq_cpu)))  # fmt: skip
+        add(
+            "sklearn KNeighborsClassifier (brute, cosine)",
+            "cpu",
+            len(Q),
+            ts.seconds,
+            build_s=tf.seconds,
+            accuracy=float(np.mean(pred == yq_cpu)),
+        )
         del clf
     if "torch-fp16" in args.methods and dev.type == "cuda":
         _bench_cuda(X16, Q16[: args.gpu_queries], args, dev, add)
@@ -262,15 +299,29 @@ def bench_openset(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]
         print(f"  ingested in {t.seconds:.0f} s")
     try:
         with Timer() as t:
-            rows = openset(store, holdout_classes=0.25, draws=args.draws, device=dev,
-                           roc_png=Path(args.out).with_suffix(".roc.png"))  # fmt: skip
+            rows = openset(
+                store,
+                holdout_classes=0.25,
+                draws=args.draws,
+                device=dev,
+                roc_png=Path(args.out).with_suffix(".roc.png"),
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print_table(rows, ["detector", "needs", "auroc", "auroc_std", "fpr95", "fpr95_std", "draws"],
-                title=f"flowers12, 3 of 12 species held out, {args.draws} draws ({t.seconds:.0f} s)")  # fmt: skip
-    return {"store": str(args.flowers_store or "temporary"), "holdout_classes": 0.25,
-            "draws": args.draws, "head": "linear", "seconds": t.seconds, "detectors": rows}  # fmt: skip
+    print_table(
+        rows,
+        ["detector", "needs", "auroc", "auroc_std", "fpr95", "fpr95_std", "draws"],
+        title=f"flowers12, 3 of 12 species held out, {args.draws} draws ({t.seconds:.0f} s)",
+    )
+    return {
+        "store": str(args.flowers_store or "temporary"),
+        "holdout_classes": 0.25,
+        "draws": args.draws,
+        "head": "linear",
+        "seconds": t.seconds,
+        "detectors": rows,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -293,8 +344,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flowers-store", type=Path, default=None)
     p.add_argument("--draws", type=int, default=3, help="openset draws")
     p.add_argument("--no-openset", action="store_true")
-    p.add_argument("--quick", action="store_true",
-                   help="10k and 40k stored vectors, 500 queries (5,000 on CUDA), 1 openset draw")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="10k and 40k stored vectors, 500 queries (5,000 on CUDA), 1 openset draw",
+    )
     p.add_argument("--out", type=Path, default=OUT_DIR / "knn.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -306,15 +360,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     dev = resolve_device(args.device)
     machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_avg']}, "
-          f"GPU {machine['gpu']['name'] if machine['gpu'] else 'none'}; torch "
-          f"{machine['versions']['torch']}, faiss {machine['versions']['faiss']}, scikit-learn "
-          f"{machine['versions']['scikit-learn']}")  # fmt: skip
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_avg']}, "
+        f"GPU {machine['gpu']['name'] if machine['gpu'] else 'none'}; torch "
+        f"{machine['versions']['torch']}, faiss {machine['versions']['faiss']}, scikit-learn "
+        f"{machine['versions']['scikit-learn']}"
+    )
     speed: list[dict[str, Any]] = []
     for n in args.n_stored:
         speed += bench_size(n, args, dev)
-    cols = ["n_stored", "method", "device", "n_queries", "build_s", "search_s", "queries_per_s",
-            "recall_at_k", "accuracy"]  # fmt: skip
+    cols = [
+        "n_stored",
+        "method",
+        "device",
+        "n_queries",
+        "build_s",
+        "search_s",
+        "queries_per_s",
+        "recall_at_k",
+        "accuracy",
+    ]
     print_table([r for r in speed if "note" not in r], cols, title=f"search speed (k={args.k})")
     result = {
         "benchmark": "knn",

@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from embedstore._onnx import embedding_agreement
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", default="dinov2-small",
-                    help="a dinov2-* size (random weights) or a saved model folder / hub id")  # fmt: skip
+    ap.add_argument(
+        "--backbone",
+        default="dinov2-small",
+        help="a dinov2-* size (random weights) or a saved model folder / hub id",
+    )
     ap.add_argument("--n", type=int, default=None, help="use the first N photos (default all)")
     ap.add_argument("--flowers", type=Path, default=FLOWERS)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "onnx_int8.json")
@@ -109,23 +112,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     same_first = float(np.mean(nn["onnx-int8"][:, 0] == nn["torch"][:, 0]))
     rows = [
-        {"measure": "cosine int8 vs torch: min / 1st pct / median",
-         "torch": None, "onnx_int8": f"{cos.min():.4f} / {np.percentile(cos, 1):.4f} / {np.median(cos):.5f}"},
-        {"measure": "max abs difference", "torch": None,
-         "onnx_int8": f"{embedding_agreement(a, b)['max_abs_diff']:.3g}"},
+        {
+            "measure": "cosine int8 vs torch: min / 1st pct / median",
+            "torch": None,
+            "onnx_int8": f"{cos.min():.4f} / {np.percentile(cos, 1):.4f} / {np.median(cos):.5f}",
+        },
+        {
+            "measure": "max abs difference",
+            "torch": None,
+            "onnx_int8": f"{embedding_agreement(a, b)['max_abs_diff']:.3g}",
+        },
         {"measure": "10 nearest photos shared with torch's", "torch": 1.0, "onnx_int8": overlap},
         {"measure": "nearest photo the same as torch's", "torch": 1.0, "onnx_int8": same_first},
-        *({"measure": f"leave-one-out {k}-NN top-1 (species)",
-           "torch": knn_accuracy(nn["torch"], labels, k), "onnx_int8": knn_accuracy(nn["onnx-int8"], labels, k)}
-          for k in (1, 10)),
-        {"measure": "forward img/s (batch 64, in memory)", "torch": speed["torch"], "onnx_int8": speed["onnx-int8"]},
-    ]  # fmt: skip
-    print_table(rows, ["measure", "torch", "onnx_int8"],
-                title=f"onnx-int8 against torch: {args.backbone}, {len(files)} flowers12 photos")  # fmt: skip
-    report = {"benchmark": "onnx_int8", "backbone": args.backbone, "photos": len(files),
-              "rows": rows, "cosine": {"min": float(cos.min()), "p1": float(np.percentile(cos, 1)),
-                                       "median": float(np.median(cos))},
-              "machine": info}  # fmt: skip
+        *(
+            {
+                "measure": f"leave-one-out {k}-NN top-1 (species)",
+                "torch": knn_accuracy(nn["torch"], labels, k),
+                "onnx_int8": knn_accuracy(nn["onnx-int8"], labels, k),
+            }
+            for k in (1, 10)
+        ),
+        {
+            "measure": "forward img/s (batch 64, in memory)",
+            "torch": speed["torch"],
+            "onnx_int8": speed["onnx-int8"],
+        },
+    ]
+    print_table(
+        rows,
+        ["measure", "torch", "onnx_int8"],
+        title=f"onnx-int8 against torch: {args.backbone}, {len(files)} flowers12 photos",
+    )
+    report = {
+        "benchmark": "onnx_int8",
+        "backbone": args.backbone,
+        "photos": len(files),
+        "rows": rows,
+        "cosine": {
+            "min": float(cos.min()),
+            "p1": float(np.percentile(cos, 1)),
+            "median": float(np.median(cos)),
+        },
+        "machine": info,
+    }
     print(f"wrote {write_json(report, args.out)}")
     return report
 

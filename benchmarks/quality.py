@@ -57,7 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "head": "centroid",
         "reference": "train+val",
         "transductive": True,
-    },  # fmt: skip
+    },
     "knn": {"head": "knn"},
 }
 
@@ -202,15 +202,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for m in ("top1", "macro_f1"):
             if r[f"test_{m}"] is not None:
                 r[f"test_{m}_vs_lr"] = round(r[f"test_{m}"] - base[f"test_{m}"], 4)
-    cols = ["recipe", "oof_top1", "oof_macro_f1", "test_top1", "test_macro_f1",
-            "test_top1_vs_lr", "test_macro_f1_vs_lr", "seconds"]  # fmt: skip
+    cols = [
+        "recipe",
+        "oof_top1",
+        "oof_macro_f1",
+        "test_top1",
+        "test_macro_f1",
+        "test_top1_vs_lr",
+        "test_macro_f1_vs_lr",
+        "seconds",
+    ]
     print_table([base, *rows], cols, title=f"{args.data.name}: held-out test, one measurement")
     png = args.out.with_suffix(".png")
     plot(
         rows, base, png, f"{args.data.name}, efficientnet-lite0, views {'+'.join(views) or 'none'}"
     )
-    result = {"data": str(args.data), "store": str(store), "views": views, "baseline": base,
-              "rows": rows, "machine": info}  # fmt: skip
+    result = {
+        "data": str(args.data),
+        "store": str(store),
+        "views": views,
+        "baseline": base,
+        "rows": rows,
+        "machine": info,
+    }
     write_json(result, args.out)
     print(f"wrote {args.out} and {png}")
     return result

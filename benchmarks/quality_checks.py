@@ -83,13 +83,19 @@ def write_store(path: Path, X: np.ndarray, labels: np.ndarray, extra: dict | Non
 
     st = embedstore.connect(path)
     dim = X.shape[1]
-    field = st.embedding_field("emb_synthetic", dim, "float16",
-                               {"backbone": "synthetic", "source": "benchmark", "dim": dim})  # fmt: skip
+    field = st.embedding_field(
+        "emb_synthetic",
+        dim,
+        "float16",
+        {"backbone": "synthetic", "source": "benchmark", "dim": dim},
+    )
     for s in range(0, len(X), 100_000):
         e = min(len(X), s + 100_000)
-        cols = {"id": pa.array([f"{i:064x}" for i in range(s, e)]),
-                "path": pa.array([f"img_{i}.jpg" for i in range(s, e)]),
-                "label": pa.array([f"c{v}" for v in labels[s:e]], pa.string())}  # fmt: skip
+        cols = {
+            "id": pa.array([f"{i:064x}" for i in range(s, e)]),
+            "path": pa.array([f"img_{i}.jpg" for i in range(s, e)]),
+            "label": pa.array([f"c{v}" for v in labels[s:e]], pa.string()),
+        }
         for k, v in (extra or {}).items():
             cols[k] = pa.array(v[s:e])
         emb = pa.FixedSizeListArray.from_arrays(
@@ -116,9 +122,18 @@ def child_duplicates(store: str, out: str) -> None:
     np.save(
         Path(out) / "pairs.npy", np.stack([a, b], axis=1) if len(a) else np.zeros((0, 2), np.int64)
     )
-    print(json.dumps({"seconds": seconds, "max_rss_gib": _rss_gib(), "index": res.index,
-                      "pairs": res.pairs_found, "groups": res.groups_found,
-                      "saturated_note": bool(res.notes)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "max_rss_gib": _rss_gib(),
+                "index": res.index,
+                "pairs": res.pairs_found,
+                "groups": res.groups_found,
+                "saturated_note": bool(res.notes),
+            }
+        )
+    )
 
 
 def brute_force(X: np.ndarray, threshold: float) -> tuple[set, float, float]:
@@ -156,17 +171,24 @@ def bench_duplicates(n: int, args: argparse.Namespace) -> dict[str, Any]:
     ours_sub = {(pos[a], pos[b]) for a, b in found if a in pos and b in pos}
     scale = (n / len(sub)) ** 2
     return {
-        "vectors": n, "dim": args.dim, "planted_pairs": len(planted_set), "index": child["index"],
-        "store_write_s": round(write_s, 1), "duplicates_s": round(child["seconds"], 1),
-        "duplicates_max_rss_gib": child["max_rss_gib"], "pairs_found": child["pairs"],
-        "recall_planted": round(recall_planted, 4), "subset": len(sub),
+        "vectors": n,
+        "dim": args.dim,
+        "planted_pairs": len(planted_set),
+        "index": child["index"],
+        "store_write_s": round(write_s, 1),
+        "duplicates_s": round(child["seconds"], 1),
+        "duplicates_max_rss_gib": child["max_rss_gib"],
+        "pairs_found": child["pairs"],
+        "recall_planted": round(recall_planted, 4),
+        "subset": len(sub),
         "brute_pairs_in_subset": len(brute),
         "recall_vs_brute_in_subset": round(len(brute & ours_sub) / max(1, len(brute)), 4),
-        "extra_vs_brute_in_subset": len(ours_sub - brute), "brute_subset_s": round(brute_s, 2),
+        "extra_vs_brute_in_subset": len(ours_sub - brute),
+        "brute_subset_s": round(brute_s, 2),
         "brute_subset_matrix_gib": round(brute_gib, 2),
         "brute_full_s_extrapolated": round(brute_s * scale, 0),
         "brute_full_matrix_gib": round(n * n * 4 / 2**30, 1),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------- issues
@@ -270,10 +292,21 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(bench_duplicates(n, args))
             print(json.dumps(rows[-1]), flush=True)
         report["duplicates"] = rows
-        print_table(rows, ["vectors", "index", "duplicates_s", "duplicates_max_rss_gib",
-                           "recall_planted", "recall_vs_brute_in_subset", "brute_subset_s",
-                           "brute_full_s_extrapolated", "brute_full_matrix_gib"],
-                    title=f"duplicates (threshold {THRESHOLD}, {args.dim}-d)")  # fmt: skip
+        print_table(
+            rows,
+            [
+                "vectors",
+                "index",
+                "duplicates_s",
+                "duplicates_max_rss_gib",
+                "recall_planted",
+                "recall_vs_brute_in_subset",
+                "brute_subset_s",
+                "brute_full_s_extrapolated",
+                "brute_full_matrix_gib",
+            ],
+            title=f"duplicates (threshold {THRESHOLD}, {args.dim}-d)",
+        )
     if not args.no_issues:
         report["issues"] = bench_issues(args)
         print(json.dumps(report["issues"], indent=1))

@@ -38,9 +38,18 @@ from heads._metrics import macro_f1  # noqa: E402
 
 def outer_fold(store: str, k: int, head: str, work: Path, options: dict) -> dict[str, np.ndarray]:
     """Logits of fold ``k``'s rows from each member of a refit run trained without fold k."""
-    res = heads.train(store, where=f"fold != {k}", fold="all", head=head, refit=True,
-                      ensemble="both", out=work / f"{head}-outer{k}", progress=False,
-                      overwrite=True, **options)  # fmt: skip
+    res = heads.train(
+        store,
+        where=f"fold != {k}",
+        fold="all",
+        head=head,
+        refit=True,
+        ensemble="both",
+        out=work / f"{head}-outer{k}",
+        progress=False,
+        overwrite=True,
+        **options,
+    )
     return member_logits(store, k, res.ensemble)
 
 
@@ -54,8 +63,10 @@ def member_logits(store: str, k: int, run: str | Path) -> dict[str, np.ndarray]:
         [Path(r).name for r in ens.config["members"]], ens.members, ens.temperatures, strict=True
     ):
         embs, tab = st.embedding_rows(
-            {c: b["dim"] for c, b in m.backbone_columns().items()}, ["id", "label"], where=f"fold = {k}"
-        )  # fmt: skip
+            {c: b["dim"] for c, b in m.backbone_columns().items()},
+            ["id", "label"],
+            where=f"fold = {k}",
+        )
         out[name] = log_softmax(m.logits(embs).astype(np.float64) / t)
         out["label"] = np.asarray(tab["label"], dtype=object)
     out["classes"] = np.asarray(ens.classes, dtype=object)
@@ -82,10 +93,12 @@ def score(outs: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
             preds.setdefault(name, []).append(z.argmax(1))
     y = np.concatenate(y_all)
     return {
-        name: {"top1": float((np.concatenate(p) == y).mean()),
-               "macro_f1": float(macro_f1(y, np.concatenate(p)))}
+        name: {
+            "top1": float((np.concatenate(p) == y).mean()),
+            "macro_f1": float(macro_f1(y, np.concatenate(p))),
+        }
         for name, p in preds.items()
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -109,8 +122,10 @@ def main() -> None:
             epochs = [int(o["refit_epochs"]) for o in outs]
             table[head]["refit_epochs"] = epochs
             table[head]["seconds"] = round(time.perf_counter() - t0, 1)
-            print(f"{head} (nested {len(folds)}-fold, refit epochs {epochs}, "
-                  f"{table[head]['seconds']} s)")  # fmt: skip
+            print(
+                f"{head} (nested {len(folds)}-fold, refit epochs {epochs}, "
+                f"{table[head]['seconds']} s)"
+            )
             for name, s in table[head].items():
                 if isinstance(s, dict):
                     print(f"  {name:<24} top1 {s['top1']:.4f}  macro-F1 {s['macro_f1']:.4f}")

@@ -70,8 +70,16 @@ def _prepare(out: Path, device: str) -> tuple[Path, Path]:
     if not (runs / "mlp" / "config.json").exists():
         shutil.rmtree(runs, ignore_errors=True)
         embedstore.split(store, folds=3, use_split_column=True, seed=0)
-        heads.train(store, fold=0, head="mlp", out=runs / "mlp", epochs=30, unknown="energy",
-                    progress=False, device=device)  # fmt: skip
+        heads.train(
+            store,
+            fold=0,
+            head="mlp",
+            out=runs / "mlp",
+            epochs=30,
+            unknown="energy",
+            progress=False,
+            device=device,
+        )
     return store, runs
 
 
@@ -100,8 +108,15 @@ def _load(url: str, concurrency: int, n: int, send) -> dict[str, Any]:
             list(pool.map(one, range(n)))
         wall = time.perf_counter() - t0
     q = np.percentile(lat, [50, 95, 99])
-    return {"requests": n, "concurrency": concurrency, "p50_ms": q[0], "p95_ms": q[1],
-            "p99_ms": q[2], "req_per_s": n / wall, "errors": errors}  # fmt: skip
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "p50_ms": q[0],
+        "p95_ms": q[1],
+        "p99_ms": q[2],
+        "req_per_s": n / wall,
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -114,8 +129,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=3, help="`heads predict` process runs")
     ap.add_argument("--rounds", type=int, default=1, help="run every scenario this many times")
-    ap.add_argument("--only", nargs="+", default=None,
-                    help="scenarios to run, e.g. 'GET /health' 'predict by stored id'")  # fmt: skip
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="scenarios to run, e.g. 'GET /health' 'predict by stored id'",
+    )
     ap.add_argument("--out", default=str(OUT_DIR / "service.json"))
     args = ap.parse_args()
     if not (FLOWERS / "train").is_dir():
@@ -132,11 +151,29 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-c", "from cli import embedstore_cli; embedstore_cli()", "serve",
-         "--store", str(store), "--runs", str(runs), "--port", str(port), "--device", args.device,
-         "--max-batch", "32", "--max-wait-ms", "10"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from cli import embedstore_cli; embedstore_cli()",
+            "serve",
+            "--store",
+            str(store),
+            "--runs",
+            str(runs),
+            "--port",
+            str(port),
+            "--device",
+            args.device,
+            "--max-batch",
+            "32",
+            "--max-wait-ms",
+            "10",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t0 = time.perf_counter()
     try:
         while True:
@@ -153,26 +190,43 @@ def main() -> None:
         scenarios = {
             # the floor: what uvicorn + FastAPI + this client cost for a request that does nothing
             "GET /health": (args.requests, lambda c, i: c.get("/health")),
-            "predict by stored id": (args.requests, lambda c, i: c.post(
-                "/v1/predict", json={"run": "mlp", "ids": [ids[i % len(ids)]], "top_k": 3})),
-            "predict upload 224px": (args.upload_requests, lambda c, i: c.post(
-                "/v1/predict", files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
-                data={"run": "mlp", "top_k": "3"})),
-            "lookup upload 224px": (args.upload_requests, lambda c, i: c.post(
-                "/v1/lookup", files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
-                data={"k": "10"})),
-        }  # fmt: skip
+            "predict by stored id": (
+                args.requests,
+                lambda c, i: c.post(
+                    "/v1/predict", json={"run": "mlp", "ids": [ids[i % len(ids)]], "top_k": 3}
+                ),
+            ),
+            "predict upload 224px": (
+                args.upload_requests,
+                lambda c, i: c.post(
+                    "/v1/predict",
+                    files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
+                    data={"run": "mlp", "top_k": "3"},
+                ),
+            ),
+            "lookup upload 224px": (
+                args.upload_requests,
+                lambda c, i: c.post(
+                    "/v1/lookup",
+                    files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
+                    data={"k": "10"},
+                ),
+            ),
+        }
         scenarios = {k: v for k, v in scenarios.items() if not args.only or k in args.only}
         rows = []
         for rnd in range(1, args.rounds + 1):
             for name, (n, send) in scenarios.items():
                 for conc in args.concurrency:
                     r = _load(url, conc, n, send)
-                    rows.append({"round": rnd, "scenario": name, **r,
-                                 "rss_mib": _rss_mib(server.pid)})  # fmt: skip
-                    print(f"[{rnd}] {name:<22} c={conc:<3} p50 {r['p50_ms']:.1f} ms  p99 "
-                          f"{r['p99_ms']:.1f} ms  {r['req_per_s']:.1f} req/s  errors "
-                          f"{r['errors']}  server {rows[-1]['rss_mib']:.0f} MiB")  # fmt: skip
+                    rows.append(
+                        {"round": rnd, "scenario": name, **r, "rss_mib": _rss_mib(server.pid)}
+                    )
+                    print(
+                        f"[{rnd}] {name:<22} c={conc:<3} p50 {r['p50_ms']:.1f} ms  p99 "
+                        f"{r['p99_ms']:.1f} ms  {r['req_per_s']:.1f} req/s  errors "
+                        f"{r['errors']}  server {rows[-1]['rss_mib']:.0f} MiB"
+                    )
         mem_end = _rss_mib(server.pid)
     finally:
         server.kill()
@@ -204,29 +258,73 @@ def main() -> None:
     proc_s = []
     for i in range(args.processes):
         t = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "heads"), "predict", str(runs / "mlp"),
-                        str(photos[i]), "--json"], cwd=REPO, capture_output=True, check=True)  # fmt: skip
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "heads"),
+                "predict",
+                str(runs / "mlp"),
+                str(photos[i]),
+                "--json",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
         proc_s.append(time.perf_counter() - t)
     up32 = next(
-        (r for r in rows if r["scenario"] == "predict upload 224px"
-         and r["concurrency"] == max(args.concurrency) and r["round"] == args.rounds),
+        (
+            r
+            for r in rows
+            if r["scenario"] == "predict upload 224px"
+            and r["concurrency"] == max(args.concurrency)
+            and r["round"] == args.rounds
+        ),
         {"concurrency": max(args.concurrency), "req_per_s": float("nan")},
-    )  # fmt: skip
+    )
     base = [
-        {"what": "heads predict, one process per request (1 photo)", "ms": 1000 * statistics.mean(proc_s)},
+        {
+            "what": "heads predict, one process per request (1 photo)",
+            "ms": 1000 * statistics.mean(proc_s),
+        },
         {"what": "library in-process, predict by stored id", "ms": statistics.median(lib_ms)},
         {"what": "library in-process, predict on an upload", "ms": statistics.median(lib_up)},
         {"what": "backbone forward, batch 32 (images/s)", "ms": None, "rate": forward_rate},
-        {"what": f"service uploads at concurrency {up32['concurrency']} (images/s)", "ms": None,
-         "rate": up32["req_per_s"], "share_of_forward": up32["req_per_s"] / forward_rate},
-        {"what": "server memory MiB at start / end", "ms": None, "rate": None,
-         "mem_start_mib": mem_start, "mem_end_mib": mem_end},
+        {
+            "what": f"service uploads at concurrency {up32['concurrency']} (images/s)",
+            "ms": None,
+            "rate": up32["req_per_s"],
+            "share_of_forward": up32["req_per_s"] / forward_rate,
+        },
+        {
+            "what": "server memory MiB at start / end",
+            "ms": None,
+            "rate": None,
+            "mem_start_mib": mem_start,
+            "mem_end_mib": mem_end,
+        },
         {"what": "server start-up to /ready (s)", "ms": None, "rate": start_s},
-    ]  # fmt: skip
-    print_table(rows, ["round", "scenario", "concurrency", "requests", "p50_ms", "p95_ms", "p99_ms", "req_per_s",
-                       "errors", "rss_mib"], "service on loopback")  # fmt: skip
-    print_table(base, ["what", "ms", "rate", "share_of_forward", "mem_start_mib", "mem_end_mib"],
-                "baselines (same run)")  # fmt: skip
+    ]
+    print_table(
+        rows,
+        [
+            "round",
+            "scenario",
+            "concurrency",
+            "requests",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "req_per_s",
+            "errors",
+            "rss_mib",
+        ],
+        "service on loopback",
+    )
+    print_table(
+        base,
+        ["what", "ms", "rate", "share_of_forward", "mem_start_mib", "mem_end_mib"],
+        "baselines (same run)",
+    )
     info = machine_info()
     print(f"\nmachine: {info}")
     write_json({"machine": info, "rows": rows, "baselines": base}, args.out)

@@ -50,20 +50,40 @@ def main() -> None:
         X = rng.standard_normal((a.n, a.dim), dtype=np.float32).astype(np.float16)
         for part in np.array_split(np.arange(a.n), 10):
             t = pa.Table.from_arrays(
-                [pa.array([f"{i:064x}" for i in part]), pa.array([f"c{i % 1000}" for i in part]),
-                 pa.FixedSizeListArray.from_arrays(pa.array(X[part].reshape(-1)), a.dim)],
+                [
+                    pa.array([f"{i:064x}" for i in part]),
+                    pa.array([f"c{i % 1000}" for i in part]),
+                    pa.FixedSizeListArray.from_arrays(pa.array(X[part].reshape(-1)), a.dim),
+                ],
                 schema=pa.schema([("id", pa.string()), ("label", pa.string()), field]),
-            )  # fmt: skip
+            )
             st.insert_images(t)
         st.compact(min_fragments=2)
         np.save(Path(tmp) / "X.npy", X)
         rows = [
-            {"read": "np.load .npy (baseline)", "seconds": _best(lambda: np.load(Path(tmp) / "X.npy"))},
-            {"read": "store.embeddings fp16 numpy", "seconds": _best(lambda: st.embeddings("bench", columns=["id"], dtype="float16"))},
-            {"read": "store.embeddings fp32 numpy", "seconds": _best(lambda: st.embeddings("bench", columns=["id", "label"]))},
-            {"read": "store.embeddings fp32 torch", "seconds": _best(lambda: st.embeddings("bench", columns=[], as_torch=True))},
-            {"read": "filtered (label = 'c7')", "seconds": _best(lambda: st.embeddings("bench", where="label = 'c7'", columns=["id"]))},
-        ]  # fmt: skip
+            {
+                "read": "np.load .npy (baseline)",
+                "seconds": _best(lambda: np.load(Path(tmp) / "X.npy")),
+            },
+            {
+                "read": "store.embeddings fp16 numpy",
+                "seconds": _best(lambda: st.embeddings("bench", columns=["id"], dtype="float16")),
+            },
+            {
+                "read": "store.embeddings fp32 numpy",
+                "seconds": _best(lambda: st.embeddings("bench", columns=["id", "label"])),
+            },
+            {
+                "read": "store.embeddings fp32 torch",
+                "seconds": _best(lambda: st.embeddings("bench", columns=[], as_torch=True)),
+            },
+            {
+                "read": "filtered (label = 'c7')",
+                "seconds": _best(
+                    lambda: st.embeddings("bench", where="label = 'c7'", columns=["id"])
+                ),
+            },
+        ]
         got, _ = st.embeddings("bench", columns=["id"], dtype="float16")
         assert got.shape == X.shape
     for r in rows:

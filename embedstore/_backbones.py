@@ -377,9 +377,13 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(
-    name: str, factory: Callable[..., Backbone], *, source: str = "registered", note: str = "",
+    name: str,
+    factory: Callable[..., Backbone],
+    *,
+    source: str = "registered",
+    note: str = "",
     license: License | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Register ``factory(name=..., pooling=...)`` under ``name``; ``source`` is what the built
     backbone records as its source, so a stored column rebuilds through the same entry;
     ``license`` (name, gated) is recorded in the column metadata of what it embeds."""
@@ -388,8 +392,12 @@ def register_backbone(
 
 def hub_license(hub_id: str) -> License | None:
     """The licence of a registered short name's hub weights (checked on their model cards)."""
-    for prefix, family in (("facebook/dinov3-", "dinov3_vit"), ("facebook/dinov2", "dinov2"),
-                           ("google/siglip2-", "siglip2"), ("google/siglip-", "siglip")):  # fmt: skip
+    for prefix, family in (
+        ("facebook/dinov3-", "dinov3_vit"),
+        ("facebook/dinov2", "dinov2"),
+        ("google/siglip2-", "siglip2"),
+        ("google/siglip-", "siglip"),
+    ):
         if hub_id.startswith(prefix):
             return FAMILY_LICENSES[family]
     if hub_id.startswith("google/vit-"):

@@ -105,8 +105,9 @@ def near_duplicate_pairs(
     if self_join:
         rows, j, s = unique_pairs(rows, j, s)
     order = np.argsort(-s, kind="stable")
-    return NearPairs(rows[order], j[order], s[order].astype(np.float32), saturated,
-                     index.kind_ or index.kind)  # fmt: skip
+    return NearPairs(
+        rows[order], j[order], s[order].astype(np.float32), saturated, index.kind_ or index.kind
+    )
 
 
 def self_join_index(
@@ -321,23 +322,43 @@ def find_duplicates(
     pair_objs = []
     leakage = dict.fromkeys(LEAK_KINDS, 0)
     held_out: set[int] = set()
-    for a, b, s in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(),
-                       strict=True):  # fmt: skip
+    for a, b, s in zip(
+        pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(), strict=True
+    ):
         leaks = leaks_of_pair(rows[a], rows[b])
         for kind_ in leaks:
             leakage[kind_] += 1
         if "holdout" in leaks:
             held_out.add(a if rows[a].get("fold") == HOLDOUT else b)
-        pair_objs.append(DuplicatePair(rows[a]["id"], rows[b]["id"], round(float(s), 4), leaks,
-                                       rows[a].get("path"), rows[b].get("path")))  # fmt: skip
+        pair_objs.append(
+            DuplicatePair(
+                rows[a]["id"],
+                rows[b]["id"],
+                round(float(s), 4),
+                leaks,
+                rows[a].get("path"),
+                rows[b].get("path"),
+            )
+        )
     groups = _groups(X, rows, pairs, pair_objs)
     res = DuplicatesResult(
-        store=str(st.path), backbone=info.backbone, column=info.column, threshold=threshold, k=k,
-        index=pairs.index, images=n, pairs_found=len(pair_objs), groups_found=len(groups),
-        images_in_groups=sum(g.size for g in groups), leakage=leakage,
-        holdout_images=len(held_out), groups=groups,
-        leaking_pairs=[p for p in pair_objs if p.leaks], notes=notes, pairs=pair_objs,
-    )  # fmt: skip
+        store=str(st.path),
+        backbone=info.backbone,
+        column=info.column,
+        threshold=threshold,
+        k=k,
+        index=pairs.index,
+        images=n,
+        pairs_found=len(pair_objs),
+        groups_found=len(groups),
+        images_in_groups=sum(g.size for g in groups),
+        leakage=leakage,
+        holdout_images=len(held_out),
+        groups=groups,
+        leaking_pairs=[p for p in pair_objs if p.leaks],
+        notes=notes,
+        pairs=pair_objs,
+    )
     out_dir = Path(out) if out is not None else st.path / "duplicates"
     out_dir.mkdir(parents=True, exist_ok=True)
     res.csv = str(_write_csv(out_dir / "duplicates.csv", pairs, rows, groups))
@@ -355,8 +376,9 @@ def _rows(t: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _groups(X: np.ndarray, rows: list[dict[str, Any]], pairs: NearPairs,
-            pair_objs: list[DuplicatePair]) -> list[DuplicateGroup]:  # fmt: skip
+def _groups(
+    X: np.ndarray, rows: list[dict[str, Any]], pairs: NearPairs, pair_objs: list[DuplicatePair]
+) -> list[DuplicateGroup]:
     comps = star_groups(pairs.first, pairs.second, pairs.similarity)
     group_of = {int(m): g for g, comp in enumerate(comps) for m in comp}
     best = [0.0] * len(comps)
@@ -371,15 +393,20 @@ def _groups(X: np.ndarray, rows: list[dict[str, Any]], pairs: NearPairs,
     for g, comp in enumerate(comps):
         V = l2_normalize(X[comp])  # (m, d)
         sim0 = (V @ V[0]).tolist()
-        out.append(DuplicateGroup(
-            group=0, size=len(comp), similarity=round(best[g], 4),
-            leaks=[k for k in LEAK_KINDS if k in leaks[g]],
-            ids=[rows[m]["id"] for m in comp], paths=[rows[m].get("path") for m in comp],
-            labels=[rows[m].get("label") for m in comp],
-            splits=[rows[m].get("split") for m in comp],
-            folds=[rows[m].get("fold") for m in comp],
-            similarity_to_first=[round(float(s), 4) for s in sim0],
-        ))  # fmt: skip
+        out.append(
+            DuplicateGroup(
+                group=0,
+                size=len(comp),
+                similarity=round(best[g], 4),
+                leaks=[k for k in LEAK_KINDS if k in leaks[g]],
+                ids=[rows[m]["id"] for m in comp],
+                paths=[rows[m].get("path") for m in comp],
+                labels=[rows[m].get("label") for m in comp],
+                splits=[rows[m].get("split") for m in comp],
+                folds=[rows[m].get("fold") for m in comp],
+                similarity_to_first=[round(float(s), 4) for s in sim0],
+            )
+        )
     out.sort(key=lambda d: (_severity(d.leaks), -d.similarity, -d.size))
     for i, d in enumerate(out, 1):
         d.group = i
@@ -391,26 +418,37 @@ def _severity(leaks: list[str]) -> int:
     return 0 if set(leaks) - {"fold"} else (1 if leaks else 2)
 
 
-def _write_csv(path: Path, pairs: NearPairs, rows: list[dict[str, Any]],
-               groups: list[DuplicateGroup]) -> Path:  # fmt: skip
+def _write_csv(
+    path: Path, pairs: NearPairs, rows: list[dict[str, Any]], groups: list[DuplicateGroup]
+) -> Path:
     group_of = {i: g.group for g in groups for i in g.ids}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         side = ("id", "path", "label", "split", "fold")
-        w.writerow(["group", "similarity", *(f"{c}_a" for c in side), *(f"{c}_b" for c in side),
-                    "leaks"])  # fmt: skip
-        for a, b, s in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(),
-                           strict=True):  # fmt: skip
+        w.writerow(
+            ["group", "similarity", *(f"{c}_a" for c in side), *(f"{c}_b" for c in side), "leaks"]
+        )
+        for a, b, s in zip(
+            pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(), strict=True
+        ):
             ra, rb = rows[a], rows[b]
-            w.writerow([group_of.get(ra["id"]), f"{s:.4f}", *(ra.get(c) for c in side),
-                        *(rb.get(c) for c in side), ";".join(leaks_of_pair(ra, rb))])  # fmt: skip
+            w.writerow(
+                [
+                    group_of.get(ra["id"]),
+                    f"{s:.4f}",
+                    *(ra.get(c) for c in side),
+                    *(rb.get(c) for c in side),
+                    ";".join(leaks_of_pair(ra, rb)),
+                ]
+            )
     os.replace(tmp, path)
     return path
 
 
-def _plot_groups(path: Path, groups: list[DuplicateGroup], rows: list[dict[str, Any]],
-                 res: DuplicatesResult) -> Path:  # fmt: skip
+def _plot_groups(
+    path: Path, groups: list[DuplicateGroup], rows: list[dict[str, Any]], res: DuplicatesResult
+) -> Path:
     by_id = {r["id"]: r for r in rows}
     sheet = []
     for g in groups:
@@ -422,18 +460,26 @@ def _plot_groups(path: Path, groups: list[DuplicateGroup], rows: list[dict[str, 
             r = by_id[g.ids[i]]
             part = _part(g.splits[i], g.folds[i])
             held = g.folds[i] == HOLDOUT or g.splits[i] == "test"
-            tiles.append(Tile(
-                load_thumbnail(r.get("root"), r.get("path")),
-                [str(g.labels[i]), part, "first" if i == 0 else f"sim {g.similarity_to_first[i]:.3f}"],
-                _HELD_OUT_COLOR if held else _TRAIN_COLOR,
-            ))  # fmt: skip
+            tiles.append(
+                Tile(
+                    load_thumbnail(r.get("root"), r.get("path")),
+                    [
+                        str(g.labels[i]),
+                        part,
+                        "first" if i == 0 else f"sim {g.similarity_to_first[i]:.3f}",
+                    ],
+                    _HELD_OUT_COLOR if held else _TRAIN_COLOR,
+                )
+            )
         sheet.append((head, tiles))
     if not sheet:
         sheet = [(f"no near-duplicates at similarity >= {res.threshold}", [])]
     leak = ", ".join(f"{k} {v}" for k, v in res.leakage.items() if v) or "none"
-    title = (f"{res.groups_found} near-duplicate groups ({res.pairs_found} pairs, cosine >= "
-             f"{res.threshold}) in {res.images} images; leaking pairs: {leak}. "
-             "Orange border: held-out / test; blue: training")  # fmt: skip
+    title = (
+        f"{res.groups_found} near-duplicate groups ({res.pairs_found} pairs, cosine >= "
+        f"{res.threshold}) in {res.images} images; leaking pairs: {leak}. "
+        "Orange border: held-out / test; blue: training"
+    )
     return contact_sheet(sheet, path, title=title)
 
 

@@ -178,14 +178,23 @@ def embed_inputs(
     for j, q in enumerate(inputs):
         if j not in res.errors and q.data is None and not all(h[j] for h in have.values()):
             res.errors[j] = (
-                "no stored image has this id (and no such file)" if not res.in_store[j] else
-                "the stored image has no " + ", ".join(_name(c, columns[c]) for c in columns if not have[c][j]) + " embedding"
-                + (f"; add the views with `embedstore ingest IMAGES_DIR --store {store.path if store else 'STORE'} --views ...`"
-                   if any("view" in columns[c] and not have[c][j] for c in columns) else "")
-            )  # fmt: skip
+                "no stored image has this id (and no such file)"
+                if not res.in_store[j]
+                else "the stored image has no "
+                + ", ".join(_name(c, columns[c]) for c in columns if not have[c][j])
+                + " embedding"
+                + (
+                    f"; add the views with `embedstore ingest IMAGES_DIR --store {store.path if store else 'STORE'} --views ...`"
+                    if any("view" in columns[c] and not have[c][j] for c in columns)
+                    else ""
+                )
+            )
     # 2. decode the rest once, then embed with each recorded backbone
-    todo = [j for j, q in enumerate(inputs) if j not in res.errors and q.data is not None
-            and not all(h[j] for h in have.values())]  # fmt: skip
+    todo = [
+        j
+        for j, q in enumerate(inputs)
+        if j not in res.errors and q.data is not None and not all(h[j] for h in have.values())
+    ]
     images: dict[int, Any] = {}
     for j in todo:
         try:

@@ -138,12 +138,20 @@ def split(
     arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
     counts = {int(k): int(v) for k, v in sorted(Counter(fold[mask].tolist()).items())}
     summary = SplitSummary(
-        folds=folds if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes) else 1,
-        holdout=holdout, group_by=group_by, seed=seed, use_split_column=use_split_column,
+        folds=folds
+        if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes)
+        else 1,
+        holdout=holdout,
+        group_by=group_by,
+        seed=seed,
+        use_split_column=use_split_column,
         images_per_fold={str(k): v for k, v in counts.items() if k >= 0},
-        holdout_images=counts.get(HOLDOUT, 0), always_train_images=counts.get(ALWAYS_TRAIN, 0),
-        small_classes=small_classes, unlabelled=int((~labelled).sum()), notes=notes,
-    )  # fmt: skip
+        holdout_images=counts.get(HOLDOUT, 0),
+        always_train_images=counts.get(ALWAYS_TRAIN, 0),
+        small_classes=small_classes,
+        unlabelled=int((~labelled).sum()),
+        notes=notes,
+    )
     with st.writing("embedstore split"):
         # The summary first, marked unfinished, then the column (one commit), then the summary
         # marked done: a split killed in between reads as interrupted (info says so), never as

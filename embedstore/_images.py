@@ -98,9 +98,13 @@ def _not_regular(mode: int) -> str | None:
     """Why a file of this mode is never opened (None for a regular file)."""
     if stat.S_ISREG(mode):
         return None
-    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISDIR, "a folder"))  # fmt: skip
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    )
     kind = next((k for is_kind, k in kinds if is_kind(mode)), "a special file")
     return f"not a regular file: {kind} (after resolving links)"
 

@@ -213,7 +213,14 @@ def _build_summary(
     st: Store, info: EmbeddingInfo, meta: dict[str, Any], path: Path, *, built: bool, t0: float
 ) -> IndexSummary:
     return IndexSummary(
-        backbone=info.backbone, column=info.column, kind=meta["kind"], ntotal=meta["ntotal"],
-        dim=meta["dim"], nlist=meta.get("nlist"), store_version=meta["store"]["version"],
-        path=str(path), built=built, seconds=round(time.perf_counter() - t0, 3),
-    )  # fmt: skip
+        backbone=info.backbone,
+        column=info.column,
+        kind=meta["kind"],
+        ntotal=meta["ntotal"],
+        dim=meta["dim"],
+        nlist=meta.get("nlist"),
+        store_version=meta["store"]["version"],
+        path=str(path),
+        built=built,
+        seconds=round(time.perf_counter() - t0, 3),
+    )

@@ -45,8 +45,15 @@ from embedstore._results import Result
 from embedstore._store import Store, connect
 from embedstore._views import expand_views, make_view, view_column, view_describe
 
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 # Reasons of files skipped without being read (they do not make an ingest fail).
@@ -99,9 +106,14 @@ class _Work:
 class _DecodeDataset(torch.utils.data.Dataset):
     """Reads, hashes, decodes and preprocesses one file per item (runs in worker processes)."""
 
-    def __init__(self, work: list[_Work], preprocs: list[Preprocess], max_pixels: int,
-                 views: list[tuple[str, ...]] | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:  # fmt: skip
+    def __init__(
+        self,
+        work: list[_Work],
+        preprocs: list[Preprocess],
+        max_pixels: int,
+        views: list[tuple[str, ...]] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.work, self.preprocs, self.max_pixels = work, preprocs, max_pixels
         self.views, self.max_bytes = views, max_bytes
 
@@ -111,15 +123,27 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         w = self.work[i]
         return {
-            "i": i, **decode_file(w.path, w.known_id, self.preprocs, self.max_pixels, self.views,
-                                  max_bytes=self.max_bytes)
-        }  # fmt: skip
+            "i": i,
+            **decode_file(
+                w.path,
+                w.known_id,
+                self.preprocs,
+                self.max_pixels,
+                self.views,
+                max_bytes=self.max_bytes,
+            ),
+        }
 
 
 def decode_file(
-    path: str, known_id: str | None, preprocs: list[Preprocess], max_pixels: int,
-    views: list[tuple[str, ...]] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
-) -> dict[str, Any]:  # fmt: skip
+    path: str,
+    known_id: str | None,
+    preprocs: list[Preprocess],
+    max_pixels: int,
+    views: list[tuple[str, ...]] | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
     """Read, hash (unless ``known_id``), decode and preprocess one file: ``{"id", "arrays",
     "size", "bytes"}``, or ``{"error": reason}`` (the reason recorded for a skipped file).
     ``views[k]`` (embedstore._views) are made for ``preprocs[k]`` from the same decoded image:
@@ -130,8 +154,11 @@ def decode_file(
         image_id = known_id or hash_bytes(data)
         im = decode_image(data, max_pixels)
         vs = views or [()] * len(preprocs)
-        arrays = [a for p, pv in zip(preprocs, vs, strict=True)
-                  for a in (p(im), *(make_view(im, v, p) for v in pv))]  # fmt: skip
+        arrays = [
+            a
+            for p, pv in zip(preprocs, vs, strict=True)
+            for a in (p(im), *(make_view(im, v, p) for v in pv))
+        ]
         return {"id": image_id, "arrays": arrays, "size": im.size, "bytes": len(data)}
     except ImageError as e:
         return {"error": str(e)}
@@ -259,21 +286,34 @@ def ingest(
         # ---- decode in workers, embed, commit in chunks
         preprocs = list(dict.fromkeys(m.preprocess for m in models))
         pre_of = [preprocs.index(m.preprocess) for m in models]
-        pre_views = [tuple(dict.fromkeys(v for m, q in zip(models, pre_of, strict=True) if q == k
-                                         for v in plan.views.get(m.name, [])))
-                     for k in range(len(preprocs))]  # fmt: skip
+        pre_views = [
+            tuple(
+                dict.fromkeys(
+                    v
+                    for m, q in zip(models, pre_of, strict=True)
+                    if q == k
+                    for v in plan.views.get(m.name, [])
+                )
+            )
+            for k in range(len(preprocs))
+        ]
         n_workers = _default_workers() if workers is None else max(0, workers)
         n_workers = min(n_workers, -(-len(work) // batch_size))  # none idle; none for no work
         if "fork" not in multiprocessing.get_all_start_methods():
             n_workers = 0  # spawn would re-import the caller's script: decode in this process
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset(work, preprocs, max_pixels, pre_views, max_bytes), batch_size=batch_size, shuffle=False,
-            num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
-            prefetch_factor=4 if n_workers else None, persistent_workers=False,
+            _DecodeDataset(work, preprocs, max_pixels, pre_views, max_bytes),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=n_workers,
+            collate_fn=_collate,
+            pin_memory=dev.type == "cuda",
+            prefetch_factor=4 if n_workers else None,
+            persistent_workers=False,
             # fork: workers start from this process as it is, so a plain script without an
             # `if __name__ == "__main__"` guard works (spawn would re-run the script in each worker)
             multiprocessing_context="fork" if n_workers else None,
-        )  # fmt: skip
+        )
         stats = Counter()
         pending = _Pending()
         seen_this_run: set[str] = set()
@@ -320,14 +360,35 @@ def ingest(
                         continue
                     embed_rows.append(k)
                 if embed_rows:
-                    _embed_rows(batch, embed_rows, models, pre_of, pre_views, plan, dtype, root,
-                                pending, stats)  # fmt: skip
+                    _embed_rows(
+                        batch,
+                        embed_rows,
+                        models,
+                        pre_of,
+                        pre_views,
+                        plan,
+                        dtype,
+                        root,
+                        pending,
+                        stats,
+                    )
                 bar.update(len(batch["ok"]) + len(batch["errors"]))
                 if pending.size() >= commit_every:
-                    _commit(st, root, pending, models, dtype, meta_cols, skipped, store_ids, have,
-                            plan.views)  # fmt: skip
-            _commit(st, root, pending, models, dtype, meta_cols, skipped, store_ids, have,
-                    plan.views)  # fmt: skip
+                    _commit(
+                        st,
+                        root,
+                        pending,
+                        models,
+                        dtype,
+                        meta_cols,
+                        skipped,
+                        store_ids,
+                        have,
+                        plan.views,
+                    )
+            _commit(
+                st, root, pending, models, dtype, meta_cols, skipped, store_ids, have, plan.views
+            )
         finally:
             bar.close()
         st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
@@ -339,8 +400,16 @@ def ingest(
         return summary
 
 
-def summarize(st: Store, root: Path, t0: float, plan: IngestPlan, stats: Counter,
-              models: list[Backbone], device: str, engine: str = "local") -> IngestSummary:  # fmt: skip
+def summarize(
+    st: Store,
+    root: Path,
+    t0: float,
+    plan: IngestPlan,
+    stats: Counter,
+    models: list[Backbone],
+    device: str,
+    engine: str = "local",
+) -> IngestSummary:
     """The :class:`IngestSummary` of a finished ingest (any engine) from its plan and counts."""
     seconds = time.perf_counter() - t0
     total_in_store = st.count()
@@ -349,17 +418,31 @@ def summarize(st: Store, root: Path, t0: float, plan: IngestPlan, stats: Counter
     # Success unless none of this folder's image files is usable (all skipped, or none supported).
     failed = sum(1 for s in skipped if not s["reason"].startswith(_NOT_READ))
     return IngestSummary(
-        root=str(root), store=str(st.path), files_found=len(plan.found), new_images=stats["new"],
-        already_stored=len(plan.unchanged_ids) + stats["rechecked"], duplicates=stats["duplicates"],
-        embedded={m.name: stats[f"embedded:{m.name}"] for m in models}, skipped=len(skipped),
-        skipped_by_reason=dict(run_skips), skipped_file=str(st.path / "skipped.csv"),
-        warnings=plan.warnings, images_in_store=total_in_store, store_version=st.version,
-        device=device, runtimes={m.name: m.runtime for m in models}, seconds=round(seconds, 2),
+        root=str(root),
+        store=str(st.path),
+        files_found=len(plan.found),
+        new_images=stats["new"],
+        already_stored=len(plan.unchanged_ids) + stats["rechecked"],
+        duplicates=stats["duplicates"],
+        embedded={m.name: stats[f"embedded:{m.name}"] for m in models},
+        skipped=len(skipped),
+        skipped_by_reason=dict(run_skips),
+        skipped_file=str(st.path / "skipped.csv"),
+        warnings=plan.warnings,
+        images_in_store=total_in_store,
+        store_version=st.version,
+        device=device,
+        runtimes={m.name: m.runtime for m in models},
+        seconds=round(seconds, 2),
         images_per_s=round(len(plan.work) / seconds, 1) if seconds > 0 else None,
-        ok=total_in_store > 0 and len(plan.supported) > failed, engine=engine,
-        views={m.name: {v: stats[f"view:{m.name}:{v}"] for v in plan.views[m.name]}
-               for m in models if plan.views.get(m.name)},
-    )  # fmt: skip
+        ok=total_in_store > 0 and len(plan.supported) > failed,
+        engine=engine,
+        views={
+            m.name: {v: stats[f"view:{m.name}:{v}"] for v in plan.views[m.name]}
+            for m in models
+            if plan.views.get(m.name)
+        },
+    )
 
 
 def check_folder(images_dir: str | os.PathLike, batch_size: int, dtype: str) -> Path:
@@ -416,8 +499,15 @@ class IngestPlan:
     views: dict[str, list[str]] = field(default_factory=dict)
 
 
-def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, meta: Any,
-                label_column: str | None, views: list[str] | tuple[str, ...] = ()) -> IngestPlan:  # fmt: skip
+def plan_ingest(
+    st: Store,
+    root: Path,
+    models: list[Backbone],
+    dtype: EmbDtype,
+    meta: Any,
+    label_column: str | None,
+    views: list[str] | tuple[str, ...] = (),
+) -> IngestPlan:
     """Scan ``root``, label and join metadata, and compare with the store: an :class:`IngestPlan`.
 
     Adds the (empty) embedding columns the store lacks and refreshes the metadata of images
@@ -427,11 +517,13 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
     supported = [f for f in found if f.supported and f.skip is None]
     skipped: list[dict[str, Any]] = [
         {"root": str(root), "rel": f.rel, "reason": f"unsupported format ({Path(f.rel).suffix})"}
-        for f in found if not f.supported
+        for f in found
+        if not f.supported
     ] + [
         {"root": str(root), "rel": f.rel, "reason": f.skip}  # a FIFO, a device: never opened
-        for f in found if f.supported and f.skip is not None
-    ]  # fmt: skip
+        for f in found
+        if f.supported and f.skip is not None
+    ]
     if not found:
         raise IngestError(
             f"{root}: no image files found (looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
@@ -489,13 +581,30 @@ def plan_ingest(st: Store, root: Path, models: list[Backbone], dtype: EmbDtype, 
             st, index, store_ids, rel_pos, labels_split, meta_cols, label_column
         )
 
-    return IngestPlan(found, supported, skipped, labels_split, meta_cols, warnings, rel_pos,
-                      store_ids, have, work, unchanged_ids, views_of)  # fmt: skip
+    return IngestPlan(
+        found,
+        supported,
+        skipped,
+        labels_split,
+        meta_cols,
+        warnings,
+        rel_pos,
+        store_ids,
+        have,
+        work,
+        unchanged_ids,
+        views_of,
+    )
 
 
-def _plan_views(st: Store, infos: dict[str, Any], models: list[Backbone], dtype: EmbDtype,
-                views: list[str] | tuple[str, ...],
-                have: dict[str, set[str]]) -> dict[str, list[str]]:  # fmt: skip
+def _plan_views(
+    st: Store,
+    infos: dict[str, Any],
+    models: list[Backbone],
+    dtype: EmbDtype,
+    views: list[str] | tuple[str, ...],
+    have: dict[str, set[str]],
+) -> dict[str, list[str]]:
     """Each backbone's views: those the store holds already (so new images get them too), then
     those asked for. Adds their columns, records them on the main column and fills ``have``."""
     out: dict[str, list[str]] = {}
@@ -512,8 +621,9 @@ def _plan_views(st: Store, infos: dict[str, Any], models: list[Backbone], dtype:
     return out
 
 
-def _precision_warnings(infos: dict[str, Any], models: list[Backbone],
-                        have: dict[str, set[str]]) -> list[str]:  # fmt: skip
+def _precision_warnings(
+    infos: dict[str, Any], models: list[Backbone], have: dict[str, set[str]]
+) -> list[str]:
     """A warning for each column whose stored rows and new rows differ in precision (int8 from
     ``onnx-int8`` against float32 from torch or onnx): allowed, but no longer one precision."""
     out = []
@@ -536,9 +646,18 @@ def _missing(image_id: str, have: dict[str, set[str]]) -> bool:
     return any(image_id not in ids for ids in have.values())
 
 
-def _embed_rows(batch: dict[str, Any], rows: list[int], models: list[Backbone], pre_of: list[int],
-                pre_views: list[tuple[str, ...]], plan: IngestPlan, dtype: str, root: Path,
-                pending: _Pending, stats: Counter) -> None:  # fmt: skip
+def _embed_rows(
+    batch: dict[str, Any],
+    rows: list[int],
+    models: list[Backbone],
+    pre_of: list[int],
+    pre_views: list[tuple[str, ...]],
+    plan: IngestPlan,
+    dtype: str,
+    root: Path,
+    pending: _Pending,
+    stats: Counter,
+) -> None:
     """The forward passes for ``rows`` (positions in ``batch["ok"]``): each backbone's main
     embedding and each of its views, only for the images that lack it (so adding views to a
     store embeds only the views), then the new rows and the updates of stored ones."""
@@ -566,15 +685,29 @@ def _embed_rows(batch: dict[str, Any], rows: list[int], models: list[Backbone], 
         bad = [c for c, e in row_embs.items() if not np.isfinite(e).all()]
         if bad:
             name, v = key_of[bad[0]]
-            plan.skipped.append({"root": str(root), "rel": w.rel, "reason": f"backbone {name} gave "
-                                 f"a non-finite embedding{f' (view {v})' if v else ''}"})  # fmt: skip
+            plan.skipped.append(
+                {
+                    "root": str(root),
+                    "rel": w.rel,
+                    "reason": f"backbone {name} gave "
+                    f"a non-finite embedding{f' (view {v})' if v else ''}",
+                }
+            )
             continue
         if it["id"] not in plan.store_ids:
             pos = plan.rel_pos[w.rel]
             label, split = plan.labels_split[pos]
-            row = {"id": it["id"], "path": w.rel, "paths": [w.rel], "root": str(root),
-                   "label": label, "split": split, "width": it["size"][0],
-                   "height": it["size"][1], "bytes": it["bytes"]}  # fmt: skip
+            row = {
+                "id": it["id"],
+                "path": w.rel,
+                "paths": [w.rel],
+                "root": str(root),
+                "label": label,
+                "split": split,
+                "width": it["size"][0],
+                "height": it["size"][1],
+                "bytes": it["bytes"],
+            }
             pending.new.append((row, pos, row_embs))
             stats["new"] += 1
         for c, e in row_embs.items():
@@ -622,9 +755,18 @@ class _Pending:
         self.skipped_from = skipped_from
 
 
-def _commit(st: Store, root: Path, p: _Pending, models: list[Backbone], dtype: str,
-            meta_cols: dict[str, pa.Array], skipped: list[dict], store_ids: set[str],
-            have: dict[str, set[str]], views: dict[str, list[str]] | None = None) -> None:  # fmt: skip
+def _commit(
+    st: Store,
+    root: Path,
+    p: _Pending,
+    models: list[Backbone],
+    dtype: str,
+    meta_cols: dict[str, pa.Array],
+    skipped: list[dict],
+    store_ids: set[str],
+    have: dict[str, set[str]],
+    views: dict[str, list[str]] | None = None,
+) -> None:
     """Write one chunk: images, then embeddings of old images, then paths, then file records.
     ``views`` (backbone name -> view names) adds each backbone's view columns."""
     views = views or {}

@@ -157,9 +157,14 @@ def lookup(
 
     # Query vectors (Nq, D): stored rows reused, new files embedded.
     batch = embed_inputs(
-        st, inputs, {info.column: {**info.describe, "dim": info.dim}}, device=dev,
-        runtime=runtime, backbones=backbones, resident=resident,
-    )  # fmt: skip
+        st,
+        inputs,
+        {info.column: {**info.describe, "dim": info.dim}},
+        device=dev,
+        runtime=runtime,
+        backbones=backbones,
+        resident=resident,
+    )
     for j, reason in sorted(batch.errors.items()):
         raise StoreError(f"{inputs[j].name}: {reason}")
     notes += batch.warnings
@@ -194,10 +199,18 @@ def lookup(
         )
         results.append(QueryResult(q.name, q.id, bool(batch.in_store[qi]), neighbors, v))
     return LookupResult(
-        store=str(st.path), backbone=info.backbone, column=info.column, k=k, where=where,
-        store_version=st.version, used_index=saved is not None, index_kind=search_index.kind_,
-        index_stale=stale, warnings=notes, results=results,
-    )  # fmt: skip
+        store=str(st.path),
+        backbone=info.backbone,
+        column=info.column,
+        k=k,
+        where=where,
+        store_version=st.version,
+        used_index=saved is not None,
+        index_kind=search_index.kind_,
+        index_stale=stale,
+        warnings=notes,
+        results=results,
+    )
 
 
 def vote(

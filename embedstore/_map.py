@@ -96,15 +96,42 @@ def map_store(
     notes: list[str] = []
     used = _method(method, len(X), notes)
     Y = umap_2d(X, n_neighbors, min_dist, seed) if used == "umap" else pca(l2_normalize(X), 2)
-    st.update_columns(list(t["id"]), {c: pa.array(Y[:, i], pa.float32())
-                                      for i, c in enumerate(MAP_COLUMNS)})  # fmt: skip
-    st.set_table_metadata({"map": {"backbone": info.backbone, "column": info.column,
-                                   "method": used, "images": len(X), "seed": seed}})  # fmt: skip
+    st.update_columns(
+        list(t["id"]), {c: pa.array(Y[:, i], pa.float32()) for i, c in enumerate(MAP_COLUMNS)}
+    )
+    st.set_table_metadata(
+        {
+            "map": {
+                "backbone": info.backbone,
+                "column": info.column,
+                "method": used,
+                "images": len(X),
+                "seed": seed,
+            }
+        }
+    )
     png = Path(out) if out is not None else st.path / "map.png"
-    legend = plot_map(Y, t[color], color, png, top=top,
-                      title=f"{st.path.name}: {len(X)} images, {info.backbone}, {used.upper()}")  # fmt: skip
-    return MapResult(str(st.path), info.backbone, used, color, len(X), list(MAP_COLUMNS),
-                     str(png), legend, st.version, round(time.perf_counter() - t0, 3), notes)  # fmt: skip
+    legend = plot_map(
+        Y,
+        t[color],
+        color,
+        png,
+        top=top,
+        title=f"{st.path.name}: {len(X)} images, {info.backbone}, {used.upper()}",
+    )
+    return MapResult(
+        str(st.path),
+        info.backbone,
+        used,
+        color,
+        len(X),
+        list(MAP_COLUMNS),
+        str(png),
+        legend,
+        st.version,
+        round(time.perf_counter() - t0, 3),
+        notes,
+    )
 
 
 def _method(method: str, n: int, notes: list[str]) -> str:
@@ -144,8 +171,13 @@ def umap_2d(
     except ImportError as e:
         raise ImportError(_UMAP_HINT) from e
     Z = pca(l2_normalize(X), UMAP_INPUT_DIMS)  # (N, <=50)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(Z) - 1),
-                        min_dist=min_dist, random_state=seed, n_jobs=1)  # fmt: skip
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, len(Z) - 1),
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state" and such
         return np.asarray(reducer.fit_transform(Z), dtype=np.float32)
@@ -159,8 +191,15 @@ def _display(value: Any, column: str) -> str:
     return str(value)
 
 
-def plot_map(Y: np.ndarray, values: np.ndarray, column: str, path: str | os.PathLike, *,
-             top: int = 10, title: str = "") -> list[dict[str, Any]]:  # fmt: skip
+def plot_map(
+    Y: np.ndarray,
+    values: np.ndarray,
+    column: str,
+    path: str | os.PathLike,
+    *,
+    top: int = 10,
+    title: str = "",
+) -> list[dict[str, Any]]:
     """Scatter ``Y`` (N, 2) coloured by ``values``: the ``top`` most frequent values named, the
     rest grey; numbers with many distinct values get a colour bar. Returns the legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -190,22 +229,46 @@ def plot_map(Y: np.ndarray, values: np.ndarray, column: str, path: str | os.Path
         if rest.any():
             none = names == "(none)"
             n_other = len([u for u in uniq if u not in named and u != "(none)"])
-            for mask, col, label in ((rest & ~none, _GREY, f"other ({n_other} values)"),
-                                     (none, _NONE_GREY, "(none)")):  # fmt: skip
+            for mask, col, label in (
+                (rest & ~none, _GREY, f"other ({n_other} values)"),
+                (none, _NONE_GREY, "(none)"),
+            ):
                 if mask.any():
-                    ax.scatter(Y[mask, 0], Y[mask, 1], s=size, c=col, alpha=alpha, linewidths=0,
-                               label=f"{label}: {int(mask.sum())}")  # fmt: skip
+                    ax.scatter(
+                        Y[mask, 0],
+                        Y[mask, 1],
+                        s=size,
+                        c=col,
+                        alpha=alpha,
+                        linewidths=0,
+                        label=f"{label}: {int(mask.sum())}",
+                    )
                     legend.append({"value": label, "count": int(mask.sum()), "color": col})
         for name, col in zip(named, palette, strict=True):
             m = names == name
-            ax.scatter(Y[m, 0], Y[m, 1], s=size, color=col, alpha=alpha, linewidths=0,
-                       label=f"{name}: {int(m.sum())}")  # fmt: skip
+            ax.scatter(
+                Y[m, 0],
+                Y[m, 1],
+                s=size,
+                color=col,
+                alpha=alpha,
+                linewidths=0,
+                label=f"{name}: {int(m.sum())}",
+            )
             legend.append({"value": name, "count": int(m.sum()), "color": col})
         handles, labels = ax.get_legend_handles_labels()
         k = len(legend) - len(named)  # the grey entries were drawn first, underneath
         handles, labels = handles[k:] + handles[:k], labels[k:] + labels[:k]  # named first
-        ax.legend(handles, labels, title=column, loc="center left", bbox_to_anchor=(1.01, 0.5),
-                  fontsize=9, markerscale=max(1.0, 6 / max(size, 0.1) ** 0.5), frameon=False)  # fmt: skip
+        ax.legend(
+            handles,
+            labels,
+            title=column,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize=9,
+            markerscale=max(1.0, 6 / max(size, 0.1) ** 0.5),
+            frameon=False,
+        )
         legend.sort(key=lambda d: (d["color"] in (_GREY, _NONE_GREY), -d["count"]))
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("map_x")

@@ -34,9 +34,21 @@ RESERVED = frozenset(
     }
 )
 _JOIN_CANDIDATES = (
-    "path", "relpath", "rel_path", "image_path", "filepath", "file_path", "file", "filename",
-    "file_name", "image", "image_name", "image_id", "imageid", "id",
-)  # fmt: skip
+    "path",
+    "relpath",
+    "rel_path",
+    "image_path",
+    "filepath",
+    "file_path",
+    "file",
+    "filename",
+    "file_name",
+    "image",
+    "image_name",
+    "image_id",
+    "imageid",
+    "id",
+)
 _DATE_NAME = re.compile(r"(^|_)(date|datetime|time|timestamp|observed_on|eventdate)($|_)", re.I)
 _LAT_NAMES = {"lat", "latitude", "decimallatitude"}
 _LON_NAMES = {"lon", "lng", "long", "longitude", "decimallongitude"}
@@ -131,10 +143,15 @@ def store_column_names(
     out: dict[str, str] = {}
     warnings: list[str] = []
     for n in names:
-        why = ("a column the store writes itself" if n in RESERVED else
-               f"names starting with {EMB_PREFIX} are embedding columns"
-               if n.startswith(EMB_PREFIX) else
-               "names starting with _ are Lance's own" if n.startswith("_") else None)  # fmt: skip
+        why = (
+            "a column the store writes itself"
+            if n in RESERVED
+            else f"names starting with {EMB_PREFIX} are embedding columns"
+            if n.startswith(EMB_PREFIX)
+            else "names starting with _ are Lance's own"
+            if n.startswith("_")
+            else None
+        )
         new = n if why is None else "meta_" + n.lstrip("_")
         if why is not None:
             warnings.append(f"{Path(file).name}: column {n!r} is stored as {new!r} ({why})")

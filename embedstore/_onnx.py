@@ -397,11 +397,18 @@ def _export(backbone: Backbone, folder: Path, key: dict[str, Any]) -> None:
     try:
         with _quiet():
             torch.onnx.export(
-                module, (example,), str(raw / MODEL_FILE),
-                input_names=["images"], output_names=["embeddings"], opset_version=OPSET,
-                dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
-                external_data=True, optimize=True, verbose=False,
-            )  # fmt: skip
+                module,
+                (example,),
+                str(raw / MODEL_FILE),
+                input_names=["images"],
+                output_names=["embeddings"],
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                external_data=True,
+                optimize=True,
+                verbose=False,
+            )
             if fused is not None:
                 fusions = _optimize(raw / MODEL_FILE, folder / MODEL_FILE, **fused[1])
                 shutil.rmtree(raw)
@@ -444,10 +451,14 @@ def _quantize(backbone: Backbone, source: Path, folder: Path, key: dict[str, Any
     try:
         with _quiet():
             quantize_dynamic(
-                source, folder / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["MatMul", "Attention"], use_external_data_format=True,
+                source,
+                folder / MODEL_FILE,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul", "Attention"],
+                use_external_data_format=True,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )  # fmt: skip
+            )
     except Exception as e:  # noqa: BLE001 - the quantiser raises many types; all mean "cannot"
         raise BackboneError(
             f"cannot quantise the ONNX export of {backbone.name} to int8 ({_first_line(e)}); use "
@@ -462,18 +473,35 @@ def _quantize(backbone: Backbone, source: Path, folder: Path, key: dict[str, Any
             "--runtime onnx"
         )
     check = _compare(backbone, folder / MODEL_FILE, backbone.preprocess.crop_px, MIN_COSINE_INT8)
-    _write_manifest(folder, key, check, time.perf_counter() - t0,
-                    "onnxruntime.quantization.quantize_dynamic", quantized=quantized)  # fmt: skip
+    _write_manifest(
+        folder,
+        key,
+        check,
+        time.perf_counter() - t0,
+        "onnxruntime.quantization.quantize_dynamic",
+        quantized=quantized,
+    )
 
 
 def _write_manifest(
-    folder: Path, key: dict[str, Any], check: dict[str, Any], seconds: float, exporter: str,
+    folder: Path,
+    key: dict[str, Any],
+    check: dict[str, Any],
+    seconds: float,
+    exporter: str,
     **extra: Any,
-) -> None:  # fmt: skip
+) -> None:
     """The manifest, written last: the key, every file's SHA-256 and the check against torch."""
     files = {p.name: _sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    manifest = {"key": key, "files": files, "check": check, "export_seconds": round(seconds, 2),
-                "exporter": exporter, "created_at": _now(), **extra}  # fmt: skip
+    manifest = {
+        "key": key,
+        "files": files,
+        "check": check,
+        "export_seconds": round(seconds, 2),
+        "exporter": exporter,
+        "created_at": _now(),
+        **extra,
+    }
     with open(folder / MANIFEST_FILE, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.flush()
@@ -508,8 +536,10 @@ def probe_images(n: int, px: int, seed: int = 0) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, px)
     yy, xx = np.meshgrid(ramp, ramp, indexing="ij")  # (px, px)
     base = np.stack([xx, yy, 1.0 - xx * yy])  # (3, px, px)
-    out = [255 * base * rng.uniform(0.3, 1.0, (3, 1, 1)) + rng.normal(0, 24, (3, px, px))
-           for _ in range(n)]  # fmt: skip
+    out = [
+        255 * base * rng.uniform(0.3, 1.0, (3, 1, 1)) + rng.normal(0, 24, (3, px, px))
+        for _ in range(n)
+    ]
     return np.clip(np.stack(out), 0, 255).astype(np.uint8)
 
 

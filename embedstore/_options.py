@@ -66,10 +66,25 @@ REFERENCES: tuple[str, ...] = get_args(Reference)
 
 # --- metrics, in the order tables print them
 MetricName = Literal[
-    "top1", "top3", "macro_f1", "mean_class_acc", "many_shot", "medium_shot", "few_shot",
-    "unknown_rate", "acc_without_rejection", "acceptance_rate", "acc_on_accepted", "open_set_acc",
-    "auroc", "fpr95", "track1", "track2", "track3", "track4",
-]  # fmt: skip
+    "top1",
+    "top3",
+    "macro_f1",
+    "mean_class_acc",
+    "many_shot",
+    "medium_shot",
+    "few_shot",
+    "unknown_rate",
+    "acc_without_rejection",
+    "acceptance_rate",
+    "acc_on_accepted",
+    "open_set_acc",
+    "auroc",
+    "fpr95",
+    "track1",
+    "track2",
+    "track3",
+    "track4",
+]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
 
 

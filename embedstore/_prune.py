@@ -24,9 +24,13 @@ def prune(st: Store, root: str) -> int:
     Returns the number of image rows removed."""
     files = st.file_records(root)
     gone, current = [], {}  # current: rel -> id of the bytes the file holds now
-    for rel, size, mtime, i in zip(files["rel"].to_pylist(), files["size"].to_pylist(),
-                                   files["mtime_ns"].to_pylist(), files["id"].to_pylist(),
-                                   strict=True):  # fmt: skip
+    for rel, size, mtime, i in zip(
+        files["rel"].to_pylist(),
+        files["size"].to_pylist(),
+        files["mtime_ns"].to_pylist(),
+        files["id"].to_pylist(),
+        strict=True,
+    ):
         try:
             s = os.stat(disk_path(root, rel))
         except OSError:
@@ -38,8 +42,9 @@ def prune(st: Store, root: str) -> int:
         return 0
     t = st.read(["id", "root", "path", "paths"])
     drop, keep_ids, keep_paths = [], [], []
-    for i, r, paths in zip(t["id"].to_pylist(), t["root"].to_pylist(), t["paths"].to_pylist(),
-                           strict=True):  # fmt: skip
+    for i, r, paths in zip(
+        t["id"].to_pylist(), t["root"].to_pylist(), t["paths"].to_pylist(), strict=True
+    ):
         if r != root:
             continue
         paths = paths or []
@@ -51,10 +56,13 @@ def prune(st: Store, root: str) -> int:
             keep_paths.append(kept)
     with st.writing("embedstore ingest --prune"):
         if keep_ids:
-            st.update_columns(keep_ids, {
-                "paths": pa.array(keep_paths, pa.list_(pa.string())),
-                "path": pa.array([p[0] for p in keep_paths], pa.string()),
-            })  # fmt: skip
+            st.update_columns(
+                keep_ids,
+                {
+                    "paths": pa.array(keep_paths, pa.list_(pa.string())),
+                    "path": pa.array([p[0] for p in keep_paths], pa.string()),
+                },
+            )
         n = st.delete_images(drop)
         st.delete_file_records(root, gone)
     return n

@@ -125,8 +125,13 @@ def ingest_ray(
         raise IngestError(f"--views: {e}") from None
     try:
         cluster = connect_ray(ray_address, quiet=not progress)
-        layout = actor_layout(cluster, actors=actors, gpus_per_actor=gpus_per_actor,
-                              cpus_per_actor=cpus_per_actor, device=device)  # fmt: skip
+        layout = actor_layout(
+            cluster,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+            device=device,
+        )
     except EngineError as e:
         raise IngestError(str(e)) from None
     names = list(dict.fromkeys(backbones))
@@ -143,31 +148,65 @@ def ingest_ray(
     if todo:  # the table, with every column the workers will write
         describes = {m.column: m.describe() for m in models}
         schema = image_table(
-            [], metadata={k: v.slice(0, 0) for k, v in plan.meta_cols.items()},
+            [],
+            metadata={k: v.slice(0, 0) for k, v in plan.meta_cols.items()},
             embeddings={c: np.zeros((0, m.dim), np.float32) for c, m, _ in columns},
-            describes={c: describes[m.column] if v is None else
-                       view_describe(describes[m.column], m.column, v) for c, m, v in columns},
+            describes={
+                c: describes[m.column]
+                if v is None
+                else view_describe(describes[m.column], m.column, v)
+                for c, m, v in columns
+            },
             dtype=dtype,
-        )  # fmt: skip
+        )
         st.prepare_images(schema.schema)
         for m in models:  # a new store: its main columns were made just now
             if plan.views.get(m.name):
                 st.record_views(m.column, plan.views[m.name])
-    _commit(st, root, pending, models, dtype, plan.meta_cols, plan.skipped, plan.store_ids,
-            plan.have, plan.views)  # files of stored images: their paths and records  # fmt: skip
+    _commit(
+        st,
+        root,
+        pending,
+        models,
+        dtype,
+        plan.meta_cols,
+        plan.skipped,
+        plan.store_ids,
+        plan.have,
+        plan.views,
+    )  # files of stored images: their paths and records
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(plan.work), unit="img", desc=f"ingest {root.name} (ray)",
-               disable=not progress, smoothing=0.1)  # fmt: skip
+    bar = tqdm(
+        total=len(plan.work),
+        unit="img",
+        desc=f"ingest {root.name} (ray)",
+        disable=not progress,
+        smoothing=0.1,
+    )
     bar.update(len(plan.work) - sum(len(r) for r in rels_of.values()))  # hashed and done
     try:
         if todo:
             rows = _input_rows(plan, root, todo, rels_of, columns)
-            results = _pipeline(rows, st, names, pooling, runtime, models, layout, dtype,
-                                max_pixels, batch_size, commit_every, plan, max_bytes)  # fmt: skip
-            _drain(results, st, root, models, dtype, plan, rels_of, pending, stats, commit_every,
-                   bar)  # fmt: skip
+            results = _pipeline(
+                rows,
+                st,
+                names,
+                pooling,
+                runtime,
+                models,
+                layout,
+                dtype,
+                max_pixels,
+                batch_size,
+                commit_every,
+                plan,
+                max_bytes,
+            )
+            _drain(
+                results, st, root, models, dtype, plan, rels_of, pending, stats, commit_every, bar
+            )
     finally:
         bar.close()
     st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
@@ -185,8 +224,11 @@ def embedding_columns(
 ) -> list[tuple[str, Backbone, str | None]]:
     """Every column this ingest fills: ``(column, backbone, view)``, each backbone's main
     column (view None) and then its views'."""
-    return [(m.column if v is None else view_column(m.column, v), m, v)
-            for m in models for v in (None, *views.get(m.name, []))]  # fmt: skip
+    return [
+        (m.column if v is None else view_column(m.column, v), m, v)
+        for m in models
+        for v in (None, *views.get(m.name, []))
+    ]
 
 
 def _have_key(m: Backbone, column: str, view: str | None) -> str:
@@ -220,8 +262,13 @@ def _hash_one(path: str) -> tuple[str | None, str | None]:
 
 def _hash_batch(batch: pa.Table) -> pa.Table:
     out = [_hash_one(p) for p in batch.column(_FILE).to_pylist()]
-    return pa.table({"rel": batch.column("rel"), "id": pa.array([i for i, _ in out], pa.string()),
-                     _ERROR: pa.array([e for _, e in out], pa.string())})  # fmt: skip
+    return pa.table(
+        {
+            "rel": batch.column("rel"),
+            "id": pa.array([i for i, _ in out], pa.string()),
+            _ERROR: pa.array([e for _, e in out], pa.string()),
+        }
+    )
 
 
 def _hash(plan: IngestPlan, tasks_over: int) -> dict[str, tuple[str | None, str | None]]:
@@ -257,8 +304,9 @@ class _Todo:
         self.work, self.id, self.update = work, image_id, update
 
 
-def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats: Counter,
-               known: _StoredPaths) -> tuple[dict[str, list[str]], list[_Todo]]:  # fmt: skip
+def _sort_work(
+    plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats: Counter, known: _StoredPaths
+) -> tuple[dict[str, list[str]], list[_Todo]]:
     """Sort the files to read by id, as the local ingest decides per file: unreadable ones are
     skipped; files of images stored with every backbone get their path and record now (a path
     the image already has is a file re-checked after a crash, another path a duplicate name);
@@ -284,15 +332,22 @@ def _sort_work(plan: IngestPlan, root: Path, ids: dict, pending: _Pending, stats
 
 
 def _input_rows(
-    plan: IngestPlan, root: Path, todo: list[_Todo], rels_of: dict[str, list[str]],
+    plan: IngestPlan,
+    root: Path,
+    todo: list[_Todo],
+    rels_of: dict[str, list[str]],
     columns: list[tuple[str, Backbone, str | None]],
-) -> pa.Table:  # fmt: skip
+) -> pa.Table:
     """The pipeline's input: one row per image to embed, with every store column that does
     not need the image (ids, paths, labels, metadata) and what the decode task needs."""
     pos = [plan.rel_pos[t.work.rel] for t in todo]
     labels = [plan.labels_split[q] for q in pos]
-    need = [[c for c, m, v in columns if t.id not in plan.have[_have_key(m, c, v)]]
-            if t.update else None for t in todo]  # fmt: skip
+    need = [
+        [c for c, m, v in columns if t.id not in plan.have[_have_key(m, c, v)]]
+        if t.update
+        else None
+        for t in todo
+    ]
     cols: dict[str, Any] = {
         _FILE: pa.array([t.work.path for t in todo], pa.string()),
         _KNOWN: pa.array([t.work.known_id is not None for t in todo], pa.bool_()),
@@ -311,10 +366,21 @@ def _input_rows(
     return pa.table(cols)
 
 
-def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, runtime: Runtime,
-              models: list[Backbone], layout: ActorLayout, dtype: EmbDtype, max_pixels: int,
-              batch_size: int, commit_every: int, plan: IngestPlan,
-              max_bytes: int = DEFAULT_MAX_BYTES) -> Any:  # fmt: skip
+def _pipeline(
+    rows: pa.Table,
+    st: Store,
+    names: list[str],
+    pooling: Pooling,
+    runtime: Runtime,
+    models: list[Backbone],
+    layout: ActorLayout,
+    dtype: EmbDtype,
+    max_pixels: int,
+    batch_size: int,
+    commit_every: int,
+    plan: IngestPlan,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Any:
     """The Ray Dataset of results: decode tasks, then the embedding actors that write fragments."""
     ray = import_ray()
     preprocs = list(dict.fromkeys(m.preprocess for m in models))
@@ -329,7 +395,7 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
             )
         )
         for k in range(len(preprocs))
-    ]  # fmt: skip  (views per preprocessing, as local)
+    ]  # (views per preprocessing, as local)
     blocks = [rows.slice(s, batch_size) for s in range(0, rows.num_rows, batch_size)]
     ds = ray.data.from_arrow(blocks)
     # One CPU per decode task, and the memory of a worker (Python, torch, PIL) plus the largest
@@ -338,28 +404,54 @@ def _pipeline(rows: pa.Table, st: Store, names: list[str], pooling: Pooling, run
     # serialise it behind the model.
     ds = ds.map_batches(
         _decode_batch,
-        fn_kwargs={"preprocs": preprocs, "max_pixels": max_pixels, "max_bytes": max_bytes,
-                   "views": pre_views},
-        batch_format="pyarrow", batch_size=None, num_cpus=1,
+        fn_kwargs={
+            "preprocs": preprocs,
+            "max_pixels": max_pixels,
+            "max_bytes": max_bytes,
+            "views": pre_views,
+        },
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=1,
         memory=_DECODE_WORKER_BYTES + 3 * max_pixels,
-    )  # fmt: skip
+    )
     return ds.map_batches(
         _EmbedWriter,
         fn_constructor_kwargs={
-            "store_path": str(st.path), "names": names, "pooling": pooling, "runtime": runtime,
-            "device": layout.device, "threads": max(1, int(layout.cpus)), "dtype": dtype,
-            "preprocs": preprocs, "meta_names": list(plan.meta_cols), "batch_size": batch_size,
-            "pre_views": pre_views, "views_of": plan.views,
+            "store_path": str(st.path),
+            "names": names,
+            "pooling": pooling,
+            "runtime": runtime,
+            "device": layout.device,
+            "threads": max(1, int(layout.cpus)),
+            "dtype": dtype,
+            "preprocs": preprocs,
+            "meta_names": list(plan.meta_cols),
+            "batch_size": batch_size,
+            "pre_views": pre_views,
+            "views_of": plan.views,
         },
-        batch_format="pyarrow", batch_size=commit_every,
+        batch_format="pyarrow",
+        batch_size=commit_every,
         compute=ray.data.ActorPoolStrategy(size=layout.actors),
-        num_cpus=layout.cpus, num_gpus=layout.gpus,
-    )  # fmt: skip
+        num_cpus=layout.cpus,
+        num_gpus=layout.gpus,
+    )
 
 
-def _drain(results: Any, st: Store, root: Path, models: list[Backbone], dtype: EmbDtype,
-           plan: IngestPlan, rels_of: dict[str, list[str]], pending: _Pending, stats: Counter,
-           commit_every: int, bar: Any) -> None:  # fmt: skip
+def _drain(
+    results: Any,
+    st: Store,
+    root: Path,
+    models: list[Backbone],
+    dtype: EmbDtype,
+    plan: IngestPlan,
+    rels_of: dict[str, list[str]],
+    pending: _Pending,
+    stats: Counter,
+    commit_every: int,
+    bar: Any,
+) -> None:
     """Take the actors' results as they come and commit them in chunks."""
     chunk = _Chunk(st.version)
     columns = embedding_columns(models, plan.views)
@@ -414,8 +506,15 @@ class _Chunk:
         self.fragments[fragments] = None
         self.ids.append(image_id)
 
-    def commit(self, st: Store, root: Path, pending: _Pending, models: list[Backbone],
-               dtype: EmbDtype, plan: IngestPlan) -> None:  # fmt: skip
+    def commit(
+        self,
+        st: Store,
+        root: Path,
+        pending: _Pending,
+        models: list[Backbone],
+        dtype: EmbDtype,
+        plan: IngestPlan,
+    ) -> None:
         """Images first (one transaction), then what points at them, as the local ingest."""
         if self.fragments:
             frags = [f for batch in self.fragments for f in json.loads(batch)]
@@ -425,8 +524,18 @@ class _Chunk:
                 plan.have[_have_key(m, c, v)].update(self.ids)
             for m in models:
                 st.note_runtime(m.column, m.runtime)
-        _commit(st, root, pending, models, dtype, plan.meta_cols, plan.skipped, plan.store_ids,
-                plan.have, plan.views)  # fmt: skip
+        _commit(
+            st,
+            root,
+            pending,
+            models,
+            dtype,
+            plan.meta_cols,
+            plan.skipped,
+            plan.store_ids,
+            plan.have,
+            plan.views,
+        )
         self.fragments, self.ids, self.version = {}, [], st.version
 
 
@@ -437,9 +546,13 @@ def _np_dtype(dtype: EmbDtype) -> type:
 # ---------------------------------------------------------------------- cluster
 
 
-def _decode_batch(batch: pa.Table, preprocs: list[Preprocess], max_pixels: int,
-                  max_bytes: int = DEFAULT_MAX_BYTES,
-                  views: list[tuple[str, ...]] | None = None) -> pa.Table:  # fmt: skip
+def _decode_batch(
+    batch: pa.Table,
+    preprocs: list[Preprocess],
+    max_pixels: int,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    views: list[tuple[str, ...]] | None = None,
+) -> pa.Table:
     """Ray task: read, hash, decode and preprocess each row's file (``decode_file``), with the
     ``views`` of each preprocessing (column ``__pre<slot>``, slots as ``_slot``). A file whose
     bytes no longer match the id the driver hashed is an error (its bytes changed)."""
@@ -472,11 +585,22 @@ class _EmbedWriter:
     the new rows as uncommitted fragments of the store, and returns per image its id, error,
     fragments (new images) or embeddings (stored images missing a backbone)."""
 
-    def __init__(self, *, store_path: str, names: list[str], pooling: Pooling, runtime: Runtime,
-                 device: str, threads: int, dtype: EmbDtype, preprocs: list[Preprocess],
-                 meta_names: list[str], batch_size: int,
-                 pre_views: list[tuple[str, ...]] | None = None,
-                 views_of: dict[str, list[str]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        store_path: str,
+        names: list[str],
+        pooling: Pooling,
+        runtime: Runtime,
+        device: str,
+        threads: int,
+        dtype: EmbDtype,
+        preprocs: list[Preprocess],
+        meta_names: list[str],
+        batch_size: int,
+        pre_views: list[tuple[str, ...]] | None = None,
+        views_of: dict[str, list[str]] | None = None,
+    ) -> None:
         torch.set_num_threads(threads)
         self.models = [
             with_runtime(create_backbone(b, pooling), runtime, device, threads=threads)
@@ -486,10 +610,15 @@ class _EmbedWriter:
         pre_of = {m.name: preprocs.index(m.preprocess) for m in self.models}
         # (column, backbone, view, its slot in the decoded arrays, the arrays' shape)
         self.columns = [
-            (c, m, v, _slot(pre_views, pre_of[m.name], v),
-             (3, preprocs[pre_of[m.name]].crop_px, preprocs[pre_of[m.name]].crop_px))
+            (
+                c,
+                m,
+                v,
+                _slot(pre_views, pre_of[m.name], v),
+                (3, preprocs[pre_of[m.name]].crop_px, preprocs[pre_of[m.name]].crop_px),
+            )
             for c, m, v in embedding_columns(self.models, views_of or {})
-        ]  # fmt: skip
+        ]
         self.store_path, self.dtype, self.meta_names = store_path, dtype, meta_names
         self.batch_size = batch_size
 
@@ -506,26 +635,36 @@ class _EmbedWriter:
             x = None if x is None else x.reshape(len(rows), *shape)  # (n, 3, H, W) uint8
             embs[c] = dict(zip(rows, self._embed(m, x), strict=True))  # (len(rows), dim)
         for k in ok:  # as the local ingest: a non-finite embedding skips the file
-            bad = [(m.name, v) for c, m, v, _, _ in self.columns
-                   if k in embs[c] and not np.isfinite(embs[c][k]).all()]  # fmt: skip
+            bad = [
+                (m.name, v)
+                for c, m, v, _, _ in self.columns
+                if k in embs[c] and not np.isfinite(embs[c][k]).all()
+            ]
             if bad:
                 name, v = bad[0]
-                errors[k] = (f"backbone {name} gave a non-finite embedding"
-                             + (f" (view {v})" if v else ""))  # fmt: skip
+                errors[k] = f"backbone {name} gave a non-finite embedding" + (
+                    f" (view {v})" if v else ""
+                )
         good = [k for k in ok if errors[k] is None]
         update = batch.column(_UPDATE).to_pylist()
         new = [k for k in good if not update[k]]
         frags = json.dumps(self._write(batch, new, embs)) if new else None
         is_new = set(new)
-        out = {"id": batch.column("id"), _UPDATE: batch.column(_UPDATE),
-               _ERROR: pa.array(errors, pa.string()),
-               _FRAGS: pa.array([frags if k in is_new else None for k in range(n)], pa.string())}  # fmt: skip
+        out = {
+            "id": batch.column("id"),
+            _UPDATE: batch.column(_UPDATE),
+            _ERROR: pa.array(errors, pa.string()),
+            _FRAGS: pa.array([frags if k in is_new else None for k in range(n)], pa.string()),
+        }
         for c, *_ in self.columns:  # embeddings travel back only for stored images
             e = embs[c]
             out[c] = pa.array(
-                [e[k].tobytes() if update[k] and errors[k] is None and k in e else None
-                 for k in range(n)], pa.binary(),
-            )  # fmt: skip
+                [
+                    e[k].tobytes() if update[k] and errors[k] is None and k in e else None
+                    for k in range(n)
+                ],
+                pa.binary(),
+            )
         return pa.table(out)
 
     def _embed(self, m: Backbone, x: np.ndarray | None) -> np.ndarray:
@@ -547,10 +686,12 @@ class _EmbedWriter:
         values = {f: t.column(f).to_pylist() for f in fields}
         dicts = [{**{f: values[f][j] for f in fields}, "added_at": now} for j in range(len(rows))]
         table = image_table(
-            dicts, metadata={name: t.column(name).combine_chunks() for name in self.meta_names},
+            dicts,
+            metadata={name: t.column(name).combine_chunks() for name in self.meta_names},
             embeddings={c: np.stack([embs[c][k] for k in rows]) for c, *_ in self.columns},
-            describes={c: {} for c, *_ in self.columns}, dtype=self.dtype,
-        )  # fmt: skip
+            describes={c: {} for c, *_ in self.columns},
+            dtype=self.dtype,
+        )
         return write_image_fragments(self.store_path, table)
 
 

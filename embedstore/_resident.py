@@ -38,8 +38,11 @@ class Resident:
         names = store.schema().names if store.exists else []
         self.columns = [c for c in columns if c in names]
         self.meta_columns = [c for c in meta_columns if c in names]
-        dims = {c: info.dim for info in store.embeddings_info().values()
-                for c in [info.column, *info.view_columns.values()]}  # fmt: skip
+        dims = {
+            c: info.dim
+            for info in store.embeddings_info().values()
+            for c in [info.column, *info.view_columns.values()]
+        }
         self.X: dict[str, np.ndarray] = {}
         self.have: dict[str, np.ndarray] = {}
         if not store.exists:

@@ -119,8 +119,12 @@ def contact_sheet(
         draw.text((_PAD_PX, 6 + 19 * i), line, fill=_TEXT, font=title_font)
     y = title_px + _PAD_PX
     for heading, tiles in rows:
-        draw.text((_PAD_PX, y + 3), _fit(draw, heading, head_font, sheet.width - 2 * _PAD_PX),
-                  fill=_TEXT, font=head_font)  # fmt: skip
+        draw.text(
+            (_PAD_PX, y + 3),
+            _fit(draw, heading, head_font, sheet.width - 2 * _PAD_PX),
+            fill=_TEXT,
+            font=head_font,
+        )
         y += head_px
         for i, tile in enumerate(tiles):
             x = _PAD_PX + i * cell_w
@@ -132,12 +136,26 @@ def contact_sheet(
     return out
 
 
-def _draw_tile(sheet: Image.Image, draw: ImageDraw.ImageDraw, tile: Tile, x: int, y: int,
-               tile_px: int, font: ImageFont.ImageFont, line_px: int, caption_lines: int) -> None:  # fmt: skip
+def _draw_tile(
+    sheet: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    tile: Tile,
+    x: int,
+    y: int,
+    tile_px: int,
+    font: ImageFont.ImageFont,
+    line_px: int,
+    caption_lines: int,
+) -> None:
     if tile.image is None:
         draw.rectangle((x, y, x + tile_px - 1, y + tile_px - 1), fill=_EMPTY)
-        draw.text((x + tile_px // 2, y + tile_px // 2), "no image", fill=(120, 120, 120),
-                  font=font, anchor="mm")  # fmt: skip
+        draw.text(
+            (x + tile_px // 2, y + tile_px // 2),
+            "no image",
+            fill=(120, 120, 120),
+            font=font,
+            anchor="mm",
+        )
     else:
         im = tile.image
         if max(im.size) > tile_px:
@@ -149,5 +167,9 @@ def _draw_tile(sheet: Image.Image, draw: ImageDraw.ImageDraw, tile: Tile, x: int
             (x - 2, y - 2, x + tile_px + 1, y + tile_px + 1), outline=tile.color, width=3
         )
     for j, line in enumerate(tile.caption[:caption_lines]):
-        draw.text((x, y + tile_px + 3 + j * line_px), _fit(draw, line, font, tile_px),
-                  fill=_TEXT, font=font)  # fmt: skip
+        draw.text(
+            (x, y + tile_px + 3 + j * line_px),
+            _fit(draw, line, font, tile_px),
+            fill=_TEXT,
+            font=font,
+        )

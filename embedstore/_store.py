@@ -175,8 +175,15 @@ def _manifests(uri: Path) -> dict[int, Path]:
 
 def _check_table(lance, root: Path, table: str) -> dict[str, Any]:
     uri = root / f"{table}.lance"
-    t: dict[str, Any] = {"table": table, "versions": 0, "latest": None, "last_good": None,
-                         "damaged": False, "damaged_versions": {}, "problems": []}  # fmt: skip
+    t: dict[str, Any] = {
+        "table": table,
+        "versions": 0,
+        "latest": None,
+        "last_good": None,
+        "damaged": False,
+        "damaged_versions": {},
+        "problems": [],
+    }
     if not uri.exists():
         if table == "images":
             t["problems"].append("images: there is no images table (nothing ingested yet?)")
@@ -199,7 +206,11 @@ def _check_table(lance, root: Path, table: str) -> dict[str, Any]:
             t["last_good"] = v
         else:
             t["damaged_versions"][v] = why
-    bad_after = {v: w for v, w in t["damaged_versions"].items() if t["last_good"] is None or v > t["last_good"]}  # fmt: skip
+    bad_after = {
+        v: w
+        for v, w in t["damaged_versions"].items()
+        if t["last_good"] is None or v > t["last_good"]
+    }
     if bad_after:
         t["damaged"] = True
         first = min(bad_after)
@@ -599,9 +610,10 @@ class Store:
         if not rows:
             return 0
         return self.insert_images(
-            image_table(rows, metadata=metadata, embeddings=embeddings, describes=describes,
-                        dtype=dtype)
-        )  # fmt: skip
+            image_table(
+                rows, metadata=metadata, embeddings=embeddings, describes=describes, dtype=dtype
+            )
+        )
 
     @_writes
     def drop_column(self, name: str) -> None:
@@ -708,9 +720,18 @@ class Store:
         """The file index (root, rel, size, mtime_ns, id), of one ``root`` or of all."""
         ds = self._open("files")
         if ds is None:
-            return pa.table({c: pa.array([], t) for c, t in (("root", pa.string()),
-                             ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-                             ("id", pa.string()))})  # fmt: skip
+            return pa.table(
+                {
+                    c: pa.array([], t)
+                    for c, t in (
+                        ("root", pa.string()),
+                        ("rel", pa.string()),
+                        ("size", pa.int64()),
+                        ("mtime_ns", pa.int64()),
+                        ("id", pa.string()),
+                    )
+                }
+            )
         filt = None if root is None else f"root = {_sql_str(root)}"
         return ds.to_table(columns=["root", "rel", "size", "mtime_ns", "id"], filter=filt)
 
@@ -732,9 +753,12 @@ class Store:
         gone = changed = 0
         t = self.file_records()
         for r, rel, size, mtime in zip(
-            t["root"].to_pylist(), t["rel"].to_pylist(), t["size"].to_pylist(),
-            t["mtime_ns"].to_pylist(), strict=True,
-        ):  # fmt: skip
+            t["root"].to_pylist(),
+            t["rel"].to_pylist(),
+            t["size"].to_pylist(),
+            t["mtime_ns"].to_pylist(),
+            strict=True,
+        ):
             try:
                 s = os.stat(disk_path(r, rel))
             except OSError:
@@ -809,10 +833,13 @@ class Store:
         return {
             r: (s, m, i)
             for r, s, m, i in zip(
-                t.column("rel").to_pylist(), t.column("size").to_pylist(),
-                t.column("mtime_ns").to_pylist(), t.column("id").to_pylist(), strict=True,
+                t.column("rel").to_pylist(),
+                t.column("size").to_pylist(),
+                t.column("mtime_ns").to_pylist(),
+                t.column("id").to_pylist(),
+                strict=True,
             )
-        }  # fmt: skip
+        }
 
     @_writes
     def record_skipped(self, rows: list[dict[str, Any]]) -> None:
@@ -913,9 +940,10 @@ class Store:
         frags = [self._lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
         self._new_embeddings_token()
         new = self._lance.LanceDataset.commit(
-            self._uri("images"), self._lance.LanceOperation.Append(frags),
+            self._uri("images"),
+            self._lance.LanceOperation.Append(frags),
             read_version=self._open("images").version,
-        )  # fmt: skip
+        )
         return int(new.version)
 
     def ray_dataset(
@@ -1044,9 +1072,14 @@ class Store:
         """
         info = self.resolve_backbone(backbone)
         embs, out = self.embedding_rows(
-            {info.column: info.dim}, columns, where=where, ids=ids, labelled=labelled, part=part,
+            {info.column: info.dim},
+            columns,
+            where=where,
+            ids=ids,
+            labelled=labelled,
+            part=part,
             dtype=dtype,
-        )  # fmt: skip
+        )
         X = embs[info.column]
         if as_torch:
             import torch
@@ -1096,9 +1129,13 @@ class Store:
         """
         emb_cols = list(embedding_columns)
         t = self.read(
-            [*emb_cols, *[c for c in columns if c not in emb_cols]], where, ids=ids,
-            labelled=labelled, part=part, embedded=emb_cols,
-        )  # fmt: skip
+            [*emb_cols, *[c for c in columns if c not in emb_cols]],
+            where,
+            ids=ids,
+            labelled=labelled,
+            part=part,
+            embedded=emb_cols,
+        )
         embs = {}
         for c, dim in embedding_columns.items():
             if t.num_rows == 0:
@@ -1122,9 +1159,15 @@ class Store:
             )
 
     def _filter(
-        self, ds, where: str | None = None, *, ids: list[str] | None = None,
-        labelled: bool = False, part: Part | None = None, embedded: tuple[str, ...] | list[str] = (),
-    ) -> str | None:  # fmt: skip
+        self,
+        ds,
+        where: str | None = None,
+        *,
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
+        embedded: tuple[str, ...] | list[str] = (),
+    ) -> str | None:
         """The one place SQL text is built: the user's predicate in parentheses, AND the selectors."""
         terms = [f"({check_predicate(where)})"] if where is not None else []
         if ids is not None:
@@ -1201,24 +1244,45 @@ class Store:
         backbones = []
         for info in self.embeddings_info().values():
             have = int(ds.count_rows(filter=f"{info.column} IS NOT NULL"))
-            backbones.append({"name": info.backbone, "column": info.column, "dim": info.dim,
-                              "dtype": info.dtype, "embedded": have, "source": info.describe.get("source"),
-                              # what made its embeddings: torch, onnx or onnx-int8 (in order)
-                              "runtimes": info.runtimes})  # fmt: skip
+            backbones.append(
+                {
+                    "name": info.backbone,
+                    "column": info.column,
+                    "dim": info.dim,
+                    "dtype": info.dtype,
+                    "embedded": have,
+                    "source": info.describe.get("source"),
+                    # what made its embeddings: torch, onnx or onnx-int8 (in order)
+                    "runtimes": info.runtimes,
+                }
+            )
             if info.views:  # augmented views: name, column and how many images hold it
                 backbones[-1]["views"] = [
-                    {"name": v, "column": c, "embedded": int(ds.count_rows(filter=f"{c} IS NOT NULL"))
-                     if c in ds.schema.names else 0}
+                    {
+                        "name": v,
+                        "column": c,
+                        "embedded": int(ds.count_rows(filter=f"{c} IS NOT NULL"))
+                        if c in ds.schema.names
+                        else 0,
+                    }
                     for v, c in info.view_columns.items()
-                ]  # fmt: skip
+                ]
         cols = [f.name for f in ds.schema if not f.name.startswith(EMB_PREFIX)]
         out.update(
-            images=n, labelled=n_lab, unlabelled=n - n_lab, classes=cls, backbones=backbones,
-            version=int(ds.version), columns=cols, size_bytes=_du(self.path),
+            images=n,
+            labelled=n_lab,
+            unlabelled=n - n_lab,
+            classes=cls,
+            backbones=backbones,
+            version=int(ds.version),
+            columns=cols,
+            size_bytes=_du(self.path),
             folds=_fold_summary(self.table_metadata().get("folds")),
             stale_files=self.stale_files(),
-            warnings=[w for ws in (self.table_metadata().get("warnings") or {}).values() for w in ws],
-        )  # fmt: skip
+            warnings=[
+                w for ws in (self.table_metadata().get("warnings") or {}).values() for w in ws
+            ],
+        )
         return StoreInfo(**out)
 
 
@@ -1233,8 +1297,12 @@ def _fold_summary(folds: dict[str, Any] | None) -> dict[str, Any] | None:
     """The split summary for ``info``; one whose split was killed before it finished says so."""
     if folds is None or folds.get("complete", True):
         return folds
-    return {**folds, "interrupted": True, "note": "a split was stopped before it finished: the "
-            "fold column may not match this summary; run `embedstore split` again"}  # fmt: skip
+    return {
+        **folds,
+        "interrupted": True,
+        "note": "a split was stopped before it finished: the "
+        "fold column may not match this summary; run `embedstore split` again",
+    }
 
 
 def _is_embedding(field: pa.Field) -> bool:

@@ -98,8 +98,13 @@ def add_images(
             if image_id in seen:
                 continue
             seen.add(image_id)
-            w.writerow([image_id + ext, *([lab or ""] if labelled else []),
-                        *("" if row.get(c) is None else row[c] for c in columns)])  # fmt: skip
+            w.writerow(
+                [
+                    image_id + ext,
+                    *([lab or ""] if labelled else []),
+                    *("" if row.get(c) is None else row[c] for c in columns),
+                ]
+            )
         _write_durably(meta_file, buf.getvalue().encode())
     _fsync_dir(folder)
     infos = list(st.embeddings_info().values())
@@ -107,16 +112,23 @@ def add_images(
     if models is None and infos:
         models = [backbone_from_description(i.describe) for i in infos]
     summary = ingest(
-        folder, st, metadata=meta_file, label_column="label" if labelled else None,
-        backbone_objects=models, workers=0, progress=False,
+        folder,
+        st,
+        metadata=meta_file,
+        label_column="label" if labelled else None,
+        backbone_objects=models,
+        workers=0,
+        progress=False,
         dtype=infos[0].dtype if infos else "float16",
         **({"max_pixels": max_pixels} if max_pixels else {}),
-    )  # fmt: skip
+    )
     return AddedImages(
-        ids=ids, new_images=summary.new_images,
-        already_stored=summary.already_stored + summary.duplicates, folder=str(folder),
+        ids=ids,
+        new_images=summary.new_images,
+        already_stored=summary.already_stored + summary.duplicates,
+        folder=str(folder),
         store_version=summary.store_version,
-    )  # fmt: skip
+    )
 
 
 def _write_durably(path: Path, data: bytes) -> None:

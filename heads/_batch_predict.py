@@ -112,8 +112,13 @@ def predict_batch(
     st = _open_store(store if store is not None else model.store_path, required=files is None)
     settings = {"top_k": top_k, "prior": pri, "cost": cost}
     if engine == "ray":
-        ray_kw = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor,
-                  "cpus_per_actor": cpus_per_actor, "device": device}  # fmt: skip
+        ray_kw = {
+            "address": ray_address,
+            "actors": actors,
+            "gpus_per_actor": gpus_per_actor,
+            "cpus_per_actor": cpus_per_actor,
+            "device": device,
+        }
         _predict_ray(model, out, st, files, settings, runtime, batch_size, ray_kw, overwrite)
     elif files is None:
         embs, table = st.embedding_rows(_dims(model), ["id", "path", *_meta(model, st)])
@@ -121,17 +126,23 @@ def predict_batch(
         embedstore.write_table(out, t, overwrite=overwrite)
     else:
         inputs = embedstore.read_inputs(files)
-        t = file_predictions(model, st, inputs, settings, device=device, runtime=runtime,
-                             batch_size=batch_size)  # fmt: skip
+        t = file_predictions(
+            model, st, inputs, settings, device=device, runtime=runtime, batch_size=batch_size
+        )
         embedstore.write_table(out, t, overwrite=overwrite)
     t = embedstore.read_table(out, ["unknown", "error"])
     seconds = time.perf_counter() - t0
     return BatchPrediction(
-        run=str(getattr(model, "path", run)), out=str(Path(out).expanduser()), source=source,
-        engine=engine, images=t.num_rows, errors=t.num_rows - t.column("error").null_count,
+        run=str(getattr(model, "path", run)),
+        out=str(Path(out).expanduser()),
+        source=source,
+        engine=engine,
+        images=t.num_rows,
+        errors=t.num_rows - t.column("error").null_count,
         unknown=int(np.sum(t.column("unknown").fill_null(False).to_numpy(zero_copy_only=False))),
-        seconds=round(seconds, 2), images_per_s=round(t.num_rows / seconds, 1) if seconds else None,
-    )  # fmt: skip
+        seconds=round(seconds, 2),
+        images_per_s=round(t.num_rows / seconds, 1) if seconds else None,
+    )
 
 
 def prediction_rows(
@@ -143,12 +154,16 @@ def prediction_rows(
     """Predictions (:data:`PREDICTION_SCHEMA`) of stored rows: ``embs`` ``{column: (N, dim)}``
     and ``table`` with ``id``, ``path`` and the run's metadata columns (``embedding_rows``)."""
     n = len(table["id"])
-    inputs = [embedstore.Input(str(p), str(i)) for p, i in zip(table["path"], table["id"], strict=True)]  # fmt: skip
+    inputs = [
+        embedstore.Input(str(p), str(i)) for p, i in zip(table["path"], table["id"], strict=True)
+    ]
     batch = embedstore.EmbeddedInputs(
-        inputs, {c: np.asarray(x, np.float32) for c, x in embs.items()},
-        {c: np.ones(n, bool) for c in embs}, np.ones(n, bool),
+        inputs,
+        {c: np.asarray(x, np.float32) for c, x in embs.items()},
+        {c: np.ones(n, bool) for c in embs},
+        np.ones(n, bool),
         {c: v for c, v in table.items() if c not in ("id", "path")},
-    )  # fmt: skip
+    )
     return _table(predict_embeddings(model, batch, **settings))
 
 
@@ -167,18 +182,31 @@ def file_predictions(
     stored images by their stored embeddings, others embedded with the run's backbones
     (``backbones``: a cache kept across calls)."""
     embedded = embedstore.embed_inputs(
-        st, inputs, _columns(model), meta_columns=model.columns, device=device, runtime=runtime,
-        batch_size=batch_size, backbones=backbones,
-    )  # fmt: skip
+        st,
+        inputs,
+        _columns(model),
+        meta_columns=model.columns,
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        backbones=backbones,
+    )
     return _table(predict_embeddings(model, embedded, **settings))
 
 
 def _table(preds: list[Prediction]) -> pa.Table:
     rows = [
-        {"id": p.id, "path": p.path, "label": p.label, "top_k": p.top_k, "unknown": p.unknown,
-         "probability": p.top_k[0]["probability"] if p.top_k else None, "error": p.error}
+        {
+            "id": p.id,
+            "path": p.path,
+            "label": p.label,
+            "top_k": p.top_k,
+            "unknown": p.unknown,
+            "probability": p.top_k[0]["probability"] if p.top_k else None,
+            "error": p.error,
+        }
         for p in preds
-    ]  # fmt: skip
+    ]
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 
@@ -220,9 +248,17 @@ def _meta(model: Predictor, st: embedstore.Store) -> list[str]:
 # ---------------------------------------------------------------------- on a Ray cluster
 
 
-def _predict_ray(model: Predictor, out: str | os.PathLike, st: embedstore.Store | None,
-                 files: list[str] | None, settings: dict[str, Any], runtime: Runtime,
-                 batch_size: int, ray_kw: dict[str, Any], overwrite: bool) -> None:  # fmt: skip
+def _predict_ray(
+    model: Predictor,
+    out: str | os.PathLike,
+    st: embedstore.Store | None,
+    files: list[str] | None,
+    settings: dict[str, Any],
+    runtime: Runtime,
+    batch_size: int,
+    ray_kw: dict[str, Any],
+    overwrite: bool,
+) -> None:
     try:
         cluster = embedstore.connect_ray(ray_kw.pop("address"), quiet=True)
         layout = embedstore.actor_layout(cluster, **ray_kw)
@@ -230,8 +266,13 @@ def _predict_ray(model: Predictor, out: str | os.PathLike, st: embedstore.Store 
         raise HeadsError(str(e)) from None
     ray = embedstore.import_ray()
     common = {"run": str(model.path), "device": layout.device, "settings": settings}
-    pool = {"batch_format": "pyarrow", "batch_size": batch_size, "num_cpus": layout.cpus,
-            "num_gpus": layout.gpus, "compute": ray.data.ActorPoolStrategy(size=layout.actors)}  # fmt: skip
+    pool = {
+        "batch_format": "pyarrow",
+        "batch_size": batch_size,
+        "num_cpus": layout.cpus,
+        "num_gpus": layout.gpus,
+        "compute": ray.data.ActorPoolStrategy(size=layout.actors),
+    }
     if files is None:
         columns = ["id", "path", *_meta(model, st), *_dims(model)]
         ds = st.ray_dataset(columns, embedded=list(_dims(model)))
@@ -240,8 +281,12 @@ def _predict_ray(model: Predictor, out: str | os.PathLike, st: embedstore.Store 
         t = pa.table({"name": pa.array(files, pa.string())})
         ds = ray.data.from_arrow([t.slice(s, batch_size) for s in range(0, len(files), batch_size)])
         ds = ds.map_batches(_read_files, batch_format="pyarrow", batch_size=None, num_cpus=1)
-        kw = {**common, "store_path": None if st is None else str(st.path), "runtime": runtime,
-              "batch_size": batch_size}  # fmt: skip
+        kw = {
+            **common,
+            "store_path": None if st is None else str(st.path),
+            "runtime": runtime,
+            "batch_size": batch_size,
+        }
         ds = ds.map_batches(_FilePredictor, fn_constructor_kwargs=kw, **pool)
     embedstore.write_ray_dataset(ds, out, schema=PREDICTION_SCHEMA, overwrite=overwrite)
 
@@ -268,20 +313,30 @@ class _StorePredictor:
 def _read_files(batch: pa.Table) -> pa.Table:
     """Ray task: read and hash files (:func:`embedstore.read_inputs`)."""
     inputs = embedstore.read_inputs(batch.column("name").to_pylist())
-    return pa.table({
-        "name": pa.array([q.name for q in inputs], pa.string()),
-        "id": pa.array([q.id for q in inputs], pa.string()),
-        "data": pa.array([q.data for q in inputs], pa.binary()),
-        "error": pa.array([q.error for q in inputs], pa.string()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "name": pa.array([q.name for q in inputs], pa.string()),
+            "id": pa.array([q.id for q in inputs], pa.string()),
+            "data": pa.array([q.data for q in inputs], pa.binary()),
+            "error": pa.array([q.error for q in inputs], pa.string()),
+        }
+    )
 
 
 class _FilePredictor:
     """Ray actor: the run and its backbones loaded once; files to rows of predictions, stored
     images by their stored embeddings (:func:`embedstore.embed_inputs`)."""
 
-    def __init__(self, *, run: str, device: str, settings: dict[str, Any], store_path: str | None,
-                 runtime: Runtime, batch_size: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        run: str,
+        device: str,
+        settings: dict[str, Any],
+        store_path: str | None,
+        runtime: Runtime,
+        batch_size: int,
+    ) -> None:
         self.model, self.settings = load(run, device), settings
         self.store = None if store_path is None else embedstore.connect(store_path, create=False)
         self.device, self.runtime, self.batch_size = device, runtime, batch_size
@@ -291,9 +346,15 @@ class _FilePredictor:
         cols = {c: batch.column(c).to_pylist() for c in ("name", "id", "data", "error")}
         inputs = [embedstore.Input(*row) for row in zip(*cols.values(), strict=True)]
         return file_predictions(
-            self.model, self.store, inputs, self.settings, device=self.device,
-            runtime=self.runtime, batch_size=self.batch_size, backbones=self.backbones,
-        )  # fmt: skip
+            self.model,
+            self.store,
+            inputs,
+            self.settings,
+            device=self.device,
+            runtime=self.runtime,
+            batch_size=self.batch_size,
+            backbones=self.backbones,
+        )
 
 
 __all__ = [

@@ -50,9 +50,12 @@ def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
 
 
 def load_fold_data(
-    store: Any, backbone: str | list[str] | None, columns: list[str], where: str | None = None,
+    store: Any,
+    backbone: str | list[str] | None,
+    columns: list[str],
+    where: str | None = None,
     views: bool = False,
-) -> FoldData:  # fmt: skip
+) -> FoldData:
     """Read one backbone's embeddings with labels, folds and ``columns`` from a store; with
     ``views`` also the augmented views stored beside them (:attr:`FoldData.views`).
 

@@ -21,11 +21,16 @@ from heads._loaded import load, log_softmax
 from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
 
 
-def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
-             weights: list[float] | str | None = "auto",
-             average: Average = "logits", calibrate: bool = True,
-             overwrite: bool = False,
-             validation: list[str | os.PathLike] | None = None) -> EvalResult:  # fmt: skip
+def ensemble(
+    runs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    weights: list[float] | str | None = "auto",
+    average: Average = "logits",
+    calibrate: bool = True,
+    overwrite: bool = False,
+    validation: list[str | os.PathLike] | None = None,
+) -> EvalResult:
     """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
     (``.run`` is the ensemble's path).
 
@@ -94,14 +99,22 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
     if auto and len(runs) > 1:
         w = select_weights(vals, classes, temps, average)
     config = {
-        "format": RUN_FORMAT, "kind": "ensemble", "members": rels, "weights": w.tolist(), "average": average,
-        "classes": classes, "store": store, "unknown_label": first_cfg.get("unknown_label", "unknown"),
+        "format": RUN_FORMAT,
+        "kind": "ensemble",
+        "members": rels,
+        "weights": w.tolist(),
+        "average": average,
+        "classes": classes,
+        "store": store,
+        "unknown_label": first_cfg.get("unknown_label", "unknown"),
         "poisonous_of_class": first_cfg.get("poisonous_of_class"),
-        "observation_column": first_cfg.get("observation_column"), "poison_column": first_cfg.get("poison_column"),
+        "observation_column": first_cfg.get("observation_column"),
+        "poison_column": first_cfg.get("poison_column"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "calibrated": bool(calibrate), "temperatures": temps,
+        "calibrated": bool(calibrate),
+        "temperatures": temps,
         "member_sha256": [read_config(r)["config_sha256"] for r in runs],
-    }  # fmt: skip
+    }
     if validation:
         v_members = [load(r, "cpu") for r in validation]
         v_vals = [read_val(Path(r)) for r in validation]
@@ -109,16 +122,27 @@ def ensemble(runs: list[str | os.PathLike], out: str | os.PathLike, *,
         config["validation"] = [
             os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation
         ]
-        _write_val(out, v_vals, v_members, np.ones(len(validation)), average,
-                   v_temps if calibrate else None)  # fmt: skip
+        _write_val(
+            out,
+            v_vals,
+            v_members,
+            np.ones(len(validation)),
+            average,
+            v_temps if calibrate else None,
+        )
     else:
         _write_val(out, vals, members, w, average, temps if calibrate else None)
     write_config(out, config)
     return evaluate(out, holdout=True, plots=True)
 
 
-def select_weights(vals: list[dict[str, Any]], classes: list[str], temps: list[float],
-                   average: str, rounds: int = 20) -> np.ndarray:  # fmt: skip
+def select_weights(
+    vals: list[dict[str, Any]],
+    classes: list[str],
+    temps: list[float],
+    average: str,
+    rounds: int = 20,
+) -> np.ndarray:
     """Greedy ensemble selection with replacement on the images every member validated; equal
     weights when the members validated (mostly) different images."""
     common = set(vals[0]["id"])
@@ -198,8 +222,9 @@ def fit_temperature(val: dict[str, Any], classes: list[str]) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def _write_val(out: Path, vals: list, members: list, w: np.ndarray, average: str,
-               temps: list[float] | None) -> None:  # fmt: skip
+def _write_val(
+    out: Path, vals: list, members: list, w: np.ndarray, average: str, temps: list[float] | None
+) -> None:
     order: dict[str, int] = {}
     for v in vals:
         for i in v["id"]:

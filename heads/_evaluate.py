@@ -125,8 +125,12 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
     has_unknown = any(str(v) == unknown_label for v in labels if v is not None)
     if poison is not None and poc is not None and has_unknown and len(labels):
         obs = rows.get("observation")
-        obs_ids = np.array([str(o) if o is not None else f"id:{i}" for i, o in enumerate(obs)] if obs is not None
-                           else [str(i) for i in rows["id"]], dtype=object)  # fmt: skip
+        obs_ids = np.array(
+            [str(o) if o is not None else f"id:{i}" for i, o in enumerate(obs)]
+            if obs is not None
+            else [str(i) for i in rows["id"]],
+            dtype=object,
+        )
         uniq, mean_logits, first = aggregate_by_observation(obs_ids, logits)
         y_obs = y_true[first]
         p_obs = mean_logits.argmax(axis=1)
@@ -151,8 +155,14 @@ def _public(res: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
-def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = True,
-             store: str | os.PathLike | None = None, device: str = "auto") -> EvalResult:  # fmt: skip
+def evaluate(
+    path: str | os.PathLike,
+    *,
+    holdout: bool = True,
+    plots: bool = True,
+    store: str | os.PathLike | None = None,
+    device: str = "auto",
+) -> EvalResult:
     """Scores of a run or ensemble directory (``top1``, ``top3``, ``macro_f1``, ``mean_class_acc``,
     shot buckets; open-set and ``track1``..``track4`` when defined), plus ``holdout`` scores.
 
@@ -166,13 +176,20 @@ def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = Tru
     if plots and res["n_known"]:
         y, p = _known_pairs(res)
         f1 = per_class_f1(y, p, len(model.classes))
-        out.per_class_png = str(plot_per_class(
-            f1, model.train_counts, model.classes, path / "per_class.png",
-            title=f"{name}, validation part (out-of-fold)",
-        ))  # fmt: skip
-        out.confusion_png = str(plot_confusion(
-            y, p, model.classes, path / "confusion.png", title=f"{name}, validation part"
-        ))  # fmt: skip
+        out.per_class_png = str(
+            plot_per_class(
+                f1,
+                model.train_counts,
+                model.classes,
+                path / "per_class.png",
+                title=f"{name}, validation part (out-of-fold)",
+            )
+        )
+        out.confusion_png = str(
+            plot_confusion(
+                y, p, model.classes, path / "confusion.png", title=f"{name}, validation part"
+            )
+        )
         out.most_confused = most_confused(y, p, model.classes, top=10)
     if holdout:
         rows = holdout_rows(model, store)
@@ -181,10 +198,15 @@ def evaluate(path: str | os.PathLike, *, holdout: bool = True, plots: bool = Tru
             out.holdout = _public(scored)
             if plots and scored["n_known"]:
                 y, p = _known_pairs(scored)
-                out.holdout_per_class_png = str(plot_per_class(
-                    per_class_f1(y, p, len(model.classes)), model.train_counts, model.classes,
-                    path / "holdout_per_class.png", title=f"{name}, held-out part",
-                ))  # fmt: skip
+                out.holdout_per_class_png = str(
+                    plot_per_class(
+                        per_class_f1(y, p, len(model.classes)),
+                        model.train_counts,
+                        model.classes,
+                        path / "holdout_per_class.png",
+                        title=f"{name}, held-out part",
+                    )
+                )
     if plots:
         (path / "eval.json").write_text(json.dumps(out.to_dict(), indent=2, default=str))
     return out
@@ -234,8 +256,11 @@ def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> di
         return None
     table = {c: np.asarray(t[c], dtype=object) for c in meta}
     logits = model.logits(embs, table)
-    rows: dict[str, Any] = {"id": np.asarray(t["id"], dtype=object),
-                            "label": np.asarray(t["label"], dtype=object), "logits": logits}  # fmt: skip
+    rows: dict[str, Any] = {
+        "id": np.asarray(t["id"], dtype=object),
+        "label": np.asarray(t["label"], dtype=object),
+        "logits": logits,
+    }
     s = model.unknown_scores(embs, logits, table)
     if s is not None:
         rows["unknown_score"] = s

@@ -168,7 +168,7 @@ def find_issues(
             round(float(probs[i, suggested[i]]), 4),
             bool(flagged[i]),
             near["neighbors"](i),
-        )  # fmt: skip
+        )
         for rank, i in enumerate(order[:top].tolist())
     ]
     out_order = np.argsort(near["density"], kind="stable")
@@ -182,16 +182,26 @@ def find_issues(
             classes[near["nearest_class"][i]],
             round(float(near["class_similarity"][i]), 4),
             near["neighbors"](i),
-        )  # fmt: skip
+        )
         for rank, i in enumerate(out_order[:top].tolist())
     ]
-    res = IssuesResult(str(path), int(len(y)), len(classes), int(flagged.sum()), suspects, outliers,
-                       notes=near["notes"])  # fmt: skip
+    res = IssuesResult(
+        str(path),
+        int(len(y)),
+        len(classes),
+        int(flagged.sum()),
+        suspects,
+        outliers,
+        notes=near["notes"],
+    )
     out_dir = Path(out) if out is not None else path / "issues"
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    res.csv = str(_write_csv(out_dir / "issues.csv", order, ids, y, suggested, quality, flagged,
-                             near, classes))  # fmt: skip
+    res.csv = str(
+        _write_csv(
+            out_dir / "issues.csv", order, ids, y, suggested, quality, flagged, near, classes
+        )
+    )
     if plots:
         res.png = str(_plot_suspects(out_dir / "issues.png", suspects, meta, near, ids, res))
         res.outliers_png = str(_plot_outliers(out_dir / "outliers.png", outliers, near, ids))
@@ -201,8 +211,15 @@ def find_issues(
     return res
 
 
-def _neighbours(model: Predictor, st: embedstore.Store, ids: np.ndarray, y: np.ndarray,
-                n_classes: int, k: int, device: str) -> dict[str, Any]:  # fmt: skip
+def _neighbours(
+    model: Predictor,
+    st: embedstore.Store,
+    ids: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    k: int,
+    device: str,
+) -> dict[str, Any]:
     """Nearest stored images of each validation image, its kNN density and class similarity."""
     column, desc = next(iter(model.backbone_columns().items()))
     cols = [c for c in ("id", "path", "root", "label") if st.has_column(c)]
@@ -214,10 +231,14 @@ def _neighbours(model: Predictor, st: embedstore.Store, ids: np.ndarray, y: np.n
     rows = np.array([pos.get(str(i), -1) for i in ids])
     notes = []
     if (rows < 0).any():
-        notes.append(f"{int((rows < 0).sum())} validation image(s) are no longer in the store; "
-                     "they have no neighbours or outlier score")  # fmt: skip
-    meta = [{"path": t["path"][r], "root": t["root"][r]} if r >= 0 else {"path": None, "root": None}
-            for r in rows]  # fmt: skip
+        notes.append(
+            f"{int((rows < 0).sum())} validation image(s) are no longer in the store; "
+            "they have no neighbours or outlier score"
+        )
+    meta = [
+        {"path": t["path"][r], "root": t["root"][r]} if r >= 0 else {"path": None, "root": None}
+        for r in rows
+    ]
     n = len(ids)
     density = np.full(n, np.nan)
     nearest_class = np.zeros(n, np.int64)
@@ -251,67 +272,136 @@ def _neighbours(model: Predictor, st: embedstore.Store, ids: np.ndarray, y: np.n
 
     def neighbors(r: int) -> list[dict[str, Any]]:
         """The nearest stored images of validation row ``r`` (for the top rows only)."""
-        return [{"id": t["id"][jj], "path": t["path"][jj], "root": t["root"][jj],
-                 "label": t["label"][jj], "similarity": round(float(ss), 4)}
-                for jj, ss in zip(nb_idx[r, :_SHEET_NEIGHBORS].tolist(),
-                                  nb_sim[r, :_SHEET_NEIGHBORS].tolist(), strict=True)
-                if jj >= 0]  # fmt: skip
+        return [
+            {
+                "id": t["id"][jj],
+                "path": t["path"][jj],
+                "root": t["root"][jj],
+                "label": t["label"][jj],
+                "similarity": round(float(ss), 4),
+            }
+            for jj, ss in zip(
+                nb_idx[r, :_SHEET_NEIGHBORS].tolist(),
+                nb_sim[r, :_SHEET_NEIGHBORS].tolist(),
+                strict=True,
+            )
+            if jj >= 0
+        ]
 
-    return {"meta": meta, "density": density, "nearest_class": nearest_class,
-            "class_similarity": class_sim, "neighbors": neighbors, "notes": notes}  # fmt: skip
+    return {
+        "meta": meta,
+        "density": density,
+        "nearest_class": nearest_class,
+        "class_similarity": class_sim,
+        "neighbors": neighbors,
+        "notes": notes,
+    }
 
 
-def _write_csv(path: Path, order: np.ndarray, ids: np.ndarray, y: np.ndarray, suggested: np.ndarray,
-               quality: np.ndarray, flagged: np.ndarray, near: dict[str, Any],
-               classes: list[str]) -> Path:  # fmt: skip
+def _write_csv(
+    path: Path,
+    order: np.ndarray,
+    ids: np.ndarray,
+    y: np.ndarray,
+    suggested: np.ndarray,
+    quality: np.ndarray,
+    flagged: np.ndarray,
+    near: dict[str, Any],
+    classes: list[str],
+) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "id", "path", "given", "suggested", "label_quality", "flagged",
-                    "knn_similarity", "nearest_class", "class_similarity"])  # fmt: skip
+        w.writerow(
+            [
+                "rank",
+                "id",
+                "path",
+                "given",
+                "suggested",
+                "label_quality",
+                "flagged",
+                "knn_similarity",
+                "nearest_class",
+                "class_similarity",
+            ]
+        )
         for rank, i in enumerate(order.tolist(), 1):
             d = near["density"][i]
-            w.writerow([rank, ids[i], near["meta"][i]["path"], classes[y[i]], classes[suggested[i]],
-                        f"{quality[i]:.4f}", bool(flagged[i]),
-                        "" if not np.isfinite(d) else f"{d:.4f}", classes[near["nearest_class"][i]],
-                        f"{near['class_similarity'][i]:.4f}"])  # fmt: skip
+            w.writerow(
+                [
+                    rank,
+                    ids[i],
+                    near["meta"][i]["path"],
+                    classes[y[i]],
+                    classes[suggested[i]],
+                    f"{quality[i]:.4f}",
+                    bool(flagged[i]),
+                    "" if not np.isfinite(d) else f"{d:.4f}",
+                    classes[near["nearest_class"][i]],
+                    f"{near['class_similarity'][i]:.4f}",
+                ]
+            )
     os.replace(tmp, path)
     return path
 
 
 def _neighbour_tiles(neighbors: list[dict[str, Any]]) -> list[Tile]:
-    return [Tile(load_thumbnail(nb["root"], nb["path"]), [str(nb["label"]), f"sim {nb['similarity']:.3f}"])
-            for nb in neighbors[:_SHEET_NEIGHBORS]]  # fmt: skip
+    return [
+        Tile(
+            load_thumbnail(nb["root"], nb["path"]),
+            [str(nb["label"]), f"sim {nb['similarity']:.3f}"],
+        )
+        for nb in neighbors[:_SHEET_NEIGHBORS]
+    ]
 
 
-def _plot_suspects(path: Path, suspects: list[Suspect], meta: list[dict[str, Any]],
-                   near: dict[str, Any], ids: np.ndarray, res: IssuesResult) -> Path:  # fmt: skip
+def _plot_suspects(
+    path: Path,
+    suspects: list[Suspect],
+    meta: list[dict[str, Any]],
+    near: dict[str, Any],
+    ids: np.ndarray,
+    res: IssuesResult,
+) -> Path:
     row_of = {str(i): r for r, i in enumerate(ids.tolist())}
     rows = []
     for s in suspects[:_SHEET_ROWS]:
         m = meta[row_of[s.id]]
-        head = (f"#{s.rank}  given '{s.given}', model says '{s.suggested}' "
-                f"(p={s.suggested_probability:.2f}; quality {s.label_quality:.3f}"
-                f"{', flagged by cleanlab' if s.flagged else ''})  -  nearest neighbours:")  # fmt: skip
-        tile = Tile(load_thumbnail(m["root"], m["path"]),
-                    [f"given: {s.given}", f"suggested: {s.suggested}", Path(m["path"] or "?").name],
-                    "#d62728")  # fmt: skip
+        head = (
+            f"#{s.rank}  given '{s.given}', model says '{s.suggested}' "
+            f"(p={s.suggested_probability:.2f}; quality {s.label_quality:.3f}"
+            f"{', flagged by cleanlab' if s.flagged else ''})  -  nearest neighbours:"
+        )
+        tile = Tile(
+            load_thumbnail(m["root"], m["path"]),
+            [f"given: {s.given}", f"suggested: {s.suggested}", Path(m["path"] or "?").name],
+            "#d62728",
+        )
         rows.append((head, [tile, *_neighbour_tiles(s.neighbors)]))
-    title = (f"Suspected label errors: {res.flagged} of {res.images} validation images flagged by "
-             f"cleanlab; top {len(rows)} shown (red: the suspect, then its nearest neighbours)")  # fmt: skip
+    title = (
+        f"Suspected label errors: {res.flagged} of {res.images} validation images flagged by "
+        f"cleanlab; top {len(rows)} shown (red: the suspect, then its nearest neighbours)"
+    )
     return contact_sheet(rows, path, title=title)
 
 
-def _plot_outliers(path: Path, outliers: list[Outlier], near: dict[str, Any],
-                   ids: np.ndarray) -> Path:  # fmt: skip
+def _plot_outliers(
+    path: Path, outliers: list[Outlier], near: dict[str, Any], ids: np.ndarray
+) -> Path:
     row_of = {str(i): r for r, i in enumerate(ids.tolist())}
     rows = []
     for o in outliers[:_SHEET_ROWS]:
         m = near["meta"][row_of[o.id]]
-        head = (f"#{o.rank}  '{o.label}': mean similarity to its neighbours {o.knn_similarity:.3f}; "
-                f"closest class '{o.nearest_class}' ({o.class_similarity:.3f})")  # fmt: skip
-        tile = Tile(load_thumbnail(m["root"], m["path"]),
-                    [f"label: {o.label}", Path(m["path"] or "?").name], "#9467bd")  # fmt: skip
+        head = (
+            f"#{o.rank}  '{o.label}': mean similarity to its neighbours {o.knn_similarity:.3f}; "
+            f"closest class '{o.nearest_class}' ({o.class_similarity:.3f})"
+        )
+        tile = Tile(
+            load_thumbnail(m["root"], m["path"]),
+            [f"label: {o.label}", Path(m["path"] or "?").name],
+            "#9467bd",
+        )
         rows.append((head, [tile, *_neighbour_tiles(o.neighbors)]))
     title = (
         "Outliers: validation images in the emptiest neighbourhoods (purple), then their neighbours"

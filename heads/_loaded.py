@@ -157,8 +157,13 @@ class Run(_Loaded):
         for v in self.tta_views:
             for b in self.backbones:
                 c = view_column(b["column"], v)
-                out[c] = {**b, "name": f"{b['name']} {v} view", "column": c, "view": v,
-                          "describe": view_describe(b["describe"], b["column"], v)}  # fmt: skip
+                out[c] = {
+                    **b,
+                    "name": f"{b['name']} {v} view",
+                    "column": c,
+                    "view": v,
+                    "describe": view_describe(b["describe"], b["column"], v),
+                }
         return out
 
     def logits(
@@ -176,10 +181,11 @@ class Run(_Loaded):
         if not self.tta_views:
             return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
         inputs = [X] + [  # each view of every backbone, made into the head's input as X is
-            self.head_input({b["column"]: embeddings[view_column(b["column"], v)]
-                             for b in self.backbones})
+            self.head_input(
+                {b["column"]: embeddings[view_column(b["column"], v)] for b in self.backbones}
+            )
             for v in self.tta_views
-        ]  # fmt: skip
+        ]
         z = [np.asarray(self.head.decision_function(x, **kw), np.float64) for x in inputs]
         return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 

@@ -94,8 +94,13 @@ def plot_per_class(
     return _save(fig, path)
 
 
-def _plot_per_class_bars(f1: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
-                         path: str | os.PathLike[str], title: str | None = None) -> Path:  # fmt: skip
+def _plot_per_class_bars(
+    f1: np.ndarray,
+    counts: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> Path:
     """Per-class F1 as sorted horizontal bars (worst at the top), for balanced class sizes."""
     order = np.argsort(-f1, kind="stable")  # barh draws bottom-up: best at the bottom
     fig = _figure(7.0, max(2.5, 0.28 * f1.size + 1.2))
@@ -156,8 +161,13 @@ def plot_training_curves(
             xs, ys = series(key)
             ax.plot(xs, ys, marker="o", markersize=3, label=key)
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="tab:red", linestyle="--", linewidth=1,
-                       label=f"best epoch {best_epoch} (kept)")  # fmt: skip
+            ax.axvline(
+                best_epoch,
+                color="tab:red",
+                linestyle="--",
+                linewidth=1,
+                label=f"best epoch {best_epoch} (kept)",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(panel)
@@ -199,8 +209,15 @@ def plot_confusion(
     for i in range(len(keep)):
         for j in range(len(keep)):
             if sub[i, j]:
-                ax.text(j, i, int(sub[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    int(sub[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.6 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     shown = "" if len(keep) == n else f"; the {len(keep)} most-confused of {n} classes"
@@ -277,14 +294,30 @@ def plot_trials(
             best = max(best, v)
             xs.append(n)
             ys.append(best)
-        ax.step(xs, ys, where="post", color="tab:red", linewidth=1.5,
-                label=f"best so far ({ys[-1]:.4f})")  # fmt: skip
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color="tab:red",
+            linewidth=1.5,
+            label=f"best so far ({ys[-1]:.4f})",
+        )
     if cut:
-        ax.scatter(*zip(*cut, strict=True), s=18, marker="x", color="0.6",
-                   label="pruned (running mean at the stop)")  # fmt: skip
+        ax.scatter(
+            *zip(*cut, strict=True),
+            s=18,
+            marker="x",
+            color="0.6",
+            label="pruned (running mean at the stop)",
+        )
     if default is not None:
-        ax.axhline(default, color="grey", linestyle="--", linewidth=1,
-                   label=f"default recipe ({default:.4f})")  # fmt: skip
+        ax.axhline(
+            default,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"default recipe ({default:.4f})",
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered 0, 1, 2 ...

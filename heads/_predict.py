@@ -111,8 +111,13 @@ class Prediction(Result):
     def items_(self) -> dict[str, Any]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        out = {"path": self.path, "top_k": self.top_k, "label": self.label, "unknown": self.unknown,
-               "id": self.id}  # fmt: skip
+        out = {
+            "path": self.path,
+            "top_k": self.top_k,
+            "label": self.label,
+            "unknown": self.unknown,
+            "id": self.id,
+        }
         for k in ("unknown_score", "expected_cost", "group"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
@@ -169,18 +174,35 @@ def predict(
         except embedstore.StoreError:
             st = None  # the run's store is gone: every image is embedded anew
     inputs = embedstore.read_inputs(paths)
-    inputs += [embedstore.Input(i, i.lower() if _is_id(i) else None, error=None if _is_id(i)
-               else "not a stored row id (64 hex digits)") for i in (ids or [])]  # fmt: skip
+    inputs += [
+        embedstore.Input(
+            i,
+            i.lower() if _is_id(i) else None,
+            error=None if _is_id(i) else "not a stored row id (64 hex digits)",
+        )
+        for i in (ids or [])
+    ]
     columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()}
     meta = [*model.columns, *([group_by] if group_by not in (None, "folder") else [])]
     batch = embedstore.embed_inputs(
-        st, inputs, columns, meta_columns=meta, device=device, runtime=runtime,
-        batch_size=batch_size, backbones=backbones, resident=resident,
-    )  # fmt: skip
+        st,
+        inputs,
+        columns,
+        meta_columns=meta,
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        backbones=backbones,
+        resident=resident,
+    )
     groups = None
     if group_by == "folder":
-        groups = [str(Path(q.name).parent) if q.data is not None and not q.name.startswith("upload ")
-                  else None for q in inputs]  # fmt: skip
+        groups = [
+            str(Path(q.name).parent)
+            if q.data is not None and not q.name.startswith("upload ")
+            else None
+            for q in inputs
+        ]
     elif group_by is not None:
         groups = [None if v is None else str(v) for v in batch.table[group_by]]
     return predict_embeddings(model, batch, top_k=top_k, prior=pri, cost=cost, groups=groups)
@@ -268,12 +290,19 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
         )
         for p in predictions:
             top = p.top_k or []
-            w.writerow([
-                p.path, p.id or "", p.label or "", f"{top[0]['probability']:.6f}" if top else "",
-                "" if p.unknown is None else str(p.unknown).lower(),
-                "" if p.unknown_score is None else f"{p.unknown_score:.6f}", p.group or "",
-                ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top), p.error or "",
-            ])  # fmt: skip
+            w.writerow(
+                [
+                    p.path,
+                    p.id or "",
+                    p.label or "",
+                    f"{top[0]['probability']:.6f}" if top else "",
+                    "" if p.unknown is None else str(p.unknown).lower(),
+                    "" if p.unknown_score is None else f"{p.unknown_score:.6f}",
+                    p.group or "",
+                    ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top),
+                    p.error or "",
+                ]
+            )
     os.replace(tmp, path)
     return path
 

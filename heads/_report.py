@@ -77,8 +77,11 @@ class _Thumbs:
                 self.count += 1
         data = self.cache[key]
         title = html.escape(path or id_)
-        pic = (f'<img src="data:image/jpeg;base64,{data}" title="{title}" alt="{title}">'
-               if data else f'<div class="noimg" title="{title}">no image</div>')  # fmt: skip
+        pic = (
+            f'<img src="data:image/jpeg;base64,{data}" title="{title}" alt="{title}">'
+            if data
+            else f'<div class="noimg" title="{title}">no image</div>'
+        )
         cap = f"<figcaption>{caption}</figcaption>" if caption else ""
         return f"<figure>{pic}{cap}</figure>"
 
@@ -120,24 +123,41 @@ def report(
         f1 = per_class_f1(y, p, len(model.classes))
         sections.append(("per-class", "Per-class F1", _per_class(f1, model)))
         pairs = most_confused(y, p, model.classes, top=top)
-        sections.append(("confusion", "Confusion among the most-confused classes",
-                         _confusion(y, p, model.classes, pairs)))  # fmt: skip
+        sections.append(
+            (
+                "confusion",
+                "Confusion among the most-confused classes",
+                _confusion(y, p, model.classes, pairs),
+            )
+        )
         ids = np.asarray(val["id"], dtype=object)[known]
         probs = np.asarray(val["logits"], np.float64)[known]
-        sections.append(("pairs", "Most-confused pairs",
-                         _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs)))  # fmt: skip
+        sections.append(
+            (
+                "pairs",
+                "Most-confused pairs",
+                _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs),
+            )
+        )
     sections.append(("unknown", "Unknown detector", _roc(model, val, store, notes)))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            issues = find_issues(path, top=top, out=Path(tmp) / "issues", store=store, plots=False,
-                                 device=device)  # fmt: skip
+            issues = find_issues(
+                path, top=top, out=Path(tmp) / "issues", store=store, plots=False, device=device
+            )
             sections.append(("label-errors", "Suspected label errors", _issues(issues, thumbs)))
         except (ValueError, embedstore.StoreError, ImportError) as e:
             notes.append(f"label errors not checked: {e}")
         if st is not None:
             column = next(iter(model.backbone_columns()))
-            dups = embedstore.find_duplicates(st, backbone=column, threshold=duplicates_threshold,
-                                              out=Path(tmp) / "dups", plots=False, device=device)  # fmt: skip
+            dups = embedstore.find_duplicates(
+                st,
+                backbone=column,
+                threshold=duplicates_threshold,
+                out=Path(tmp) / "dups",
+                plots=False,
+                device=device,
+            )
             sections.append(
                 ("duplicates", "Near-duplicates and leakage", _duplicates(dups, thumbs, top))
             )
@@ -146,8 +166,15 @@ def report(
     tmp_out = out_path.with_name(out_path.name + ".tmp")
     tmp_out.write_text(page, encoding="utf-8")
     os.replace(tmp_out, out_path)
-    return ReportResult(str(path), str(out_path), out_path.stat().st_size, [s[0] for s in sections],
-                        thumbs.count, round(time.perf_counter() - t0, 3), notes)  # fmt: skip
+    return ReportResult(
+        str(path),
+        str(out_path),
+        out_path.stat().st_size,
+        [s[0] for s in sections],
+        thumbs.count,
+        round(time.perf_counter() - t0, 3),
+        notes,
+    )
 
 
 # ---------------------------------------------------------------------------- sections
@@ -172,26 +199,31 @@ figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;whit
 """
 
 
-def _page(path: Path, model: Predictor, ev: Any, sections: list[tuple[str, str, str]],
-          notes: list[str]) -> str:  # fmt: skip
+def _page(
+    path: Path, model: Predictor, ev: Any, sections: list[tuple[str, str, str]], notes: list[str]
+) -> str:
     cfg = model.config
     backbone = ", ".join(b.get("name", c) for c, b in model.backbone_columns().items())
     members = getattr(model, "members", [])
     kind_heads = sorted({str(m.config.get("head")) for m in members}) or [str(cfg.get("head"))]
     what = f"ensemble of {len(members)} members" if members else "run"
-    meta = (f"{what}, head {html.escape(', '.join(kind_heads))}, on "
-            f"{html.escape(backbone)}; {len(model.classes)} classes; store "
-            f"{html.escape(model.store_path)}; {ev.metrics.get('n', 0)} validation images")  # fmt: skip
+    meta = (
+        f"{what}, head {html.escape(', '.join(kind_heads))}, on "
+        f"{html.escape(backbone)}; {len(model.classes)} classes; store "
+        f"{html.escape(model.store_path)}; {ev.metrics.get('n', 0)} validation images"
+    )
     nav = " ".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in sections)
     body = "".join(
         f'<section id="{k}"><h2>{html.escape(t)}</h2>{h}</section>' for k, t, h in sections
     )
     extra = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Report: '
-            f"{html.escape(str(path))}</title><style>{_CSS}</style></head><body><main>"
-            f"<h1>{html.escape(str(path))}</h1><p class='meta'>{meta}</p><nav>{nav}</nav>{extra}"
-            f"{body}<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            "</p></main></body></html>")  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Report: '
+        f"{html.escape(str(path))}</title><style>{_CSS}</style></head><body><main>"
+        f"<h1>{html.escape(str(path))}</h1><p class='meta'>{meta}</p><nav>{nav}</nav>{extra}"
+        f"{body}<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        "</p></main></body></html>"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -199,18 +231,25 @@ def _fmt(v: Any) -> str:
 
 
 def _scores(metrics: dict[str, Any], holdout: dict[str, Any] | None) -> str:
-    keys = [k for k in METRIC_NAMES if isinstance(metrics.get(k), float) or
-            (holdout and isinstance(holdout.get(k), float))]  # fmt: skip
+    keys = [
+        k
+        for k in METRIC_NAMES
+        if isinstance(metrics.get(k), float) or (holdout and isinstance(holdout.get(k), float))
+    ]
     head = "<tr><th>metric</th><th>validation (out-of-fold)</th>" + (
-        "<th>held-out part</th></tr>" if holdout else "</tr>")  # fmt: skip
+        "<th>held-out part</th></tr>" if holdout else "</tr>"
+    )
     rows = "".join(
         f"<tr><td>{k}</td><td class='num'>{_fmt(metrics.get(k, '-'))}</td>"
         + (f"<td class='num'>{_fmt(holdout.get(k, '-'))}</td>" if holdout else "")
         + "</tr>"
         for k in keys
     )
-    n = f"<tr><td>images</td><td class='num'>{metrics.get('n')}</td>" + (
-        f"<td class='num'>{holdout.get('n')}</td>" if holdout else "") + "</tr>"  # fmt: skip
+    n = (
+        f"<tr><td>images</td><td class='num'>{metrics.get('n')}</td>"
+        + (f"<td class='num'>{holdout.get('n')}</td>" if holdout else "")
+        + "</tr>"
+    )
     return f"<table>{head}{rows}{n}</table>"
 
 
@@ -219,11 +258,15 @@ def _per_class(f1: np.ndarray, model: Predictor) -> str:
     rows = []
     for i in np.argsort(f1, kind="stable"):
         w = int(round(160 * float(f1[i])))
-        rows.append(f"<tr><td>{html.escape(model.classes[i])}</td><td class='num'>{int(counts[i])}</td>"
-                    f"<td><span class='bar' style='width:{w}px'></span>{f1[i]:.3f}</td></tr>")  # fmt: skip
-    return ("<p class='meta'>Worst first; training images per class beside each. Macro-F1 "
-            f"{float(np.mean(f1)):.4f}.</p><table><tr><th>class</th><th>train images</th>"
-            f"<th>F1</th></tr>{''.join(rows)}</table>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(model.classes[i])}</td><td class='num'>{int(counts[i])}</td>"
+            f"<td><span class='bar' style='width:{w}px'></span>{f1[i]:.3f}</td></tr>"
+        )
+    return (
+        "<p class='meta'>Worst first; training images per class beside each. Macro-F1 "
+        f"{float(np.mean(f1)):.4f}.</p><table><tr><th>class</th><th>train images</th>"
+        f"<th>F1</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _confusion(
@@ -257,13 +300,22 @@ def _confusion(
         rows.append(
             f"<tr><th class='r'>{html.escape(classes[ca])} ({totals[a]})</th>{''.join(cells)}</tr>"
         )
-    return ("<p class='meta'>Rows: true class (validation images); columns: predicted class. Only the "
-            "classes of the most frequent mistakes are shown.</p>"
-            f"<table class='cm'><tr><th>true \\ predicted</th>{head}</tr>{''.join(rows)}</table>")  # fmt: skip
+    return (
+        "<p class='meta'>Rows: true class (validation images); columns: predicted class. Only the "
+        "classes of the most frequent mistakes are shown.</p>"
+        f"<table class='cm'><tr><th>true \\ predicted</th>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
-def _pairs(pairs: list[dict[str, Any]], ids: np.ndarray, y: np.ndarray, p: np.ndarray,
-           logits: np.ndarray, classes: list[str], thumbs: _Thumbs) -> str:  # fmt: skip
+def _pairs(
+    pairs: list[dict[str, Any]],
+    ids: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    logits: np.ndarray,
+    classes: list[str],
+    thumbs: _Thumbs,
+) -> str:
     if not pairs:
         return "<p>No mistakes to show.</p>"
     idx = {c: i for i, c in enumerate(classes)}
@@ -279,10 +331,14 @@ def _pairs(pairs: list[dict[str, Any]], ids: np.ndarray, y: np.ndarray, p: np.nd
         figs += "".join(
             thumbs.img(str(ids[i]), f"a real {html.escape(pr['predicted'])}") for i in typical
         )
-        out.append(f"<div class='row'><h3>{html.escape(pr['true'])} taken for "
-                   f"{html.escape(pr['predicted'])}: {pr['count']} image(s)</h3>{figs}</div>")  # fmt: skip
-    return ("<p class='meta'>Examples of each mistake (most confident first), then typical images "
-            f"of the class they were taken for.</p>{''.join(out)}")  # fmt: skip
+        out.append(
+            f"<div class='row'><h3>{html.escape(pr['true'])} taken for "
+            f"{html.escape(pr['predicted'])}: {pr['count']} image(s)</h3>{figs}</div>"
+        )
+    return (
+        "<p class='meta'>Examples of each mistake (most confident first), then typical images "
+        f"of the class they were taken for.</p>{''.join(out)}"
+    )
 
 
 def _roc(model: Predictor, val: dict[str, Any], store: Any, notes: list[str]) -> str:
@@ -297,8 +353,9 @@ def _roc(model: Predictor, val: dict[str, Any], store: Any, notes: list[str]) ->
         notes.append(f"held-out part not scored for the ROC: {e}")
     if held is not None:
         parts.append(held)
-    labels = np.concatenate([np.asarray(v["label"], dtype=object) for v in parts
-                             if v.get("unknown_score") is not None])  # fmt: skip
+    labels = np.concatenate(
+        [np.asarray(v["label"], dtype=object) for v in parts if v.get("unknown_score") is not None]
+    )
     scores = [
         np.asarray(v["unknown_score"], np.float64)
         for v in parts
@@ -311,51 +368,71 @@ def _roc(model: Predictor, val: dict[str, Any], store: Any, notes: list[str]) ->
     known = np.array([v in classes for v in labels])[keep]
     s = s[keep]
     if known.all() or not known.any():
-        return (f"<p>No validation or held-out image is labelled '{html.escape(model.unknown_label)}' "
-                "(or every one is), so there is no ROC here; <code>heads openset --store S "
-                "--roc-png roc.png</code> measures the detectors by holding classes out.</p>")  # fmt: skip
+        return (
+            f"<p>No validation or held-out image is labelled '{html.escape(model.unknown_label)}' "
+            "(or every one is), so there is no ROC here; <code>heads openset --store S "
+            "--roc-png roc.png</code> measures the detectors by holding classes out.</p>"
+        )
     summary = openset_scores(known, s)
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_roc({"detector": (known, s)}, Path(tmp) / "roc.png").read_bytes()
     data = base64.b64encode(png).decode()
-    return (f"<p>{int(known.sum())} known and {int((~known).sum())} unknown images: AUROC "
-            f"{summary['auroc']:.4f}, unknowns accepted at 95% of knowns kept (FPR95) "
-            f"{summary['fpr95']:.4f}; threshold {model.threshold:.4g}.</p>"
-            f'<img src="data:image/png;base64,{data}" alt="ROC" style="max-width:520px">')  # fmt: skip
+    return (
+        f"<p>{int(known.sum())} known and {int((~known).sum())} unknown images: AUROC "
+        f"{summary['auroc']:.4f}, unknowns accepted at 95% of knowns kept (FPR95) "
+        f"{summary['fpr95']:.4f}; threshold {model.threshold:.4g}.</p>"
+        f'<img src="data:image/png;base64,{data}" alt="ROC" style="max-width:520px">'
+    )
 
 
 def _issues(res: IssuesResult, thumbs: _Thumbs) -> str:
-    thumbs.locate([s.id for s in res.label_issues] +
-                  [n["id"] for s in res.label_issues for n in s.neighbors])  # fmt: skip
-    out = [f"<p class='meta'>cleanlab (confident learning on the out-of-fold probabilities) flags "
-           f"{res.flagged} of {res.images} validation images; the {len(res.label_issues)} most "
-           "suspect, each beside its nearest stored neighbours.</p>"]  # fmt: skip
+    thumbs.locate(
+        [s.id for s in res.label_issues] + [n["id"] for s in res.label_issues for n in s.neighbors]
+    )
+    out = [
+        f"<p class='meta'>cleanlab (confident learning on the out-of-fold probabilities) flags "
+        f"{res.flagged} of {res.images} validation images; the {len(res.label_issues)} most "
+        "suspect, each beside its nearest stored neighbours.</p>"
+    ]
     for s in res.label_issues:
         figs = f"<span class='suspect'>{thumbs.img(s.id, 'given ' + html.escape(s.given))}</span>"
-        figs += "".join(thumbs.img(n["id"], f"{html.escape(str(n['label']))} {n['similarity']:.2f}")
-                        for n in s.neighbors)  # fmt: skip
+        figs += "".join(
+            thumbs.img(n["id"], f"{html.escape(str(n['label']))} {n['similarity']:.2f}")
+            for n in s.neighbors
+        )
         flag = " (flagged)" if s.flagged else ""
-        out.append(f"<div class='row'><h3>#{s.rank} {html.escape(Path(s.path or s.id).name)}: given "
-                   f"<b>{html.escape(s.given)}</b>, model says <b>{html.escape(s.suggested)}</b> "
-                   f"(p = {s.suggested_probability:.2f}; label quality {s.label_quality:.3f}{flag})"
-                   f"</h3>{figs}</div>")  # fmt: skip
+        out.append(
+            f"<div class='row'><h3>#{s.rank} {html.escape(Path(s.path or s.id).name)}: given "
+            f"<b>{html.escape(s.given)}</b>, model says <b>{html.escape(s.suggested)}</b> "
+            f"(p = {s.suggested_probability:.2f}; label quality {s.label_quality:.3f}{flag})"
+            f"</h3>{figs}</div>"
+        )
     return "".join(out)
 
 
 def _duplicates(res: embedstore.DuplicatesResult, thumbs: _Thumbs, top: int) -> str:
     leak = ", ".join(f"{k}: {v}" for k, v in res.leakage.items() if v) or "none"
-    out = [f"<p>{res.groups_found} groups of near-duplicates ({res.pairs_found} pairs with cosine "
-           f"similarity &ge; {res.threshold}) among {res.images} images. Leaking pairs: "
-           f"<span class='{'leak' if res.leaking_pairs else ''}'>{leak}</span>; "
-           f"{res.holdout_images} held-out image(s) have a near-duplicate in a training fold.</p>"]  # fmt: skip
+    out = [
+        f"<p>{res.groups_found} groups of near-duplicates ({res.pairs_found} pairs with cosine "
+        f"similarity &ge; {res.threshold}) among {res.images} images. Leaking pairs: "
+        f"<span class='{'leak' if res.leaking_pairs else ''}'>{leak}</span>; "
+        f"{res.holdout_images} held-out image(s) have a near-duplicate in a training fold.</p>"
+    ]
     thumbs.locate([i for g in res.groups[:top] for i in g.ids[:6]])
     for g in res.groups[:top]:
         figs = "".join(
-            thumbs.img(g.ids[i], html.escape(f"{g.labels[i]} · {g.splits[i] or '-'} · "
-                                             f"{'first' if i == 0 else f'{g.similarity_to_first[i]:.3f}'}"))
+            thumbs.img(
+                g.ids[i],
+                html.escape(
+                    f"{g.labels[i]} · {g.splits[i] or '-'} · "
+                    f"{'first' if i == 0 else f'{g.similarity_to_first[i]:.3f}'}"
+                ),
+            )
             for i in range(min(g.size, 6))
-        )  # fmt: skip
+        )
         leaks = f" <span class='leak'>leak: {', '.join(g.leaks)}</span>" if g.leaks else ""
-        out.append(f"<div class='row'><h3>group {g.group}: {g.size} images, best similarity "
-                   f"{g.similarity:.3f}{leaks}</h3>{figs}</div>")  # fmt: skip
+        out.append(
+            f"<div class='row'><h3>group {g.group}: {g.size} images, best similarity "
+            f"{g.similarity:.3f}{leaks}</h3>{figs}</div>"
+        )
     return "".join(out)

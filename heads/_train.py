@@ -67,8 +67,13 @@ class FoldResult(Result):
     knn_top1_by_k: dict[str, float] | None = None
 
     def items_(self) -> dict[str, Any]:
-        out = {"run": self.run, "fold": self.fold, "fit_seconds": self.fit_seconds,
-               "epochs": self.epochs, **self.metrics}  # fmt: skip
+        out = {
+            "run": self.run,
+            "fold": self.fold,
+            "fit_seconds": self.fit_seconds,
+            "epochs": self.epochs,
+            **self.metrics,
+        }
         if self.knn_top1_by_k is not None:
             out["knn_top1_by_k"] = self.knn_top1_by_k
         return out
@@ -159,8 +164,9 @@ def train(
     detector = build_detector(unknown, head_options.get("device"))
     refit, ensemble = _refit_settings(estimator, fold, refit, ensemble)
     several = isinstance(backbone, list | tuple) and len(backbone) > 1
-    data = load_fold_data(store, backbone, [*metadata, *aux_targets], where,
-                          views=views is not False or bool(tta))  # fmt: skip
+    data = load_fold_data(
+        store, backbone, [*metadata, *aux_targets], where, views=views is not False or bool(tta)
+    )
     if several and getattr(estimator, "_arch", None) == "transformer" and not estimator.token_dims:
         # token fusion: one token per backbone
         estimator.set_params(token_dims=[i.dim for i in data.extra["backbones"]])
@@ -188,8 +194,14 @@ def train(
     # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
     work = base.parent / f".{base.name}.partial-{uuid.uuid4().hex[:8]}"
     runs, metrics, stats = [], [], []
-    settings = {"head": head, "metadata": list(metadata), "aux_targets": list(aux_targets),
-                "unknown": unknown, "unknown_label": unknown_label, "where": where}  # fmt: skip
+    settings = {
+        "head": head,
+        "metadata": list(metadata),
+        "aux_targets": list(aux_targets),
+        "unknown": unknown,
+        "unknown_label": unknown_label,
+        "where": where,
+    }
     steps = len(folds) + int(refit)
     try:
         for done, k in enumerate(folds):
@@ -217,14 +229,22 @@ def train(
                     len(getattr(model, "history_", []) or []),
                     res.metrics,
                     f.extra.get("knn_top1_by_k"),
-                )  # fmt: skip
+                )
             )
         ens, ens_metrics, refit_res = None, None, None
         if refit:
             if on_fold is not None:
                 on_fold(len(folds), steps)
-            refit_res = fit_refit(estimator, detector, data, stats, work / "refit", settings,
-                                  list(metadata), list(aux_targets))  # fmt: skip
+            refit_res = fit_refit(
+                estimator,
+                detector,
+                data,
+                stats,
+                work / "refit",
+                settings,
+                list(metadata),
+                list(aux_targets),
+            )
             refit_res.run = str(base / "refit")
         if fold == "all" and (len(runs) > 1 or refit):
             members, weights = _ensemble_members(ensemble, runs, work / "refit", refit)
@@ -262,8 +282,9 @@ class _FoldStats:
     threshold: float | None
 
 
-def _refit_settings(estimator: Any, fold: int | str, refit: bool,
-                    members: str | None) -> tuple[bool, str]:  # fmt: skip
+def _refit_settings(
+    estimator: Any, fold: int | str, refit: bool, members: str | None
+) -> tuple[bool, str]:
     if getattr(estimator, "reference", None) == "train+val":
         if fold != "all":
             raise HeadsError(
@@ -286,8 +307,12 @@ def _backbones_config(data: FoldData) -> dict[str, Any]:
     infos = data.extra.get("backbones") or [data.backbone]
     if len(infos) == 1:
         return {}
-    return {"backbones": [{"name": i.backbone, "column": i.column, "dim": i.dim,
-                           "describe": i.describe} for i in infos]}  # fmt: skip
+    return {
+        "backbones": [
+            {"name": i.backbone, "column": i.column, "dim": i.dim, "describe": i.describe}
+            for i in infos
+        ]
+    }
 
 
 def _fold_stats(
@@ -308,9 +333,16 @@ def refit_epochs(best_epochs: list[int]) -> int:
     return max(1, int(round(float(np.median(best_epochs)))))
 
 
-def fit_refit(estimator: Any, detector: UnknownDetector | None, data: FoldData,
-              stats: list[_FoldStats], run_dir: Path, settings: dict[str, Any],
-              metadata: list[str], aux_targets: list[str]) -> FoldResult:  # fmt: skip
+def fit_refit(
+    estimator: Any,
+    detector: UnknownDetector | None,
+    data: FoldData,
+    stats: list[_FoldStats],
+    run_dir: Path,
+    settings: dict[str, Any],
+    metadata: list[str],
+    aux_targets: list[str],
+) -> FoldResult:
     """Train ``estimator`` on every fold's rows for the folds' median best epoch and save it as a
     run in ``run_dir`` (no validation rows: temperature and unknown threshold from the folds)."""
     f = prepare_fold(data, None, metadata, aux_targets, settings["unknown_label"])
@@ -330,16 +362,22 @@ def fit_refit(estimator: Any, detector: UnknownDetector | None, data: FoldData,
         det.threshold_ = float(np.mean(thresholds))
         det.calibration_ = {"method": "mean of the folds' thresholds", "thresholds": thresholds}
     temperature = float(np.mean([s.temperature for s in stats]))
-    extra = {"refit": {"epochs": epochs, "fold_best_epochs": best,
-                       "fold_temperatures": [s.temperature for s in stats]},
-             "temperature": temperature}  # fmt: skip
+    extra = {
+        "refit": {
+            "epochs": epochs,
+            "fold_best_epochs": best,
+            "fold_temperatures": [s.temperature for s in stats],
+        },
+        "temperature": temperature,
+    }
     save_fold(run_dir, model, det, data, f, val_logits, None, fit_s, settings, extra)
     n = len(getattr(model, "history_", []) or [])
     return FoldResult(str(run_dir), None, round(fit_s, 3), n, {"n_train": int(len(f.train_rows))})
 
 
-def _ensemble_members(members: str, runs: list[str], refit_dir: Path,
-                      refit: bool) -> tuple[list[str], list[float] | str]:  # fmt: skip
+def _ensemble_members(
+    members: str, runs: list[str], refit_dir: Path, refit: bool
+) -> tuple[list[str], list[float] | str]:
     if not refit or members == "folds":
         return runs, "auto"
     if members == "refit":
@@ -409,8 +447,9 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
 # ---------------------------------------------------------------------------- fold steps
 
 
-def prepare_fold(data: FoldData, k: int | None, metadata: list[str], aux_targets: list[str],
-                 unknown_label: str) -> _Fold:  # fmt: skip
+def prepare_fold(
+    data: FoldData, k: int | None, metadata: list[str], aux_targets: list[str], unknown_label: str
+) -> _Fold:
     """Rows, labels, encoded metadata (encoder fitted on the training part) and aux targets."""
     train_rows, val_rows = fold_rows(data, k, unknown_label)
     y_tr = data.labels[train_rows].astype(str)
@@ -493,8 +532,9 @@ def tta_logits(model: Any, data: FoldData, rows: np.ndarray, **kw: Any) -> np.nd
     return np.mean(z, axis=0).astype(np.float32)
 
 
-def _stack_views(X: np.ndarray, V: np.ndarray, y: np.ndarray,
-                 fit_kw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+def _stack_views(
+    X: np.ndarray, V: np.ndarray, y: np.ndarray, fit_kw: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Training rows with every view as one more row: ``(n * (1 + V), D)``, labels and
     metadata fields / aux targets repeated to match."""
     reps = 1 + V.shape[1]
@@ -507,8 +547,9 @@ def _stack_views(X: np.ndarray, V: np.ndarray, y: np.ndarray,
     return X, np.tile(y, reps), kw
 
 
-def calibrate_fold(model: Any, detector: UnknownDetector | None, data: FoldData,
-                   f: _Fold) -> tuple[np.ndarray, UnknownDetector | None, np.ndarray | None]:  # fmt: skip
+def calibrate_fold(
+    model: Any, detector: UnknownDetector | None, data: FoldData, f: _Fold
+) -> tuple[np.ndarray, UnknownDetector | None, np.ndarray | None]:
     """Validation logits, the detector fitted on the training part and calibrated on validation
     (None without one) and its validation scores; kNN heads also score every k."""
     X_val = data.X[f.val_rows]
@@ -536,9 +577,18 @@ def calibrate_fold(model: Any, detector: UnknownDetector | None, data: FoldData,
     return val_logits, detector, val_scores
 
 
-def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data: FoldData, f: _Fold,
-              val_logits: np.ndarray, val_scores: np.ndarray | None, fit_s: float,
-              settings: dict[str, Any], extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+def save_fold(
+    run_dir: Path,
+    model: Any,
+    detector: UnknownDetector | None,
+    data: FoldData,
+    f: _Fold,
+    val_logits: np.ndarray,
+    val_scores: np.ndarray | None,
+    fit_s: float,
+    settings: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write the run directory (weights, detector, history, validation logits, config last);
     ``extra`` adds keys to its config (a refit's epochs and temperature)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -550,9 +600,11 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
     if poison_col:
         pv = aux_matrix(data.table, [poison_col], f.train_rows)[:, 0]
         poisonous_of_class = [
-            bool(np.nanmean(pv[f.y_train == c]) > 0.5) if np.isfinite(pv[f.y_train == c]).any() else False
+            bool(np.nanmean(pv[f.y_train == c]) > 0.5)
+            if np.isfinite(pv[f.y_train == c]).any()
+            else False
             for c in f.classes
-        ]  # fmt: skip
+        ]
     det_config = None
     if detector is not None:
         dconf, dtens = detector.get_state()
@@ -562,16 +614,22 @@ def save_fold(run_dir: Path, model: Any, detector: UnknownDetector | None, data:
     write_history(run_dir, history)
     if history:
         plot_training_curves(
-            history, run_dir / "curves.png", best_epoch=getattr(model, "best_epoch_", None),
+            history,
+            run_dir / "curves.png",
+            best_epoch=getattr(model, "best_epoch_", None),
             title=f"{settings['head']} on {data.backbone.backbone}, "
             f"{'refit on all folds' if f.k is None else f'fold {f.k}'}: training curves",
-        )  # fmt: skip
+        )
     obs_col = data.extra.get("obs_column")
     write_val(
-        run_dir, data.ids[f.val_rows], data.labels[f.val_rows], val_logits, val_scores,
+        run_dir,
+        data.ids[f.val_rows],
+        data.labels[f.val_rows],
+        val_logits,
+        val_scores,
         observation=data.table[obs_col][f.val_rows] if obs_col else None,
         poisonous=aux_matrix(data.table, [poison_col], f.val_rows)[:, 0] if poison_col else None,
-    )  # fmt: skip
+    )
     config: dict[str, Any] = {
         "format": RUN_FORMAT,
         "kind": "run",

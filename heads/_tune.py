@@ -94,8 +94,9 @@ class TuneResult(Result):
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
 
 
-def search_space(head: str, fixed: dict[str, Any] | None = None,
-                 losses: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def search_space(
+    head: str, fixed: dict[str, Any] | None = None, losses: list[str] | None = None
+) -> dict[str, Any]:
     """What :func:`tune` searches for ``head``: ``{name: (low, high, "log"|"linear") or
     [choices]}``, leaving out what the head does not take and what ``fixed`` sets.
 
@@ -242,9 +243,13 @@ def tune(
         raise HeadsError(
             f"{data.store_path}: no validation rows of a known class to score trials on"
         )
-    base = Path(out) if out is not None else (
-        Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )  # fmt: skip
+    base = (
+        Path(out)
+        if out is not None
+        else (
+            Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+    )
     if base.exists() and (not base.is_dir() or any(base.iterdir())) and not overwrite:
         raise HeadsError(
             f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
@@ -271,31 +276,67 @@ def tune(
         bar.update(1)
         done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if done:
-            bar.set_postfix(best_f1=f"{st.best_value:.4f}", pruned=sum(
-                t.state == optuna.trial.TrialState.PRUNED for t in st.trials))  # fmt: skip
+            bar.set_postfix(
+                best_f1=f"{st.best_value:.4f}",
+                pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in st.trials),
+            )
 
-    study.optimize(objective, n_trials=trials, timeout=timeout_s, callbacks=[_tick],
-                   catch=(ValueError, RuntimeError))  # fmt: skip
+    study.optimize(
+        objective,
+        n_trials=trials,
+        timeout=timeout_s,
+        callbacks=[_tick],
+        catch=(ValueError, RuntimeError),
+    )
     bar.total = len(study.trials)
     bar.close()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-        why = failed[0].user_attrs.get("error", "see the warnings above") if failed else (
-            "the time limit came before one trial finished; give a larger --timeout-s")  # fmt: skip
+        why = (
+            failed[0].user_attrs.get("error", "see the warnings above")
+            if failed
+            else ("the time limit came before one trial finished; give a larger --timeout-s")
+        )
         raise HeadsError(f"no trial completed ({len(study.trials)} started): {why}")
     seconds = time.perf_counter() - t_start
     best = study.best_trial
     best_params = {**best.params}
     default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
 
-    res = train_head(store, fold=fold, backbone=backbone, head=head, out=base, where=where,
-                     unknown_label=unknown_label, progress=progress, overwrite=overwrite,
-                     views=views, tta=tta, **head_options, **head_settings(best_params))  # fmt: skip
+    res = train_head(
+        store,
+        fold=fold,
+        backbone=backbone,
+        head=head,
+        out=base,
+        where=where,
+        unknown_label=unknown_label,
+        progress=progress,
+        overwrite=overwrite,
+        views=views,
+        tta=tta,
+        **head_options,
+        **head_settings(best_params),
+    )
     used = _views_used(data)
     rows = _trial_rows(study.trials, space, used)
-    files = _write_trials(base, rows, space, best, default, data, head, head_options,
-                          trials, timeout_s, seed, len(folds), seconds, used)  # fmt: skip
+    files = _write_trials(
+        base,
+        rows,
+        space,
+        best,
+        default,
+        data,
+        head,
+        head_options,
+        trials,
+        timeout_s,
+        seed,
+        len(folds),
+        seconds,
+        used,
+    )
     return TuneResult(
         run=str(base),
         best_params=best_params,
@@ -320,15 +361,24 @@ def tune(
 
 def _views_used(data: FoldData) -> dict[str, list[str]]:
     """The views trained on and those averaged at prediction, as a run's config records them."""
-    return {"train": list(data.extra.get("train_views") or []),
-            "tta": list(data.extra.get("tta_views") or [])}  # fmt: skip
+    return {
+        "train": list(data.extra.get("train_views") or []),
+        "tta": list(data.extra.get("tta_views") or []),
+    }
 
 
 class _Objective:
     """One trial: clone the head with the trial's settings, fit and predict fold by fold."""
 
-    def __init__(self, estimator: Any, data: FoldData, folds: list[_Fold], space: dict[str, Any],
-                 classes: np.ndarray, deadline: float | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        estimator: Any,
+        data: FoldData,
+        folds: list[_Fold],
+        space: dict[str, Any],
+        classes: np.ndarray,
+        deadline: float | None,
+    ) -> None:
         self.estimator, self.data, self.folds, self.space = estimator, data, folds, space
         self.classes, self.deadline = classes, deadline
 
@@ -378,36 +428,52 @@ class _Objective:
         return macro_f1(t, p)
 
 
-def _trial_rows(trials: list[Any], space: dict[str, Any],
-                views: dict[str, list[str]]) -> list[dict[str, Any]]:  # fmt: skip
+def _trial_rows(
+    trials: list[Any], space: dict[str, Any], views: dict[str, list[str]]
+) -> list[dict[str, Any]]:
     rows, best = [], -math.inf
     for t in trials:
         value = t.value if t.state.name == "COMPLETE" else None
         if value is not None:
             best = max(best, value)
         last = max(t.intermediate_values.items())[1] if t.intermediate_values else None
-        rows.append({
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "macro_f1": value,
-            "top1": t.user_attrs.get("top1"),
-            "best_so_far": best if best > -math.inf else None,
-            "folds_done": len(t.user_attrs.get("fold_macro_f1", [])) or len(t.intermediate_values),
-            "last_mean_fold_macro_f1": last,
-            "seconds": t.user_attrs.get("seconds") or (
-                None if t.duration is None else round(t.duration.total_seconds(), 2)),
-            **{k: t.params.get(k) for k in space},
-            "views": bool(views["train"]),
-            "tta": bool(views["tta"]),
-            "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "macro_f1": value,
+                "top1": t.user_attrs.get("top1"),
+                "best_so_far": best if best > -math.inf else None,
+                "folds_done": len(t.user_attrs.get("fold_macro_f1", []))
+                or len(t.intermediate_values),
+                "last_mean_fold_macro_f1": last,
+                "seconds": t.user_attrs.get("seconds")
+                or (None if t.duration is None else round(t.duration.total_seconds(), 2)),
+                **{k: t.params.get(k) for k in space},
+                "views": bool(views["train"]),
+                "tta": bool(views["tta"]),
+                "note": t.user_attrs.get("error") or t.user_attrs.get("stopped") or "",
+            }
+        )
     return rows
 
 
-def _write_trials(base: Path, rows: list[dict[str, Any]], space: dict[str, Any], best: Any,
-                  default: Any, data: FoldData, head: str, fixed: dict[str, Any], trials: int,
-                  timeout_s: float | None, seed: int, n_folds: int,
-                  seconds: float, views: dict[str, list[str]]) -> tuple[Path, Path, Path]:  # fmt: skip
+def _write_trials(
+    base: Path,
+    rows: list[dict[str, Any]],
+    space: dict[str, Any],
+    best: Any,
+    default: Any,
+    data: FoldData,
+    head: str,
+    fixed: dict[str, Any],
+    trials: int,
+    timeout_s: float | None,
+    seed: int,
+    n_folds: int,
+    seconds: float,
+    views: dict[str, list[str]],
+) -> tuple[Path, Path, Path]:
     """``trials.csv`` (one row per trial), ``trials.json`` (settings, best, every trial) and
     ``trials.png`` (objective per trial and best so far) in the run folder."""
     base.mkdir(parents=True, exist_ok=True)
@@ -435,7 +501,7 @@ def _write_trials(base: Path, rows: list[dict[str, Any]], space: dict[str, Any],
             "macro_f1": best.value,
             "top1": best.user_attrs.get("top1"),
             "head_settings": head_settings(best.params),
-        },  # fmt: skip
+        },
         "default": None
         if default is None
         else {
@@ -443,7 +509,7 @@ def _write_trials(base: Path, rows: list[dict[str, Any]], space: dict[str, Any],
             "params": default.params,
             "macro_f1": default.value,
             "top1": default.user_attrs.get("top1"),
-        },  # fmt: skip
+        },
         "trials": rows,
     }
     json_path.write_text(json.dumps(jsonable(summary), indent=2, default=str))

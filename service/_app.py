@@ -30,9 +30,14 @@ from service._state import NotFound, Settings, State
 
 STATIC = Path(__file__).parent / "static"
 _BAD_INPUT = (
-    embedstore.StoreError, embedstore.ImageError, embedstore.IngestError,
-    embedstore.MetadataError, embedstore.BackboneError, heads.HeadsError, ValueError,
-)  # fmt: skip
+    embedstore.StoreError,
+    embedstore.ImageError,
+    embedstore.IngestError,
+    embedstore.MetadataError,
+    embedstore.BackboneError,
+    heads.HeadsError,
+    ValueError,
+)
 
 
 # library and service exceptions -> (HTTP status, error), in one place
@@ -185,8 +190,14 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
         if not state.ready:
             return _json(503, "loading", "the store and models are being loaded")
         r = state.resident()
-        return JSONResponse({"ready": True, "store_version": r.version, "images": len(r.ids),
-                             "runs": state.run_names()})  # fmt: skip
+        return JSONResponse(
+            {
+                "ready": True,
+                "store_version": r.version,
+                "images": len(r.ids),
+                "runs": state.run_names(),
+            }
+        )
 
     @app.get("/v1/store")
     def store_info() -> dict[str, Any]:
@@ -198,11 +209,17 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
         """The store's embedding columns (whether their model is loaded, and with which runtime)
         and the registry."""
         cols = [
-            {"name": i.backbone, "column": i.column, "dim": i.dim, "dtype": i.dtype,
-             "source": i.describe.get("source"), "loaded": i.column in state.backbones,
-             "runtime": state.backbone_runtime(i.column)}
+            {
+                "name": i.backbone,
+                "column": i.column,
+                "dim": i.dim,
+                "dtype": i.dtype,
+                "source": i.describe.get("source"),
+                "loaded": i.column in state.backbones,
+                "runtime": state.backbone_runtime(i.column),
+            }
             for i in state.store.embeddings_info().values()
-        ]  # fmt: skip
+        ]
         return {"store": cols, "registered": embedstore.list_backbones()}
 
     @app.get("/v1/runs")
@@ -227,9 +244,15 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
         if not files and not body.ids:
             raise ApiError(422, "bad input", "give images (multipart 'images') or stored 'ids'")
         res = await _in_thread(
-            heads.predict, model, files, ids=body.ids, top_k=body.top_k, prior=body.prior,
-            backbones=_backbones_for(model), resident=state.resident(),
-        )  # fmt: skip
+            heads.predict,
+            model,
+            files,
+            ids=body.ids,
+            top_k=body.top_k,
+            prior=body.prior,
+            backbones=_backbones_for(model),
+            resident=state.resident(),
+        )
         return [r.to_dict() for r in res]
 
     @app.post("/v1/lookup")
@@ -241,10 +264,16 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
             raise ApiError(422, "bad input", "give images (multipart 'images') or stored 'ids'")
         info = _backbone_info(body.backbone)
         res = await _in_thread(
-            embedstore.lookup, state.store, [*files, *body.ids], k=body.k, backbone=info.backbone,
-            where=body.where, device=state.device, resident=state.resident(),
+            embedstore.lookup,
+            state.store,
+            [*files, *body.ids],
+            k=body.k,
+            backbone=info.backbone,
+            where=body.where,
+            device=state.device,
+            resident=state.resident(),
             backbones=state.lazy_backbones([info.column]),
-        )  # fmt: skip
+        )
         out = []
         for q in res.results:
             d = q.to_dict()
@@ -296,9 +325,12 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
     def _add(files: list[bytes], label: str | None, fields: dict[str, str]) -> dict[str, Any]:
         with state.write_lock:
             res = embedstore.add_images(
-                state.store, files, labels=[label] * len(files),
-                metadata=[dict(fields) for _ in files], backbone_objects=state.raw_backbones() or None,
-            )  # fmt: skip
+                state.store,
+                files,
+                labels=[label] * len(files),
+                metadata=[dict(fields) for _ in files],
+                backbone_objects=state.raw_backbones() or None,
+            )
         return res.to_dict()
 
     @app.post("/v1/train", status_code=202)
@@ -408,9 +440,12 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 
 def _check_train_options(opts: dict[str, Any]) -> None:
     checks = {
-        "head": heads.list_heads(), "loss": heads.list_losses(), "unknown": heads.list_detectors(),
-        "class_weights": CLASS_WEIGHTS, "sampler": SAMPLERS,
-    }  # fmt: skip
+        "head": heads.list_heads(),
+        "loss": heads.list_losses(),
+        "unknown": heads.list_detectors(),
+        "class_weights": CLASS_WEIGHTS,
+        "sampler": SAMPLERS,
+    }
     for k, valid in checks.items():
         if k in opts and opts[k] not in valid:
             raise ApiError(

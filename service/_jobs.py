@@ -46,11 +46,17 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "status": self.status, "progress": self.progress,
-            "params": self.params, "result": self.result, "error": self.error,
-            "created_at": self.created_at, "started_at": self.started_at,
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "progress": self.progress,
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
             "finished_at": self.finished_at,
-        }  # fmt: skip
+        }
 
 
 class JobQueue:

@@ -156,9 +156,10 @@ class State:
         if d is None or not d.is_dir():
             return []
         return sorted(
-            p.name for p in d.iterdir()
+            p.name
+            for p in d.iterdir()
             if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
-        )  # fmt: skip
+        )
 
     def run(self, name: str) -> Any:
         """The loaded run or ensemble ``name`` (reloaded when its config changed)."""
@@ -184,11 +185,16 @@ class State:
         ev = path / "eval.json"
         metrics = json.loads(ev.read_text()) if ev.is_file() else None
         return {
-            "name": name, "kind": model.config.get("kind"), "head": model.config.get("head"),
-            "classes": model.classes, "backbones": sorted(model.backbone_columns()),
-            "metadata": model.columns, "unknown_detector": model.threshold is not None,
-            "unknown_label": model.unknown_label, "metrics": metrics,
-        }  # fmt: skip
+            "name": name,
+            "kind": model.config.get("kind"),
+            "head": model.config.get("head"),
+            "classes": model.classes,
+            "backbones": sorted(model.backbone_columns()),
+            "metadata": model.columns,
+            "unknown_detector": model.threshold is not None,
+            "unknown_label": model.unknown_label,
+            "metrics": metrics,
+        }
 
     # ------------------------------------------------------------------ jobs
 
@@ -206,10 +212,12 @@ class State:
             tmp = d / f"{PARTIAL}{name}-{job.id}"
             try:
                 res = heads.train(
-                    self.store.path, out=tmp, progress=False,
+                    self.store.path,
+                    out=tmp,
+                    progress=False,
                     on_fold=lambda done, total: job.checkpoint(folds_done=done, folds=total),
                     **options,
-                )  # fmt: skip
+                )
                 with self._lock:
                     old = d / f".old-{name}-{job.id}"
                     if (d / name).exists():
@@ -241,9 +249,12 @@ class State:
             with self.write_lock:
                 job.checkpoint(stage="ingest")
                 s = embedstore.ingest(
-                    path, self.store, backbone_objects=self.raw_backbones() or None,
-                    progress=False, workers=0,
-                )  # fmt: skip
+                    path,
+                    self.store,
+                    backbone_objects=self.raw_backbones() or None,
+                    progress=False,
+                    workers=0,
+                )
             return s.to_dict()
 
         return self.jobs.submit("ingest", {"folder": str(path)}, work)

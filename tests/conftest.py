@@ -16,8 +16,14 @@ FLOWERS = Path(
 ).resolve()
 
 
-def write_class_images(root: Path, n_classes: int = 3, per_class: int = 4, size: int = 48, seed: int = 0,
-                       fmt: str = "JPEG") -> list[Path]:  # fmt: skip
+def write_class_images(
+    root: Path,
+    n_classes: int = 3,
+    per_class: int = 4,
+    size: int = 48,
+    seed: int = 0,
+    fmt: str = "JPEG",
+) -> list[Path]:
     """Real image files, one folder per class; each class has its own colour and stripe pattern."""
     rng = np.random.default_rng(seed)
     paths = []
@@ -70,10 +76,19 @@ def one_thread():
 
 
 # The towers of the tiny two-tower models (CLIP, SigLIP, SigLIP 2) the tests build from configs.
-TINY_TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                 vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
-TINY_VISION = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                   patch_size=8)  # fmt: skip
+TINY_TEXT = dict(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    vocab_size=100,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+TINY_VISION = dict(
+    hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, patch_size=8
+)
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +98,22 @@ def tiny_dino(tmp_path_factory) -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     d = tmp_path_factory.mktemp("models") / "tiny-dino"
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       patch_size=8, image_size=32)  # fmt: skip
+    cfg = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=8,
+        image_size=32,
+    )
     torch.manual_seed(0)
     Dinov2Model(cfg).save_pretrained(d)
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(d)  # fmt: skip
+    BitImageProcessor(
+        size={"shortest_edge": 36},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(d)
     return d
 
 
@@ -100,8 +125,10 @@ def tiny_clip(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("models") / "tiny-clip"
     cfg = CLIPConfig(
-        text_config=TINY_TEXT, vision_config={**TINY_VISION, "image_size": 32}, projection_dim=16,
-    )  # fmt: skip
+        text_config=TINY_TEXT,
+        vision_config={**TINY_VISION, "image_size": 32},
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(d)
     return d
@@ -141,8 +168,18 @@ def flowers_store(flowers, tmp_path_factory) -> Path:
     return path
 
 
-def make_synthetic_store(path: Path, *, n_classes: int = 6, per_class: int = 40, dim: int = 16, sep: float = 4.0,
-                         seed: int = 0, extra: dict | None = None, labels=None, X=None):  # fmt: skip
+def make_synthetic_store(
+    path: Path,
+    *,
+    n_classes: int = 6,
+    per_class: int = 40,
+    dim: int = 16,
+    sep: float = 4.0,
+    seed: int = 0,
+    extra: dict | None = None,
+    labels=None,
+    X=None,
+):
     """A real store whose embedding column holds separable Gaussian clusters (no images needed).
 
     Rows are written through the store API exactly as ingest writes them.

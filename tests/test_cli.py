@@ -53,8 +53,23 @@ def test_lookup_and_index_json_contract(tmp_path, tiny_dino):
 
 def test_openset_json_contract(tmp_path):
     make_synthetic_store(tmp_path / "s", n_classes=8, per_class=30)
-    r = CliRunner().invoke(heads_cli, ["openset", "--store", str(tmp_path / "s"), "--draws", "1", "--device", "cpu",
-                                       "--detector", "mahalanobis", "--detector", "energy", "--json"])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "openset",
+            "--store",
+            str(tmp_path / "s"),
+            "--draws",
+            "1",
+            "--device",
+            "cpu",
+            "--detector",
+            "mahalanobis",
+            "--detector",
+            "energy",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     assert {row["detector"] for row in rows} == {"mahalanobis", "energy"}
@@ -67,12 +82,40 @@ def test_openset_json_contract(tmp_path):
 def test_bare_unknown_attaches_the_default_detector(tmp_path):
     st = make_synthetic_store(tmp_path / "s", n_classes=4, per_class=20)
     embedstore.split(st, folds=2, seed=0)
-    r = CliRunner().invoke(heads_cli, ["train", "--store", str(tmp_path / "s"), "--fold", "0", "--head", "centroid",
-                                       "--unknown", "--out", str(tmp_path / "r"), "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "train",
+            "--store",
+            str(tmp_path / "s"),
+            "--fold",
+            "0",
+            "--head",
+            "centroid",
+            "--unknown",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["detector"]["name"] == "energy-knn"
     assert config["detector"]["config"]["params"]["k"] == 1
-    r = CliRunner().invoke(heads_cli, ["train", "--store", str(tmp_path / "s"), "--fold", "0", "--head", "centroid",
-                                       "--unknown", "odin", "--out", str(tmp_path / "r2")])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "train",
+            "--store",
+            str(tmp_path / "s"),
+            "--fold",
+            "0",
+            "--head",
+            "centroid",
+            "--unknown",
+            "odin",
+            "--out",
+            str(tmp_path / "r2"),
+        ],
+    )
     assert r.exit_code != 0 and "'odin' is not one of 'default', 'energy'" in r.output, r.output

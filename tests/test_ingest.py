@@ -130,8 +130,14 @@ def test_two_backbones_and_adding_one_later_embeds_only_that(tmp_path, tiny_dino
 
 def test_pooling_variants(tmp_path, tiny_dino):
     write_class_images(tmp_path / "imgs", n_classes=1, per_class=2)
-    s = embedstore.ingest(tmp_path / "imgs", tmp_path / "s", backbones=[str(tiny_dino)], pooling="cls+mean",
-                          workers=0, progress=False)  # fmt: skip
+    s = embedstore.ingest(
+        tmp_path / "imgs",
+        tmp_path / "s",
+        backbones=[str(tiny_dino)],
+        pooling="cls+mean",
+        workers=0,
+        progress=False,
+    )
     assert s["embedded"] == {"tiny-dino-cls-mean": 2}
     info = embedstore.connect(tmp_path / "s").resolve_backbone("tiny-dino-cls-mean")
     assert info.dim == 64 and info.describe["pooling"] == "cls+mean"
@@ -253,8 +259,15 @@ def test_every_bad_input_is_skipped_with_its_reason_and_good_ones_ingested(tmp_p
     csv = (tmp_path / "s" / "skipped.csv").read_text()
     assert "cls/truncated.jpg" in csv and "truncated" in csv
     t = _rows(tmp_path / "s")
-    by_path = {p: (w, h) for p, w, h in zip(t.column("path").to_pylist(), t.column("width").to_pylist(),
-                                            t.column("height").to_pylist(), strict=True)}  # fmt: skip
+    by_path = {
+        p: (w, h)
+        for p, w, h in zip(
+            t.column("path").to_pylist(),
+            t.column("width").to_pylist(),
+            t.column("height").to_pylist(),
+            strict=True,
+        )
+    }
     assert by_path["cls/rotated.jpg"] == (20, 40)  # EXIF orientation applied
     assert "cls/ünïcødé 花.jpg" in by_path
     assert any(p.startswith("cls/latin1-") for p in by_path)
@@ -300,13 +313,38 @@ def test_nothing_ingestible_exits_nonzero_and_good_folder_exits_zero(tmp_path, t
     bad.mkdir(parents=True)
     (bad / "a.jpg").write_bytes(b"")
     (bad / "b.png").write_text("nope")
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(tmp_path / "bad"), "--store", str(tmp_path / "s"),
-                                            "--backbone", str(tiny_dino), "--workers", "0", "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(tmp_path / "bad"),
+            "--store",
+            str(tmp_path / "s"),
+            "--backbone",
+            str(tiny_dino),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "no image could be ingested" in r.output and "empty file" in r.output
     write_class_images(tmp_path / "good", n_classes=1, per_class=1)
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(tmp_path / "good"), "--store", str(tmp_path / "s2"),
-                                            "--backbone", str(tiny_dino), "--workers", "0", "--quiet", "--json"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(tmp_path / "good"),
+            "--store",
+            str(tmp_path / "s2"),
+            "--backbone",
+            str(tiny_dino),
+            "--workers",
+            "0",
+            "--quiet",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["new_images"] == 1
 
@@ -394,9 +432,21 @@ def test_label_column_and_parquet_and_id_join(tmp_path, tiny_dino):
     import pyarrow.parquet as pq
 
     stems = ["img_0", "img_1"]
-    pq.write_table(pa.table({"image_id": ["class_0/img_0.jpg", "class_0/img_1.jpg", "class_1/img_0.jpg", "class_1/img_1.jpg"],
-                             "species": ["a", "b", "a", None], "elevation_m": [1.5, 2.5, None, 4.0]}),
-                   tmp_path / "m.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "image_id": [
+                    "class_0/img_0.jpg",
+                    "class_0/img_1.jpg",
+                    "class_1/img_0.jpg",
+                    "class_1/img_1.jpg",
+                ],
+                "species": ["a", "b", "a", None],
+                "elevation_m": [1.5, 2.5, None, 4.0],
+            }
+        ),
+        tmp_path / "m.parquet",
+    )
     s = _ingest(
         imgs, tmp_path / "s", tiny_dino, metadata=tmp_path / "m.parquet", label_column="species"
     )
@@ -428,8 +478,22 @@ def test_kill_9_during_ingest_then_resume_has_every_image_exactly_once(tmp_path)
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
     (imgs / "class_0" / "dup.jpg").write_bytes((imgs / "class_1" / "img_3.jpg").read_bytes())
     store = tmp_path / "s"
-    cmd = [sys.executable, "-m", "cli", "ingest", str(imgs), "--store", str(store), "--batch-size", "4",
-           "--commit-every", "4", "--workers", "0", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "ingest",
+        str(imgs),
+        "--store",
+        str(store),
+        "--batch-size",
+        "4",
+        "--commit-every",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     killed = False

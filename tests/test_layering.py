@@ -100,8 +100,10 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     """``import embedstore`` and the command line's module load no heavy library (help and
     option errors answer at once); every public name is still there, from the module that
     defines it."""
-    code = ("import cli, embedstore, sys; heavy = ('torch', 'lance', 'pyarrow', 'transformers', "
-            "'heads', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")  # fmt: skip
+    code = (
+        "import cli, embedstore, sys; heavy = ('torch', 'lance', 'pyarrow', 'transformers', "
+        "'heads', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -216,8 +218,18 @@ def test_train_all_folds_evaluates_the_ensemble_once(tmp_path, monkeypatch):
         raise AssertionError("the CLI evaluated the ensemble again")
 
     monkeypatch.setattr(heads, "evaluate", no_second_evaluation)
-    args = ["train", "--store", str(tmp_path / "s"), "--fold", "all", "--head", "centroid",
-            "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    args = [
+        "train",
+        "--store",
+        str(tmp_path / "s"),
+        "--fold",
+        "all",
+        "--head",
+        "centroid",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+    ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
     assert "ensemble of 2 folds (out-of-fold): top1" in r.output
@@ -229,15 +241,29 @@ def test_train_all_folds_evaluates_the_ensemble_once(tmp_path, monkeypatch):
 def _metadata_store(path: Path):
     rng = np.random.default_rng(0)
     habitat = [["wood", "meadow", "sand"][i % 3] for i in range(90)]
-    return make_synthetic_store(path, n_classes=3, per_class=30, sep=1.0, extra={"habitat": habitat},
-                                X=None, seed=int(rng.integers(100)))  # fmt: skip
+    return make_synthetic_store(
+        path,
+        n_classes=3,
+        per_class=30,
+        sep=1.0,
+        extra={"habitat": habitat},
+        X=None,
+        seed=int(rng.integers(100)),
+    )
 
 
 def test_ensemble_unknown_scores_use_the_metadata_table(tmp_path):
     st = _metadata_store(tmp_path / "s")
     embedstore.split(st, folds=2, seed=0)
-    res = heads.train(st, fold="all", head="mlp", metadata=["habitat"], unknown="energy",
-                      out=tmp_path / "r", **FAST)  # fmt: skip
+    res = heads.train(
+        st,
+        fold="all",
+        head="mlp",
+        metadata=["habitat"],
+        unknown="energy",
+        out=tmp_path / "r",
+        **FAST,
+    )
     ens = heads.load(res.ensemble)
     assert isinstance(ens, heads.Predictor) and isinstance(ens.members[0], heads.Predictor)
     X, t = st.embeddings("synthetic", columns=("habitat",))
@@ -256,8 +282,16 @@ def test_ensemble_unknown_scores_use_the_metadata_table(tmp_path):
 def test_the_detector_gets_the_training_device_and_decides_from_its_scores(tmp_path):
     st = make_synthetic_store(tmp_path / "s", n_classes=2, per_class=30)
     embedstore.split(st, folds=2, seed=0)
-    heads.train(st, fold=0, head="centroid", unknown="knn", unknown_label="not-a-species",
-                out=tmp_path / "r", progress=False, device="cpu")  # fmt: skip
+    heads.train(
+        st,
+        fold=0,
+        head="centroid",
+        unknown="knn",
+        unknown_label="not-a-species",
+        out=tmp_path / "r",
+        progress=False,
+        device="cpu",
+    )
     cfg = read_config(tmp_path / "r")
     assert cfg["detector"]["config"]["params"]["device"] == "cpu"
     # a detector that rejects everything: the run's unknown label, from the detector's decision
@@ -274,8 +308,15 @@ def test_predict_labels_unknowns_with_the_runs_unknown_label(tmp_path, tiny_dino
     files = write_class_images(imgs, n_classes=2, per_class=10, size=40)
     embedstore.ingest(imgs, tmp_path / "s", backbones=[str(tiny_dino)], workers=0, progress=False)
     embedstore.split(tmp_path / "s", folds=2, seed=0)
-    heads.train(tmp_path / "s", fold=0, head="centroid", unknown="msp", unknown_label="not-a-species",
-                out=tmp_path / "r", progress=False)  # fmt: skip
+    heads.train(
+        tmp_path / "s",
+        fold=0,
+        head="centroid",
+        unknown="msp",
+        unknown_label="not-a-species",
+        out=tmp_path / "r",
+        progress=False,
+    )
     cfg = read_config(tmp_path / "r")
     cfg["detector"]["config"]["threshold"] = 2.0  # msp <= 1: every image is rejected
     write_config(tmp_path / "r", cfg)

@@ -36,8 +36,14 @@ def _store_with_metadata(root: Path, backbone: Path) -> Path:
             lines.append(f"class_{c}/img_{i}.jpg,2024-05-0{i + 1},hab{c},{c * 10 + i}")
     (root / "meta.csv").write_text("\n".join(lines) + "\n")
     store = root / "store"
-    s = embedstore.ingest(imgs, store, backbones=[str(backbone)], metadata=root / "meta.csv",
-                          workers=0, progress=False)  # fmt: skip
+    s = embedstore.ingest(
+        imgs,
+        store,
+        backbones=[str(backbone)],
+        metadata=root / "meta.csv",
+        workers=0,
+        progress=False,
+    )
     assert s["new_images"] == 13, s
     return store
 
@@ -166,8 +172,14 @@ def test_built_index_is_used_until_the_store_changes(tmp_path, tiny_dino, kind):
 
 def test_rebuilt_backbone_reproduces_the_stored_embedding_with_its_pooling(tmp_path, tiny_dino):
     write_class_images(tmp_path / "imgs", n_classes=2, per_class=2)
-    s = embedstore.ingest(tmp_path / "imgs", tmp_path / "store", backbones=[str(tiny_dino)],
-                          pooling="mean", workers=0, progress=False)  # fmt: skip
+    s = embedstore.ingest(
+        tmp_path / "imgs",
+        tmp_path / "store",
+        backbones=[str(tiny_dino)],
+        pooling="mean",
+        workers=0,
+        progress=False,
+    )
     assert s["embedded"] == {"tiny-dino-mean": 4}
     png = tmp_path / "same-pixels.png"  # new bytes, the stored image's pixels
     Image.open(tmp_path / "imgs" / "class_1" / "img_0.jpg").save(png)
@@ -213,18 +225,33 @@ def test_bad_input_fails_with_a_clear_message_and_changes_nothing(small, tmp_pat
             dict(queries=[q], k=5, where="label = 'class_1'"),
             "k=5 but the store has 4 images with tiny-dino embeddings matching --where",
         ),
-        (dict(queries=[str(tmp_path / "nope.jpg")]), f"{tmp_path / 'nope.jpg'}: query file not found (give an image file or a 64-hex stored row id)"),
-        (dict(queries=[str(bad)]), f"{bad}: cannot use as a query image: not an image (content is not a recognised image format)"),
+        (
+            dict(queries=[str(tmp_path / "nope.jpg")]),
+            f"{tmp_path / 'nope.jpg'}: query file not found (give an image file or a 64-hex stored row id)",
+        ),
+        (
+            dict(queries=[str(bad)]),
+            f"{bad}: cannot use as a query image: not an image (content is not a recognised image format)",
+        ),
         (dict(queries=[str(empty)]), f"{empty}: cannot use as a query image: empty file (0 bytes)"),
         (dict(queries=["0" * 64]), f"{'0' * 64}: no stored image has this id (and no such file)"),
-        (dict(queries=[q], backbone="dinov2-small"), f"{small}: no embeddings for backbone 'dinov2-small'; the store has: tiny-dino"),
+        (
+            dict(queries=[q], backbone="dinov2-small"),
+            f"{small}: no embeddings for backbone 'dinov2-small'; the store has: tiny-dino",
+        ),
         (dict(queries=[q], where="nonsense =="), "invalid --where expression 'nonsense ==': "),
-        (dict(queries=[q], where="no_such_column = 1"), "invalid --where expression 'no_such_column = 1': "),
+        (
+            dict(queries=[q], where="no_such_column = 1"),
+            "invalid --where expression 'no_such_column = 1': ",
+        ),
         (dict(queries=[q], columns=["nope"]), f"{small}: no column(s) nope; columns: "),
-        (dict(queries=[q], columns=["emb_tiny_dino"]), "column(s) emb_tiny_dino hold embeddings; give metadata columns"),
+        (
+            dict(queries=[q], columns=["emb_tiny_dino"]),
+            "column(s) emb_tiny_dino hold embeddings; give metadata columns",
+        ),
         (dict(queries=[q], index="annoy"), "unknown index 'annoy'; valid: auto, exact, ivf, hnsw"),
         (dict(queries=[]), "no queries given: name image files or stored row ids"),
-    ]  # fmt: skip
+    ]
     for kw, message in cases:
         with pytest.raises(embedstore.StoreError) as e:
             lookup(small, **kw)
@@ -288,6 +315,8 @@ def test_flowers12_lookup_votes_the_true_species(flowers_store, flowers, tmp_pat
     same = lookup(flowers_store, [str(fresh[0])], k=1)["results"][0]["neighbors"][0]
     assert same["path"].endswith(f"{fresh[0].parent.name}/{fresh[0].stem}.jpg")
     assert same["similarity"] > 0.995  # the rebuilt backbone reproduces the stored embedding
-    print(f"\nflowers12 lookup vote accuracy: stored vectors {acc_stored:.3f} ({len(picked)} "
-          f"photos), fresh embeddings {acc_fresh:.3f} ({len(fresh)} photos)")  # fmt: skip
+    print(
+        f"\nflowers12 lookup vote accuracy: stored vectors {acc_stored:.3f} ({len(picked)} "
+        f"photos), fresh embeddings {acc_fresh:.3f} ({len(fresh)} photos)"
+    )
     assert acc_stored >= 0.85 and acc_fresh >= 0.8

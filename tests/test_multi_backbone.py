@@ -19,8 +19,14 @@ from tests.conftest import write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = {"epochs": 15, "hidden": 32, "batch_size": 16, "lr": 3e-3, "progress": False,
-        "device": "cpu"}  # fmt: skip
+FAST = {
+    "epochs": 15,
+    "hidden": 32,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "progress": False,
+    "device": "cpu",
+}
 OPTIONS = {
     "mlp": FAST,
     "linear": {**FAST, "lr": 1e-2},
@@ -31,7 +37,7 @@ OPTIONS = {
         "transformer_dim": 16,
         "transformer_heads": 2,
         "transformer_layers": 1,
-    },  # fmt: skip
+    },
     "knn": {"k": 3, "progress": False, "device": "cpu"},
 }
 
@@ -41,8 +47,13 @@ def two_backbones(tmp_path_factory, tiny_dino, tiny_clip):
     """3 classes x 10 real JPEG files embedded with two tiny backbones (DINOv2 and CLIP)."""
     root = tmp_path_factory.mktemp("two")
     write_class_images(root / "imgs", n_classes=3, per_class=10, size=40)
-    embedstore.ingest(root / "imgs", root / "s", backbones=[str(tiny_dino), str(tiny_clip)],
-                      workers=0, progress=False)  # fmt: skip
+    embedstore.ingest(
+        root / "imgs",
+        root / "s",
+        backbones=[str(tiny_dino), str(tiny_clip)],
+        workers=0,
+        progress=False,
+    )
     embedstore.split(root / "s", folds=2, seed=0)
     infos = embedstore.connect(root / "s").embeddings_info()
     assert len(infos) == 2
@@ -106,8 +117,14 @@ def test_views_of_two_backbones_train_and_predict_with_tta(
     st = embedstore.connect(store)
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=3, per_class=10, size=40)  # the stored images' files
-    s = embedstore.ingest(imgs, store, backbones=[str(tiny_dino), str(tiny_clip)], views="flip",
-                          workers=0, progress=False)  # fmt: skip
+    s = embedstore.ingest(
+        imgs,
+        store,
+        backbones=[str(tiny_dino), str(tiny_clip)],
+        views="flip",
+        workers=0,
+        progress=False,
+    )
     assert s.views == {i.backbone: {"flip": 30} for i in infos}  # only the views were made
     names = [i.backbone for i in infos]
     out = tmp_path / "r"
@@ -118,11 +135,17 @@ def test_views_of_two_backbones_train_and_predict_with_tta(
     flips = [f"{i.column}__flip" for i in infos]
     assert list(run.backbone_columns()) == [i.column for i in infos] + flips
     # TTA: the mean of the logits of the main input and of the flipped one, each concatenated
-    embs, _ = st.embedding_rows({c: i.dim for c, i in zip([*(i.column for i in infos), *flips],
-                                                          [*infos, *infos], strict=True)})  # fmt: skip
+    embs, _ = st.embedding_rows(
+        {
+            c: i.dim
+            for c, i in zip([*(i.column for i in infos), *flips], [*infos, *infos], strict=True)
+        }
+    )
     flipped = {i.column: embs[f] for i, f in zip(infos, flips, strict=True)}
-    want = (run.head.decision_function(run.head_input(embs))
-            + run.head.decision_function(run.head_input(flipped))) / 2  # fmt: skip
+    want = (
+        run.head.decision_function(run.head_input(embs))
+        + run.head.decision_function(run.head_input(flipped))
+    ) / 2
     np.testing.assert_allclose(run.logits(embs), want, rtol=1e-4, atol=1e-5)
     # a new file is embedded with both backbones and both views, and predicted
     new = tmp_path / "new"
@@ -132,5 +155,4 @@ def test_views_of_two_backbones_train_and_predict_with_tta(
     assert sum(p.label == p.path.split("/")[-2] for p in preds) >= 5
     # views of only one of the backbones: none are common, and asking for them says so
     with pytest.raises(heads.HeadsError, match="no views of every one of"):
-        heads.train(src, fold=0, head="mlp", backbone=names, out=tmp_path / "x", views=True,
-                    **FAST)  # fmt: skip
+        heads.train(src, fold=0, head="mlp", backbone=names, out=tmp_path / "x", views=True, **FAST)

@@ -26,8 +26,15 @@ def tiny_dinov3(tmp_path_factory) -> Path:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     d = tmp_path_factory.mktemp("models") / "tiny-dinov3"
-    cfg = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                          patch_size=8, image_size=32, num_register_tokens=4)  # fmt: skip
+    cfg = DINOv3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        patch_size=8,
+        image_size=32,
+        num_register_tokens=4,
+    )
     torch.manual_seed(0)
     DINOv3ViTModel(cfg).save_pretrained(d)
     return d
@@ -40,8 +47,9 @@ def tiny_siglip2(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("models") / "tiny-siglip2"
     cfg = SiglipConfig(
-        text_config=TINY_TEXT, vision_config={**TINY_VISION, "image_size": 32},
-    )  # fmt: skip
+        text_config=TINY_TEXT,
+        vision_config={**TINY_VISION, "image_size": 32},
+    )
     torch.manual_seed(0)
     SiglipModel(cfg).save_pretrained(d)
     return d
@@ -75,16 +83,25 @@ def test_dinov3_and_siglip2_short_names_record_hub_id_licence_and_gating():
 
 @pytest.mark.parametrize(
     "model, dim, prefix, license",
-    [("tiny_dinov3", 32, 5, ("DINOv3 License", True)), ("tiny_siglip2", 24, 0, ("Apache-2.0", False))],
-)  # fmt: skip
+    [
+        ("tiny_dinov3", 32, 5, ("DINOv3 License", True)),
+        ("tiny_siglip2", 24, 0, ("Apache-2.0", False)),
+    ],
+)
 def test_tiny_models_embed_real_photos_into_a_store_with_their_licence(
     flowers, tmp_path, request, model, dim, prefix, license
 ):
     folder = request.getfixturevalue(model)
     bb = embedstore.create_backbone(str(folder))
     assert bb.dim == dim and bb.n_prefix == prefix  # DINOv3: CLS + 4 registers before patches
-    s = embedstore.ingest(_photo_dir(flowers, tmp_path / "photos"), tmp_path / "s",
-                          backbones=[str(folder)], runtime="torch", workers=0, progress=False)  # fmt: skip
+    s = embedstore.ingest(
+        _photo_dir(flowers, tmp_path / "photos"),
+        tmp_path / "s",
+        backbones=[str(folder)],
+        runtime="torch",
+        workers=0,
+        progress=False,
+    )
     assert s.new_images == 9
     st = embedstore.connect(tmp_path / "s", create=False)
     info = st.resolve_backbone(None)
@@ -112,8 +129,12 @@ def test_a_registered_entry_licence_wins_over_the_family_one(tiny_dinov3):
 
     src = str(tiny_dinov3)
     assert embedstore.create_backbone(src).license == FAMILY_LICENSES["dinov3_vit"]
-    embedstore.register_backbone("tiny-dinov3-custom", lambda name, pooling="cls": HFBackbone(name, src, pooling),
-                                 source=src, license=embedstore.License("custom terms", False))  # fmt: skip
+    embedstore.register_backbone(
+        "tiny-dinov3-custom",
+        lambda name, pooling="cls": HFBackbone(name, src, pooling),
+        source=src,
+        license=embedstore.License("custom terms", False),
+    )
     bb = embedstore.create_backbone("tiny-dinov3-custom")
     assert (bb.describe()["license"], bb.describe()["gated"]) == ("custom terms", False)
 
@@ -122,8 +143,9 @@ def test_naflex_siglip2_and_gated_weights_offline_fail_with_what_to_do(tmp_path,
     from transformers import Siglip2Config, Siglip2Model
 
     cfg = Siglip2Config(
-        text_config=TINY_TEXT, vision_config={**TINY_VISION, "num_patches": 16},
-    )  # fmt: skip
+        text_config=TINY_TEXT,
+        vision_config={**TINY_VISION, "num_patches": 16},
+    )
     Siglip2Model(cfg).save_pretrained(tmp_path / "naflex")
     with pytest.raises(
         embedstore.BackboneError,

@@ -161,8 +161,9 @@ def test_a_corrupt_export_is_rebuilt_never_trusted(dino_export, tiny_dino, flowe
     b[len(b) // 2 : len(b) // 2 + 64] = bytes(64)  # zeroed weights: loads fine, embeds wrong
     data.write_bytes(bytes(b))
     with pytest.warns(RuntimeWarning, match="corrupt or edited.*exporting it again"):
-        bb = with_runtime(embedstore.create_backbone(str(tiny_dino)), "onnx", "cpu",
-                          cache_dir=cache)  # fmt: skip
+        bb = with_runtime(
+            embedstore.create_backbone(str(tiny_dino)), "onnx", "cpu", cache_dir=cache
+        )
     key = export_key(embedstore.create_backbone(str(tiny_dino)))
     assert check_export(cache / dino_export.name, key) is None  # sound again
     files = _photos(flowers, 4)
@@ -276,8 +277,17 @@ def test_ingest_records_the_runtime_and_a_column_extended_by_another_lists_both(
 def test_cli_runtime_option_on_ingest_and_its_message(tmp_path, tiny_dino):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=2, per_class=2, size=40)
-    args = ["ingest", str(imgs), "--store", str(tmp_path / "s"), "--backbone", str(tiny_dino),
-            "--workers", "0", "--quiet"]  # fmt: skip
+    args = [
+        "ingest",
+        str(imgs),
+        "--store",
+        str(tmp_path / "s"),
+        "--backbone",
+        str(tiny_dino),
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     r = CliRunner().invoke(embedstore_cli, [*args, "--runtime", "tensorrt"])
     assert r.exit_code == 2 and "'tensorrt' is not one of 'auto', 'torch', 'onnx'" in r.output
     r = CliRunner().invoke(embedstore_cli, [*args, "--runtime", "torch", "--json"])
@@ -295,8 +305,9 @@ def test_lookup_and_predict_embed_new_images_alike_with_either_runtime(tmp_path,
     write_class_images(new, n_classes=2, per_class=2, size=40, seed=42)  # not in the store
     queries = sorted(str(p) for p in new.rglob("*.jpg"))
     embedstore.ingest(imgs, tmp_path / "s", backbones=[str(tiny_dino)], workers=0, progress=False)
-    res = {rt: embedstore.lookup(tmp_path / "s", queries, k=3, runtime=rt)
-           for rt in ("torch", "onnx")}  # fmt: skip
+    res = {
+        rt: embedstore.lookup(tmp_path / "s", queries, k=3, runtime=rt) for rt in ("torch", "onnx")
+    }
     for a, b in zip(res["torch"].results, res["onnx"].results, strict=True):
         assert not a.in_store and [n["id"] for n in a.neighbors] == [n["id"] for n in b.neighbors]
         sims = [n["similarity"] for n in a.neighbors], [n["similarity"] for n in b.neighbors]
@@ -304,8 +315,10 @@ def test_lookup_and_predict_embed_new_images_alike_with_either_runtime(tmp_path,
     embedstore.split(tmp_path / "s", folds=2, seed=0)
     heads.train(tmp_path / "s", fold=0, head="centroid", out=tmp_path / "r", progress=False)
     cache: dict = {}
-    pred = {rt: heads.predict(tmp_path / "r", queries, runtime=rt, backbones=cache)
-            for rt in ("onnx", "torch")}  # fmt: skip
+    pred = {
+        rt: heads.predict(tmp_path / "r", queries, runtime=rt, backbones=cache)
+        for rt in ("onnx", "torch")
+    }
     assert next(iter(cache.values())).runtime == "torch"  # the cached onnx one was rebuilt
     for a, b in zip(pred["onnx"], pred["torch"], strict=True):
         assert a.label == b.label
@@ -321,8 +334,15 @@ def _layerscaled_dino(folder: Path, swiglu: bool) -> Path:
     embedding is interpolated (trained at 48 px, run at 32): what the fused export folds."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                       patch_size=8, image_size=48, use_swiglu_ffn=swiglu)  # fmt: skip
+    cfg = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        patch_size=8,
+        image_size=48,
+        use_swiglu_ffn=swiglu,
+    )
     torch.manual_seed(1)
     model = Dinov2Model(cfg)
     with torch.no_grad():
@@ -330,8 +350,12 @@ def _layerscaled_dino(folder: Path, swiglu: bool) -> Path:
             layer.layer_scale1.lambda1.uniform_(0.05, 0.5)
             layer.layer_scale2.lambda1.uniform_(0.05, 0.5)
     model.save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)  # fmt: skip
+    BitImageProcessor(
+        size={"shortest_edge": 36},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
     return folder
 
 
@@ -347,8 +371,12 @@ def test_dinov2_exports_its_fused_graph_with_torch_embeddings(
     folder = _layerscaled_dino(tmp_path / "m", swiglu) if swiglu else scaled_dino
     files = _photos(flowers)
     want = _embed(embedstore.create_backbone(str(folder), pooling).to("cpu"), files)
-    bb = with_runtime(embedstore.create_backbone(str(folder), pooling), "onnx", "cpu",
-                      cache_dir=tmp_path / "cache")  # fmt: skip
+    bb = with_runtime(
+        embedstore.create_backbone(str(folder), pooling),
+        "onnx",
+        "cpu",
+        cache_dir=tmp_path / "cache",
+    )
     manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
     assert manifest["key"]["graph"] == "fused" and "optimize_model" in manifest["exporter"]
     assert manifest["fusions"].get("Attention", 0) >= 1, manifest["fusions"]  # what makes it fast
@@ -363,8 +391,9 @@ def test_onnx_int8_is_opt_in_quantised_and_close_to_torch_on_real_photos(
     files = _photos(flowers)
     want = _embed(embedstore.create_backbone(str(scaled_dino)).to("cpu"), files)
     assert resolve_runtime("auto", "cpu", embedstore.create_backbone(str(scaled_dino))) == "torch"
-    bb = with_runtime(embedstore.create_backbone(str(scaled_dino)), "onnx-int8", "cpu",
-                      cache_dir=tmp_path)  # fmt: skip
+    bb = with_runtime(
+        embedstore.create_backbone(str(scaled_dino)), "onnx-int8", "cpu", cache_dir=tmp_path
+    )
     assert isinstance(bb, OnnxBackbone) and bb.runtime == bb.describe()["runtime"] == "onnx-int8"
     manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
     assert manifest["key"]["precision"] == "int8" and manifest["quantized"]["MatMulInteger"] > 0
@@ -372,8 +401,9 @@ def test_onnx_int8_is_opt_in_quantised_and_close_to_torch_on_real_photos(
     stats = embedding_agreement(_embed(bb, files), want)
     # close to torch, but not torch's float32 vectors: that is why it is opt-in and recorded
     assert stats["min_cosine"] >= MIN_COSINE_INT8 and stats["max_abs_diff"] > 1e-4, stats
-    fp32 = with_runtime(embedstore.create_backbone(str(scaled_dino)), "onnx", "cpu",
-                        cache_dir=tmp_path)  # fmt: skip
+    fp32 = with_runtime(
+        embedstore.create_backbone(str(scaled_dino)), "onnx", "cpu", cache_dir=tmp_path
+    )
     assert fp32.path.parent != bb.path.parent  # its own cache folder, built from the fp32 one
     assert check_export(bb.path.parent, manifest["key"]) is None
     # a convolutional net has nothing to quantise: refused with what to use instead
@@ -414,8 +444,20 @@ def test_an_int8_column_is_recorded_queried_alike_and_mixing_is_warned(tmp_path,
 def test_cli_runtime_onnx_int8_on_a_conv_net_is_a_user_error(tmp_path):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=2, per_class=1, size=40)
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(tmp_path / "s"),
-                                            "--runtime", "onnx-int8", "--workers", "0", "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(imgs),
+            "--store",
+            str(tmp_path / "s"),
+            "--runtime",
+            "onnx-int8",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "onnx-int8" in r.output and "use --runtime onnx" in r.output
     assert not (tmp_path / "s" / "images.lance").exists()  # refused before anything was written
@@ -429,12 +471,22 @@ def test_the_service_embeds_uploads_for_an_int8_column_with_int8(tmp_path, scale
     imgs, new = tmp_path / "imgs", tmp_path / "new"
     write_class_images(imgs, n_classes=2, per_class=4, size=48)
     write_class_images(new, n_classes=1, per_class=1, size=48, seed=9)
-    embedstore.ingest(imgs, tmp_path / "s", backbones=[str(scaled_dino)], runtime="onnx-int8",
-                      workers=0, progress=False)  # fmt: skip
+    embedstore.ingest(
+        imgs,
+        tmp_path / "s",
+        backbones=[str(scaled_dino)],
+        runtime="onnx-int8",
+        workers=0,
+        progress=False,
+    )
     photo = next(new.rglob("*.jpg"))
     want = embedstore.lookup(tmp_path / "s", [str(photo)], k=3, runtime="onnx-int8").results[0]
-    torch_sims = [n["similarity"] for n in embedstore.lookup(
-        tmp_path / "s", [str(photo)], k=3, runtime="torch").results[0].neighbors]  # fmt: skip
+    torch_sims = [
+        n["similarity"]
+        for n in embedstore.lookup(tmp_path / "s", [str(photo)], k=3, runtime="torch")
+        .results[0]
+        .neighbors
+    ]
     app = service.create_app(service.Settings(store=str(tmp_path / "s"), runs=str(tmp_path / "r")))
     with TestClient(app) as c:
         assert c.get("/v1/backbones").json()["store"][0]["runtime"] is None  # not loaded yet
@@ -455,8 +507,9 @@ def test_onnx_int8_quantises_a_transformer_without_a_fused_form(flowers, tmp_pat
     """CLIP has no fused export: its generic export's matrix multiplies are quantised."""
     files = _photos(flowers)
     want = _embed(embedstore.create_backbone(str(tiny_clip)).to("cpu"), files)
-    bb = with_runtime(embedstore.create_backbone(str(tiny_clip)), "onnx-int8", "cpu",
-                      cache_dir=tmp_path)  # fmt: skip
+    bb = with_runtime(
+        embedstore.create_backbone(str(tiny_clip)), "onnx-int8", "cpu", cache_dir=tmp_path
+    )
     manifest = json.loads((bb.path.parent / MANIFEST_FILE).read_text())
     assert manifest["key"]["graph"] == "generic" and manifest["quantized"]["MatMulInteger"] > 0
     assert embedding_agreement(_embed(bb, files), want)["min_cosine"] >= MIN_COSINE_INT8

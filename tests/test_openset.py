@@ -62,14 +62,20 @@ def test_bad_input_is_a_clear_heads_error():
     X, y = _clusters(n_classes=4, per_class=10)
     two = np.where(np.isin(y, ["class_0", "class_1"]), y, None)
     cases = [
-        (dict(X=X, y=two), "openset needs at least 3 labelled classes (some held out as unknown, at least 2 kept known); got 2"),
-        (dict(X=X, y=y, holdout_classes=0.0), "holdout_classes must be a fraction in (0, 1) of the classes to hold out as unknown; got 0.0"),
+        (
+            dict(X=X, y=two),
+            "openset needs at least 3 labelled classes (some held out as unknown, at least 2 kept known); got 2",
+        ),
+        (
+            dict(X=X, y=y, holdout_classes=0.0),
+            "holdout_classes must be a fraction in (0, 1) of the classes to hold out as unknown; got 0.0",
+        ),
         (dict(X=X, y=y, holdout_classes=1.5), "holdout_classes must be a fraction in (0, 1)"),
         (dict(X=X, y=y, holdout_classes=3), "holdout_classes must be a fraction in (0, 1)"),
         (dict(X=X, y=y, draws=0), "draws must be a whole number >= 1; got 0"),
         (dict(X=X, y=y, detectors=["odin"]), "unknown detector(s) 'odin'; valid detectors: "),
         (dict(X=X, y=y[:-1]), "need X (N, d) and y (N,); got (40, 32) and (39,)"),
-    ]  # fmt: skip
+    ]
     for kw, message in cases:
         with pytest.raises(HeadsError) as e:
             openset_arrays(kw.pop("X"), kw.pop("y"), device="cpu", **kw)
@@ -78,8 +84,9 @@ def test_bad_input_is_a_clear_heads_error():
 
 def test_flowers12_held_out_species(flowers_store, tmp_path):
     """3 of the 12 species held out per draw; efficientnet-lite0 embeddings."""
-    rows = openset(flowers_store, holdout_classes=0.25, draws=3, device="cpu",
-                   roc_png=tmp_path / "roc.png")  # fmt: skip
+    rows = openset(
+        flowers_store, holdout_classes=0.25, draws=3, device="cpu", roc_png=tmp_path / "roc.png"
+    )
     print("\nflowers12, 3 of 12 species held out, 3 draws:\n" + format_table(rows))
     assert rows[0]["auroc"] > 0.7
     assert (tmp_path / "roc.png").exists()

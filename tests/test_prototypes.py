@@ -44,8 +44,15 @@ def test_transductive_update_recovers_a_shifted_query_set(photo_store):
 
 def test_reference_train_val_and_transductive_through_training(photo_store, tmp_path):
     out = tmp_path / "protos"
-    res = heads.train(photo_store, fold="all", head="centroid", reference="train+val",
-                      transductive=True, out=out, progress=False)  # fmt: skip
+    res = heads.train(
+        photo_store,
+        fold="all",
+        head="centroid",
+        reference="train+val",
+        transductive=True,
+        out=out,
+        progress=False,
+    )
     folds = [json.loads((out / f"fold{k}" / "config.json").read_text()) for k in range(3)]
     refit = json.loads((out / "refit" / "config.json").read_text())
     # the folds are scored on prototypes of their training part (honest out-of-fold scores) ...

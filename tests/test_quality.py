@@ -145,9 +145,23 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
 def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
     st = _dup_store(tmp_path / "s", unknown=True)
     embedstore.split(st, folds=3, use_split_column=True, seed=0)
-    r = CliRunner().invoke(heads_cli, ["train", "--store", str(st.path), "--fold", "all", "--head",
-                                       "centroid", "--unknown", "knn", "--out", str(tmp_path / "r"),
-                                       "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "train",
+            "--store",
+            str(st.path),
+            "--fold",
+            "all",
+            "--head",
+            "centroid",
+            "--unknown",
+            "knn",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "warning: 6 of the 6 held-out images have a near-duplicate" in r.output
     runner = CliRunner()
@@ -157,8 +171,10 @@ def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
     assert json.loads(r.output)["holdout_images"] == 6
     r = runner.invoke(embedstore_cli, ["duplicates", "--store", s, "--threshold", "0.95"])
     assert "leaking pairs: split 6, holdout 6, label 1" in r.output, r.output
-    r = runner.invoke(embedstore_cli, ["map", "--store", s, "--color", "split", "--json",
-                                       "--out", str(tmp_path / "m.png")])  # fmt: skip
+    r = runner.invoke(
+        embedstore_cli,
+        ["map", "--store", s, "--color", "split", "--json", "--out", str(tmp_path / "m.png")],
+    )
     assert r.exit_code == 0 and json.loads(r.output)["columns"] == ["map_x", "map_y"], r.output
     r = runner.invoke(heads_cli, ["issues", str(tmp_path / "r"), "--top", "3", "--json"])
     assert r.exit_code == 0, r.output
@@ -223,10 +239,26 @@ def quality_store(flowers, flowers_store, tmp_path_factory):
     new = [str(rng.choice([c for c in classes if c != r["label"]])) for r in flip]
     st.update_columns([r["id"] for r in flip], {"label": pa.array(new, pa.string())})
     embedstore.split(st, folds=5, use_split_column=True, seed=0)
-    res = heads.train(st, fold="all", head="linear", epochs=10, batch_size=128, unknown="energy",
-                      out=base / "runs" / "linear", progress=False, device="cpu")  # fmt: skip
-    return SimpleNamespace(path=path, planted=pairs, copies=copies, flipped={r["id"] for r in flip},
-                           train=res, run=Path(res.ensemble), base=base)  # fmt: skip
+    res = heads.train(
+        st,
+        fold="all",
+        head="linear",
+        epochs=10,
+        batch_size=128,
+        unknown="energy",
+        out=base / "runs" / "linear",
+        progress=False,
+        device="cpu",
+    )
+    return SimpleNamespace(
+        path=path,
+        planted=pairs,
+        copies=copies,
+        flipped={r["id"] for r in flip},
+        train=res,
+        run=Path(res.ensemble),
+        base=base,
+    )
 
 
 def test_duplicates_find_planted_copies_across_train_and_test(quality_store, tmp_path):
@@ -237,8 +269,10 @@ def test_duplicates_find_planted_copies_across_train_and_test(quality_store, tmp
     involving = [f for f in found if f & q.copies]  # pairs with a planted copy in them
     precision_planted = len(q.planted & found) / len(involving)
     precision_all = len(q.planted & found) / len(found)
-    print(f"\nduplicates: planted recall {recall:.3f}, precision among pairs with a planted copy "
-          f"{precision_planted:.3f}, planted share of all {len(found)} pairs {precision_all:.3f}")  # fmt: skip
+    print(
+        f"\nduplicates: planted recall {recall:.3f}, precision among pairs with a planted copy "
+        f"{precision_planted:.3f}, planted share of all {len(found)} pairs {precision_all:.3f}"
+    )
     assert recall >= 0.9
     assert precision_planted >= 0.75  # the rest pair a copy with a look-alike of its original
     leaking = {frozenset((p.id_a, p.id_b)) for p in res.leaking_pairs if "split" in p.leaks}
@@ -256,8 +290,10 @@ def test_issues_rank_flipped_labels_first(quality_store, tmp_path):
     n = len(q.flipped)
     res = heads.find_issues(q.run, top=2 * n, out=tmp_path)
     recall = len({s.id for s in res.label_issues} & q.flipped) / n
-    print(f"\nissues: {n} flipped labels, {recall:.3f} of them in the top {2 * n}; cleanlab flags "
-          f"{res.flagged}; {res.seconds_by_step}")  # fmt: skip
+    print(
+        f"\nissues: {n} flipped labels, {recall:.3f} of them in the top {2 * n}; cleanlab flags "
+        f"{res.flagged}; {res.seconds_by_step}"
+    )
     assert n == 36 and recall >= 0.8
     top = res.label_issues[0]
     assert top.given != top.suggested and len(top.neighbors) == 5
@@ -285,23 +321,50 @@ def test_map_shows_classes_as_clusters(quality_store, tmp_path):
 def test_report_is_one_self_contained_page(quality_store, tmp_path):
     res = heads.report(quality_store.run, out=tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
-    assert res.sections == ["scores", "per-class", "confusion", "pairs", "unknown", "label-errors",
-                            "duplicates"]  # fmt: skip
+    assert res.sections == [
+        "scores",
+        "per-class",
+        "confusion",
+        "pairs",
+        "unknown",
+        "label-errors",
+        "duplicates",
+    ]
     assert res.images_inlined > 50 and page.count("data:image/jpeg;base64,") >= res.images_inlined
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
-    for text in ("validation (out-of-fold)", "held-out part", "taken for", "model says",
-                 "Leaking pairs", "leak: split"):  # fmt: skip
+    for text in (
+        "validation (out-of-fold)",
+        "held-out part",
+        "taken for",
+        "model says",
+        "Leaking pairs",
+        "leak: split",
+    ):
         assert text in page
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no headless chromium here to take a screenshot of the report")
     shot = tmp_path / "report.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-         "--window-size=1280,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     im = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert im.shape == (2400, 1280) and im.std() > 20  # rendered: text, tables and photos

@@ -40,8 +40,9 @@ def ray_cluster(onnx_cache) -> str:
     pytest.importorskip("lance_ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        )
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
@@ -73,8 +74,12 @@ def photos(flowers, tmp_path_factory) -> Path:
 def two_stores(photos, ray_cluster, tmp_path_factory):
     """The photos ingested locally and on the Ray cluster, with metadata."""
     base = tmp_path_factory.mktemp("ray-stores")
-    kw = {"metadata": photos.parent / "meta.csv", "batch_size": 8, "commit_every": 8,
-          "progress": False}  # fmt: skip
+    kw = {
+        "metadata": photos.parent / "meta.csv",
+        "batch_size": 8,
+        "commit_every": 8,
+        "progress": False,
+    }
     local = embedstore.ingest(photos, base / "local", workers=0, **kw)
     ray = embedstore.ingest(photos, base / "ray", engine="ray", actors=1, **kw)
     return base / "local", local, base / "ray", ray
@@ -87,8 +92,17 @@ def _table(store: Path, name: str = "images") -> pa.Table:
 def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     local_path, local, ray_path, ray = two_stores
     assert ray.engine == "ray" and local.engine == "local"
-    for key in ("files_found", "new_images", "duplicates", "embedded", "skipped",
-                "skipped_by_reason", "images_in_store", "runtimes", "ok"):  # fmt: skip
+    for key in (
+        "files_found",
+        "new_images",
+        "duplicates",
+        "embedded",
+        "skipped",
+        "skipped_by_reason",
+        "images_in_store",
+        "runtimes",
+        "ok",
+    ):
         assert ray[key] == local[key], key
     assert ray.new_images == 21 and ray.duplicates == 1 and ray.skipped == 2
     a, b = _table(local_path), _table(ray_path)
@@ -110,8 +124,10 @@ def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     assert set(b.column("split").to_pylist()) == {"train", "test"}
     cols = ["root", "rel", "size", "id"]
     assert _table(ray_path, "files").select(cols).equals(_table(local_path, "files").select(cols))
-    skipped = [embedstore.connect(p).skipped().sort_by("rel").select(["rel", "reason"])
-               for p in (local_path, ray_path)]  # fmt: skip
+    skipped = [
+        embedstore.connect(p).skipped().sort_by("rel").select(["rel", "reason"])
+        for p in (local_path, ray_path)
+    ]
     assert skipped[0].equals(skipped[1]) and skipped[1].num_rows == 2
 
 
@@ -166,8 +182,7 @@ def test_ray_ingest_runs_a_transformer_with_onnx_int8_as_the_local_ingest(
 ):
     imgs = tmp_path / "imgs"
     shutil.copytree(photos / "train" / "iris", imgs / "iris")
-    kw = {"backbones": [str(tiny_dino)], "runtime": "onnx-int8", "batch_size": 4,
-          "progress": False}  # fmt: skip
+    kw = {"backbones": [str(tiny_dino)], "runtime": "onnx-int8", "batch_size": 4, "progress": False}
     s = embedstore.ingest(imgs, tmp_path / "ray", engine="ray", actors=1, commit_every=4, **kw)
     assert s.runtimes == {"tiny-dino": "onnx-int8"} and s.new_images == 5
     embedstore.ingest(imgs, tmp_path / "local", workers=0, **kw)
@@ -184,9 +199,26 @@ def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
     (imgs / "class_0" / "dup.jpg").write_bytes((imgs / "class_1" / "img_3.jpg").read_bytes())
     store = tmp_path / "s"
-    cmd = [sys.executable, "-m", "cli", "ingest", str(imgs), "--store", str(store), "--engine",
-           "ray", "--ray-address", ray_cluster, "--actors", "1", "--batch-size", "4",
-           "--commit-every", "4", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "ingest",
+        str(imgs),
+        "--store",
+        str(store),
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        "--actors",
+        "1",
+        "--batch-size",
+        "4",
+        "--commit-every",
+        "4",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     images = store / "images.lance"
     deadline, killed = time.time() + 120, False
@@ -216,8 +248,18 @@ def run(two_stores, tmp_path_factory) -> Path:
     _, _, store, _ = two_stores
     embedstore.split(store, folds=2, seed=0, use_split_column=True)
     out = tmp_path_factory.mktemp("ray-runs") / "mlp"
-    heads.train(store, fold=0, head="mlp", metadata=["site"], unknown="msp", out=out,
-                epochs=5, batch_size=16, device="cpu", progress=False)  # fmt: skip
+    heads.train(
+        store,
+        fold=0,
+        head="mlp",
+        metadata=["site"],
+        unknown="msp",
+        out=out,
+        epochs=5,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+    )
     return out
 
 
@@ -239,16 +281,33 @@ def test_ray_batch_prediction_of_a_store_equals_local_prediction(run, two_stores
         r = ray[i]
         assert (r["label"], r["unknown"]) == (p.label, p.unknown)
         assert [t["label"] for t in r["top_k"]] == [t["label"] for t in p.top_k]
-        np.testing.assert_allclose([t["probability"] for t in r["top_k"]],
-                                   [t["probability"] for t in p.top_k], rtol=1e-5, atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            [t["probability"] for t in r["top_k"]],
+            [t["probability"] for t in p.top_k],
+            rtol=1e-5,
+            atol=1e-6,
+        )
         assert r["probability"] == r["top_k"][0]["probability"]
     assert got.unknown == sum(bool(p.unknown) for p in local.values())
 
 
 def test_ray_batch_prediction_of_a_folder_from_the_command_line(run, photos, tmp_path):
     out = tmp_path / "files.lance"
-    args = ["predict", str(run), "--images", str(photos / "test"), "--engine", "ray",
-            "--actors", "1", "--out", str(out), "--top-k", "2", "--json"]  # fmt: skip
+    args = [
+        "predict",
+        str(run),
+        "--images",
+        str(photos / "test"),
+        "--engine",
+        "ray",
+        "--actors",
+        "1",
+        "--out",
+        str(out),
+        "--top-k",
+        "2",
+        "--json",
+    ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
     ray = {row["path"]: row for row in embedstore.read_table(out).to_pylist()}

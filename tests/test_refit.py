@@ -19,8 +19,15 @@ from tests.conftest import write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = {"epochs": 20, "patience": 5, "hidden": 32, "lr": 3e-3, "batch_size": 16,
-        "progress": False, "device": "cpu"}  # fmt: skip
+FAST = {
+    "epochs": 20,
+    "patience": 5,
+    "hidden": 32,
+    "lr": 3e-3,
+    "batch_size": 16,
+    "progress": False,
+    "device": "cpu",
+}
 
 
 def _config(path):
@@ -73,11 +80,30 @@ def test_refit_member_trains_on_every_fold_for_the_median_best_epoch(photo_store
 
 def test_ensemble_refit_only_scores_on_the_folds_and_the_cli(photo_store, tmp_path):
     out = tmp_path / "r"
-    r = CliRunner().invoke(heads_cli, [
-        "train", "--store", str(photo_store), "--fold", "all", "--head", "linear", "--refit",
-        "--ensemble", "refit", "--epochs", "15", "--batch-size", "16", "--device", "cpu",
-        "--quiet", "--out", str(out),
-    ])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "train",
+            "--store",
+            str(photo_store),
+            "--fold",
+            "all",
+            "--head",
+            "linear",
+            "--refit",
+            "--ensemble",
+            "refit",
+            "--epochs",
+            "15",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "refit on all folds:" in r.output and "-> " + str(out / "refit") in r.output
     ens = _config(out)
@@ -94,10 +120,12 @@ def test_ensemble_refit_only_scores_on_the_folds_and_the_cli(photo_store, tmp_pa
     [
         (["--fold", "0", "--refit"], "--refit needs --fold all"),
         (["--fold", "all", "--ensemble", "both"], "--ensemble both needs --refit"),
-        (["--fold", "0", "--head", "centroid", "--reference", "train+val"],
-         "--reference train+val needs --fold all"),
+        (
+            ["--fold", "0", "--head", "centroid", "--reference", "train+val"],
+            "--reference train+val needs --fold all",
+        ),
     ],
-)  # fmt: skip
+)
 def test_refit_options_refused_with_one_clear_line(photo_store, tmp_path, args, message):
     r = CliRunner().invoke(
         heads_cli, ["train", "--store", str(photo_store), "--out", str(tmp_path / "x"), *args]

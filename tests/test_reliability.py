@@ -59,10 +59,15 @@ def test_two_writers_at_once_never_lose_each_others_images(tmp_path):
     "Incompatible transaction" or one writer's images silently replaced)."""
     n = 12
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, tag, str(tmp_path), str(n)], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, tag, str(tmp_path), str(n)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for tag in "ab"
-    ]  # fmt: skip
+    ]
     time.sleep(5.0)  # both import the library, then wait for go0
     for t in range(n):
         (tmp_path / f"go{t}").touch()
@@ -79,14 +84,22 @@ def test_two_writers_at_once_never_lose_each_others_images(tmp_path):
 def test_a_write_while_another_process_writes_is_refused_with_its_pid(tmp_path, tiny_dino):
     write_class_images(tmp_path / "imgs", n_classes=1, per_class=2)
     store = tmp_path / "s"
-    embedstore.ingest(tmp_path / "imgs", store, backbones=[str(tiny_dino)], workers=0,
-                      progress=False)  # fmt: skip
+    embedstore.ingest(
+        tmp_path / "imgs", store, backbones=[str(tiny_dino)], workers=0, progress=False
+    )
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, embedstore; st = embedstore.connect(sys.argv[1]); "
-         "cm = st.writing('embedstore ingest'); cm.__enter__(); print('held', flush=True); "
-         "sys.stdin.read()", str(store)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, embedstore; st = embedstore.connect(sys.argv[1]); "
+            "cm = st.writing('embedstore ingest'); cm.__enter__(); print('held', flush=True); "
+            "sys.stdin.read()",
+            str(store),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         r = CliRunner().invoke(embedstore_cli, ["split", "--store", str(store), "--folds", "2"])
@@ -103,8 +116,9 @@ def test_a_write_while_another_process_writes_is_refused_with_its_pid(tmp_path, 
 def test_the_first_commit_carries_the_store_format(tmp_path, tiny_dino):
     """A kill right after the first commit must not leave a table without its format."""
     write_class_images(tmp_path / "imgs", n_classes=1, per_class=2)
-    embedstore.ingest(tmp_path / "imgs", tmp_path / "s", backbones=[str(tiny_dino)], workers=0,
-                      progress=False)  # fmt: skip
+    embedstore.ingest(
+        tmp_path / "imgs", tmp_path / "s", backbones=[str(tiny_dino)], workers=0, progress=False
+    )
     first = lance.dataset(str(tmp_path / "s" / "images.lance"), version=1)
     md = {k.decode(): v.decode() for k, v in (first.schema.metadata or {}).items()}
     assert json.loads(md["embedstore.format"]) == 1 and "embedstore.embeddings_token" in md
@@ -126,9 +140,25 @@ def test_a_fifo_and_a_link_to_dev_zero_are_skipped_quickly_and_good_images_store
     big = imgs / "class_0" / "big.png"
     big.write_bytes((imgs / "class_0" / "img_0.jpg").read_bytes() + b"\0" * 5000)
     store = tmp_path / "s"
-    cmd = [sys.executable, "-m", "cli", "ingest", str(imgs), "--store", str(store), "--backbone",
-           str(tiny_dino), "--workers", "1", "--batch-size", "8", "--max-bytes", "4000",
-           "--quiet", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "ingest",
+        str(imgs),
+        "--store",
+        str(store),
+        "--backbone",
+        str(tiny_dino),
+        "--workers",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-bytes",
+        "4000",
+        "--quiet",
+        "--json",
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -168,9 +198,22 @@ def test_reserved_metadata_names_are_renamed_and_the_store_stays_usable(tmp_path
     rows = "\n".join(f"{p.relative_to(imgs).as_posix()},n{i},{i},wood" for i, p in enumerate(paths))
     (tmp_path / "m.csv").write_text("path,emb_notes,_rowid,habitat\n" + rows + "\n")
     store = tmp_path / "s"
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(store), "--backbone",
-                                            str(tiny_dino), "--metadata", str(tmp_path / "m.csv"),
-                                            "--workers", "0", "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(imgs),
+            "--store",
+            str(store),
+            "--backbone",
+            str(tiny_dino),
+            "--metadata",
+            str(tmp_path / "m.csv"),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "warning: m.csv: column 'emb_notes' is stored as 'meta_emb_notes'" in r.output
     assert "column '_rowid' is stored as 'meta_rowid'" in r.output
@@ -203,9 +246,19 @@ def test_unusable_metadata_names_are_refused_before_any_embedding(tmp_path, head
     write_class_images(imgs, n_classes=1, per_class=2)
     (tmp_path / "m.csv").write_text(header + "\nclass_0/img_0.jpg,a,b\nclass_0/img_1.jpg,c,d\n")
     # an unknown backbone: the names are refused before any backbone is even loaded
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(tmp_path / "s"),
-                                            "--backbone", "no-such-model", "--metadata",
-                                            str(tmp_path / "m.csv")])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(imgs),
+            "--store",
+            str(tmp_path / "s"),
+            "--backbone",
+            "no-such-model",
+            "--metadata",
+            str(tmp_path / "m.csv"),
+        ],
+    )
     assert r.exit_code == 2 and message in r.output, r.output
     assert "Traceback" not in r.output and not (tmp_path / "s" / "images.lance").exists()
 
@@ -221,8 +274,11 @@ def test_drop_column_removes_a_bad_metadata_column_of_an_older_store(tmp_path, t
     r = CliRunner().invoke(embedstore_cli, ["drop-column", "--store", str(store), "emb_notes"])
     assert r.exit_code == 0 and "dropped column emb_notes" in r.output, r.output
     assert "emb_notes" not in embedstore.connect(store).schema().names
-    for name, msg in [("label", "one the store itself needs"), ("emb_tiny_dino", "holds embeddings"),
-                      ("nope", "no column(s) nope")]:  # fmt: skip
+    for name, msg in [
+        ("label", "one the store itself needs"),
+        ("emb_tiny_dino", "holds embeddings"),
+        ("nope", "no column(s) nope"),
+    ]:
         r = CliRunner().invoke(embedstore_cli, ["drop-column", "--store", str(store), name])
         assert r.exit_code == 2 and msg in r.output, r.output
 
@@ -239,8 +295,19 @@ def test_where_cannot_escape_and_rows_without_an_embedding_are_never_returned(tm
     no_emb = [f"{i:064x}" for i in range(2)]  # rows without an embedding (as after a crash)
     st.add_images([{"id": i, "path": f"x/{i}.jpg", "label": "zzz"} for i in no_emb])
     assert st.count() == 6
-    r = CliRunner().invoke(embedstore_cli, ["lookup", str(paths[0]), "--store", str(store), "--k", "6",
-                                            "--where", "label = 'zzz') OR (1=1"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "lookup",
+            str(paths[0]),
+            "--store",
+            str(store),
+            "--k",
+            "6",
+            "--where",
+            "label = 'zzz') OR (1=1",
+        ],
+    )
     assert r.exit_code == 2 and "unbalanced parentheses" in r.output, r.output
     for where in ["label = 'zzz'; DROP TABLE images", "select * from images"]:
         with pytest.raises(embedstore.StoreError, match="invalid --where expression"):
@@ -375,9 +442,26 @@ def test_a_retrain_killed_at_any_moment_leaves_the_old_run_whole(tmp_path):
     run = tmp_path / "run"
     heads.train(st, fold="all", head="linear", out=run, progress=False, epochs=5, device="cpu")
     before = heads.evaluate(run, plots=False).metrics
-    cmd = [str(Path(sys.executable).parent / "heads"), "train", "--store", str(tmp_path / "s"), "--fold",
-           "all", "--head", "mlp", "--epochs", "400", "--patience", "0", "--device", "cpu",
-           "--out", str(run), "--overwrite", "--quiet"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "heads"),
+        "train",
+        "--store",
+        str(tmp_path / "s"),
+        "--fold",
+        "all",
+        "--head",
+        "mlp",
+        "--epochs",
+        "400",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     seen_partial = 0
     for delay in (0.0, 0.3, 1.0, 2.5):  # after the new run's folder appears
@@ -433,9 +517,20 @@ def test_at_every_version_the_fold_summary_matches_the_fold_column_or_says_inter
 def test_info_on_a_store_that_holds_only_skipped_files(tmp_path, tiny_dino):
     (tmp_path / "imgs" / "c").mkdir(parents=True)
     (tmp_path / "imgs" / "c" / "a.jpg").write_bytes(b"")
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(tmp_path / "imgs"), "--store",
-                                            str(tmp_path / "s"), "--backbone", str(tiny_dino),
-                                            "--workers", "0", "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(tmp_path / "imgs"),
+            "--store",
+            str(tmp_path / "s"),
+            "--backbone",
+            str(tiny_dino),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 1 and "no image could be ingested" in r.output
     r = CliRunner().invoke(embedstore_cli, ["info", "--store", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output
@@ -494,8 +589,21 @@ def test_info_tells_of_deleted_and_overwritten_files_and_prune_removes_their_row
     paths[1].write_bytes(new_bytes)  # the same name, other bytes
     r = CliRunner().invoke(embedstore_cli, ["info", "--store", str(store)])
     assert "1 ingested file(s) deleted and 1 changed on disk since" in r.output, r.output
-    r = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(store), "--backbone",
-                                            str(tiny_dino), "--workers", "0", "--quiet", "--prune"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(imgs),
+            "--store",
+            str(store),
+            "--backbone",
+            str(tiny_dino),
+            "--workers",
+            "0",
+            "--quiet",
+            "--prune",
+        ],
+    )
     assert r.exit_code == 0 and "pruned 2 image(s)" in r.output, r.output
     st = embedstore.connect(store)
     keep = embedstore.hash_bytes(paths[2].read_bytes())

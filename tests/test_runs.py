@@ -68,8 +68,10 @@ def test_grouped_folds_keep_groups_together_and_small_classes_always_train(tmp_p
     assert all(len(f) == 1 for f in by_group.values())
     assert {r["fold"] for r in t if r["label"] == "rare"} == {embedstore.ALWAYS_TRAIN}
     assert s["small_classes"] == 1 and s["always_train_images"] == 2
-    r = CliRunner().invoke(embedstore_cli, ["split", "--store", str(tmp_path / "s"), "--folds", "5",
-                                            "--group-by", "observation_id"])  # fmt: skip
+    r = CliRunner().invoke(
+        embedstore_cli,
+        ["split", "--store", str(tmp_path / "s"), "--folds", "5", "--group-by", "observation_id"],
+    )
     assert r.exit_code == 0 and "1 class(es) too small to split" in r.output
 
 
@@ -126,13 +128,26 @@ def test_losses_samplers_metadata_and_aux_targets_train_through_the_store(tmp_pa
     X = rng.normal(size=(len(y), 8)).astype(np.float32)  # pure noise: only metadata tells the class
     habitat = [f"h{c}" for c in y]
     poisonous = [bool(c % 2) for c in y]
-    st = make_synthetic_store(tmp_path / "s", X=X, labels=[f"s{c}" for c in y],
-                              extra={"habitat": habitat, "poisonous": poisonous})  # fmt: skip
+    st = make_synthetic_store(
+        tmp_path / "s",
+        X=X,
+        labels=[f"s{c}" for c in y],
+        extra={"habitat": habitat, "poisonous": poisonous},
+    )
     embedstore.split(st, folds=2, seed=0)
     for head, loss in (("mlp", "seesaw"), ("transformer", "focal"), ("mlp", "subcenter-arcface")):
-        res = heads.train(st, fold=0, head=head, loss=loss, metadata=["habitat"], aux_targets=["poisonous"],
-                          sampler="prior", class_weights="sqrt-inverse", out=tmp_path / f"{head}-{loss}",
-                          **{**FAST, "epochs": 30})  # fmt: skip
+        res = heads.train(
+            st,
+            fold=0,
+            head=head,
+            loss=loss,
+            metadata=["habitat"],
+            aux_targets=["poisonous"],
+            sampler="prior",
+            class_weights="sqrt-inverse",
+            out=tmp_path / f"{head}-{loss}",
+            **{**FAST, "epochs": 30},
+        )
         assert res["metrics"][0]["top1"] >= 0.9, (head, loss, res["metrics"][0])
     cfg = json.loads((tmp_path / "mlp-seesaw" / "config.json").read_text())
     assert cfg["metadata_encoder"]["fields"][0]["columns"] == ["habitat"]
@@ -309,10 +324,12 @@ def test_training_bad_input_gives_clear_message_and_changes_nothing(tmp_path, ca
         "--quiet",
     ]
     args += {
-        "bad_fold": ["--fold", "7"], "bad_backbone": ["--backbone", "dinov2-giant"],
-        "all_missing_metadata": ["--metadata", "habitat"], "bad_head": ["--head", "resnet"],
+        "bad_fold": ["--fold", "7"],
+        "bad_backbone": ["--backbone", "dinov2-giant"],
+        "all_missing_metadata": ["--metadata", "habitat"],
+        "bad_head": ["--head", "resnet"],
         "bad_option": ["--head", "knn", "--hidden", "64"],
-    }.get(case, [])  # fmt: skip
+    }.get(case, [])
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code != 0
     assert message in r.output, r.output
@@ -347,8 +364,11 @@ def test_edited_old_or_corrupt_runs_are_refused(tmp_path):
         b[-10:] = b"\x00" * 10
         (d / "head.safetensors").write_bytes(bytes(b))
 
-    for name, fn, msg in (("edited", edit, "was edited after training"), ("old", old, "run format 0"),
-                          ("corrupt", corrupt, "corrupt or was replaced")):  # fmt: skip
+    for name, fn, msg in (
+        ("edited", edit, "was edited after training"),
+        ("old", old, "run format 0"),
+        ("corrupt", corrupt, "corrupt or was replaced"),
+    ):
         d = broken(name, fn)
         with pytest.raises(heads.HeadsError, match=msg):
             heads.load(d)

@@ -37,8 +37,9 @@ def served(flowers_store, tmp_path_factory):
     store = d / "store"
     shutil.copytree(flowers_store, store)
     embedstore.split(store, folds=3, use_split_column=True, seed=0)
-    heads.train(store, fold=0, head="centroid", unknown="msp", out=d / "runs" / "centroid",
-                progress=False)  # fmt: skip
+    heads.train(
+        store, fold=0, head="centroid", unknown="msp", out=d / "runs" / "centroid", progress=False
+    )
     return store, d / "runs"
 
 
@@ -85,8 +86,10 @@ def test_health_ready_store_backbones_and_runs(client, served):
 
 
 def test_predict_uploads_and_stored_ids(client, flowers):
-    files = [("images", (f"{s}.jpg", _reencoded(_photo(flowers, s)), "image/jpeg"))
-             for s in ("sunflower", "daisy", "iris")]  # fmt: skip
+    files = [
+        ("images", (f"{s}.jpg", _reencoded(_photo(flowers, s)), "image/jpeg"))
+        for s in ("sunflower", "daisy", "iris")
+    ]
     r = client.post("/v1/predict", files=files, data={"run": "centroid", "top_k": "3"})
     assert r.status_code == 200, r.text
     out = r.json()
@@ -124,20 +127,48 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
     photo = _photo(flowers, "daisy").read_bytes()
     cases = [
         (client.post("/v1/predict", json={"run": "nope", "ids": ["0" * 64]}), 404, "no run 'nope'"),
-        (client.post("/v1/predict", json={"run": "centroid", "ids": ["0" * 64], "top_k": 0}), 422,
-         "option 'top_k'"),
-        (client.post("/v1/predict", json={"run": "centroid", "ids": ["0" * 64], "bogus": 1}), 422,
-         "option 'bogus'"),
+        (
+            client.post("/v1/predict", json={"run": "centroid", "ids": ["0" * 64], "top_k": 0}),
+            422,
+            "option 'top_k'",
+        ),
+        (
+            client.post("/v1/predict", json={"run": "centroid", "ids": ["0" * 64], "bogus": 1}),
+            422,
+            "option 'bogus'",
+        ),
         (client.post("/v1/predict", json={"run": "centroid"}), 422, "give images"),
-        (client.post("/v1/predict", files=[("images", ("x.jpg", b"not an image"))], data={"run": "centroid"}),
-         200, "not an image"),
-        (client.post("/v1/predict", files=[("images", ("t.jpg", photo[: len(photo) // 3]))],
-                     data={"run": "centroid"}), 200, "truncated"),
+        (
+            client.post(
+                "/v1/predict",
+                files=[("images", ("x.jpg", b"not an image"))],
+                data={"run": "centroid"},
+            ),
+            200,
+            "not an image",
+        ),
+        (
+            client.post(
+                "/v1/predict",
+                files=[("images", ("t.jpg", photo[: len(photo) // 3]))],
+                data={"run": "centroid"},
+            ),
+            200,
+            "truncated",
+        ),
         (client.post("/v1/lookup", files=[("images", ("x.jpg", b"GIF89a"))]), 422, "not an image"),
-        (client.post("/v1/lookup", json={"ids": ["0" * 64], "where": "label = 'a'; DROP TABLE x"}), 422,
-         "';' is not allowed"),
-        (client.post("/v1/lookup", json={"ids": ["0" * 64], "backbone": "dinov2-giant"}), 404,
-         "no embeddings for backbone"),
+        (
+            client.post(
+                "/v1/lookup", json={"ids": ["0" * 64], "where": "label = 'a'; DROP TABLE x"}
+            ),
+            422,
+            "';' is not allowed",
+        ),
+        (
+            client.post("/v1/lookup", json={"ids": ["0" * 64], "backbone": "dinov2-giant"}),
+            404,
+            "no embeddings for backbone",
+        ),
         (client.post("/v1/lookup", json={"ids": ["f" * 64]}), 422, "no stored image has this id"),
         (client.get("/v1/images/" + "0" * 64 + "/thumbnail"), 404, "no stored image"),
         (client.get("/v1/images/" + "0" * 64 + "/thumbnail", params={"size": 5000}), 422, "'size'"),
@@ -146,9 +177,12 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
         (client.post("/v1/train", json={"name": "../evil"}), 422, "name"),
         (client.post("/v1/train", json={"name": "x", "head": "resnet"}), 422, "option 'head'"),
         (client.post("/v1/train", json={"name": "centroid"}), 409, "exists"),
-        (client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"}), 422,
-         "cannot read"),
-    ]  # fmt: skip
+        (
+            client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"}),
+            422,
+            "cannot read",
+        ),
+    ]
     for r, status, text in cases:
         assert r.status_code == status, (r.status_code, r.text)
         body = r.json()
@@ -163,8 +197,10 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
 
 def test_upload_cap_and_api_key(served, flowers):
     store, runs = served
-    app = service.create_app(service.Settings(store=str(store), runs=str(runs), api_key="s3cret",
-                                              max_upload_mb=0.05), load=False)  # fmt: skip
+    app = service.create_app(
+        service.Settings(store=str(store), runs=str(runs), api_key="s3cret", max_upload_mb=0.05),
+        load=False,
+    )
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200  # not behind the key
         r = c.get("/v1/runs")
@@ -173,8 +209,12 @@ def test_upload_cap_and_api_key(served, flowers):
         assert c.get("/v1/runs", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.get("/v1/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         big = _photo(flowers, "daisy").read_bytes() * 8  # > 50 KB
-        r = c.post("/v1/predict", files=[("images", ("b.jpg", big))], data={"run": "centroid"},
-                   headers={"X-API-Key": "s3cret"})  # fmt: skip
+        r = c.post(
+            "/v1/predict",
+            files=[("images", ("b.jpg", big))],
+            data={"run": "centroid"},
+            headers={"X-API-Key": "s3cret"},
+        )
         assert r.status_code == 413 and r.json()["error"] == "upload too large"
     with pytest.raises(ValueError, match="needs an API key"):
         service.serve(service.Settings(store=str(store)), host="0.0.0.0", port=1)
@@ -210,8 +250,10 @@ def test_add_images_then_searchable_at_once_and_exactly_once(client, flowers):
 
 
 def test_train_on_request_poll_cancel_and_serve_at_once(client, flowers):
-    r = client.post("/v1/train", json={"name": "mlp", "head": "mlp", "fold": "all", "epochs": 5,
-                                       "device": "cpu"})  # fmt: skip
+    r = client.post(
+        "/v1/train",
+        json={"name": "mlp", "head": "mlp", "fold": "all", "epochs": 5, "device": "cpu"},
+    )
     assert r.status_code == 202 and r.json()["status"] in ("queued", "running")
     job = r.json()["id"]
     queued = client.post("/v1/train", json={"name": "later", "head": "centroid"}).json()
@@ -240,8 +282,10 @@ def test_dynamic_batching_shares_forward_passes(tiny_dino):
     x = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8)
     want = bb.embed(x)
     out: dict[int, torch.Tensor] = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, batched.embed(x[i : i + 1])))
-               for i in range(8)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, batched.embed(x[i : i + 1])))
+        for i in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -263,10 +307,25 @@ def _free_port() -> int:
 def _start(store: Path, runs: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     p = subprocess.Popen(
-        [sys.executable, "-c", "from cli import embedstore_cli; embedstore_cli()", "serve",
-         "--store", str(store), "--runs", str(runs), "--port", str(port), "--device", "cpu"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from cli import embedstore_cli; embedstore_cli()",
+            "serve",
+            "--store",
+            str(store),
+            "--runs",
+            str(runs),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import httpx
 
     for _ in range(600):
@@ -299,17 +358,30 @@ def test_kill_9_while_adding_and_training_loses_nothing_acknowledged(tmp_path, t
     try:
         # a training job that will be killed half-way, and uploads acknowledged one by one
         # (10,000 epochs of batches of one, no early stopping: minutes of work on any machine)
-        job = httpx.post(f"{url}/v1/train", json={"name": "half", "head": "mlp", "fold": "all",
-                                                   "epochs": 10_000, "batch_size": 1, "patience": 0,
-                                                   "device": "cpu"}).json()  # fmt: skip
+        job = httpx.post(
+            f"{url}/v1/train",
+            json={
+                "name": "half",
+                "head": "mlp",
+                "fold": "all",
+                "epochs": 10_000,
+                "batch_size": 1,
+                "patience": 0,
+                "device": "cpu",
+            },
+        ).json()
         deadline = time.time() + 4.0
         k = 0
         while time.time() < deadline:
             a = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
             buf = io.BytesIO()
             Image.fromarray(a).save(buf, "PNG")
-            r = httpx.post(f"{url}/v1/images", files=[("images", (f"u{k}.png", buf.getvalue()))],
-                           data={"label": "class_0"}, timeout=30)  # fmt: skip
+            r = httpx.post(
+                f"{url}/v1/images",
+                files=[("images", (f"u{k}.png", buf.getvalue()))],
+                data={"label": "class_0"},
+                timeout=30,
+            )
             assert r.status_code == 201, r.text
             acknowledged += r.json()["ids"]
             k += 1
@@ -360,8 +432,13 @@ def _chrome():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1200,1000"):  # fmt: skip
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1000",
+    ):
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(driver), options=opts)
 
@@ -426,7 +503,10 @@ def test_service_json_is_what_the_cli_prints(served, flowers):
     cli_out = json.loads(r.output)
     app = service.create_app(service.Settings(store=str(store), runs=str(runs)), load=False)
     with TestClient(app) as c:
-        http = c.post("/v1/predict", files=[("images", ("p.jpg", photo.read_bytes()))],
-                      data={"run": "centroid"}).json()  # fmt: skip
+        http = c.post(
+            "/v1/predict",
+            files=[("images", ("p.jpg", photo.read_bytes()))],
+            data={"run": "centroid"},
+        ).json()
     assert http[0]["label"] == cli_out[0]["label"] and http[0]["top_k"] == cli_out[0]["top_k"]
     assert set(http[0]) == set(cli_out[0])

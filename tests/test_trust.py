@@ -89,8 +89,14 @@ def test_the_readme_python_section_runs_as_a_plain_script(tmp_path):
     shutil.copy(tmp_path / "photos" / "class_1" / "img_0.jpg", tmp_path / "photo.jpg")
     (tmp_path / "script.py").write_text(code)  # no `if __name__ == "__main__"` guard
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "bootstrapping" not in r.stderr and "exited unexpectedly" not in r.stderr
     assert "class_1" in r.stdout.splitlines()[-2]  # the predicted label
@@ -119,8 +125,11 @@ def test_offline_hub_backbones_fail_in_seconds(monkeypatch):
 
 
 def test_backbones_says_which_are_here(tiny_dino):
-    embedstore.register_backbone("tiny-here", lambda name, pooling="cls": embedstore.create_backbone(str(tiny_dino)),
-                                 source=str(tiny_dino))  # fmt: skip
+    embedstore.register_backbone(
+        "tiny-here",
+        lambda name, pooling="cls": embedstore.create_backbone(str(tiny_dino)),
+        source=str(tiny_dino),
+    )
     try:
         rows = {r["name"]: r for r in embedstore.list_backbones()}
         assert rows["efficientnet-lite0"]["local"] and rows["tiny-here"]["local"]
@@ -163,8 +172,16 @@ def test_a_head_with_knn_is_not_below_its_best_member_on_flowers(flowers_store, 
     store = tmp_path / "flowers"
     shutil.copytree(flowers_store, store)
     embedstore.split(store, folds=3, seed=0)
-    mlp = heads.train(store, fold="all", head="mlp", out=tmp_path / "mlp", epochs=30, batch_size=128,
-                      progress=False, device="cpu")  # fmt: skip
+    mlp = heads.train(
+        store,
+        fold="all",
+        head="mlp",
+        out=tmp_path / "mlp",
+        epochs=30,
+        batch_size=128,
+        progress=False,
+        device="cpu",
+    )
     knn = heads.train(store, fold="all", head="knn", out=tmp_path / "knn", progress=False)
     best = max(mlp.ensemble_metrics.metrics["top1"], knn.ensemble_metrics.metrics["top1"])
     ens = heads.ensemble([mlp.ensemble, knn.ensemble], tmp_path / "ens")  # calibrated by default
@@ -215,13 +232,34 @@ def test_every_option_is_described_and_defaults_are_shown():
 def test_progress_names_the_fold_and_knn_reports_no_epochs(tmp_path):
     st = make_synthetic_store(tmp_path / "s", n_classes=3, per_class=20)
     embedstore.split(st, folds=2, seed=0)
-    args = ["train", "--store", str(tmp_path / "s"), "--fold", "all", "--epochs", "60",
-            "--device", "cpu", "--out"]  # fmt: skip
+    args = [
+        "train",
+        "--store",
+        str(tmp_path / "s"),
+        "--fold",
+        "all",
+        "--epochs",
+        "60",
+        "--device",
+        "cpu",
+        "--out",
+    ]
     r = CliRunner().invoke(heads_cli, [*args, str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert "mlp fold 1 (2/2)" in r.output and "stopped at epoch" in r.output
-    r = CliRunner().invoke(heads_cli, ["train", "--store", str(tmp_path / "s"), "--head", "knn",
-                                       "--out", str(tmp_path / "k"), "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "train",
+            "--store",
+            str(tmp_path / "s"),
+            "--head",
+            "knn",
+            "--out",
+            str(tmp_path / "k"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0 and "0 epochs" not in r.output and "epochs" not in r.output
 
 
@@ -241,8 +279,19 @@ def test_predict_csv_and_group_by_folder(tmp_path, tiny_dino):
 
         Image.open(src).rotate(90 * (i + 1)).save(new / f"view_{i}.png")
     out_csv = tmp_path / "pred.csv"
-    r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path / "r"), "--images", str(new),
-                                       "--group-by", "folder", "--csv", str(out_csv)])  # fmt: skip
+    r = CliRunner().invoke(
+        heads_cli,
+        [
+            "predict",
+            str(tmp_path / "r"),
+            "--images",
+            str(new),
+            "--group-by",
+            "folder",
+            "--csv",
+            str(out_csv),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 3 and len({row["label"] for row in rows}) == 1  # one answer per specimen

@@ -42,9 +42,13 @@ def test_tune_tries_the_default_first_keeps_the_best_and_retrains_it_as_a_normal
     assert res.n_failed == 0 and res.n_complete >= 3
     # trial 0 is the head's own recipe, so tuning can never end below it out-of-fold
     first = rows[0]
-    assert (first["lr"], first["weight_decay"], first["dropout"], first["hidden"], first["loss"]) == (
-        "0.001", "0.0001", "0.1", "1024", "ce"
-    )  # fmt: skip
+    assert (
+        first["lr"],
+        first["weight_decay"],
+        first["dropout"],
+        first["hidden"],
+        first["loss"],
+    ) == ("0.001", "0.0001", "0.1", "1024", "ce")
     assert res.default_macro_f1 == pytest.approx(float(first["macro_f1"]))
     assert res.best_macro_f1 >= res.default_macro_f1
     assert res.best_macro_f1 == max(float(r["macro_f1"]) for r in rows if r["macro_f1"])
@@ -77,13 +81,18 @@ def test_tune_is_reproducible_with_a_seed(store, tuned, tmp_path):
 
 def test_the_linear_head_has_no_hidden_width_to_search():
     assert heads.search_space("linear") == {
-        "lr": (1e-3, 1e-1, "log"), "weight_decay": (1e-6, 1.0, "log"),
-        "dropout": (0.0, 0.7, "linear"), "loss": heads.list_losses(),
+        "lr": (1e-3, 1e-1, "log"),
+        "weight_decay": (1e-6, 1.0, "log"),
+        "dropout": (0.0, 0.7, "linear"),
+        "loss": heads.list_losses(),
         "label_smoothing": (0.0, 0.3, "linear"),
-    }  # fmt: skip
+    }
     assert "hidden" in heads.search_space("mlp")
     assert set(heads.search_space("mlp", {"loss": "focal", "dropout": 0.2})) == {
-        "lr", "weight_decay", "hidden"}  # fmt: skip
+        "lr",
+        "weight_decay",
+        "hidden",
+    }
 
 
 @pytest.mark.slow
@@ -108,9 +117,26 @@ def test_heads_tune_cli(store, tmp_path):
     r = CliRunner().invoke(heads_cli, ["tune", "--help"])
     assert r.exit_code == 0 and "heads tune --store grocery --head mlp --trials 50" in r.output
     out = tmp_path / "cli"
-    args = ["tune", "--store", str(store), "--head", "mlp", "--trials", "2", "--epochs", "8",
-            "--batch-size", "64", "--device", "cpu", "--losses", "ce,focal", "--out", str(out),
-            "--quiet"]  # fmt: skip
+    args = [
+        "tune",
+        "--store",
+        str(store),
+        "--head",
+        "mlp",
+        "--trials",
+        "2",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--losses",
+        "ce,focal",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
     assert "default recipe (trial 0): macro-F1" in r.output and "best (trial" in r.output
@@ -125,9 +151,16 @@ def test_heads_tune_cli(store, tmp_path):
 def test_tune_on_real_photos_beats_or_matches_the_default_recipe(flowers_store, tmp_path):
     embedstore.split(flowers_store, folds=3, seed=0) if not embedstore.connect(
         flowers_store, create=False
-    ).info().folds else None  # fmt: skip
-    res = heads.tune(flowers_store, head="mlp", trials=4, out=tmp_path / "run", epochs=15,
-                     device="cpu", progress=False)  # fmt: skip
+    ).info().folds else None
+    res = heads.tune(
+        flowers_store,
+        head="mlp",
+        trials=4,
+        out=tmp_path / "run",
+        epochs=15,
+        device="cpu",
+        progress=False,
+    )
     assert res.best_macro_f1 >= res.default_macro_f1 >= 0.85
     ev = heads.evaluate(res.run)
     assert ev.metrics["macro_f1"] == pytest.approx(res.best_macro_f1, abs=1e-9)
@@ -139,8 +172,9 @@ def views_store(tiny_dino, tmp_path_factory):
     root = tmp_path_factory.mktemp("views-imgs")
     write_class_images(root, n_classes=3, per_class=6)
     path = tmp_path_factory.mktemp("views") / "s"
-    embedstore.ingest(root, path, backbones=[str(tiny_dino)], workers=1, progress=False,
-                      views="flip")  # fmt: skip
+    embedstore.ingest(
+        root, path, backbones=[str(tiny_dino)], workers=1, progress=False, views="flip"
+    )
     embedstore.split(path, folds=2, seed=0)
     return path
 
@@ -185,8 +219,24 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
     assert ev.metrics["top1"] == pytest.approx(res.best_top1, abs=1e-9)
 
     out = tmp_path / "plain"
-    args = ["tune", "--store", str(views_store), "--head", "linear", "--trials", "1", "--epochs",
-            "3", "--device", "cpu", "--no-views", "--no-tta", "--out", str(out), "--quiet"]  # fmt: skip
+    args = [
+        "tune",
+        "--store",
+        str(views_store),
+        "--head",
+        "linear",
+        "--trials",
+        "1",
+        "--epochs",
+        "3",
+        "--device",
+        "cpu",
+        "--no-views",
+        "--no-tta",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
     assert "views:" not in r.output

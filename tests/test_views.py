@@ -98,8 +98,23 @@ def test_adding_views_embeds_only_views_and_new_images_get_them(tmp_path, photos
     assert _ingest(imgs, store, tiny_dino).embedded == {"tiny-dino": 12}
     before = _column(store, "emb_tiny_dino")
 
-    out = CliRunner().invoke(embedstore_cli, ["ingest", str(imgs), "--store", str(store), "--backbone",
-                                              str(tiny_dino), "--views", "flip", "--workers", "1", "--json", "--quiet"])  # fmt: skip
+    out = CliRunner().invoke(
+        embedstore_cli,
+        [
+            "ingest",
+            str(imgs),
+            "--store",
+            str(store),
+            "--backbone",
+            str(tiny_dino),
+            "--views",
+            "flip",
+            "--workers",
+            "1",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     s = json.loads(out.output)
     assert s["embedded"] == {"tiny-dino": 0} and s["views"] == {"tiny-dino": {"flip": 12}}
@@ -134,8 +149,15 @@ def views_store(photos, tiny_dino, tmp_path_factory) -> Path:
 
 
 def test_tta_logits_are_the_mean_of_the_views_logits(views_store, tmp_path):
-    heads.train(views_store, fold=0, head="linear", out=tmp_path / "run", epochs=5,
-                      device="cpu", progress=False)  # fmt: skip
+    heads.train(
+        views_store,
+        fold=0,
+        head="linear",
+        out=tmp_path / "run",
+        epochs=5,
+        device="cpu",
+        progress=False,
+    )
     run = heads.load(tmp_path / "run", device="cpu")
     assert run.config["views"] == {"train": VIEWS6, "tta": VIEWS6}
     cols = list(run.backbone_columns())
@@ -151,16 +173,26 @@ def test_tta_logits_are_the_mean_of_the_views_logits(views_store, tmp_path):
     rows = [pos[i] for i in val["id"]]
     np.testing.assert_allclose(val["logits"], run.logits(embs)[rows], rtol=1e-4, atol=1e-5)
 
-    heads.train(views_store, fold=0, head="linear", out=tmp_path / "plain", epochs=5,
-                device="cpu", progress=False, views=False, tta=False)  # fmt: skip
+    heads.train(
+        views_store,
+        fold=0,
+        head="linear",
+        out=tmp_path / "plain",
+        epochs=5,
+        device="cpu",
+        progress=False,
+        views=False,
+        tta=False,
+    )
     plain = heads.load(tmp_path / "plain", device="cpu")
     assert plain.config["views"] == {"train": [], "tta": []}
     assert list(plain.backbone_columns()) == ["emb_tiny_dino"]
 
     # stored ids predict with TTA from the store and from resident rows (as the service keeps)
     ids = list(t["id"][:3])
-    res = embedstore.Resident(st, [c for i in st.embeddings_info().values()
-                                   for c in (i.column, *i.view_columns.values())])  # fmt: skip
+    res = embedstore.Resident(
+        st, [c for i in st.embeddings_info().values() for c in (i.column, *i.view_columns.values())]
+    )
     a = heads.predict(run, ids=ids, device="cpu")
     b = heads.predict(run, ids=ids, device="cpu", resident=res)
     want = np.exp(run.logits(embs)[[pos[i] for i in ids]])
@@ -171,8 +203,15 @@ def test_tta_logits_are_the_mean_of_the_views_logits(views_store, tmp_path):
 
 
 def test_a_run_trained_with_views_predicts_new_files_with_tta(views_store, photos, tmp_path):
-    heads.train(views_store, fold=0, head="linear", out=tmp_path / "run", epochs=5,
-                device="cpu", progress=False)  # fmt: skip
+    heads.train(
+        views_store,
+        fold=0,
+        head="linear",
+        out=tmp_path / "run",
+        epochs=5,
+        device="cpu",
+        progress=False,
+    )
     # new files (bytes the store has not seen): a re-encoded and a mirrored photo
     new = tmp_path / "new" / "daisy"
     new.mkdir(parents=True)
@@ -187,14 +226,18 @@ def test_a_run_trained_with_views_predicts_new_files_with_tta(views_store, photo
     copy = tmp_path / "copy"
     shutil.copytree(views_store, copy)
     _ingest(new.parent, copy, run.config["backbone"]["describe"]["source"])
-    batch = embedstore.embed_inputs(embedstore.connect(copy), embedstore.read_inputs(files),
-                                    {c: {**b["describe"], "dim": b["dim"]} for c, b in run.backbone_columns().items()})  # fmt: skip
+    batch = embedstore.embed_inputs(
+        embedstore.connect(copy),
+        embedstore.read_inputs(files),
+        {c: {**b["describe"], "dim": b["dim"]} for c, b in run.backbone_columns().items()},
+    )
     assert batch.in_store.all()
     stored = heads.predict_embeddings(run, batch, top_k=3)
     for a, b in zip(on_the_fly, stored, strict=True):
         assert [t["label"] for t in a.top_k] == [t["label"] for t in b.top_k]
-        np.testing.assert_allclose([t["probability"] for t in a.top_k],
-                                   [t["probability"] for t in b.top_k], rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            [t["probability"] for t in a.top_k], [t["probability"] for t in b.top_k], rtol=1e-5
+        )
     # and they are TTA answers: the main embedding alone gives other probabilities
     main_only = run.head.decision_function(batch.embeddings["emb_tiny_dino"])
     assert not np.allclose(main_only, run.logits(batch.embeddings))
