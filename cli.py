@@ -14,23 +14,25 @@ from typing import Any
 
 import click
 
-from embedstore._options import (
-    AVERAGES,
-    CLASS_WEIGHTS,
+from embedstore.types import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DEVICE_CHOICES,
     EMB_DTYPES,
     ENGINES,
-    ENSEMBLE_MEMBERS,
     LOOKUP_INDEXES,
     MAP_METHODS,
-    METRIC_NAMES,
     POOLINGS,
-    REFERENCES,
     RUNTIMES,
-    SAMPLERS,
     check_device,
+)
+from heads.types import (
+    AVERAGES,
+    CLASS_WEIGHTS,
+    ENSEMBLE_MEMBERS,
+    METRIC_NAMES,
+    REFERENCES,
+    SAMPLERS,
 )
 
 STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from embedstore._options import POOLINGS, Pooling
 from embedstore._preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_processor_config
 from embedstore._registry import Registry
+from embedstore.errors import BadInput
+from embedstore.types import POOLINGS, Pooling
 
 
-class BackboneError(ValueError):
+class BackboneError(BadInput):
     """A backbone that cannot be built; the message says what to do."""
 
 

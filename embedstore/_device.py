@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from embedstore._options import DEVICE_CHOICES, check_device
+from embedstore.types import DEVICE_CHOICES, check_device
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -30,11 +30,11 @@ import torch
 
 from embedstore._device import resolve_device
 from embedstore._indexes import open_store, saved_index
-from embedstore._options import LOOKUP_INDEXES, IndexKind, LookupIndex, check_choice
 from embedstore._results import Result
 from embedstore._search import NeighborIndex, l2_normalize
 from embedstore._sheets import Tile, contact_sheet, load_thumbnail
 from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store
+from embedstore.types import LOOKUP_INDEXES, IndexKind, LookupIndex, check_choice
 
 # Measured on flowers12 with efficientnet-lite0: a JPEG re-encode at quality 30, a 75% resize,
 # a 10% crop or a mirror image keeps a cosine similarity of 0.87-0.99 to its original (median

@@ -31,10 +31,10 @@ from embedstore._backbones import (
 from embedstore._device import resolve_device
 from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
 from embedstore._onnx import resolve_runtime, runtime_for_column, with_runtime
-from embedstore._options import RUNTIMES, Runtime, check_choice
 from embedstore._resident import Resident
 from embedstore._store import Store, StoreError
 from embedstore._views import make_view
+from embedstore.types import RUNTIMES, Runtime, check_choice
 
 EMBED_BATCH = 32  # images per forward pass
 _HEX_ID = re.compile(r"^[0-9a-fA-F]{64}$")

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from embedstore._options import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from embedstore.errors import BadInput
+from embedstore.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Image-like files we recognise but do not decode: reported as skipped rather than ignored.
@@ -29,7 +30,7 @@ UNSUPPORTED_EXTENSIONS = frozenset(
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(Exception):
+class ImageError(BadInput):
     """A file that cannot be used as an image; ``str(e)`` is the reason shown to the user."""
 
 

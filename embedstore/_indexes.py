@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from embedstore._options import LOOKUP_INDEXES, LookupIndex
 from embedstore._results import Result
 from embedstore._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
 from embedstore._store import EmbeddingInfo, Store, StoreError, connect, load_ids, save_ids
+from embedstore.types import LOOKUP_INDEXES, LookupIndex
 
 INDEX_DIR = "indexes"
 

@@ -37,13 +37,14 @@ from embedstore._images import (
 )
 from embedstore._metadata import join_metadata, read_metadata, store_column_names
 from embedstore._onnx import resolve_runtime, with_runtime
-from embedstore._options import ENGINES, EmbDtype, Engine, Pooling, Runtime, check_choice
 from embedstore._preprocess import Preprocess
 from embedstore._prune import prune as prune_store
 from embedstore._registry import Registry
 from embedstore._results import Result
 from embedstore._store import Store, connect
 from embedstore._views import expand_views, make_view, view_column, view_describe
+from embedstore.errors import BadInput
+from embedstore.types import ENGINES, EmbDtype, Engine, Pooling, Runtime, check_choice
 
 _SPLIT_NAMES = {
     "train": "train",
@@ -60,7 +61,7 @@ _SPLIT_NAMES = {
 _NOT_READ = ("unsupported format", "not a regular file")
 
 
-class IngestError(ValueError):
+class IngestError(BadInput):
     """The ingest cannot run at all (bad folder, bad options); the message says what to do."""
 
 

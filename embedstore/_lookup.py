@@ -26,11 +26,11 @@ import torch
 from embedstore._device import resolve_device
 from embedstore._embed import embed_inputs, read_inputs
 from embedstore._indexes import open_store, saved_index
-from embedstore._options import LOOKUP_INDEXES, RUNTIMES, LookupIndex, Runtime
 from embedstore._resident import Resident
 from embedstore._results import Result, jsonable
 from embedstore._search import NeighborIndex, l2_normalize
 from embedstore._store import EMB_PREFIX, Store, StoreError
+from embedstore.types import LOOKUP_INDEXES, RUNTIMES, LookupIndex, Runtime
 
 TOP_VOTES = 5  # labels listed under "votes"
 # Columns every ingest writes; not returned as metadata by default.

@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore._indexes import open_store
-from embedstore._options import MAP_METHODS, MapMethod, check_choice
 from embedstore._results import Result
 from embedstore._search import l2_normalize
 from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError
+from embedstore.types import MAP_METHODS, MapMethod, check_choice
 
 MAP_COLUMNS = ("map_x", "map_y")
 PCA_BELOW = 100  # method="auto": PCA under this many images (UMAP needs more than its neighbours)

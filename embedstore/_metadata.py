@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedstore._store import EMB_PREFIX
+from embedstore.errors import BadInput
 
 RESERVED = frozenset(
     {
@@ -56,7 +57,7 @@ _BOOL_TRUE = {"true", "yes", "y", "1", "t"}
 _BOOL_FALSE = {"false", "no", "n", "0", "f"}
 
 
-class MetadataError(ValueError):
+class MetadataError(BadInput):
     """A metadata file that cannot be used at all; the message says what to do."""
 
 

@@ -51,7 +51,7 @@ import torch
 from embedstore._backbones import Backbone, BackboneError, _sha256_file
 from embedstore._device import resolve_device
 from embedstore._onnx_graphs import fused_graph, has_fused_graph
-from embedstore._options import RUNTIMES, Runtime, check_choice
+from embedstore.types import RUNTIMES, Runtime, check_choice
 
 EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, outputs, what is inside)
 OPSET = 18

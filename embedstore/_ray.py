@@ -20,12 +20,14 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from embedstore.errors import BadInput
+
 RAY_INSTALL_HINT = (
     "engine 'ray' needs the ray extra: pip install 'embedstore[ray]' (ray[data] and lance-ray)"
 )
 
 
-class EngineError(ValueError):
+class EngineError(BadInput):
     """The engine cannot run: not installed, no cluster, or a layout it cannot place."""
 
 

@@ -59,11 +59,11 @@ from embedstore._ingest import (
     summarize,
 )
 from embedstore._onnx import with_runtime
-from embedstore._options import EmbDtype, Pooling, Runtime
 from embedstore._preprocess import Preprocess
 from embedstore._ray import ActorLayout, EngineError, actor_layout, connect_ray, import_ray
 from embedstore._store import Store, connect, image_table, write_image_fragments
 from embedstore._views import expand_views, view_column, view_describe
+from embedstore.types import EmbDtype, Pooling, Runtime
 
 HASH_TASKS_OVER = 20_000  # files to hash: above this the cluster hashes them, not the driver
 _HASH_THREADS = 8  # reading and SHA-256 release the GIL

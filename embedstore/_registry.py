@@ -14,10 +14,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from embedstore.errors import BadInput
+
 T = TypeVar("T")
 
 
-class RegistryError(ValueError):
+class RegistryError(BadInput):
     """An unknown or clashing name; the message lists the valid names."""
 
 

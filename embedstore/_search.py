@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from embedstore._device import resolve_device
-from embedstore._options import INDEX_KINDS, SEARCH_BACKENDS, IndexKind, SearchBackend
+from embedstore.types import INDEX_KINDS, SEARCH_BACKENDS, IndexKind, SearchBackend
 
 AUTO_ANN_MIN_VECTORS = 200_000  # kind="auto": exact below this many stored vectors, IVF from it
 TORCH_STORE_CHUNK = 262_144  # torch path: rows of the store scored against one query batch

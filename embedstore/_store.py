@@ -43,9 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedstore._images import disk_path
-from embedstore._options import EmbDtype
 from embedstore._ray import RAY_INSTALL_HINT, EngineError
 from embedstore._results import Result
+from embedstore.errors import BadInput, Conflict
+from embedstore.types import EmbDtype
 
 STORE_FORMAT = 1
 EMB_PREFIX = "emb_"
@@ -78,11 +79,11 @@ IMAGE_FIELDS: tuple[pa.Field, ...] = (
 )
 
 
-class StoreError(ValueError):
+class StoreError(BadInput):
     """A store problem the user can act on; the message says what to do."""
 
 
-class StoreLockedError(StoreError):
+class StoreLockedError(StoreError, Conflict):
     """Another process is writing the store; the message names it (PID, command, since when)."""
 
 

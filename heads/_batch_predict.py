@@ -30,7 +30,7 @@ import pyarrow as pa
 
 import embedstore
 from embedstore import Result
-from embedstore._options import ENGINES, Engine, Runtime, check_choice
+from embedstore.types import ENGINES, Engine, Runtime, check_choice
 from heads._errors import HeadsError
 from heads._loaded import Predictor, load
 from heads._predict import Prediction, predict_embeddings, read_cost_matrix, read_prior

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from embedstore._registry import Registry
+from embedstore.errors import BadInput
 
 __all__ = [
     "CategoricalEncoder",
@@ -40,7 +41,7 @@ _GEOHASH_ALPHABET = "0123456789bcdefghjkmnpqrstuvwxyz"
 _ISO_DATE = re.compile(r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})")
 
 
-class AllMissingError(ValueError):
+class AllMissingError(BadInput):
     """Raised by ``fit`` when no training value is usable."""
 
 

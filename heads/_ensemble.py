@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedstore._options import AVERAGES, Average
 from heads._errors import HeadsError
 from heads._evaluate import EvalResult, evaluate
 from heads._loaded import load, log_softmax
 from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
+from heads.types import AVERAGES, Average
 
 
 def ensemble(

@@ -38,11 +38,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from embedstore._device import resolve_device
-from embedstore._options import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 from heads._metrics import macro_f1
 from heads._registry import register_head
 from heads._validation import head_tags, host_array
 from heads.losses import CompositeLoss, create_loss
+from heads.types import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 
 __all__ = [
     "LinearHead",

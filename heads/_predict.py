@@ -19,7 +19,7 @@ import numpy as np
 
 import embedstore
 from embedstore import Result
-from embedstore._options import Runtime
+from embedstore.types import Runtime
 from heads._errors import HeadsError
 from heads._loaded import Predictor, load, log_softmax
 

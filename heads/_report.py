@@ -23,13 +23,13 @@ import numpy as np
 
 import embedstore
 from embedstore import DUPLICATE_THRESHOLD, Result, load_thumbnail
-from embedstore._options import METRIC_NAMES
 from heads._evaluate import evaluate, holdout_rows, score_rows
 from heads._issues import IssuesResult, find_issues
 from heads._loaded import Predictor, load
 from heads._metrics import most_confused, openset_scores, per_class_f1
 from heads._plots import plot_roc
 from heads._rundir import read_val
+from heads.types import METRIC_NAMES
 
 _THUMB_PX = 112
 _EXAMPLES_PER_PAIR = 4

@@ -21,7 +21,6 @@ import torch
 from sklearn.base import clone
 
 from embedstore import Result
-from embedstore._options import ENSEMBLE_MEMBERS, EnsembleMembers
 from heads._data import (
     FoldData,
     aux_matrix,
@@ -47,6 +46,7 @@ from heads._rundir import (
     write_val,
 )
 from heads._unknown import DEFAULT_DETECTOR, DETECTORS, UnknownDetector
+from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
 
 _NOT_HEAD_OPTIONS = ("seed", "device")  # options every head may ignore
 # With views stored (``embedstore ingest --views``) and no --views/--tta given: train on them

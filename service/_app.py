@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import embedstore
 import heads
-from embedstore._options import CLASS_WEIGHTS, SAMPLERS, check_device
+from embedstore.types import check_device
+from heads.types import CLASS_WEIGHTS, SAMPLERS
 from service._jobs import QueueFull
 from service._state import NotFound, Settings, State
 

@@ -101,8 +101,9 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     option errors answer at once); every public name is still there, from the module that
     defines it."""
     code = (
-        "import cli, embedstore, sys; heavy = ('torch', 'lance', 'pyarrow', 'transformers', "
-        "'heads', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))"
+        "import cli, embedstore, heads, sys; heavy = ('torch', 'lance', 'pyarrow', "
+        "'transformers', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "set(heavy)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -120,6 +121,16 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
         assert getattr(embedstore, name) is getattr(importlib.import_module(module), attr), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         embedstore.nope  # noqa: B018
+    # heads too: its names load on first use, and what tools read names what is loaded
+    assert set(heads.__all__) == set(heads._EXPORTS)
+    tree = ast.parse((ROOT / "heads" / "__init__.py").read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    )
+    typed = {a.asname or a.name: (n.module, a.name) for n in block.body for a in n.names}
+    assert typed == heads._EXPORTS
+    for name, (module, attr) in heads._EXPORTS.items():
+        assert getattr(heads, name) is getattr(importlib.import_module(module), attr), name
 
 
 # ---------------------------------------------------------------------- registries and options

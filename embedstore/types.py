@@ -1,4 +1,4 @@
-"""Option types shared by the library, the CLI and the service: one place for every choice.
+"""The bottom layer's option types (devices, poolings, runtimes, engines, indexes): one place each.
 
 Each string choice is a ``Literal`` with its tuple of values beside it (for ``click.Choice``
 and for messages); :func:`check_choice` validates one with a message that lists the valid values.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Literal, get_args
+
+from embedstore.errors import BadInput
 
 # --- devices: "auto", "cpu", "cuda", "cuda:N", "mps"
 Device = str
@@ -48,56 +50,17 @@ SEARCH_BACKENDS: tuple[str, ...] = get_args(SearchBackend)
 MapMethod = Literal["auto", "umap", "pca"]
 MAP_METHODS: tuple[str, ...] = get_args(MapMethod)
 
-# --- heads
-Arch = Literal["linear", "mlp", "transformer"]
-ARCHS: tuple[str, ...] = get_args(Arch)
-ClassWeights = Literal["none", "inverse", "sqrt-inverse"]
-CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
-Sampler = Literal["none", "balanced", "prior"]
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
-Average = Literal["logits", "probs"]
-AVERAGES: tuple[str, ...] = get_args(Average)
-# What `heads train --fold all --refit` ensembles: the fold runs, the refit run, or both.
-EnsembleMembers = Literal["folds", "refit", "both"]
-ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
-# The reference set of the centroid head: the training part, or training + validation.
-Reference = Literal["train", "train+val"]
-REFERENCES: tuple[str, ...] = get_args(Reference)
-
-# --- metrics, in the order tables print them
-MetricName = Literal[
-    "top1",
-    "top3",
-    "macro_f1",
-    "mean_class_acc",
-    "many_shot",
-    "medium_shot",
-    "few_shot",
-    "unknown_rate",
-    "acc_without_rejection",
-    "acceptance_rate",
-    "acc_on_accepted",
-    "open_set_acc",
-    "auroc",
-    "fpr95",
-    "track1",
-    "track2",
-    "track3",
-    "track4",
-]
-METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
-
 
 def check_choice(value: str, choices: Iterable[str], option: str) -> str:
-    """``value`` if it is one of ``choices``, else ValueError naming ``option`` and the choices."""
+    """``value`` if it is one of ``choices``, else BadInput naming ``option`` and the choices."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"unknown {option} {value!r}; valid: {', '.join(choices)}")
+        raise BadInput(f"unknown {option} {value!r}; valid: {', '.join(choices)}")
     return value
 
 
 def check_device(value: str) -> str:
     """``value`` if it is spelled as a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
     if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
-        raise ValueError(f"invalid device {value!r}; use one of {', '.join(DEVICE_CHOICES)}")
+        raise BadInput(f"invalid device {value!r}; use one of {', '.join(DEVICE_CHOICES)}")
     return value

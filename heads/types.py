@@ -1,0 +1,48 @@
+"""The heads' option types (architectures, samplers, averages, metric names): one place each.
+
+Torch-free, so the command line's ``--help`` and option parsing stay instant. Each string
+choice is a ``Literal`` with its tuple of values beside it (for ``click.Choice``, the service's
+request model and messages); ``embedstore.types.check_choice`` validates one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Arch = Literal["linear", "mlp", "transformer"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+ClassWeights = Literal["none", "inverse", "sqrt-inverse"]
+CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
+Sampler = Literal["none", "balanced", "prior"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Average = Literal["logits", "probs"]
+AVERAGES: tuple[str, ...] = get_args(Average)
+# What `heads train --fold all --refit` ensembles: the fold runs, the refit run, or both.
+EnsembleMembers = Literal["folds", "refit", "both"]
+ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
+# The reference set of the centroid head: the training part, or training + validation.
+Reference = Literal["train", "train+val"]
+REFERENCES: tuple[str, ...] = get_args(Reference)
+
+# --- metrics, in the order tables print them
+MetricName = Literal[
+    "top1",
+    "top3",
+    "macro_f1",
+    "mean_class_acc",
+    "many_shot",
+    "medium_shot",
+    "few_shot",
+    "unknown_rate",
+    "acc_without_rejection",
+    "acceptance_rate",
+    "acc_on_accepted",
+    "open_set_acc",
+    "auroc",
+    "fpr95",
+    "track1",
+    "track2",
+    "track3",
+    "track4",
+]
+METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
