@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 # What `heads.X` is, loaded on first use (PEP 562): `import heads.types` (the option vocabulary
 # the command line reads) costs nothing, and torch loads only with the first head or run.
 _EXPORTS: dict[str, tuple[str, str]] = {
+    "list_runs": ("heads._runs", "list_runs"),
+    "read_eval": ("heads._runs", "read_eval"),
+    "replace_run": ("heads._runs", "replace_run"),
+    "run_checksum": ("heads._runs", "run_checksum"),
     "PREDICTION_SCHEMA": ("heads._batch_predict", "PREDICTION_SCHEMA"),
     "BatchPrediction": ("heads._batch_predict", "BatchPrediction"),
     "predict_batch": ("heads._batch_predict", "predict_batch"),
@@ -97,6 +101,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads._predict import Prediction, predict, predict_embeddings, write_predictions_csv
     from heads._registry import HEADS, create_head, list_heads, register_head
     from heads._report import ReportResult, report
+    from heads._runs import list_runs, read_eval, replace_run, run_checksum
     from heads._train import FoldResult, TrainResult, train
     from heads._tune import TuneResult, search_space, tune
     from heads._unknown import (
@@ -109,6 +114,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.losses import LOSSES, create_loss, list_losses, register_loss
 
 __all__ = [
+    "list_runs",
+    "read_eval",
+    "replace_run",
+    "run_checksum",
     "PREDICTION_SCHEMA",
     "BatchPrediction",
     "predict_batch",
