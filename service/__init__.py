@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from embedstore.errors import BadInput
 from service._app import create_app
 from service._state import Settings
 
@@ -37,7 +38,7 @@ def serve(
     import uvicorn
 
     if not is_loopback(host) and not settings.api_key:
-        raise ValueError(
+        raise BadInput(
             f"--host {host}: binding beyond this machine needs an API key; "
             "give --api-key-env VAR with the key in $VAR"
         )

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class QueueFull(Exception):
-    """No room for another job; try again later (HTTP 429)."""
+from embedstore.errors import UserError
+from service.errors import QueueFull, log
 
 
 class Cancelled(Exception):
@@ -109,4 +108,6 @@ class JobQueue:
                 job.status = "failed"
                 job.error = str(e) or type(e).__name__
                 job.progress["traceback_tail"] = traceback.format_exc().splitlines()[-1]
+                if not isinstance(e, UserError):  # a bug: its traceback in the server log
+                    log.error("job %s (%s) failed", job.id, job.kind, exc_info=e)
             job.finished_at = time.time()

@@ -1,11 +1,11 @@
 """What the service keeps resident: the store's embeddings (reloaded when the store's version
 changes), the backbones that embed uploads (loaded once, behind dynamic batching), and the runs
-under ``--runs`` (reloaded when their config checksum changes)."""
+under ``--runs`` (reloaded when their config checksum changes). Runs are read through
+``heads`` (``list_runs``, ``run_checksum``, ``read_eval``, ``replace_run``), never file by file;
+the device is resolved once, here, and handed to everything below."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import threading
@@ -15,15 +15,13 @@ from typing import Any
 
 import embedstore
 import heads
+from embedstore.errors import BadInput, Conflict, NotFound
+from heads._runs import PARTIAL  # a run being trained: never listed, renamed when complete
 from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
+from service.errors import Forbidden
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-PARTIAL = ".partial-"  # a run being trained; never listed, renamed when complete
-
-
-class NotFound(Exception):
-    """An unknown run, job, image id or backbone (HTTP 404)."""
 
 
 @dataclass
@@ -140,6 +138,15 @@ class State:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""
         return _LazyBackbones(self, columns)
 
+    def embedding_info(self, backbone: str | None) -> embedstore.EmbeddingInfo:
+        """The embedding column of ``backbone`` (None: the only one); an unknown one is 404."""
+        try:
+            return self.store.resolve_backbone(backbone)
+        except embedstore.StoreError as e:
+            if backbone is None:
+                raise
+            raise NotFound(str(e)) from e
+
     def raw_backbones(self) -> list[embedstore.Backbone]:
         for info in self.store.embeddings_info().values():
             self.backbone(info.column)
@@ -153,13 +160,7 @@ class State:
 
     def run_names(self) -> list[str]:
         d = self.runs_dir
-        if d is None or not d.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in d.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
-        )
+        return [] if d is None else heads.list_runs(d)
 
     def run(self, name: str) -> Any:
         """The loaded run or ensemble ``name`` (reloaded when its config changed)."""
@@ -167,7 +168,7 @@ class State:
         if d is None or not RUN_NAME.match(name) or name not in self.run_names():
             raise NotFound(f"no run {name!r}; runs: {', '.join(self.run_names()) or 'none'}")
         path = d / name
-        checksum = json.loads((path / "config.json").read_text()).get("config_sha256")
+        checksum = heads.run_checksum(path)
         with self._lock:
             have = self._runs.get(name)
             if have is not None and have[0] == checksum:
@@ -181,9 +182,7 @@ class State:
 
     def run_summary(self, name: str) -> dict[str, Any]:
         model = self.run(name)
-        path = self.runs_dir / name
-        ev = path / "eval.json"
-        metrics = json.loads(ev.read_text()) if ev.is_file() else None
+        metrics = heads.read_eval(self.runs_dir / name)
         return {
             "name": name,
             "kind": model.config.get("kind"),
@@ -196,16 +195,35 @@ class State:
             "metrics": metrics,
         }
 
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ writes and jobs
+
+    def add_images(
+        self, files: list[bytes], label: str | None, fields: dict[str, str]
+    ) -> embedstore.AddedImages:
+        """Add uploaded images (one label and the same metadata for all), committed at once."""
+        with self.write_lock:
+            return embedstore.add_images(
+                self.store,
+                files,
+                labels=[label] * len(files),
+                metadata=[dict(fields) for _ in files],
+                backbone_objects=self.raw_backbones() or None,
+            )
+
+    def job(self, job_id: str) -> Job:
+        j = self.jobs.get(job_id)
+        if j is None:
+            raise NotFound(f"no job {job_id!r}")
+        return j
 
     def train_job(self, name: str, options: dict[str, Any], overwrite: bool = False) -> Job:
         d = self.runs_dir
         if d is None:
-            raise ValueError("the service was started without --runs; no place to write runs")
+            raise BadInput("the service was started without --runs; no place to write runs")
         if not RUN_NAME.match(name):
-            raise ValueError(f"name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
+            raise BadInput(f"name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
         if (d / name).exists() and not overwrite:
-            raise FileExistsError(f"run {name!r} exists; give overwrite=true to replace it")
+            raise Conflict(f"run {name!r} exists; give overwrite=true to replace it")
 
         def work(job: Job) -> dict[str, Any]:
             d.mkdir(parents=True, exist_ok=True)
@@ -216,14 +234,10 @@ class State:
                     out=tmp,
                     progress=False,
                     on_fold=lambda done, total: job.checkpoint(folds_done=done, folds=total),
-                    **options,
+                    **{"device": self.device, **options},  # resolved once, at start-up
                 )
                 with self._lock:
-                    old = d / f".old-{name}-{job.id}"
-                    if (d / name).exists():
-                        os.replace(d / name, old)
-                    os.replace(tmp, d / name)
-                    shutil.rmtree(old, ignore_errors=True)
+                    heads.replace_run(tmp, d / name)
                     self._runs.pop(name, None)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -238,10 +252,10 @@ class State:
     def ingest_job(self, folder: str) -> Job:
         root = self.settings.allow_root
         if root is None:
-            raise PermissionError("server-side folders can be ingested only under --allow-root")
+            raise Forbidden("server-side folders can be ingested only under --allow-root")
         path = Path(folder).resolve()
         if not path.is_relative_to(Path(root).resolve()):
-            raise PermissionError(f"{folder}: outside the allowed root {root}")
+            raise Forbidden(f"{folder}: outside the allowed root {root}")
         if not path.is_dir():
             raise NotFound(f"{folder}: no such folder under the allowed root")
 

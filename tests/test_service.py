@@ -24,8 +24,9 @@ from PIL import Image
 import embedstore
 import heads
 import service
+from embedstore.errors import Conflict
 from service._batcher import BatchedBackbone
-from tests.conftest import write_class_images
+from tests.conftest import make_synthetic_store, write_class_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,6 +194,41 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
         assert "Traceback" not in r.text
         if text:
             assert text in str(body["detail"]), body
+
+
+def test_a_user_error_gets_its_status_and_a_bug_a_one_line_500(tmp_path, caplog):
+    """Only a UserError is the caller's fault (its own 4xx); anything else is a bug: 500, one
+    line for the caller, the traceback in the server log."""
+    make_synthetic_store(tmp_path / "s", n_classes=2, per_class=3)
+    app = service.create_app(service.Settings(store=str(tmp_path / "s")), load=False)
+
+    def bug() -> None:
+        raise ValueError("an index out of step\nwith a second line")
+
+    def taken() -> None:
+        raise Conflict("run 'x' exists")
+
+    def locked() -> None:
+        raise embedstore.StoreLockedError("the store is locked by another writer")
+
+    for path, fn in (("/v1/bug", bug), ("/v1/taken", taken), ("/v1/locked", locked)):
+        app.add_api_route(path, fn)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/v1/bug")
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal error", "detail": "ValueError: an index out of step"}
+        assert "Traceback" in caplog.text and "second line" in caplog.text
+        r = c.get("/v1/taken")
+        assert r.status_code == 409 and r.json() == {
+            "error": "conflict",
+            "detail": "run 'x' exists",
+        }
+        r = c.get("/v1/locked")
+        assert r.status_code == 409 and "locked" in r.json()["detail"]
+        r = c.post("/v1/ingest", json={"folder": str(tmp_path)})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        r = c.post("/v1/train", json={"name": "x", "head": "centroid"})
+        assert r.status_code == 422 and "without --runs" in r.json()["detail"]
 
 
 def test_upload_cap_and_api_key(served, flowers):

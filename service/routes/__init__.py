@@ -1,0 +1,9 @@
+"""The service's routes, one ``APIRouter`` per concern; ``create_app`` includes ``ROUTERS``."""
+
+from __future__ import annotations
+
+from service.routes import health, images, page, predict, runs
+
+ROUTERS = [health.router, predict.router, images.router, runs.router, page.router]
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,56 @@
+"""Liveness, readiness, and what the service holds: the store and its backbones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+import embedstore
+from service.deps import StateDep
+from service.errors import error_response
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Alive."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+def ready(state: StateDep) -> JSONResponse:
+    """Ready once the store's embeddings, the backbones and the runs are loaded."""
+    if not state.ready:
+        return error_response(503, "loading", "the store and models are being loaded")
+    r = state.resident()
+    return JSONResponse(
+        {"ready": True, "store_version": r.version, "images": len(r.ids), "runs": state.run_names()}
+    )
+
+
+@router.get("/v1/store")
+def store_info(state: StateDep) -> dict[str, Any]:
+    """What ``embedstore info --json`` says."""
+    return state.store.info().to_dict()
+
+
+@router.get("/v1/backbones")
+def backbones(state: StateDep) -> dict[str, Any]:
+    """The store's embedding columns (whether their model is loaded, and with which runtime)
+    and the registry."""
+    cols = [
+        {
+            "name": i.backbone,
+            "column": i.column,
+            "dim": i.dim,
+            "dtype": i.dtype,
+            "source": i.describe.get("source"),
+            "loaded": i.column in state.backbones,
+            "runtime": state.backbone_runtime(i.column),
+        }
+        for i in state.store.embeddings_info().values()
+    ]
+    return {"store": cols, "registered": embedstore.list_backbones()}

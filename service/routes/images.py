@@ -1,0 +1,63 @@
+"""Stored images: thumbnails, adding uploads, and ingesting a server-side folder."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+import embedstore
+from embedstore.errors import BadInput, NotFound
+from service.deps import CapDep, StateDep
+from service.errors import InvalidRequest
+from service.schemas import IngestBody, read_files
+
+router = APIRouter()
+
+
+@router.get("/v1/images/{image_id}/thumbnail")
+def thumbnail(image_id: str, state: StateDep, size: int = 160) -> Response:
+    """A JPEG of a stored image, found by its id only."""
+    if not 16 <= size <= 1024:
+        raise InvalidRequest("option 'size': between 16 and 1024")
+    path = state.store.image_file(image_id)
+    if path is None:
+        raise NotFound(f"no stored image has id {image_id!r}")
+    (q,) = embedstore.read_inputs([str(path)])
+    try:
+        if q.error:
+            raise embedstore.ImageError(q.error)
+        im = embedstore.decode_image(q.data)
+    except embedstore.ImageError as e:
+        raise NotFound(f"the stored image {image_id} cannot be read now: {e}") from e
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return Response(buf.getvalue(), media_type="image/jpeg")
+
+
+@router.post("/v1/images")
+async def add_images(request: Request, state: StateDep, cap: CapDep) -> JSONResponse:
+    """Add uploaded images (multipart ``images``; optional ``label`` and other fields as
+    metadata for all of them) with the same content-hash identity as ingest. Answers once
+    they are committed: searchable at once."""
+    form = await request.form(max_part_size=cap)
+    files = await read_files(form, cap)
+    if not files:
+        raise BadInput("give images (multipart 'images')")
+    fields = {
+        k: v for k, v in form.multi_items() if not isinstance(v, UploadFile) and k != "images"
+    }
+    label = fields.pop("label", None)
+    res = await run_in_threadpool(state.add_images, files, label, fields)
+    return JSONResponse(res.to_dict(), status_code=201)
+
+
+@router.post("/v1/ingest", status_code=202)
+def ingest(body: IngestBody, state: StateDep) -> dict[str, Any]:
+    """Ingest a server-side folder as a job (only under ``--allow-root``)."""
+    return state.ingest_job(body.folder).to_dict()

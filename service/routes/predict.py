@@ -1,0 +1,70 @@
+"""Predictions and lookups for uploaded images and stored ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+import embedstore
+import heads
+from embedstore.errors import BadInput
+from service.deps import CapDep, StateDep
+from service.schemas import LookupBody, PredictBody, read_body
+
+router = APIRouter()
+_NOTHING = "give images (multipart 'images') or stored 'ids'"
+
+
+@router.post("/v1/predict")
+async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
+    """Labels for uploaded images (multipart ``images``) and/or stored ``ids``: what
+    ``heads predict --json`` gives. Multipart fields or a JSON body: ``run``, ``ids``,
+    ``top_k``, ``prior`` (``uniform``)."""
+    body, files = await read_body(request, PredictBody, cap)
+    model = state.run(body.run)
+    if not files and not body.ids:
+        raise BadInput(_NOTHING)
+    res = await run_in_threadpool(
+        heads.predict,
+        model,
+        files,
+        ids=body.ids,
+        top_k=body.top_k,
+        prior=body.prior,
+        backbones=state.lazy_backbones(list(model.backbone_columns())),
+        resident=state.resident(),
+    )
+    return [r.to_dict() for r in res]
+
+
+@router.post("/v1/lookup")
+async def lookup(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
+    """Nearest stored images to uploaded images and/or stored ``ids``: what
+    ``embedstore lookup --json`` gives, each neighbour with a ``thumbnail`` URL."""
+    body, files = await read_body(request, LookupBody, cap)
+    if not files and not body.ids:
+        raise BadInput(_NOTHING)
+    info = state.embedding_info(body.backbone)
+    res = await run_in_threadpool(
+        embedstore.lookup,
+        state.store,
+        [*files, *body.ids],
+        k=body.k,
+        backbone=info.backbone,
+        where=body.where,
+        device=state.device,
+        resident=state.resident(),
+        backbones=state.lazy_backbones([info.column]),
+    )
+    return [_with_thumbnails(q.to_dict()) for q in res.results]
+
+
+def _with_thumbnails(d: dict[str, Any]) -> dict[str, Any]:
+    """An upload is named by its id (not its bytes); each neighbour gets its thumbnail URL."""
+    if isinstance(d["query"], bytes) or d["query"].startswith("upload "):
+        d["query"] = d["query_id"]
+    for nb in d["neighbors"]:
+        nb["thumbnail"] = f"/v1/images/{nb['id']}/thumbnail"
+    return d

@@ -1,0 +1,141 @@
+"""Request bodies (pydantic), and how a JSON or multipart request becomes one.
+
+Predict and lookup take either a JSON body or multipart form fields with ``images`` files;
+both are validated by the same model, so an unknown or out-of-range option is refused alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+import heads
+from embedstore.errors import UserError
+from embedstore.types import check_device
+from heads.types import CLASS_WEIGHTS, SAMPLERS
+from service.errors import InvalidRequest, TooLarge, describe
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictBody(_Body):
+    run: str
+    ids: list[str] = Field(default_factory=list)
+    top_k: int = Field(5, ge=1, le=1000)
+    prior: str | None = Field(None, pattern="^uniform$")
+
+
+class LookupBody(_Body):
+    ids: list[str] = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=1000)
+    backbone: str | None = None
+    where: str | None = None
+
+
+class TrainBody(_Body):
+    name: str
+    overwrite: bool = False
+    fold: int | str = 0
+    backbone: str | None = None
+    head: str = "mlp"
+    metadata: list[str] = Field(default_factory=list)
+    aux_targets: list[str] = Field(default_factory=list)
+    unknown: str | None = None
+    unknown_label: str = "unknown"
+    where: str | None = None
+    hidden: int | None = Field(None, ge=1)
+    dropout: float | None = Field(None, ge=0, le=1)
+    loss: str | None = None
+    label_smoothing: float | None = Field(None, ge=0, le=1)
+    class_weights: str | None = None
+    sampler: str | None = None
+    aux_alpha: float | None = None
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    patience: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    device: str | None = None
+
+    def train_options(self) -> dict[str, Any]:
+        """The ``heads.train`` keyword arguments this body asks for (choices checked)."""
+        opts = self.model_dump(exclude_none=True, exclude={"name", "overwrite"})
+        _check_train_options(opts)
+        if "label_smoothing" in opts:
+            opts["loss_kwargs"] = {"label_smoothing": opts.pop("label_smoothing")}
+        return opts
+
+
+class IngestBody(_Body):
+    folder: str
+
+
+def _check_train_options(opts: dict[str, Any]) -> None:
+    checks = {
+        "head": heads.list_heads(),
+        "loss": heads.list_losses(),
+        "unknown": heads.list_detectors(),
+        "class_weights": CLASS_WEIGHTS,
+        "sampler": SAMPLERS,
+    }
+    for k, valid in checks.items():
+        if k in opts and opts[k] not in valid:
+            raise InvalidRequest(f"option '{k}': {opts[k]!r} is not one of {', '.join(valid)}")
+    if "device" in opts:
+        try:
+            check_device(opts["device"])
+        except ValueError as e:
+            raise InvalidRequest(f"option 'device': {e}") from None
+
+
+# ---------------------------------------------------------------------- reading a request
+
+
+async def read_body(
+    request: Request, model: type[BaseModel], cap: int
+) -> tuple[BaseModel, list[bytes]]:
+    """A JSON body, or multipart form fields and ``images`` files, as ``model`` and the files."""
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("application/json"):
+            return model.model_validate(await request.json()), []
+        form = await request.form(max_part_size=cap)
+        files = await read_files(form, cap)
+        return model.model_validate(form_fields(form)), files
+    except ValidationError as e:
+        raise InvalidRequest(describe(e.errors())) from None
+    except UserError:  # a file over the cap: its own answer
+        raise
+    except ValueError as e:  # not JSON, or a broken multipart body
+        raise InvalidRequest(f"cannot read the request body: {e}") from None
+
+
+def form_fields(form: Any) -> dict[str, Any]:
+    """The form's fields other than files; ``ids`` may repeat or be comma/space separated."""
+    data: dict[str, Any] = {}
+    for k, v in form.multi_items():
+        if isinstance(v, UploadFile) or k == "images":
+            continue
+        if k == "ids":
+            data.setdefault("ids", []).extend(x for x in v.replace(",", " ").split() if x)
+        else:
+            data[k] = v
+    return data
+
+
+async def read_files(form: Any, cap: int) -> list[bytes]:
+    """The bytes of every uploaded file, each at most ``cap`` bytes."""
+    out = []
+    for _, v in form.multi_items():
+        if isinstance(v, UploadFile):
+            data = await v.read()
+            if len(data) > cap:
+                raise TooLarge(f"{v.filename}: over {cap // 2**20} MB")
+            out.append(data)
+    return out
