@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from embedstore.errors import UserError
 from embedstore.types import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -51,33 +52,12 @@ runtime_option = click.option(
     "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
     "cosine 0.99).",
 )
-_USER_ERRORS: tuple[type[Exception], ...] = ()
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Library exceptions that mean 'bad input': shown as one clear line, exit code 2."""
-    global _USER_ERRORS
-    if not _USER_ERRORS:
-        import embedstore
-        import heads
-
-        _USER_ERRORS = (
-            embedstore.StoreError,
-            embedstore.IngestError,
-            embedstore.BackboneError,
-            embedstore.MetadataError,
-            embedstore.ImageError,
-            heads.HeadsError,
-            FileNotFoundError,
-            ValueError,
-        )
-    return _USER_ERRORS
-
-
 _CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 # Exit codes: 0 done; 1 the command ran but nothing could be done (no image ingested or
-# predicted) or an unexpected failure (a traceback); 2 a user error: a bad option, argument,
-# file or store, shown as one line (click's own usage errors exit 2 as well).
+# predicted) or a bug (an exception that is not a UserError: one line, the traceback with
+# EMBEDSTORE_DEBUG=1); 2 a user error (embedstore.errors.UserError: a bad option, argument,
+# file or store), shown as one line (click's own usage errors exit 2 as well).
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 
 
@@ -85,18 +65,30 @@ class _UserError(click.ClickException):
     exit_code = EXIT_USER_ERROR
 
 
+class _Bug(click.ClickException):
+    exit_code = EXIT_BUG
+
+    def __init__(self, e: BaseException) -> None:
+        first = (str(e).strip().splitlines() or [""])[0]
+        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        super().__init__(f"internal error ({what}); set EMBEDSTORE_DEBUG=1 for the traceback")
+
+
 class _Group(click.Group):
+    """Runs a command: a UserError is one line and exit 2, any other exception (a bug) one
+    line and exit 1; with $EMBEDSTORE_DEBUG set both raise, traceback and all."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as e:
-            if isinstance(e, _user_errors()) and not os.environ.get("EMBEDSTORE_DEBUG"):
+            if os.environ.get("EMBEDSTORE_DEBUG"):
+                raise
+            if isinstance(e, UserError):
                 raise _UserError(str(e)) from None
-            raise
+            raise _Bug(e) from None
 
 
 class _Device(click.ParamType):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 import embedstore
 from cli import embedstore_cli, heads_cli
+from embedstore.errors import Conflict, NotFound
 from tests.conftest import make_synthetic_store, write_class_images
 
 COMMANDS = [(embedstore_cli, name) for name in embedstore_cli.commands] + [
@@ -119,3 +121,41 @@ def test_bare_unknown_attaches_the_default_detector(tmp_path):
         ],
     )
     assert r.exit_code != 0 and "'odin' is not one of 'default', 'energy'" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "exc,code,line",
+    [
+        (
+            KeyError("fold"),
+            1,
+            "Error: internal error (KeyError: 'fold'); set EMBEDSTORE_DEBUG=1 for the traceback",
+        ),
+        (
+            ValueError("an index out of step\nwith the store"),
+            1,
+            "Error: internal error (ValueError: an index out of step); set EMBEDSTORE_DEBUG=1 "
+            "for the traceback",
+        ),
+        (NotFound("no run 'x' here"), 2, "Error: no run 'x' here"),
+        (
+            Conflict("run 'x' exists; give --overwrite"),
+            2,
+            "Error: run 'x' exists; give --overwrite",
+        ),
+        (embedstore.StoreError("no store here"), 2, "Error: no store here"),
+    ],
+    ids=["bug-keyerror", "bug-bare-valueerror", "notfound", "conflict", "storeerror"],
+)
+def test_a_user_error_exits_2_and_a_bug_exits_1_each_in_one_line(monkeypatch, exc, code, line):
+    @click.command("fail")
+    def fail() -> None:
+        raise exc
+
+    monkeypatch.setitem(embedstore_cli.commands, "fail", fail)
+    monkeypatch.delenv("EMBEDSTORE_DEBUG", raising=False)
+    r = CliRunner().invoke(embedstore_cli, ["fail"])
+    assert r.exit_code == code and r.output.strip() == line, r.output
+    monkeypatch.setenv("EMBEDSTORE_DEBUG", "1")  # the exception itself, traceback and all
+    r = CliRunner().invoke(embedstore_cli, ["fail"])
+    assert r.exit_code == 1 and r.exception is exc
