@@ -1,0 +1,206 @@
+"""What every command shares: the options declared once, option types, output helpers, and the group class that turns exceptions into exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+import heads
+from embedstore.errors import UserError
+from embedstore.types import DEVICE_CHOICES, RUNTIMES, check_device
+
+STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."
+
+
+store_option = click.option("--store", default=None, help=STORE_HELP)
+
+
+backbone_option = click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else "
+    "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
+    "cosine 0.99).",
+)
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+EXIT_BUG = 1
+
+
+EXIT_USER_ERROR = 2
+
+
+class CliUserError(click.ClickException):
+    exit_code = EXIT_USER_ERROR
+
+
+class _Bug(click.ClickException):
+    exit_code = EXIT_BUG
+
+    def __init__(self, e: BaseException) -> None:
+        first = (str(e).strip().splitlines() or [""])[0]
+        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        super().__init__(f"internal error ({what}); set EMBEDSTORE_DEBUG=1 for the traceback")
+
+
+class Group(click.Group):
+    """Runs a command: a UserError is one line and exit 2, any other exception (a bug) one
+    line and exit 1; with $EMBEDSTORE_DEBUG set both raise, traceback and all."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            if os.environ.get("EMBEDSTORE_DEBUG"):
+                raise
+            if isinstance(e, UserError):
+                raise CliUserError(str(e)) from None
+            raise _Bug(e) from None
+
+
+class Device(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (presence is checked by the library)."""
+
+    name = "|".join(DEVICE_CHOICES)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return check_device(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DEVICE = Device()
+device_option = click.option(
+    "--device", type=DEVICE, default="auto", show_default=True, help="Where to run."
+)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+json_summary_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as JSON."
+)
+run_store_option = click.option("--store", default=None, help="Store to read (default: the run's).")
+
+
+class Registered(click.Choice):
+    """A choice among a registry's names, listed when first needed (keeps ``--help`` light)."""
+
+    def __init__(self, names: Any) -> None:
+        self._names = names
+        super().__init__([])
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        return list(self._names())
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+
+def head_names() -> list[str]:
+    return heads.list_heads()
+
+
+def loss_names() -> list[str]:
+    return heads.list_losses()
+
+
+def detector_names() -> list[str]:
+    return heads.list_detectors()
+
+
+def detector_names_or_default() -> list[str]:
+    return ["default", *detector_names()]
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def options(*opts: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, in the order given (as if stacked)."""
+
+    def apply(f: Any) -> Any:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+def ray_options(f: Any) -> Any:
+    """--ray-address, --actors, --gpus-per-actor, --cpus-per-actor (for --engine ray)."""
+    for opt in reversed(
+        [
+            click.option(
+                "--ray-address",
+                default=None,
+                help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
+            ),
+            click.option(
+                "--actors",
+                type=click.IntRange(1),
+                default=None,
+                help="With --engine ray: model actors (default: one per GPU, else half the CPUs).",
+            ),
+            click.option(
+                "--gpus-per-actor",
+                type=click.FloatRange(0),
+                default=None,
+                help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
+            ),
+            click.option(
+                "--cpus-per-actor",
+                type=click.FloatRange(0, min_open=True),
+                default=1.0,
+                show_default=True,
+                help="With --engine ray: CPUs each actor holds.",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None

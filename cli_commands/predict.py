@@ -1,0 +1,154 @@
+"""``heads predict``: labels for images with a run or an ensemble, one by one or in batch."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+import heads
+from cli_commands._common import (
+    device_option,
+    echo_json,
+    options,
+    ray_options,
+    runtime_option,
+)
+from embedstore.types import (
+    ENGINES,
+)
+
+# ``heads predict`` batch mode: a Lance table of predictions, locally or on Ray.
+BATCH_OPTIONS = options(
+    click.option(
+        "--out",
+        default=None,
+        type=click.Path(path_type=str),
+        help="Batch mode: write every prediction to this Lance table (id, path, label, probability, top_k, unknown).",
+    ),
+    click.option(
+        "--store",
+        default=None,
+        help="Batch mode without images: predict every image of this store (default: the run's store).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Batch mode: replace an existing --out table."),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="local",
+        show_default=True,
+        help="Batch mode: local, or ray (a Ray cluster; pip install 'embedstore[ray]').",
+    ),
+    ray_options,
+)
+
+
+@click.command("predict")
+@click.argument("run", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--images",
+    "images_dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Predict every image under this folder.",
+)
+@click.option(
+    "--top-k", type=click.IntRange(1), default=5, show_default=True, help="Labels listed per image."
+)
+@click.option(
+    "--prior",
+    default=None,
+    help="'uniform' or a label,probability CSV/JSON: adjust to a test label distribution.",
+)
+@click.option(
+    "--cost-matrix",
+    default=None,
+    type=click.Path(path_type=str),
+    help="CSV cost[true, predicted]: choose the label of least expected cost.",
+)
+@device_option
+@runtime_option
+@click.option(
+    "--group-by",
+    default=None,
+    help="One answer per group from the mean logits of its images: a store column "
+    "(e.g. observation_id) or 'folder' (each image's folder).",
+)
+@click.option(
+    "--csv", "csv_path", default=None, help="Also write the predictions to this CSV file."
+)
+@BATCH_OPTIONS
+@click.option("--json", "as_json", is_flag=True, help="A list with one object per image.")
+def predict_cmd(
+    run: str, images: tuple[str, ...], as_json: bool, csv_path: str | None, **kw: Any
+) -> None:
+    """Top-k labels for images with a run or ensemble (new images are embedded on the fly).
+
+    \b
+    Example:
+      heads predict runs/mlp photo1.jpg photo2.jpg --top-k 3
+      heads predict runs/ens --images new_photos/ --prior uniform --json
+      heads predict runs/mlp --store flowers --engine ray --out predictions.lance
+    """
+    batch = {k: kw.pop(k) for k in _BATCH_KEYS}
+    if batch["out"] is not None or batch["engine"] != "local" or batch["store"] is not None:
+        if batch["out"] is None:
+            raise click.UsageError(
+                "batch prediction (--engine, --store) writes a table: give --out PATH"
+            )
+        if kw.pop("group_by", None) is not None or csv_path:
+            raise click.UsageError("--group-by and --csv do not apply with --out")
+        _predict_batch(run, images, as_json, **batch, **kw)
+        return
+    res = heads.predict(run, list(images), **kw)
+    if csv_path:
+        heads.write_predictions_csv(res, csv_path)
+    if as_json:
+        echo_json([r.to_dict() for r in res])
+    else:
+        _print_predictions(res, csv_path)
+    if all(r.error is not None for r in res):
+        click.echo("error: no image could be predicted", err=True)
+        sys.exit(1)
+
+
+_BATCH_KEYS = (
+    "out",
+    "store",
+    "overwrite",
+    "engine",
+    "ray_address",
+    "actors",
+    "gpus_per_actor",
+    "cpus_per_actor",
+)
+
+
+def _predict_batch(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Batch mode: every prediction into a Lance table (``--out``); a summary line."""
+    s = heads.predict_batch(run, images=list(images), **kw)
+    if as_json:
+        echo_json(s.to_dict())
+    else:
+        click.echo(
+            f"{s.images} predictions ({s.errors} errors, {s.unknown} unknown) written "
+            f"to {s.out} in {s.seconds} s ({s.images_per_s} img/s, {s.engine})"
+        )
+    if s.images and s.errors == s.images:
+        click.echo("error: no image could be predicted", err=True)
+        sys.exit(1)
+
+
+def _print_predictions(res: list[Any], csv_path: str | None) -> None:
+    for r in res:
+        if r.error is not None:
+            click.echo(f"{r.path}: error: {r.error}")
+            continue
+        tops = ", ".join(f"{t['label']} {t['probability']:.4f}" for t in r.top_k)
+        flag = "  [unknown]" if r.unknown else ""
+        group = f"  [group {r.group}]" if r.group else ""
+        click.echo(f"{r.path}: {r.label}{flag}{group}  ({tops})")
+    if csv_path:
+        click.echo(f"predictions written to {csv_path}")

@@ -1,0 +1,378 @@
+"""``heads train | tune``: fitting heads on a store's embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+import heads
+from cli_commands._common import (
+    DEVICE,
+    Registered,
+    backbone_option,
+    detector_names_or_default,
+    echo_json,
+    head_names,
+    json_option,
+    loss_names,
+    options,
+    quiet_option,
+    store_option,
+)
+from heads.types import (
+    CLASS_WEIGHTS,
+    ENSEMBLE_MEMBERS,
+    REFERENCES,
+    SAMPLERS,
+)
+
+# The head-training options of ``heads train``, one block (to be derived from the heads' declaration).
+TRAIN_OPTIONS = options(
+    click.option(
+        "--fold",
+        default="0",
+        show_default=True,
+        help="Validation fold K, or 'all' (then an ensemble of the folds).",
+    ),
+    click.option(
+        "--backbone",
+        "backbones",
+        multiple=True,
+        help="Embedding column's backbone (default: the only one); repeat to train on several, "
+        "each L2-normalised and concatenated in the order given.",
+    ),
+    click.option(
+        "--head",
+        "head",
+        type=Registered(head_names),
+        default="mlp",
+        show_default=True,
+        help="Head from the registry.",
+    ),
+    click.option(
+        "--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024)."
+    ),
+    click.option(
+        "--dropout",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Dropout before the classifier (default: the head's).",
+    ),
+    click.option(
+        "--loss",
+        type=Registered(loss_names),
+        default=None,
+        help="Loss from the registry (default ce).",
+    ),
+    click.option(
+        "--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce."
+    ),
+    click.option(
+        "--class-weights",
+        type=click.Choice(CLASS_WEIGHTS),
+        default=None,
+        help="Loss weights per class (default none).",
+    ),
+    click.option(
+        "--sampler",
+        type=click.Choice(SAMPLERS),
+        default=None,
+        help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
+    ),
+    click.option(
+        "--metadata", "metadata", multiple=True, help="Metadata column fed to the head; repeatable."
+    ),
+    click.option(
+        "--aux-target",
+        "aux_targets",
+        multiple=True,
+        help="Binary column learned as an auxiliary output; repeatable.",
+    ),
+    click.option("--aux-alpha", type=float, default=None, help="Weight of the auxiliary BCE loss."),
+    click.option(
+        "--epochs",
+        type=click.IntRange(1),
+        default=None,
+        help="Training epochs, at most (early stopping on validation macro-F1).",
+    ),
+    click.option(
+        "--patience",
+        type=click.IntRange(0),
+        default=None,
+        help="Stop after this many epochs without a better validation macro-F1 (default 10; 0: never).",
+    ),
+    click.option(
+        "--lr",
+        type=float,
+        default=None,
+        help="Learning rate (default: the head's; linear 1e-2, mlp 1e-3).",
+    ),
+    click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size."),
+    click.option(
+        "--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn."
+    ),
+    click.option(
+        "--reference",
+        type=click.Choice(REFERENCES),
+        default=None,
+        help="For --head centroid: prototypes of the training part, or of train+val (all folds, "
+        "as a refit; needs --fold all).",
+    ),
+    click.option(
+        "--transductive",
+        is_flag=True,
+        default=None,
+        help="For --head centroid: move the prototypes toward the images being predicted (soft "
+        "k-means) before predicting them.",
+    ),
+    click.option(
+        "--unknown",
+        type=Registered(detector_names_or_default),
+        default=None,
+        is_flag=False,
+        flag_value="default",
+        help="Attach an unknown-class detector from the registry; bare --unknown: the default "
+        "(energy-knn, best measured on fine-grained data; see heads openset).",
+    ),
+    click.option(
+        "--unknown-label",
+        default="unknown",
+        show_default=True,
+        help="Label of images of no known class.",
+    ),
+    click.option(
+        "--where", default=None, help="SQL filter on store rows used for training and validation."
+    ),
+    click.option(
+        "--refit",
+        is_flag=True,
+        help="With --fold all: also train one model on every fold for the folds' median best epoch "
+        "(saved as OUT/refit).",
+    ),
+    click.option(
+        "--ensemble",
+        "ensemble",
+        type=click.Choice(ENSEMBLE_MEMBERS),
+        default=None,
+        help="What OUT predicts with: the fold runs, the refit, or both (default: both with --refit, "
+        "else folds).",
+    ),
+    click.option(
+        "--views/--no-views",
+        "views",
+        default=None,
+        help="Train on the augmented views stored beside the embeddings (embedstore ingest --views) "
+        "as augmentation (default: yes when the store has them).",
+    ),
+    click.option(
+        "--tta/--no-tta",
+        "tta",
+        default=None,
+        help="Predict with test-time augmentation: the mean of the main embedding's and the views' "
+        "logits, for stored and new images alike (default: yes when the store has views).",
+    ),
+    click.option(
+        "--seed", type=int, default=None, help="Random seed for initialisation and sampling."
+    ),
+    click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto)."),
+)
+
+
+@click.command("train")
+@store_option
+@TRAIN_OPTIONS
+@click.option(
+    "--out", "out", default=None, help="Run directory (default runs/<head>-<backbone>-<time>)."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing run at --out (whole, once the new one is complete).",
+)
+@json_option
+@quiet_option
+def train_cmd(
+    store: str | None,
+    as_json: bool,
+    quiet: bool,
+    metadata: tuple[str, ...],
+    aux_targets: tuple[str, ...],
+    label_smoothing: float | None,
+    backbones: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Train a head on one fold (or all folds) of a store's embeddings.
+
+    \b
+    Example:
+      heads train --store flowers --fold all --head mlp --epochs 30 --out runs/mlp
+      heads train --store flowers --fold all --head mlp --unknown --out runs/mlp-open
+      heads train --store fungi --fold 0 --head transformer --metadata habitat --metadata month \\
+          --aux-target poisonous --loss seesaw --sampler prior --unknown energy --out runs/tf
+      heads train --store flowers --fold all --head mlp --refit --ensemble both --out runs/mlp
+      heads train --store flowers --fold all --head centroid --reference train+val --transductive
+      heads train --store flowers --fold all --head mlp --no-tta --out runs/mlp-views
+      heads train --store flowers --fold all --head mlp --backbone efficientnet-lite0 \\
+          --backbone dinov2-small --out runs/mlp-2bb
+    """
+    kw["backbone"] = list(backbones) if len(backbones) > 1 else (backbones or [None])[0]
+    if label_smoothing is not None:
+        kw["loss_kwargs"] = {"label_smoothing": label_smoothing}
+    res = heads.train(
+        store, metadata=list(metadata), aux_targets=list(aux_targets), progress=not quiet, **kw
+    )
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    nan = float("nan")
+    for m in res.metrics:
+        click.echo(
+            f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
+            f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s)  -> {m.run}"
+        )
+    if res.refit is not None:
+        r = res.refit
+        click.echo(
+            f"refit on all folds: {r.metrics['n_train']} images"
+            f"{f', {r.epochs} epochs' if r.epochs else ''} ({r.fit_seconds} s)  -> {r.run}"
+        )
+    e = res.ensemble_metrics
+    if e is not None:
+        click.echo(
+            f"ensemble of {len(res.runs)} folds (out-of-fold): top1 {e.metrics.get('top1', nan):.4f}  "
+            f"macro-F1 {e.metrics.get('macro_f1', nan):.4f}  -> {res.ensemble}"
+        )
+        if e.holdout is not None:
+            click.echo(
+                f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
+            )
+
+
+# The search and training options of ``heads tune``, one block.
+TUNE_OPTIONS = options(
+    click.option(
+        "--head",
+        "head",
+        type=Registered(head_names),
+        default="mlp",
+        show_default=True,
+        help="Head to tune (a neural head: linear, mlp, transformer).",
+    ),
+    click.option(
+        "--trials", type=click.IntRange(1), default=50, show_default=True, help="Trials, at most."
+    ),
+    click.option(
+        "--timeout-s",
+        type=click.FloatRange(0, min_open=True),
+        default=None,
+        help="Stop starting trials after this many seconds (a running one stops between folds).",
+    ),
+    click.option(
+        "--fold",
+        default="all",
+        show_default=True,
+        help="'all': score trials out-of-fold over every fold and retrain all folds; K: on fold K only.",
+    ),
+    backbone_option,
+    click.option(
+        "--losses",
+        default=None,
+        help="Comma-separated losses to try (default: every registered loss).",
+    ),
+    click.option(
+        "--epochs", type=click.IntRange(1), default=None, help="Fixed training epochs, at most."
+    ),
+    click.option(
+        "--batch-size", type=click.IntRange(1), default=None, help="Fixed training batch size."
+    ),
+    click.option(
+        "--patience", type=click.IntRange(0), default=None, help="Fixed early-stopping patience."
+    ),
+    click.option(
+        "--where", default=None, help="SQL filter on store rows used for training and validation."
+    ),
+    click.option(
+        "--views/--no-views",
+        "views",
+        default=None,
+        help="Train every trial and the best run on the augmented views stored beside the "
+        "embeddings (embedstore ingest --views), as heads train does (default: yes when the store "
+        "has them).",
+    ),
+    click.option(
+        "--tta/--no-tta",
+        "tta",
+        default=None,
+        help="Score the trials and predict with the best run by test-time augmentation: the mean of "
+        "the main embedding's and the views' logits (default: yes when the store has views).",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seeds the sampler and every head."
+    ),
+    click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto)."),
+)
+
+
+@click.command("tune")
+@store_option
+@TUNE_OPTIONS
+@click.option(
+    "--out",
+    default=None,
+    help="Run directory for the best parameters (default runs/<head>-tuned-...).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run at --out.")
+@json_option
+@quiet_option
+def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, **kw: Any) -> None:
+    """Search a head's learning rate, weight decay, dropout, hidden width, loss and label
+    smoothing with Optuna for the best out-of-fold macro-F1, then retrain the best into --out
+    (a normal run folder, with trials.csv, trials.json and trials.png beside it).
+
+    \b
+    Example:
+      heads tune --store grocery --head mlp --trials 50 --timeout-s 600 --out runs/mlp-tuned
+      heads tune --store flowers --head mlp --trials 30 --no-tta --out runs/mlp-tuned-views
+      heads eval runs/mlp-tuned
+    """
+    loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
+    res = heads.tune(store, losses=loss_list, progress=not quiet, **kw)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    click.echo(
+        f"{res.n_trials} trials ({res.n_complete} complete, {res.n_pruned} pruned, "
+        f"{res.n_failed} failed) in {res.seconds:.0f} s"
+    )
+    if res.default_macro_f1 is not None:
+        click.echo(
+            f"default recipe (trial 0): macro-F1 {res.default_macro_f1:.4f}  top1 {res.default_top1:.4f}"
+        )
+    click.echo(
+        f"best (trial {res.best_trial}): macro-F1 {res.best_macro_f1:.4f}  top1 {res.best_top1:.4f}"
+    )
+    click.echo(
+        "  "
+        + "  ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in res.best_params.items()
+        )
+    )
+    if res.views["train"] or res.views["tta"]:
+        click.echo(
+            f"views: {', '.join(res.views['train'] or res.views['tta'])} "
+            f"(training: {'yes' if res.views['train'] else 'no'}, "
+            f"TTA: {'yes' if res.views['tta'] else 'no'})"
+        )
+    e = res.train.ensemble_metrics if res.train is not None else None
+    if e is not None and e.holdout is not None:
+        click.echo(
+            f"held-out part: top1 {e.holdout.get('top1', float('nan')):.4f}  "
+            f"macro-F1 {e.holdout.get('macro_f1', float('nan')):.4f}"
+        )
+    click.echo(f"-> {res.run}  (trials: {res.trials_csv}, {res.trials_png})")
