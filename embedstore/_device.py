@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from embedstore.errors import BadInput
 from embedstore.types import DEVICE_CHOICES, check_device
 
 
@@ -26,24 +27,22 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         check_device(device)
     except ValueError:
-        raise ValueError(
+        raise BadInput(
             f"invalid device {device!r}; use one of {', '.join(DEVICE_CHOICES)}"
         ) from None
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise BadInput(
                 f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise BadInput(
                 f"device {device!r} requested but this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
     if dev.type == "mps" and not _mps_available():
-        raise ValueError(
-            f"device {device!r} requested but MPS is not available; use 'auto' or 'cpu'"
-        )
+        raise BadInput(f"device {device!r} requested but MPS is not available; use 'auto' or 'cpu'")
     return dev
 
 

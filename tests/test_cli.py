@@ -159,3 +159,13 @@ def test_a_user_error_exits_2_and_a_bug_exits_1_each_in_one_line(monkeypatch, ex
     monkeypatch.setenv("EMBEDSTORE_DEBUG", "1")  # the exception itself, traceback and all
     r = CliRunner().invoke(embedstore_cli, ["fail"])
     assert r.exit_code == 1 and r.exception is exc
+
+
+def test_a_device_this_machine_lacks_is_a_user_error(tmp_path):
+    make_synthetic_store(tmp_path / "s", n_classes=2, per_class=3)
+    for args in (["lookup", "0" * 64], ["serve"]):
+        r = CliRunner().invoke(
+            embedstore_cli, [*args, "--store", str(tmp_path / "s"), "--device", "cuda:99"]
+        )
+        assert r.exit_code == 2 and "device 'cuda:99' requested but" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
