@@ -1,4 +1,5 @@
-"""What every command shares: the options declared once, option types, output helpers, and the group class that turns exceptions into exit codes."""
+"""What every command shares: exit codes and the group class that sets them, option types,
+the options several commands use (declared once), and output helpers."""
 
 from __future__ import annotations
 
@@ -13,35 +14,14 @@ import heads
 from embedstore.errors import UserError
 from embedstore.types import DEVICE_CHOICES, RUNTIMES, check_device
 
-STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."
+# ---------------------------------------------------------------------- exit codes
 
-
-store_option = click.option("--store", default=None, help=STORE_HELP)
-
-
-backbone_option = click.option(
-    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
-)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
-
-runtime_option = click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else "
-    "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
-    "cosine 0.99).",
-)
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-
-
+# Exit codes: 0 done; 1 the command ran but nothing could be done (no image ingested or
+# predicted) or a bug (an exception that is not a UserError: one line, the traceback with
+# EMBEDSTORE_DEBUG=1); 2 a user error (embedstore.errors.UserError: a bad option, argument,
+# file or store), shown as one line (click's own usage errors exit 2 as well).
 EXIT_BUG = 1
-
-
 EXIT_USER_ERROR = 2
 
 
@@ -75,6 +55,9 @@ class Group(click.Group):
             raise _Bug(e) from None
 
 
+# ---------------------------------------------------------------------- option types
+
+
 class Device(click.ParamType):
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (presence is checked by the library)."""
 
@@ -88,14 +71,6 @@ class Device(click.ParamType):
 
 
 DEVICE = Device()
-device_option = click.option(
-    "--device", type=DEVICE, default="auto", show_default=True, help="Where to run."
-)
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
-json_summary_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print the summary as JSON."
-)
-run_store_option = click.option("--store", default=None, help="Store to read (default: the run's).")
 
 
 class Registered(click.Choice):
@@ -130,6 +105,86 @@ def detector_names_or_default() -> list[str]:
     return ["default", *detector_names()]
 
 
+def float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+# ---------------------------------------------------------------------- shared options
+# Options several commands share, declared once (each use builds its own click.Option).
+
+STORE_HELP = "Store folder (default: $EMBEDSTORE_PATH or ./embedstore)."
+store_option = click.option("--store", default=None, help=STORE_HELP)
+run_store_option = click.option("--store", default=None, help="Store to read (default: the run's).")
+backbone_option = click.option(
+    "--backbone", default=None, help="Embedding column's backbone (default: the only one)."
+)
+device_option = click.option(
+    "--device", type=DEVICE, default="auto", show_default=True, help="Where to run."
+)
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the backbones; auto: onnx on CPU where faster (efficientnet-lite0), else "
+    "torch; onnx-int8: transformers quantised to int8 on CPU (faster, embeddings within "
+    "cosine 0.99).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+json_summary_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as JSON."
+)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+
+
+def options(*opts: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, in the order given (as if stacked)."""
+
+    def apply(f: Any) -> Any:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+# --engine ray: where the cluster is and how its model actors are laid out
+ray_options = options(
+    click.option(
+        "--ray-address",
+        default=None,
+        help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
+    ),
+    click.option(
+        "--actors",
+        type=click.IntRange(1),
+        default=None,
+        help="With --engine ray: model actors (default: one per GPU, else half the CPUs).",
+    ),
+    click.option(
+        "--gpus-per-actor",
+        type=click.FloatRange(0),
+        default=None,
+        help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
+    ),
+    click.option(
+        "--cpus-per-actor",
+        type=click.FloatRange(0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="With --engine ray: CPUs each actor holds.",
+    ),
+)
+
+
+# ---------------------------------------------------------------------- output
+
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=_json_default))
 
@@ -150,57 +205,3 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def options(*opts: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Several click options as one decorator, in the order given (as if stacked)."""
-
-    def apply(f: Any) -> Any:
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-
-    return apply
-
-
-def ray_options(f: Any) -> Any:
-    """--ray-address, --actors, --gpus-per-actor, --cpus-per-actor (for --engine ray)."""
-    for opt in reversed(
-        [
-            click.option(
-                "--ray-address",
-                default=None,
-                help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
-            ),
-            click.option(
-                "--actors",
-                type=click.IntRange(1),
-                default=None,
-                help="With --engine ray: model actors (default: one per GPU, else half the CPUs).",
-            ),
-            click.option(
-                "--gpus-per-actor",
-                type=click.FloatRange(0),
-                default=None,
-                help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
-            ),
-            click.option(
-                "--cpus-per-actor",
-                type=click.FloatRange(0, min_open=True),
-                default=1.0,
-                show_default=True,
-                help="With --engine ray: CPUs each actor holds.",
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
-
-
-def float_list(_ctx: Any, _param: Any, value: str | None) -> list[float] | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return [float(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import embedstore
 import heads
-from embedstore.errors import BadInput, Conflict, NotFound
+from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from heads._runs import PARTIAL  # a run being trained: never listed, renamed when complete
 from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
@@ -35,7 +35,9 @@ class Settings:
     max_wait_ms: float = 5.0
     max_jobs: int = 8
     allow_root: str | None = None
-    runtime: str = "auto"  # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,  # onnx-int8; auto embeds for a column onnx-int8 wrote with onnx-int8
+    # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
+    # onnx-int8; auto embeds for a column onnx-int8 wrote with onnx-int8
+    runtime: str = "auto"
 
 
 class _LazyBackbones(dict):
@@ -77,12 +79,12 @@ class State:
         for info in self.store.embeddings_info().values():
             try:
                 self.backbone(info.column)
-            except embedstore.StoreError as e:
+            except UserError as e:
                 self.load_errors.append(str(e))
         for name in self.run_names():
             try:
                 self.run(name)
-            except heads.HeadsError as e:
+            except UserError as e:
                 self.load_errors.append(str(e))
         self.ready = True
 
