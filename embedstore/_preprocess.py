@@ -19,6 +19,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+# Photos whose scaled size is at most this many crops are scaled whole, then cropped (as
+# torchvision does); beyond it (aspect ratios past ~1:16) only the cropped box is resampled, so
+# a tiny file cannot make the resize cost gigabytes.
+_MAX_RESIZE_FACTOR = 16
 _PIL_CODE_TO_NAME = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear", 0: "nearest"}
 
 
@@ -51,7 +55,14 @@ class Preprocess:
         else:
             s = self.resize_px / min(w, h)
             nw, nh = max(self.crop_px, round(w * s)), max(self.crop_px, round(h * s))
-            if (nw, nh) != (w, h):
+            if nw * nh > _MAX_RESIZE_FACTOR * self.crop_px**2:
+                # A strip (1 x 60000 px): scaling it whole would make gigapixels to crop a
+                # square from. Resample only the part the crop keeps (the same box).
+                bw, bh = min(w, self.crop_px / s), min(h, self.crop_px / s)
+                left, top = (w - bw) / 2, (h - bh) / 2
+                size = (self.crop_px, self.crop_px)
+                im = im.resize(size, resample, box=(left, top, left + bw, top + bh))
+            elif (nw, nh) != (w, h):
                 # reducing_gap: a fast draft downscale first for huge photos, then the real filter
                 im = im.resize((nw, nh), resample, reducing_gap=3.0)
         w, h = im.size
