@@ -71,6 +71,22 @@ SERVE_OPTIONS = options(
         help="Server-side folder under which POST /v1/ingest may read.",
     ),
     runtime_option,
+    click.option(
+        "--allowed-host",
+        "allowed_hosts",
+        multiple=True,
+        metavar="NAME",
+        help="A Host name the service answers to besides the loopback names (repeatable; "
+        "a loopback bind answers 127.0.0.1, localhost and [::1] only).",
+    ),
+    click.option(
+        "--cors-origin",
+        "cors_origins",
+        multiple=True,
+        metavar="ORIGIN",
+        help="A web origin (https://example.org) whose pages may write to the service "
+        "(repeatable); pages of other origins cannot.",
+    ),
 )
 
 
@@ -94,5 +110,10 @@ def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, 
         key = os.environ.get(api_key_env)
         if not key:
             raise CliUserError(f"--api-key-env {api_key_env}: ${api_key_env} is empty or unset")
+    hosts = kw.pop("allowed_hosts")
+    if hosts:
+        loopback = service.LOOPBACK_HOSTS if service.is_loopback(host) else ()
+        kw["allowed_hosts"] = (*loopback, *hosts)
+    kw["cors_origins"] = tuple(kw["cors_origins"])
     settings = service.Settings(store=store or embedstore.default_store_path(), api_key=key, **kw)
     service.serve(settings, host=host, port=port)

@@ -11,14 +11,16 @@ over the public ``embedstore`` and ``heads`` API.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 
 from embedstore.errors import BadInput
 from service._app import create_app
 from service._state import Settings
+from service.security import LOOPBACK_HOSTS
 
-__all__ = ["Settings", "create_app", "is_loopback", "serve"]
+__all__ = ["LOOPBACK_HOSTS", "Settings", "create_app", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -42,5 +44,9 @@ def serve(
             f"--host {host}: binding beyond this machine needs an API key; "
             "give --api-key-env VAR with the key in $VAR"
         )
+    if is_loopback(host) and settings.allowed_hosts is None:
+        # a page on another site must not reach this service through a name that resolves
+        # to 127.0.0.1 (DNS rebinding): answer loopback names only
+        settings = dataclasses.replace(settings, allowed_hosts=LOOPBACK_HOSTS)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

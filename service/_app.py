@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from service._state import Settings, State
 from service.errors import error_response, install_error_handlers
 from service.routes import ROUTERS
+from service.security import BrowserGuard
 
 
 def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
@@ -37,10 +39,22 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
         title="embedstore",
         description="Lookups, predictions and head training on a resident embedding store.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is the bundled page (routes/page.py): no third-party script
+        redoc_url=None,
     )
     app.state.service = state
     install_error_handlers(app)
     app.middleware("http")(_guard(settings))
+    BrowserGuard(allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins).install(
+        app
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -38,6 +38,11 @@ class Settings:
     # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
     # onnx-int8; auto embeds for a column onnx-int8 wrote with onnx-int8
     runtime: str = "auto"
+    # Host headers answered (DNS rebinding); None: any (``serve`` sets the loopback names
+    # when it binds a loopback address)
+    allowed_hosts: tuple[str, ...] | None = None
+    # other web origins whose pages may write (POST ...) to the service (CORS)
+    cors_origins: tuple[str, ...] = ()
 
 
 class _LazyBackbones(dict):
