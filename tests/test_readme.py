@@ -179,3 +179,35 @@ def test_a_missing_command_or_option_is_caught():
         8: ["`heads predict` has no option --group-byy"],
         11: ["`embedstore lookup` has no option --kk"],
     }
+
+
+# ---------------------------------------------------------------------- links between the docs
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {_slug(m) for m in re.findall(r"^#+\s+(.*)$", text, flags=re.M)}
+
+
+@pytest.mark.parametrize("doc", [d.relative_to(ROOT).as_posix() for d in DOCS])
+def test_every_relative_link_reaches_a_file_and_heading(doc):
+    path = ROOT / doc
+    wrong = []
+    for target in _LINK.findall(path.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            wrong.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            wrong.append(f"{target}: no heading #{anchor} in {dest.name}")
+    assert not wrong, "\n".join(wrong)
