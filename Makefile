@@ -1,5 +1,7 @@
 # make demo  : set up and run the main job on real photos (ingest, info, lookup, train, eval, predict)
 # make test  : set up and run the whole test suite (what CI runs)
+# make test-fast : the suite without the tests marked slow (over ~5 s each), in a few minutes
+# make lint  : ruff format --check, ruff check, then the type checker (make typecheck: mypy)
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
@@ -10,7 +12,7 @@ SPLIT ?= --use-split                       # honour train/ and test/ folders; em
 QUERY ?= $(DATA)/test/daisy/image_0804.jpg
 PHOTOS ?= $(DATA)/test/sunflower/image_0723.jpg $(DATA)/test/iris/image_0406.jpg
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,8 +35,16 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
+
+typecheck: setup
+	$(BIN)/mypy                                # files and settings: [tool.mypy] in pyproject.toml
 
 bench: setup
 	$(PY) benchmarks/ingest.py

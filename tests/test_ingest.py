@@ -143,6 +143,7 @@ def test_pooling_variants(tmp_path, tiny_dino):
     assert info.dim == 64 and info.describe["pooling"] == "cls+mean"
 
 
+@pytest.mark.slow
 def test_default_backbone_is_deterministic(tmp_path):
     write_class_images(tmp_path / "a", n_classes=1, per_class=2)
     write_class_images(tmp_path / "b", n_classes=1, per_class=2)
@@ -473,6 +474,7 @@ def test_metadata_added_later_updates_stored_rows(tmp_path, tiny_dino):
 # ---------------------------------------------------------------------- crash and resume
 
 
+@pytest.mark.slow
 def test_kill_9_during_ingest_then_resume_has_every_image_exactly_once(tmp_path):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images

@@ -89,6 +89,7 @@ def _table(store: Path, name: str = "images") -> pa.Table:
     return lance.dataset(str(store / f"{name}.lance")).to_table().sort_by("id")
 
 
+@pytest.mark.slow
 def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     local_path, local, ray_path, ray = two_stores
     assert ray.engine == "ray" and local.engine == "local"
@@ -131,6 +132,7 @@ def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     assert skipped[0].equals(skipped[1]) and skipped[1].num_rows == 2
 
 
+@pytest.mark.slow
 def test_ray_ingest_makes_views_as_the_local_ingest_does(photos, ray_cluster, tmp_path):
     imgs = tmp_path / "imgs"
     shutil.copytree(photos / "train" / "iris", imgs / "iris")
@@ -160,6 +162,7 @@ def test_ray_ingest_makes_views_as_the_local_ingest_does(photos, ray_cluster, tm
         assert embedstore.connect(path).embeddings_info()["efficientnet-lite0"].views == ["flip"]
 
 
+@pytest.mark.slow
 def test_after_a_crash_ray_counts_re_checked_files_as_stored_not_duplicates(
     photos, ray_cluster, tmp_path
 ):
@@ -177,6 +180,7 @@ def test_after_a_crash_ray_counts_re_checked_files_as_stored_not_duplicates(
     assert embedstore.ingest(imgs, store, **kw).duplicates == 1  # a real duplicate name
 
 
+@pytest.mark.slow
 def test_ray_ingest_runs_a_transformer_with_onnx_int8_as_the_local_ingest(
     photos, ray_cluster, tmp_path, tiny_dino
 ):
@@ -194,6 +198,7 @@ def test_ray_ingest_runs_a_transformer_with_onnx_int8_as_the_local_ingest(
     assert describe["runtime"] == "onnx-int8"
 
 
+@pytest.mark.slow
 def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray_cluster):
     imgs = tmp_path / "imgs"
     write_class_images(imgs, n_classes=4, per_class=20, size=64)  # 80 images
@@ -269,6 +274,7 @@ def _by_id(path: Path) -> dict:
     return {r["id"]: r for r in t.to_pylist()}
 
 
+@pytest.mark.slow
 def test_ray_batch_prediction_of_a_store_equals_local_prediction(run, two_stores, tmp_path):
     _, _, store, _ = two_stores
     got = heads.predict_batch(run, tmp_path / "ray.lance", engine="ray", actors=1, top_k=3)
@@ -291,6 +297,7 @@ def test_ray_batch_prediction_of_a_store_equals_local_prediction(run, two_stores
     assert got.unknown == sum(bool(p.unknown) for p in local.values())
 
 
+@pytest.mark.slow
 def test_ray_batch_prediction_of_a_folder_from_the_command_line(run, photos, tmp_path):
     out = tmp_path / "files.lance"
     args = [

@@ -430,6 +430,7 @@ def test_replacing_a_run_folder_never_leaves_a_moment_without_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # old folders removed
 
 
+@pytest.mark.slow
 def test_a_retrain_killed_at_any_moment_leaves_the_old_run_whole(tmp_path):
     """kill -9 of a real `heads train --overwrite` into an existing run folder, at several
     moments: the folder is always the old linear run (or, once the swap is done, the new one),

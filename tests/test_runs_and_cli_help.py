@@ -168,6 +168,7 @@ def test_open_set_measures_are_named_and_defined(tmp_path):
 # ---------------------------------------------------------------------- 5. mixed ensembles
 
 
+@pytest.mark.slow
 def test_a_head_with_knn_is_not_below_its_best_member_on_flowers(flowers_store, tmp_path):
     store = tmp_path / "flowers"
     shutil.copytree(flowers_store, store)

@@ -305,6 +305,7 @@ def test_issues_rank_flipped_labels_first(quality_store, tmp_path):
     assert Image.open(res.png).size[1] > 1000 and Path(res.outliers_png).is_file()
 
 
+@pytest.mark.slow
 def test_map_shows_classes_as_clusters(quality_store, tmp_path):
     from sklearn.metrics import silhouette_score
 
