@@ -218,12 +218,19 @@ def _page(
     )
     extra = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Report: '
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{_CSP_META}<title>Report: '
         f"{html.escape(str(path))}</title><style>{_CSS}</style></head><body><main>"
         f"<h1>{html.escape(str(path))}</h1><p class='meta'>{meta}</p><nav>{nav}</nav>{extra}"
         f"{body}<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         "</p></main></body></html>"
     )
+
+
+# The page runs no script and loads nothing: whatever a label holds stays text.
+_CSP_META = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+    "script-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
+)
 
 
 def _fmt(v: Any) -> str:

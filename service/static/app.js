@@ -1,6 +1,6 @@
 // The species-lookup page. Every string that comes from data (labels, run names, file names,
-// error text) reaches the page through `el` below, as text or through an attribute setter:
-// never through innerHTML or HTML built from strings. The page's Content-Security-Policy allows
+// error text) reaches the page through `el` below, as text or through an attribute setter,
+// never parsed as HTML. The page's Content-Security-Policy allows
 // only this file as script. The API key is sent only as a header to this origin.
 "use strict";
 
@@ -19,7 +19,7 @@ function el(tag, attrs, ...children) {
 }
 
 function show(id, ...children) {
-  $(id).replaceChildren(...children);
+  $(id).replaceChildren(...children.filter((c) => c !== null && c !== undefined));
 }
 
 let photo = null;
