@@ -6,7 +6,6 @@ through ``service.deps``; every exception becomes JSON in ``service.errors``.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from service._state import Settings, State
+from service.deps import key_ok
 from service.errors import error_response, install_error_handlers
 from service.routes import ROUTERS
 from service.security import BrowserGuard
@@ -66,7 +66,7 @@ def _guard(settings: Settings) -> Callable[..., Awaitable[Response]]:
 
     async def guard(request: Request, call_next: Callable[..., Awaitable[Response]]) -> Response:
         if request.url.path.startswith("/v1"):
-            if settings.api_key is not None and not _key_ok(request, settings.api_key):
+            if settings.api_key is not None and not key_ok(request, settings.api_key):
                 return error_response(
                     401, "unauthorized", "give the API key in the X-API-Key header"
                 )
@@ -78,11 +78,3 @@ def _guard(settings: Settings) -> Callable[..., Awaitable[Response]]:
         return await call_next(request)
 
     return guard
-
-
-def _key_ok(request: Request, key: str) -> bool:
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        given = given or auth[7:]
-    return secrets.compare_digest(given.encode(), key.encode())

@@ -104,6 +104,14 @@ class State:
                 self._resident = embedstore.Resident(self.store, cols, meta, device=self.device)
             return self._resident
 
+    def check_ids(self, ids: list[str]) -> None:
+        """NotFound naming the ids no stored image has (ids are ids, never server paths)."""
+        row = self.resident().row
+        unknown = [i for i in ids if i.lower() not in row]
+        if unknown:
+            more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+            raise NotFound(f"no stored image has id {', '.join(unknown[:3])}{more}")
+
     def backbone_runtime(self, column: str) -> str | None:
         """What runs ``column``'s loaded backbone (``torch``, ``onnx``, ``onnx-int8``), or None
         while it is not loaded."""

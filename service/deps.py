@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +21,15 @@ def get_state(request: Request) -> State:
 def upload_cap(request: Request) -> int:
     """The largest request body or uploaded file accepted, in bytes (``--max-upload-mb``)."""
     return int(request.app.state.service.settings.max_upload_mb * 1024 * 1024)
+
+
+def key_ok(request: Request, key: str) -> bool:
+    """Whether ``request`` carries ``key`` (``X-API-Key``, or ``Authorization: Bearer``)."""
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = given or auth[7:]
+    return secrets.compare_digest(given.encode(), key.encode())
 
 
 StateDep = Annotated[State, Depends(get_state)]

@@ -30,7 +30,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from embedstore.errors import BadInput, UserError
 
@@ -64,6 +66,35 @@ class QueueFull(UserError):
     error = "job queue full"
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong (``error``) and what to do about it (``detail``)."""
+
+    error: str
+    detail: str | None = None
+
+
+_REASONS = {
+    400: "A request the server cannot parse, or a Host name it does not answer to",
+    401: "No API key, or a wrong one (servers started with --api-key-env)",
+    403: "Not allowed: a cross-origin write, or a folder outside --allow-root",
+    404: "No such run, stored image, job or backbone",
+    409: "A conflict: the run name is taken or being trained, or the store is locked",
+    413: "An upload or request over the size limits",
+    422: "Bad input: an option out of range, a file that is not an image, no images or ids",
+    429: "The job queue is full; try again later",
+    503: "The store and models are still being loaded",
+}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route: each error status it may answer, with :class:`ErrorBody`.
+    Every route may answer 400, 401, 403 (the guards) and 422."""
+    return {
+        c: {"model": ErrorBody, "description": _REASONS[c]}
+        for c in sorted({400, 401, 403, 422, *codes})
+    }
+
+
 def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
@@ -91,8 +122,21 @@ async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
     return error_response(422, "invalid request", describe(e.errors()))
 
 
-async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
-    return error_response(e.status_code, str(e.detail).lower(), None)
+async def _http(r: Request, e: StarletteHTTPException) -> JSONResponse:
+    response = error_response(e.status_code, str(e.detail).lower(), None)
+    response.headers.update(e.headers or {})
+    if e.status_code == 405:  # every method the path allows (its routes may be several)
+        response.headers["Allow"] = ", ".join(_allowed_methods(r))
+    return response
+
+
+def _allowed_methods(r: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in r.app.router.routes:
+        match, _ = route.matches({**r.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _internal(r: Request, e: Exception) -> JSONResponse:

@@ -124,8 +124,9 @@ def test_lookup_upload_gives_neighbours_with_thumbnails(client, flowers):
 # ---------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
+def test_bad_input_gets_json_errors_never_a_traceback(client, flowers, served):
     photo = _photo(flowers, "daisy").read_bytes()
+    known = embedstore.connect(served[0]).read(columns=["id"])["id"][0].as_py()
     cases = [
         (client.post("/v1/predict", json={"run": "nope", "ids": ["0" * 64]}), 404, "no run 'nope'"),
         (
@@ -145,8 +146,8 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
                 files=[("images", ("x.jpg", b"not an image"))],
                 data={"run": "centroid"},
             ),
-            200,
-            "not an image",
+            422,
+            "x.jpg: cannot use as a query image: not an image",
         ),
         (
             client.post(
@@ -154,23 +155,37 @@ def test_bad_input_gets_json_errors_never_a_traceback(client, flowers):
                 files=[("images", ("t.jpg", photo[: len(photo) // 3]))],
                 data={"run": "centroid"},
             ),
-            200,
+            422,
             "truncated",
         ),
         (client.post("/v1/lookup", files=[("images", ("x.jpg", b"GIF89a"))]), 422, "not an image"),
         (
-            client.post(
-                "/v1/lookup", json={"ids": ["0" * 64], "where": "label = 'a'; DROP TABLE x"}
-            ),
+            client.post("/v1/lookup", json={"ids": [known], "where": "label = 'a'; DROP TABLE x"}),
             422,
             "';' is not allowed",
         ),
         (
-            client.post("/v1/lookup", json={"ids": ["0" * 64], "backbone": "dinov2-giant"}),
+            client.post("/v1/lookup", json={"ids": [known], "backbone": "dinov2-giant"}),
             404,
             "no embeddings for backbone",
         ),
-        (client.post("/v1/lookup", json={"ids": ["f" * 64]}), 422, "no stored image has this id"),
+        (client.post("/v1/lookup", json={"ids": ["f" * 64]}), 404, "no stored image has id"),
+        (client.post("/v1/lookup", json={"ids": ["/etc/passwd"]}), 422, "option 'ids.0'"),
+        (client.post("/v1/lookup", json={"ids": [known] * 1001}), 422, "option 'ids'"),
+        (
+            client.post("/v1/lookup", files=[("images", ("x.jpg", photo))] * 101),
+            422,
+            "at most 100",
+        ),
+        (
+            client.post(
+                "/v1/predict",
+                content=b"[" * 1500 + b"]" * 1500,
+                headers={"content-type": "application/json"},
+            ),
+            422,
+            "nested too deeply",
+        ),
         (client.get("/v1/images/" + "0" * 64 + "/thumbnail"), 404, "no stored image"),
         (client.get("/v1/images/" + "0" * 64 + "/thumbnail", params={"size": 5000}), 422, "'size'"),
         (client.get("/v1/images/..%2F..%2Fetc%2Fpasswd/thumbnail"), 404, None),

@@ -4,40 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import embedstore
-from service.deps import StateDep
-from service.errors import error_response
+from service.deps import StateDep, key_ok
+from service.errors import documented, error_response
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", responses=documented())
 def health() -> dict[str, str]:
     """Alive."""
     return {"status": "ok"}
 
 
-@router.get("/ready")
-def ready(state: StateDep) -> JSONResponse:
-    """Ready once the store's embeddings, the backbones and the runs are loaded."""
+@router.get("/ready", responses=documented(503))
+def ready(state: StateDep, request: Request) -> JSONResponse:
+    """Ready once the store's embeddings, the backbones and the runs are loaded. What is
+    loaded (runs, images, store version) only with the API key, where the server has one."""
     if not state.ready:
         return error_response(503, "loading", "the store and models are being loaded")
+    key = state.settings.api_key
+    if key is not None and not key_ok(request, key):
+        return JSONResponse({"ready": True})
     r = state.resident()
     return JSONResponse(
         {"ready": True, "store_version": r.version, "images": len(r.ids), "runs": state.run_names()}
     )
 
 
-@router.get("/v1/store")
+@router.get("/v1/store", responses=documented())
 def store_info(state: StateDep) -> dict[str, Any]:
     """What ``embedstore info --json`` says."""
     return state.store.info().to_dict()
 
 
-@router.get("/v1/backbones")
+@router.get("/v1/backbones", responses=documented())
 def backbones(state: StateDep) -> dict[str, Any]:
     """The store's embedding columns (whether their model is loaded, and with which runtime)
     and the registry."""

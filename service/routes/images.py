@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -13,17 +13,21 @@ from starlette.datastructures import UploadFile
 import embedstore
 from embedstore.errors import BadInput, NotFound
 from service.deps import CapDep, StateDep
-from service.errors import InvalidRequest
-from service.schemas import IngestBody, read_files
+from service.errors import documented
+from service.schemas import IngestBody, form_limits, read_files, upload_body
 
 router = APIRouter()
 
 
-@router.get("/v1/images/{image_id}/thumbnail")
-def thumbnail(image_id: str, state: StateDep, size: int = 160) -> Response:
+@router.get(
+    "/v1/images/{image_id}/thumbnail",
+    responses={**documented(404), 200: {"content": {"image/jpeg": {}}}},
+    response_class=Response,
+)
+def thumbnail(
+    image_id: str, state: StateDep, size: Annotated[int, Query(ge=16, le=1024)] = 160
+) -> Response:
     """A JPEG of a stored image, found by its id only."""
-    if not 16 <= size <= 1024:
-        raise InvalidRequest("option 'size': between 16 and 1024")
     path = state.store.image_file(image_id)
     if path is None:
         raise NotFound(f"no stored image has id {image_id!r}")
@@ -40,12 +44,17 @@ def thumbnail(image_id: str, state: StateDep, size: int = 160) -> Response:
     return Response(buf.getvalue(), media_type="image/jpeg")
 
 
-@router.post("/v1/images")
+@router.post(
+    "/v1/images",
+    status_code=201,
+    responses=documented(409, 413),
+    openapi_extra=upload_body(),
+)
 async def add_images(request: Request, state: StateDep, cap: CapDep) -> JSONResponse:
     """Add uploaded images (multipart ``images``; optional ``label`` and other fields as
     metadata for all of them) with the same content-hash identity as ingest. Answers once
     they are committed: searchable at once."""
-    form = await request.form(max_part_size=cap)
+    form = await request.form(**form_limits(cap))
     files = await read_files(form, cap)
     if not files:
         raise BadInput("give images (multipart 'images')")
@@ -57,7 +66,7 @@ async def add_images(request: Request, state: StateDep, cap: CapDep) -> JSONResp
     return JSONResponse(res.to_dict(), status_code=201)
 
 
-@router.post("/v1/ingest", status_code=202)
+@router.post("/v1/ingest", status_code=202, responses=documented(404, 409, 429))
 def ingest(body: IngestBody, state: StateDep) -> dict[str, Any]:
     """Ingest a server-side folder as a job (only under ``--allow-root``)."""
     return state.ingest_job(body.folder).to_dict()

@@ -11,21 +11,23 @@ import embedstore
 import heads
 from embedstore.errors import BadInput
 from service.deps import CapDep, StateDep
-from service.schemas import LookupBody, PredictBody, read_body
+from service.errors import documented
+from service.schemas import LookupBody, PredictBody, read_body, request_body
 
 router = APIRouter()
 _NOTHING = "give images (multipart 'images') or stored 'ids'"
 
 
-@router.post("/v1/predict")
+@router.post("/v1/predict", responses=documented(404, 413), openapi_extra=request_body(PredictBody))
 async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
     """Labels for uploaded images (multipart ``images``) and/or stored ``ids``: what
     ``heads predict --json`` gives. Multipart fields or a JSON body: ``run``, ``ids``,
     ``top_k``, ``prior`` (``uniform``)."""
-    body, files = await read_body(request, PredictBody, cap)
+    body, files, names = await read_body(request, PredictBody, cap)
     model = state.run(body.run)
     if not files and not body.ids:
         raise BadInput(_NOTHING)
+    state.check_ids(body.ids)
     res = await run_in_threadpool(
         heads.predict,
         model,
@@ -36,16 +38,21 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
         backbones=state.lazy_backbones(list(model.backbone_columns())),
         resident=state.resident(),
     )
+    # one rule on every route: an upload that is not a usable image fails the request (422)
+    bad = [f"{names[i]}: {r.error}" for i, r in enumerate(res[: len(files)]) if r.error]
+    if bad:
+        raise BadInput("; ".join(bad))
     return [r.to_dict() for r in res]
 
 
-@router.post("/v1/lookup")
+@router.post("/v1/lookup", responses=documented(404, 413), openapi_extra=request_body(LookupBody))
 async def lookup(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
     """Nearest stored images to uploaded images and/or stored ``ids``: what
     ``embedstore lookup --json`` gives, each neighbour with a ``thumbnail`` URL."""
-    body, files = await read_body(request, LookupBody, cap)
+    body, files, _names = await read_body(request, LookupBody, cap)
     if not files and not body.ids:
         raise BadInput(_NOTHING)
+    state.check_ids(body.ids)
     info = state.embedding_info(body.backbone)
     res = await run_in_threadpool(
         embedstore.lookup,
