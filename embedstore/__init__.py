@@ -97,6 +97,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_table": ("embedstore._store", "write_table"),
     "AddedImages": ("embedstore._uploads", "AddedImages"),
     "add_images": ("embedstore._uploads", "add_images"),
+    "collect_orphan_uploads": ("embedstore._uploads", "collect_orphan_uploads"),
     "VIEWS": ("embedstore._views", "VIEWS"),
     "expand_views": ("embedstore._views", "expand_views"),
     "list_views": ("embedstore._views", "list_views"),
@@ -186,7 +187,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         write_ray_dataset,
         write_table,
     )
-    from embedstore._uploads import AddedImages, add_images
+    from embedstore._uploads import AddedImages, add_images, collect_orphan_uploads
     from embedstore._views import (
         VIEWS,
         expand_views,
@@ -224,6 +225,7 @@ __all__ = [
     "AddedImages",
     "Resident",
     "add_images",
+    "collect_orphan_uploads",
     "ALWAYS_TRAIN",
     "BACKBONES",
     "HOLDOUT",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from embedstore._backbones import Backbone, backbone_from_description
 from embedstore._images import ImageError, decode_image, hash_bytes
 from embedstore._ingest import ingest
 from embedstore._results import Result
-from embedstore._store import Store, connect
+from embedstore._store import Store, StoreError, connect
 
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -47,13 +48,15 @@ def add_images(
     uploads_dir: str | os.PathLike | None = None,
     backbone_objects: list[Backbone] | None = None,
     max_pixels: int | None = None,
+    names: list[str] | None = None,
 ) -> AddedImages:
     """Add ``images`` (encoded bytes) with optional ``labels`` and ``metadata`` rows.
 
     Every image is decoded first with the safe decoder (an unusable one raises ImageError
     naming it, and nothing is added). ``uploads_dir`` (default ``<store>/uploads``) keeps the
     files, since a store row points at the file it came from. ``backbone_objects`` are the
-    store's backbones already built (the service keeps them loaded).
+    store's backbones already built (the service keeps them loaded). ``names`` (the uploaded
+    files' names) are what messages call the images. A failed add leaves no files behind.
 
     >>> add_images("store", [open("a.jpg", "rb").read()], labels=["daisy"]).ids
     """
@@ -73,7 +76,7 @@ def add_images(
             decode_image(data, **({"max_pixels": max_pixels} if max_pixels else {}))
             fmt = Image.open(io.BytesIO(data)).format
         except ImageError as e:
-            raise ImageError(f"image {k}: {e}") from e
+            raise ImageError(f"{names[k] if names else f'image {k}'}: {e}") from e
         exts.append(_EXT.get(fmt or "", ".jpg"))
     ids = [hash_bytes(data) for data in images]
     root = Path(uploads_dir) if uploads_dir is not None else st.path / "uploads"
@@ -107,11 +110,35 @@ def add_images(
             )
         _write_durably(meta_file, buf.getvalue().encode())
     _fsync_dir(folder)
+    try:
+        summary = _ingest_folder(st, folder, meta_file, labelled, backbone_objects, max_pixels)
+    except Exception as e:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing was committed: keep nothing
+        if isinstance(e, ImageError | StoreError):
+            raise type(e)(str(e).replace(str(folder), "the upload")) from None
+        raise
+    return AddedImages(
+        ids=ids,
+        new_images=summary.new_images,
+        already_stored=summary.already_stored + summary.duplicates,
+        folder=str(folder),
+        store_version=summary.store_version,
+    )
+
+
+def _ingest_folder(
+    st: Store,
+    folder: Path,
+    meta_file: Path | None,
+    labelled: bool,
+    backbone_objects: list[Backbone] | None,
+    max_pixels: int | None,
+) -> Any:
     infos = list(st.embeddings_info().values())
     models = backbone_objects
     if models is None and infos:
         models = [backbone_from_description(i.describe) for i in infos]
-    summary = ingest(
+    return ingest(
         folder,
         st,
         metadata=meta_file,
@@ -122,13 +149,28 @@ def add_images(
         dtype=infos[0].dtype if infos else "float16",
         **({"max_pixels": max_pixels} if max_pixels else {}),
     )
-    return AddedImages(
-        ids=ids,
-        new_images=summary.new_images,
-        already_stored=summary.already_stored + summary.duplicates,
-        folder=str(folder),
-        store_version=summary.store_version,
-    )
+
+
+def collect_orphan_uploads(store: Store | str | os.PathLike) -> list[str]:
+    """Remove the upload folders no stored image comes from (a process killed between writing
+    the files and committing them); returns them. Holds the write lock meanwhile, so no upload
+    of this or another process is between those two steps."""
+    st = store if isinstance(store, Store) else connect(store)
+    root = st.path / "uploads"
+    if not root.is_dir():
+        return []
+    with st.writing("collecting orphan uploads"):
+        used = set()
+        if st.count() > 0:
+            used = {
+                str(Path(r).resolve()) for r in set(st.read(columns=["root"])["root"].to_pylist())
+            }
+        gone = []
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and str(folder.resolve()) not in used:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone.append(folder.name)
+    return gone
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ the device is resolved once, here, and handed to everything below."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -21,7 +22,11 @@ from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
 from service.errors import Forbidden
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# a run's name: one safe token (fullmatch: no trailing newline, no path)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# what the service's training jobs write into (its process id in the name: a folder whose
+# process is gone is a leftover of a killed service, collected at the next start)
+_PARTIAL_PID = re.compile(r"^\.?" + re.escape(PARTIAL) + r".*-p(\d+)(?:\.partial-\w+)?$")
 
 
 @dataclass
@@ -74,6 +79,22 @@ class State:
         self._runs: dict[str, tuple[str, Any]] = {}  # name -> (config checksum, Predictor)
         self.ready = False
         self.load_errors: list[str] = []
+        self._collect_leftovers()
+
+    def _collect_leftovers(self) -> None:
+        """Folders a killed service left: partial runs of its training jobs (their process is
+        gone) and uploads it never committed."""
+        try:
+            embedstore.collect_orphan_uploads(self.store)
+        except embedstore.StoreLockedError:
+            pass  # another process writes the store now: its uploads may be in flight
+        d = self.runs_dir
+        if d is None or not d.is_dir():
+            return
+        for p in d.iterdir():
+            m = _PARTIAL_PID.match(p.name)
+            if m and p.is_dir() and not _alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
 
     # ------------------------------------------------------------------ loading
 
@@ -180,7 +201,7 @@ class State:
     def run(self, name: str) -> Any:
         """The loaded run or ensemble ``name`` (reloaded when its config changed)."""
         d = self.runs_dir
-        if d is None or not RUN_NAME.match(name) or name not in self.run_names():
+        if d is None or not RUN_NAME.fullmatch(name) or name not in self.run_names():
             raise NotFound(f"no run {name!r}; runs: {', '.join(self.run_names()) or 'none'}")
         path = d / name
         checksum = heads.run_checksum(path)
@@ -213,7 +234,7 @@ class State:
     # ------------------------------------------------------------------ writes and jobs
 
     def add_images(
-        self, files: list[bytes], label: str | None, fields: dict[str, str]
+        self, files: list[bytes], label: str | None, fields: dict[str, str], names: list[str]
     ) -> embedstore.AddedImages:
         """Add uploaded images (one label and the same metadata for all), committed at once."""
         with self.write_lock:
@@ -223,6 +244,7 @@ class State:
                 labels=[label] * len(files),
                 metadata=[dict(fields) for _ in files],
                 backbone_objects=self.raw_backbones() or None,
+                names=names,
             )
 
     def job(self, job_id: str) -> Job:
@@ -235,14 +257,21 @@ class State:
         d = self.runs_dir
         if d is None:
             raise BadInput("the service was started without --runs; no place to write runs")
-        if not RUN_NAME.match(name):
+        if not RUN_NAME.fullmatch(name):
             raise BadInput(f"name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
         if (d / name).exists() and not overwrite:
             raise Conflict(f"run {name!r} exists; give overwrite=true to replace it")
+        if any(
+            j.kind == "train" and j.params.get("name") == name and j.status in ("queued", "running")
+            for j in self.jobs.list()
+        ):
+            raise Conflict(
+                f"run {name!r} is being trained by another job; wait for it or cancel it"
+            )
 
         def work(job: Job) -> dict[str, Any]:
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f"{PARTIAL}{name}-{job.id}"
+            tmp = d / f"{PARTIAL}{name}-{job.id}-p{os.getpid()}"
             try:
                 res = heads.train(
                     self.store.path,
@@ -287,3 +316,16 @@ class State:
             return s.to_dict()
 
         return self.jobs.submit("ingest", {"folder": str(path)}, work)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

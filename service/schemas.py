@@ -20,7 +20,7 @@ from service.errors import InvalidRequest, TooLarge, describe
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # Most stored ids and uploaded files one request may name (413 above): a request's work stays

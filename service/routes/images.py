@@ -14,7 +14,7 @@ import embedstore
 from embedstore.errors import BadInput, NotFound
 from service.deps import CapDep, StateDep
 from service.errors import documented
-from service.schemas import IngestBody, form_limits, read_files, upload_body
+from service.schemas import IngestBody, form_limits, read_files, upload_body, upload_names
 
 router = APIRouter()
 
@@ -62,7 +62,8 @@ async def add_images(request: Request, state: StateDep, cap: CapDep) -> JSONResp
         k: v for k, v in form.multi_items() if not isinstance(v, UploadFile) and k != "images"
     }
     label = fields.pop("label", None)
-    res = await run_in_threadpool(state.add_images, files, label, fields)
+    names = upload_names(form)
+    res = await run_in_threadpool(state.add_images, files, label, fields, names)
     return JSONResponse(res.to_dict(), status_code=201)
 
 

@@ -1,0 +1,150 @@
+"""The service against a hostile client: names, duplicate jobs, leftovers of a killed server,
+huge and strange images, non-finite settings (the numbered points of the hostile-input issue)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import embedstore
+import heads
+import service
+
+
+@pytest.fixture(scope="module")
+def served(photo_store, tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile-service")
+    store = d / "store"
+    shutil.copytree(photo_store, store)
+    heads.train(store, fold=0, head="centroid", out=d / "runs" / "centroid", progress=False)
+    return store, d / "runs"
+
+
+def _client(store, runs, **kw) -> TestClient:
+    app = service.create_app(service.Settings(store=str(store), runs=str(runs), **kw), load=False)
+    return TestClient(app)
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_run_name_is_one_safe_token(served):
+    with _client(*served) as c:
+        for name in ("abc\n", "../x", "a/b", ".hidden", "x" * 101, ""):
+            r = c.post("/v1/train", json={"name": name, "head": "centroid"})
+            assert r.status_code == 422, (name, r.text)
+        assert not [p for p in served[1].iterdir() if "\n" in p.name]
+
+
+def test_a_second_job_for_the_same_run_name_is_a_conflict(served):
+    with _client(*served) as c:
+        slow = {"name": "busy", "head": "mlp", "epochs": 400, "patience": 0}
+        first = c.post("/v1/train", json=slow)
+        assert first.status_code == 202, first.text
+        second = c.post("/v1/train", json={"name": "busy", "head": "centroid"})
+        assert second.status_code == 409 and "being trained" in second.json()["detail"]
+        c.delete(f"/v1/jobs/{first.json()['id']}")
+        for _ in range(600):
+            if c.get(f"/v1/jobs/{first.json()['id']}").json()["status"] != "running":
+                break
+            time.sleep(0.1)
+
+
+def test_partial_runs_of_a_killed_server_are_collected_at_start(served, tmp_path):
+    store, _ = served
+    runs = tmp_path / "runs"
+    dead, live = 2**22 + 12345, os.getpid()  # no such process / this one
+    left = [
+        runs / f".partial-mlp-0123abcd-p{dead}",
+        runs / f"..partial-mlp-0123abcd-p{dead}.partial-89abcdef",
+    ]
+    kept = [runs / f".partial-mlp-4567abcd-p{live}", runs / ".mine.partial-1234abcd"]
+    for p in left + kept:
+        (p / "fold0").mkdir(parents=True)
+    _client(store, runs)
+    assert [p.exists() for p in left] == [False, False]
+    assert all(p.exists() for p in kept)
+
+
+def test_a_1x60000_png_is_answered_fast_with_memory_flat(served):
+    """162 bytes that used to cost 5 GB and 100 s: scaled only where the crop needs it."""
+    store, runs = served
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _client(store, runs) as c:
+        for w, h in ((1, 60000), (60000, 1)):
+            r = c.post(
+                "/v1/predict",
+                files=[("images", ("strip.png", _png(w, h)))],
+                data={"run": "centroid"},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()[0]["label"]
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 500, grown_mib
+
+
+def test_json_numbers_must_be_finite(served):
+    with _client(*served) as c:
+        for body in ('{"name": "x1", "lr": 1e309}', '{"name": "x1", "dropout": NaN}'):
+            r = c.post("/v1/train", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, r.text
+        assert not (served[1] / "x1").exists()
+
+
+def test_the_store_is_unchanged_by_refused_uploads(served):
+    store, runs = served
+    uploads = store / "uploads"
+    before = sorted(uploads.rglob("*")) if uploads.exists() else []
+    n = embedstore.connect(store).count()
+    with _client(store, runs) as c:
+        good = _png(40, 40)
+        for files in (
+            [("images", ("a.jpg", b"not an image"))],
+            [("images", ("ok.png", good)), ("images", ("a.jpg", b"GIF89a"))],
+        ):
+            r = c.post("/v1/images", files=files)
+            assert r.status_code == 422, r.text
+            assert str(store) not in r.json()["detail"]  # no server path in the answer
+            assert "a.jpg" in r.json()["detail"]
+    assert embedstore.connect(store).count() == n
+    after = sorted(uploads.rglob("*")) if uploads.exists() else []
+    assert after == before
+
+
+def test_random_bytes_never_crash_the_predictor(served):
+    rng = np.random.default_rng(0)
+    with _client(*served) as c:
+        for size in (0, 1, 17, 4096):
+            r = c.post(
+                "/v1/predict",
+                files=[("images", ("r.bin", rng.bytes(size)))],
+                data={"run": "centroid"},
+            )
+            assert r.status_code == 422, r.text
+
+
+def test_uploads_a_killed_server_never_committed_are_collected_at_start(served, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(served[0], store)
+    with _client(store, served[1]) as c:
+        r = c.post("/v1/images", files=[("images", ("ok.png", _png(40, 41)))], data={"label": "a"})
+        assert r.status_code == 201, r.text
+    committed = sorted((store / "uploads").iterdir())
+    orphan = store / "uploads" / "20261207-000000-deadbeef"
+    orphan.mkdir()
+    (orphan / "x.png").write_bytes(_png(40, 42))
+    _client(store, served[1])
+    assert not orphan.exists()
+    assert sorted((store / "uploads").iterdir()) == committed
