@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +55,22 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _peak_mib(pid: int) -> float:
+    """The server's peak resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _strip_png() -> bytes:
+    """The hostile image: a 1 x 60000 px PNG of a few hundred bytes (a naive resize to 224 on
+    the short side makes 224 x 13.4M px)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 60000)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _jpeg_224(path: Path) -> bytes:
@@ -119,6 +136,61 @@ def _load(url: str, concurrency: int, n: int, send) -> dict[str, Any]:
     }
 
 
+def _row(rnd: int, name: str, r: dict[str, Any], pid: int) -> dict[str, Any]:
+    row = {
+        "round": rnd,
+        "scenario": name,
+        **r,
+        "rss_mib": _rss_mib(pid),
+        "peak_mib": _peak_mib(pid),
+    }
+    print(
+        f"[{rnd}] {name:<26} c={r['concurrency']:<3} p50 {r['p50_ms']:.1f} ms  p99 "
+        f"{r['p99_ms']:.1f} ms  {r['req_per_s']:.1f} req/s  errors {r['errors']}  server "
+        f"{row['rss_mib']:.0f} MiB (peak {row['peak_mib']:.0f})"
+    )
+    return row
+
+
+def _during_hostile_stream(
+    url: str, args: argparse.Namespace, uploads: list[bytes], strip: bytes, pid: int
+) -> dict[str, Any]:
+    """8 clients predicting on ordinary photos while another client sends 1 x 60000 PNGs as
+    fast as it can: their p99 against the same row without the stream."""
+    stop, sent = threading.Event(), [0]
+
+    def hostile() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while not stop.is_set():
+                c.post(
+                    "/v1/predict",
+                    files=[("images", ("strip.png", strip))],
+                    data={"run": "mlp", "top_k": "3"},
+                )
+                sent[0] += 1
+
+    t = threading.Thread(target=hostile, daemon=True)
+    t.start()
+    try:
+        r = _load(
+            url,
+            8,
+            args.upload_requests,
+            lambda c, i: c.post(
+                "/v1/predict",
+                files=[("images", ("p.jpg", uploads[i % len(uploads)]))],
+                data={"run": "mlp", "top_k": "3"},
+            ),
+        )
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    row = _row(0, "predict upload 224px during a hostile stream", r, pid)
+    row["hostile_requests"] = sent[0]
+    print(f"    (meanwhile {sent[0]} hostile 1 x 60000 PNGs were answered)")
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -145,6 +217,7 @@ def main() -> None:
     ids = st.read(["id"], part="holdout").column("id").to_pylist()
     photos = sorted((FLOWERS / "test").rglob("*.jpg"))[:64]
     uploads = [_jpeg_224(p) for p in photos]
+    strip = _strip_png()
 
     # ---- the server
     port = _free_port()
@@ -204,6 +277,14 @@ def main() -> None:
                     data={"run": "mlp", "top_k": "3"},
                 ),
             ),
+            "predict upload 1x60000 png": (
+                args.upload_requests,
+                lambda c, i: c.post(
+                    "/v1/predict",
+                    files=[("images", ("strip.png", strip))],
+                    data={"run": "mlp", "top_k": "3"},
+                ),
+            ),
             "lookup upload 224px": (
                 args.upload_requests,
                 lambda c, i: c.post(
@@ -219,14 +300,9 @@ def main() -> None:
             for name, (n, send) in scenarios.items():
                 for conc in args.concurrency:
                     r = _load(url, conc, n, send)
-                    rows.append(
-                        {"round": rnd, "scenario": name, **r, "rss_mib": _rss_mib(server.pid)}
-                    )
-                    print(
-                        f"[{rnd}] {name:<22} c={conc:<3} p50 {r['p50_ms']:.1f} ms  p99 "
-                        f"{r['p99_ms']:.1f} ms  {r['req_per_s']:.1f} req/s  errors "
-                        f"{r['errors']}  server {rows[-1]['rss_mib']:.0f} MiB"
-                    )
+                    rows.append(_row(rnd, name, r, server.pid))
+        if not args.only or "hostile stream" in args.only:
+            rows.append(_during_hostile_stream(url, args, uploads, strip, server.pid))
         mem_end = _rss_mib(server.pid)
     finally:
         server.kill()
@@ -317,6 +393,7 @@ def main() -> None:
             "req_per_s",
             "errors",
             "rss_mib",
+            "peak_mib",
         ],
         "service on loopback",
     )

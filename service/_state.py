@@ -302,10 +302,12 @@ class State:
             raise Forbidden(f"{folder}: outside the allowed root {root}")
         if not path.is_dir():
             raise NotFound(f"{folder}: no such folder under the allowed root")
+        _refuse_links_out(path, Path(root).resolve())
 
         def work(job: Job) -> dict[str, Any]:
             with self.write_lock:
                 job.checkpoint(stage="ingest")
+                _refuse_links_out(path, Path(root).resolve())  # again: links made meanwhile
                 s = embedstore.ingest(
                     path,
                     self.store,
@@ -329,3 +331,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _refuse_links_out(folder: Path, root: Path) -> None:
+    """Forbidden if a file or folder under ``folder`` is a link leading out of ``root``."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in (*dirnames, *filenames):
+            p = Path(dirpath) / name
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                rel = p.relative_to(folder)
+                raise Forbidden(
+                    f"{rel}: a link out of the allowed root; ingest reads files under it only"
+                )

@@ -148,3 +148,19 @@ def test_uploads_a_killed_server_never_committed_are_collected_at_start(served, 
     _client(store, served[1])
     assert not orphan.exists()
     assert sorted((store / "uploads").iterdir()) == committed
+
+
+def test_allow_root_never_follows_a_link_out_of_it(served, tmp_path):
+    store, runs = served
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    (allowed / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "x.png").write_bytes(_png(40, 40))
+    (allowed / "sub" / "x.png").symlink_to(elsewhere / "x.png")
+    with _client(store, runs, allow_root=str(allowed)) as c:
+        r = c.post("/v1/ingest", json={"folder": str(allowed)})
+        assert r.status_code == 403 and "sub/x.png: a link out of the allowed root" in r.text
+        (allowed / "sub" / "x.png").unlink()
+        (allowed / "sub" / "y.png").symlink_to(elsewhere)  # a folder link, too
+        r = c.post("/v1/ingest", json={"folder": str(allowed)})
+        assert r.status_code == 403, r.text
