@@ -65,8 +65,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
             embedstore.StoreError,
             embedstore.IngestError,
             embedstore.BackboneError,
-            embedstore.MetadataError,
-            embedstore.ImageError,
+            embedstore.store.MetadataError,
+            embedstore.ingestion.ImageError,
             heads.HeadsError,
             FileNotFoundError,
             ValueError,
@@ -496,7 +496,7 @@ def drop_column_cmd(name: str, store: str | None) -> None:
     """
     import embedstore
 
-    embedstore.drop_column(store, name)
+    embedstore.store.drop_column(store, name)
     click.echo(f"dropped column {name}")
 
 

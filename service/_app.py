@@ -32,9 +32,9 @@ from service._state import NotFound, Settings, State
 STATIC = Path(__file__).parent / "static"
 _BAD_INPUT = (
     embedstore.StoreError,
-    embedstore.ImageError,
+    embedstore.ingestion.ImageError,
     embedstore.IngestError,
-    embedstore.MetadataError,
+    embedstore.store.MetadataError,
     embedstore.BackboneError,
     heads.HeadsError,
     ValueError,
@@ -296,9 +296,9 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
         (q,) = embedstore.read_inputs([str(path)])
         try:
             if q.error:
-                raise embedstore.ImageError(q.error)
-            im = embedstore.decode_image(q.data)
-        except embedstore.ImageError as e:
+                raise embedstore.ingestion.ImageError(q.error)
+            im = embedstore.ingestion.decode_image(q.data)
+        except embedstore.ingestion.ImageError as e:
             raise NotFound(f"the stored image {image_id} cannot be read now: {e}") from e
         im.thumbnail((size, size))
         buf = io.BytesIO()
@@ -372,7 +372,7 @@ def create_app(settings: Settings, *, load: bool = True) -> FastAPI:
 
     # ------------------------------------------------------------------ helpers
 
-    def _backbone_info(name: str | None) -> embedstore.EmbeddingInfo:
+    def _backbone_info(name: str | None) -> embedstore.store.EmbeddingInfo:
         try:
             return state.store.resolve_backbone(name)
         except embedstore.StoreError as e:

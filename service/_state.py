@@ -115,9 +115,9 @@ class State:
                 if info is None:
                     raise NotFound(f"the store has no embedding column {column!r}")
                 try:
-                    bb = embedstore.with_runtime(
-                        embedstore.backbone_from_description(info.describe),
-                        embedstore.runtime_for_column(
+                    bb = embedstore.backbones.with_runtime(
+                        embedstore.backbones.backbone_from_description(info.describe),
+                        embedstore.backbones.runtime_for_column(
                             self.settings.runtime, info.describe, self.device
                         ),
                         self.device,

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from embedstore._ray_ingest import ingest_ray
+from embedstore.ingestion._ray_ingest import ingest_ray
 from tests.conftest import write_class_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def run(two_stores, tmp_path_factory) -> Path:
 
 
 def _by_id(path: Path) -> dict:
-    t = embedstore.read_table(path)
+    t = embedstore.store.read_table(path)
     assert t.schema.names == heads.PREDICTION_SCHEMA.names
     return {r["id"]: r for r in t.to_pylist()}
 
@@ -310,7 +310,7 @@ def test_ray_batch_prediction_of_a_folder_from_the_command_line(run, photos, tmp
     ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
-    ray = {row["path"]: row for row in embedstore.read_table(out).to_pylist()}
+    ray = {row["path"]: row for row in embedstore.store.read_table(out).to_pylist()}
     local = heads.predict(run, images_dir=photos / "test", top_k=2)
     assert len(ray) == len(local) == 6
     for p in local:
@@ -327,7 +327,7 @@ def test_without_the_extra_engine_ray_says_how_to_install_it(tmp_path, monkeypat
     args = ["ingest", str(tmp_path / "imgs"), "--store", str(tmp_path / "s"), "--engine", "ray"]
     r = CliRunner().invoke(embedstore_cli, args)
     assert r.exit_code == 2 and "pip install 'embedstore[ray]'" in r.output, r.output
-    with pytest.raises(embedstore.EngineError, match=r"pip install 'embedstore\[ray\]'"):
-        embedstore.connect_ray()
+    with pytest.raises(embedstore.ingestion.EngineError, match=r"pip install 'embedstore\[ray\]'"):
+        embedstore.ingestion.connect_ray()
     r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path), "--engine", "ray"])
     assert r.exit_code == 2 and "give --out PATH" in r.output

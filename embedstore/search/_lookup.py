@@ -1,12 +1,12 @@
 """Nearest stored images for query images or row ids.
 
 A query is an image file or a row id (the 64-hex SHA-256 of a stored image's bytes). Queries
-become vectors through :func:`embedstore._embed.embed_inputs` (stored rows reused by content
+become vectors through :func:`embedstore.search._embed.embed_inputs` (stored rows reused by content
 hash, so an exact duplicate comes back first with similarity 1.0; other files embedded with the
 backbone recorded in the column's metadata). Lookups read no file but the ones the user named,
 and write nothing. Search runs over one backbone's stored embeddings (optionally filtered by a
-``where`` predicate) with :class:`embedstore._search.NeighborIndex`, or a fresh saved index
-(:mod:`embedstore._indexes`).
+``where`` predicate) with :class:`embedstore.search._search.NeighborIndex`, or a fresh saved index
+(:mod:`embedstore.search._indexes`).
 
 >>> res = lookup("flowers", ["photo.jpg"], k=5)
 >>> res.results[0].vote
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from embedstore._device import resolve_device
-from embedstore._embed import embed_inputs, read_inputs
-from embedstore._indexes import open_store, saved_index
-from embedstore._resident import Resident
 from embedstore._results import Result, jsonable
-from embedstore._search import NeighborIndex, l2_normalize
-from embedstore._store import EMB_PREFIX, Store, StoreError
+from embedstore.search._embed import embed_inputs, read_inputs
+from embedstore.search._indexes import open_store, saved_index
+from embedstore.search._resident import Resident
+from embedstore.search._search import NeighborIndex, l2_normalize
+from embedstore.store._store import EMB_PREFIX, Store, StoreError
 from embedstore.types import LOOKUP_INDEXES, RUNTIMES, LookupIndex, Runtime
 
 TOP_VOTES = 5  # labels listed under "votes"

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from embedstore._device import resolve_device
-from embedstore._indexes import open_store, saved_index
 from embedstore._results import Result
-from embedstore._search import NeighborIndex, l2_normalize
-from embedstore._sheets import Tile, contact_sheet, load_thumbnail
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store
+from embedstore.explore._sheets import Tile, contact_sheet, load_thumbnail
+from embedstore.search._indexes import open_store, saved_index
+from embedstore.search._search import NeighborIndex, l2_normalize
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store
 from embedstore.types import LOOKUP_INDEXES, IndexKind, LookupIndex, check_choice
 
 # Measured on flowers12 with efficientnet-lite0: a JPEG re-encode at quality 30, a 75% resize,

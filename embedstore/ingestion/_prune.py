@@ -14,7 +14,7 @@ import os
 import pyarrow as pa
 
 from embedstore._images import disk_path
-from embedstore._store import Store
+from embedstore.store._store import Store
 
 
 def prune(st: Store, root: str) -> int:

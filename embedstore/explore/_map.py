@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedstore._indexes import open_store
 from embedstore._results import Result
-from embedstore._search import l2_normalize
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError
+from embedstore.search._indexes import open_store
+from embedstore.search._search import l2_normalize
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError
 from embedstore.types import MAP_METHODS, MapMethod, check_choice
 
 MAP_COLUMNS = ("map_x", "map_y")

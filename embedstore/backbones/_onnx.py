@@ -4,7 +4,7 @@ On a CPU, ONNX Runtime runs a convolutional backbone several times faster than t
 (convolutions fused with their batch norms and activations, its own blocked kernels:
 efficientnet-lite0 5-6x on 2 cores; ``benchmarks/RESULTS.md``, "ONNX Runtime"); for the
 Hugging Face transformers (DINOv2) float32 is GEMM-bound and measured at torch's pace (0.98x
-with the fused export of embedstore._onnx_graphs), so ``auto`` keeps torch for them
+with the fused export of embedstore.backbones._onnx_graphs), so ``auto`` keeps torch for them
 (``Backbone.prefers_onnx_on_cpu``).
 
 ``onnx-int8`` (opt-in, never chosen by ``auto``) quantises a transformer's projections and
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedstore._backbones import Backbone, BackboneError, _sha256_file
 from embedstore._device import resolve_device
-from embedstore._onnx_graphs import fused_graph, has_fused_graph
+from embedstore.backbones._backbones import Backbone, BackboneError, _sha256_file
+from embedstore.backbones._onnx_graphs import fused_graph, has_fused_graph
 from embedstore.types import RUNTIMES, Runtime, check_choice
 
 EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, outputs, what is inside)
@@ -382,7 +382,7 @@ class _Exportable(torch.nn.Module):
 def _export(backbone: Backbone, folder: Path, key: dict[str, Any]) -> None:
     """Export into ``folder``, check it against torch, then write the manifest (last).
 
-    A backbone with a fused form (embedstore._onnx_graphs: DINOv2) exports that, then ONNX
+    A backbone with a fused form (embedstore.backbones._onnx_graphs: DINOv2) exports that, then ONNX
     Runtime's transformer optimizer fuses its attention, GELUs and LayerNorms."""
     folder.mkdir(parents=True)
     backbone.to("cpu", autocast=False)
@@ -417,7 +417,9 @@ def _export(backbone: Backbone, folder: Path, key: dict[str, Any]) -> None:
     check = _compare(backbone, folder / MODEL_FILE, px, MIN_COSINE)
     exporter = "torch.onnx.export(dynamo=True)"
     if fused is not None:
-        exporter += " of embedstore._onnx_graphs, onnxruntime.transformers optimize_model(vit)"
+        exporter += (
+            " of embedstore.backbones._onnx_graphs, onnxruntime.transformers optimize_model(vit)"
+        )
     _write_manifest(folder, key, check, time.perf_counter() - t0, exporter, fusions=fusions)
 
 

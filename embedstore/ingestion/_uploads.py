@@ -18,11 +18,11 @@ from typing import Any
 
 from PIL import Image
 
-from embedstore._backbones import Backbone, backbone_from_description
 from embedstore._images import ImageError, decode_image, hash_bytes
-from embedstore._ingest import ingest
 from embedstore._results import Result
-from embedstore._store import Store, connect
+from embedstore.backbones._backbones import Backbone, backbone_from_description
+from embedstore.ingestion._ingest import ingest
+from embedstore.store._store import Store, connect
 
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 

@@ -1,15 +1,15 @@
 """Ingest on a Ray cluster (``ingest(..., engine="ray")``): the local ingest's plan, rows and
 commits, with decoding in Ray tasks and the backbones in an actor pool.
 
-- **Driver** (this process): :func:`embedstore._ingest.plan_ingest` (scan, labels, metadata, what
+- **Driver** (this process): :func:`embedstore.ingestion._ingest.plan_ingest` (scan, labels, metadata, what
   the store holds), then the content hash of every file to read (a thread pool here; Ray tasks
   above ``hash_tasks_over`` files), so every id is known before anything is decoded: files of
   stored images only get their paths and file records, bytes found under several names are
   decoded once, and nothing stored is embedded again.
 - **Cluster**: decode tasks (read, check the hash, decode, preprocess: the local ingest's
-  :func:`embedstore._ingest.decode_file`), then ``map_batches`` over an actor pool: each actor
+  :func:`embedstore.ingestion._ingest.decode_file`), then ``map_batches`` over an actor pool: each actor
   builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
-  uncommitted Lance fragments (:func:`embedstore._store.write_image_fragments`).
+  uncommitted Lance fragments (:func:`embedstore.store._store.write_image_fragments`).
 - **Driver** again: streams the results and commits every ``commit_every`` images: the chunk's
   fragments appended in one transaction (:meth:`Store.append_fragments`), then embeddings of
   stored images, paths, file records and skipped files (the local ingest's ``_commit``). A job
@@ -34,7 +34,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedstore._backbones import Backbone, create_backbone
 from embedstore._images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -42,7 +41,12 @@ from embedstore._images import (
     hash_bytes,
     read_bytes,
 )
-from embedstore._ingest import (
+from embedstore._ray import ActorLayout, EngineError, actor_layout, connect_ray, import_ray
+from embedstore.backbones._backbones import Backbone, create_backbone
+from embedstore.backbones._onnx import with_runtime
+from embedstore.backbones._preprocess import Preprocess
+from embedstore.backbones._views import expand_views, view_column, view_describe
+from embedstore.ingestion._ingest import (
     INGEST_ENGINES,
     IngestError,
     IngestPlan,
@@ -58,11 +62,7 @@ from embedstore._ingest import (
     read_meta,
     summarize,
 )
-from embedstore._onnx import with_runtime
-from embedstore._preprocess import Preprocess
-from embedstore._ray import ActorLayout, EngineError, actor_layout, connect_ray, import_ray
-from embedstore._store import Store, connect, image_table, write_image_fragments
-from embedstore._views import expand_views, view_column, view_describe
+from embedstore.store._store import Store, connect, image_table, write_image_fragments
 from embedstore.types import EmbDtype, Pooling, Runtime
 
 HASH_TASKS_OVER = 20_000  # files to hash: above this the cluster hashes them, not the driver

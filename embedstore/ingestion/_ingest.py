@@ -1,7 +1,7 @@
 """Ingest: embed every image of a folder with one or more frozen backbones into a store.
 
 Decoding (read, hash, decode, resize) runs in DataLoader worker processes, overlapped with the
-model; on the CPU the model runs with ONNX Runtime by default (``runtime``, embedstore._onnx).
+model; on the CPU the model runs with ONNX Runtime by default (``runtime``, embedstore.backbones._onnx).
 Work is committed in chunks, each an atomic Lance commit, images before the file records
 that point at them, so a run killed at any moment resumes where it stopped: ids are content
 hashes, inserts are keyed on them, and nothing is embedded twice.
@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedstore._backbones import Backbone, create_backbone
 from embedstore._device import resolve_device
 from embedstore._images import (
     DEFAULT_MAX_BYTES,
@@ -35,15 +34,16 @@ from embedstore._images import (
     hash_bytes,
     read_bytes,
 )
-from embedstore._metadata import join_metadata, read_metadata, store_column_names
-from embedstore._onnx import resolve_runtime, with_runtime
-from embedstore._preprocess import Preprocess
-from embedstore._prune import prune as prune_store
 from embedstore._registry import Registry
 from embedstore._results import Result
-from embedstore._store import Store, connect
-from embedstore._views import expand_views, make_view, view_column, view_describe
+from embedstore.backbones._backbones import Backbone, create_backbone
+from embedstore.backbones._onnx import resolve_runtime, with_runtime
+from embedstore.backbones._preprocess import Preprocess
+from embedstore.backbones._views import expand_views, make_view, view_column, view_describe
 from embedstore.errors import BadInput
+from embedstore.ingestion._prune import prune as prune_store
+from embedstore.store._metadata import join_metadata, read_metadata, store_column_names
+from embedstore.store._store import Store, connect
 from embedstore.types import ENGINES, EmbDtype, Engine, Pooling, Runtime, check_choice
 
 _SPLIT_NAMES = {
@@ -66,8 +66,8 @@ class IngestError(BadInput):
 
 
 # Engines other than "local": a function with ingest's keyword arguments that returns an
-# IngestSummary. "ray" registers itself when embedstore._ray_ingest is imported (on first use).
-INGEST_ENGINES: Registry = Registry("ingest engine", builtin=("embedstore._ray_ingest",))
+# IngestSummary. "ray" registers itself when embedstore.ingestion._ray_ingest is imported (on first use).
+INGEST_ENGINES: Registry = Registry("ingest engine", builtin=("embedstore.ingestion._ray_ingest",))
 
 
 @dataclass
@@ -147,7 +147,7 @@ def decode_file(
 ) -> dict[str, Any]:
     """Read, hash (unless ``known_id``), decode and preprocess one file: ``{"id", "arrays",
     "size", "bytes"}``, or ``{"error": reason}`` (the reason recorded for a skipped file).
-    ``views[k]`` (embedstore._views) are made for ``preprocs[k]`` from the same decoded image:
+    ``views[k]`` (embedstore.backbones._views) are made for ``preprocs[k]`` from the same decoded image:
     each preprocessing gives its main array, then one per view (:func:`_slot` finds them).
     What the decode workers of every engine run."""
     try:
@@ -221,15 +221,15 @@ def ingest(
     """Embed every image under ``images_dir`` into ``store``; returns what it did.
 
     Re-running adds only what is new; a new backbone embeds only for that backbone.
-    ``views`` (``["flip", "crops5"]`` or ``"flip,crops5"``; embedstore._views) also stores
+    ``views`` (``["flip", "crops5"]`` or ``"flip,crops5"``; embedstore.backbones._views) also stores
     embeddings of augmented views of each image, one column per view beside the main one:
     on a store that has the images, only the views are embedded; once a store has views, later
     ingests give new images their views too. Heads train on them and predict with them (TTA).
     ``runtime``: ``auto`` runs backbones with ONNX Runtime on the CPU where it is faster
-    (efficientnet-lite0; exported once, cached) and with torch otherwise; ``torch`` or ``onnx`` to choose (embedstore._onnx.resolve_runtime).
+    (efficientnet-lite0; exported once, cached) and with torch otherwise; ``torch`` or ``onnx`` to choose (embedstore.backbones._onnx.resolve_runtime).
 
     ``engine="ray"`` runs decoding and the backbones on a Ray cluster (``ray_address``,
-    ``actors``, ``gpus_per_actor``, ``cpus_per_actor``; embedstore._ray_ingest) and writes the
+    ``actors``, ``gpus_per_actor``, ``cpus_per_actor``; embedstore.ingestion._ray_ingest) and writes the
     same rows: ``pip install 'embedstore[ray]'``.
 
     >>> summary = ingest("photos/", "my-store", backbones=["efficientnet-lite0"])
@@ -495,7 +495,7 @@ class IngestPlan:
     have: dict[str, set[str]]
     work: list[_Work]
     unchanged_ids: set[str]
-    # backbone name -> its augmented views (embedstore._views): those asked for and those the
+    # backbone name -> its augmented views (embedstore.backbones._views): those asked for and those the
     # store holds already; ``have`` also maps each view's column to the ids holding it
     views: dict[str, list[str]] = field(default_factory=dict)
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from embedstore._results import Result
-from embedstore._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
-from embedstore._store import EmbeddingInfo, Store, StoreError, connect, load_ids, save_ids
+from embedstore.search._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
+from embedstore.store._store import EmbeddingInfo, Store, StoreError, connect, load_ids, save_ids
 from embedstore.types import LOOKUP_INDEXES, LookupIndex
 
 INDEX_DIR = "indexes"
@@ -55,7 +55,7 @@ def build_index(
 ) -> IndexSummary:
     """Build and save an index over every stored embedding of one backbone.
 
-    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore._search.AUTO_ANN_MIN_VECTORS` (200,000)
+    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore.search._search.AUTO_ANN_MIN_VECTORS` (200,000)
     vectors up and an exact flat index below (a saved flat index still spares ``lookup`` the
     normalisation of the store; below 200k brute force is as fast as an ANN search and exact).
     ``"ivf"`` (``nlist`` lists, default ``4 sqrt(N)``), ``"hnsw"`` or ``"exact"``. An index

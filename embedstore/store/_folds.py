@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore._results import Result
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError, connect
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError, connect
 
 
 @dataclass

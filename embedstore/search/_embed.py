@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedstore._backbones import (
+from embedstore._device import resolve_device
+from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
+from embedstore.backbones._backbones import (
     Backbone,
     BackboneError,
     backbone_from_description,
     weights_mismatch,
 )
-from embedstore._device import resolve_device
-from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
-from embedstore._onnx import resolve_runtime, runtime_for_column, with_runtime
-from embedstore._resident import Resident
-from embedstore._store import Store, StoreError
-from embedstore._views import make_view
+from embedstore.backbones._onnx import resolve_runtime, runtime_for_column, with_runtime
+from embedstore.backbones._views import make_view
+from embedstore.search._resident import Resident
+from embedstore.store._store import Store, StoreError
 from embedstore.types import RUNTIMES, Runtime, check_choice
 
 EMBED_BATCH = 32  # images per forward pass
@@ -131,7 +131,7 @@ def embed_inputs(
     ``resident`` (the store's rows held in memory) stored rows come from it, not from a read.
     A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
     error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU where it
-    is faster, else torch; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone
+    is faster, else torch; see embedstore.backbones._onnx); with ``torch`` or ``onnx`` a cached backbone
     of the other runtime is rebuilt. Under ``auto`` on the CPU, a column that ``onnx-int8``
     wrote is embedded with ``onnx-int8`` too, so queries match the stored vectors' precision.
     """
@@ -228,7 +228,7 @@ def embed_images(
     bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH, *, view: str | None = None
 ) -> np.ndarray:
     """PIL RGB images -> ``(n, dim)`` float32 embeddings, in batches; with ``view`` (a name
-    in embedstore._views, e.g. ``"flip"``) of that augmented view, as ingest stores it."""
+    in embedstore.backbones._views, e.g. ``"flip"``) of that augmented view, as ingest stores it."""
     out = []
     pre = bb.preprocess if view is None else (lambda im: make_view(im, view, bb.preprocess))
     for s in range(0, len(images), batch_size):

@@ -57,7 +57,7 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUST_ANYWHERE = re.compile(r",?\s*[^\s,]+\.rs:\d+:\d+")
 _META_KEY = "embedstore"
-VIEW_SEP = "__"  # a view column is <main column>__<view> (embedstore._views)
+VIEW_SEP = "__"  # a view column is <main column>__<view> (embedstore.backbones._views)
 LOCK_FILE = "write.lock"  # held (fcntl.lockf) by the one process writing the store
 _HELD: dict[str, list] = {}  # resolved store path -> [lock file descriptor, depth], this process
 _THREAD_LOCKS: dict[str, threading.RLock] = {}
@@ -330,7 +330,7 @@ class EmbeddingInfo:
 
     @property
     def views(self) -> list[str]:
-        """The augmented views stored beside this embedding, in order (``embedstore._views``)."""
+        """The augmented views stored beside this embedding, in order (``embedstore.backbones._views``)."""
         return list(self.describe.get("views") or [])
 
     @property

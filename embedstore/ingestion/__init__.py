@@ -1,0 +1,68 @@
+"""Getting images into a store: finding and decoding files, the ingest pipeline (local or
+Ray engine), uploads and pruning.
+
+(``embedstore.ingest`` is the function; this package is ``embedstore.ingestion``.)
+
+>>> from embedstore.ingestion import ingest
+>>> summary = ingest("photos/", "my-store")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedstore._lazy import lazy_names
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "IngestError": ("embedstore.ingestion._ingest", "IngestError"),
+    "IngestSummary": ("embedstore.ingestion._ingest", "IngestSummary"),
+    "ingest": ("embedstore.ingestion._ingest", "ingest"),
+    "AddedImages": ("embedstore.ingestion._uploads", "AddedImages"),
+    "add_images": ("embedstore.ingestion._uploads", "add_images"),
+    "ImageError": ("embedstore._images", "ImageError"),
+    "decode_image": ("embedstore._images", "decode_image"),
+    "find_images": ("embedstore._images", "find_images"),
+    "hash_bytes": ("embedstore._images", "hash_bytes"),
+    "RAY_INSTALL_HINT": ("embedstore._ray", "RAY_INSTALL_HINT"),
+    "ActorLayout": ("embedstore._ray", "ActorLayout"),
+    "EngineError": ("embedstore._ray", "EngineError"),
+    "RayCluster": ("embedstore._ray", "RayCluster"),
+    "actor_layout": ("embedstore._ray", "actor_layout"),
+    "connect_ray": ("embedstore._ray", "connect_ray"),
+    "import_ray": ("embedstore._ray", "import_ray"),
+}
+
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs read
+    from embedstore._images import ImageError, decode_image, find_images, hash_bytes
+    from embedstore._ray import (
+        RAY_INSTALL_HINT,
+        ActorLayout,
+        EngineError,
+        RayCluster,
+        actor_layout,
+        connect_ray,
+        import_ray,
+    )
+    from embedstore.ingestion._ingest import IngestError, IngestSummary, ingest
+    from embedstore.ingestion._uploads import AddedImages, add_images
+
+__all__ = [
+    "ActorLayout",
+    "AddedImages",
+    "EngineError",
+    "ImageError",
+    "IngestError",
+    "IngestSummary",
+    "RAY_INSTALL_HINT",
+    "RayCluster",
+    "actor_layout",
+    "add_images",
+    "connect_ray",
+    "decode_image",
+    "find_images",
+    "hash_bytes",
+    "import_ray",
+    "ingest",
+]
