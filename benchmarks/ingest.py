@@ -407,7 +407,7 @@ def decode_serial(
 def _agreement(backbones: dict[str, Any], paths: list[Path]) -> dict[str, dict[str, Any]]:
     """Each non-torch runtime's embeddings of ``paths`` against torch's (when both ran)."""
     import embedstore
-    from embedstore.backbones._onnx import embedding_agreement
+    from embedstore.backbones._onnx_export import embedding_agreement
 
     if "torch" not in backbones or len(backbones) < 2:
         return {}

@@ -21,7 +21,7 @@ In one process, on the same images and backbone (efficientnet-lite0, ``runtime="
 - **Lance appends**: a table of DINOv2-B-shaped rows (768-d float16 + the image columns) grown
   chunk by chunk to ``--append-rows``, the two ways ingest writes: ``Store.add_images``
   (merge-insert keyed on id: the local ingest) and ``write_image_fragments`` +
-  ``Store.append_fragments`` (fragments written by workers, one commit per chunk: the Ray
+  ``Store.fragments.append_fragments`` (fragments written by workers, one commit per chunk: the Ray
   ingest); rows/s and MB/s over the whole run and over its last tenth;
 - **PQ recall**: recall@10 of product-quantised codes (faiss ``IndexIVFPQ``) against exact
   inner-product search, on the real embeddings the Ray ingest stored, with and without an exact
@@ -157,7 +157,7 @@ def lance_appends(tmp: Path, rows_total: int, chunk: int, dim: int) -> list[dict
                 t = image_table(rows, embeddings={"emb_x": X}, describes={"emb_x": describe})
                 frags = write_image_fragments(st.path, t)  # what a worker does
                 t1 = time.perf_counter()
-                st.append_fragments(frags, ids=[r["id"] for r in rows])
+                st.fragments.append_fragments(frags, ids=[r["id"] for r in rows])
                 commits.append(time.perf_counter() - t1)
             times.append(time.perf_counter() - t0)
         nbytes = sum(f.stat().st_size for f in (st.path / "images.lance").rglob("*") if f.is_file())

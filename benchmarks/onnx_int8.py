@@ -74,7 +74,7 @@ def rate(bb: Any, batch: np.ndarray, rounds: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import embedstore
-    from embedstore.backbones._onnx import embedding_agreement
+    from embedstore.backbones._onnx_export import embedding_agreement
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(

@@ -83,7 +83,7 @@ def write_store(path: Path, X: np.ndarray, labels: np.ndarray, extra: dict | Non
 
     st = embedstore.connect(path)
     dim = X.shape[1]
-    field = st.embedding_field(
+    field = st.meta.embedding_field(
         "emb_synthetic",
         dim,
         "float16",

@@ -18,10 +18,10 @@ from embedstore._lazy import lazy_names
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     "Store": ("embedstore.store._store", "Store"),
-    "StoreError": ("embedstore.store._store", "StoreError"),
     "connect": ("embedstore.store._store", "connect"),
     "default_store_path": ("embedstore.store._store", "default_store_path"),
-    "check": ("embedstore.store._store", "check"),
+    "StoreError": ("embedstore.store._lance", "StoreError"),
+    "check": ("embedstore.store._check", "check"),
     "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
     "split": ("embedstore.store._folds", "split"),
     "IngestError": ("embedstore.ingestion._ingest", "IngestError"),
@@ -144,8 +144,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.search._indexes import build_index
     from embedstore.search._lookup import LookupResult, lookup
     from embedstore.search._resident import Resident
+    from embedstore.store._check import check
     from embedstore.store._folds import SplitSummary, split
-    from embedstore.store._store import Store, StoreError, check, connect, default_store_path
+    from embedstore.store._lance import StoreError
+    from embedstore.store._store import Store, connect, default_store_path
 
 __all__ = [
     "BACKBONES",

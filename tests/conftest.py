@@ -196,7 +196,7 @@ def make_synthetic_store(
         labels = [f"species_{c}" for c in y] if labels is None else labels
     n, dim = X.shape
     st = embedstore.connect(path)
-    field = st.embedding_field(
+    field = st.meta.embedding_field(
         "emb_synthetic", dim, "float32", {"backbone": "synthetic", "source": "test", "dim": dim}
     )
     cols = {

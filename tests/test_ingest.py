@@ -248,7 +248,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_good_ones_ingested(tmp_p
         s["new_images"] == 12
     )  # good, cmyk, gray, rgba, palette, 16-bit, webp, bmp, tiff, rotated, 2 names
     st = embedstore.connect(tmp_path / "s")
-    sk = st.skipped().to_pylist()
+    sk = st.records.skipped().to_pylist()
     got = {r["rel"]: r["reason"] for r in sk}
     assert set(got) == set(expected)
     for rel, prefix in expected.items():

@@ -17,17 +17,15 @@ import embedstore
 import heads
 from cli import embedstore_cli
 from embedstore.backbones import BackboneError
-from embedstore.backbones._onnx import (
+from embedstore.backbones import OnnxBackbone, resolve_runtime, with_runtime
+from embedstore.backbones._onnx_export import (
     MANIFEST_FILE,
     MIN_COSINE,
     MIN_COSINE_INT8,
     MODEL_FILE,
-    OnnxBackbone,
     check_export,
     embedding_agreement,
     export_key,
-    resolve_runtime,
-    with_runtime,
 )
 from tests.conftest import write_class_images
 

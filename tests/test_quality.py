@@ -135,7 +135,7 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
     assert t.column("map_x").null_count == 0 and t.column("map_y").null_count == 0
     assert {d["value"] for d in res.legend} == {"species_0", "species_1", "species_2"}
     assert Image.open(tmp_path / "map.png").size[0] > 500
-    assert st.table_metadata()["map"]["method"] == "pca"
+    assert st.meta.table_metadata()["map"]["method"] == "pca"
     with pytest.raises(
         embedstore.StoreError, match="no column 'habitat' to colour by; columns: id"
     ):

@@ -125,7 +125,7 @@ def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     cols = ["root", "rel", "size", "id"]
     assert _table(ray_path, "files").select(cols).equals(_table(local_path, "files").select(cols))
     skipped = [
-        embedstore.connect(p).skipped().sort_by("rel").select(["rel", "reason"])
+        embedstore.connect(p).records.skipped().sort_by("rel").select(["rel", "reason"])
         for p in (local_path, ray_path)
     ]
     assert skipped[0].equals(skipped[1]) and skipped[1].num_rows == 2

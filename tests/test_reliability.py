@@ -165,7 +165,9 @@ def test_a_fifo_and_a_link_to_dev_zero_are_skipped_quickly_and_good_images_store
     assert time.perf_counter() - t0 < 60
     s = json.loads(r.stdout)
     assert s["new_images"] == 3 and s["skipped"] == 3
-    reasons = {row["rel"]: row["reason"] for row in embedstore.connect(store).skipped().to_pylist()}
+    reasons = {
+        row["rel"]: row["reason"] for row in embedstore.connect(store).records.skipped().to_pylist()
+    }
     assert (
         reasons["class_0/pipe.jpg"]
         == "not a regular file: a named pipe (FIFO) (after resolving links)"
@@ -268,7 +270,7 @@ def test_drop_column_removes_a_bad_metadata_column_of_an_older_store(tmp_path, t
     store = tmp_path / "s"
     _ingest(tmp_path / "imgs", store, tiny_dino)
     st = embedstore.connect(store)
-    ids = sorted(st.all_ids())
+    ids = sorted(st.ids())
     st.update_columns(ids, {"emb_notes": ["a", "b"]})  # what an older version let through
     assert embedstore.connect(store).info().backbones[0]["embedded"] == 2  # info copes with it
     r = CliRunner().invoke(embedstore_cli, ["drop-column", "--store", str(store), "emb_notes"])
@@ -509,7 +511,9 @@ def test_at_every_version_the_fold_summary_matches_the_fold_column_or_says_inter
             checked += 1
     assert checked >= 2
     with embedstore.connect(tmp_path / "s").writing():  # as a split killed half-way leaves it
-        st.set_table_metadata({"folds": {"folds": 4, "images_per_fold": {}, "complete": False}})
+        st.meta.set_table_metadata(
+            {"folds": {"folds": 4, "images_per_fold": {}, "complete": False}}
+        )
     r = CliRunner().invoke(embedstore_cli, ["info", "--store", str(tmp_path / "s")])
     assert "a split was stopped before it finished" in r.output, r.output
 
@@ -607,12 +611,12 @@ def test_info_tells_of_deleted_and_overwritten_files_and_prune_removes_their_row
     assert r.exit_code == 0 and "pruned 2 image(s)" in r.output, r.output
     st = embedstore.connect(store)
     keep = embedstore.ingestion.hash_bytes(paths[2].read_bytes())
-    assert st.all_ids() == {keep, embedstore.ingestion.hash_bytes(new_bytes)} and keep in old_ids
+    assert st.ids() == {keep, embedstore.ingestion.hash_bytes(new_bytes)} and keep in old_ids
     assert st.read(["path"], ids=[embedstore.ingestion.hash_bytes(new_bytes)])[
         "path"
     ].to_pylist() == ["class_0/img_1.jpg"]
     assert st.info().stale_files == {"gone": 0, "changed": 0}
-    assert sorted(st.file_records()["rel"].to_pylist()) == [
+    assert sorted(st.records.file_records()["rel"].to_pylist()) == [
         "class_0/img_1.jpg",
         "class_0/img_2.jpg",
     ]

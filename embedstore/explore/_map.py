@@ -99,7 +99,7 @@ def map_store(
     st.update_columns(
         list(t["id"]), {c: pa.array(Y[:, i], pa.float32()) for i, c in enumerate(MAP_COLUMNS)}
     )
-    st.set_table_metadata(
+    st.meta.set_table_metadata(
         {
             "map": {
                 "backbone": info.backbone,

@@ -393,7 +393,7 @@ def ingest(
         finally:
             bar.close()
         st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
-        st.record_warnings(str(root), warnings)  # kept for `info`, not only printed
+        st.meta.record_warnings(str(root), warnings)  # kept for `info`, not only printed
 
         pruned = prune_store(st, str(root)) if prune else 0
         summary = summarize(st, root, t0, plan, stats, models, str(dev))
@@ -548,11 +548,11 @@ def plan_ingest(
     rel_pos = {r: i for i, r in enumerate(rels)}
 
     # ---- what is already there
-    index = st.file_index(str(root))
-    store_ids = st.all_ids()
-    have = {m.name: st.ids_with_embedding(m.column) for m in models}
+    index = st.records.file_index(str(root))
+    store_ids = st.ids()
+    have = {m.name: st.ids(embedded=m.column) for m in models}
     for m in models:
-        st.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
+        st.meta.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
     infos = {i.column: i for i in st.embeddings_info().values()}  # read once, for both below
     views_of = _plan_views(st, infos, models, dtype, views, have)
     work: list[_Work] = []
@@ -615,10 +615,12 @@ def _plan_views(
         out[m.name] = vs
         for v in vs:
             c = view_column(m.column, v)
-            st.ensure_embedding_column(c, m.dim, dtype, view_describe(m.describe(), m.column, v))
-            have[c] = st.ids_with_embedding(c)
+            st.meta.ensure_embedding_column(
+                c, m.dim, dtype, view_describe(m.describe(), m.column, v)
+            )
+            have[c] = st.ids(embedded=c)
         if vs:
-            st.record_views(m.column, vs)
+            st.meta.record_views(m.column, vs)
     return out
 
 
@@ -726,7 +728,7 @@ class _StoredPaths:
 
     def has(self, image_id: str, rel: str) -> bool:
         if self.paths is None:
-            self.paths = self.st.paths_of(self.root)
+            self.paths = self.st.records.paths_of(self.root)
         return rel in self.paths.get(image_id, ())
 
 
@@ -793,15 +795,15 @@ def _commit(
                 have[key[c]].add(r["id"])
         for m in models:  # a new store: the main columns were made by this insert
             if views.get(m.name):
-                st.record_views(m.column, views[m.name])
+                st.meta.record_views(m.column, views[m.name])
     for column, items in p.updates.items():
         st.set_embeddings(column, [i for i, _ in items], np.stack([e for _, e in items]))
         for i, _ in items:
             have[key[column]].add(i)
     for m in models:  # provenance: a column extended by another runtime lists both
         if p.new or m.column in p.updates:
-            st.note_runtime(m.column, m.runtime)
-    st.add_paths(p.paths)
+            st.meta.note_runtime(m.column, m.runtime)
+    st.records.add_paths(p.paths)
     recs = []
     for rel, image_id in p.files:
         try:
@@ -809,9 +811,9 @@ def _commit(
         except OSError:
             continue
         recs.append((rel, s.st_size, s.st_mtime_ns, image_id))
-    st.record_files(str(root), recs)
-    st.clear_skipped(str(root), p.ok_rels)
-    st.record_skipped(skipped[p.skipped_from :])
+    st.records.record_files(str(root), recs)
+    st.records.clear_skipped(str(root), p.ok_rels)
+    st.records.record_skipped(skipped[p.skipped_from :])
     n = len(skipped)
     p.clear()
     p.skipped_from = n

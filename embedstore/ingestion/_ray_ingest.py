@@ -9,9 +9,9 @@ commits, with decoding in Ray tasks and the backbones in an actor pool.
 - **Cluster**: decode tasks (read, check the hash, decode, preprocess: the local ingest's
   :func:`embedstore.ingestion._ingest.decode_file`), then ``map_batches`` over an actor pool: each actor
   builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
-  uncommitted Lance fragments (:func:`embedstore.store._store.write_image_fragments`).
+  uncommitted Lance fragments (:func:`embedstore.store.write_image_fragments`).
 - **Driver** again: streams the results and commits every ``commit_every`` images: the chunk's
-  fragments appended in one transaction (:meth:`Store.append_fragments`), then embeddings of
+  fragments appended in one transaction (:meth:`Store.fragments.append_fragments`), then embeddings of
   stored images, paths, file records and skipped files (the local ingest's ``_commit``). A job
   killed at any point leaves the store at its last commit and resumes like the local one: every
   image exactly once, the same schema, field metadata, dtype and ids.
@@ -62,7 +62,8 @@ from embedstore.ingestion._ingest import (
     read_meta,
     summarize,
 )
-from embedstore.store._store import Store, connect, image_table, write_image_fragments
+from embedstore.store._fragments import image_table, write_image_fragments
+from embedstore.store._store import Store, connect
 from embedstore.types import EmbDtype, Pooling, Runtime
 
 HASH_TASKS_OVER = 20_000  # files to hash: above this the cluster hashes them, not the driver
@@ -159,10 +160,10 @@ def ingest_ray(
             },
             dtype=dtype,
         )
-        st.prepare_images(schema.schema)
+        st.fragments.prepare_images(schema.schema)
         for m in models:  # a new store: its main columns were made just now
             if plan.views.get(m.name):
-                st.record_views(m.column, plan.views[m.name])
+                st.meta.record_views(m.column, plan.views[m.name])
     _commit(
         st,
         root,
@@ -518,12 +519,12 @@ class _Chunk:
         """Images first (one transaction), then what points at them, as the local ingest."""
         if self.fragments:
             frags = [f for batch in self.fragments for f in json.loads(batch)]
-            st.append_fragments(frags, ids=self.ids, read_version=self.version)
+            st.fragments.append_fragments(frags, ids=self.ids, read_version=self.version)
             plan.store_ids.update(self.ids)
             for c, m, v in embedding_columns(models, plan.views):
                 plan.have[_have_key(m, c, v)].update(self.ids)
             for m in models:
-                st.note_runtime(m.column, m.runtime)
+                st.meta.note_runtime(m.column, m.runtime)
         _commit(
             st,
             root,

@@ -28,7 +28,8 @@ import torch
 
 from embedstore._results import Result
 from embedstore.search._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
-from embedstore.store._store import EmbeddingInfo, Store, StoreError, connect, load_ids, save_ids
+from embedstore.store._lance import load_ids, save_ids
+from embedstore.store._store import EmbeddingInfo, Store, StoreError, connect
 from embedstore.types import LOOKUP_INDEXES, LookupIndex
 
 INDEX_DIR = "indexes"
@@ -70,7 +71,7 @@ def build_index(
     if nlist is not None and kind not in ("ivf", "auto"):
         raise StoreError(f"nlist only applies to kind 'ivf', not {kind!r}")
     version = st.version  # read first: a write during the build leaves the index stale, not wrong
-    token = st.embeddings_token
+    token = st.meta.embeddings_token
     faiss_path, ids_path = index_paths(st, info)
     n = st.count(embedded=[info.column])
     if n == 0:
@@ -165,7 +166,7 @@ def saved_index(
     if manifest is None:
         return None, False
     built_at, now = manifest["store"].get("version"), st.version
-    if not _fresh(manifest, now, st.embeddings_token):
+    if not _fresh(manifest, now, st.meta.embeddings_token):
         notes.append(
             f"the saved {manifest.get('kind')} index for {info.backbone} is stale (built at store "
             f"version {built_at}, the store is at {now}); searched without it. Rebuild it with "

@@ -116,7 +116,7 @@ def lookup(
     info = st.resolve_backbone(backbone)
     meta_cols = _metadata_columns(st, columns)
     if where is not None:
-        st.check_where(where)
+        st.count(where)
     dev = resolve_device(device)
     notes: list[str] = []
 

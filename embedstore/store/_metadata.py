@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedstore.errors import BadInput
-from embedstore.store._store import EMB_PREFIX
+from embedstore.store._lance import EMB_PREFIX
 
 RESERVED = frozenset(
     {
