@@ -348,7 +348,7 @@ def decode_workers(
     import torch
 
     from embedstore._images import DEFAULT_MAX_PIXELS
-    from embedstore.ingestion._ingest import _collate, _DecodeDataset, _Work
+    from embedstore.ingestion._decode import _collate, _DecodeDataset, _Work
 
     work = [_Work(str(p), rel, None) for p, rel in files]
     loader = torch.utils.data.DataLoader(
@@ -385,7 +385,7 @@ def decode_serial(
 ) -> dict[str, Any]:
     """One process, no DataLoader: the ingest's per-file code, or plain PIL + the same resize/crop."""
     from embedstore._images import DEFAULT_MAX_PIXELS
-    from embedstore.ingestion._ingest import _DecodeDataset, _Work
+    from embedstore.ingestion._decode import _DecodeDataset, _Work
 
     ds = _DecodeDataset(
         [_Work(str(p), rel, None) for p, rel in files], [preprocess], DEFAULT_MAX_PIXELS
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import embedstore
     from embedstore.backbones._onnx import cpu_threads
-    from embedstore.ingestion._ingest import _default_workers
+    from embedstore.ingestion._decode import _default_workers
 
     info = machine_info()
     device = embedstore.resolve_device(args.device)

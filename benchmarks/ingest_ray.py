@@ -105,7 +105,7 @@ def small_folder(paths: list[str], dest: Path, n: int) -> Path:
 def decode_per_core(paths: list[str], n: int) -> dict[str, Any]:
     """The ingest's per-file decode (read, hash, decode, preprocess) in this one process."""
     from embedstore import create_backbone
-    from embedstore.ingestion._ingest import decode_file
+    from embedstore.ingestion._decode import decode_file
 
     pre = [create_backbone("efficientnet-lite0").preprocess]
     paths = paths[:n]

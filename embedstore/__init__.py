@@ -24,9 +24,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "check": ("embedstore.store._check", "check"),
     "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
     "split": ("embedstore.store._folds", "split"),
-    "IngestError": ("embedstore.ingestion._ingest", "IngestError"),
-    "IngestSummary": ("embedstore.ingestion._ingest", "IngestSummary"),
     "ingest": ("embedstore.ingestion._ingest", "ingest"),
+    "IngestError": ("embedstore.ingestion._options", "IngestError"),
+    "IngestSummary": ("embedstore.ingestion._options", "IngestSummary"),
     "add_images": ("embedstore.ingestion._uploads", "add_images"),
     "LookupResult": ("embedstore.search._lookup", "LookupResult"),
     "lookup": ("embedstore.search._lookup", "lookup"),
@@ -65,6 +65,7 @@ _MOVED: dict[str, str] = {
     "EngineError": "ingestion",
     "HOLDOUT": "store",
     "ImageError": "ingestion",
+    "IngestOptions": "ingestion",
     "Input": "search",
     "License": "backbones",
     "MetadataError": "store",
@@ -138,7 +139,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     )
     from embedstore.explore._duplicates import DuplicatesResult, find_duplicates
     from embedstore.explore._map import MapResult, map_store
-    from embedstore.ingestion._ingest import IngestError, IngestSummary, ingest
+    from embedstore.ingestion._ingest import ingest
+    from embedstore.ingestion._options import IngestError, IngestSummary
     from embedstore.ingestion._uploads import add_images
     from embedstore.search._embed import embed_inputs, read_inputs
     from embedstore.search._indexes import build_index

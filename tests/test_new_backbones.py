@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import embedstore
 from cli import embedstore_cli
-from embedstore.backbones._backbones import FAMILY_LICENSES
 from embedstore.backbones import OnnxBackbone, with_runtime
+from embedstore.backbones._backbones import FAMILY_LICENSES
 from embedstore.backbones._onnx_export import MIN_COSINE, embedding_agreement
 from tests.conftest import TINY_TEXT, TINY_VISION
 

@@ -16,8 +16,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli
-from embedstore.backbones import BackboneError
-from embedstore.backbones import OnnxBackbone, resolve_runtime, with_runtime
+from embedstore.backbones import BackboneError, OnnxBackbone, resolve_runtime, with_runtime
 from embedstore.backbones._onnx_export import (
     MANIFEST_FILE,
     MIN_COSINE,

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
+from embedstore.ingestion import IngestOptions
 from embedstore.ingestion._ray_ingest import ingest_ray
 from tests.conftest import write_class_images
 
@@ -233,7 +234,8 @@ def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray
     partial = lance.dataset(str(images)).count_rows()
     assert 0 < partial < 80
     # resume, hashing in Ray tasks this time (what a large folder does)
-    s = ingest_ray(imgs, store, batch_size=8, commit_every=16, progress=False, hash_tasks_over=0)
+    opts = IngestOptions(batch_size=8, commit_every=16, progress=False, hash_tasks_over=0)
+    s = ingest_ray(imgs, store, opts)
     assert s.ok and s.images_in_store == 80 and s.new_images + partial == 80
     t = _table(store)
     assert t.num_rows == 80 and len(set(t.column("id").to_pylist())) == 80

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from embedstore._lazy import lazy_names
 
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "IngestError": ("embedstore.ingestion._ingest", "IngestError"),
-    "IngestSummary": ("embedstore.ingestion._ingest", "IngestSummary"),
     "ingest": ("embedstore.ingestion._ingest", "ingest"),
+    "IngestError": ("embedstore.ingestion._options", "IngestError"),
+    "IngestOptions": ("embedstore.ingestion._options", "IngestOptions"),
+    "IngestSummary": ("embedstore.ingestion._options", "IngestSummary"),
     "AddedImages": ("embedstore.ingestion._uploads", "AddedImages"),
     "add_images": ("embedstore.ingestion._uploads", "add_images"),
     "ImageError": ("embedstore._images", "ImageError"),
@@ -45,7 +46,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         connect_ray,
         import_ray,
     )
-    from embedstore.ingestion._ingest import IngestError, IngestSummary, ingest
+    from embedstore.ingestion._ingest import ingest
+    from embedstore.ingestion._options import IngestError, IngestOptions, IngestSummary
     from embedstore.ingestion._uploads import AddedImages, add_images
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "EngineError",
     "ImageError",
     "IngestError",
+    "IngestOptions",
     "IngestSummary",
     "RAY_INSTALL_HINT",
     "RayCluster",
