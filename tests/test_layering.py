@@ -98,6 +98,17 @@ def test_embedstore_modules_stay_small():
         assert n <= 600, f"{path.relative_to(ROOT)} has {n} lines"
 
 
+def test_embedstore_functions_read_like_a_list_of_steps():
+    """No function of the bottom layer over ~80 lines (signature and docstring included):
+    long orchestration is split into named steps."""
+    for path in sorted((ROOT / "embedstore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                n = node.end_lineno - start + 1
+                assert n <= 90, f"{path.relative_to(ROOT)}: {node.name} has {n} lines"
+
+
 def test_no_import_cycle_between_modules():
     graph: dict[str, set[str]] = {}
     for pkg in ("embedstore", "heads"):
