@@ -150,7 +150,9 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     option errors answer at once); every public name is still there, from the module that
     defines it."""
     code = (
-        "import cli, embedstore, heads, sys; heavy = ('torch', 'lance', 'pyarrow', "
+        "import cli, embedstore, heads, sys; import embedstore.store, embedstore.search, "
+        "embedstore.ingestion, embedstore.backbones, embedstore.explore; "
+        "heavy = ('torch', 'lance', 'pyarrow', "
         "'transformers', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & "
         "set(heavy)))"
     )
@@ -243,6 +245,22 @@ def test_where_is_one_predicate_and_cannot_escape(tmp_path):
     # ids with quotes are escaped by the store, never pasted
     assert st.read(["id"], ids=["x' OR '1'='1"]).num_rows == 0
     assert st.read(["id"], ids=[f"{i:064x}" for i in range(5)]).num_rows == 5
+
+
+def test_the_store_is_a_few_parts_and_moved_methods_still_answer(tmp_path):
+    """``Store`` keeps its rows (at most ~25 methods); the rest lives in its parts, and an old
+    spelling still works with a warning that names the new one."""
+    st = make_synthetic_store(tmp_path / "s", n_classes=2, per_class=5)
+    methods = [
+        n for n, v in vars(embedstore.Store).items() if callable(v) or isinstance(v, property)
+    ]
+    assert len(methods) <= 26, methods  # 24 and __init__, __getattr__
+    with pytest.warns(DeprecationWarning, match="Store.records.skipped"):
+        assert st.skipped().num_rows == st.records.skipped().num_rows == 0
+    with pytest.warns(DeprecationWarning, match="Store.meta.table_metadata"):
+        assert st.table_metadata() == st.meta.table_metadata()
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        st.nope  # noqa: B018
 
 
 def test_the_store_is_a_lancedb_database_with_filtered_vector_search(tmp_path):

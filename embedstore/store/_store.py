@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,39 @@ from embedstore.store._sql import check_columns, read_error, row_filter, sql_in
 from embedstore.types import EmbDtype
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Methods that moved to a part of the store (``store.meta``, ``.records``, ``.fragments``): the old
+# spelling still works, with a DeprecationWarning that names the new one.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "ensure_embedding_column",
+            "record_views",
+            "note_runtime",
+            "set_table_metadata",
+            "table_metadata",
+            "embeddings_token",
+            "embedding_field",
+            "record_warnings",
+        ),
+        "meta",
+    ),
+    **dict.fromkeys(
+        (
+            "file_records",
+            "paths_of",
+            "stale_files",
+            "delete_file_records",
+            "record_files",
+            "file_index",
+            "record_skipped",
+            "clear_skipped",
+            "skipped",
+            "add_paths",
+        ),
+        "records",
+    ),
+    **dict.fromkeys(("prepare_images", "append_fragments"), "fragments"),
+}
 __all__ = [  # what other modules of the package import from here
     "ALWAYS_TRAIN",
     "EMB_PREFIX",
@@ -137,6 +171,15 @@ class Store:
         self.meta = TableMeta(self)
         self.records = FileRecords(self)
         self.fragments = Fragments(self)
+
+    def __getattr__(self, name: str) -> Any:
+        part = _MOVED.get(name)
+        if part is None or name.startswith("__"):
+            raise AttributeError(f"'Store' object has no attribute {name!r}")
+        warnings.warn(
+            f"Store.{name} moved to Store.{part}.{name}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(getattr(self, part), name)
 
     def writing(self, what: str | None = None) -> AbstractContextManager[None]:
         """Hold the store's write lock: one process writes a store at a time.
@@ -365,21 +408,14 @@ class Store:
         if ids is not None:
             ids = list(dict.fromkeys(ids))
             parts = [
-                self._to_table(ds, columns, where, ids[s : s + ID_CHUNK], labelled, part, embedded)
+                _to_table(
+                    self.path, ds, columns, where, ids[s : s + ID_CHUNK], labelled, part, embedded
+                )
                 for s in range(0, len(ids), ID_CHUNK)
             ]
             if parts:
                 return pa.concat_tables(parts)
-        return self._to_table(ds, columns, where, ids, labelled, part, embedded)
-
-    def _to_table(self, ds, columns, where, ids, labelled, part, embedded) -> pa.Table:
-        filt = row_filter(
-            self.path, ds, where, ids=ids, labelled=labelled, part=part, embedded=embedded
-        )
-        try:
-            return ds.to_table(columns=columns, filter=filt)
-        except (ValueError, OSError) as e:
-            raise read_error(self.path, e, where) from e
+        return _to_table(self.path, ds, columns, where, ids, labelled, part, embedded)
 
     def image_file(self, image_id: str) -> Path | None:
         """The file a stored image was ingested from (root joined with its path), or None when
@@ -513,3 +549,12 @@ class Store:
             raise
         except (OSError, ValueError, RuntimeError) as e:  # a damaged store, say
             raise read_error(self.path, e, None) from e
+
+
+def _to_table(path: Path, ds: Any, columns, where, ids, labelled, part, embedded) -> pa.Table:
+    """One read of the images table with the filter of :meth:`Store.read`."""
+    filt = row_filter(path, ds, where, ids=ids, labelled=labelled, part=part, embedded=embedded)
+    try:
+        return ds.to_table(columns=columns, filter=filt)
+    except (ValueError, OSError) as e:
+        raise read_error(path, e, where) from e
