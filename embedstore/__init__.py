@@ -51,7 +51,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "resolve_device": ("embedstore._device", "resolve_device"),
 }
 _SUBMODULES = ("backbones", "errors", "explore", "ingestion", "search", "store", "types")
-# names that moved to a subpackage still resolve (with a DeprecationWarning), for older scripts
+# Names that were here before the subpackages: they still resolve from their new home, with a
+# DeprecationWarning, for older scripts (and not in __all__ or dir()).
 _MOVED: dict[str, str] = {
     "ALWAYS_TRAIN": "store",
     "ActorLayout": "ingestion",
@@ -65,7 +66,6 @@ _MOVED: dict[str, str] = {
     "EngineError": "ingestion",
     "HOLDOUT": "store",
     "ImageError": "ingestion",
-    "IngestOptions": "ingestion",
     "Input": "search",
     "License": "backbones",
     "MetadataError": "store",
@@ -81,7 +81,6 @@ _MOVED: dict[str, str] = {
     "Tile": "explore",
     "VIEWS": "backbones",
     "actor_layout": "ingestion",
-    "as_float32": "search",
     "backbone_from_description": "backbones",
     "check_predicate": "store",
     "connect_ray": "ingestion",
@@ -93,7 +92,6 @@ _MOVED: dict[str, str] = {
     "expand_views": "backbones",
     "find_images": "ingestion",
     "hash_bytes": "ingestion",
-    "image_table": "store",
     "import_ray": "ingestion",
     "l2_normalize": "search",
     "list_views": "backbones",
@@ -109,7 +107,6 @@ _MOVED: dict[str, str] = {
     "view_column": "backbones",
     "view_describe": "backbones",
     "with_runtime": "backbones",
-    "write_image_fragments": "store",
     "write_ray_dataset": "store",
     "write_table": "store",
 }

@@ -1,13 +1,13 @@
 """Ingest on a Ray cluster (``ingest(..., engine="ray")``): the local ingest's plan, rows and
 commits, with decoding in Ray tasks and the backbones in an actor pool.
 
-- **Driver** (this process): :func:`embedstore.ingestion._ingest.plan_ingest` (scan, labels, metadata, what
+- **Driver** (this process): :func:`embedstore.ingestion._plan.plan_ingest` (scan, labels, metadata, what
   the store holds), then the content hash of every file to read (a thread pool here; Ray tasks
   above ``hash_tasks_over`` files), so every id is known before anything is decoded: files of
   stored images only get their paths and file records, bytes found under several names are
   decoded once, and nothing stored is embedded again.
 - **Cluster**: decode tasks (read, check the hash, decode, preprocess: the local ingest's
-  :func:`embedstore.ingestion._ingest.decode_file`), then ``map_batches`` over an actor pool: each actor
+  :func:`embedstore.ingestion._decode.decode_file`), then ``map_batches`` over an actor pool: each actor
   builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
   uncommitted Lance fragments (:func:`embedstore.store.write_image_fragments`).
 - **Driver** again: streams the results and commits every ``commit_every`` images: the chunk's

@@ -83,7 +83,7 @@ class Fragments:
         ds = self._tables.open("images")
         if ds is None:
             empty = with_store_metadata(schema.empty_table())
-            self._tables.lance.write_dataset(empty, self._tables.uri("images"), mode="create")
+            self._tables.create("images", empty)
         else:
             self._tables.add_missing_columns(ds, schema)
         return self._tables.open("images").schema

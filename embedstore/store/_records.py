@@ -78,7 +78,7 @@ class FileRecords:
         )
         ds = self._tables.open("files")
         if ds is None:
-            self._tables.lance.write_dataset(rows, self._tables.uri("files"), mode="create")
+            self._tables.create("files", rows)
             return
         ds.merge_insert(
             ["root", "rel"]
@@ -164,7 +164,7 @@ class FileRecords:
         )
         ds = self._tables.open("skipped")
         if ds is None:
-            self._tables.lance.write_dataset(t, self._tables.uri("skipped"), mode="create")
+            self._tables.create("skipped", t)
         else:
             ds.merge_insert(
                 ["root", "rel"]

@@ -250,9 +250,7 @@ class Store:
             return 0
         ds = self.tables.open("images")
         if ds is None:  # the store's format metadata goes in the same (first) commit
-            self.tables.lance.write_dataset(
-                with_store_metadata(rows), self.tables.uri("images"), mode="create"
-            )
+            self.tables.create("images", with_store_metadata(rows))
             return rows.num_rows
         self.meta.new_embeddings_token()
         self.tables.add_missing_columns(
