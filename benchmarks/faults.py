@@ -202,7 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         photos = _photos(tmp / "photos", a.images, a.seed)
-        ids = {embedstore.hash_bytes(p.read_bytes()) for p in photos}
+        ids = {embedstore.ingestion.hash_bytes(p.read_bytes()) for p in photos}
         halves = [tmp / "half0", tmp / "half1"]
         for i, p in enumerate(photos):
             dest = halves[i % 2] / p.parent.name / p.name

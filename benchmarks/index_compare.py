@@ -85,7 +85,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._common import OUT_DIR, Timer, machine_info, print_table, write_json  # noqa: E402
 from benchmarks.knn import make_data  # noqa: E402
-from embedstore._search import NeighborIndex, default_nlist, l2_normalize  # noqa: E402
+from embedstore.search._search import NeighborIndex, default_nlist, l2_normalize  # noqa: E402
 
 LANCE_TYPES = ("IVF_FLAT", "IVF_HNSW_SQ", "IVF_PQ", "IVF_FLAT+faiss-centroids")
 LANCE_CONFIGS = (  # TYPE[:partitions]; no partitions: faiss's nlist. The last one is kept for

@@ -33,7 +33,7 @@ perfectly overlapped pipeline would reach.
 
 **Runtimes** (``--runtimes``, default ``torch,onnx`` on the CPU, ``torch`` on CUDA): the forward
 ceiling and the whole ingest are measured for each runtime, one after the other in this process
-(``embedstore.with_runtime``: torch eager, or the backbone's cached ONNX export run by ONNX
+(``embedstore.backbones.with_runtime``: torch eager, or the backbone's cached ONNX export run by ONNX
 Runtime with one intra-op thread per core), on the same images, so the comparison holds on a
 busy machine. ``--batch-sweep`` times the forward pass of each runtime at several batch sizes.
 Each runtime other than torch also gets its embeddings of 64 of the photos compared with
@@ -348,7 +348,7 @@ def decode_workers(
     import torch
 
     from embedstore._images import DEFAULT_MAX_PIXELS
-    from embedstore._ingest import _collate, _DecodeDataset, _Work
+    from embedstore.ingestion._decode import _collate, _DecodeDataset, _Work
 
     work = [_Work(str(p), rel, None) for p, rel in files]
     loader = torch.utils.data.DataLoader(
@@ -385,7 +385,7 @@ def decode_serial(
 ) -> dict[str, Any]:
     """One process, no DataLoader: the ingest's per-file code, or plain PIL + the same resize/crop."""
     from embedstore._images import DEFAULT_MAX_PIXELS
-    from embedstore._ingest import _DecodeDataset, _Work
+    from embedstore.ingestion._decode import _DecodeDataset, _Work
 
     ds = _DecodeDataset(
         [_Work(str(p), rel, None) for p, rel in files], [preprocess], DEFAULT_MAX_PIXELS
@@ -407,16 +407,16 @@ def decode_serial(
 def _agreement(backbones: dict[str, Any], paths: list[Path]) -> dict[str, dict[str, Any]]:
     """Each non-torch runtime's embeddings of ``paths`` against torch's (when both ran)."""
     import embedstore
-    from embedstore._onnx import embedding_agreement
+    from embedstore.backbones._onnx_export import embedding_agreement
 
     if "torch" not in backbones or len(backbones) < 2:
         return {}
-    images = [embedstore.decode_image(Path(p).read_bytes()) for p in paths]
-    want = embedstore.embed_images(backbones["torch"], images)
+    images = [embedstore.ingestion.decode_image(Path(p).read_bytes()) for p in paths]
+    want = embedstore.search.embed_images(backbones["torch"], images)
     return {
         rt: {
             "images": len(images),
-            **embedding_agreement(embedstore.embed_images(bb, images), want),
+            **embedding_agreement(embedstore.search.embed_images(bb, images), want),
         }
         for rt, bb in backbones.items()
         if rt != "torch"
@@ -493,8 +493,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     import embedstore
-    from embedstore._ingest import _default_workers
-    from embedstore._onnx import cpu_threads
+    from embedstore.backbones._onnx import cpu_threads
+    from embedstore.ingestion._decode import _default_workers
 
     info = machine_info()
     device = embedstore.resolve_device(args.device)
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     folder = make_images(
         args.n, args.images_dir or OUT_DIR / f"ingest-images-{args.n}", args.flowers
     )
-    found = list(embedstore.find_images(folder))
+    found = list(embedstore.ingestion.find_images(folder))
     files = [(f.path, f.rel) for f in found]
     paths = [p for p, _ in files]
     print(
@@ -566,7 +566,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ready: dict[str, tuple[Any, float, dict[str, Any], dict[int, float]]] = {}
             for rt in runtimes:
                 t0 = time.perf_counter()
-                rb = embedstore.with_runtime(bb, rt, device)  # export (or cache) + session
+                rb = embedstore.backbones.with_runtime(
+                    bb, rt, device
+                )  # export (or cache) + session
                 prep_s = time.perf_counter() - t0
                 ceiling = forward_ceiling(rb, paths, args.batch_size, device, args.min_seconds)
                 sw = forward_sweep(rb, paths, sweep, device, min(args.min_seconds, 3.0))

@@ -21,7 +21,7 @@ In one process, on the same images and backbone (efficientnet-lite0, ``runtime="
 - **Lance appends**: a table of DINOv2-B-shaped rows (768-d float16 + the image columns) grown
   chunk by chunk to ``--append-rows``, the two ways ingest writes: ``Store.add_images``
   (merge-insert keyed on id: the local ingest) and ``write_image_fragments`` +
-  ``Store.append_fragments`` (fragments written by workers, one commit per chunk: the Ray
+  ``Store.fragments.append_fragments`` (fragments written by workers, one commit per chunk: the Ray
   ingest); rows/s and MB/s over the whole run and over its last tenth;
 - **PQ recall**: recall@10 of product-quantised codes (faiss ``IndexIVFPQ``) against exact
   inner-product search, on the real embeddings the Ray ingest stored, with and without an exact
@@ -81,7 +81,7 @@ def run_engine(
         "seconds": full.seconds,
         "fixed_seconds": fixed,
         "fixed_runs": smalls,
-        "small_images": sum(1 for _ in embedstore.find_images(small)),
+        "small_images": sum(1 for _ in embedstore.ingestion.find_images(small)),
         "marginal_images_per_s": marginal,
         "again_seconds": rescan,
         "again_new": again.new_images,
@@ -105,7 +105,7 @@ def small_folder(paths: list[str], dest: Path, n: int) -> Path:
 def decode_per_core(paths: list[str], n: int) -> dict[str, Any]:
     """The ingest's per-file decode (read, hash, decode, preprocess) in this one process."""
     from embedstore import create_backbone
-    from embedstore._ingest import decode_file
+    from embedstore.ingestion._decode import decode_file
 
     pre = [create_backbone("efficientnet-lite0").preprocess]
     paths = paths[:n]
@@ -139,7 +139,7 @@ def _rows(start: int, n: int, dim: int, rng: np.random.Generator) -> tuple[list[
 def lance_appends(tmp: Path, rows_total: int, chunk: int, dim: int) -> list[dict[str, Any]]:
     """Grow a table chunk by chunk both ways ingest writes; rates overall and at the end."""
     import embedstore
-    from embedstore._store import image_table, write_image_fragments
+    from embedstore.store import image_table, write_image_fragments
 
     describe = {"backbone": "dinov2-base", "source": "benchmark", "dim": dim}
     out = []
@@ -157,7 +157,7 @@ def lance_appends(tmp: Path, rows_total: int, chunk: int, dim: int) -> list[dict
                 t = image_table(rows, embeddings={"emb_x": X}, describes={"emb_x": describe})
                 frags = write_image_fragments(st.path, t)  # what a worker does
                 t1 = time.perf_counter()
-                st.append_fragments(frags, ids=[r["id"] for r in rows])
+                st.fragments.append_fragments(frags, ids=[r["id"] for r in rows])
                 commits.append(time.perf_counter() - t1)
             times.append(time.perf_counter() - t0)
         nbytes = sum(f.stat().st_size for f in (st.path / "images.lance").rglob("*") if f.is_file())
@@ -193,7 +193,7 @@ def pq_recall(store: str, k: int = 10) -> list[dict[str, Any]]:
     import embedstore
 
     X, _ = embedstore.connect(store).embeddings(None)
-    X = embedstore.l2_normalize(X).astype(np.float32)
+    X = embedstore.search.l2_normalize(X).astype(np.float32)
     n, d = X.shape
     if n < 1000:  # 256 centroids per sub-quantiser need a few thousand vectors to train
         return []
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     folder = make_images(
         args.n, args.images_dir or OUT_DIR / f"ingest-images-{args.n}", args.flowers
     )
-    paths = [str(f.path) for f in embedstore.find_images(folder)]
+    paths = [str(f.path) for f in embedstore.ingestion.find_images(folder)]
     print(f"{len(paths)} images in {folder}; load {info['load_avg']}")
     ray_start, engines, pq = None, [], []
     if not args.skip_ingest:
@@ -282,13 +282,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logging_level=logging.WARNING,
         )
         ray_start = time.perf_counter() - t0
-        embedstore.connect_ray()  # Ray Data settings (no progress bars)
+        embedstore.ingestion.connect_ray()  # Ray Data settings (no progress bars)
         print(f"ray.init(num_cpus={args.cpus}): {ray_start:.1f} s")
     with tempfile.TemporaryDirectory(prefix="embedstore-bench-ray-") as tmp:
         tmp = Path(tmp)
         if not args.skip_ingest:
             # ONNX export once, outside both timings (both engines load it from the cache)
-            embedstore.with_runtime(embedstore.create_backbone("efficientnet-lite0"), "auto", "cpu")
+            embedstore.backbones.with_runtime(
+                embedstore.create_backbone("efficientnet-lite0"), "auto", "cpu"
+            )
             small = small_folder(paths, tmp / "small", args.small_n)
             engines = [
                 run_engine(folder, e, tmp, args.batch_size, small, args.repeats)

@@ -67,8 +67,8 @@ from benchmarks._common import (  # noqa: E402
     print_table,
     write_json,
 )
-from embedstore._device import resolve_device  # noqa: E402
-from embedstore._search import NeighborIndex, default_nlist, l2_normalize  # noqa: E402
+from embedstore import resolve_device  # noqa: E402
+from embedstore.search._search import NeighborIndex, default_nlist, l2_normalize  # noqa: E402
 from heads._knn import KNNHead  # noqa: E402
 
 METHODS = ("sklearn", "knn-faiss", "knn-torch", "exact", "ivf", "hnsw", "torch-fp16")

@@ -4,7 +4,7 @@
     python benchmarks/onnx_int8.py --backbone /path/to/a/saved/model --n 200
 
 Embeds the flowers12 photos (train and test, 960) with torch eager (float32) and with the int8
-export (``embedstore.with_runtime(bb, "onnx-int8")``), then reports, int8 against torch:
+export (``embedstore.backbones.with_runtime(bb, "onnx-int8")``), then reports, int8 against torch:
 
 - cosine of each photo's two embeddings (min, 1st percentile, median);
 - neighbour agreement: the share of each photo's 10 nearest photos (cosine, itself excluded)
@@ -74,7 +74,7 @@ def rate(bb: Any, batch: np.ndarray, rounds: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import embedstore
-    from embedstore._onnx import embedding_agreement
+    from embedstore.backbones._onnx_export import embedding_agreement
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{len(files)} photos of {len(set(labels))} species; load {info['load_avg']}")
     with tempfile.TemporaryDirectory(prefix="embedstore-int8-") as models:
         bb = build_backbone(args.backbone, Path(models)).to("cpu")
-        runs = {"torch": bb, "onnx-int8": embedstore.with_runtime(bb, "onnx-int8", "cpu")}
-        images = [embedstore.decode_image(f.read_bytes()) for f in files]
+        runs = {"torch": bb, "onnx-int8": embedstore.backbones.with_runtime(bb, "onnx-int8", "cpu")}
+        images = [embedstore.ingestion.decode_image(f.read_bytes()) for f in files]
         batch = np.stack([bb.preprocess(im) for im in images[:64]])
         emb, speed = {}, {}
         for rt, b in runs.items():
             t0 = time.perf_counter()
-            emb[rt] = embedstore.embed_images(b, images, batch_size=64)
+            emb[rt] = embedstore.search.embed_images(b, images, batch_size=64)
             print(f"  {rt:<9} embedded {len(images)} photos in {time.perf_counter() - t0:.1f} s")
             speed[rt] = rate(b, batch)
     a, b = emb["onnx-int8"], emb["torch"]

@@ -83,7 +83,7 @@ def write_store(path: Path, X: np.ndarray, labels: np.ndarray, extra: dict | Non
 
     st = embedstore.connect(path)
     dim = X.shape[1]
-    field = st.embedding_field(
+    field = st.meta.embedding_field(
         "emb_synthetic",
         dim,
         "float16",
@@ -245,7 +245,9 @@ def bench_issues(args: argparse.Namespace) -> dict[str, Any]:
             out["cleanlab_ood_rows"] = m
             out["cleanlab_ood_s"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            embedstore.self_join_index(m, m).build(Xs[:m]).search(Xs[:m], 11)  # as find_issues
+            embedstore.explore.self_join_index(m, m).build(Xs[:m]).search(
+                Xs[:m], 11
+            )  # as find_issues
             out["ours_knn_same_rows_s"] = round(time.perf_counter() - t0, 1)
     return out
 

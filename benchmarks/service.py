@@ -309,7 +309,9 @@ def main() -> None:
         server.wait()
 
     # ---- baselines in the same run
-    bb = embedstore.backbone_from_description(st.resolve_backbone(None).describe).to(args.device)
+    bb = embedstore.backbones.backbone_from_description(st.resolve_backbone(None).describe).to(
+        args.device
+    )
     x = torch.from_numpy(
         np.stack([bb.preprocess(Image.open(io.BytesIO(u)).convert("RGB")) for u in uploads[:32]])
     )

@@ -44,7 +44,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         st = embedstore.connect(Path(tmp) / "store")
-        field = st.embedding_field(
+        field = st.meta.embedding_field(
             "emb_bench", a.dim, "float16", {"backbone": "bench", "source": "random", "dim": a.dim}
         )
         X = rng.standard_normal((a.n, a.dim), dtype=np.float32).astype(np.float16)

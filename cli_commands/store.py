@@ -300,7 +300,7 @@ def drop_column_cmd(name: str, store: str | None) -> None:
     Example:
       embedstore drop-column --store flowers emb_notes
     """
-    embedstore.drop_column(store, name)
+    embedstore.store.drop_column(store, name)
     click.echo(f"dropped column {name}")
 
 

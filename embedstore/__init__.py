@@ -11,279 +11,174 @@ The bottom layer: it imports neither ``heads`` nor scikit-learn (``heads`` build
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
-# What `embedstore.X` is, loaded on first use (PEP 562): `import embedstore` stays light, so
-# the command line's --help and option parsing never import torch, Lance or transformers.
+from embedstore._lazy import lazy_names
+
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "BACKBONES": ("embedstore._backbones", "BACKBONES"),
-    "Backbone": ("embedstore._backbones", "Backbone"),
-    "BackboneError": ("embedstore._backbones", "BackboneError"),
-    "License": ("embedstore._backbones", "License"),
-    "backbone_from_description": ("embedstore._backbones", "backbone_from_description"),
-    "create_backbone": ("embedstore._backbones", "create_backbone"),
-    "embedding_column": ("embedstore._backbones", "embedding_column"),
-    "list_backbones": ("embedstore._backbones", "list_backbones"),
-    "register_backbone": ("embedstore._backbones", "register_backbone"),
-    "resolve_device": ("embedstore._device", "resolve_device"),
-    "DUPLICATE_THRESHOLD": ("embedstore._duplicates", "DEFAULT_THRESHOLD"),
-    "DuplicateGroup": ("embedstore._duplicates", "DuplicateGroup"),
-    "DuplicatePair": ("embedstore._duplicates", "DuplicatePair"),
-    "DuplicatesResult": ("embedstore._duplicates", "DuplicatesResult"),
-    "NearPairs": ("embedstore._duplicates", "NearPairs"),
-    "find_duplicates": ("embedstore._duplicates", "find_duplicates"),
-    "near_duplicate_pairs": ("embedstore._duplicates", "near_duplicate_pairs"),
-    "self_join_index": ("embedstore._duplicates", "self_join_index"),
-    "EmbeddedInputs": ("embedstore._embed", "EmbeddedInputs"),
-    "Input": ("embedstore._embed", "Input"),
-    "embed_images": ("embedstore._embed", "embed_images"),
-    "embed_inputs": ("embedstore._embed", "embed_inputs"),
-    "read_inputs": ("embedstore._embed", "read_inputs"),
-    "SplitSummary": ("embedstore._folds", "SplitSummary"),
-    "split": ("embedstore._folds", "split"),
-    "ImageError": ("embedstore._images", "ImageError"),
-    "decode_image": ("embedstore._images", "decode_image"),
-    "find_images": ("embedstore._images", "find_images"),
-    "hash_bytes": ("embedstore._images", "hash_bytes"),
-    "build_index": ("embedstore._indexes", "build_index"),
-    "IngestError": ("embedstore._ingest", "IngestError"),
-    "IngestSummary": ("embedstore._ingest", "IngestSummary"),
-    "ingest": ("embedstore._ingest", "ingest"),
-    "LookupResult": ("embedstore._lookup", "LookupResult"),
-    "QueryResult": ("embedstore._lookup", "QueryResult"),
-    "lookup": ("embedstore._lookup", "lookup"),
-    "MapResult": ("embedstore._map", "MapResult"),
-    "map_store": ("embedstore._map", "map_store"),
-    "MetadataError": ("embedstore._metadata", "MetadataError"),
-    "read_metadata": ("embedstore._metadata", "read_metadata"),
-    "OnnxBackbone": ("embedstore._onnx", "OnnxBackbone"),
-    "resolve_runtime": ("embedstore._onnx", "resolve_runtime"),
-    "runtime_for_column": ("embedstore._onnx", "runtime_for_column"),
-    "with_runtime": ("embedstore._onnx", "with_runtime"),
-    "Preprocess": ("embedstore._preprocess", "Preprocess"),
-    "RAY_INSTALL_HINT": ("embedstore._ray", "RAY_INSTALL_HINT"),
-    "ActorLayout": ("embedstore._ray", "ActorLayout"),
-    "EngineError": ("embedstore._ray", "EngineError"),
-    "RayCluster": ("embedstore._ray", "RayCluster"),
-    "actor_layout": ("embedstore._ray", "actor_layout"),
-    "connect_ray": ("embedstore._ray", "connect_ray"),
-    "import_ray": ("embedstore._ray", "import_ray"),
+    "Store": ("embedstore.store._store", "Store"),
+    "connect": ("embedstore.store._store", "connect"),
+    "default_store_path": ("embedstore.store._store", "default_store_path"),
+    "StoreError": ("embedstore.store._lance", "StoreError"),
+    "check": ("embedstore.store._check", "check"),
+    "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
+    "split": ("embedstore.store._folds", "split"),
+    "ingest": ("embedstore.ingestion._ingest", "ingest"),
+    "IngestError": ("embedstore.ingestion._options", "IngestError"),
+    "IngestSummary": ("embedstore.ingestion._options", "IngestSummary"),
+    "add_images": ("embedstore.ingestion._uploads", "add_images"),
+    "LookupResult": ("embedstore.search._lookup", "LookupResult"),
+    "lookup": ("embedstore.search._lookup", "lookup"),
+    "build_index": ("embedstore.search._indexes", "build_index"),
+    "embed_inputs": ("embedstore.search._embed", "embed_inputs"),
+    "read_inputs": ("embedstore.search._embed", "read_inputs"),
+    "Resident": ("embedstore.search._resident", "Resident"),
+    "BACKBONES": ("embedstore.backbones._backbones", "BACKBONES"),
+    "Backbone": ("embedstore.backbones._backbones", "Backbone"),
+    "BackboneError": ("embedstore.backbones._backbones", "BackboneError"),
+    "create_backbone": ("embedstore.backbones._backbones", "create_backbone"),
+    "list_backbones": ("embedstore.backbones._backbones", "list_backbones"),
+    "register_backbone": ("embedstore.backbones._backbones", "register_backbone"),
+    "DuplicatesResult": ("embedstore.explore._duplicates", "DuplicatesResult"),
+    "find_duplicates": ("embedstore.explore._duplicates", "find_duplicates"),
+    "MapResult": ("embedstore.explore._map", "MapResult"),
+    "map_store": ("embedstore.explore._map", "map_store"),
     "Registry": ("embedstore._registry", "Registry"),
     "RegistryError": ("embedstore._registry", "RegistryError"),
-    "Resident": ("embedstore._resident", "Resident"),
     "Result": ("embedstore._results", "Result"),
     "jsonable": ("embedstore._results", "jsonable"),
-    "NeighborIndex": ("embedstore._search", "NeighborIndex"),
-    "l2_normalize": ("embedstore._search", "l2_normalize"),
-    "Tile": ("embedstore._sheets", "Tile"),
-    "contact_sheet": ("embedstore._sheets", "contact_sheet"),
-    "load_thumbnail": ("embedstore._sheets", "load_thumbnail"),
-    "ALWAYS_TRAIN": ("embedstore._store", "ALWAYS_TRAIN"),
-    "HOLDOUT": ("embedstore._store", "HOLDOUT"),
-    "CheckReport": ("embedstore._store", "CheckReport"),
-    "EmbeddingInfo": ("embedstore._store", "EmbeddingInfo"),
-    "Store": ("embedstore._store", "Store"),
-    "StoreError": ("embedstore._store", "StoreError"),
-    "StoreInfo": ("embedstore._store", "StoreInfo"),
-    "StoreLockedError": ("embedstore._store", "StoreLockedError"),
-    "check": ("embedstore._store", "check"),
-    "check_predicate": ("embedstore._store", "check_predicate"),
-    "connect": ("embedstore._store", "connect"),
-    "default_store_path": ("embedstore._store", "default_store_path"),
-    "drop_column": ("embedstore._store", "drop_column"),
-    "numpy_columns": ("embedstore._store", "numpy_columns"),
-    "read_table": ("embedstore._store", "read_table"),
-    "write_ray_dataset": ("embedstore._store", "write_ray_dataset"),
-    "write_table": ("embedstore._store", "write_table"),
-    "AddedImages": ("embedstore._uploads", "AddedImages"),
-    "add_images": ("embedstore._uploads", "add_images"),
-    "collect_orphan_uploads": ("embedstore._uploads", "collect_orphan_uploads"),
-    "VIEWS": ("embedstore._views", "VIEWS"),
-    "expand_views": ("embedstore._views", "expand_views"),
-    "list_views": ("embedstore._views", "list_views"),
-    "register_view": ("embedstore._views", "register_view"),
-    "view_column": ("embedstore._views", "view_column"),
-    "view_describe": ("embedstore._views", "view_describe"),
+    "resolve_device": ("embedstore._device", "resolve_device"),
 }
+_SUBMODULES = ("backbones", "errors", "explore", "ingestion", "search", "store", "types")
+# Names that were here before the subpackages: they still resolve from their new home, with a
+# DeprecationWarning, for older scripts (and not in __all__ or dir()).
+_MOVED: dict[str, str] = {
+    "ALWAYS_TRAIN": "store",
+    "ActorLayout": "ingestion",
+    "AddedImages": "ingestion",
+    "CheckReport": "store",
+    "DUPLICATE_THRESHOLD": "explore",
+    "DuplicateGroup": "explore",
+    "DuplicatePair": "explore",
+    "EmbeddedInputs": "search",
+    "EmbeddingInfo": "store",
+    "EngineError": "ingestion",
+    "HOLDOUT": "store",
+    "ImageError": "ingestion",
+    "Input": "search",
+    "License": "backbones",
+    "MetadataError": "store",
+    "NearPairs": "explore",
+    "NeighborIndex": "search",
+    "OnnxBackbone": "backbones",
+    "Preprocess": "backbones",
+    "QueryResult": "search",
+    "RAY_INSTALL_HINT": "ingestion",
+    "RayCluster": "ingestion",
+    "StoreInfo": "store",
+    "StoreLockedError": "store",
+    "Tile": "explore",
+    "VIEWS": "backbones",
+    "actor_layout": "ingestion",
+    "backbone_from_description": "backbones",
+    "check_predicate": "store",
+    "connect_ray": "ingestion",
+    "contact_sheet": "explore",
+    "decode_image": "ingestion",
+    "drop_column": "store",
+    "embed_images": "search",
+    "embedding_column": "backbones",
+    "expand_views": "backbones",
+    "find_images": "ingestion",
+    "hash_bytes": "ingestion",
+    "import_ray": "ingestion",
+    "l2_normalize": "search",
+    "list_views": "backbones",
+    "load_thumbnail": "explore",
+    "near_duplicate_pairs": "explore",
+    "numpy_columns": "store",
+    "read_metadata": "store",
+    "read_table": "store",
+    "register_view": "backbones",
+    "resolve_runtime": "backbones",
+    "runtime_for_column": "backbones",
+    "self_join_index": "explore",
+    "view_column": "backbones",
+    "view_describe": "backbones",
+    "with_runtime": "backbones",
+    "write_ray_dataset": "store",
+    "write_table": "store",
+}
+
+_getattr, __dir__ = lazy_names(__name__, _EXPORTS, _SUBMODULES)
 
 
 def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'embedstore' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    if name in _MOVED:
+        home = f"embedstore.{_MOVED[name]}"
+        warnings.warn(f"embedstore.{name} moved to {home}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(home), name)
+    return _getattr(name)
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read
-    from embedstore._backbones import (
+    from embedstore._device import resolve_device
+    from embedstore._registry import Registry, RegistryError
+    from embedstore._results import Result, jsonable
+    from embedstore.backbones._backbones import (
         BACKBONES,
         Backbone,
         BackboneError,
-        License,
-        backbone_from_description,
         create_backbone,
-        embedding_column,
         list_backbones,
         register_backbone,
     )
-    from embedstore._device import resolve_device
-    from embedstore._duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
-    from embedstore._duplicates import (
-        DuplicateGroup,
-        DuplicatePair,
-        DuplicatesResult,
-        NearPairs,
-        find_duplicates,
-        near_duplicate_pairs,
-        self_join_index,
-    )
-    from embedstore._embed import EmbeddedInputs, Input, embed_images, embed_inputs, read_inputs
-    from embedstore._folds import SplitSummary, split
-    from embedstore._images import ImageError, decode_image, find_images, hash_bytes
-    from embedstore._indexes import build_index
-    from embedstore._ingest import IngestError, IngestSummary, ingest
-    from embedstore._lookup import LookupResult, QueryResult, lookup
-    from embedstore._map import MapResult, map_store
-    from embedstore._metadata import MetadataError, read_metadata
-    from embedstore._onnx import OnnxBackbone, resolve_runtime, runtime_for_column, with_runtime
-    from embedstore._preprocess import Preprocess
-    from embedstore._ray import (
-        RAY_INSTALL_HINT,
-        ActorLayout,
-        EngineError,
-        RayCluster,
-        actor_layout,
-        connect_ray,
-        import_ray,
-    )
-    from embedstore._registry import Registry, RegistryError
-    from embedstore._resident import Resident
-    from embedstore._results import Result, jsonable
-    from embedstore._search import NeighborIndex, l2_normalize
-    from embedstore._sheets import Tile, contact_sheet, load_thumbnail
-    from embedstore._store import (
-        ALWAYS_TRAIN,
-        HOLDOUT,
-        CheckReport,
-        EmbeddingInfo,
-        Store,
-        StoreError,
-        StoreInfo,
-        StoreLockedError,
-        check,
-        check_predicate,
-        connect,
-        default_store_path,
-        drop_column,
-        numpy_columns,
-        read_table,
-        write_ray_dataset,
-        write_table,
-    )
-    from embedstore._uploads import AddedImages, add_images, collect_orphan_uploads
-    from embedstore._views import (
-        VIEWS,
-        expand_views,
-        list_views,
-        register_view,
-        view_column,
-        view_describe,
-    )
+    from embedstore.explore._duplicates import DuplicatesResult, find_duplicates
+    from embedstore.explore._map import MapResult, map_store
+    from embedstore.ingestion._ingest import ingest
+    from embedstore.ingestion._options import IngestError, IngestSummary
+    from embedstore.ingestion._uploads import add_images
+    from embedstore.search._embed import embed_inputs, read_inputs
+    from embedstore.search._indexes import build_index
+    from embedstore.search._lookup import LookupResult, lookup
+    from embedstore.search._resident import Resident
+    from embedstore.store._check import check
+    from embedstore.store._folds import SplitSummary, split
+    from embedstore.store._lance import StoreError
+    from embedstore.store._store import Store, connect, default_store_path
 
 __all__ = [
-    "RAY_INSTALL_HINT",
-    "ActorLayout",
-    "EngineError",
-    "RayCluster",
-    "actor_layout",
-    "connect_ray",
-    "import_ray",
-    "numpy_columns",
-    "read_table",
-    "write_ray_dataset",
-    "write_table",
-    "DUPLICATE_THRESHOLD",
-    "DuplicateGroup",
-    "DuplicatePair",
-    "DuplicatesResult",
-    "MapResult",
-    "NearPairs",
-    "Tile",
-    "contact_sheet",
-    "find_duplicates",
-    "load_thumbnail",
-    "map_store",
-    "near_duplicate_pairs",
-    "self_join_index",
-    "AddedImages",
-    "Resident",
-    "add_images",
-    "collect_orphan_uploads",
-    "ALWAYS_TRAIN",
     "BACKBONES",
-    "HOLDOUT",
     "Backbone",
     "BackboneError",
-    "License",
-    "CheckReport",
-    "EmbeddedInputs",
-    "EmbeddingInfo",
-    "ImageError",
+    "DuplicatesResult",
     "IngestError",
     "IngestSummary",
-    "Input",
     "LookupResult",
-    "MetadataError",
-    "NeighborIndex",
-    "OnnxBackbone",
-    "Preprocess",
-    "QueryResult",
+    "MapResult",
     "Registry",
     "RegistryError",
+    "Resident",
     "Result",
     "SplitSummary",
     "Store",
     "StoreError",
-    "StoreLockedError",
-    "StoreInfo",
-    "backbone_from_description",
+    "add_images",
     "build_index",
     "check",
-    "check_predicate",
     "connect",
     "create_backbone",
-    "decode_image",
     "default_store_path",
-    "drop_column",
-    "embed_images",
     "embed_inputs",
-    "embedding_column",
-    "find_images",
-    "hash_bytes",
+    "find_duplicates",
     "ingest",
     "jsonable",
-    "l2_normalize",
     "list_backbones",
     "lookup",
+    "map_store",
     "read_inputs",
-    "read_metadata",
     "register_backbone",
     "resolve_device",
-    "resolve_runtime",
-    "runtime_for_column",
     "split",
-    "with_runtime",
-    "VIEWS",
-    "expand_views",
-    "list_views",
-    "register_view",
-    "view_column",
-    "view_describe",
 ]

@@ -30,7 +30,7 @@ EmbDtype = Literal["float16", "float32"]
 EMB_DTYPES: tuple[str, ...] = get_args(EmbDtype)
 # What runs a backbone's forward pass: "auto" is ONNX Runtime on the CPU for backbones it runs
 # faster (efficientnet-lite0), torch otherwise; "onnx-int8" (opt-in, CPU) quantises a
-# transformer's matrix multiplies to int8; see embedstore._onnx.resolve_runtime.
+# transformer's matrix multiplies to int8; see embedstore.backbones._onnx.resolve_runtime.
 Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 # Where ingest and batch prediction run: this process ("local") or a Ray cluster ("ray", the

@@ -10,7 +10,7 @@ run's unknown label); ``top_k`` lists ``{label, probability}``.
 With ``engine="ray"`` the store is read by the cluster (lance-ray, through
 :meth:`embedstore.Store.ray_dataset`), an actor pool loads the run once per actor
 (:func:`heads.load`) and predicts each batch with :func:`heads.predict_embeddings`, and the
-workers write the table (:func:`embedstore.write_ray_dataset`); folders are read and hashed in
+workers write the table (:func:`embedstore.store.write_ray_dataset`); folders are read and hashed in
 Ray tasks and embedded by the actors (:func:`embedstore.embed_inputs`: stored images reuse their
 stored embeddings). ``engine="local"`` computes the same rows with the same functions here.
 
@@ -123,14 +123,14 @@ def predict_batch(
     elif files is None:
         embs, table = st.embedding_rows(_dims(model), ["id", "path", *_meta(model, st)])
         t = prediction_rows(model, embs, table, settings)
-        embedstore.write_table(out, t, overwrite=overwrite)
+        embedstore.store.write_table(out, t, overwrite=overwrite)
     else:
         inputs = embedstore.read_inputs(files)
         t = file_predictions(
             model, st, inputs, settings, device=device, runtime=runtime, batch_size=batch_size
         )
-        embedstore.write_table(out, t, overwrite=overwrite)
-    t = embedstore.read_table(out, ["unknown", "error"])
+        embedstore.store.write_table(out, t, overwrite=overwrite)
+    t = embedstore.store.read_table(out, ["unknown", "error"])
     seconds = time.perf_counter() - t0
     return BatchPrediction(
         run=str(getattr(model, "path", run)),
@@ -155,9 +155,10 @@ def prediction_rows(
     and ``table`` with ``id``, ``path`` and the run's metadata columns (``embedding_rows``)."""
     n = len(table["id"])
     inputs = [
-        embedstore.Input(str(p), str(i)) for p, i in zip(table["path"], table["id"], strict=True)
+        embedstore.search.Input(str(p), str(i))
+        for p, i in zip(table["path"], table["id"], strict=True)
     ]
-    batch = embedstore.EmbeddedInputs(
+    batch = embedstore.search.EmbeddedInputs(
         inputs,
         {c: np.asarray(x, np.float32) for c, x in embs.items()},
         {c: np.ones(n, bool) for c in embs},
@@ -170,7 +171,7 @@ def prediction_rows(
 def file_predictions(
     model: Predictor,
     st: embedstore.Store | None,
-    inputs: list[embedstore.Input],
+    inputs: list[embedstore.search.Input],
     settings: dict[str, Any],
     *,
     device: str = "auto",
@@ -218,7 +219,7 @@ def _files(images: list | None, images_dir: str | os.PathLike | None) -> list[st
         root = Path(images_dir)
         if not root.is_dir():
             raise HeadsError(f"{root}: --images folder not found")
-        files += [str(f.path) for f in embedstore.find_images(root) if f.supported]
+        files += [str(f.path) for f in embedstore.ingestion.find_images(root) if f.supported]
     if not files:
         raise HeadsError(f"{images_dir}: no image files found")
     return files
@@ -260,11 +261,11 @@ def _predict_ray(
     overwrite: bool,
 ) -> None:
     try:
-        cluster = embedstore.connect_ray(ray_kw.pop("address"), quiet=True)
-        layout = embedstore.actor_layout(cluster, **ray_kw)
-    except embedstore.EngineError as e:
+        cluster = embedstore.ingestion.connect_ray(ray_kw.pop("address"), quiet=True)
+        layout = embedstore.ingestion.actor_layout(cluster, **ray_kw)
+    except embedstore.ingestion.EngineError as e:
         raise HeadsError(str(e)) from None
-    ray = embedstore.import_ray()
+    ray = embedstore.ingestion.import_ray()
     common = {"run": str(model.path), "device": layout.device, "settings": settings}
     pool = {
         "batch_format": "pyarrow",
@@ -288,7 +289,7 @@ def _predict_ray(
             "batch_size": batch_size,
         }
         ds = ds.map_batches(_FilePredictor, fn_constructor_kwargs=kw, **pool)
-    embedstore.write_ray_dataset(ds, out, schema=PREDICTION_SCHEMA, overwrite=overwrite)
+    embedstore.store.write_ray_dataset(ds, out, schema=PREDICTION_SCHEMA, overwrite=overwrite)
 
 
 class _StorePredictor:
@@ -304,7 +305,7 @@ class _StorePredictor:
         for c, dim in self.dims.items():
             flat = batch.column(c).combine_chunks().values.to_numpy(zero_copy_only=False)
             embs[c] = flat.reshape(batch.num_rows, dim)  # (B, dim)
-        table = embedstore.numpy_columns(
+        table = embedstore.store.numpy_columns(
             batch, [c for c in batch.column_names if c not in self.dims]
         )
         return prediction_rows(self.model, embs, table, self.settings)
@@ -344,7 +345,7 @@ class _FilePredictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c).to_pylist() for c in ("name", "id", "data", "error")}
-        inputs = [embedstore.Input(*row) for row in zip(*cols.values(), strict=True)]
+        inputs = [embedstore.search.Input(*row) for row in zip(*cols.values(), strict=True)]
         return file_predictions(
             self.model,
             self.store,

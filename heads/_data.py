@@ -8,16 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from embedstore import (
-    ALWAYS_TRAIN,
-    DUPLICATE_THRESHOLD,
-    HOLDOUT,
-    EmbeddingInfo,
-    Store,
-    connect,
-    near_duplicate_pairs,
-)
-from embedstore._search import l2_normalize
+from embedstore import Store, connect
+from embedstore.explore import DUPLICATE_THRESHOLD, near_duplicate_pairs
+from embedstore.search import l2_normalize
+from embedstore.store import ALWAYS_TRAIN, HOLDOUT, EmbeddingInfo
 from heads._errors import HeadsError
 
 POISON_COLUMNS = ("poisonous", "is_poisonous", "poison")

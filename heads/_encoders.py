@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from embedstore._registry import Registry
+from embedstore import Registry
 from embedstore.errors import BadInput
 
 __all__ = [

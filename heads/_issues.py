@@ -9,7 +9,7 @@ image's own label) ranks them, flagged ones first.
 **Outliers** come from the embeddings: an image whose nearest stored neighbours are far (low
 mean cosine similarity to its ``k`` nearest neighbours) sits in an empty part of the space, and
 one far from every class centroid belongs to no class well. The kNN search is
-:func:`embedstore.self_join_index` (exact below 20,000 images, IVF above) over the store's
+:func:`embedstore.explore.self_join_index` (exact below 20,000 images, IVF above) over the store's
 embeddings of the run's backbone.
 
 >>> res = heads.find_issues("runs/mlp", top=20)
@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 import embedstore
-from embedstore import Result, Tile, contact_sheet, l2_normalize, load_thumbnail, self_join_index
+from embedstore import Result
+from embedstore.explore import Tile, contact_sheet, load_thumbnail, self_join_index
+from embedstore.search import l2_normalize
 from heads._errors import HeadsError
 from heads._loaded import Predictor, load, log_softmax
 from heads._rundir import read_val

@@ -20,8 +20,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from embedstore._search import IndexKind, NeighborIndex, as_float32, l2_normalize
-from embedstore.types import check_choice
+from embedstore.search import NeighborIndex, as_float32, l2_normalize
+from embedstore.types import IndexKind, check_choice
 from heads._registry import register_head
 from heads._validation import fit_inputs, head_tags, host_array, predict_input
 from heads.types import REFERENCES, Reference

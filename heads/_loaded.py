@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from embedstore import resolve_device, view_column, view_describe
+from embedstore import resolve_device
+from embedstore.backbones import view_column, view_describe
 from heads._data import concat_backbones
 from heads._encoders import MetadataEncoder
 from heads._errors import HeadsError

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from embedstore._device import resolve_device
+from embedstore import resolve_device
 from heads._metrics import macro_f1
 from heads._registry import register_head
 from heads._validation import head_tags, host_array

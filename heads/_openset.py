@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 import embedstore
-from embedstore._device import resolve_device
+from embedstore import resolve_device
 from heads._errors import HeadsError
 from heads._metrics import openset_scores
 from heads._plots import plot_roc

@@ -160,7 +160,7 @@ def predict(
         root = Path(images_dir)
         if not root.is_dir():
             raise HeadsError(f"{root}: --images folder not found")
-        paths += [str(f.path) for f in embedstore.find_images(root) if f.supported]
+        paths += [str(f.path) for f in embedstore.ingestion.find_images(root) if f.supported]
     if not paths and not ids:
         raise HeadsError("no images given; name image files or use --images DIR")
     if top_k < 1:
@@ -175,7 +175,7 @@ def predict(
             st = None  # the run's store is gone: every image is embedded anew
     inputs = embedstore.read_inputs(paths)
     inputs += [
-        embedstore.Input(
+        embedstore.search.Input(
             i,
             i.lower() if _is_id(i) else None,
             error=None if _is_id(i) else "not a stored row id (64 hex digits)",
@@ -210,7 +210,7 @@ def predict(
 
 def predict_embeddings(
     model: Predictor,
-    batch: embedstore.EmbeddedInputs,
+    batch: embedstore.search.EmbeddedInputs,
     *,
     top_k: int = 5,
     prior: np.ndarray | None = None,

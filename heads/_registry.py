@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embedstore._registry import Registry
+from embedstore import Registry
 
 HEADS: Registry = Registry("head", builtin=("heads._neural", "heads._knn"))
 

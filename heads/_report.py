@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 import embedstore
-from embedstore import DUPLICATE_THRESHOLD, Result, load_thumbnail
+from embedstore import Result
+from embedstore.explore import DUPLICATE_THRESHOLD, load_thumbnail
 from heads._evaluate import evaluate, holdout_rows, score_rows
 from heads._issues import IssuesResult, find_issues
 from heads._loaded import Predictor, load

@@ -45,8 +45,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import NotFittedError
 
-from embedstore._registry import Registry
-from embedstore._search import IndexKind, NeighborIndex, as_float32, l2_normalize
+from embedstore import Registry
+from embedstore.search import NeighborIndex, as_float32, l2_normalize
+from embedstore.types import IndexKind
 
 DetectorNeeds = Literal["logits", "embeddings", "both"]
 DEFAULT_DETECTOR = "energy-knn"  # chosen on grocery81's training part, see benchmarks/RESULTS.md

@@ -85,8 +85,8 @@ class State:
         """Folders a killed service left: partial runs of its training jobs (their process is
         gone) and uploads it never committed."""
         try:
-            embedstore.collect_orphan_uploads(self.store)
-        except embedstore.StoreLockedError:
+            embedstore.ingestion.collect_orphan_uploads(self.store)
+        except embedstore.store.StoreLockedError:
             pass  # another process writes the store now: its uploads may be in flight
         d = self.runs_dir
         if d is None or not d.is_dir():
@@ -149,9 +149,9 @@ class State:
                 if info is None:
                     raise NotFound(f"the store has no embedding column {column!r}")
                 try:
-                    bb = embedstore.with_runtime(
-                        embedstore.backbone_from_description(info.describe),
-                        embedstore.runtime_for_column(
+                    bb = embedstore.backbones.with_runtime(
+                        embedstore.backbones.backbone_from_description(info.describe),
+                        embedstore.backbones.runtime_for_column(
                             self.settings.runtime, info.describe, self.device
                         ),
                         self.device,
@@ -174,7 +174,7 @@ class State:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""
         return _LazyBackbones(self, columns)
 
-    def embedding_info(self, backbone: str | None) -> embedstore.EmbeddingInfo:
+    def embedding_info(self, backbone: str | None) -> embedstore.store.EmbeddingInfo:
         """The embedding column of ``backbone`` (None: the only one); an unknown one is 404."""
         try:
             return self.store.resolve_backbone(backbone)
@@ -235,7 +235,7 @@ class State:
 
     def add_images(
         self, files: list[bytes], label: str | None, fields: dict[str, str], names: list[str]
-    ) -> embedstore.AddedImages:
+    ) -> embedstore.ingestion.AddedImages:
         """Add uploaded images (one label and the same metadata for all), committed at once."""
         with self.write_lock:
             return embedstore.add_images(

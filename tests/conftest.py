@@ -64,7 +64,7 @@ def one_thread():
     (10x slower on a busy 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures``."""
     import torch
 
-    from embedstore._search import import_faiss
+    from embedstore.search._search import import_faiss
 
     faiss = import_faiss()
     torch_before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads()
@@ -196,7 +196,7 @@ def make_synthetic_store(
         labels = [f"species_{c}" for c in y] if labels is None else labels
     n, dim = X.shape
     st = embedstore.connect(path)
-    field = st.embedding_field(
+    field = st.meta.embedding_field(
         "emb_synthetic", dim, "float32", {"backbone": "synthetic", "source": "test", "dim": dim}
     )
     cols = {

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 import embedstore
 from cli import embedstore_cli
-from embedstore._backbones import FAMILY_LICENSES
-from embedstore._onnx import MIN_COSINE, OnnxBackbone, embedding_agreement, with_runtime
+from embedstore.backbones import OnnxBackbone, with_runtime
+from embedstore.backbones._backbones import FAMILY_LICENSES
+from embedstore.backbones._onnx_export import MIN_COSINE, embedding_agreement
 from tests.conftest import TINY_TEXT, TINY_VISION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +113,7 @@ def test_tiny_models_embed_real_photos_into_a_store_with_their_licence(
     # different photos give different embeddings (the model reads the pixels)
     assert np.unique(X.round(4), axis=0).shape[0] == 9
     # the stored column rebuilds a backbone carrying the same licence
-    again = embedstore.backbone_from_description(info.describe, warn=False)
+    again = embedstore.backbones.backbone_from_description(info.describe, warn=False)
     assert (again.license.name, again.license.gated) == license
 
 
@@ -125,7 +126,7 @@ def test_dinov3_mean_pooling_leaves_out_the_cls_and_register_tokens(tiny_dinov3)
 
 
 def test_a_registered_entry_licence_wins_over_the_family_one(tiny_dinov3):
-    from embedstore._backbones import HFBackbone
+    from embedstore.backbones._backbones import HFBackbone
 
     src = str(tiny_dinov3)
     assert embedstore.create_backbone(src).license == FAMILY_LICENSES["dinov3_vit"]
@@ -133,7 +134,7 @@ def test_a_registered_entry_licence_wins_over_the_family_one(tiny_dinov3):
         "tiny-dinov3-custom",
         lambda name, pooling="cls": HFBackbone(name, src, pooling),
         source=src,
-        license=embedstore.License("custom terms", False),
+        license=embedstore.backbones.License("custom terms", False),
     )
     bb = embedstore.create_backbone("tiny-dinov3-custom")
     assert (bb.describe()["license"], bb.describe()["gated"]) == ("custom terms", False)
@@ -168,12 +169,12 @@ def test_onnx_runtime_gives_torch_embeddings_and_auto_keeps_torch(
 ):
     folder = request.getfixturevalue(model)
     files = [sorted(d.glob("*.jpg"))[0] for d in sorted((flowers / "test").iterdir())][:6]
-    images = [embedstore.decode_image(Path(f).read_bytes()) for f in files]
-    want = embedstore.embed_images(embedstore.create_backbone(str(folder)).to("cpu"), images)
+    images = [embedstore.ingestion.decode_image(Path(f).read_bytes()) for f in files]
+    want = embedstore.search.embed_images(embedstore.create_backbone(str(folder)).to("cpu"), images)
     auto = with_runtime(embedstore.create_backbone(str(folder)), "auto", "cpu")
     assert auto.runtime == "torch"  # transformers measured no faster under ONNX Runtime
     bb = with_runtime(embedstore.create_backbone(str(folder)), "onnx", "cpu", cache_dir=tmp_path)
     assert isinstance(bb, OnnxBackbone) and bb.describe()["license"] == auto.describe()["license"]
-    got = embedstore.embed_images(bb, images)
+    got = embedstore.search.embed_images(bb, images)
     assert got.shape == want.shape == (6, bb.dim)
     assert embedding_agreement(got, want)["min_cosine"] >= MIN_COSINE

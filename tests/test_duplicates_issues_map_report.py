@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from embedstore._duplicates import leaks_of_pair, star_groups
+from embedstore.explore._duplicates import leaks_of_pair, star_groups
 from tests.conftest import make_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,14 +48,14 @@ def test_near_duplicate_pairs_match_the_all_pairs_reference(seed):
     src = rng.choice(400, 40, replace=False)
     copies = X[src] + rng.normal(0, 0.15, (40, 32)).astype(np.float32)  # cosine ~0.99
     X = np.concatenate([X, copies, copies[:5] * 2.0])  # a copy of a copy, scaled: same direction
-    got = embedstore.near_duplicate_pairs(X, threshold=0.9, k=10)
+    got = embedstore.explore.near_duplicate_pairs(X, threshold=0.9, k=10)
     want = _brute_pairs(X, 0.9)
     assert len(want) >= 45
     assert set(zip(got.first.tolist(), got.second.tolist(), strict=True)) == want
     assert (got.first < got.second).all() and (np.diff(got.similarity) <= 0).all()
     assert got.saturated == 0
     # across two sets: queries against the stored rows
-    cross = embedstore.near_duplicate_pairs(X[:400], queries=X[400:], threshold=0.9, k=5)
+    cross = embedstore.explore.near_duplicate_pairs(X[:400], queries=X[400:], threshold=0.9, k=5)
     assert set(zip(cross.first.tolist(), cross.second.tolist(), strict=True)) == _brute_pairs(
         X[:400], 0.9, Q=X[400:]
     )
@@ -63,7 +63,7 @@ def test_near_duplicate_pairs_match_the_all_pairs_reference(seed):
 
 def test_too_small_k_is_reported_not_hidden():
     X = np.ones((12, 4), np.float32) + np.random.default_rng(0).normal(0, 1e-3, (12, 4))
-    got = embedstore.near_duplicate_pairs(X, threshold=0.9, k=3)
+    got = embedstore.explore.near_duplicate_pairs(X, threshold=0.9, k=3)
     assert got.saturated == 12 and len(got.first) < 66  # 12 identical rows: 66 pairs, 3 each seen
 
 
@@ -135,7 +135,7 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
     assert t.column("map_x").null_count == 0 and t.column("map_y").null_count == 0
     assert {d["value"] for d in res.legend} == {"species_0", "species_1", "species_2"}
     assert Image.open(tmp_path / "map.png").size[0] > 500
-    assert st.table_metadata()["map"]["method"] == "pca"
+    assert st.meta.table_metadata()["map"]["method"] == "pca"
     with pytest.raises(
         embedstore.StoreError, match="no column 'habitat' to colour by; columns: id"
     ):

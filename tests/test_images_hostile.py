@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 import embedstore
-from embedstore import Preprocess
+from embedstore.backbones import Preprocess
 from tests.conftest import write_class_images
 
 

@@ -249,7 +249,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_good_ones_ingested(tmp_p
         s["new_images"] == 12
     )  # good, cmyk, gray, rgba, palette, 16-bit, webp, bmp, tiff, rotated, 2 names
     st = embedstore.connect(tmp_path / "s")
-    sk = st.skipped().to_pylist()
+    sk = st.records.skipped().to_pylist()
     got = {r["rel"]: r["reason"] for r in sk}
     assert set(got) == set(expected)
     for rel, prefix in expected.items():
@@ -287,17 +287,19 @@ def test_decoded_modes_become_sane_rgb():
             else Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
         )
         conv.save(buf, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
-        out = embedstore.decode_image(buf.getvalue())
+        out = embedstore.ingestion.decode_image(buf.getvalue())
         assert out.mode == "RGB" and out.size == (12, 10), mode
     deep = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
     buf = io.BytesIO()
     deep.save(buf, "PNG")
-    out = np.asarray(embedstore.decode_image(buf.getvalue()))[..., 0]
+    out = np.asarray(embedstore.ingestion.decode_image(buf.getvalue()))[..., 0]
     np.testing.assert_allclose(out, rgb[..., 0], atol=1)  # 16-bit rescaled, not clipped to white
     trans = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     buf = io.BytesIO()
     trans.save(buf, "PNG")
-    assert np.asarray(embedstore.decode_image(buf.getvalue())).min() == 255  # alpha on white
+    assert (
+        np.asarray(embedstore.ingestion.decode_image(buf.getvalue())).min() == 255
+    )  # alpha on white
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from embedstore._search import l2_normalize
+from embedstore.search import l2_normalize
 from heads import create_head, list_heads
 from heads._knn import CentroidHead, KNNHead
 

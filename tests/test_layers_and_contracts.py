@@ -55,9 +55,58 @@ def test_embedstore_never_imports_heads_and_no_package_hides_imports_in_function
                     assert top != "heads", (
                         f"{path.name} imports {mod}: embedstore is the lower layer"
                     )
-                    assert top != "sklearn" or in_func, f"{path.name} imports {mod} at import time"
+                    assert top != "sklearn", f"{path.name} imports {mod}: the bottom layer is numpy"
                 if top in ("embedstore", "heads"):
                     assert not in_func, f"{path.relative_to(ROOT)} imports {mod} inside a function"
+
+
+def _callers() -> list[Path]:
+    return [ROOT / "cli.py", *sorted((ROOT / "heads").rglob("*.py"))] + sorted(
+        (ROOT / "service").rglob("*.py")
+    )
+
+
+def test_callers_use_embedstores_public_names_only():
+    """heads, the service and the command line import public packages and names only: no
+    ``embedstore._x`` or ``embedstore.store._x`` module, no ``embedstore._x`` attribute."""
+    for path in _callers():
+        text = path.read_text()
+        for mod, _ in _imports(path):
+            parts = mod.split(".")
+            assert parts[0] != "embedstore" or not any(p.startswith("_") for p in parts), (
+                f"{path.relative_to(ROOT)} imports the private module {mod}"
+            )
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("embedstore")
+            ):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)} imports {private} from {node.module}"
+            if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("embedstore."):
+                chain = ast.unparse(node).split(".")
+                assert not any(p.startswith("_") for p in chain[1:3]), (
+                    f"{path.relative_to(ROOT)} reads {ast.unparse(node)}"
+                )
+
+
+def test_embedstore_modules_stay_small():
+    """No module of the bottom layer over 600 lines: a subpackage per concern instead."""
+    for path in sorted((ROOT / "embedstore").rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        assert n <= 600, f"{path.relative_to(ROOT)} has {n} lines"
+
+
+def test_embedstore_functions_read_like_a_list_of_steps():
+    """No function of the bottom layer over ~80 lines (signature and docstring included):
+    long orchestration is split into named steps."""
+    for path in sorted((ROOT / "embedstore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                n = node.end_lineno - start + 1
+                assert n <= 90, f"{path.relative_to(ROOT)}: {node.name} has {n} lines"
 
 
 def test_no_import_cycle_between_modules():
@@ -101,7 +150,9 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     option errors answer at once); every public name is still there, from the module that
     defines it."""
     code = (
-        "import cli, embedstore, heads, sys; heavy = ('torch', 'lance', 'pyarrow', "
+        "import cli, embedstore, heads, sys; import embedstore.store, embedstore.search, "
+        "embedstore.ingestion, embedstore.backbones, embedstore.explore; "
+        "heavy = ('torch', 'lance', 'pyarrow', "
         "'transformers', 'sklearn'); print(sorted({m.split('.')[0] for m in sys.modules} & "
         "set(heavy)))"
     )
@@ -109,28 +160,38 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     # what tools read (the imports under TYPE_CHECKING, and __all__, literal so that linters
-    # see them as re-exports) names what is loaded, from the same place
-    assert set(embedstore.__all__) == set(embedstore._EXPORTS)
-    tree = ast.parse((ROOT / "embedstore" / "__init__.py").read_text())
-    block = next(
-        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
-    )
-    typed = {a.asname or a.name: (n.module, a.name) for n in block.body for a in n.names}
-    assert typed == embedstore._EXPORTS
-    for name, (module, attr) in embedstore._EXPORTS.items():
-        assert getattr(embedstore, name) is getattr(importlib.import_module(module), attr), name
+    # see them as re-exports) names what is loaded, from the same place: embedstore, each of
+    # its public subpackages, and heads
+    subpackages = ("store", "backbones", "ingestion", "search", "explore")
+    for name in ("embedstore", *(f"embedstore.{s}" for s in subpackages), "heads"):
+        _check_lazy_package(importlib.import_module(name))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         embedstore.nope  # noqa: B018
-    # heads too: its names load on first use, and what tools read names what is loaded
-    assert set(heads.__all__) == set(heads._EXPORTS)
-    tree = ast.parse((ROOT / "heads" / "__init__.py").read_text())
+    # a newcomer's surface: at most ~35 names at the top, the rest in subpackages, which are
+    # reachable from `import embedstore` alone
+    assert len(embedstore.__all__) <= 35
+    out = subprocess.run(
+        [sys.executable, "-c", "import embedstore; print(embedstore.search.NeighborIndex)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0 and "NeighborIndex" in out.stdout, out.stderr
+    # a name that moved to a subpackage still resolves, with a warning that says where
+    with pytest.warns(DeprecationWarning, match="embedstore.search.NeighborIndex"):
+        assert embedstore.search.NeighborIndex is embedstore.search.NeighborIndex
+
+
+def _check_lazy_package(pkg) -> None:
+    assert set(pkg.__all__) == set(pkg._EXPORTS), pkg.__name__
+    tree = ast.parse(Path(pkg.__file__).read_text())
     block = next(
         n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
     )
     typed = {a.asname or a.name: (n.module, a.name) for n in block.body for a in n.names}
-    assert typed == heads._EXPORTS
-    for name, (module, attr) in heads._EXPORTS.items():
-        assert getattr(heads, name) is getattr(importlib.import_module(module), attr), name
+    assert typed == pkg._EXPORTS, pkg.__name__
+    for name, (module, attr) in pkg._EXPORTS.items():
+        assert getattr(pkg, name) is getattr(importlib.import_module(module), attr), name
 
 
 # ---------------------------------------------------------------------- registries and options
@@ -186,6 +247,22 @@ def test_where_is_one_predicate_and_cannot_escape(tmp_path):
     assert st.read(["id"], ids=[f"{i:064x}" for i in range(5)]).num_rows == 5
 
 
+def test_the_store_is_a_few_parts_and_moved_methods_still_answer(tmp_path):
+    """``Store`` keeps its rows (at most ~25 methods); the rest lives in its parts, and an old
+    spelling still works with a warning that names the new one."""
+    st = make_synthetic_store(tmp_path / "s", n_classes=2, per_class=5)
+    methods = [
+        n for n, v in vars(embedstore.Store).items() if callable(v) or isinstance(v, property)
+    ]
+    assert len(methods) <= 26, methods  # 24 and __init__, __getattr__
+    with pytest.warns(DeprecationWarning, match="Store.records.skipped"):
+        assert st.skipped().num_rows == st.records.skipped().num_rows == 0
+    with pytest.warns(DeprecationWarning, match="Store.meta.table_metadata"):
+        assert st.table_metadata() == st.meta.table_metadata()
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        st.nope  # noqa: B018
+
+
 def test_the_store_is_a_lancedb_database_with_filtered_vector_search(tmp_path):
     lancedb = pytest.importorskip("lancedb")
     st = make_synthetic_store(tmp_path / "s", n_classes=3, per_class=10)
@@ -212,7 +289,7 @@ def test_results_are_dataclasses_whose_dicts_keep_the_json_keys(tmp_path):
         and s.to_dict()["images_per_fold"] == s.images_per_fold
     )
     info = st.info()
-    assert isinstance(info, embedstore.StoreInfo) and info.to_dict()["images"] == 60
+    assert isinstance(info, embedstore.store.StoreInfo) and info.to_dict()["images"] == 60
     res = heads.train(st, fold="all", head="centroid", out=tmp_path / "r", progress=False)
     assert isinstance(res, heads.TrainResult) and isinstance(res.ensemble_metrics, heads.EvalResult)
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))

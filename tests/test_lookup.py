@@ -1,4 +1,4 @@
-"""embedstore._lookup: nearest stored images for files and row ids, saved indexes, bad input."""
+"""embedstore.search._lookup: nearest stored images for files and row ids, saved indexes, bad input."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import embedstore
-from embedstore._images import hash_bytes
-from embedstore._indexes import build_index, index_paths
-from embedstore._lookup import lookup, vote
+from embedstore.ingestion import hash_bytes
+from embedstore.search._indexes import build_index, index_paths
+from embedstore.search._lookup import lookup, vote
 from tests.conftest import write_class_images
 
 

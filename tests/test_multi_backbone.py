@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import heads_cli
-from embedstore._search import l2_normalize
+from embedstore.search import l2_normalize
 from tests.conftest import write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")

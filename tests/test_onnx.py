@@ -1,4 +1,4 @@
-"""embedstore._onnx: ONNX Runtime gives torch's embeddings; exports are cached, verified and
+"""embedstore.backbones._onnx: ONNX Runtime gives torch's embeddings; exports are cached, verified and
 rebuilt when stale or corrupt; the runtime is chosen per call and recorded in the store."""
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli
-from embedstore._backbones import BackboneError
-from embedstore._onnx import (
+from embedstore.backbones import BackboneError, OnnxBackbone, resolve_runtime, with_runtime
+from embedstore.backbones._onnx_export import (
     MANIFEST_FILE,
     MIN_COSINE,
     MIN_COSINE_INT8,
     MODEL_FILE,
-    OnnxBackbone,
     check_export,
     embedding_agreement,
     export_key,
-    resolve_runtime,
-    with_runtime,
 )
 from tests.conftest import write_class_images
 
@@ -41,8 +38,8 @@ def _photos(flowers: Path, n: int = 12) -> list[Path]:
 
 
 def _embed(bb, files) -> np.ndarray:
-    return embedstore.embed_images(
-        bb, [embedstore.decode_image(Path(f).read_bytes()) for f in files]
+    return embedstore.search.embed_images(
+        bb, [embedstore.ingestion.decode_image(Path(f).read_bytes()) for f in files]
     )
 
 
@@ -182,7 +179,7 @@ class _Plugin(embedstore.Backbone):
         self.model = torch.nn.Conv2d(3, 8, 4, stride=4).eval().requires_grad_(False)
         self.kind, self.name, self.dim = kind, f"plugin-{kind}", 8
         self.source, self.weights_sha256 = "test", "unknown"  # fingerprinted from its tensors
-        self.preprocess = embedstore.Preprocess(32, 32)
+        self.preprocess = embedstore.backbones.Preprocess(32, 32)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x).mean(dim=(2, 3))  # (B, 8)
@@ -264,7 +261,7 @@ def test_ingest_records_the_runtime_and_a_column_extended_by_another_lists_both(
     # the description still rebuilds the backbone, with no weights warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        rebuilt = embedstore.backbone_from_description(describe)
+        rebuilt = embedstore.backbones.backbone_from_description(describe)
     assert rebuilt.weights_sha256 == describe["weights_sha256"]
     # the same images embedded by each runtime agree (as stored, float16)
     embedstore.ingest(imgs, tmp_path / "t", runtime="torch", **kw)

@@ -10,7 +10,7 @@ import pytest
 
 import embedstore
 import heads
-from embedstore._search import l2_normalize
+from embedstore.search import l2_normalize
 from tests.conftest import write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -25,7 +25,8 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from embedstore._ray_ingest import ingest_ray
+from embedstore.ingestion import IngestOptions
+from embedstore.ingestion._ray_ingest import ingest_ray
 from tests.conftest import write_class_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_ray_ingest_writes_what_the_local_ingest_writes(two_stores):
     cols = ["root", "rel", "size", "id"]
     assert _table(ray_path, "files").select(cols).equals(_table(local_path, "files").select(cols))
     skipped = [
-        embedstore.connect(p).skipped().sort_by("rel").select(["rel", "reason"])
+        embedstore.connect(p).records.skipped().sort_by("rel").select(["rel", "reason"])
         for p in (local_path, ray_path)
     ]
     assert skipped[0].equals(skipped[1]) and skipped[1].num_rows == 2
@@ -238,7 +239,8 @@ def test_a_killed_ray_ingest_resumes_with_every_image_exactly_once(tmp_path, ray
     partial = lance.dataset(str(images)).count_rows()
     assert 0 < partial < 80
     # resume, hashing in Ray tasks this time (what a large folder does)
-    s = ingest_ray(imgs, store, batch_size=8, commit_every=16, progress=False, hash_tasks_over=0)
+    opts = IngestOptions(batch_size=8, commit_every=16, progress=False, hash_tasks_over=0)
+    s = ingest_ray(imgs, store, opts)
     assert s.ok and s.images_in_store == 80 and s.new_images + partial == 80
     t = _table(store)
     assert t.num_rows == 80 and len(set(t.column("id").to_pylist())) == 80
@@ -269,7 +271,7 @@ def run(two_stores, tmp_path_factory) -> Path:
 
 
 def _by_id(path: Path) -> dict:
-    t = embedstore.read_table(path)
+    t = embedstore.store.read_table(path)
     assert t.schema.names == heads.PREDICTION_SCHEMA.names
     return {r["id"]: r for r in t.to_pylist()}
 
@@ -317,7 +319,7 @@ def test_ray_batch_prediction_of_a_folder_from_the_command_line(run, photos, tmp
     ]
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
-    ray = {row["path"]: row for row in embedstore.read_table(out).to_pylist()}
+    ray = {row["path"]: row for row in embedstore.store.read_table(out).to_pylist()}
     local = heads.predict(run, images_dir=photos / "test", top_k=2)
     assert len(ray) == len(local) == 6
     for p in local:
@@ -334,7 +336,7 @@ def test_without_the_extra_engine_ray_says_how_to_install_it(tmp_path, monkeypat
     args = ["ingest", str(tmp_path / "imgs"), "--store", str(tmp_path / "s"), "--engine", "ray"]
     r = CliRunner().invoke(embedstore_cli, args)
     assert r.exit_code == 2 and "pip install 'embedstore[ray]'" in r.output, r.output
-    with pytest.raises(embedstore.EngineError, match=r"pip install 'embedstore\[ray\]'"):
-        embedstore.connect_ray()
+    with pytest.raises(embedstore.ingestion.EngineError, match=r"pip install 'embedstore\[ray\]'"):
+        embedstore.ingestion.connect_ray()
     r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path), "--engine", "ray"])
     assert r.exit_code == 2 and "give --out PATH" in r.output

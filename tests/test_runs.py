@@ -66,7 +66,7 @@ def test_grouped_folds_keep_groups_together_and_small_classes_always_train(tmp_p
     for r in t:
         by_group.setdefault(r["observation_id"], set()).add(r["fold"])
     assert all(len(f) == 1 for f in by_group.values())
-    assert {r["fold"] for r in t if r["label"] == "rare"} == {embedstore.ALWAYS_TRAIN}
+    assert {r["fold"] for r in t if r["label"] == "rare"} == {embedstore.store.ALWAYS_TRAIN}
     assert s["small_classes"] == 1 and s["always_train_images"] == 2
     r = CliRunner().invoke(
         embedstore_cli,

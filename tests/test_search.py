@@ -1,4 +1,4 @@
-"""embedstore._search against a numpy brute-force reference, with the real faiss on small data."""
+"""embedstore.search._search against a numpy brute-force reference, with the real faiss on small data."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import embedstore._search as search
-from embedstore._device import resolve_device
-from embedstore._search import NeighborIndex, default_nlist, l2_normalize, sidecar_path
+import embedstore.search._search as search
+from embedstore import resolve_device
+from embedstore.search._search import NeighborIndex, default_nlist, l2_normalize, sidecar_path
 
 BACKENDS = ["faiss", "torch"]
 

@@ -96,7 +96,7 @@ def test_predict_uploads_and_stored_ids(client, flowers):
     out = r.json()
     assert [o["label"] for o in out] == ["sunflower", "daisy", "iris"]
     assert all(len(o["top_k"]) == 3 and o["unknown"] in (True, False) for o in out)
-    stored = embedstore.hash_bytes(_photo(flowers, "pansy").read_bytes())
+    stored = embedstore.ingestion.hash_bytes(_photo(flowers, "pansy").read_bytes())
     r = client.post("/v1/predict", json={"run": "centroid", "ids": [stored], "top_k": 2})
     assert r.status_code == 200 and r.json()[0]["label"] == "pansy" and r.json()[0]["id"] == stored
     # the same as the library (what `heads predict --json` prints)
@@ -224,7 +224,7 @@ def test_a_user_error_gets_its_status_and_a_bug_a_one_line_500(tmp_path, caplog)
         raise Conflict("run 'x' exists")
 
     def locked() -> None:
-        raise embedstore.StoreLockedError("the store is locked by another writer")
+        raise embedstore.store.StoreLockedError("the store is locked by another writer")
 
     for path, fn in (("/v1/bug", bug), ("/v1/taken", taken), ("/v1/locked", locked)):
         app.add_api_route(path, fn)
@@ -285,7 +285,7 @@ def test_add_images_then_searchable_at_once_and_exactly_once(client, flowers):
     )
     assert r.status_code == 201, r.text
     (new_id,) = r.json()["ids"]
-    assert new_id == embedstore.hash_bytes(new) and r.json()["new_images"] == 1
+    assert new_id == embedstore.ingestion.hash_bytes(new) and r.json()["new_images"] == 1
     look = client.post("/v1/lookup", json={"ids": [new_id], "k": 2}).json()[0]
     assert look["neighbors"][0]["id"] == new_id and look["neighbors"][0]["label"] == "tigerlily"
     assert look["neighbors"][0]["site"] == "garden"

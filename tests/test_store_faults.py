@@ -43,7 +43,7 @@ _WRITER = textwrap.dedent(
                     rows, embeddings=emb, describes={"emb_x": {"backbone": "x"}})
                 print("ok", t, flush=True)
                 break
-            except embedstore.StoreLockedError:
+            except embedstore.store.StoreLockedError:
                 time.sleep(0.01)
             except Exception as e:
                 print("ERR", t, type(e).__name__, str(e).splitlines()[0], flush=True)
@@ -165,7 +165,9 @@ def test_a_fifo_and_a_link_to_dev_zero_are_skipped_quickly_and_good_images_store
     assert time.perf_counter() - t0 < 60
     s = json.loads(r.stdout)
     assert s["new_images"] == 3 and s["skipped"] == 3
-    reasons = {row["rel"]: row["reason"] for row in embedstore.connect(store).skipped().to_pylist()}
+    reasons = {
+        row["rel"]: row["reason"] for row in embedstore.connect(store).records.skipped().to_pylist()
+    }
     assert (
         reasons["class_0/pipe.jpg"]
         == "not a regular file: a named pipe (FIFO) (after resolving links)"
@@ -179,7 +181,7 @@ def test_a_fifo_and_a_link_to_dev_zero_are_skipped_quickly_and_good_images_store
 
 def test_read_bytes_refuses_a_file_that_became_a_fifo_after_the_scan(tmp_path):
     os.mkfifo(tmp_path / "late.jpg")  # opened without blocking, checked on the open file
-    with pytest.raises(embedstore.ImageError, match="not a regular file: a named pipe"):
+    with pytest.raises(embedstore.ingestion.ImageError, match="not a regular file: a named pipe"):
         embedstore._images.read_bytes(tmp_path / "late.jpg")
 
 
@@ -226,7 +228,7 @@ def test_reserved_metadata_names_are_renamed_and_the_store_stays_usable(tmp_path
     assert "warning    m.csv: column 'emb_notes' is stored as 'meta_emb_notes'" in r.output
     res = embedstore.lookup(store, [str(paths[0])], k=1, where="meta_emb_notes = 'n0'")
     assert [n["id"] for n in res.results[0].neighbors] == [
-        embedstore.hash_bytes(paths[0].read_bytes())
+        embedstore.ingestion.hash_bytes(paths[0].read_bytes())
     ]
 
 
@@ -268,7 +270,7 @@ def test_drop_column_removes_a_bad_metadata_column_of_an_older_store(tmp_path, t
     store = tmp_path / "s"
     _ingest(tmp_path / "imgs", store, tiny_dino)
     st = embedstore.connect(store)
-    ids = sorted(st.all_ids())
+    ids = sorted(st.ids())
     st.update_columns(ids, {"emb_notes": ["a", "b"]})  # what an older version let through
     assert embedstore.connect(store).info().backbones[0]["embedded"] == 2  # info copes with it
     r = CliRunner().invoke(embedstore_cli, ["drop-column", "--store", str(store), "emb_notes"])
@@ -510,7 +512,9 @@ def test_at_every_version_the_fold_summary_matches_the_fold_column_or_says_inter
             checked += 1
     assert checked >= 2
     with embedstore.connect(tmp_path / "s").writing():  # as a split killed half-way leaves it
-        st.set_table_metadata({"folds": {"folds": 4, "images_per_fold": {}, "complete": False}})
+        st.meta.set_table_metadata(
+            {"folds": {"folds": 4, "images_per_fold": {}, "complete": False}}
+        )
     r = CliRunner().invoke(embedstore_cli, ["info", "--store", str(tmp_path / "s")])
     assert "a split was stopped before it finished" in r.output, r.output
 
@@ -570,7 +574,7 @@ def test_a_stored_image_with_a_non_utf8_name_is_found_by_id(tmp_path, tiny_dino)
         f.write(data)  # the photo's only name is Latin-1
     st = embedstore.connect(tmp_path / "s")
     _ingest(imgs, st.path, tiny_dino)
-    image_id = embedstore.hash_bytes(data)
+    image_id = embedstore.ingestion.hash_bytes(data)
     path = st.image_file(image_id)  # what the service's thumbnail route opens
     assert path is not None and path.read_bytes() == data
     assert os.fsencode(path).endswith(b"\xe9t\xe9.jpg")
@@ -583,7 +587,7 @@ def test_info_tells_of_deleted_and_overwritten_files_and_prune_removes_their_row
     paths = write_class_images(imgs, n_classes=1, per_class=3)
     store = tmp_path / "s"
     _ingest(imgs, store, tiny_dino)
-    old_ids = {embedstore.hash_bytes(p.read_bytes()) for p in paths}
+    old_ids = {embedstore.ingestion.hash_bytes(p.read_bytes()) for p in paths}
     paths[0].unlink()
     write_class_images(tmp_path / "other", n_classes=2, per_class=1, seed=7)
     new_bytes = (tmp_path / "other" / "class_1" / "img_0.jpg").read_bytes()
@@ -607,13 +611,13 @@ def test_info_tells_of_deleted_and_overwritten_files_and_prune_removes_their_row
     )
     assert r.exit_code == 0 and "pruned 2 image(s)" in r.output, r.output
     st = embedstore.connect(store)
-    keep = embedstore.hash_bytes(paths[2].read_bytes())
-    assert st.all_ids() == {keep, embedstore.hash_bytes(new_bytes)} and keep in old_ids
-    assert st.read(["path"], ids=[embedstore.hash_bytes(new_bytes)])["path"].to_pylist() == [
-        "class_0/img_1.jpg"
-    ]
+    keep = embedstore.ingestion.hash_bytes(paths[2].read_bytes())
+    assert st.ids() == {keep, embedstore.ingestion.hash_bytes(new_bytes)} and keep in old_ids
+    assert st.read(["path"], ids=[embedstore.ingestion.hash_bytes(new_bytes)])[
+        "path"
+    ].to_pylist() == ["class_0/img_1.jpg"]
     assert st.info().stale_files == {"gone": 0, "changed": 0}
-    assert sorted(st.file_records()["rel"].to_pylist()) == [
+    assert sorted(st.records.file_records()["rel"].to_pylist()) == [
         "class_0/img_1.jpg",
         "class_0/img_2.jpg",
     ]

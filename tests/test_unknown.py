@@ -10,7 +10,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from embedstore._search import l2_normalize
+from embedstore.search import l2_normalize
 from heads._knn import CentroidHead
 from heads._unknown import (
     DEFAULT_DETECTOR,

@@ -83,7 +83,7 @@ def test_views_are_stored_described_and_the_flip_view_is_the_flipped_file(
     ImageOps.mirror(Image.open(src).convert("RGB")).save(flipped / "f.png")
     _ingest(flipped.parent, tmp_path / "s2", tiny_dino)
     (want,) = _column(tmp_path / "s2", "emb_tiny_dino").values()
-    got = _column(store, "emb_tiny_dino__flip")[embedstore.hash_bytes(src.read_bytes())]
+    got = _column(store, "emb_tiny_dino__flip")[embedstore.ingestion.hash_bytes(src.read_bytes())]
     np.testing.assert_array_equal(got, want)
 
     out = CliRunner().invoke(embedstore_cli, ["info", "--store", str(store)])

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from embedstore._registry import Registry, RegistryError
+from embedstore import Registry, RegistryError
 from heads.losses._base import Loss
 from heads.losses.composite import CompositeLoss
 

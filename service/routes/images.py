@@ -34,9 +34,9 @@ def thumbnail(
     (q,) = embedstore.read_inputs([str(path)])
     try:
         if q.error:
-            raise embedstore.ImageError(q.error)
-        im = embedstore.decode_image(q.data)
-    except embedstore.ImageError as e:
+            raise embedstore.ingestion.ImageError(q.error)
+        im = embedstore.ingestion.decode_image(q.data)
+    except embedstore.ingestion.ImageError as e:
         raise NotFound(f"the stored image {image_id} cannot be read now: {e}") from e
     im.thumbnail((size, size))
     buf = io.BytesIO()

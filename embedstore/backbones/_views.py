@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
-from embedstore._preprocess import _RESAMPLE, Preprocess
 from embedstore._registry import Registry
-from embedstore._store import VIEW_SEP  # a view's column: <main column>__<view>
+from embedstore.backbones._preprocess import _RESAMPLE, Preprocess
+from embedstore.store._lance import VIEW_SEP  # a view's column: <main column>__<view>
 
 CROP_SCALE = 0.875  # side of a crop view, as a fraction of the main view's side
 

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore._results import Result
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError, connect
+from embedstore.store._kfold import stratified_folds, stratified_group_folds
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError, connect
 
 
 @dataclass
@@ -55,6 +56,39 @@ def split(
     >>> split("my-store", folds=5, holdout=0.1, group_by="observation_id", seed=0)
     """
     st = store if isinstance(store, Store) else connect(store, create=False)
+    rows = _read_rows(st, folds, holdout, group_by)
+    fold = np.full(len(rows.ids), _UNSET, dtype=np.int64)
+    notes: list[str] = []
+    if use_split_column:
+        pool = _honour_split_column(st, rows, fold, notes)
+    else:
+        pool = rows.labelled.copy()
+        if holdout > 0:
+            held = _stratified_group_part(rows.labels, rows.group_key, pool, holdout, int(seed))
+            fold[held] = HOLDOUT
+            pool &= ~held
+    small_classes = _assign_folds(rows, pool, fold, folds, int(seed), bool(group_by))
+    summary = _summary(rows, fold, notes, small_classes, folds, holdout, group_by, seed)
+    summary.use_split_column = use_split_column
+    _write_folds(st, rows.ids, fold, summary)
+    return summary
+
+
+_UNSET = np.iinfo(np.int32).min  # no fold: unlabelled, or not assigned yet
+_VAL_NOTE = "val part is fold 0; train part trains in every fold"
+
+
+@dataclass
+class _Rows:
+    ids: np.ndarray
+    labels: np.ndarray
+    labelled: np.ndarray
+    group_key: np.ndarray  # one integer per group (an image without a group is its own)
+    splits: np.ndarray  # the split column (train/val/test) or None
+
+
+def _read_rows(st: Store, folds: int, holdout: float, group_by: str | None) -> _Rows:
+    """The ids, labels, groups and split values of every row; StoreError for bad settings."""
     if folds < 2:
         raise StoreError(f"--folds must be at least 2, not {folds}")
     if not 0.0 <= holdout < 1.0:
@@ -62,11 +96,8 @@ def split(
     schema = st.schema()
     if schema is None:
         raise StoreError(f"{st.path}: the store is empty; run `embedstore ingest` first")
-    cols = (
-        ["id", "label"]
-        + (["split"] if "split" in schema.names else [])
-        + ([group_by] if group_by else [])
-    )
+    has_split = "split" in schema.names
+    cols = ["id", "label"] + (["split"] if has_split else []) + ([group_by] if group_by else [])
     if group_by and group_by not in schema.names:
         raise StoreError(
             f"{st.path}: no column {group_by!r} to group by; columns: {', '.join(n for n in schema.names if not n.startswith('emb_'))}"
@@ -80,7 +111,6 @@ def split(
             f"{st.path}: no labelled images to split; label them by class folders or --label-column"
         )
     if group_by:
-        # an image with no group value is its own group
         keys = [
             f"g:{g}" if g is not None else f"i:{i}"
             for g, i in zip(t.column(group_by).to_pylist(), ids, strict=True)
@@ -88,78 +118,90 @@ def split(
         group_key = np.unique(np.array(keys), return_inverse=True)[1]
     else:
         group_key = np.arange(len(ids))
-    fold = np.full(len(ids), np.iinfo(np.int32).min, dtype=np.int64)  # min = unassigned/null
-    rng_seed = int(seed)
     splits = np.array(
-        t.column("split").to_pylist() if "split" in cols else [None] * len(ids), dtype=object
+        t.column("split").to_pylist() if has_split else [None] * len(ids), dtype=object
     )
-    pool = labelled.copy()
-    notes: list[str] = []
-    if use_split_column:
-        if not any(s in ("train", "val", "test") for s in splits[labelled]):
-            raise StoreError(
-                f"{st.path}: no split column values (train/val/test) to honour; drop --use-split"
-            )
-        fold[labelled & (splits == "test")] = HOLDOUT
-        pool = labelled & (splits != "test")
-        if (labelled & (splits == "val")).any():
-            fold[labelled & (splits == "val")] = 0
-            fold[labelled & (splits != "val") & (splits != "test")] = ALWAYS_TRAIN
-            pool = np.zeros_like(pool)
-            notes.append("val part is fold 0; train part trains in every fold")
-    elif holdout > 0:
-        ho = _stratified_group_part(labels, group_key, pool, holdout, rng_seed)
-        fold[ho] = HOLDOUT
-        pool = pool & ~ho
-    small_classes = 0
-    if pool.any():
-        idx = np.flatnonzero(pool)
-        lab, grp = labels[idx], group_key[idx]
-        n_groups = Counter()
-        for c, _g in set(zip(lab, grp, strict=True)):
-            n_groups[c] += 1
-        small = np.array([n_groups[c] < folds for c in lab])
-        small_classes = len({c for c, n in n_groups.items() if n < folds})
-        fold[idx[small]] = ALWAYS_TRAIN
-        idx = idx[~small]
-        if len(idx):
-            from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    return _Rows(ids, labels, labelled, group_key, splits)
 
-            y = np.unique(labels[idx].astype(str), return_inverse=True)[1]
-            if group_by:
-                splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=rng_seed)
-                it = splitter.split(np.zeros(len(idx)), y, group_key[idx])
-            else:
-                splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=rng_seed)
-                it = splitter.split(np.zeros(len(idx)), y)
-            for k, (_, val) in enumerate(it):
-                fold[idx[val]] = k
-    mask = fold != np.iinfo(np.int32).min
-    arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
-    counts = {int(k): int(v) for k, v in sorted(Counter(fold[mask].tolist()).items())}
-    summary = SplitSummary(
-        folds=folds
-        if not (use_split_column and "val part is fold 0; train part trains in every fold" in notes)
-        else 1,
+
+def _honour_split_column(st: Store, rows: _Rows, fold: np.ndarray, notes: list[str]) -> np.ndarray:
+    """``test`` is held out; ``val`` is fold 0 (``train`` then trains in every fold). Returns
+    the rows left to split into folds."""
+    labelled, splits = rows.labelled, rows.splits
+    if not any(s in ("train", "val", "test") for s in splits[labelled]):
+        raise StoreError(
+            f"{st.path}: no split column values (train/val/test) to honour; drop --use-split"
+        )
+    fold[labelled & (splits == "test")] = HOLDOUT
+    pool = labelled & (splits != "test")
+    if (labelled & (splits == "val")).any():
+        fold[labelled & (splits == "val")] = 0
+        fold[labelled & (splits != "val") & (splits != "test")] = ALWAYS_TRAIN
+        pool = np.zeros_like(pool)
+        notes.append(_VAL_NOTE)
+    return pool
+
+
+def _assign_folds(
+    rows: _Rows, pool: np.ndarray, fold: np.ndarray, folds: int, seed: int, grouped: bool
+) -> int:
+    """Stratified (grouped) folds for the ``pool`` rows; classes with fewer groups than folds
+    train in every fold. Returns how many classes were that small."""
+    if not pool.any():
+        return 0
+    idx = np.flatnonzero(pool)
+    lab, grp = rows.labels[idx], rows.group_key[idx]
+    n_groups: Counter = Counter()
+    for c, _g in set(zip(lab, grp, strict=True)):
+        n_groups[c] += 1
+    small = np.array([n_groups[c] < folds for c in lab])
+    fold[idx[small]] = ALWAYS_TRAIN
+    idx = idx[~small]
+    if len(idx):
+        y = np.unique(rows.labels[idx].astype(str), return_inverse=True)[1]
+        if grouped:
+            fold[idx] = stratified_group_folds(y, rows.group_key[idx], folds, seed)
+        else:
+            fold[idx] = stratified_folds(y, folds, seed)
+    return len({c for c, n in n_groups.items() if n < folds})
+
+
+def _summary(
+    rows: _Rows,
+    fold: np.ndarray,
+    notes: list[str],
+    small_classes: int,
+    folds: int,
+    holdout: float,
+    group_by: str | None,
+    seed: int,
+) -> SplitSummary:
+    counts = {int(k): int(v) for k, v in sorted(Counter(fold[fold != _UNSET].tolist()).items())}
+    return SplitSummary(
+        folds=1 if _VAL_NOTE in notes else folds,
         holdout=holdout,
         group_by=group_by,
         seed=seed,
-        use_split_column=use_split_column,
+        use_split_column=False,
         images_per_fold={str(k): v for k, v in counts.items() if k >= 0},
         holdout_images=counts.get(HOLDOUT, 0),
         always_train_images=counts.get(ALWAYS_TRAIN, 0),
         small_classes=small_classes,
-        unlabelled=int((~labelled).sum()),
+        unlabelled=int((~rows.labelled).sum()),
         notes=notes,
     )
+
+
+def _write_folds(st: Store, ids: np.ndarray, fold: np.ndarray, summary: SplitSummary) -> None:
+    mask = fold != _UNSET
+    arr = pa.array(np.where(mask, fold, 0).astype(np.int32), mask=~mask)
     with st.writing("embedstore split"):
         # The summary first, marked unfinished, then the column (one commit), then the summary
         # marked done: a split killed in between reads as interrupted (info says so), never as
         # a summary of other folds than the column holds.
-        st.set_table_metadata({"folds": {**summary.to_dict(), "complete": False}})
+        st.meta.set_table_metadata({"folds": {**summary.to_dict(), "complete": False}})
         st.update_columns(ids.tolist(), {"fold": arr})
-        st.set_table_metadata({"folds": summary.to_dict()})
-    return summary
+        st.meta.set_table_metadata({"folds": summary.to_dict()})
 
 
 def _stratified_group_part(labels, group_key, pool, frac: float, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ which keeps ONNX Runtime's transformer optimizer from recognising attention at a
 
 After ``optimize_model(model_type="vit")`` dinov2-small becomes 11 ``Attention``,
 12 ``BiasGelu`` and 24 ``SkipLayerNormalization`` nodes (~110 ops); the export is still
-checked against the torch backbone on a probe batch (embedstore._onnx). The fused graph is
+checked against the torch backbone on a probe batch (embedstore.backbones._onnx). The fused graph is
 what int8 quantisation needs: ``Attention`` becomes ``QAttention`` and every projection a
 ``MatMulInteger``.
 """

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from embedstore._preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_processor_config
 from embedstore._registry import Registry
+from embedstore.backbones._preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_processor_config
 from embedstore.errors import BadInput
 from embedstore.types import POOLINGS, Pooling
 
@@ -35,7 +35,9 @@ class Backbone:
     name: str
     dim: int
     preprocess: Preprocess
-    runtime: str = "torch"  # what runs the forward pass (embedstore._onnx.OnnxBackbone: "onnx")
+    runtime: str = (
+        "torch"  # what runs the forward pass (embedstore.backbones._onnx.OnnxBackbone: "onnx")
+    )
     # runtime "auto" on a CPU uses ONNX Runtime only where it measured faster than torch eager
     # (benchmarks/RESULTS.md, "ONNX Runtime"); a plug-in sets it once it has measured its own.
     prefers_onnx_on_cpu: bool = False
@@ -245,7 +247,9 @@ class HFBackbone(Backbone):
     patch tokens (registers excluded), or ``cls+mean`` concatenated.
     """
 
-    quantizable = True  # onnx-int8: its projections and attention become int8 (embedstore._onnx)
+    quantizable = (
+        True  # onnx-int8: its projections and attention become int8 (embedstore.backbones._onnx)
+    )
 
     def __init__(self, name: str, source: str, pooling: Pooling = "cls") -> None:
         super().__init__()

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedstore._indexes import open_store
 from embedstore._results import Result
-from embedstore._search import l2_normalize
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError
+from embedstore.search._indexes import open_store
+from embedstore.search._search import l2_normalize
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store, StoreError
 from embedstore.types import MAP_METHODS, MapMethod, check_choice
 
 MAP_COLUMNS = ("map_x", "map_y")
@@ -99,7 +99,7 @@ def map_store(
     st.update_columns(
         list(t["id"]), {c: pa.array(Y[:, i], pa.float32()) for i, c in enumerate(MAP_COLUMNS)}
     )
-    st.set_table_metadata(
+    st.meta.set_table_metadata(
         {
             "map": {
                 "backbone": info.backbone,
@@ -220,56 +220,7 @@ def plot_map(
         sc = ax.scatter(Y[:, 0], Y[:, 1], c=v, s=size, alpha=alpha, cmap="viridis", linewidths=0)
         fig.colorbar(sc, ax=ax, label=column)
     else:
-        names = np.array([_display(v, column) for v in values], dtype=object)
-        uniq, counts = np.unique(names, return_counts=True)
-        order = np.argsort(-counts, kind="stable")
-        named = [u for u in uniq[order] if u != "(none)"][: min(top, 18)]
-        palette = _palette(len(named))
-        rest = ~np.isin(names, named)
-        if rest.any():
-            none = names == "(none)"
-            n_other = len([u for u in uniq if u not in named and u != "(none)"])
-            for mask, col, label in (
-                (rest & ~none, _GREY, f"other ({n_other} values)"),
-                (none, _NONE_GREY, "(none)"),
-            ):
-                if mask.any():
-                    ax.scatter(
-                        Y[mask, 0],
-                        Y[mask, 1],
-                        s=size,
-                        c=col,
-                        alpha=alpha,
-                        linewidths=0,
-                        label=f"{label}: {int(mask.sum())}",
-                    )
-                    legend.append({"value": label, "count": int(mask.sum()), "color": col})
-        for name, col in zip(named, palette, strict=True):
-            m = names == name
-            ax.scatter(
-                Y[m, 0],
-                Y[m, 1],
-                s=size,
-                color=col,
-                alpha=alpha,
-                linewidths=0,
-                label=f"{name}: {int(m.sum())}",
-            )
-            legend.append({"value": name, "count": int(m.sum()), "color": col})
-        handles, labels = ax.get_legend_handles_labels()
-        k = len(legend) - len(named)  # the grey entries were drawn first, underneath
-        handles, labels = handles[k:] + handles[:k], labels[k:] + labels[:k]  # named first
-        ax.legend(
-            handles,
-            labels,
-            title=column,
-            loc="center left",
-            bbox_to_anchor=(1.01, 0.5),
-            fontsize=9,
-            markerscale=max(1.0, 6 / max(size, 0.1) ** 0.5),
-            frameon=False,
-        )
-        legend.sort(key=lambda d: (d["color"] in (_GREY, _NONE_GREY), -d["count"]))
+        legend = _categorical(ax, Y, values, column, top, size, alpha)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("map_x")
     ax.set_ylabel("map_y")
@@ -278,6 +229,70 @@ def plot_map(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
+    return legend
+
+
+def _categorical(
+    ax: Any,
+    Y: np.ndarray,
+    values: np.ndarray,
+    column: str,
+    top: int,
+    size: float,
+    alpha: float,
+) -> list[dict[str, Any]]:
+    """The ``top`` most frequent values in colours, the rest grey, and the legend (named first)."""
+    legend: list[dict[str, Any]] = []
+    names = np.array([_display(v, column) for v in values], dtype=object)
+    uniq, counts = np.unique(names, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    named = [u for u in uniq[order] if u != "(none)"][: min(top, 18)]
+    palette = _palette(len(named))
+    rest = ~np.isin(names, named)
+    if rest.any():
+        none = names == "(none)"
+        n_other = len([u for u in uniq if u not in named and u != "(none)"])
+        for mask, col, label in (
+            (rest & ~none, _GREY, f"other ({n_other} values)"),
+            (none, _NONE_GREY, "(none)"),
+        ):
+            if mask.any():
+                ax.scatter(
+                    Y[mask, 0],
+                    Y[mask, 1],
+                    s=size,
+                    c=col,
+                    alpha=alpha,
+                    linewidths=0,
+                    label=f"{label}: {int(mask.sum())}",
+                )
+                legend.append({"value": label, "count": int(mask.sum()), "color": col})
+    for name, col in zip(named, palette, strict=True):
+        m = names == name
+        ax.scatter(
+            Y[m, 0],
+            Y[m, 1],
+            s=size,
+            color=col,
+            alpha=alpha,
+            linewidths=0,
+            label=f"{name}: {int(m.sum())}",
+        )
+        legend.append({"value": name, "count": int(m.sum()), "color": col})
+    handles, labels = ax.get_legend_handles_labels()
+    k = len(legend) - len(named)  # the grey entries were drawn first, underneath
+    handles, labels = handles[k:] + handles[:k], labels[k:] + labels[:k]  # named first
+    ax.legend(
+        handles,
+        labels,
+        title=column,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        fontsize=9,
+        markerscale=max(1.0, 6 / max(size, 0.1) ** 0.5),
+        frameon=False,
+    )
+    legend.sort(key=lambda d: (d["color"] in (_GREY, _NONE_GREY), -d["count"]))
     return legend
 
 

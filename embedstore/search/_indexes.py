@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from embedstore._results import Result
-from embedstore._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
-from embedstore._store import EmbeddingInfo, Store, StoreError, connect, load_ids, save_ids
+from embedstore.search._search import AUTO_ANN_MIN_VECTORS, NeighborIndex, sidecar_path
+from embedstore.store._lance import load_ids, save_ids
+from embedstore.store._store import EmbeddingInfo, Store, StoreError, connect
 from embedstore.types import LOOKUP_INDEXES, LookupIndex
 
 INDEX_DIR = "indexes"
@@ -55,7 +56,7 @@ def build_index(
 ) -> IndexSummary:
     """Build and save an index over every stored embedding of one backbone.
 
-    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore._search.AUTO_ANN_MIN_VECTORS` (200,000)
+    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore.search._search.AUTO_ANN_MIN_VECTORS` (200,000)
     vectors up and an exact flat index below (a saved flat index still spares ``lookup`` the
     normalisation of the store; below 200k brute force is as fast as an ANN search and exact).
     ``"ivf"`` (``nlist`` lists, default ``4 sqrt(N)``), ``"hnsw"`` or ``"exact"``. An index
@@ -70,7 +71,7 @@ def build_index(
     if nlist is not None and kind not in ("ivf", "auto"):
         raise StoreError(f"nlist only applies to kind 'ivf', not {kind!r}")
     version = st.version  # read first: a write during the build leaves the index stale, not wrong
-    token = st.embeddings_token
+    token = st.meta.embeddings_token
     faiss_path, ids_path = index_paths(st, info)
     n = st.count(embedded=[info.column])
     if n == 0:
@@ -165,7 +166,7 @@ def saved_index(
     if manifest is None:
         return None, False
     built_at, now = manifest["store"].get("version"), st.version
-    if not _fresh(manifest, now, st.embeddings_token):
+    if not _fresh(manifest, now, st.meta.embeddings_token):
         notes.append(
             f"the saved {manifest.get('kind')} index for {info.backbone} is stale (built at store "
             f"version {built_at}, the store is at {now}); searched without it. Rebuild it with "

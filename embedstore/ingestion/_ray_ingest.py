@@ -1,17 +1,17 @@
 """Ingest on a Ray cluster (``ingest(..., engine="ray")``): the local ingest's plan, rows and
 commits, with decoding in Ray tasks and the backbones in an actor pool.
 
-- **Driver** (this process): :func:`embedstore._ingest.plan_ingest` (scan, labels, metadata, what
+- **Driver** (this process): :func:`embedstore.ingestion._plan.plan_ingest` (scan, labels, metadata, what
   the store holds), then the content hash of every file to read (a thread pool here; Ray tasks
   above ``hash_tasks_over`` files), so every id is known before anything is decoded: files of
   stored images only get their paths and file records, bytes found under several names are
   decoded once, and nothing stored is embedded again.
 - **Cluster**: decode tasks (read, check the hash, decode, preprocess: the local ingest's
-  :func:`embedstore._ingest.decode_file`), then ``map_batches`` over an actor pool: each actor
+  :func:`embedstore.ingestion._decode.decode_file`), then ``map_batches`` over an actor pool: each actor
   builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
-  uncommitted Lance fragments (:func:`embedstore._store.write_image_fragments`).
+  uncommitted Lance fragments (:func:`embedstore.store.write_image_fragments`).
 - **Driver** again: streams the results and commits every ``commit_every`` images: the chunk's
-  fragments appended in one transaction (:meth:`Store.append_fragments`), then embeddings of
+  fragments appended in one transaction (:meth:`Store.fragments.append_fragments`), then embeddings of
   stored images, paths, file records and skipped files (the local ingest's ``_commit``). A job
   killed at any point leaves the store at its last commit and resumes like the local one: every
   image exactly once, the same schema, field metadata, dtype and ids.
@@ -32,74 +32,44 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from embedstore._backbones import Backbone, create_backbone
 from embedstore._images import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
     ImageError,
     hash_bytes,
     read_bytes,
 )
-from embedstore._ingest import (
-    INGEST_ENGINES,
-    IngestError,
-    IngestPlan,
-    IngestSummary,
-    _commit,
-    _missing,
-    _Pending,
-    _slot,
-    _StoredPaths,
-    check_folder,
-    decode_file,
-    plan_ingest,
-    read_meta,
-    summarize,
-)
-from embedstore._onnx import with_runtime
-from embedstore._preprocess import Preprocess
 from embedstore._ray import ActorLayout, EngineError, actor_layout, connect_ray, import_ray
-from embedstore._store import Store, connect, image_table, write_image_fragments
-from embedstore._views import expand_views, view_column, view_describe
+from embedstore.backbones._backbones import Backbone, create_backbone
+from embedstore.backbones._onnx import with_runtime
+from embedstore.backbones._views import expand_views, view_describe
+from embedstore.ingestion._commit import _commit, _Pending, _StoredPaths, summarize
+from embedstore.ingestion._decode import preprocessing_groups
+from embedstore.ingestion._options import INGEST_ENGINES, IngestError, IngestOptions, IngestSummary
+from embedstore.ingestion._plan import IngestPlan, _missing, check_folder, plan_ingest, read_meta
+from embedstore.ingestion._ray_workers import (
+    _ERROR,
+    _FILE,
+    _FRAGS,
+    _KNOWN,
+    _NEED,
+    _UPDATE,
+    _decode_batch,
+    _EmbedWriter,
+    _np_dtype,
+    embedding_columns,
+)
+from embedstore.store._fragments import image_table
+from embedstore.store._store import Store, connect
 from embedstore.types import EmbDtype, Pooling, Runtime
-
-HASH_TASKS_OVER = 20_000  # files to hash: above this the cluster hashes them, not the driver
-_HASH_THREADS = 8  # reading and SHA-256 release the GIL
-_DECODE_WORKER_BYTES = 384 << 20  # a decode task's process before its image (measured ~240 MiB)
-# Pipeline columns that are not store columns (metadata columns never start with "__").
-_FILE, _KNOWN, _UPDATE, _ERROR, _FRAGS = "__file", "__known", "__update", "__error", "__frags"
-_NEED = "__need"  # a stored image's columns still to embed (null: a new image, every column)
 
 
 def ingest_ray(
     images_dir: str | os.PathLike,
     store: str | os.PathLike | Store | None = None,
-    *,
-    backbones: list[str] | tuple[str, ...] = ("efficientnet-lite0",),
-    pooling: Pooling = "cls",
-    metadata: str | os.PathLike | None = None,
-    label_column: str | None = None,
-    join_column: str | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    runtime: Runtime = "auto",
-    workers: int | None = None,  # unused: the cluster places its decode tasks itself
-    dtype: EmbDtype = "float16",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    commit_every: int = 512,
-    progress: bool = True,
-    backbone_objects: list[Backbone] | None = None,
-    ray_address: str | None = None,
-    actors: int | None = None,
-    gpus_per_actor: float | None = None,
-    cpus_per_actor: float = 1.0,
-    hash_tasks_over: int = HASH_TASKS_OVER,
-    views: list[str] | tuple[str, ...] | str | None = None,
+    options: IngestOptions | None = None,
 ) -> IngestSummary:
-    """:func:`embedstore.ingest` with ``engine="ray"``: same arguments, same result.
+    """:func:`embedstore.ingest` with ``engine="ray"``: the same :class:`IngestOptions`, the
+    same result.
 
     ``views`` as in the local ingest: the decode tasks make each image's views beside its main
     array and the actors embed them into their own columns; a stored image gets only the
@@ -110,103 +80,38 @@ def ingest_ray(
     each holding ``gpus_per_actor`` GPUs (default 1 where the cluster has GPUs) and
     ``cpus_per_actor`` CPUs. Backbones are named (``backbones``), as every actor builds its own.
     """
+    o = options or IngestOptions(engine="ray")
     t0 = time.perf_counter()
-    root = check_folder(images_dir, batch_size, dtype)
-    if backbone_objects:
-        raise IngestError(
-            "engine 'ray' builds each backbone on its actors from its name: pass "
-            "backbones=[name, ...], not backbone_objects"
-        )
-    if commit_every < 1:
-        raise IngestError(f"--commit-every must be at least 1, not {commit_every}")
-    try:
-        view_names = expand_views(views)
-    except ValueError as e:
-        raise IngestError(f"--views: {e}") from None
-    try:
-        cluster = connect_ray(ray_address, quiet=not progress)
-        layout = actor_layout(
-            cluster,
-            actors=actors,
-            gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=cpus_per_actor,
-            device=device,
-        )
-    except EngineError as e:
-        raise IngestError(str(e)) from None
-    names = list(dict.fromkeys(backbones))
-    models = _driver_models(names, pooling, runtime, layout)
+    root, view_names, layout = _check(images_dir, o)
+    models = _driver_models(list(dict.fromkeys(o.backbones)), o.pooling, o.runtime, layout)
     st = store if isinstance(store, Store) else connect(store)
-    meta = read_meta(metadata, join_column, label_column)
-    plan = plan_ingest(st, root, models, dtype, meta, label_column, view_names)
+    meta = read_meta(o.metadata, o.join_column, o.label_column)
+    plan = plan_ingest(st, root, models, o.dtype, meta, o.label_column, view_names)
     columns = embedding_columns(models, plan.views)
 
     stats: Counter = Counter()
     pending = _Pending()
-    ids = _hash(plan, hash_tasks_over)
+    ids = _hash(plan, o.hash_tasks_over)
     rels_of, todo = _sort_work(plan, root, ids, pending, stats, _StoredPaths(st, str(root)))
-    if todo:  # the table, with every column the workers will write
-        describes = {m.column: m.describe() for m in models}
-        schema = image_table(
-            [],
-            metadata={k: v.slice(0, 0) for k, v in plan.meta_cols.items()},
-            embeddings={c: np.zeros((0, m.dim), np.float32) for c, m, _ in columns},
-            describes={
-                c: describes[m.column]
-                if v is None
-                else view_describe(describes[m.column], m.column, v)
-                for c, m, v in columns
-            },
-            dtype=dtype,
-        )
-        st.prepare_images(schema.schema)
-        for m in models:  # a new store: its main columns were made just now
-            if plan.views.get(m.name):
-                st.record_views(m.column, plan.views[m.name])
-    _commit(
-        st,
-        root,
-        pending,
-        models,
-        dtype,
-        plan.meta_cols,
-        plan.skipped,
-        plan.store_ids,
-        plan.have,
-        plan.views,
-    )  # files of stored images: their paths and records
-
+    if todo:
+        _prepare_table(st, models, plan, columns, o.dtype)
+    chunk = _Chunk(st.version)
+    chunk.commit(st, root, pending, models, o.dtype, plan)  # files of stored images
     from tqdm.auto import tqdm
 
     bar = tqdm(
         total=len(plan.work),
         unit="img",
         desc=f"ingest {root.name} (ray)",
-        disable=not progress,
+        disable=not o.progress,
         smoothing=0.1,
     )
     bar.update(len(plan.work) - sum(len(r) for r in rels_of.values()))  # hashed and done
     try:
         if todo:
             rows = _input_rows(plan, root, todo, rels_of, columns)
-            results = _pipeline(
-                rows,
-                st,
-                names,
-                pooling,
-                runtime,
-                models,
-                layout,
-                dtype,
-                max_pixels,
-                batch_size,
-                commit_every,
-                plan,
-                max_bytes,
-            )
-            _drain(
-                results, st, root, models, dtype, plan, rels_of, pending, stats, commit_every, bar
-            )
+            results = _pipeline(rows, st, models, layout, plan, o)
+            _drain(results, st, root, models, plan, rels_of, pending, stats, o, bar)
     finally:
         bar.close()
     st.compact(min_fragments=16)  # merge the many small fragments of a chunked ingest
@@ -216,19 +121,63 @@ def ingest_ray(
 INGEST_ENGINES.register("ray", ingest_ray)
 
 
-# ---------------------------------------------------------------------- driver
+def _check(images_dir: str | os.PathLike, o: IngestOptions) -> tuple[Path, list[str], ActorLayout]:
+    """The folder, the views and the actors' layout, after the checks of the settings."""
+    root = check_folder(images_dir, o.batch_size, o.dtype)
+    if o.backbone_objects:
+        raise IngestError(
+            "engine 'ray' builds each backbone on its actors from its name: pass "
+            "backbones=[name, ...], not backbone_objects"
+        )
+    if o.commit_every < 1:
+        raise IngestError(f"--commit-every must be at least 1, not {o.commit_every}")
+    try:
+        view_names = expand_views(o.views)
+    except ValueError as e:
+        raise IngestError(f"--views: {e}") from None
+    try:
+        cluster = connect_ray(o.ray_address, quiet=not o.progress)
+        layout = actor_layout(
+            cluster,
+            actors=o.actors,
+            gpus_per_actor=o.gpus_per_actor,
+            cpus_per_actor=o.cpus_per_actor,
+            device=o.device,
+        )
+    except EngineError as e:
+        raise IngestError(str(e)) from None
+    return root, view_names, layout
 
 
-def embedding_columns(
-    models: list[Backbone], views: dict[str, list[str]]
-) -> list[tuple[str, Backbone, str | None]]:
-    """Every column this ingest fills: ``(column, backbone, view)``, each backbone's main
-    column (view None) and then its views'."""
-    return [
-        (m.column if v is None else view_column(m.column, v), m, v)
-        for m in models
-        for v in (None, *views.get(m.name, []))
-    ]
+def _prepare_table(
+    st: Store,
+    models: list[Backbone],
+    plan: IngestPlan,
+    columns: list[tuple[str, Backbone, str | None]],
+    dtype: EmbDtype,
+) -> None:
+    """The images table with every column the workers will write (and views recorded)."""
+    describes = {m.column: m.describe() for m in models}
+    schema = image_table(
+        [],
+        metadata={k: v.slice(0, 0) for k, v in plan.meta_cols.items()},
+        embeddings={c: np.zeros((0, m.dim), np.float32) for c, m, _ in columns},
+        describes={
+            c: describes[m.column] if v is None else view_describe(describes[m.column], m.column, v)
+            for c, m, v in columns
+        },
+        dtype=dtype,
+    )
+    st.fragments.prepare_images(schema.schema)
+    for m in models:  # a new store: its main columns were made just now
+        if plan.views.get(m.name):
+            st.meta.record_views(m.column, plan.views[m.name])
+
+
+_HASH_THREADS = 8  # reading and SHA-256 release the GIL
+
+
+_DECODE_WORKER_BYTES = 384 << 20  # a decode task's process before its image (measured ~240 MiB)
 
 
 def _have_key(m: Backbone, column: str, view: str | None) -> str:
@@ -369,33 +318,15 @@ def _input_rows(
 def _pipeline(
     rows: pa.Table,
     st: Store,
-    names: list[str],
-    pooling: Pooling,
-    runtime: Runtime,
     models: list[Backbone],
     layout: ActorLayout,
-    dtype: EmbDtype,
-    max_pixels: int,
-    batch_size: int,
-    commit_every: int,
     plan: IngestPlan,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    o: IngestOptions,
 ) -> Any:
     """The Ray Dataset of results: decode tasks, then the embedding actors that write fragments."""
     ray = import_ray()
-    preprocs = list(dict.fromkeys(m.preprocess for m in models))
-    pre_of = [preprocs.index(m.preprocess) for m in models]
-    pre_views = [
-        tuple(
-            dict.fromkeys(
-                v
-                for m, q in zip(models, pre_of, strict=True)
-                if q == k
-                for v in plan.views.get(m.name, [])
-            )
-        )
-        for k in range(len(preprocs))
-    ]  # (views per preprocessing, as local)
+    preprocs, _, pre_views = preprocessing_groups(models, plan.views)
+    batch_size, max_pixels = o.batch_size, o.max_pixels
     blocks = [rows.slice(s, batch_size) for s in range(0, rows.num_rows, batch_size)]
     ds = ray.data.from_arrow(blocks)
     # One CPU per decode task, and the memory of a worker (Python, torch, PIL) plus the largest
@@ -407,7 +338,7 @@ def _pipeline(
         fn_kwargs={
             "preprocs": preprocs,
             "max_pixels": max_pixels,
-            "max_bytes": max_bytes,
+            "max_bytes": o.max_bytes,
             "views": pre_views,
         },
         batch_format="pyarrow",
@@ -419,12 +350,12 @@ def _pipeline(
         _EmbedWriter,
         fn_constructor_kwargs={
             "store_path": str(st.path),
-            "names": names,
-            "pooling": pooling,
-            "runtime": runtime,
+            "names": list(dict.fromkeys(o.backbones)),
+            "pooling": o.pooling,
+            "runtime": o.runtime,
             "device": layout.device,
             "threads": max(1, int(layout.cpus)),
-            "dtype": dtype,
+            "dtype": o.dtype,
             "preprocs": preprocs,
             "meta_names": list(plan.meta_cols),
             "batch_size": batch_size,
@@ -432,7 +363,7 @@ def _pipeline(
             "views_of": plan.views,
         },
         batch_format="pyarrow",
-        batch_size=commit_every,
+        batch_size=o.commit_every,
         compute=ray.data.ActorPoolStrategy(size=layout.actors),
         num_cpus=layout.cpus,
         num_gpus=layout.gpus,
@@ -444,15 +375,15 @@ def _drain(
     st: Store,
     root: Path,
     models: list[Backbone],
-    dtype: EmbDtype,
     plan: IngestPlan,
     rels_of: dict[str, list[str]],
     pending: _Pending,
     stats: Counter,
-    commit_every: int,
+    o: IngestOptions,
     bar: Any,
 ) -> None:
     """Take the actors' results as they come and commit them in chunks."""
+    dtype = o.dtype
     chunk = _Chunk(st.version)
     columns = embedding_columns(models, plan.views)
     for b in results.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -483,7 +414,7 @@ def _drain(
             for r in rels:
                 pending.files.append((r, image_id))
                 pending.ok_rels.append(r)
-        if pending.size() >= commit_every:
+        if pending.size() >= o.commit_every:
             chunk.commit(st, root, pending, models, dtype, plan)
     chunk.commit(st, root, pending, models, dtype, plan)
 
@@ -518,12 +449,12 @@ class _Chunk:
         """Images first (one transaction), then what points at them, as the local ingest."""
         if self.fragments:
             frags = [f for batch in self.fragments for f in json.loads(batch)]
-            st.append_fragments(frags, ids=self.ids, read_version=self.version)
+            st.fragments.append_fragments(frags, ids=self.ids, read_version=self.version)
             plan.store_ids.update(self.ids)
             for c, m, v in embedding_columns(models, plan.views):
                 plan.have[_have_key(m, c, v)].update(self.ids)
             for m in models:
-                st.note_runtime(m.column, m.runtime)
+                st.meta.note_runtime(m.column, m.runtime)
         _commit(
             st,
             root,
@@ -537,162 +468,3 @@ class _Chunk:
             plan.views,
         )
         self.fragments, self.ids, self.version = {}, [], st.version
-
-
-def _np_dtype(dtype: EmbDtype) -> type:
-    return np.float16 if dtype == "float16" else np.float32
-
-
-# ---------------------------------------------------------------------- cluster
-
-
-def _decode_batch(
-    batch: pa.Table,
-    preprocs: list[Preprocess],
-    max_pixels: int,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    views: list[tuple[str, ...]] | None = None,
-) -> pa.Table:
-    """Ray task: read, hash, decode and preprocess each row's file (``decode_file``), with the
-    ``views`` of each preprocessing (column ``__pre<slot>``, slots as ``_slot``). A file whose
-    bytes no longer match the id the driver hashed is an error (its bytes changed)."""
-    files, ids = batch.column(_FILE).to_pylist(), batch.column("id").to_pylist()
-    known = batch.column(_KNOWN).to_pylist()
-    errors, sizes, nbytes = [], [], []
-    slots = sum(1 + len(v) for v in views) if views else len(preprocs)
-    arrays: list[list[bytes | None]] = [[] for _ in range(slots)]
-    for f, i, k in zip(files, ids, known, strict=True):
-        r = decode_file(f, i if k else None, preprocs, max_pixels, views, max_bytes=max_bytes)
-        if "error" not in r and r["id"] != i:
-            r = {"error": "changed while it was being ingested; run the ingest again"}
-        errors.append(r.get("error"))
-        sizes.append(r.get("size", (None, None)))
-        nbytes.append(r.get("bytes"))
-        for a, out in zip(r.get("arrays", [None] * slots), arrays, strict=True):
-            out.append(None if a is None else a.tobytes())
-    batch = batch.drop_columns([_FILE, _KNOWN])
-    batch = batch.append_column(_ERROR, pa.array(errors, pa.string()))
-    batch = batch.append_column("width", pa.array([w for w, _ in sizes], pa.int32()))
-    batch = batch.append_column("height", pa.array([h for _, h in sizes], pa.int32()))
-    batch = batch.append_column("bytes", pa.array(nbytes, pa.int64()))
-    for k, col in enumerate(arrays):
-        batch = batch.append_column(f"__pre{k}", pa.array(col, pa.binary()))
-    return batch
-
-
-class _EmbedWriter:
-    """Ray actor: builds the backbones once, then per batch embeds the decoded images, writes
-    the new rows as uncommitted fragments of the store, and returns per image its id, error,
-    fragments (new images) or embeddings (stored images missing a backbone)."""
-
-    def __init__(
-        self,
-        *,
-        store_path: str,
-        names: list[str],
-        pooling: Pooling,
-        runtime: Runtime,
-        device: str,
-        threads: int,
-        dtype: EmbDtype,
-        preprocs: list[Preprocess],
-        meta_names: list[str],
-        batch_size: int,
-        pre_views: list[tuple[str, ...]] | None = None,
-        views_of: dict[str, list[str]] | None = None,
-    ) -> None:
-        torch.set_num_threads(threads)
-        self.models = [
-            with_runtime(create_backbone(b, pooling), runtime, device, threads=threads)
-            for b in names
-        ]
-        pre_views = pre_views or [()] * len(preprocs)
-        pre_of = {m.name: preprocs.index(m.preprocess) for m in self.models}
-        # (column, backbone, view, its slot in the decoded arrays, the arrays' shape)
-        self.columns = [
-            (
-                c,
-                m,
-                v,
-                _slot(pre_views, pre_of[m.name], v),
-                (3, preprocs[pre_of[m.name]].crop_px, preprocs[pre_of[m.name]].crop_px),
-            )
-            for c, m, v in embedding_columns(self.models, views_of or {})
-        ]
-        self.store_path, self.dtype, self.meta_names = store_path, dtype, meta_names
-        self.batch_size = batch_size
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
-        errors = batch.column(_ERROR).to_pylist()
-        need = batch.column(_NEED).to_pylist()  # a stored image: the columns it lacks
-        ok = [k for k in range(n) if errors[k] is None]
-        embs: dict[str, dict[int, np.ndarray]] = {}  # column -> {row k: embedding}
-        for c, m, _, slot, shape in self.columns:
-            rows = [k for k in ok if need[k] is None or c in need[k]]  # only what is missing
-            raw = batch.column(f"__pre{slot}").to_pylist()
-            x = np.stack([np.frombuffer(raw[k], np.uint8) for k in rows]) if rows else None
-            x = None if x is None else x.reshape(len(rows), *shape)  # (n, 3, H, W) uint8
-            embs[c] = dict(zip(rows, self._embed(m, x), strict=True))  # (len(rows), dim)
-        for k in ok:  # as the local ingest: a non-finite embedding skips the file
-            bad = [
-                (m.name, v)
-                for c, m, v, _, _ in self.columns
-                if k in embs[c] and not np.isfinite(embs[c][k]).all()
-            ]
-            if bad:
-                name, v = bad[0]
-                errors[k] = f"backbone {name} gave a non-finite embedding" + (
-                    f" (view {v})" if v else ""
-                )
-        good = [k for k in ok if errors[k] is None]
-        update = batch.column(_UPDATE).to_pylist()
-        new = [k for k in good if not update[k]]
-        frags = json.dumps(self._write(batch, new, embs)) if new else None
-        is_new = set(new)
-        out = {
-            "id": batch.column("id"),
-            _UPDATE: batch.column(_UPDATE),
-            _ERROR: pa.array(errors, pa.string()),
-            _FRAGS: pa.array([frags if k in is_new else None for k in range(n)], pa.string()),
-        }
-        for c, *_ in self.columns:  # embeddings travel back only for stored images
-            e = embs[c]
-            out[c] = pa.array(
-                [
-                    e[k].tobytes() if update[k] and errors[k] is None and k in e else None
-                    for k in range(n)
-                ],
-                pa.binary(),
-            )
-        return pa.table(out)
-
-    def _embed(self, m: Backbone, x: np.ndarray | None) -> np.ndarray:
-        if x is None:
-            return np.zeros((0, m.dim), _np_dtype(self.dtype))
-        parts = [
-            m.embed(torch.from_numpy(x[s : s + self.batch_size])).cpu().numpy()  # (b, dim)
-            for s in range(0, len(x), self.batch_size)
-        ]
-        return np.concatenate(parts).astype(_np_dtype(self.dtype))
-
-    def _write(
-        self, batch: pa.Table, rows: list[int], embs: dict[str, dict[int, np.ndarray]]
-    ) -> list[str]:
-        take = pa.array(rows, pa.int64())
-        t = batch.take(take)
-        fields = ("id", "path", "paths", "root", "label", "split", "width", "height", "bytes")
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        values = {f: t.column(f).to_pylist() for f in fields}
-        dicts = [{**{f: values[f][j] for f in fields}, "added_at": now} for j in range(len(rows))]
-        table = image_table(
-            dicts,
-            metadata={name: t.column(name).combine_chunks() for name in self.meta_names},
-            embeddings={c: np.stack([embs[c][k] for k in rows]) for c, *_ in self.columns},
-            describes={c: {} for c, *_ in self.columns},
-            dtype=self.dtype,
-        )
-        return write_image_fragments(self.store_path, table)
-
-
-__all__ = ["HASH_TASKS_OVER", "ingest_ray"]

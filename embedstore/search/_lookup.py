@@ -1,12 +1,12 @@
 """Nearest stored images for query images or row ids.
 
 A query is an image file or a row id (the 64-hex SHA-256 of a stored image's bytes). Queries
-become vectors through :func:`embedstore._embed.embed_inputs` (stored rows reused by content
+become vectors through :func:`embedstore.search._embed.embed_inputs` (stored rows reused by content
 hash, so an exact duplicate comes back first with similarity 1.0; other files embedded with the
 backbone recorded in the column's metadata). Lookups read no file but the ones the user named,
 and write nothing. Search runs over one backbone's stored embeddings (optionally filtered by a
-``where`` predicate) with :class:`embedstore._search.NeighborIndex`, or a fresh saved index
-(:mod:`embedstore._indexes`).
+``where`` predicate) with :class:`embedstore.search._search.NeighborIndex`, or a fresh saved index
+(:mod:`embedstore.search._indexes`).
 
 >>> res = lookup("flowers", ["photo.jpg"], k=5)
 >>> res.results[0].vote
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from embedstore._device import resolve_device
-from embedstore._embed import embed_inputs, read_inputs
-from embedstore._indexes import open_store, saved_index
-from embedstore._resident import Resident
 from embedstore._results import Result, jsonable
-from embedstore._search import NeighborIndex, l2_normalize
-from embedstore._store import EMB_PREFIX, Store, StoreError
+from embedstore.search._embed import Input, embed_inputs, read_inputs
+from embedstore.search._indexes import open_store, saved_index
+from embedstore.search._resident import Resident
+from embedstore.search._search import NeighborIndex, l2_normalize
+from embedstore.store._store import EMB_PREFIX, Store, StoreError
 from embedstore.types import LOOKUP_INDEXES, RUNTIMES, LookupIndex, Runtime
 
 TOP_VOTES = 5  # labels listed under "votes"
@@ -101,49 +101,121 @@ def lookup(
     is faster, else torch).
     """
     st = open_store(store)
+    queries, k = _checked(queries, k, index, runtime, temperature)
+    info = st.resolve_backbone(backbone)
+    meta_cols = _metadata_columns(st, columns)
+    if where is not None:
+        st.count(where)  # a bad predicate fails here, before any heavy work
+    dev = resolve_device(device)
+    notes: list[str] = []
+    inputs = _read_queries(queries)
+    cands = _candidates(st, info, index, where, dev, notes, resident, k)
+    batch = embed_inputs(
+        st,
+        inputs,
+        {info.column: {**info.describe, "dim": info.dim}},
+        device=dev,
+        runtime=runtime,
+        backbones=backbones,
+        resident=resident,
+    )  # query vectors: stored rows reused, new files embedded
+    for j, reason in sorted(batch.errors.items()):
+        raise StoreError(f"{inputs[j].name}: {reason}")
+    notes += batch.warnings
+    Qn = l2_normalize(batch.embeddings[info.column], "queries")  # (Nq, D)
+    sims, idx = _search(cands, Qn, k, index, dev)
+    rows_by_id = _rows_by_id(st, sorted({cands.ids[j] for j in idx[idx >= 0].tolist()}), meta_cols)
+    results = [
+        _query_result(
+            q,
+            bool(batch.in_store[qi]),
+            sims[qi],
+            idx[qi],
+            cands.ids,
+            rows_by_id,
+            meta_cols,
+            temperature,
+        )
+        for qi, q in enumerate(inputs)
+    ]
+    return LookupResult(
+        store=str(st.path),
+        backbone=info.backbone,
+        column=info.column,
+        k=k,
+        where=where,
+        store_version=st.version,
+        used_index=cands.saved,
+        index_kind=cands.index.kind_,
+        index_stale=cands.stale,
+        warnings=notes,
+        results=results,
+    )
+
+
+def _checked(
+    queries: list[str | bytes], k: int, index: str, runtime: str, temperature: float
+) -> tuple[list[str | bytes], int]:
+    """The queries (paths as text) and ``k``, after the checks of every argument."""
     queries = [q if isinstance(q, bytes) else str(q) for q in queries]
     if not queries:
         raise StoreError("no queries given: name image files or stored row ids")
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise StoreError(f"k must be at least 1, not {k}")
-    k = int(k)
     if index not in LOOKUP_INDEXES:
         raise StoreError(f"unknown index {index!r}; valid: {', '.join(LOOKUP_INDEXES)}")
     if runtime not in RUNTIMES:
         raise StoreError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     if not temperature > 0:
         raise StoreError(f"temperature must be > 0, not {temperature}")
-    info = st.resolve_backbone(backbone)
-    meta_cols = _metadata_columns(st, columns)
-    if where is not None:
-        st.check_where(where)
-    dev = resolve_device(device)
-    notes: list[str] = []
+    return queries, int(k)
 
-    # Queries: read and hash every file first (cheap errors before any heavy work).
+
+def _read_queries(queries: list[str | bytes]) -> list[Input]:
+    """Read and hash every file first: cheap errors before any heavy work."""
     inputs = read_inputs(queries, allow_ids=True)
     for q in inputs:
         if q.error:
             raise StoreError(f"{q.name}: {q.error}")
+    return inputs
 
-    # Candidates: a fresh saved index, or the (filtered) stored embeddings.
+
+@dataclass
+class _Candidates:
+    """What the queries are searched against: an index (None: exact search over ``Xn``, built
+    in :func:`_search`), the row ids it returns positions in, and whether it was saved."""
+
+    index: Any
+    ids: list[str]
+    Xn: np.ndarray | None  # the normalised stored vectors, when read here
+    saved: bool = False
+    stale: bool = False
+
+
+def _candidates(
+    st: Store,
+    info: Any,
+    index: LookupIndex,
+    where: str | None,
+    dev: torch.device,
+    notes: list[str],
+    resident: Resident | None,
+    k: int,
+) -> _Candidates:
+    """The resident embeddings, a fresh saved index, or the (filtered) stored embeddings."""
     use_resident = resident is not None and where is None and info.column in resident.columns
     saved, stale = (
         (None, False) if use_resident else saved_index(st, info, index, where, dev, notes)
     )
     if use_resident:
         search_index, rows = resident.index(info.column)
-        ids = resident.ids[rows].tolist()
-        Xn = None
+        cands = _Candidates(search_index, resident.ids[rows].tolist(), None)
     elif saved is not None:
-        search_index, ids = saved
-        Xn = None
+        cands = _Candidates(saved[0], saved[1], None, saved=True, stale=stale)
     else:
         X, cols = st.embeddings(info.backbone, where=where, columns=("id",))
-        Xn = l2_normalize(X)  # (N, d) float32
-        ids = list(cols["id"])
-        del X
-    n = len(ids)
+        cands = _Candidates(None, list(cols["id"]), l2_normalize(X), stale=stale)  # (N, d)
+    n = len(cands.ids)
     if n == 0:
         raise StoreError(
             f"{st.path}: no images with {info.backbone} embeddings"
@@ -154,63 +226,48 @@ def lookup(
             f"k={k} but the store has {n} images with {info.backbone} embeddings"
             + (" matching --where" if where else "")
         )
+    return cands
 
-    # Query vectors (Nq, D): stored rows reused, new files embedded.
-    batch = embed_inputs(
-        st,
-        inputs,
-        {info.column: {**info.describe, "dim": info.dim}},
-        device=dev,
-        runtime=runtime,
-        backbones=backbones,
-        resident=resident,
-    )
-    for j, reason in sorted(batch.errors.items()):
-        raise StoreError(f"{inputs[j].name}: {reason}")
-    notes += batch.warnings
-    Qn = l2_normalize(batch.embeddings[info.column], "queries")  # (Nq, D)
 
-    # Search.
-    if saved is None and not use_resident:
+def _search(
+    cands: _Candidates, Qn: np.ndarray, k: int, index: LookupIndex, dev: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(similarities, positions)``, each ``(Nq, k)``; exact float32 cosines when the stored
+    vectors were read here (the torch path on CUDA searches in float16)."""
+    if cands.index is None:
         kind = "exact" if index in ("auto", "exact") else index
-        search_index = NeighborIndex(kind=kind, device=dev).build(Xn)
-    sims, idx = search_index.search(Qn, k)  # (Nq, k), (Nq, k)
-    if Xn is not None:  # exact float32 cosines (the torch path on CUDA searches in float16)
+        cands.index = NeighborIndex(kind=kind, device=dev).build(cands.Xn)
+    sims, idx = cands.index.search(Qn, k)
+    if cands.Xn is not None:
         safe = np.where(idx >= 0, idx, 0)
-        exact = np.einsum("qd,qkd->qk", Qn, Xn[safe])  # (Nq, k)
+        exact = np.einsum("qd,qkd->qk", Qn, cands.Xn[safe])  # (Nq, k)
         sims = np.where(idx >= 0, exact, -np.inf).astype(np.float32)
         order = np.argsort(-sims, axis=1, kind="stable")
         sims, idx = np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+    return sims, idx
 
-    wanted = sorted({ids[j] for j in idx[idx >= 0].tolist()})
-    rows_by_id = _rows_by_id(st, wanted, meta_cols)
-    results = []
-    for qi, q in enumerate(inputs):
-        neighbors = []
-        for s, j in zip(sims[qi].tolist(), idx[qi].tolist(), strict=True):
-            if j < 0:
-                continue
-            row = rows_by_id[ids[j]]
-            nb = {"id": ids[j], "path": row["path"], "label": row["label"], "similarity": float(s)}
-            nb.update({c: row[c] for c in meta_cols if c not in nb})
-            neighbors.append(nb)
-        v = vote(
-            [nb["label"] for nb in neighbors], [nb["similarity"] for nb in neighbors], temperature
-        )
-        results.append(QueryResult(q.name, q.id, bool(batch.in_store[qi]), neighbors, v))
-    return LookupResult(
-        store=str(st.path),
-        backbone=info.backbone,
-        column=info.column,
-        k=k,
-        where=where,
-        store_version=st.version,
-        used_index=saved is not None,
-        index_kind=search_index.kind_,
-        index_stale=stale,
-        warnings=notes,
-        results=results,
-    )
+
+def _query_result(
+    q: Input,
+    in_store: bool,
+    sims: np.ndarray,
+    idx: np.ndarray,
+    ids: list[str],
+    rows_by_id: dict[str, dict[str, Any]],
+    meta_cols: list[str],
+    temperature: float,
+) -> QueryResult:
+    """One query's neighbours (with their metadata) and the vote on their labels."""
+    neighbors = []
+    for s, j in zip(sims.tolist(), idx.tolist(), strict=True):
+        if j < 0:
+            continue
+        row = rows_by_id[ids[j]]
+        nb = {"id": ids[j], "path": row["path"], "label": row["label"], "similarity": float(s)}
+        nb.update({c: row[c] for c in meta_cols if c not in nb})
+        neighbors.append(nb)
+    v = vote([nb["label"] for nb in neighbors], [nb["similarity"] for nb in neighbors], temperature)
+    return QueryResult(q.name, q.id, in_store, neighbors, v)
 
 
 def vote(

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from embedstore._device import resolve_device
-from embedstore._indexes import open_store, saved_index
 from embedstore._results import Result
-from embedstore._search import NeighborIndex, l2_normalize
-from embedstore._sheets import Tile, contact_sheet, load_thumbnail
-from embedstore._store import ALWAYS_TRAIN, HOLDOUT, Store
+from embedstore.explore._sheets import Tile, contact_sheet, load_thumbnail
+from embedstore.search._indexes import open_store, saved_index
+from embedstore.search._search import NeighborIndex, l2_normalize
+from embedstore.store._store import ALWAYS_TRAIN, HOLDOUT, Store
 from embedstore.types import LOOKUP_INDEXES, IndexKind, LookupIndex, check_choice
 
 # Measured on flowers12 with efficientnet-lite0: a JPEG re-encode at quality 30, a 75% resize,
@@ -298,48 +298,14 @@ def find_duplicates(
     X, t = st.embeddings(info.backbone, where=where, columns=cols)  # (N, d)
     n = len(X)
     notes: list[str] = []
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    saved, _ = saved_index(st, info, index, where, dev, notes) if n else (None, False)
-    if saved is not None:
-        idx, saved_ids = saved
-        # the saved index holds the rows in its own order: search it with every row, then map
-        pairs = near_duplicate_pairs(X, threshold=threshold, k=k + 1, queries=X, index=idx)
-        pos = {i: r for r, i in enumerate(t["id"].tolist())}
-        remap = np.array([pos.get(i, -1) for i in saved_ids], dtype=np.int64)
-        second = remap[pairs.second]
-        ok = (second >= 0) & (second != pairs.first)
-        a, b, s = unique_pairs(pairs.first[ok], second[ok], pairs.similarity[ok])
-        pairs = NearPairs(a, b, s, pairs.saturated, f"saved {pairs.index}")
-    else:
-        kind = "auto" if index == "auto" else index
-        pairs = near_duplicate_pairs(X, threshold=threshold, k=k, kind=kind, device=device)
+    pairs = _pairs(st, info, X, t["id"], index, where, threshold, k, device, notes)
     if pairs.saturated:
         notes.append(
             f"{pairs.saturated} image(s) have {k} or more near-duplicates; some of their pairs "
             f"may be missing (raise k to list more)"
         )
     rows = _rows(t, n)
-    pair_objs = []
-    leakage = dict.fromkeys(LEAK_KINDS, 0)
-    held_out: set[int] = set()
-    for a, b, s in zip(
-        pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(), strict=True
-    ):
-        leaks = leaks_of_pair(rows[a], rows[b])
-        for kind_ in leaks:
-            leakage[kind_] += 1
-        if "holdout" in leaks:
-            held_out.add(a if rows[a].get("fold") == HOLDOUT else b)
-        pair_objs.append(
-            DuplicatePair(
-                rows[a]["id"],
-                rows[b]["id"],
-                round(float(s), 4),
-                leaks,
-                rows[a].get("path"),
-                rows[b].get("path"),
-            )
-        )
+    pair_objs, leakage, held_out = _leaks(pairs, rows)
     groups = _groups(X, rows, pairs, pair_objs)
     res = DuplicatesResult(
         store=str(st.path),
@@ -366,6 +332,64 @@ def find_duplicates(
         res.png = str(_plot_groups(out_dir / "duplicates.png", groups[:top], rows, res))
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _pairs(
+    st: Store,
+    info: Any,
+    X: np.ndarray,
+    ids: np.ndarray,
+    index: LookupIndex,
+    where: str | None,
+    threshold: float,
+    k: int,
+    device: str | torch.device,
+    notes: list[str],
+) -> NearPairs:
+    """The near-duplicate pairs among ``X``'s rows, from the saved index when it is fresh."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    saved, _ = saved_index(st, info, index, where, dev, notes) if len(X) else (None, False)
+    if saved is None:
+        kind = "auto" if index == "auto" else index
+        return near_duplicate_pairs(X, threshold=threshold, k=k, kind=kind, device=device)
+    idx, saved_ids = saved
+    # the saved index holds the rows in its own order: search it with every row, then map
+    pairs = near_duplicate_pairs(X, threshold=threshold, k=k + 1, queries=X, index=idx)
+    pos = {i: r for r, i in enumerate(ids.tolist())}
+    remap = np.array([pos.get(i, -1) for i in saved_ids], dtype=np.int64)
+    second = remap[pairs.second]
+    ok = (second >= 0) & (second != pairs.first)
+    a, b, s = unique_pairs(pairs.first[ok], second[ok], pairs.similarity[ok])
+    return NearPairs(a, b, s, pairs.saturated, f"saved {pairs.index}")
+
+
+def _leaks(
+    pairs: NearPairs, rows: list[dict[str, Any]]
+) -> tuple[list[DuplicatePair], dict[str, int], set[int]]:
+    """Each pair with what it leaks across, the count per kind of leak, and the held-out rows
+    that have a near-duplicate outside the held-out part."""
+    pair_objs = []
+    leakage = dict.fromkeys(LEAK_KINDS, 0)
+    held_out: set[int] = set()
+    for a, b, s in zip(
+        pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist(), strict=True
+    ):
+        leaks = leaks_of_pair(rows[a], rows[b])
+        for kind_ in leaks:
+            leakage[kind_] += 1
+        if "holdout" in leaks:
+            held_out.add(a if rows[a].get("fold") == HOLDOUT else b)
+        pair_objs.append(
+            DuplicatePair(
+                rows[a]["id"],
+                rows[b]["id"],
+                round(float(s), 4),
+                leaks,
+                rows[a].get("path"),
+                rows[b].get("path"),
+            )
+        )
+    return pair_objs, leakage, held_out
 
 
 def _rows(t: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:

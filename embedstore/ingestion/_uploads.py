@@ -19,11 +19,11 @@ from typing import Any
 
 from PIL import Image
 
-from embedstore._backbones import Backbone, backbone_from_description
 from embedstore._images import ImageError, decode_image, hash_bytes
-from embedstore._ingest import ingest
 from embedstore._results import Result
-from embedstore._store import Store, StoreError, connect
+from embedstore.backbones._backbones import Backbone, backbone_from_description
+from embedstore.ingestion._ingest import ingest
+from embedstore.store._store import Store, StoreError, connect
 
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -61,23 +61,8 @@ def add_images(
     >>> add_images("store", [open("a.jpg", "rb").read()], labels=["daisy"]).ids
     """
     st = store if isinstance(store, Store) else connect(store)
-    n = len(images)
-    if n == 0:
-        raise ImageError("no images given")
-    labels = list(labels) if labels is not None else [None] * n
-    metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
-    if len(labels) != n or len(metadata) != n:
-        raise ImageError(
-            f"{n} image(s) but {len(labels)} label(s) and {len(metadata)} metadata row(s)"
-        )
-    exts = []
-    for k, data in enumerate(images):
-        try:
-            decode_image(data, **({"max_pixels": max_pixels} if max_pixels else {}))
-            fmt = Image.open(io.BytesIO(data)).format
-        except ImageError as e:
-            raise ImageError(f"{names[k] if names else f'image {k}'}: {e}") from e
-        exts.append(_EXT.get(fmt or "", ".jpg"))
+    labels, metadata = _checked(images, labels, metadata)
+    exts = _extensions(images, max_pixels, names)
     ids = [hash_bytes(data) for data in images]
     root = Path(uploads_dir) if uploads_dir is not None else st.path / "uploads"
     folder = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -88,27 +73,8 @@ def add_images(
         if name not in files:
             _write_durably(folder / name, data)
             files.append(name)
-    columns = sorted({k for row in metadata for k in row})
     labelled = any(lab is not None for lab in labels)
-    meta_file = None
-    if labelled or columns:
-        meta_file = folder / "metadata.csv"
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["file", *(["label"] if labelled else []), *columns])
-        seen = set()
-        for image_id, ext, lab, row in zip(ids, exts, labels, metadata, strict=True):
-            if image_id in seen:
-                continue
-            seen.add(image_id)
-            w.writerow(
-                [
-                    image_id + ext,
-                    *([lab or ""] if labelled else []),
-                    *("" if row.get(c) is None else row[c] for c in columns),
-                ]
-            )
-        _write_durably(meta_file, buf.getvalue().encode())
+    meta_file = _write_metadata(folder, ids, exts, labels, metadata, labelled)
     _fsync_dir(folder)
     try:
         summary = _ingest_folder(st, folder, meta_file, labelled, backbone_objects, max_pixels)
@@ -124,6 +90,67 @@ def add_images(
         folder=str(folder),
         store_version=summary.store_version,
     )
+
+
+def _checked(
+    images: list[bytes], labels: list[str | None] | None, metadata: list[dict] | None
+) -> tuple[list[str | None], list[dict[str, Any]]]:
+    """The labels and metadata rows, one per image (None and {} when not given)."""
+    n = len(images)
+    if n == 0:
+        raise ImageError("no images given")
+    labels = list(labels) if labels is not None else [None] * n
+    metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
+    if len(labels) != n or len(metadata) != n:
+        raise ImageError(
+            f"{n} image(s) but {len(labels)} label(s) and {len(metadata)} metadata row(s)"
+        )
+    return labels, metadata
+
+
+def _extensions(images: list[bytes], max_pixels: int | None, names: list[str] | None) -> list[str]:
+    """Each image's file extension, after decoding it with the safe decoder."""
+    exts = []
+    for k, data in enumerate(images):
+        try:
+            decode_image(data, **({"max_pixels": max_pixels} if max_pixels else {}))
+            fmt = Image.open(io.BytesIO(data)).format
+        except ImageError as e:
+            raise ImageError(f"{names[k] if names else f'image {k}'}: {e}") from e
+        exts.append(_EXT.get(fmt or "", ".jpg"))
+    return exts
+
+
+def _write_metadata(
+    folder: Path,
+    ids: list[str],
+    exts: list[str],
+    labels: list[str | None],
+    metadata: list[dict[str, Any]],
+    labelled: bool,
+) -> Path | None:
+    """``metadata.csv`` beside the files (labels and metadata columns), or None without any."""
+    columns = sorted({k for row in metadata for k in row})
+    if not (labelled or columns):
+        return None
+    meta_file = folder / "metadata.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", *(["label"] if labelled else []), *columns])
+    seen = set()
+    for image_id, ext, lab, row in zip(ids, exts, labels, metadata, strict=True):
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        w.writerow(
+            [
+                image_id + ext,
+                *([lab or ""] if labelled else []),
+                *("" if row.get(c) is None else row[c] for c in columns),
+            ]
+        )
+    _write_durably(meta_file, buf.getvalue().encode())
+    return meta_file
 
 
 def _ingest_folder(
@@ -153,18 +180,17 @@ def _ingest_folder(
 
 def collect_orphan_uploads(store: Store | str | os.PathLike) -> list[str]:
     """Remove the upload folders no stored image comes from (a process killed between writing
-    the files and committing them); returns them. Holds the write lock meanwhile, so no upload
-    of this or another process is between those two steps."""
+    the files and committing them); returns their names. Holds the write lock meanwhile, so no
+    upload of this or another process is between those two steps."""
     st = store if isinstance(store, Store) else connect(store)
     root = st.path / "uploads"
     if not root.is_dir():
         return []
     with st.writing("collecting orphan uploads"):
-        used = set()
+        used: set[str] = set()
         if st.count() > 0:
-            used = {
-                str(Path(r).resolve()) for r in set(st.read(columns=["root"])["root"].to_pylist())
-            }
+            roots = set(st.read(columns=["root"])["root"].to_pylist())
+            used = {str(Path(r).resolve()) for r in roots if r}
         gone = []
         for folder in sorted(root.iterdir()):
             if folder.is_dir() and str(folder.resolve()) not in used:

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedstore._store import EMB_PREFIX
 from embedstore.errors import BadInput
+from embedstore.store._lance import EMB_PREFIX
 
 RESERVED = frozenset(
     {

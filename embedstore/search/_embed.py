@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedstore._backbones import (
+from embedstore._device import resolve_device
+from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
+from embedstore.backbones._backbones import (
     Backbone,
     BackboneError,
     backbone_from_description,
     weights_mismatch,
 )
-from embedstore._device import resolve_device
-from embedstore._images import ImageError, decode_image, hash_bytes, read_bytes
-from embedstore._onnx import resolve_runtime, runtime_for_column, with_runtime
-from embedstore._resident import Resident
-from embedstore._store import Store, StoreError
-from embedstore._views import make_view
+from embedstore.backbones._onnx import resolve_runtime, runtime_for_column, with_runtime
+from embedstore.backbones._views import make_view
+from embedstore.search._resident import Resident
+from embedstore.store._store import Store, StoreError
 from embedstore.types import RUNTIMES, Runtime, check_choice
 
 EMBED_BATCH = 32  # images per forward pass
@@ -131,7 +131,7 @@ def embed_inputs(
     ``resident`` (the store's rows held in memory) stored rows come from it, not from a read.
     A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
     error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU where it
-    is faster, else torch; see embedstore._onnx); with ``torch`` or ``onnx`` a cached backbone
+    is faster, else torch; see embedstore.backbones._onnx); with ``torch`` or ``onnx`` a cached backbone
     of the other runtime is rebuilt. Under ``auto`` on the CPU, a column that ``onnx-int8``
     wrote is embedded with ``onnx-int8`` too, so queries match the stored vectors' precision.
     """
@@ -144,38 +144,63 @@ def embed_inputs(
     for j, q in enumerate(inputs):
         if q.error:
             res.errors[j] = q.error
-    # 1. stored rows, by id
+    if resident is not None:  # 1. stored rows, by id
+        _from_resident(res, resident, columns, meta_columns)
+    elif store is not None and store.exists:
+        _from_store(res, store, columns, meta_columns)
+    _stored_only_errors(res, store, columns)
+    images = _decode_rest(res)  # 2. decode the rest once, then embed with each backbone
+    if images:
+        _embed_new(res, images, columns, device, runtime, batch_size, backbones)
+    return res
+
+
+def _from_resident(
+    res: EmbeddedInputs, resident: Resident, columns: dict[str, Any], meta_columns: Any
+) -> None:
+    inputs = res.inputs
+    r_embs, r_have, r_table = resident.vectors([None if q.error else q.id for q in inputs])
+    res.in_store[:] = [not q.error and q.id in resident.row for q in inputs]
+    for c in columns:
+        if c in r_embs:
+            res.embeddings[c][:] = r_embs[c]
+            res.have[c][:] = r_have[c]
+    for c in meta_columns:
+        if c in r_table:
+            res.table[c][:] = r_table[c]
+
+
+def _from_store(
+    res: EmbeddedInputs, store: Store, columns: dict[str, Any], meta_columns: Any
+) -> None:
+    inputs = res.inputs
     ids = sorted({q.id for q in inputs if q.id and not q.error})
-    if resident is not None:
-        r_embs, r_have, r_table = resident.vectors([None if q.error else q.id for q in inputs])
-        res.in_store[:] = [not q.error and q.id in resident.row for q in inputs]
-        for c in columns:
-            if c in r_embs:
-                embs[c][:] = r_embs[c]
-                have[c][:] = r_have[c]
-        for c in meta_columns:
-            if c in r_table:
-                table[c][:] = r_table[c]
-    elif store is not None and ids and store.exists:
-        names = store.schema().names
-        want = [c for c in columns if c in names]
-        meta = [c for c in meta_columns if c in names]
-        t = store.read(["id", *meta, *want], ids=ids)
-        pos = {i: k for k, i in enumerate(t.column("id").to_pylist())}
-        rows = [(j, pos[q.id]) for j, q in enumerate(inputs) if q.id in pos and j not in res.errors]
-        for j, _ in rows:
-            res.in_store[j] = True
-        for c in want:
-            vals = t.column(c).to_pylist()
-            for j, k in rows:
-                if vals[k] is not None:
-                    embs[c][j] = np.asarray(vals[k], dtype=np.float32)
-                    have[c][j] = True
-        for c in meta:
-            vals = t.column(c).to_pylist()
-            for j, k in rows:
-                table[c][j] = vals[k]
-    for j, q in enumerate(inputs):
+    if not ids:
+        return
+    names = store.schema().names
+    want = [c for c in columns if c in names]
+    meta = [c for c in meta_columns if c in names]
+    t = store.read(["id", *meta, *want], ids=ids)
+    pos = {i: k for k, i in enumerate(t.column("id").to_pylist())}
+    rows = [(j, pos[q.id]) for j, q in enumerate(inputs) if q.id in pos and j not in res.errors]
+    for j, _ in rows:
+        res.in_store[j] = True
+    for c in want:
+        vals = t.column(c).to_pylist()
+        for j, k in rows:
+            if vals[k] is not None:
+                res.embeddings[c][j] = np.asarray(vals[k], dtype=np.float32)
+                res.have[c][j] = True
+    for c in meta:
+        vals = t.column(c).to_pylist()
+        for j, k in rows:
+            res.table[c][j] = vals[k]
+
+
+def _stored_only_errors(res: EmbeddedInputs, store: Store | None, columns: dict[str, Any]):
+    """An error for each id given without bytes whose stored row lacks an embedding."""
+    have = res.have
+    for j, q in enumerate(res.inputs):
         if j not in res.errors and q.data is None and not all(h[j] for h in have.values()):
             res.errors[j] = (
                 "no stored image has this id (and no such file)"
@@ -189,46 +214,59 @@ def embed_inputs(
                     else ""
                 )
             )
-    # 2. decode the rest once, then embed with each recorded backbone
+
+
+def _decode_rest(res: EmbeddedInputs) -> dict[int, Any]:
+    """The images of the inputs still missing an embedding, decoded once (errors recorded)."""
     todo = [
         j
-        for j, q in enumerate(inputs)
-        if j not in res.errors and q.data is not None and not all(h[j] for h in have.values())
+        for j, q in enumerate(res.inputs)
+        if j not in res.errors and q.data is not None and not all(h[j] for h in res.have.values())
     ]
     images: dict[int, Any] = {}
     for j in todo:
         try:
-            images[j] = decode_image(inputs[j].data)
+            images[j] = decode_image(res.inputs[j].data)
         except ImageError as e:
             res.errors[j] = f"cannot use as a query image: {e}"
-    if not images:
-        return res
+    return images
+
+
+def _embed_new(
+    res: EmbeddedInputs,
+    images: dict[int, Any],
+    columns: dict[str, dict[str, Any]],
+    device: str | torch.device,
+    runtime: Runtime,
+    batch_size: int,
+    backbones: dict[str, Backbone] | None,
+) -> None:
+    """Embed ``images`` for each column with its recorded backbone (built once, cached)."""
     dev = resolve_device(device)
     resolve_runtime(runtime, dev)  # a bad setting fails before any model loads
     cache = backbones if backbones is not None else {}
     for c, describe in columns.items():
-        rows = [j for j in images if not have[c][j]]
+        rows = [j for j in images if not res.have[c][j]]
         if not rows:
             continue
         key = describe.get("view_of", c)  # a view column runs its main column's backbone
         rt = runtime_for_column(runtime, describe, dev)  # auto: onnx-int8 as it was written
         bb = cache.get(key)
         if bb is None or (rt != "auto" and bb.runtime != resolve_runtime(rt, dev)):
-            first = inputs[rows[0]].name  # auto: as cached
+            first = res.inputs[rows[0]].name  # auto: as cached
             bb = cache[key] = _rebuild(describe, dev, rt, first, res.warnings)
         X = embed_images(bb, [images[j] for j in rows], batch_size, view=describe.get("view"))
         if describe.get("dtype", "float16") == "float16":
             X = X.astype(np.float16).astype(np.float32)  # as the store would hold it
-        embs[c][rows] = X
-        have[c][rows] = True
-    return res
+        res.embeddings[c][rows] = X
+        res.have[c][rows] = True
 
 
 def embed_images(
     bb: Backbone, images: list[Any], batch_size: int = EMBED_BATCH, *, view: str | None = None
 ) -> np.ndarray:
     """PIL RGB images -> ``(n, dim)`` float32 embeddings, in batches; with ``view`` (a name
-    in embedstore._views, e.g. ``"flip"``) of that augmented view, as ingest stores it."""
+    in embedstore.backbones._views, e.g. ``"flip"``) of that augmented view, as ingest stores it."""
     out = []
     pre = bb.preprocess if view is None else (lambda im: make_view(im, view, bb.preprocess))
     for s in range(0, len(images), batch_size):

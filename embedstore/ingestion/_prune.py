@@ -1,7 +1,7 @@
 """Files that changed or went away on disk after they were ingested.
 
 Ids are content hashes, so a file overwritten with other bytes is a new image; the old row
-keeps its path until it is pruned. :meth:`Store.stale_files` counts such files (``info``
+keeps its path until it is pruned. :meth:`Store.records.stale_files` counts such files (``info``
 reports them) and :func:`prune` (``embedstore ingest --prune``) removes what no file on disk
 backs any more: file records of deleted files, paths that no longer hold the image's bytes,
 and image rows left with no path at all.
@@ -14,7 +14,7 @@ import os
 import pyarrow as pa
 
 from embedstore._images import disk_path
-from embedstore._store import Store
+from embedstore.store._store import Store
 
 
 def prune(st: Store, root: str) -> int:
@@ -22,7 +22,7 @@ def prune(st: Store, root: str) -> int:
     whose file now holds other bytes (or none), and the image rows left without a path.
     Run after an ingest of ``root`` (which recorded the current bytes of every file there).
     Returns the number of image rows removed."""
-    files = st.file_records(root)
+    files = st.records.file_records(root)
     gone, current = [], {}  # current: rel -> id of the bytes the file holds now
     for rel, size, mtime, i in zip(
         files["rel"].to_pylist(),
@@ -64,5 +64,5 @@ def prune(st: Store, root: str) -> int:
                 },
             )
         n = st.delete_images(drop)
-        st.delete_file_records(root, gone)
+        st.records.delete_file_records(root, gone)
     return n

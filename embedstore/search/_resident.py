@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedstore._search import NeighborIndex, l2_normalize
-from embedstore._store import Store
+from embedstore.search._search import NeighborIndex, l2_normalize
+from embedstore.store._store import Store
 
 
 class Resident:

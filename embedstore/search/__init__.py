@@ -1,0 +1,58 @@
+"""Nearest neighbours: ``NeighborIndex`` (faiss or torch), saved indexes, ``Resident`` (a
+store's embeddings held in memory), files to embeddings (``embed_inputs``) and ``lookup``.
+
+>>> from embedstore.search import NeighborIndex, l2_normalize
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedstore._lazy import lazy_names
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "NeighborIndex": ("embedstore.search._search", "NeighborIndex"),
+    "as_float32": ("embedstore.search._search", "as_float32"),
+    "l2_normalize": ("embedstore.search._search", "l2_normalize"),
+    "Resident": ("embedstore.search._resident", "Resident"),
+    "LookupResult": ("embedstore.search._lookup", "LookupResult"),
+    "QueryResult": ("embedstore.search._lookup", "QueryResult"),
+    "lookup": ("embedstore.search._lookup", "lookup"),
+    "build_index": ("embedstore.search._indexes", "build_index"),
+    "EmbeddedInputs": ("embedstore.search._embed", "EmbeddedInputs"),
+    "Input": ("embedstore.search._embed", "Input"),
+    "embed_images": ("embedstore.search._embed", "embed_images"),
+    "embed_inputs": ("embedstore.search._embed", "embed_inputs"),
+    "read_inputs": ("embedstore.search._embed", "read_inputs"),
+}
+
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs read
+    from embedstore.search._embed import (
+        EmbeddedInputs,
+        Input,
+        embed_images,
+        embed_inputs,
+        read_inputs,
+    )
+    from embedstore.search._indexes import build_index
+    from embedstore.search._lookup import LookupResult, QueryResult, lookup
+    from embedstore.search._resident import Resident
+    from embedstore.search._search import NeighborIndex, as_float32, l2_normalize
+
+__all__ = [
+    "EmbeddedInputs",
+    "Input",
+    "LookupResult",
+    "NeighborIndex",
+    "QueryResult",
+    "Resident",
+    "as_float32",
+    "build_index",
+    "embed_images",
+    "embed_inputs",
+    "l2_normalize",
+    "lookup",
+    "read_inputs",
+]
