@@ -1,0 +1,61 @@
+"""The heads' training settings as click options, derived from ``heads.settings.SETTINGS``.
+
+One declaration (name, type, default, help, choices or registry, bounds) gives the option of
+``heads train`` and ``heads tune``, the service's request body and the tune search space; here
+only the click side. Numbers must be finite and in range (``--lr inf`` and ``--lr nan`` are
+refused before anything runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from cli_commands._common import Registered, loss_names
+
+
+class FiniteFloat(click.FloatRange):
+    """A float within ``min``..``max`` that is a real number (no inf, no nan)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+_REGISTRIES: dict[str, Callable[[], list[str]]] = {"losses": loss_names}
+
+
+def _param_type(s: Any) -> Any:
+    if s.choices is not None:
+        return click.Choice(s.choices)
+    if s.registry is not None:
+        return Registered(_REGISTRIES[s.registry])
+    if s.type is int:
+        return click.IntRange(
+            None if s.min is None else int(s.min), None if s.max is None else int(s.max)
+        )
+    if s.type is float:
+        return FiniteFloat(s.min, s.max, min_open=s.min_exclusive)
+    return s.type
+
+
+def setting_option(s: Any) -> Callable[[Any], Any]:
+    """The click option of one :class:`heads.settings.Setting` (default None: the head's)."""
+    flag = f"--{s.name.replace('_', '-')}"
+    if s.type is bool:
+        return click.option(flag, s.name, is_flag=True, default=None, help=s.help)
+    return click.option(flag, s.name, type=_param_type(s), default=None, help=s.help)
+
+
+def head_setting_options(f: Any) -> Any:
+    """Every training setting of the heads as an option of the decorated command."""
+    from heads.settings import SETTINGS
+
+    for s in reversed(SETTINGS):
+        f = setting_option(s)(f)
+    return f
