@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 # What `heads.X` is, loaded on first use (PEP 562): `import heads.types` (the option vocabulary
 # the command line reads) costs nothing, and torch loads only with the first head or run.
 _EXPORTS: dict[str, tuple[str, str]] = {
+    "Head": ("heads._base", "Head"),
+    "HeadMixin": ("heads._base", "HeadMixin"),
+    "HeadTags": ("heads._base", "HeadTags"),
     "list_runs": ("heads._runs", "list_runs"),
     "read_eval": ("heads._runs", "read_eval"),
     "replace_run": ("heads._runs", "replace_run"),
@@ -87,6 +90,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read
+    from heads._base import Head, HeadMixin, HeadTags
     from heads._batch_predict import PREDICTION_SCHEMA, BatchPrediction, predict_batch
     from heads._encoders import ENCODERS, MetadataEncoder
     from heads._ensemble import ensemble
@@ -114,6 +118,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.losses import LOSSES, create_loss, list_losses, register_loss
 
 __all__ = [
+    "Head",
+    "HeadMixin",
+    "HeadTags",
     "list_runs",
     "read_eval",
     "replace_run",

@@ -179,14 +179,14 @@ class Run(_Loaded):
             tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
             kw["fields"] = self.encoder.transform(tab)
         if not self.tta_views:
-            return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
+            return np.asarray(self.head.logits(X, **kw), dtype=np.float32)
         inputs = [X] + [  # each view of every backbone, made into the head's input as X is
             self.head_input(
                 {b["column"]: embeddings[view_column(b["column"], v)] for b in self.backbones}
             )
             for v in self.tta_views
         ]
-        z = [np.asarray(self.head.decision_function(x, **kw), np.float64) for x in inputs]
+        z = [np.asarray(self.head.logits(x, **kw), np.float64) for x in inputs]
         return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 
     def unknown_scores(

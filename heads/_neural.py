@@ -35,12 +35,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from embedstore._device import resolve_device
+from heads._base import EpochBar, HeadMixin, HeadTags, Progress, TrainingRecord
 from heads._metrics import macro_f1
 from heads._registry import register_head
-from heads._validation import head_tags, host_array
+from heads._validation import host_array, sklearn_head_tags
 from heads.losses import CompositeLoss, create_loss
 from heads.types import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 
@@ -268,7 +268,7 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 # --------------------------------------------------------------------------- the estimator
 
 
-class NeuralHead(ClassifierMixin, BaseEstimator):
+class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
     """A linear / MLP / transformer classification head trained on the device in seconds.
 
     Settings (stored as given; checked at ``fit``): ``arch`` (None = the class default),
@@ -338,13 +338,24 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def __sklearn_tags__(self) -> Tags:
-        tags = head_tags(super().__sklearn_tags__())
+        tags = sklearn_head_tags(super().__sklearn_tags__())
         # LayerNorm over the embedding drops each row's mean and scale: on scikit-learn's
         # 2-feature blobs only the sign of x0 - x1 is left (64% accuracy, whatever the training),
         # short of its 0.83 check. Embeddings have hundreds of features; tests/test_neural.py
         # asserts the accuracy reached on those.
         tags.classifier_tags.poor_score = True
         return tags
+
+    def __head_tags__(self) -> HeadTags:
+        arch = self._arch
+        return HeadTags(
+            arch=arch, takes_views=True, iterative=True, token_fusion=arch == "transformer"
+        )
+
+    def training_record(self) -> TrainingRecord:
+        if not self.__sklearn_is_fitted__():
+            return TrainingRecord()
+        return TrainingRecord(list(self.history_), int(self.best_epoch_))
 
     # ------------------------------------------------------------------ building
 
@@ -433,12 +444,14 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         fields_val: Sequence[ArrayLike] | None = None,
         aux_val: ArrayLike | None = None,
         X_views: ArrayLike | None = None,
+        progress: Progress | None = None,
     ) -> NeuralHead:
         """Train on embeddings ``X`` ``(N, D)`` and labels ``y`` ``(N,)``; returns self.
 
         ``X_views``: ``(N, V, D)`` embeddings of augmented views of the same images (``ingest
         --views``), used as augmentation: each epoch every image is seen once, as one of its
-        ``1 + V`` embeddings (the main one or a view) drawn at random.
+        ``1 + V`` embeddings (the main one or a view) drawn at random. ``progress(done, total,
+        info)`` is called after each epoch (``verbose`` without it: a progress bar).
 
         ``fields``: encoded metadata blocks ``(N, d_i)``; ``aux``: ``(N, A)`` binary targets
         (NaN = missing). With ``X_val``/``y_val`` the best epoch by validation macro-F1 is kept
@@ -489,7 +502,13 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
                 0 if a_train is None else a_train.shape[1],
             )
             weights = self._sample_weights(y_idx, None if val is None else val[1].cpu().numpy())
-            self._train(xs, torch.as_tensor(y_idx, device=dev), f_train, a_train, val, weights, gen)
+            bar = EpochBar(f"{self._arch} head") if progress is None and self.verbose else None
+            try:
+                y_t = torch.as_tensor(y_idx, device=dev)
+                self._train(xs, y_t, f_train, a_train, val, weights, gen, progress or bar)
+            finally:
+                if bar is not None:
+                    bar.close()
         return self
 
     def _validation(
@@ -565,6 +584,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         val: tuple | None,
         weights: torch.Tensor | None,
         gen: torch.Generator,
+        progress: Progress | None,
     ) -> None:
         model, n, bs = self.model_, x.shape[-2], int(self.batch_size)  # x: (N, D) or (1 + V, N, D)
         self._composite = CompositeLoss(self.loss_, self.aux_alpha).to(self.device_)
@@ -583,13 +603,8 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
 
         self.history_: list[dict[str, Any]] = []
         best_f1, best_state, since_best = -1.0, None, 0
-        bar = tqdm(
-            range(int(self.epochs)),
-            desc=getattr(self, "_progress_desc", None) or f"{self._arch} head",
-            unit="epoch",
-            disable=not self.verbose,
-        )
-        for epoch in bar:
+        epochs = int(self.epochs)
+        for epoch in range(epochs):
             t0 = time.perf_counter()
             model.train()
             order = self._draw(n, weights, gen)  # (N,)
@@ -610,21 +625,20 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             row.update(self._evaluate(val))
             row["seconds"] = time.perf_counter() - t0
             self.history_.append(row)
+            stop = False
             if val is None:
-                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-                continue
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_f1=f"{row['val_macro_f1']:.4f}")
-            if row["val_macro_f1"] > best_f1:
+                pass
+            elif row["val_macro_f1"] > best_f1:
                 best_f1, since_best, self.best_epoch_ = row["val_macro_f1"], 0, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-                if self.patience and since_best >= self.patience:
-                    # end the bar at 100%: the run is complete, not cut off
-                    bar.total = epoch + 1
-                    bar.set_postfix_str(f"stopped at epoch {epoch + 1}, best {self.best_epoch_}")
-                    break
-        bar.close()
+                stop = bool(self.patience) and since_best >= self.patience
+            if progress is not None:  # stopped early: done == total, the run is complete
+                shown = {k: row[k] for k in ("train_loss", "val_macro_f1") if row[k] is not None}
+                progress(epoch + 1, epoch + 1 if stop else epochs, shown)
+            if stop:
+                break
         if best_state is not None:
             model.load_state_dict(best_state)
         else:
@@ -684,14 +698,10 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         out, _ = self._outputs(*self._inputs(X, fields))
         return self.loss_.inference_logits(out).float()
 
-    def decision_function(
-        self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None
-    ) -> np.ndarray:
-        """Logits ``(N, C)`` float32, columns following ``classes_``.
-
-        Two columns for two classes as well (not scikit-learn's ``(N,)`` margin): the unknown
-        detectors and the ensembles read one logit per class.
-        """
+    def logits(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """Logits ``(N, C)`` float32, columns following ``classes_``, two for two classes as well
+        (what the unknown detectors and the ensembles read; ``decision_function`` gives
+        scikit-learn's ``(N,)`` margin for two classes)."""
         return self._logits(X, fields).cpu().numpy()
 
     def predict_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:

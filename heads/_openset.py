@@ -70,7 +70,7 @@ def openset_arrays(
     ``X`` ``(N, d)`` embeddings, ``y`` ``(N,)`` labels (``None`` rows are left out).
     ``holdout_classes``: fraction of the classes held out per draw (at least 1, and at least 2
     classes stay known). ``detectors``: names (default: every registered detector). ``head``:
-    the head whose ``decision_function`` feeds the logit detectors, built with ``head_kwargs``
+    the head whose ``logits`` feed the logit detectors, built with ``head_kwargs``
     (``epochs=30``, ``seed`` and ``device`` by default when it takes them); it is only trained
     when a detector that reads logits is asked for. ``roc_png``: ROC curves of the last draw, the
     legend giving the means over draws (as the table). ``progress``: a bar over the draws.
@@ -125,8 +125,8 @@ def openset_arrays(
                 keep=set(head_kwargs or {}),
             )
             h.fit(X[train], y[train])
-            logits_train = h.decision_function(X[train])  # (Ntr, C)
-            logits_test = h.decision_function(X[test])  # (Nt, C)
+            logits_train = h.logits(X[train])  # (Ntr, C)
+            logits_test = h.logits(X[test])  # (Nt, C)
         for n, det in dets.items():
             needs[n] = det.needs
             det.fit(X[train], y[train], logits=logits_train)

@@ -6,7 +6,6 @@ each fold's work in small steps (prepare, fit, calibrate, save).
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import time
@@ -21,6 +20,7 @@ import torch
 from sklearn.base import clone
 
 from embedstore import Result
+from heads._base import EpochBar, Head, head_tags
 from heads._data import (
     FoldData,
     aux_matrix,
@@ -106,7 +106,7 @@ class _Fold:
     fields_train: list[np.ndarray] | None = None
     fields_val: list[np.ndarray] | None = None
     aux_train: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    knn_top1_by_k: dict[str, float] | None = None  # multi-k heads: validation top-1 of each k
 
     def fields(self, part: str) -> dict[str, Any]:
         f = self.fields_train if part == "train" else self.fields_val
@@ -167,9 +167,8 @@ def train(
     data = load_fold_data(
         store, backbone, [*metadata, *aux_targets], where, views=views is not False or bool(tta)
     )
-    if several and getattr(estimator, "_arch", None) == "transformer" and not estimator.token_dims:
-        # token fusion: one token per backbone
-        estimator.set_params(token_dims=[i.dim for i in data.extra["backbones"]])
+    if several and head_tags(estimator).token_fusion and not estimator.get_params()["token_dims"]:
+        estimator.set_params(token_dims=[i.dim for i in data.backbones])  # a token per backbone
     use_views(data, views, tta)
     check_finite(data.X, data.ids, data.backbone.column)
     if not any(v is not None for v in data.labels):
@@ -182,7 +181,7 @@ def train(
         Path(out)
         if out is not None
         else Path("runs")
-        / f"{head}-{'+'.join(i.backbone for i in data.extra['backbones'])}-{time.strftime('%Y%m%d-%H%M%S')}"
+        / f"{head}-{'+'.join(i.backbone for i in data.backbones)}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if base.exists() and not base.is_dir():
         raise HeadsError(f"{base}: --out is a file; give a directory")
@@ -201,6 +200,7 @@ def train(
         "unknown": unknown,
         "unknown_label": unknown_label,
         "where": where,
+        "progress": progress,
     }
     steps = len(folds) + int(refit)
     try:
@@ -210,10 +210,11 @@ def train(
             run_dir = work / f"fold{k}" if fold == "all" else work
             f = prepare_fold(data, k, list(metadata), list(aux_targets), unknown_label)
             model = clone(estimator)
-            if getattr(model, "reference", None) == "train+val":  # the folds score on train only
-                model.set_params(reference="train")
-            model._progress_desc = f"{head} fold {k} ({done + 1}/{len(folds)})"
-            fit_s = fit_fold(model, data, f)
+            tags = head_tags(model)
+            if tags.needs_refit:  # e.g. centroids: the folds score with their training part only
+                model.set_params(**tags.fold_settings)
+            desc = f"{head} fold {k} ({done + 1}/{len(folds)})"
+            fit_s = fit_fold(model, data, f, desc if progress else None)
             val_logits, det, val_scores = calibrate_fold(
                 model, None if detector is None else clone(detector), data, f
             )
@@ -226,9 +227,9 @@ def train(
                     str(base / run_dir.relative_to(work)) if run_dir != work else str(base),
                     k,
                     round(fit_s, 3),
-                    len(getattr(model, "history_", []) or []),
+                    len(model.training_record().history),
                     res.metrics,
-                    f.extra.get("knn_top1_by_k"),
+                    f.knn_top1_by_k,
                 )
             )
         ens, ens_metrics, refit_res = None, None, None
@@ -285,7 +286,7 @@ class _FoldStats:
 def _refit_settings(
     estimator: Any, fold: int | str, refit: bool, members: str | None
 ) -> tuple[bool, str]:
-    if getattr(estimator, "reference", None) == "train+val":
+    if head_tags(estimator).needs_refit:
         if fold != "all":
             raise HeadsError(
                 "--reference train+val needs --fold all: the folds are scored on their training "
@@ -304,7 +305,7 @@ def _refit_settings(
 def _backbones_config(data: FoldData) -> dict[str, Any]:
     """``{"backbones": [...]}`` for a head on several backbones (their embeddings L2-normalised
     and concatenated in this order); nothing for one."""
-    infos = data.extra.get("backbones") or [data.backbone]
+    infos = data.backbones or [data.backbone]
     if len(infos) == 1:
         return {}
     return {
@@ -319,7 +320,7 @@ def _fold_stats(
     model: Any, det: UnknownDetector | None, f: _Fold, val_logits: np.ndarray
 ) -> _FoldStats:
     temp = fit_temperature({"label": f.y_val, "logits": val_logits}, f.classes.tolist())
-    best = getattr(model, "best_epoch_", None)
+    best = model.training_record().best_epoch
     thr = None if det is None else getattr(det, "threshold_", None)
     return _FoldStats(None if best is None else int(best), temp, thr)
 
@@ -349,11 +350,11 @@ def fit_refit(
     model = clone(estimator)
     best = [s.best_epoch for s in stats if s.best_epoch is not None]
     epochs = None
-    if best and "epochs" in model.get_params():
+    if best and head_tags(model).iterative:
         epochs = refit_epochs(best)
         model.set_params(epochs=epochs)
-    model._progress_desc = f"{settings['head']} refit on all folds"
-    fit_s = fit_fold(model, data, f)
+    desc = f"{settings['head']} refit on all folds"
+    fit_s = fit_fold(model, data, f, desc if settings.get("progress") else None)
     val_logits, det, _ = calibrate_fold(
         model, None if detector is None else clone(detector), data, f
     )
@@ -371,7 +372,7 @@ def fit_refit(
         "temperature": temperature,
     }
     save_fold(run_dir, model, det, data, f, val_logits, None, fit_s, settings, extra)
-    n = len(getattr(model, "history_", []) or [])
+    n = len(model.training_record().history)
     return FoldResult(str(run_dir), None, round(fit_s, 3), n, {"n_train": int(len(f.train_rows))})
 
 
@@ -392,7 +393,7 @@ def _ensemble_members(
 def build_head(head: str, options: dict[str, Any], progress: bool = True) -> Any:
     """The unfitted head from the registry with ``options``; clear errors for options it lacks."""
     cls = HEADS.get(head)
-    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    params = set(cls.setting_names())
     kwargs, unused = {}, []
     for k, v in options.items():
         if v is None:
@@ -421,7 +422,7 @@ def build_detector(name: str | None, device: str | None) -> UnknownDetector | No
     if name not in DETECTORS:
         raise HeadsError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS.list())}")
     cls = DETECTORS.get(name)
-    takes_device = "device" in inspect.signature(cls.__init__).parameters
+    takes_device = "device" in cls._get_param_names()  # a BaseEstimator's settings
     return cls(**({"device": device} if takes_device and device is not None else {}))
 
 
@@ -474,10 +475,11 @@ def prepare_fold(
     return f
 
 
-def fit_fold(model: Any, data: FoldData, f: _Fold) -> float:
+def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None) -> float:
     """Fit ``model`` on the fold's training part (validation rows of known classes for early
-    stopping); returns the seconds it took."""
-    fit_kw: dict[str, Any] = {}
+    stopping); returns the seconds it took. ``progress``: a progress bar's title (None: none)."""
+    bar = EpochBar(progress) if progress else None
+    fit_kw: dict[str, Any] = {} if bar is None else {"progress": bar}
     if f.fields_train is not None:
         fit_kw["fields"] = f.fields_train
         fit_kw["fields_val"] = [v[f.known_val] for v in f.fields_val]
@@ -486,9 +488,9 @@ def fit_fold(model: Any, data: FoldData, f: _Fold) -> float:
     if f.known_val.any():
         fit_kw["X_val"], fit_kw["y_val"] = data.X[f.val_rows][f.known_val], f.y_val[f.known_val]
     X, y = data.X[f.train_rows], f.y_train
-    if data.extra.get("train_views"):  # augmentation by the stored views of each image
+    if data.train_views:  # augmentation by the stored views of each image
         V = data.views[f.train_rows]  # (n, V, D)
-        if "X_views" in inspect.signature(model.fit).parameters:
+        if head_tags(model).takes_views:
             fit_kw["X_views"] = V  # the head draws one of main + views per image and epoch
         else:  # others (kNN, centroids, ...) fit on every view as one more image
             X, y, fit_kw = _stack_views(X, V, y, fit_kw)
@@ -499,6 +501,9 @@ def fit_fold(model: Any, data: FoldData, f: _Fold) -> float:
         raise
     except ValueError as e:
         raise HeadsError(f"{'refit' if f.k is None else f'fold {f.k}'}: {e}") from e
+    finally:
+        if bar is not None:
+            bar.close()
     return time.perf_counter() - t0
 
 
@@ -506,10 +511,10 @@ def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
     """Decide whether training uses the stored views as augmentation (``views``) and validation
     and prediction average the views' logits (``tta``); None: :data:`DEFAULT_VIEWS` /
     :data:`DEFAULT_TTA` when the store has views for the backbone. Records the view names
-    in ``data.extra`` (``train_views``, ``tta_views``)."""
+    in ``data.train_views`` and ``data.tta_views``."""
     have = bool(data.view_names)
     if (views or tta) and not have:
-        names = [i.backbone for i in data.extra.get("backbones") or [data.backbone]]
+        names = [i.backbone for i in data.backbones or [data.backbone]]
         what = names[0] if len(names) == 1 else "every one of " + ", ".join(names) + " (the same)"
         raise HeadsError(
             f"{data.store_path}: no views of {what} are stored; add them with "
@@ -518,17 +523,17 @@ def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
         )
     train_v = have and (DEFAULT_VIEWS if views is None else views)
     tta_v = have and (DEFAULT_TTA if tta is None else tta)
-    data.extra["train_views"] = list(data.view_names) if train_v else []
-    data.extra["tta_views"] = list(data.view_names) if tta_v else []
+    data.train_views = list(data.view_names) if train_v else []
+    data.tta_views = list(data.view_names) if tta_v else []
 
 
 def tta_logits(model: Any, data: FoldData, rows: np.ndarray, **kw: Any) -> np.ndarray:
     """Logits ``(n, C)`` of ``rows``: with test-time augmentation (``tta_views``) the mean of
     the logits of the main embedding and of each view, as a loaded run predicts."""
     parts = [data.X[rows]]
-    if data.extra.get("tta_views"):
+    if data.tta_views:
         parts += list(data.views[rows].transpose(1, 0, 2))  # V of (n, D)
-    z = [np.asarray(model.decision_function(x, **kw), dtype=np.float64) for x in parts]
+    z = [np.asarray(model.logits(x, **kw), dtype=np.float64) for x in parts]
     return np.mean(z, axis=0).astype(np.float32)
 
 
@@ -553,11 +558,11 @@ def calibrate_fold(
     """Validation logits, the detector fitted on the training part and calibrated on validation
     (None without one) and its validation scores; kNN heads also score every k."""
     X_val = data.X[f.val_rows]
-    if hasattr(model, "predict_proba_multi_k") and f.known_val.any():  # every k from one search
+    if head_tags(model).multi_k and f.known_val.any():  # every k from one search
         index = {c: i for i, c in enumerate(f.classes)}
         yv = np.array([index[c] for c in f.y_val[f.known_val]])
         multi = model.predict_proba_multi_k(X_val[f.known_val])
-        f.extra["knn_top1_by_k"] = {
+        f.knn_top1_by_k = {
             str(kk): float((p.argmax(axis=1) == yv).mean()) for kk, p in sorted(multi.items())
         }
     val_logits = (
@@ -568,7 +573,7 @@ def calibrate_fold(
     if detector is None:
         return val_logits, None, None
     X_tr = data.X[f.train_rows]
-    tr_logits = np.asarray(model.decision_function(X_tr, **f.fields("train")), dtype=np.float32)
+    tr_logits = np.asarray(model.logits(X_tr, **f.fields("train")), dtype=np.float32)
     detector.fit(X_tr, f.y_train, logits=tr_logits)
     val_scores = None
     if len(f.val_rows):
@@ -595,7 +600,7 @@ def save_fold(
     config_h, tensors = model.get_state()
     sha = {"head.safetensors": save_tensors(run_dir, "head.safetensors", tensors)}
     counts = dict(zip(*np.unique(f.y_train, return_counts=True), strict=True))
-    poison_col = data.extra.get("poison_column")
+    poison_col = data.poison_column
     poisonous_of_class = None
     if poison_col:
         pv = aux_matrix(data.table, [poison_col], f.train_rows)[:, 0]
@@ -610,17 +615,18 @@ def save_fold(
         dconf, dtens = detector.get_state()
         sha["detector.safetensors"] = save_tensors(run_dir, "detector.safetensors", dtens)
         det_config = {"name": settings["unknown"], "config": dconf}
-    history = list(getattr(model, "history_", []) or [])
+    record = model.training_record()
+    history = record.history
     write_history(run_dir, history)
     if history:
         plot_training_curves(
             history,
             run_dir / "curves.png",
-            best_epoch=getattr(model, "best_epoch_", None),
+            best_epoch=record.best_epoch,
             title=f"{settings['head']} on {data.backbone.backbone}, "
             f"{'refit on all folds' if f.k is None else f'fold {f.k}'}: training curves",
         )
-    obs_col = data.extra.get("obs_column")
+    obs_col = data.obs_column
     write_val(
         run_dir,
         data.ids[f.val_rows],
@@ -660,15 +666,15 @@ def save_fold(
         "n_train": int(len(f.train_rows)),
         "n_val": int(len(f.val_rows)),
         "fit_seconds": round(fit_s, 3),
-        "knn_top1_by_k": f.extra.get("knn_top1_by_k"),
+        "knn_top1_by_k": f.knn_top1_by_k,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "weights_sha256": sha,
         "detector": det_config,
         # augmented views (``ingest --views``): those trained on, those averaged at prediction
         "views": {
-            "train": data.extra.get("train_views") or [],
-            "tta": data.extra.get("tta_views") or [],
+            "train": list(data.train_views),
+            "tta": list(data.tta_views),
         },
         **(extra or {}),
     }

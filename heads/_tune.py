@@ -235,7 +235,7 @@ def tune(
         )
     base_est = build_head(head, head_options, progress=False)
     data = load_fold_data(store, backbone, [], where, views=views is not False or bool(tta))
-    use_views(data, views, tta)  # as heads.train: data.extra["train_views"] / ["tta_views"]
+    use_views(data, views, tta)  # as heads.train: data.train_views / tta_views
     check_finite(data.X, data.ids, data.backbone.column)
     folds = [prepare_fold(data, k, [], [], unknown_label) for k in _folds_to_train(data, fold)]
     folds = [f for f in folds if f.known_val.any()]
@@ -362,8 +362,8 @@ def tune(
 def _views_used(data: FoldData) -> dict[str, list[str]]:
     """The views trained on and those averaged at prediction, as a run's config records them."""
     return {
-        "train": list(data.extra.get("train_views") or []),
-        "tta": list(data.extra.get("tta_views") or []),
+        "train": list(data.train_views),
+        "tta": list(data.tta_views),
     }
 
 
@@ -403,8 +403,8 @@ class _Objective:
                 raise optuna.TrialPruned()
             model = clone(self.estimator).set_params(**head_settings(params))
             try:
-                fit_fold(model, self.data, f)  # trains on the views when data.extra says so
-                # scored as the retrained run predicts: with TTA when data.extra says so
+                fit_fold(model, self.data, f)  # trains on the views when data says so
+                # scored as the retrained run predicts: with TTA when data says so
                 logits = tta_logits(model, self.data, f.val_rows[f.known_val])
                 pred = model.classes_[logits.argmax(1)]
             except (ValueError, RuntimeError) as e:
@@ -415,7 +415,7 @@ class _Objective:
             y_true.append(t)
             y_pred.append(p)
             fold_f1.append(macro_f1(t, p))
-            epochs.append(int(getattr(model, "best_epoch_", 0) or 0))
+            epochs.append(int(model.training_record().best_epoch or 0))
             trial.report(float(np.mean(fold_f1)), step)
             if step + 1 < len(self.folds) and trial.should_prune():
                 trial.set_user_attr("fold_macro_f1", fold_f1)

@@ -132,7 +132,7 @@ def _jsonable(value: Any) -> Any:
 
 def _as_logits(logits: Any, name: str) -> np.ndarray:
     if logits is None:
-        raise ValueError(f"detector {name!r} needs logits= (N, C), e.g. head.decision_function(X)")
+        raise ValueError(f"detector {name!r} needs logits= (N, C), e.g. head.logits(X)")
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().cpu().numpy()
     z = np.asarray(logits, dtype=np.float64)

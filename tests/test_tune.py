@@ -183,7 +183,7 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
     views_store, tmp_path, monkeypatch
 ):
     calls = []  # what every fit and prediction of the head saw, trials and retrained run alike
-    fit, logits = heads.NeuralHead.fit, heads.NeuralHead.decision_function
+    fit, logits = heads.NeuralHead.fit, heads.NeuralHead.logits
 
     @functools.wraps(fit)
     def spy_fit(self, X, y, **kw):
@@ -196,7 +196,7 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
         return logits(self, X, *a, **kw)
 
     monkeypatch.setattr(heads.NeuralHead, "fit", spy_fit)
-    monkeypatch.setattr(heads.NeuralHead, "decision_function", spy_logits)
+    monkeypatch.setattr(heads.NeuralHead, "logits", spy_logits)
     fast = {"epochs": 3, "batch_size": 16, "device": "cpu", "progress": False}
     res = heads.tune(views_store, head="linear", trials=2, out=tmp_path / "v", **fast)
     assert res.views == {"train": ["flip"], "tta": ["flip"]}

@@ -48,11 +48,11 @@ def open_set():
     return {
         "X_train": X_train,
         "y_train": y_train,
-        "logits_train": head.decision_function(X_train),
+        "logits_train": head.logits(X_train),
         "X_val": X_val,
-        "logits_val": head.decision_function(X_val),
+        "logits_val": head.logits(X_val),
         "X_eval": X_eval,
-        "logits_eval": head.decision_function(X_eval),
+        "logits_eval": head.logits(X_eval),
         "is_known": np.r_[np.ones(len(X_known), bool), np.zeros(len(X_unknown), bool)],
     }
 
