@@ -6,7 +6,6 @@ ensemble); :class:`heads.Ensemble` loads it.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import pyarrow.parquet as pq
 from heads._errors import HeadsError
 from heads._evaluate import EvalResult, evaluate
 from heads._loaded import load, log_softmax
-from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
+from heads._runconfig import EnsembleConfig, read_run_config, write_run_config
+from heads._rundir import read_val
 from heads.types import AVERAGES, Average
 
 
@@ -92,36 +92,30 @@ def ensemble(
             rels.append(os.path.relpath(rp, out.resolve()))
         except ValueError:
             rels.append(str(rp))
-    first_cfg = read_config(runs[0])
-    store = first_cfg["store"]
+    first_cfg = read_run_config(runs[0])
     vals = [read_val(Path(r)) for r in runs]
     temps = [_temperature(v, m) if calibrate else 1.0 for v, m in zip(vals, members, strict=True)]
     if auto and len(runs) > 1:
         w = select_weights(vals, classes, temps, average)
-    config = {
-        "format": RUN_FORMAT,
-        "kind": "ensemble",
-        "members": rels,
-        "weights": w.tolist(),
-        "average": average,
-        "classes": classes,
-        "store": store,
-        "unknown_label": first_cfg.get("unknown_label", "unknown"),
-        "poisonous_of_class": first_cfg.get("poisonous_of_class"),
-        "observation_column": first_cfg.get("observation_column"),
-        "poison_column": first_cfg.get("poison_column"),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "calibrated": bool(calibrate),
-        "temperatures": temps,
-        "member_sha256": [read_config(r)["config_sha256"] for r in runs],
-    }
+    config = EnsembleConfig(
+        classes=classes,
+        store=first_cfg.store,
+        unknown_label=first_cfg.unknown_label,
+        observation_column=first_cfg.observation_column,
+        poison_column=first_cfg.poison_column,
+        poisonous_of_class=first_cfg.poisonous_of_class,
+        members=rels,
+        weights=w.tolist(),
+        average=average,
+        calibrated=bool(calibrate),
+        temperatures=temps,
+        member_sha256=[read_run_config(r).config_sha256 for r in runs],
+    )
     if validation:
         v_members = [load(r, "cpu") for r in validation]
         v_vals = [read_val(Path(r)) for r in validation]
         v_temps = [_temperature(v, m) for v, m in zip(v_vals, v_members, strict=True)]
-        config["validation"] = [
-            os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation
-        ]
+        config.validation = [os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation]
         _write_val(
             out,
             v_vals,
@@ -132,7 +126,7 @@ def ensemble(
         )
     else:
         _write_val(out, vals, members, w, average, temps if calibrate else None)
-    write_config(out, config)
+    write_run_config(out, config)
     return evaluate(out, holdout=True, plots=True)
 
 

@@ -25,7 +25,7 @@ import embedstore
 from embedstore import DUPLICATE_THRESHOLD, Result, load_thumbnail
 from heads._evaluate import evaluate, holdout_rows, score_rows
 from heads._issues import IssuesResult, find_issues
-from heads._loaded import Predictor, load
+from heads._loaded import Ensemble, Predictor, load
 from heads._metrics import most_confused, openset_scores, per_class_f1
 from heads._plots import plot_roc
 from heads._rundir import read_val
@@ -204,7 +204,7 @@ def _page(
 ) -> str:
     cfg = model.config
     backbone = ", ".join(b.get("name", c) for c, b in model.backbone_columns().items())
-    members = getattr(model, "members", [])
+    members = model.members if isinstance(model, Ensemble) else []
     kind_heads = sorted({str(m.config.get("head")) for m in members}) or [str(cfg.get("head"))]
     what = f"ensemble of {len(members)} members" if members else "run"
     meta = (

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.base import clone
 
 from embedstore import Result
@@ -37,14 +36,8 @@ from heads._errors import HeadsError
 from heads._evaluate import EvalResult, evaluate
 from heads._plots import plot_training_curves
 from heads._registry import HEADS
-from heads._rundir import (
-    RUN_FORMAT,
-    replace_dir,
-    save_tensors,
-    write_config,
-    write_history,
-    write_val,
-)
+from heads._runconfig import RunConfig, StoreRef, write_run_config
+from heads._rundir import replace_dir, save_tensors, write_history, write_val
 from heads._unknown import DEFAULT_DETECTOR, DETECTORS, UnknownDetector
 from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
 
@@ -302,17 +295,13 @@ def _refit_settings(
     return refit, members or (DEFAULT_REFIT_ENSEMBLE if refit else "folds")
 
 
-def _backbones_config(data: FoldData) -> dict[str, Any]:
-    """``{"backbones": [...]}`` for a head on several backbones (their embeddings L2-normalised
-    and concatenated in this order); nothing for one."""
-    infos = data.backbones or [data.backbone]
-    if len(infos) == 1:
-        return {}
+def _backbone_ref(info: Any) -> dict[str, Any]:
+    """A backbone as a run's config records it."""
     return {
-        "backbones": [
-            {"name": i.backbone, "column": i.column, "dim": i.dim, "describe": i.describe}
-            for i in infos
-        ]
+        "name": info.backbone,
+        "column": info.column,
+        "dim": info.dim,
+        "describe": info.describe,
     }
 
 
@@ -636,46 +625,30 @@ def save_fold(
         observation=data.table[obs_col][f.val_rows] if obs_col else None,
         poisonous=aux_matrix(data.table, [poison_col], f.val_rows)[:, 0] if poison_col else None,
     )
-    config: dict[str, Any] = {
-        "format": RUN_FORMAT,
-        "kind": "run",
-        "head": settings["head"],
-        "head_config": config_h,
-        "classes": f.classes.tolist(),
-        "train_counts": [int(counts[c]) for c in f.classes],
-        "backbone": {
-            "name": data.backbone.backbone,
-            "column": data.backbone.column,
-            "dim": data.backbone.dim,
-            "describe": data.backbone.describe,
-        },
-        **_backbones_config(data),
-        "store": {
-            "path": str(Path(data.store_path).resolve()),
-            "version": data.store_version,
-            "where": settings["where"],
-        },
-        "fold": f.k,
-        "metadata": settings["metadata"],
-        "metadata_encoder": f.encoder.get_state() if f.encoder is not None else None,
-        "aux_targets": settings["aux_targets"],
-        "unknown_label": settings["unknown_label"],
-        "observation_column": obs_col,
-        "poison_column": poison_col,
-        "poisonous_of_class": poisonous_of_class,
-        "n_train": int(len(f.train_rows)),
-        "n_val": int(len(f.val_rows)),
-        "fit_seconds": round(fit_s, 3),
-        "knn_top1_by_k": f.knn_top1_by_k,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        "weights_sha256": sha,
-        "detector": det_config,
+    config = RunConfig(
+        classes=f.classes.tolist(),
+        store=StoreRef(str(Path(data.store_path).resolve()), data.store_version, settings["where"]),
+        unknown_label=settings["unknown_label"],
+        observation_column=obs_col,
+        poison_column=poison_col,
+        poisonous_of_class=poisonous_of_class,
+        head=settings["head"],
+        head_config=config_h,
+        train_counts=[int(counts[c]) for c in f.classes],
+        backbone=_backbone_ref(data.backbone),
+        backbones=[_backbone_ref(i) for i in data.backbones] if len(data.backbones) > 1 else None,
+        fold=f.k,
+        metadata=settings["metadata"],
+        metadata_encoder=f.encoder.get_state() if f.encoder is not None else None,
+        aux_targets=settings["aux_targets"],
+        n_train=int(len(f.train_rows)),
+        n_val=int(len(f.val_rows)),
+        fit_seconds=round(fit_s, 3),
+        knn_top1_by_k=f.knn_top1_by_k,
+        weights_sha256=sha,
+        detector=det_config,
         # augmented views (``ingest --views``): those trained on, those averaged at prediction
-        "views": {
-            "train": list(data.train_views),
-            "tta": list(data.tta_views),
-        },
+        views={"train": list(data.train_views), "tta": list(data.tta_views)},
         **(extra or {}),
-    }
-    write_config(run_dir, config)
+    )
+    write_run_config(run_dir, config)

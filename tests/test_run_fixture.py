@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import embedstore
 import heads
+from heads._runconfig import RunConfig, parse_config, read_run_config, write_run_config
 from tests.fixtures.make_fixture_runs import fixture_embeddings
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
@@ -43,3 +45,24 @@ def test_old_run_loads_and_predicts_as_when_written(name):
     assert (top1 == np.asarray(run.classes)[expected[f"{name}_logits"].argmax(1)]).all()
     if name == "linear-all":  # 5 epochs of a linear head: better than chance (0.25)
         assert (top1 == labels).mean() > 0.5
+
+
+@pytest.mark.parametrize("path", ["mlp", "linear-all", "linear-all/fold0"])
+def test_run_config_reads_and_writes_the_old_keys_unchanged(path, tmp_path):
+    raw = json.loads((RUNS / path / "config.json").read_text())
+    cfg = read_run_config(RUNS / path)
+    assert cfg.to_dict() == raw  # every key, in the same JSON
+    assert cfg["classes"] == cfg.classes and cfg.get("nothing") is None  # by key, as the dict
+    write_run_config(tmp_path, cfg)
+    again = read_run_config(tmp_path)
+    assert again.config_sha256 == raw["config_sha256"]  # the same checksum rule
+
+
+def test_a_run_config_lacking_newer_keys_loads_with_their_defaults():
+    raw = json.loads((RUNS / "mlp" / "config.json").read_text())
+    for key in ("views", "knn_top1_by_k", "poison_column", "backbones", "refit"):
+        raw.pop(key, None)
+    raw["added_later"] = {"kept": True}
+    cfg = parse_config(raw)
+    assert isinstance(cfg, RunConfig) and cfg.tta_views == [] and cfg.knn_top1_by_k is None
+    assert cfg.to_dict()["added_later"] == {"kept": True}  # unknown keys written back
