@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 Progress = Callable[[int, int, Mapping[str, Any]], None]
 """``progress(done, total, info)``, called by ``fit`` after each epoch: epochs done, the planned
 total (equal to ``done`` when training stops early) and what to show (``train_loss``,
-``val_macro_f1`` ...)."""
+``val_macro_f1`` ...; ``best_epoch`` when it stops early)."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,13 @@ class EpochBar:
     def __call__(self, done: int, total: int, info: Mapping[str, Any]) -> None:
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.desc, unit="epoch")
+        stopped = total < self.bar.total  # stopped early: end the bar at 100%, complete
         self.bar.total = total
         self.bar.update(done - self.bar.n)
-        shown = {k: f"{v:.4f}" for k, v in info.items() if isinstance(v, float)}
-        self.bar.set_postfix(shown)
+        if stopped:
+            self.bar.set_postfix_str(f"stopped at epoch {done}, best {info.get('best_epoch')}")
+        else:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in info.items() if isinstance(v, float)})
 
     def close(self) -> None:
         if self.bar is not None:

@@ -25,9 +25,10 @@ from embedstore.types import check_choice
 from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
 from heads._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
+from heads.settings import DEFAULTS
 from heads.types import REFERENCES, Reference
 
-DEFAULT_K = 20
+DEFAULT_K: int = DEFAULTS["k"]
 DEFAULT_KS = (10, 20, 100, 200)
 _LOG_EPS = 1e-12  # decision_function = log(max(p, eps)): classes without votes get log(1e-12)
 
@@ -278,8 +279,8 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         temperature: float = 0.07,
-        reference: Reference = "train",
-        transductive: bool = False,
+        reference: Reference = DEFAULTS["reference"],
+        transductive: bool = DEFAULTS["transductive"],
         transductive_rounds: int = 3,
         transductive_temperature: float = 0.05,
         transductive_weight: float = 0.5,

@@ -42,6 +42,7 @@ from heads._metrics import macro_f1
 from heads._registry import register_head
 from heads._validation import host_array, sklearn_head_tags
 from heads.losses import CompositeLoss, create_loss
+from heads.settings import BY_NAME, DEFAULTS
 from heads.types import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 
 __all__ = [
@@ -111,7 +112,7 @@ def prior_sample_weights(
 
 
 # A linear probe wants a larger step than a deeper head (DINOv2's linear eval sweeps 1e-3..1e-1).
-DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "transformer": 5e-4}
+DEFAULT_LR: dict[str, float] = dict(BY_NAME["lr"].default_by_arch)  # per architecture
 
 
 class CosineClassifier(nn.Module):
@@ -294,19 +295,19 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         self,
         *,
         arch: Arch | None = None,
-        hidden: int = 1024,
-        dropout: float = 0.1,
-        loss: str = "ce",
+        hidden: int = DEFAULTS["hidden"],
+        dropout: float = DEFAULTS["dropout"],
+        loss: str = DEFAULTS["loss"],
         loss_kwargs: dict[str, Any] | None = None,
-        class_weights: ClassWeights = "none",
-        sampler: Sampler = "none",
-        aux_alpha: float = 1.0,
-        epochs: int = 30,
-        lr: float | None = None,
-        weight_decay: float = 1e-4,
-        batch_size: int = 1024,
-        warmup_epochs: int = 1,
-        patience: int | None = 10,
+        class_weights: ClassWeights = DEFAULTS["class_weights"],
+        sampler: Sampler = DEFAULTS["sampler"],
+        aux_alpha: float = DEFAULTS["aux_alpha"],
+        epochs: int = DEFAULTS["epochs"],
+        lr: float | None = DEFAULTS["lr"],
+        weight_decay: float = DEFAULTS["weight_decay"],
+        batch_size: int = DEFAULTS["batch_size"],
+        warmup_epochs: int = DEFAULTS["warmup_epochs"],
+        patience: int | None = DEFAULTS["patience"],
         seed: int = 0,
         device: str = "auto",
         transformer_dim: int = 256,
@@ -636,6 +637,8 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
                 stop = bool(self.patience) and since_best >= self.patience
             if progress is not None:  # stopped early: done == total, the run is complete
                 shown = {k: row[k] for k in ("train_loss", "val_macro_f1") if row[k] is not None}
+                if stop:
+                    shown["best_epoch"] = self.best_epoch_
                 progress(epoch + 1, epoch + 1 if stop else epochs, shown)
             if stop:
                 break

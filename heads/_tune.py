@@ -38,10 +38,10 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from embedstore import Result, jsonable
+from heads._base import head_tags
 from heads._data import FoldData, check_finite, load_fold_data
 from heads._errors import HeadsError
 from heads._metrics import macro_f1
-from heads._neural import DEFAULT_LR
 from heads._plots import plot_trials
 from heads._registry import HEADS
 from heads._train import (
@@ -56,16 +56,12 @@ from heads._train import (
 )
 from heads._train import train as train_head
 from heads.losses import LOSSES, list_losses
+from heads.settings import BY_NAME, DEFAULTS, SETTINGS, head_options
 
 __all__ = ["TUNED_PARAMS", "TuneResult", "search_space", "tune"]
 
-TUNED_PARAMS = ("lr", "weight_decay", "dropout", "hidden", "loss", "label_smoothing")
-# Learning-rate ranges per architecture, each a decade either side of its default (DEFAULT_LR).
-_LR_RANGE = {"linear": (1e-3, 1e-1), "mlp": (1e-4, 1e-2), "transformer": (5e-5, 5e-3)}
-_WEIGHT_DECAY = (1e-6, 1.0)
-_DROPOUT = (0.0, 0.7)
-_HIDDEN = (256, 512, 1024, 2048)
-_LABEL_SMOOTHING = (0.0, 0.3)
+# What tune searches, in the order trials draw them: every setting with a ``tune`` range.
+TUNED_PARAMS = tuple(s.name for s in SETTINGS if s.tune is not None)
 
 
 @dataclass
@@ -103,29 +99,19 @@ def search_space(
     >>> search_space("linear")["lr"]
     (0.001, 0.1, 'log')
     """
-    cls = HEADS.get(head)
-    takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    arch = getattr(cls, "default_arch", None)
+    takes, arch = _head_settings(head)
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
     space: dict[str, Any] = {}
-    if "lr" in takes and arch in _LR_RANGE:
-        space["lr"] = (*_LR_RANGE[arch], "log")
-    if "weight_decay" in takes:
-        space["weight_decay"] = (*_WEIGHT_DECAY, "log")
-    if "dropout" in takes:
-        space["dropout"] = (*_DROPOUT, "linear")
-    if "hidden" in takes and arch != "linear":  # the linear head has no hidden layer
-        space["hidden"] = list(_HIDDEN)
-    if "loss" in takes:
-        names = list(losses) if losses is not None else list_losses()
-        bad = [n for n in names if n not in LOSSES]
-        if bad or not names:
-            raise HeadsError(
-                f"--losses {','.join(bad) or '(none)'}: valid losses: {', '.join(list_losses())}"
-            )
-        space["loss"] = names
-        if "loss_kwargs" in takes and any(_takes_smoothing(n) for n in names):
-            space["label_smoothing"] = (*_LABEL_SMOOTHING, "linear")
+    for name in TUNED_PARAMS:
+        rng = BY_NAME[name].tune_range(arch)
+        if rng is None or name not in takes:
+            continue
+        if rng.registry == "losses":
+            space[name] = _loss_names(losses)
+        elif name != "label_smoothing":
+            space[name] = rng.as_space()
+        elif "loss" in space and any(_takes_smoothing(n) for n in space["loss"]):
+            space[name] = rng.as_space()  # only beside a searched loss that takes it
     if "loss_kwargs" in fixed:
         space.pop("label_smoothing", None)
     for k in fixed:
@@ -135,22 +121,41 @@ def search_space(
     return space
 
 
+def _head_settings(head: str) -> tuple[set[str], str | None]:
+    """The settings ``head`` takes (``label_smoothing`` through ``loss_kwargs``) and its arch."""
+    cls = HEADS.get(head)
+    takes = set(cls.setting_names())
+    if "loss_kwargs" in takes:
+        takes.add("label_smoothing")
+    return takes, head_tags(cls()).arch
+
+
+def _loss_names(losses: list[str] | None) -> list[str]:
+    names = list(losses) if losses is not None else list_losses()
+    bad = [n for n in names if n not in LOSSES]
+    if bad or not names:
+        raise HeadsError(
+            f"--losses {','.join(bad) or '(none)'}: valid losses: {', '.join(list_losses())}"
+        )
+    return names
+
+
 def _takes_smoothing(loss: str) -> bool:
     return "label_smoothing" in inspect.signature(LOSSES.get(loss).__init__).parameters
 
 
 def _defaults(head: str, space: dict[str, Any]) -> dict[str, Any]:
     """The head's own settings for the searched names (trial 0: the default recipe)."""
-    cls = HEADS.get(head)
-    sig = inspect.signature(cls.__init__).parameters
+    head_defaults = HEADS.get(head)().get_params()
+    arch = _head_settings(head)[1]
     out: dict[str, Any] = {}
     for name in space:
         if name == "label_smoothing":
-            out[name] = 0.0
-        elif name == "lr" and sig[name].default is None:  # None: the architecture's default
-            out[name] = DEFAULT_LR[cls.default_arch]
+            out[name] = DEFAULTS[name]
+        elif head_defaults[name] is None:  # None: the architecture's default (lr)
+            out[name] = BY_NAME[name].default_by_arch[arch]
         else:
-            out[name] = sig[name].default
+            out[name] = head_defaults[name]
     lo_hi = {k: v for k, v in space.items() if isinstance(v, tuple)}
     for k, (lo, hi, _) in lo_hi.items():  # a default outside its range: do not enqueue it
         if not lo <= out[k] <= hi:
@@ -179,10 +184,7 @@ def _suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
 
 def head_settings(params: dict[str, Any]) -> dict[str, Any]:
     """Trial parameters as head settings (``label_smoothing`` goes into ``loss_kwargs``)."""
-    out = {k: v for k, v in params.items() if k != "label_smoothing"}
-    if params.get("label_smoothing"):
-        out["loss_kwargs"] = {"label_smoothing": float(params["label_smoothing"])}
-    return out
+    return head_options(params)
 
 
 def tune(
