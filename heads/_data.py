@@ -40,7 +40,7 @@ class FoldData:
     backbones: list[EmbeddingInfo] = field(default_factory=list)  # all of them, in order
     obs_column: str | None = None  # the observation id column, if the store has one
     poison_column: str | None = None  # the poisonous flag column, if the store has one
-    # views trained on as augmentation and averaged at prediction (heads._train.use_views)
+    # views trained on as augmentation and averaged at prediction (heads.training._train.use_views)
     train_views: list[str] = field(default_factory=list)
     tta_views: list[str] = field(default_factory=list)
     # augmented views of X (``ingest --views``): (N, V, D) float32, a row lacking a view holds

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import heads_cli
-from heads._rundir import read_config, write_config
+from heads.runs._rundir import read_config, write_config
 from tests.conftest import make_synthetic_store, write_class_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,15 @@ def test_the_package_loads_its_names_on_first_use_so_help_is_instant():
     assert typed == heads._EXPORTS
     for name, (module, attr) in heads._EXPORTS.items():
         assert getattr(heads, name) is getattr(importlib.import_module(module), attr), name
+    # names whose home is a subpackage still answer as heads.X; each subpackage declares its own
+    for name, package in heads._MOVED.items():
+        assert name in importlib.import_module(package).__all__, (package, name)
+        assert getattr(heads, name) is getattr(importlib.import_module(package), name), name
+    assert len(heads.__all__) <= 36 and not set(heads._MOVED) & set(heads._EXPORTS)
+    for sub in ("estimators", "runs", "training", "evaluation", "prediction", "losses"):
+        package = importlib.import_module(f"heads.{sub}")
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (sub, name)
 
 
 # ---------------------------------------------------------------------- registries and options

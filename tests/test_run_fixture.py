@@ -11,7 +11,7 @@ import pytest
 
 import embedstore
 import heads
-from heads._runconfig import RunConfig, parse_config, read_run_config, write_run_config
+from heads.runs._config import RunConfig, parse_config, read_run_config, write_run_config
 from tests.fixtures.make_fixture_runs import fixture_embeddings
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import heads
-from heads._tune import TUNED_PARAMS
 from heads.settings import BY_NAME, SETTINGS, TuneRange, head_options
+from heads.training._tune import TUNED_PARAMS
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)

@@ -1,4 +1,4 @@
-"""heads._unknown: detectors on held-out Gaussian clusters, slow references, calibration, contract."""
+"""heads.estimators._unknown: detectors on held-out Gaussian clusters, slow references, calibration, contract."""
 
 import json
 
@@ -11,8 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from embedstore._search import l2_normalize
-from heads._knn import CentroidHead
-from heads._unknown import (
+from heads.estimators._knn import CentroidHead
+from heads.estimators._unknown import (
     DEFAULT_DETECTOR,
     create_detector,
     detector_from_state,

@@ -18,7 +18,6 @@ import numpy as np
 
 import embedstore
 from embedstore import Result
-from heads._loaded import Predictor, load
 from heads._metrics import (
     aggregate_by_observation,
     classification_report,
@@ -28,9 +27,10 @@ from heads._metrics import (
     openset_scores,
     per_class_f1,
 )
-from heads._plots import plot_confusion, plot_per_class
-from heads._runconfig import EnsembleConfig, RunConfig
-from heads._rundir import read_val
+from heads.evaluation._plots import plot_confusion, plot_per_class
+from heads.runs._config import EnsembleConfig, RunConfig
+from heads.runs._loaded import Predictor, load
+from heads.runs._rundir import read_val
 
 # What each score means (``heads eval --help`` and the README print these).
 MEASURES: dict[str, str] = {

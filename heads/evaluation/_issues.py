@@ -30,8 +30,8 @@ import numpy as np
 import embedstore
 from embedstore import Result, Tile, contact_sheet, l2_normalize, load_thumbnail, self_join_index
 from heads._errors import HeadsError
-from heads._loaded import Predictor, load, log_softmax
-from heads._rundir import read_val
+from heads.runs._loaded import Predictor, load, log_softmax
+from heads.runs._rundir import read_val
 
 _CLEANLAB_HINT = "heads issues needs cleanlab: pip install cleanlab"
 _SHEET_ROWS = 24  # rows drawn in a PNG at most (the CSV has every image)

@@ -29,16 +29,16 @@ from heads._data import (
     load_fold_data,
     meta_table,
 )
-from heads._encoders import MetadataEncoder
-from heads._ensemble import ensemble as write_ensemble
-from heads._ensemble import fit_temperature
 from heads._errors import HeadsError
-from heads._evaluate import EvalResult, evaluate
-from heads._plots import plot_training_curves
 from heads._registry import HEADS
-from heads._runconfig import RunConfig, StoreRef, write_run_config
-from heads._rundir import replace_dir, save_tensors, write_history, write_val
-from heads._unknown import DEFAULT_DETECTOR, DETECTORS, UnknownDetector
+from heads.estimators._encoders import MetadataEncoder
+from heads.estimators._unknown import DEFAULT_DETECTOR, DETECTORS, UnknownDetector
+from heads.evaluation._evaluate import EvalResult, evaluate
+from heads.evaluation._plots import plot_training_curves
+from heads.runs._config import RunConfig, StoreRef, write_run_config
+from heads.runs._rundir import replace_dir, save_tensors, write_history, write_val
+from heads.training._ensemble import ensemble as write_ensemble
+from heads.training._ensemble import fit_temperature
 from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
 
 _NOT_HEAD_OPTIONS = ("seed", "device")  # options every head may ignore

@@ -23,12 +23,12 @@ import numpy as np
 
 import embedstore
 from embedstore import DUPLICATE_THRESHOLD, Result, load_thumbnail
-from heads._evaluate import evaluate, holdout_rows, score_rows
-from heads._issues import IssuesResult, find_issues
-from heads._loaded import Ensemble, Predictor, load
 from heads._metrics import most_confused, openset_scores, per_class_f1
-from heads._plots import plot_roc
-from heads._rundir import read_val
+from heads.evaluation._evaluate import evaluate, holdout_rows, score_rows
+from heads.evaluation._issues import IssuesResult, find_issues
+from heads.evaluation._plots import plot_roc
+from heads.runs._loaded import Ensemble, Predictor, load
+from heads.runs._rundir import read_val
 from heads.types import METRIC_NAMES
 
 _THUMB_PX = 112

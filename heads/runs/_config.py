@@ -2,7 +2,7 @@
 
 :class:`RunConfig` (``"kind": "run"``) and :class:`EnsembleConfig` (``"kind": "ensemble"``)
 hold the same keys the run format has had since format 1, with the same checksum rule
-(``config_sha256`` over every other key, ``heads._rundir``); a key an older run lacks takes its
+(``config_sha256`` over every other key, ``heads.runs._rundir``); a key an older run lacks takes its
 default, a key this version does not know is kept in ``extras`` and written back unchanged.
 Both still read by key (``cfg["classes"]``, ``cfg.get("head")``) for code written against the
 dict.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from heads._errors import HeadsError
-from heads._rundir import RUN_FORMAT, read_config, write_config
+from heads.runs._rundir import RUN_FORMAT, read_config, write_config
 
 
 @dataclass

@@ -24,7 +24,7 @@ from embedstore._search import IndexKind, NeighborIndex, as_float32, l2_normaliz
 from embedstore.types import check_choice
 from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
-from heads._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
+from heads.estimators._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
 from heads.settings import DEFAULTS
 from heads.types import REFERENCES, Reference
 

@@ -24,9 +24,9 @@ import embedstore
 from embedstore._device import resolve_device
 from heads._errors import HeadsError
 from heads._metrics import openset_scores
-from heads._plots import plot_roc
 from heads._registry import create_head
-from heads._unknown import DEFAULT_DETECTOR, create_detector, list_detectors
+from heads.estimators._unknown import DEFAULT_DETECTOR, create_detector, list_detectors
+from heads.evaluation._plots import plot_roc
 
 TEST_FRACTION = 0.2  # share of each known class's images scored as known test images
 DEFAULT_HEAD_KW = {"epochs": 30}  # applied when the head takes these settings

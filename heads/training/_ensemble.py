@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heads._errors import HeadsError
-from heads._evaluate import EvalResult, evaluate
-from heads._loaded import load, log_softmax
-from heads._runconfig import EnsembleConfig, read_run_config, write_run_config
-from heads._rundir import read_val
+from heads.evaluation._evaluate import EvalResult, evaluate
+from heads.runs._config import EnsembleConfig, read_run_config, write_run_config
+from heads.runs._loaded import load, log_softmax
+from heads.runs._rundir import read_val
 from heads.types import AVERAGES, Average
 
 

@@ -17,12 +17,12 @@ import torch
 
 from embedstore import resolve_device, view_column, view_describe
 from heads._data import concat_backbones
-from heads._encoders import MetadataEncoder
 from heads._errors import HeadsError
 from heads._registry import head_class
-from heads._runconfig import EnsembleConfig, RunConfig, read_run_config
-from heads._rundir import load_tensors
-from heads._unknown import detector_from_state
+from heads.estimators._encoders import MetadataEncoder
+from heads.estimators._unknown import detector_from_state
+from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
+from heads.runs._rundir import load_tensors
 
 
 @runtime_checkable

@@ -42,9 +42,11 @@ from heads._base import head_tags
 from heads._data import FoldData, check_finite, load_fold_data
 from heads._errors import HeadsError
 from heads._metrics import macro_f1
-from heads._plots import plot_trials
 from heads._registry import HEADS
-from heads._train import (
+from heads.evaluation._plots import plot_trials
+from heads.losses import LOSSES, list_losses
+from heads.settings import BY_NAME, DEFAULTS, SETTINGS, head_options
+from heads.training._train import (
     TrainResult,
     _Fold,
     _folds_to_train,
@@ -54,9 +56,7 @@ from heads._train import (
     tta_logits,
     use_views,
 )
-from heads._train import train as train_head
-from heads.losses import LOSSES, list_losses
-from heads.settings import BY_NAME, DEFAULTS, SETTINGS, head_options
+from heads.training._train import train as train_head
 
 __all__ = ["TUNED_PARAMS", "TuneResult", "search_space", "tune"]
 

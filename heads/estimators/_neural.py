@@ -40,7 +40,7 @@ from embedstore._device import resolve_device
 from heads._base import EpochBar, HeadMixin, HeadTags, Progress, TrainingRecord
 from heads._metrics import macro_f1
 from heads._registry import register_head
-from heads._validation import host_array, sklearn_head_tags
+from heads.estimators._validation import host_array, sklearn_head_tags
 from heads.losses import CompositeLoss, create_loss
 from heads.settings import BY_NAME, DEFAULTS
 from heads.types import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
