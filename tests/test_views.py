@@ -18,7 +18,7 @@ import heads
 from cli import embedstore_cli
 from heads._registry import create_head
 from heads.runs._rundir import read_val
-from heads.training._train import _stack_views
+from heads.training._folds import _stack_views
 
 VIEWS6 = ["flip", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_c"]
 

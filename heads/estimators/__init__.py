@@ -16,11 +16,21 @@ from heads.estimators._unknown import (
     list_detectors,
     register_detector,
 )
+from heads.estimators._unknown_embedding import (  # registers the embedding detectors
+    EnergyKNNDetector,
+    KNNDetector,
+    MahalanobisDetector,
+    RelativeMahalanobisDetector,
+)
 
 __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_LR",
     "DETECTORS",
+    "EnergyKNNDetector",
+    "KNNDetector",
+    "MahalanobisDetector",
+    "RelativeMahalanobisDetector",
     "ENCODERS",
     "CentroidHead",
     "KNNHead",

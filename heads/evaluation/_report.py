@@ -117,28 +117,7 @@ def report(
     val = read_val(path)
     scored = score_rows(model, val)
     sections: list[tuple[str, str, str]] = [("scores", "Scores", _scores(ev.metrics, ev.holdout))]
-    known = scored["_true"] >= 0
-    y, p = scored["_true"][known], scored["_pred_closed"][known]
-    if known.any():
-        f1 = per_class_f1(y, p, len(model.classes))
-        sections.append(("per-class", "Per-class F1", _per_class(f1, model)))
-        pairs = most_confused(y, p, model.classes, top=top)
-        sections.append(
-            (
-                "confusion",
-                "Confusion among the most-confused classes",
-                _confusion(y, p, model.classes, pairs),
-            )
-        )
-        ids = np.asarray(val["id"], dtype=object)[known]
-        probs = np.asarray(val["logits"], np.float64)[known]
-        sections.append(
-            (
-                "pairs",
-                "Most-confused pairs",
-                _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs),
-            )
-        )
+    sections += _closed_set_sections(model, val, scored, top, thumbs)
     sections.append(("unknown", "Unknown detector", _roc(model, val, store, notes)))
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -175,6 +154,31 @@ def report(
         round(time.perf_counter() - t0, 3),
         notes,
     )
+
+
+def _closed_set_sections(
+    model: Predictor, val: dict[str, Any], scored: dict[str, Any], top: int, thumbs: _Thumbs
+) -> list[tuple[str, str, str]]:
+    """Per-class F1, the confusion among the most-confused classes and their pairs (none
+    without validation images of a known class)."""
+    known = scored["_true"] >= 0
+    if not known.any():
+        return []
+    y, p = scored["_true"][known], scored["_pred_closed"][known]
+    f1 = per_class_f1(y, p, len(model.classes))
+    pairs = most_confused(y, p, model.classes, top=top)
+    ids = np.asarray(val["id"], dtype=object)[known]
+    probs = np.asarray(val["logits"], np.float64)[known]
+    confusion = _confusion(y, p, model.classes, pairs)
+    return [
+        ("per-class", "Per-class F1", _per_class(f1, model)),
+        ("confusion", "Confusion among the most-confused classes", confusion),
+        (
+            "pairs",
+            "Most-confused pairs",
+            _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs),
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------- sections

@@ -46,8 +46,7 @@ from heads._registry import HEADS
 from heads.evaluation._plots import plot_trials
 from heads.losses import LOSSES, list_losses
 from heads.settings import BY_NAME, DEFAULTS, SETTINGS, head_options
-from heads.training._train import (
-    TrainResult,
+from heads.training._folds import (
     _Fold,
     _folds_to_train,
     build_head,
@@ -56,6 +55,7 @@ from heads.training._train import (
     tta_logits,
     use_views,
 )
+from heads.training._train import TrainResult
 from heads.training._train import train as train_head
 
 __all__ = ["TUNED_PARAMS", "TuneResult", "search_space", "tune"]
@@ -221,8 +221,6 @@ def tune(
 
     >>> heads.tune("grocery", head="mlp", trials=30, timeout_s=600, out="runs/mlp-tuned").best_params
     """
-    import optuna
-
     if trials < 1:
         raise HeadsError(f"--trials must be >= 1, got {trials}")
     if timeout_s is not None and timeout_s <= 0:
@@ -236,6 +234,50 @@ def tune(
             "or all are fixed); tune a neural head: linear, mlp or transformer"
         )
     base_est = build_head(head, head_options, progress=False)
+    data, folds = _tune_data(store, backbone, where, fold, unknown_label, views, tta)
+    base = _tune_out(out, head, data, overwrite)
+    classes = np.unique(np.concatenate([np.concatenate([f.classes, f.y_val]) for f in folds]))
+    t_start = time.perf_counter()
+    deadline = None if timeout_s is None else t_start + float(timeout_s)
+    objective = _Objective(base_est, data, folds, space, classes, deadline)
+    defaults = _defaults(head, space) if include_default else {}
+    study = _run_study(objective, head, trials, timeout_s, seed, defaults, progress)
+    seconds = time.perf_counter() - t_start
+    best = study.best_trial
+    default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
+    res = train_head(
+        store,
+        fold=fold,
+        backbone=backbone,
+        head=head,
+        out=base,
+        where=where,
+        unknown_label=unknown_label,
+        progress=progress,
+        overwrite=overwrite,
+        views=views,
+        tta=tta,
+        **head_options,
+        **head_settings(best.params),
+    )
+    used = _views_used(data)
+    rows = _trial_rows(study.trials, space, used)
+    settings = (head, head_options, trials, timeout_s, seed, len(folds), seconds, used)
+    files = _write_trials(base, rows, space, best, default, data, *settings)
+    return _tune_result(base, study, default, res, files, seconds, used)
+
+
+def _tune_data(
+    store: Any,
+    backbone: str | None,
+    where: str | None,
+    fold: int | str,
+    unknown_label: str,
+    views: bool | None,
+    tta: bool | None,
+) -> tuple[FoldData, list[_Fold]]:
+    """The store's rows (views decided as :func:`heads.train` does) and the folds with
+    validation rows of a known class, which trials are scored on."""
     data = load_fold_data(store, backbone, [], where, views=views is not False or bool(tta))
     use_views(data, views, tta)  # as heads.train: data.train_views / tta_views
     check_finite(data.X, data.ids, data.backbone.column)
@@ -245,22 +287,37 @@ def tune(
         raise HeadsError(
             f"{data.store_path}: no validation rows of a known class to score trials on"
         )
+    return data, folds
+
+
+def _tune_out(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
+    """``--out`` (default ``runs/<head>-tuned-<backbone>-<time>``), refused if a run is there."""
+    when = time.strftime("%Y%m%d-%H%M%S")
     base = (
         Path(out)
         if out is not None
-        else (
-            Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        else Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{when}"
     )
     if base.exists() and (not base.is_dir() or any(base.iterdir())) and not overwrite:
         raise HeadsError(
             f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
         )
+    return base
 
-    classes = np.unique(np.concatenate([np.concatenate([f.classes, f.y_val]) for f in folds]))
-    t_start = time.perf_counter()
-    deadline = None if timeout_s is None else t_start + float(timeout_s)
-    objective = _Objective(base_est, data, folds, space, classes, deadline)
+
+def _run_study(
+    objective: _Objective,
+    head: str,
+    trials: int,
+    timeout_s: float | None,
+    seed: int,
+    defaults: dict[str, Any],
+    progress: bool,
+) -> Any:
+    """The optuna study after its trials (TPE sampler, median pruner; the default recipe
+    first when ``defaults``); an error when no trial completed."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -269,7 +326,6 @@ def tune(
         ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    defaults = _defaults(head, space) if include_default else {}
     if defaults:
         study.enqueue_trial(defaults)
     bar = tqdm(total=trials, desc=f"tune {head}", unit="trial", disable=not progress)
@@ -292,8 +348,7 @@ def tune(
     )
     bar.total = len(study.trials)
     bar.close()
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
         why = (
             failed[0].user_attrs.get("error", "see the warnings above")
@@ -301,56 +356,32 @@ def tune(
             else ("the time limit came before one trial finished; give a larger --timeout-s")
         )
         raise HeadsError(f"no trial completed ({len(study.trials)} started): {why}")
-    seconds = time.perf_counter() - t_start
-    best = study.best_trial
-    best_params = {**best.params}
-    default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
+    return study
 
-    res = train_head(
-        store,
-        fold=fold,
-        backbone=backbone,
-        head=head,
-        out=base,
-        where=where,
-        unknown_label=unknown_label,
-        progress=progress,
-        overwrite=overwrite,
-        views=views,
-        tta=tta,
-        **head_options,
-        **head_settings(best_params),
-    )
-    used = _views_used(data)
-    rows = _trial_rows(study.trials, space, used)
-    files = _write_trials(
-        base,
-        rows,
-        space,
-        best,
-        default,
-        data,
-        head,
-        head_options,
-        trials,
-        timeout_s,
-        seed,
-        len(folds),
-        seconds,
-        used,
-    )
+
+def _tune_result(
+    base: Path,
+    study: Any,
+    default: Any,
+    res: TrainResult,
+    files: tuple[Path, Path, Path],
+    seconds: float,
+    used: dict[str, list[str]],
+) -> TuneResult:
+    best = study.best_trial
+    states = [t.state.name for t in study.trials]
     return TuneResult(
         run=str(base),
-        best_params=best_params,
+        best_params={**best.params},
         best_trial=best.number,
         best_macro_f1=float(best.value),
         best_top1=float(best.user_attrs["top1"]),
         default_macro_f1=None if default is None else float(default.value),
         default_top1=None if default is None else float(default.user_attrs["top1"]),
         n_trials=len(study.trials),
-        n_complete=len(complete),
-        n_pruned=sum(t.state.name == "PRUNED" for t in study.trials),
-        n_failed=sum(t.state.name == "FAIL" for t in study.trials),
+        n_complete=states.count("COMPLETE"),
+        n_pruned=states.count("PRUNED"),
+        n_failed=states.count("FAIL"),
         seconds=round(seconds, 2),
         trials_csv=str(files[0]),
         trials_json=str(files[1]),
