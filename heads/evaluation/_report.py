@@ -27,6 +27,7 @@ from heads._metrics import most_confused, openset_scores, per_class_f1
 from heads.evaluation._evaluate import evaluate, holdout_rows, score_rows
 from heads.evaluation._issues import IssuesResult, find_issues
 from heads.evaluation._plots import plot_roc
+from heads.runs._config import EnsembleConfig, RunConfig
 from heads.runs._loaded import Ensemble, Predictor, load
 from heads.runs._rundir import read_val
 from heads.types import METRIC_NAMES
@@ -203,13 +204,17 @@ figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;whit
 """
 
 
+def _head_name(cfg: RunConfig | EnsembleConfig) -> str | None:
+    return cfg.head if isinstance(cfg, RunConfig) else None
+
+
 def _page(
     path: Path, model: Predictor, ev: Any, sections: list[tuple[str, str, str]], notes: list[str]
 ) -> str:
     cfg = model.config
     backbone = ", ".join(b.get("name", c) for c, b in model.backbone_columns().items())
     members = model.members if isinstance(model, Ensemble) else []
-    kind_heads = sorted({str(m.config.get("head")) for m in members}) or [str(cfg.get("head"))]
+    kind_heads = sorted({str(_head_name(m.config)) for m in members}) or [str(_head_name(cfg))]
     what = f"ensemble of {len(members)} members" if members else "run"
     meta = (
         f"{what}, head {html.escape(', '.join(kind_heads))}, on "

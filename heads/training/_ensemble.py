@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from heads._errors import HeadsError
 from heads.evaluation._evaluate import EvalResult, evaluate
-from heads.runs._config import EnsembleConfig, read_run_config, write_run_config
+from heads.runs._config import EnsembleConfig, RunConfig, read_run_config, write_run_config
 from heads.runs._loaded import load, log_softmax
 from heads.runs._rundir import read_val
 from heads.types import AVERAGES, Average
@@ -190,8 +190,9 @@ def select_weights(
 
 def _temperature(val: dict[str, Any], member: Any) -> float:
     """A member's temperature: fitted on its validation rows, or its recorded one (a refit)."""
-    if len(val["id"]) == 0 and member.config.get("temperature") is not None:
-        return float(member.config["temperature"])
+    recorded = member.config.temperature if isinstance(member.config, RunConfig) else None
+    if len(val["id"]) == 0 and recorded is not None:
+        return float(recorded)
     return fit_temperature(val, member.classes)
 
 
