@@ -78,10 +78,14 @@ class Head(Protocol):
     @classmethod
     def from_state(cls, config: dict[str, Any], tensors: dict[str, Any]) -> Head: ...
 
+    @classmethod
+    def setting_names(cls) -> list[str]: ...
+
 
 class HeadMixin:
-    """Defaults of the protocol: no special capabilities, no history, and scikit-learn's
-    ``decision_function`` from :meth:`logits` (the margin for two classes)."""
+    """Defaults of the protocol: no special capabilities, no history; ``predict_proba``
+    (softmax), ``predict`` (argmax) and scikit-learn's ``decision_function`` (the margin for two
+    classes) from :meth:`logits`."""
 
     HEAD_TAGS: ClassVar[HeadTags] = HeadTags()
 
@@ -93,6 +97,16 @@ class HeadMixin:
 
     def logits(self, X: Any, fields: Any = None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def predict_proba(self, X: Any, fields: Any = None) -> np.ndarray:
+        """Softmax of :meth:`logits` ``(N, C)``, columns following ``classes_``."""
+        z = np.asarray(self.logits(X, fields), dtype=np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def predict(self, X: Any, fields: Any = None) -> np.ndarray:
+        """The class of the largest logit ``(N,)``."""
+        return self.classes_[np.asarray(self.logits(X, fields)).argmax(axis=1)]
 
     def decision_function(self, X: Any, fields: Any = None) -> np.ndarray:
         """scikit-learn's decision function: ``(N, C)`` logits, or for two classes the ``(N,)``

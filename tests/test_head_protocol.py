@@ -36,7 +36,7 @@ def doc_head(monkeypatch):
 
 
 def test_the_doc_example_is_short():
-    assert len(_doc_example().strip().splitlines()) <= 50
+    assert len(_doc_example().strip().splitlines()) <= 40
 
 
 def test_the_doc_example_head_trains_through_heads_train(doc_head, tmp_path):
