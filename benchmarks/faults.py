@@ -136,7 +136,7 @@ def two_writers(tmp: Path, halves: list[Path], ids: set[str], backbone: str) -> 
 
 
 def _heads_of(run: Path) -> set[str]:
-    from heads._rundir import read_config
+    from heads.runs._rundir import read_config
 
     cfg = read_config(run)
     if cfg.get("kind") != "ensemble":

@@ -33,7 +33,7 @@ list) took 9 s and the HNSW build 55 s at 40,000 vectors; expect minutes for bot
 the stored vectors) is skipped with a note.
 
 **AUROC** of every registered unknown detector on flowers12 with held-out species
-(``heads._openset.openset``: 3 of 12 species held out per draw, ``--draws`` draws, a linear head
+(``heads.evaluation._openset.openset``: 3 of 12 species held out per draw, ``--draws`` draws, a linear head
 for the logit detectors), on the store given by ``--flowers-store`` or, when flowers12 is at
 ``../shared/data/flowers12``, one built into a temporary folder with efficientnet-lite0
 (about a minute on 2 cores). ``--no-openset`` skips it.
@@ -69,7 +69,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from embedstore import resolve_device  # noqa: E402
 from embedstore.search._search import NeighborIndex, default_nlist, l2_normalize  # noqa: E402
-from heads._knn import KNNHead  # noqa: E402
+from heads.estimators._knn import KNNHead  # noqa: E402
 
 METHODS = ("sklearn", "knn-faiss", "knn-torch", "exact", "ivf", "hnsw", "torch-fp16")
 COPIES_IN_MEMORY = 5  # float32 copies of the stored vectors alive at the peak (sklearn + head)
@@ -280,7 +280,7 @@ def _bench_cuda(
 
 def bench_openset(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
     """Detectors' AUROC on flowers12 with held-out species (see the module docstring)."""
-    from heads._openset import openset
+    from heads.evaluation._openset import openset
 
     store = args.flowers_store
     tmp = None

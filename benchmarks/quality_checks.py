@@ -201,8 +201,8 @@ def bench_issues(args: argparse.Namespace) -> dict[str, Any]:
 
     import embedstore
     import heads
-    from heads._loaded import log_softmax
-    from heads._rundir import read_val
+    from heads.runs._loaded import log_softmax
+    from heads.runs._rundir import read_val
 
     n, c = args.issues_size, args.issues_classes
     X, y, _ = synthetic(n, args.dim, c, args.issues_spread, args.seed + 2, dup_rate=0.0)

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 import embedstore  # noqa: E402
 import heads  # noqa: E402
-from heads._loaded import log_softmax  # noqa: E402
 from heads._metrics import macro_f1  # noqa: E402
+from heads.runs._loaded import log_softmax  # noqa: E402
 
 
 def outer_fold(store: str, k: int, head: str, work: Path, options: dict) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ class _EvalCommand(click.Command):
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_help_text(ctx, formatter)
         with formatter.section("Scores"):
-            formatter.write_dl(list(heads.MEASURES.items()))
+            formatter.write_dl(list(heads.evaluation.MEASURES.items()))
 
 
 @click.command("eval", cls=_EvalCommand)
@@ -182,7 +182,7 @@ def openset_cmd(as_json: bool, detectors: tuple[str, ...], **kw: Any) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(heads.format_openset_table(rows))
+    click.echo(heads.evaluation.format_openset_table(rows))
     if kw.get("roc_png"):
         click.echo(f"ROC curves (last draw; legend: means over draws): {kw['roc_png']}")
 

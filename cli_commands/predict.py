@@ -104,7 +104,7 @@ def predict_cmd(
         return
     res = heads.predict(run, list(images), **kw)
     if csv_path:
-        heads.write_predictions_csv(res, csv_path)
+        heads.prediction.write_predictions_csv(res, csv_path)
     if as_json:
         echo_json([r.to_dict() for r in res])
     else:

@@ -6,6 +6,11 @@ Built on ``embedstore`` (imports run one way: ``heads`` uses ``embedstore``, nev
 >>> res = heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30)
 >>> heads.evaluate("runs/mlp").metrics["macro_f1"]
 >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
+
+The rest lives in public subpackages, each with its ``__all__``: ``heads.estimators`` (the
+heads, detectors and encoders), ``heads.runs`` (the run format, loading, a folder of runs),
+``heads.training``, ``heads.evaluation``, ``heads.prediction``; ``heads.losses``,
+``heads.settings`` (the training settings, declared once) and ``heads.types``.
 """
 
 from __future__ import annotations
@@ -16,133 +21,119 @@ from typing import TYPE_CHECKING, Any
 # What `heads.X` is, loaded on first use (PEP 562): `import heads.types` (the option vocabulary
 # the command line reads) costs nothing, and torch loads only with the first head or run.
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "list_runs": ("heads._runs", "list_runs"),
-    "read_eval": ("heads._runs", "read_eval"),
-    "replace_run": ("heads._runs", "replace_run"),
-    "run_checksum": ("heads._runs", "run_checksum"),
-    "PREDICTION_SCHEMA": ("heads._batch_predict", "PREDICTION_SCHEMA"),
-    "BatchPrediction": ("heads._batch_predict", "BatchPrediction"),
-    "predict_batch": ("heads._batch_predict", "predict_batch"),
-    "ENCODERS": ("heads._encoders", "ENCODERS"),
-    "MetadataEncoder": ("heads._encoders", "MetadataEncoder"),
-    "ensemble": ("heads._ensemble", "ensemble"),
+    "Head": ("heads._base", "Head"),
+    "HeadMixin": ("heads._base", "HeadMixin"),
+    "HeadTags": ("heads._base", "HeadTags"),
     "HeadsError": ("heads._errors", "HeadsError"),
-    "MEASURES": ("heads._evaluate", "MEASURES"),
-    "EvalResult": ("heads._evaluate", "EvalResult"),
-    "evaluate": ("heads._evaluate", "evaluate"),
-    "IssuesResult": ("heads._issues", "IssuesResult"),
-    "Outlier": ("heads._issues", "Outlier"),
-    "Suspect": ("heads._issues", "Suspect"),
-    "find_issues": ("heads._issues", "find_issues"),
-    "CentroidHead": ("heads._knn", "CentroidHead"),
-    "KNNHead": ("heads._knn", "KNNHead"),
-    "Ensemble": ("heads._loaded", "Ensemble"),
-    "Predictor": ("heads._loaded", "Predictor"),
-    "Run": ("heads._loaded", "Run"),
-    "load": ("heads._loaded", "load"),
-    "NeuralHead": ("heads._neural", "NeuralHead"),
-    "format_openset_table": ("heads._openset", "format_table"),
-    "openset": ("heads._openset", "openset"),
-    "openset_arrays": ("heads._openset", "openset_arrays"),
-    "Prediction": ("heads._predict", "Prediction"),
-    "predict": ("heads._predict", "predict"),
-    "predict_embeddings": ("heads._predict", "predict_embeddings"),
-    "write_predictions_csv": ("heads._predict", "write_predictions_csv"),
     "HEADS": ("heads._registry", "HEADS"),
     "create_head": ("heads._registry", "create_head"),
     "list_heads": ("heads._registry", "list_heads"),
     "register_head": ("heads._registry", "register_head"),
-    "ReportResult": ("heads._report", "ReportResult"),
-    "report": ("heads._report", "report"),
-    "FoldResult": ("heads._train", "FoldResult"),
-    "TrainResult": ("heads._train", "TrainResult"),
-    "train": ("heads._train", "train"),
-    "TuneResult": ("heads._tune", "TuneResult"),
-    "search_space": ("heads._tune", "search_space"),
-    "tune": ("heads._tune", "tune"),
-    "DEFAULT_DETECTOR": ("heads._unknown", "DEFAULT_DETECTOR"),
-    "DETECTORS": ("heads._unknown", "DETECTORS"),
-    "create_detector": ("heads._unknown", "create_detector"),
-    "list_detectors": ("heads._unknown", "list_detectors"),
-    "register_detector": ("heads._unknown", "register_detector"),
-    "LOSSES": ("heads.losses", "LOSSES"),
+    "create_detector": ("heads.estimators._unknown", "create_detector"),
+    "list_detectors": ("heads.estimators._unknown", "list_detectors"),
+    "register_detector": ("heads.estimators._unknown", "register_detector"),
     "create_loss": ("heads.losses", "create_loss"),
     "list_losses": ("heads.losses", "list_losses"),
     "register_loss": ("heads.losses", "register_loss"),
+    "Ensemble": ("heads.runs._loaded", "Ensemble"),
+    "Predictor": ("heads.runs._loaded", "Predictor"),
+    "Run": ("heads.runs._loaded", "Run"),
+    "load": ("heads.runs._loaded", "load"),
+    "FoldResult": ("heads.training._train", "FoldResult"),
+    "TrainResult": ("heads.training._train", "TrainResult"),
+    "train": ("heads.training._train", "train"),
+    "TuneResult": ("heads.training._tune", "TuneResult"),
+    "tune": ("heads.training._tune", "tune"),
+    "ensemble": ("heads.training._ensemble", "ensemble"),
+    "EvalResult": ("heads.evaluation._evaluate", "EvalResult"),
+    "evaluate": ("heads.evaluation._evaluate", "evaluate"),
+    "IssuesResult": ("heads.evaluation._issues", "IssuesResult"),
+    "find_issues": ("heads.evaluation._issues", "find_issues"),
+    "openset": ("heads.evaluation._openset", "openset"),
+    "ReportResult": ("heads.evaluation._report", "ReportResult"),
+    "report": ("heads.evaluation._report", "report"),
+    "BatchPrediction": ("heads.prediction._batch", "BatchPrediction"),
+    "predict_batch": ("heads.prediction._batch", "predict_batch"),
+    "Prediction": ("heads.prediction._predict", "Prediction"),
+    "predict": ("heads.prediction._predict", "predict"),
+    "predict_embeddings": ("heads.prediction._predict", "predict_embeddings"),
 }
+# Names `heads.X` still answers (scripts, the command line and the service use them) whose
+# public home is a subpackage: `heads.X` is `heads.<subpackage>.X`.
+_MOVED: dict[str, str] = {
+    "CentroidHead": "heads.estimators",
+    "KNNHead": "heads.estimators",
+    "NeuralHead": "heads.estimators",
+    "MetadataEncoder": "heads.estimators",
+    "ENCODERS": "heads.estimators",
+    "DETECTORS": "heads.estimators",
+    "DEFAULT_DETECTOR": "heads.estimators",
+    "LOSSES": "heads.losses",
+    "list_runs": "heads.runs",
+    "read_eval": "heads.runs",
+    "replace_run": "heads.runs",
+    "run_checksum": "heads.runs",
+    "search_space": "heads.training",
+    "MEASURES": "heads.evaluation",
+    "Outlier": "heads.evaluation",
+    "Suspect": "heads.evaluation",
+    "format_openset_table": "heads.evaluation",
+    "openset_arrays": "heads.evaluation",
+    "PREDICTION_SCHEMA": "heads.prediction",
+    "write_predictions_csv": "heads.prediction",
+}
+_SUBPACKAGES = ("estimators", "runs", "training", "evaluation", "prediction", "losses")
 
 
 def __getattr__(name: str) -> Any:
-    try:
+    if name in _EXPORTS:
         module, attr = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'heads' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _MOVED:
+        value = getattr(importlib.import_module(_MOVED[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"heads.{name}")
+    else:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MOVED))
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read
-    from heads._batch_predict import PREDICTION_SCHEMA, BatchPrediction, predict_batch
-    from heads._encoders import ENCODERS, MetadataEncoder
-    from heads._ensemble import ensemble
+    from heads._base import Head, HeadMixin, HeadTags
     from heads._errors import HeadsError
-    from heads._evaluate import MEASURES, EvalResult, evaluate
-    from heads._issues import IssuesResult, Outlier, Suspect, find_issues
-    from heads._knn import CentroidHead, KNNHead
-    from heads._loaded import Ensemble, Predictor, Run, load
-    from heads._neural import NeuralHead
-    from heads._openset import format_table as format_openset_table
-    from heads._openset import openset, openset_arrays
-    from heads._predict import Prediction, predict, predict_embeddings, write_predictions_csv
     from heads._registry import HEADS, create_head, list_heads, register_head
-    from heads._report import ReportResult, report
-    from heads._runs import list_runs, read_eval, replace_run, run_checksum
-    from heads._train import FoldResult, TrainResult, train
-    from heads._tune import TuneResult, search_space, tune
-    from heads._unknown import (
-        DEFAULT_DETECTOR,
-        DETECTORS,
-        create_detector,
-        list_detectors,
-        register_detector,
-    )
-    from heads.losses import LOSSES, create_loss, list_losses, register_loss
+    from heads.estimators._unknown import create_detector, list_detectors, register_detector
+    from heads.evaluation._evaluate import EvalResult, evaluate
+    from heads.evaluation._issues import IssuesResult, find_issues
+    from heads.evaluation._openset import openset
+    from heads.evaluation._report import ReportResult, report
+    from heads.losses import create_loss, list_losses, register_loss
+    from heads.prediction._batch import BatchPrediction, predict_batch
+    from heads.prediction._predict import Prediction, predict, predict_embeddings
+    from heads.runs._loaded import Ensemble, Predictor, Run, load
+    from heads.training._ensemble import ensemble
+    from heads.training._train import FoldResult, TrainResult, train
+    from heads.training._tune import TuneResult, tune
 
 __all__ = [
-    "list_runs",
-    "read_eval",
-    "replace_run",
-    "run_checksum",
-    "PREDICTION_SCHEMA",
-    "BatchPrediction",
-    "predict_batch",
-    "MEASURES",
-    "IssuesResult",
-    "Outlier",
-    "ReportResult",
-    "Suspect",
-    "find_issues",
-    "report",
-    "DEFAULT_DETECTOR",
-    "DETECTORS",
-    "ENCODERS",
     "HEADS",
-    "LOSSES",
-    "CentroidHead",
+    "BatchPrediction",
     "Ensemble",
     "EvalResult",
     "FoldResult",
+    "Head",
+    "HeadMixin",
+    "HeadTags",
     "HeadsError",
-    "KNNHead",
-    "MetadataEncoder",
-    "NeuralHead",
+    "IssuesResult",
     "Prediction",
     "Predictor",
+    "ReportResult",
     "Run",
     "TrainResult",
     "TuneResult",
@@ -150,21 +141,20 @@ __all__ = [
     "create_head",
     "create_loss",
     "ensemble",
-    "format_openset_table",
     "evaluate",
+    "find_issues",
     "list_detectors",
     "list_heads",
     "list_losses",
     "load",
     "openset",
-    "openset_arrays",
     "predict",
+    "predict_batch",
     "predict_embeddings",
     "register_detector",
     "register_head",
     "register_loss",
-    "search_space",
+    "report",
     "train",
     "tune",
-    "write_predictions_csv",
 ]

@@ -31,7 +31,12 @@ class FoldData:
     backbone: EmbeddingInfo
     store_path: str
     store_version: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    backbones: list[EmbeddingInfo] = field(default_factory=list)  # all of them, in order
+    obs_column: str | None = None  # the observation id column, if the store has one
+    poison_column: str | None = None  # the poisonous flag column, if the store has one
+    # views trained on as augmentation and averaged at prediction (heads.training._train.use_views)
+    train_views: list[str] = field(default_factory=list)
+    tta_views: list[str] = field(default_factory=list)
     # augmented views of X (``ingest --views``): (N, V, D) float32, a row lacking a view holds
     # its main embedding there; None when not read. ``view_names`` names the V views in order.
     views: np.ndarray | None = None
@@ -55,7 +60,7 @@ def load_fold_data(
 
     Several backbones (a list): the rows holding every one of them, each backbone's embedding
     L2-normalised and concatenated in the order given (:func:`concat_backbones`);
-    ``data.backbone`` is the first, ``data.extra["backbones"]`` all of them.
+    ``data.backbone`` is the first, ``data.backbones`` all of them.
     """
     st = store if isinstance(store, Store) else connect(store, create=False)
     infos = [
@@ -94,10 +99,19 @@ def load_fold_data(
         fold_arr = np.full(len(X), NO_FOLD, dtype=np.int64)
     else:
         fold_arr = np.array([NO_FOLD if v is None else int(v) for v in fold], dtype=np.int64)
-    data = FoldData(X, t["id"], t["label"], fold_arr, t, info, str(st.path), st.version)
-    data.extra["obs_column"] = _find_column(names, OBS_COLUMNS)
-    data.extra["poison_column"] = _find_column(names, POISON_COLUMNS)
-    data.extra["backbones"] = infos
+    data = FoldData(
+        X,
+        t["id"],
+        t["label"],
+        fold_arr,
+        t,
+        info,
+        str(st.path),
+        st.version,
+        backbones=infos,
+        obs_column=_find_column(names, OBS_COLUMNS),
+        poison_column=_find_column(names, POISON_COLUMNS),
+    )
     if views:
         data.view_names, data.views = read_views(st, infos, data.ids, mains)
     return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from embedstore import Registry
 
-HEADS: Registry = Registry("head", builtin=("heads._neural", "heads._knn"))
+HEADS: Registry = Registry("head", builtin=("heads.estimators._neural", "heads.estimators._knn"))
 
 register_head = HEADS.register
 list_heads = HEADS.list

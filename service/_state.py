@@ -17,7 +17,7 @@ from typing import Any
 import embedstore
 import heads
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
-from heads._runs import PARTIAL  # a run being trained: never listed, renamed when complete
+from heads.runs import PARTIAL  # a run being trained: never listed, renamed when complete
 from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
 from service.errors import Forbidden
@@ -196,7 +196,7 @@ class State:
 
     def run_names(self) -> list[str]:
         d = self.runs_dir
-        return [] if d is None else heads.list_runs(d)
+        return [] if d is None else heads.runs.list_runs(d)
 
     def run(self, name: str) -> Any:
         """The loaded run or ensemble ``name`` (reloaded when its config changed)."""
@@ -204,7 +204,7 @@ class State:
         if d is None or not RUN_NAME.fullmatch(name) or name not in self.run_names():
             raise NotFound(f"no run {name!r}; runs: {', '.join(self.run_names()) or 'none'}")
         path = d / name
-        checksum = heads.run_checksum(path)
+        checksum = heads.runs.run_checksum(path)
         with self._lock:
             have = self._runs.get(name)
             if have is not None and have[0] == checksum:
@@ -218,7 +218,7 @@ class State:
 
     def run_summary(self, name: str) -> dict[str, Any]:
         model = self.run(name)
-        metrics = heads.read_eval(self.runs_dir / name)
+        metrics = heads.runs.read_eval(self.runs_dir / name)
         return {
             "name": name,
             "kind": model.config.get("kind"),
@@ -281,7 +281,7 @@ class State:
                     **{"device": self.device, **options},  # resolved once, at start-up
                 )
                 with self._lock:
-                    heads.replace_run(tmp, d / name)
+                    heads.runs.replace_run(tmp, d / name)
                     self._runs.pop(name, None)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from heads._encoders import (
+from heads.estimators._encoders import (
     CategoricalEncoder,
     CyclicalDoyEncoder,
     CyclicalMonthEncoder,

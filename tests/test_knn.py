@@ -1,4 +1,4 @@
-"""heads._knn: kNN voting against a per-query loop, centroid prototypes, and the head contract."""
+"""heads.estimators._knn: kNN voting against a per-query loop, centroid prototypes, and the head contract."""
 
 import json
 
@@ -11,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 
 from embedstore.search import l2_normalize
 from heads import create_head, list_heads
-from heads._knn import CentroidHead, KNNHead
+from heads.estimators._knn import CentroidHead, KNNHead
 
 HEADS = ["knn", "centroid"]
 

@@ -1,4 +1,4 @@
-"""heads._metrics against sklearn and slow loop references; heads._plots writes real PNGs."""
+"""heads._metrics against sklearn and slow loop references; heads.evaluation._plots writes real PNGs."""
 
 import json
 
@@ -20,7 +20,7 @@ from heads._metrics import (
     shot_accuracy,
     topk_accuracy,
 )
-from heads._plots import plot_per_class, plot_roc, plot_training_curves
+from heads.evaluation._plots import plot_per_class, plot_roc, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

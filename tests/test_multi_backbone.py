@@ -142,10 +142,7 @@ def test_views_of_two_backbones_train_and_predict_with_tta(
         }
     )
     flipped = {i.column: embs[f] for i, f in zip(infos, flips, strict=True)}
-    want = (
-        run.head.decision_function(run.head_input(embs))
-        + run.head.decision_function(run.head_input(flipped))
-    ) / 2
+    want = (run.head.logits(run.head_input(embs)) + run.head.logits(run.head_input(flipped))) / 2
     np.testing.assert_allclose(run.logits(embs), want, rtol=1e-4, atol=1e-5)
     # a new file is embedded with both backbones and both views, and predicted
     new = tmp_path / "new"

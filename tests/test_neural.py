@@ -12,13 +12,13 @@ from sklearn.base import clone
 from sklearn.metrics import f1_score
 
 from heads import create_head, list_heads
-from heads._encoders import MetadataEncoder
-from heads._neural import (
+from heads._registry import head_class
+from heads.estimators._encoders import MetadataEncoder
+from heads.estimators._neural import (
     NeuralHead,
     compute_class_weights,
     prior_sample_weights,
 )
-from heads._registry import head_class
 from heads.losses import list_losses
 
 ARCHS = ["linear", "mlp", "transformer"]

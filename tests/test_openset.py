@@ -1,4 +1,4 @@
-"""heads._openset: unknown detectors measured with held-out classes as the unknowns."""
+"""heads.evaluation._openset: unknown detectors measured with held-out classes as the unknowns."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from heads import HeadsError
-from heads._openset import _stratified_split, format_table, openset, openset_arrays
-from heads._unknown import DEFAULT_DETECTOR, list_detectors
+from heads.estimators._unknown import DEFAULT_DETECTOR, list_detectors
+from heads.evaluation._openset import _stratified_split, format_table, openset, openset_arrays
 
 
 def _clusters(seed=0, n_classes=8, per_class=60, d=32, spread=0.7):

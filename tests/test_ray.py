@@ -272,7 +272,7 @@ def run(two_stores, tmp_path_factory) -> Path:
 
 def _by_id(path: Path) -> dict:
     t = embedstore.store.read_table(path)
-    assert t.schema.names == heads.PREDICTION_SCHEMA.names
+    assert t.schema.names == heads.prediction.PREDICTION_SCHEMA.names
     return {r["id"]: r for r in t.to_pylist()}
 
 

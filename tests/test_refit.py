@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import heads_cli
-from heads._ensemble import fit_temperature
-from heads._rundir import read_val
+from heads.runs._rundir import read_val
+from heads.training._ensemble import fit_temperature
 from tests.conftest import write_class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import embedstore
 import heads
-import heads._rundir
+import heads.runs._rundir
 from cli import embedstore_cli, heads_cli
 from tests.conftest import make_synthetic_store, write_class_images
 
@@ -50,7 +50,7 @@ def test_folds_are_stratified_deterministic_and_holdout_is_apart(tmp_path):
     for run in res["runs"]:
         cfg = json.loads((tmp_path / "r" / run.split("/")[-1] / "config.json").read_text())
         assert cfg["n_train"] == 64 and cfg["n_val"] == 32
-        val_ids = set(heads._rundir.read_val(tmp_path / "r" / run.split("/")[-1])["id"])
+        val_ids = set(heads.runs._rundir.read_val(tmp_path / "r" / run.split("/")[-1])["id"])
         assert not (val_ids & held)
     assert heads.evaluate(res["ensemble"], plots=False)["holdout"]["n"] == 24
 
@@ -110,7 +110,7 @@ def test_every_head_learns_separable_store_embeddings(tmp_path, head):
         )
     # save, load and predict give identical logits
     run = heads.load(tmp_path / "run")
-    val = heads._rundir.read_val(tmp_path / "run")
+    val = heads.runs._rundir.read_val(tmp_path / "run")
     X, c = st.embeddings(where="fold = 0", columns=["id"])
     order = {i: k for k, i in enumerate(c["id"])}
     X = X[[order[i] for i in val["id"]]]

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from heads._rundir import read_config
+from heads.runs._rundir import read_config
 from tests.conftest import make_synthetic_store, write_class_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def test_plots_name_the_run_start_at_zero_and_exist(tmp_path):
         tmp_path / "r" / "fold0" / "curves.png",
     ):
         assert png and Path(png).is_file() and Path(png).stat().st_size > 5000, png
-    from heads._evaluate import _plot_name
+    from heads.evaluation._evaluate import _plot_name
 
     assert _plot_name(tmp_path / "r", heads.load(tmp_path / "r")) == "r (ensemble of 2)"
     assert (

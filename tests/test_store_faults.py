@@ -386,7 +386,7 @@ def test_check_on_a_store_without_version_history_says_to_ingest_again(tmp_path,
 
 def _heads_of(run: Path) -> set[str]:
     """The head of a run, or of every member of a fold ensemble (a mixed run has several)."""
-    from heads._rundir import read_config
+    from heads.runs._rundir import read_config
 
     cfg = read_config(run)
     if cfg.get("kind") != "ensemble":
@@ -400,7 +400,7 @@ def test_replacing_a_run_folder_never_leaves_a_moment_without_it(tmp_path):
     (one atomic exchange on Linux; two renames left a moment with no folder at all)."""
     import threading
 
-    from heads._rundir import _exchange, replace_dir
+    from heads.runs._rundir import _exchange, replace_dir
 
     dest = tmp_path / "run"
     dest.mkdir()

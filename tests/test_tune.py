@@ -80,15 +80,15 @@ def test_tune_is_reproducible_with_a_seed(store, tuned, tmp_path):
 
 
 def test_the_linear_head_has_no_hidden_width_to_search():
-    assert heads.search_space("linear") == {
+    assert heads.training.search_space("linear") == {
         "lr": (1e-3, 1e-1, "log"),
         "weight_decay": (1e-6, 1.0, "log"),
         "dropout": (0.0, 0.7, "linear"),
         "loss": heads.list_losses(),
         "label_smoothing": (0.0, 0.3, "linear"),
     }
-    assert "hidden" in heads.search_space("mlp")
-    assert set(heads.search_space("mlp", {"loss": "focal", "dropout": 0.2})) == {
+    assert "hidden" in heads.training.search_space("mlp")
+    assert set(heads.training.search_space("mlp", {"loss": "focal", "dropout": 0.2})) == {
         "lr",
         "weight_decay",
         "hidden",
@@ -183,7 +183,7 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
     views_store, tmp_path, monkeypatch
 ):
     calls = []  # what every fit and prediction of the head saw, trials and retrained run alike
-    fit, logits = heads.NeuralHead.fit, heads.NeuralHead.decision_function
+    fit, logits = heads.estimators.NeuralHead.fit, heads.estimators.NeuralHead.logits
 
     @functools.wraps(fit)
     def spy_fit(self, X, y, **kw):
@@ -195,8 +195,8 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
         calls.append(("logits", len(X)))
         return logits(self, X, *a, **kw)
 
-    monkeypatch.setattr(heads.NeuralHead, "fit", spy_fit)
-    monkeypatch.setattr(heads.NeuralHead, "decision_function", spy_logits)
+    monkeypatch.setattr(heads.estimators.NeuralHead, "fit", spy_fit)
+    monkeypatch.setattr(heads.estimators.NeuralHead, "logits", spy_logits)
     fast = {"epochs": 3, "batch_size": 16, "device": "cpu", "progress": False}
     res = heads.tune(views_store, head="linear", trials=2, out=tmp_path / "v", **fast)
     assert res.views == {"train": ["flip"], "tta": ["flip"]}

@@ -1,4 +1,4 @@
-"""heads._unknown: detectors on held-out Gaussian clusters, slow references, calibration, contract."""
+"""heads.estimators._unknown: detectors on held-out Gaussian clusters, slow references, calibration, contract."""
 
 import json
 
@@ -11,8 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from embedstore.search import l2_normalize
-from heads._knn import CentroidHead
-from heads._unknown import (
+from heads.estimators._knn import CentroidHead
+from heads.estimators._unknown import (
     DEFAULT_DETECTOR,
     create_detector,
     detector_from_state,
@@ -48,11 +48,11 @@ def open_set():
     return {
         "X_train": X_train,
         "y_train": y_train,
-        "logits_train": head.decision_function(X_train),
+        "logits_train": head.logits(X_train),
         "X_val": X_val,
-        "logits_val": head.decision_function(X_val),
+        "logits_val": head.logits(X_val),
         "X_eval": X_eval,
-        "logits_eval": head.decision_function(X_eval),
+        "logits_eval": head.logits(X_eval),
         "is_known": np.r_[np.ones(len(X_known), bool), np.zeros(len(X_unknown), bool)],
     }
 

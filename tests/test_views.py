@@ -17,8 +17,8 @@ import embedstore
 import heads
 from cli import embedstore_cli
 from heads._registry import create_head
-from heads._rundir import read_val
-from heads._train import _stack_views
+from heads.runs._rundir import read_val
+from heads.training._folds import _stack_views
 
 VIEWS6 = ["flip", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_c"]
 
@@ -164,7 +164,7 @@ def test_tta_logits_are_the_mean_of_the_views_logits(views_store, tmp_path):
     assert cols == ["emb_tiny_dino", *(f"emb_tiny_dino__{v}" for v in VIEWS6)]
     st = embedstore.connect(views_store)
     embs, t = st.embedding_rows({c: 32 for c in cols}, ["id"])
-    per_view = [run.head.decision_function(embs[c]) for c in cols]
+    per_view = [run.head.logits(embs[c]) for c in cols]
     np.testing.assert_allclose(run.logits(embs), np.mean(per_view, axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(per_view[0], per_view[1])  # the views do change the logits
     # the validation logits written at training time are the loaded run's TTA logits
@@ -239,7 +239,7 @@ def test_a_run_trained_with_views_predicts_new_files_with_tta(views_store, photo
             [t["probability"] for t in a.top_k], [t["probability"] for t in b.top_k], rtol=1e-5
         )
     # and they are TTA answers: the main embedding alone gives other probabilities
-    main_only = run.head.decision_function(batch.embeddings["emb_tiny_dino"])
+    main_only = run.head.logits(batch.embeddings["emb_tiny_dino"])
     assert not np.allclose(main_only, run.logits(batch.embeddings))
 
 

@@ -24,9 +24,9 @@ import embedstore
 from embedstore import resolve_device
 from heads._errors import HeadsError
 from heads._metrics import openset_scores
-from heads._plots import plot_roc
 from heads._registry import create_head
-from heads._unknown import DEFAULT_DETECTOR, create_detector, list_detectors
+from heads.estimators._unknown import DEFAULT_DETECTOR, create_detector, list_detectors
+from heads.evaluation._plots import plot_roc
 
 TEST_FRACTION = 0.2  # share of each known class's images scored as known test images
 DEFAULT_HEAD_KW = {"epochs": 30}  # applied when the head takes these settings
@@ -70,7 +70,7 @@ def openset_arrays(
     ``X`` ``(N, d)`` embeddings, ``y`` ``(N,)`` labels (``None`` rows are left out).
     ``holdout_classes``: fraction of the classes held out per draw (at least 1, and at least 2
     classes stay known). ``detectors``: names (default: every registered detector). ``head``:
-    the head whose ``decision_function`` feeds the logit detectors, built with ``head_kwargs``
+    the head whose ``logits`` feed the logit detectors, built with ``head_kwargs``
     (``epochs=30``, ``seed`` and ``device`` by default when it takes them); it is only trained
     when a detector that reads logits is asked for. ``roc_png``: ROC curves of the last draw, the
     legend giving the means over draws (as the table). ``progress``: a bar over the draws.
@@ -80,6 +80,49 @@ def openset_arrays(
     """
     X, y = _check_inputs(X, y)
     classes = np.unique(y)
+    names = _check_settings(classes, holdout_classes, draws, detectors)
+    dev = resolve_device(device)
+    n_hold = min(max(1, round(float(holdout_classes) * classes.size)), classes.size - 2)
+    rng = np.random.default_rng(seed)
+    per_draw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    needs: dict[str, str] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for draw in tqdm(range(int(draws)), desc="openset draws", unit="draw", disable=not progress):
+        held = rng.choice(classes, n_hold, replace=False)
+        is_unknown = np.isin(y, held)  # (N,)
+        train, test_known = _stratified_split(y, ~is_unknown, rng)
+        test = np.concatenate([test_known, np.flatnonzero(is_unknown)])  # (Nt,)
+        is_known = np.zeros(test.size, dtype=bool)
+        is_known[: test_known.size] = True
+        if test_known.size == 0:
+            raise HeadsError("no known class has 2 or more images: nothing to test the knowns on")
+        dets = {n: _with_defaults(create_detector(n), {"device": dev}) for n in names}
+        logits_train = logits_test = None
+        if any(d.needs != "embeddings" for d in dets.values()):
+            head_kw = {**DEFAULT_HEAD_KW, "seed": seed + draw, "device": str(dev)}
+            h = _with_defaults(
+                create_head(head, **(head_kwargs or {})), head_kw, keep=set(head_kwargs or {})
+            )
+            h.fit(X[train], y[train])
+            logits_train = h.logits(X[train])  # (Ntr, C)
+            logits_test = h.logits(X[test])  # (Nt, C)
+        for n, det in dets.items():
+            needs[n] = det.needs
+            det.fit(X[train], y[train], logits=logits_train)
+            scores = det.score_samples(X[test], logits=logits_test)  # (Nt,)
+            per_draw[n].append(openset_scores(is_known, scores))
+            curves[n] = (is_known, scores)
+    rows = [_summary(n, needs[n], per_draw[n], int(draws)) for n in names]
+    if roc_png is not None:
+        means = {r["detector"]: (r["auroc"], r["fpr95"]) for r in rows}
+        plot_roc(curves, roc_png, summaries=means, title=f"mean over {int(draws)} draw(s)")
+    return sorted(rows, key=lambda r: (-r["auroc"], r["detector"]))
+
+
+def _check_settings(
+    classes: np.ndarray, holdout_classes: float, draws: int, detectors: list[str] | None
+) -> list[str]:
+    """The detectors to measure; errors for too few classes or bad settings."""
     if classes.size < 3:
         raise HeadsError(
             f"openset needs at least 3 labelled classes (some held out as unknown, at least 2 "
@@ -101,57 +144,22 @@ def openset_arrays(
             f"unknown detector(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
             f"valid detectors: {', '.join(valid)}"
         )
-    dev = resolve_device(device)
-    n_hold = min(max(1, round(frac * classes.size)), classes.size - 2)
-    rng = np.random.default_rng(seed)
-    per_draw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    needs: dict[str, str] = {}
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for draw in tqdm(range(int(draws)), desc="openset draws", unit="draw", disable=not progress):
-        held = rng.choice(classes, n_hold, replace=False)
-        is_unknown = np.isin(y, held)  # (N,)
-        train, test_known = _stratified_split(y, ~is_unknown, rng)
-        test = np.concatenate([test_known, np.flatnonzero(is_unknown)])  # (Nt,)
-        is_known = np.zeros(test.size, dtype=bool)
-        is_known[: test_known.size] = True
-        if test_known.size == 0:
-            raise HeadsError("no known class has 2 or more images: nothing to test the knowns on")
-        dets = {n: _with_defaults(create_detector(n), {"device": dev}) for n in names}
-        logits_train = logits_test = None
-        if any(d.needs != "embeddings" for d in dets.values()):
-            h = _with_defaults(
-                create_head(head, **(head_kwargs or {})),
-                {**DEFAULT_HEAD_KW, "seed": seed + draw, "device": str(dev)},
-                keep=set(head_kwargs or {}),
-            )
-            h.fit(X[train], y[train])
-            logits_train = h.decision_function(X[train])  # (Ntr, C)
-            logits_test = h.decision_function(X[test])  # (Nt, C)
-        for n, det in dets.items():
-            needs[n] = det.needs
-            det.fit(X[train], y[train], logits=logits_train)
-            scores = det.score_samples(X[test], logits=logits_test)  # (Nt,)
-            per_draw[n].append(openset_scores(is_known, scores))
-            curves[n] = (is_known, scores)
-    rows = []
-    for n in names:
-        au = np.array([r["auroc"] for r in per_draw[n]])
-        fp = np.array([r["fpr95"] for r in per_draw[n]])
-        rows.append(
-            {
-                "detector": n,
-                "needs": needs[n],
-                "auroc": float(au.mean()),
-                "fpr95": float(fp.mean()),
-                "auroc_std": float(au.std()),
-                "fpr95_std": float(fp.std()),
-                "draws": int(draws),
-            }
-        )
-    if roc_png is not None:
-        means = {r["detector"]: (r["auroc"], r["fpr95"]) for r in rows}
-        plot_roc(curves, roc_png, summaries=means, title=f"mean over {int(draws)} draw(s)")
-    return sorted(rows, key=lambda r: (-r["auroc"], r["detector"]))
+    return names
+
+
+def _summary(name: str, needs: str, draws: list[dict[str, float]], n: int) -> dict[str, Any]:
+    """One detector's row: means and population stds of AUROC and FPR@95 over the draws."""
+    au = np.array([r["auroc"] for r in draws])
+    fp = np.array([r["fpr95"] for r in draws])
+    return {
+        "detector": name,
+        "needs": needs,
+        "auroc": float(au.mean()),
+        "fpr95": float(fp.mean()),
+        "auroc_std": float(au.std()),
+        "fpr95_std": float(fp.std()),
+        "draws": n,
+    }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -21,7 +21,7 @@ import embedstore
 from embedstore import Result
 from embedstore.types import Runtime
 from heads._errors import HeadsError
-from heads._loaded import Predictor, load, log_softmax
+from heads.runs._loaded import Predictor, load, log_softmax
 
 
 def read_prior(spec: str, classes: list[str]) -> np.ndarray:

@@ -22,11 +22,13 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from embedstore.search import NeighborIndex, as_float32, l2_normalize
 from embedstore.types import IndexKind, check_choice
+from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
-from heads._validation import fit_inputs, head_tags, host_array, predict_input
+from heads.estimators._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
+from heads.settings import DEFAULTS
 from heads.types import REFERENCES, Reference
 
-DEFAULT_K = 20
+DEFAULT_K: int = DEFAULTS["k"]
 DEFAULT_KS = (10, 20, 100, 200)
 _LOG_EPS = 1e-12  # decision_function = log(max(p, eps)): classes without votes get log(1e-12)
 
@@ -72,7 +74,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- kNN
 @register_head("knn")
-class KNNHead(ClassifierMixin, BaseEstimator):
+class KNNHead(HeadMixin, ClassifierMixin, BaseEstimator):
     """Temperature-weighted kNN voting on cosine similarity (DINOv2 k-NN protocol).
 
     - ``k``: neighbours used by ``predict``/``predict_proba``; ``ks``: the neighbour counts
@@ -84,8 +86,11 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
     Training embeddings are normalised and rounded to float16 at ``fit`` (that is what
     ``get_state`` stores), so a head rebuilt with ``from_state`` predicts identically.
-    ``decision_function`` gives ``log(max(p, 1e-12))``.
+    ``logits`` gives ``log(max(p, 1e-12))`` (``decision_function`` their margin for two
+    classes).
     """
+
+    HEAD_TAGS = HeadTags(multi_k=True)
 
     def __init__(
         self,
@@ -116,6 +121,7 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         y_val: Any = None,
         fields_val: Any = None,
         aux_val: Any = None,
+        progress: Any = None,
     ) -> KNNHead:
         """Store ``X`` ``(N, d)`` and labels ``y`` ``(N,)``; metadata and validation are ignored.
 
@@ -159,7 +165,7 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         return hasattr(self, "index_")
 
     def __sklearn_tags__(self) -> Tags:
-        return head_tags(super().__sklearn_tags__())
+        return sklearn_head_tags(super().__sklearn_tags__())
 
     def predict_proba_multi_k(
         self, X: Any, ks: Sequence[int] | None = None
@@ -206,8 +212,8 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return self.predict_proba_multi_k(X, (self.k_,))[self.k_]
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``(N, C)`` log-probabilities, floored at ``log(1e-12)``."""
+    def logits(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N, C)`` log-probabilities, floored at ``log(1e-12)``; ``fields`` are ignored."""
         return np.log(np.maximum(self.predict_proba(X), _LOG_EPS))
 
     def predict(self, X: Any) -> np.ndarray:
@@ -245,10 +251,10 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
 # --------------------------------------------------------------------------- centroids
 @register_head("centroid")
-class CentroidHead(ClassifierMixin, BaseEstimator):
+class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
     """Nearest class prototype: prototype = normalised mean of normalised embeddings.
 
-    ``decision_function`` gives cosine logits ``cos(x, prototype_c) / temperature``;
+    ``logits`` gives cosine logits ``cos(x, prototype_c) / temperature``;
     ``predict_proba`` is their softmax. The options the FungiCLEF 2025 winners used on frozen
     embeddings:
 
@@ -273,8 +279,8 @@ class CentroidHead(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         temperature: float = 0.07,
-        reference: Reference = "train",
-        transductive: bool = False,
+        reference: Reference = DEFAULTS["reference"],
+        transductive: bool = DEFAULTS["transductive"],
         transductive_rounds: int = 3,
         transductive_temperature: float = 0.05,
         transductive_weight: float = 0.5,
@@ -309,6 +315,7 @@ class CentroidHead(ClassifierMixin, BaseEstimator):
         y_val: Any = None,
         fields_val: Any = None,
         aux_val: Any = None,
+        progress: Any = None,
     ) -> CentroidHead:
         """Class prototypes from ``X`` ``(N, d)`` and ``y`` ``(N,)`` (and ``X_val``/``y_val`` with
         ``reference="train+val"``); no ``sample_weight``."""
@@ -329,8 +336,14 @@ class CentroidHead(ClassifierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "prototypes_")
 
+    def __head_tags__(self) -> HeadTags:
+        if self.reference != "train+val":
+            return HeadTags()
+        # the folds are scored with prototypes of their training part; the refit's use every fold
+        return HeadTags(needs_refit=True, fold_settings={"reference": "train"})
+
     def __sklearn_tags__(self) -> Tags:
-        return head_tags(super().__sklearn_tags__())
+        return sklearn_head_tags(super().__sklearn_tags__())
 
     def transductive_prototypes(self, X: Any) -> np.ndarray:
         """``(C, d)`` prototypes moved toward the queries ``X`` ``(N, d)`` by soft k-means."""
@@ -364,8 +377,9 @@ class CentroidHead(ClassifierMixin, BaseEstimator):
             return self._transduce(Xn.astype(np.float64))[1] / np.float32(self.temperature)
         return (Xn @ self.prototypes_.T) / np.float32(self.temperature)  # (N, C)
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``(N, C)`` cosine logits ``cos / T``; columns = ``classes_`` (two for two classes)."""
+    def logits(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N, C)`` cosine logits ``cos / T``; columns = ``classes_`` (two for two classes);
+        ``fields`` are ignored."""
         return self._logits(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from heads._rundir import replace_dir
+from heads.runs._rundir import replace_dir
 
 PARTIAL = ".partial-"  # a run being trained: never listed, renamed into place when complete
 

@@ -18,7 +18,6 @@ import numpy as np
 
 import embedstore
 from embedstore import Result
-from heads._loaded import Predictor, load
 from heads._metrics import (
     aggregate_by_observation,
     classification_report,
@@ -28,8 +27,10 @@ from heads._metrics import (
     openset_scores,
     per_class_f1,
 )
-from heads._plots import plot_confusion, plot_per_class
-from heads._rundir import read_val
+from heads.evaluation._plots import plot_confusion, plot_per_class
+from heads.runs._config import EnsembleConfig, RunConfig
+from heads.runs._loaded import Predictor, load
+from heads.runs._rundir import read_val
 
 # What each score means (``heads eval --help`` and the README print these).
 MEASURES: dict[str, str] = {
@@ -120,7 +121,7 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
         if known.any() and (~known).any():
             out.update(openset_scores(known, s))
     poison = rows.get("poisonous")
-    poc = model.config.get("poisonous_of_class")
+    poc = model.config.poisonous_of_class
     unknown_label = model.unknown_label
     has_unknown = any(str(v) == unknown_label for v in labels if v is not None)
     if poison is not None and poc is not None and has_unknown and len(labels):
@@ -171,7 +172,10 @@ def evaluate(
     path = Path(path)
     model = load(path, device)
     res = score_rows(model, read_val(path))
-    out = EvalResult(str(path), model.config["kind"], model.config.get("head"), _public(res))
+    cfg = model.config
+    out = EvalResult(
+        str(path), cfg.kind, cfg.head if isinstance(cfg, RunConfig) else None, _public(res)
+    )
     name = _plot_name(path, model)
     if plots and res["n_known"]:
         y, p = _known_pairs(res)
@@ -227,9 +231,9 @@ def _plot_name(path: Path, model: Predictor) -> str:
     label = shown(path.name)
     if path.name.startswith("fold"):
         label = f"{shown(path.parent.name)}/{path.name}"
-    if cfg.get("kind") == "ensemble":
-        return f"{label} (ensemble of {len(cfg['members'])})"
-    return f"{label} ({cfg.get('head')}, fold {cfg.get('fold')})"
+    if isinstance(cfg, EnsembleConfig):
+        return f"{label} (ensemble of {len(cfg.members)})"
+    return f"{label} ({cfg.head}, fold {cfg.fold})"
 
 
 def holdout_rows(model: Predictor, store: str | os.PathLike | None = None) -> dict[str, Any] | None:
@@ -247,7 +251,7 @@ def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> di
     """Logits (and unknown scores) of the rows ``select``-ed (as :meth:`Store.read` takes) that
     hold every embedding column the model needs."""
     cols = model.backbone_columns()
-    obs, poison = model.config.get("observation_column"), model.config.get("poison_column")
+    obs, poison = model.config.observation_column, model.config.poison_column
     meta = list(dict.fromkeys([*model.columns, *(c for c in (obs, poison) if c)]))
     embs, t = st.embedding_rows(
         {c: b["dim"] for c, b in cols.items()}, ["id", "label", *meta], **select

@@ -6,7 +6,6 @@ ensemble); :class:`heads.Ensemble` loads it.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heads._errors import HeadsError
-from heads._evaluate import EvalResult, evaluate
-from heads._loaded import load, log_softmax
-from heads._rundir import RUN_FORMAT, read_config, read_val, write_config
+from heads.evaluation._evaluate import EvalResult, evaluate
+from heads.runs._config import EnsembleConfig, RunConfig, read_run_config, write_run_config
+from heads.runs._loaded import load, log_softmax
+from heads.runs._rundir import read_val
 from heads.types import AVERAGES, Average
 
 
@@ -58,6 +58,49 @@ def ensemble(
 
     >>> heads.ensemble(["runs/mlp/fold0", "runs/mlp/fold1"], "runs/mlp")
     """
+    w = _check_weights(runs, weights, average)
+    out = Path(out)
+    if (out / "config.json").is_file() and not overwrite:
+        raise HeadsError(
+            f"{out}: an ensemble or run is there already; give --overwrite to replace it"
+        )
+    members = _load_members(runs)
+    classes = members[0].classes
+    out.mkdir(parents=True, exist_ok=True)
+    first_cfg = read_run_config(runs[0])
+    vals = [read_val(Path(r)) for r in runs]
+    temps = [_temperature(v, m) if calibrate else 1.0 for v, m in zip(vals, members, strict=True)]
+    if weights == "auto" and len(runs) > 1:
+        w = select_weights(vals, classes, temps, average)
+    config = EnsembleConfig(
+        classes=classes,
+        store=first_cfg.store,
+        unknown_label=first_cfg.unknown_label,
+        observation_column=first_cfg.observation_column,
+        poison_column=first_cfg.poison_column,
+        poisonous_of_class=first_cfg.poisonous_of_class,
+        members=[_relative(r, out) for r in runs],
+        weights=w.tolist(),
+        average=average,
+        calibrated=bool(calibrate),
+        temperatures=temps,
+        member_sha256=[read_run_config(r).config_sha256 for r in runs],
+    )
+    if validation:
+        v_members = [load(r, "cpu") for r in validation]
+        v_vals = [read_val(Path(r)) for r in validation]
+        v_temps = [_temperature(v, m) for v, m in zip(v_vals, v_members, strict=True)]
+        config.validation = [os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation]
+        v_temps = v_temps if calibrate else None
+        _write_val(out, v_vals, v_members, np.ones(len(validation)), average, v_temps)
+    else:
+        _write_val(out, vals, members, w, average, temps if calibrate else None)
+    write_run_config(out, config)
+    return evaluate(out, holdout=True, plots=True)
+
+
+def _check_weights(runs: list[Any], weights: Any, average: str) -> np.ndarray:
+    """The members' weights (ones for ``"auto"``, chosen later), checked with ``average``."""
     if not runs:
         raise HeadsError("give at least one run or ensemble directory")
     if average not in AVERAGES:
@@ -72,68 +115,27 @@ def ensemble(
         )
     if (w < 0).any() or w.sum() <= 0:
         raise HeadsError("weights must be non-negative and not all zero")
-    out = Path(out)
-    if (out / "config.json").is_file() and not overwrite:
-        raise HeadsError(
-            f"{out}: an ensemble or run is there already; give --overwrite to replace it"
-        )
+    return w
+
+
+def _load_members(runs: list[Any]) -> list[Any]:
+    """The members, loaded on the CPU; they must share their classes."""
     members = [load(r, "cpu") for r in runs]
-    classes = members[0].classes
     for r, m in zip(runs, members, strict=True):
-        if m.classes != classes:
+        if m.classes != members[0].classes:
             raise HeadsError(
                 f"{r}: its classes differ from {runs[0]}'s; ensemble members must share classes"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    rels = []
-    for r in runs:
-        rp = Path(r).resolve()
-        try:
-            rels.append(os.path.relpath(rp, out.resolve()))
-        except ValueError:
-            rels.append(str(rp))
-    first_cfg = read_config(runs[0])
-    store = first_cfg["store"]
-    vals = [read_val(Path(r)) for r in runs]
-    temps = [_temperature(v, m) if calibrate else 1.0 for v, m in zip(vals, members, strict=True)]
-    if auto and len(runs) > 1:
-        w = select_weights(vals, classes, temps, average)
-    config = {
-        "format": RUN_FORMAT,
-        "kind": "ensemble",
-        "members": rels,
-        "weights": w.tolist(),
-        "average": average,
-        "classes": classes,
-        "store": store,
-        "unknown_label": first_cfg.get("unknown_label", "unknown"),
-        "poisonous_of_class": first_cfg.get("poisonous_of_class"),
-        "observation_column": first_cfg.get("observation_column"),
-        "poison_column": first_cfg.get("poison_column"),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "calibrated": bool(calibrate),
-        "temperatures": temps,
-        "member_sha256": [read_config(r)["config_sha256"] for r in runs],
-    }
-    if validation:
-        v_members = [load(r, "cpu") for r in validation]
-        v_vals = [read_val(Path(r)) for r in validation]
-        v_temps = [_temperature(v, m) for v, m in zip(v_vals, v_members, strict=True)]
-        config["validation"] = [
-            os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation
-        ]
-        _write_val(
-            out,
-            v_vals,
-            v_members,
-            np.ones(len(validation)),
-            average,
-            v_temps if calibrate else None,
-        )
-    else:
-        _write_val(out, vals, members, w, average, temps if calibrate else None)
-    write_config(out, config)
-    return evaluate(out, holdout=True, plots=True)
+    return members
+
+
+def _relative(run: Any, out: Path) -> str:
+    """``run``'s path relative to the ensemble (absolute on another drive)."""
+    rp = Path(run).resolve()
+    try:
+        return os.path.relpath(rp, out.resolve())
+    except ValueError:
+        return str(rp)
 
 
 def select_weights(
@@ -188,8 +190,9 @@ def select_weights(
 
 def _temperature(val: dict[str, Any], member: Any) -> float:
     """A member's temperature: fitted on its validation rows, or its recorded one (a refit)."""
-    if len(val["id"]) == 0 and member.config.get("temperature") is not None:
-        return float(member.config["temperature"])
+    recorded = member.config.temperature if isinstance(member.config, RunConfig) else None
+    if len(val["id"]) == 0 and recorded is not None:
+        return float(recorded)
     return fit_temperature(val, member.classes)
 
 

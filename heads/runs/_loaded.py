@@ -18,11 +18,12 @@ import torch
 from embedstore import resolve_device
 from embedstore.backbones import view_column, view_describe
 from heads._data import concat_backbones
-from heads._encoders import MetadataEncoder
 from heads._errors import HeadsError
 from heads._registry import head_class
-from heads._rundir import load_tensors, read_config
-from heads._unknown import detector_from_state
+from heads.estimators._encoders import MetadataEncoder
+from heads.estimators._unknown import detector_from_state
+from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
+from heads.runs._rundir import load_tensors
 
 
 @runtime_checkable
@@ -35,7 +36,7 @@ class Predictor(Protocol):
     """
 
     path: Path
-    config: dict[str, Any]
+    config: RunConfig | EnsembleConfig
 
     @property
     def classes(self) -> list[str]: ...
@@ -80,15 +81,15 @@ class _Loaded:
     """What runs and ensembles share: config-backed properties."""
 
     path: Path
-    config: dict[str, Any]
+    config: RunConfig | EnsembleConfig
 
     @property
     def store_path(self) -> str:
-        return self.config["store"]["path"]
+        return self.config.store.path
 
     @property
     def unknown_label(self) -> str:
-        return self.config.get("unknown_label", "unknown")
+        return self.config.unknown_label
 
 
 class Run(_Loaded):
@@ -96,52 +97,53 @@ class Run(_Loaded):
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto") -> None:
         self.path = Path(path)
-        self.config = read_config(self.path)
-        if self.config.get("kind") != "run":
+        config = read_run_config(self.path)
+        if not isinstance(config, RunConfig):
             raise HeadsError(
-                f"{self.path}: is an {self.config.get('kind')}, not a run; load it with heads.load"
+                f"{self.path}: is an {config.kind}, not a run; load it with heads.load"
             )
+        self.config: RunConfig = config
         self.device = str(resolve_device(device))
-        sha = self.config.get("weights_sha256", {})
+        sha = config.weights_sha256
         tensors = load_tensors(self.path, "head.safetensors", sha.get("head.safetensors"))
         try:
-            cls = head_class(self.config["head"])
-            self.head = cls.from_state(_on_device(self.config["head_config"], self.device), tensors)
+            cls = head_class(config.head)
+            self.head = cls.from_state(_on_device(config.head_config, self.device), tensors)
         except (KeyError, RuntimeError, ValueError) as e:
             raise HeadsError(
                 f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run"
             ) from e
-        enc = self.config.get("metadata_encoder")
+        enc = config.metadata_encoder
         self.encoder = MetadataEncoder.from_state(enc) if enc else None
         self.detector = None
-        if self.config.get("detector"):
+        if config.detector:
             dt = load_tensors(self.path, "detector.safetensors", sha.get("detector.safetensors"))
-            dconf = _on_device(self.config["detector"]["config"], self.device)
+            dconf = _on_device(config.detector["config"], self.device)
             self.detector = detector_from_state(dconf, dt)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.config["classes"])
+        return list(self.config.classes)
 
     @property
     def train_counts(self) -> np.ndarray:
-        return np.asarray(self.config["train_counts"], dtype=np.float64)
+        return np.asarray(self.config.train_counts, dtype=np.float64)
 
     @property
     def columns(self) -> list[str]:
         """Store columns this run reads besides the embedding (its metadata fields)."""
-        return list(self.config.get("metadata") or [])
+        return list(self.config.metadata or [])
 
     @property
     def tta_views(self) -> list[str]:
         """The augmented views whose logits :meth:`logits` averages with the main embedding's
         (test-time augmentation; ``heads train --tta``), in order; empty without TTA."""
-        return list((self.config.get("views") or {}).get("tta") or [])
+        return self.config.tta_views
 
     @property
     def backbones(self) -> list[dict[str, Any]]:
         """The backbones the head reads, in order (``heads train --backbone a --backbone b``)."""
-        return list(self.config.get("backbones") or [self.config["backbone"]])
+        return self.config.backbone_list
 
     def head_input(self, embeddings: dict[str, np.ndarray]) -> np.ndarray:
         """The head's input ``(N, D)`` from ``{column: (N, Di)}``: the backbone's embedding, or
@@ -180,14 +182,14 @@ class Run(_Loaded):
             tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
             kw["fields"] = self.encoder.transform(tab)
         if not self.tta_views:
-            return np.asarray(self.head.decision_function(X, **kw), dtype=np.float32)
+            return np.asarray(self.head.logits(X, **kw), dtype=np.float32)
         inputs = [X] + [  # each view of every backbone, made into the head's input as X is
             self.head_input(
                 {b["column"]: embeddings[view_column(b["column"], v)] for b in self.backbones}
             )
             for v in self.tta_views
         ]
-        z = [np.asarray(self.head.decision_function(x, **kw), np.float64) for x in inputs]
+        z = [np.asarray(self.head.logits(x, **kw), np.float64) for x in inputs]
         return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 
     def unknown_scores(
@@ -220,23 +222,22 @@ class Ensemble(_Loaded):
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto") -> None:
         self.path = Path(path)
-        self.config = read_config(self.path)
-        paths = [resolve_member(self.path, m) for m in self.config["members"]]
-        for p, want in zip(
-            paths, self.config.get("member_sha256") or [None] * len(paths), strict=True
-        ):
-            have = read_config(p).get("config_sha256")
+        config = read_run_config(self.path)
+        if not isinstance(config, EnsembleConfig):
+            raise HeadsError(f"{self.path}: is a run, not an ensemble; load it with heads.load")
+        self.config: EnsembleConfig = config
+        paths = [resolve_member(self.path, m) for m in config.members]
+        for p, want in zip(paths, config.member_sha256 or [None] * len(paths), strict=True):
+            have = read_run_config(p).config_sha256
             if want is not None and have != want:
                 raise HeadsError(
                     f"{self.path}: member {p} changed since the ensemble was made (it was retrained "
                     "or replaced); re-create the ensemble with `heads ensemble ... --overwrite`"
                 )
         self.members = [load(p, device) for p in paths]
-        self.weights = np.asarray(self.config["weights"], dtype=np.float64)
-        self.average: str = self.config["average"]
-        self.temperatures = (
-            self.config.get("temperatures") if self.config.get("calibrated") else None
-        )
+        self.weights = np.asarray(config.weights, dtype=np.float64)
+        self.average: str = config.average
+        self.temperatures = config.temperatures if config.calibrated else None
 
     @property
     def classes(self) -> list[str]:
@@ -300,8 +301,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Run | 
     >>> model = heads.load("runs/mlp", device="cpu")
     >>> model.logits({"emb_efficientnet_lite0": X})
     """
-    config = read_config(path)
-    if config.get("kind") == "ensemble":
+    if isinstance(read_run_config(path), EnsembleConfig):
         return Ensemble(path, device)
     return Run(path, device)
 

@@ -32,8 +32,8 @@ import embedstore
 from embedstore import Result
 from embedstore.types import ENGINES, Engine, Runtime, check_choice
 from heads._errors import HeadsError
-from heads._loaded import Predictor, load
-from heads._predict import Prediction, predict_embeddings, read_cost_matrix, read_prior
+from heads.prediction._predict import Prediction, predict_embeddings, read_cost_matrix, read_prior
+from heads.runs._loaded import Predictor, load
 
 _TOP = pa.struct([("label", pa.string()), ("probability", pa.float64())])
 PREDICTION_SCHEMA = pa.schema(

@@ -32,8 +32,8 @@ from embedstore import Result
 from embedstore.explore import Tile, contact_sheet, load_thumbnail, self_join_index
 from embedstore.search import l2_normalize
 from heads._errors import HeadsError
-from heads._loaded import Predictor, load, log_softmax
-from heads._rundir import read_val
+from heads.runs._loaded import Predictor, load, log_softmax
+from heads.runs._rundir import read_val
 
 _CLEANLAB_HINT = "heads issues needs cleanlab: pip install cleanlab"
 _SHEET_ROWS = 24  # rows drawn in a PNG at most (the CSV has every image)
@@ -158,35 +158,12 @@ def find_issues(
     steps["knn_s"] = round(time.perf_counter() - t, 3)
     meta = near["meta"]
     suggested = probs.argmax(axis=1)
-    suspects = [
-        Suspect(
-            rank + 1,
-            str(ids[i]),
-            meta[i]["path"],
-            classes[y[i]],
-            classes[suggested[i]],
-            round(float(quality[i]), 4),
-            round(float(probs[i, y[i]]), 4),
-            round(float(probs[i, suggested[i]]), 4),
-            bool(flagged[i]),
-            near["neighbors"](i),
-        )
-        for rank, i in enumerate(order[:top].tolist())
-    ]
-    out_order = np.argsort(near["density"], kind="stable")
-    outliers = [
-        Outlier(
-            rank + 1,
-            str(ids[i]),
-            meta[i]["path"],
-            classes[y[i]],
-            round(float(near["density"][i]), 4),
-            classes[near["nearest_class"][i]],
-            round(float(near["class_similarity"][i]), 4),
-            near["neighbors"](i),
-        )
-        for rank, i in enumerate(out_order[:top].tolist())
-    ]
+    suspects = _suspects(
+        order[:top], ids, meta, classes, y, suggested, quality, probs, flagged, near
+    )
+    outliers = _outliers(
+        np.argsort(near["density"], kind="stable")[:top], ids, meta, classes, y, near
+    )
     res = IssuesResult(
         str(path),
         int(len(y)),
@@ -211,6 +188,108 @@ def find_issues(
     res.seconds_by_step = steps
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _suspects(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    meta: list[dict[str, Any]],
+    classes: list[str],
+    y: np.ndarray,
+    suggested: np.ndarray,
+    quality: np.ndarray,
+    probs: np.ndarray,
+    flagged: np.ndarray,
+    near: dict[str, Any],
+) -> list[Suspect]:
+    """The likely label errors at ``rows`` (ranked), with their given and suggested labels."""
+    return [
+        Suspect(
+            rank + 1,
+            str(ids[i]),
+            meta[i]["path"],
+            classes[y[i]],
+            classes[suggested[i]],
+            round(float(quality[i]), 4),
+            round(float(probs[i, y[i]]), 4),
+            round(float(probs[i, suggested[i]]), 4),
+            bool(flagged[i]),
+            near["neighbors"](i),
+        )
+        for rank, i in enumerate(rows.tolist())
+    ]
+
+
+def _outliers(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    meta: list[dict[str, Any]],
+    classes: list[str],
+    y: np.ndarray,
+    near: dict[str, Any],
+) -> list[Outlier]:
+    """The least dense images at ``rows`` (ranked), with their nearest other class."""
+    return [
+        Outlier(
+            rank + 1,
+            str(ids[i]),
+            meta[i]["path"],
+            classes[y[i]],
+            round(float(near["density"][i]), 4),
+            classes[near["nearest_class"][i]],
+            round(float(near["class_similarity"][i]), 4),
+            near["neighbors"](i),
+        )
+        for rank, i in enumerate(rows.tolist())
+    ]
+
+
+def _nearest(
+    S: np.ndarray, rows: np.ndarray, found: np.ndarray, k: int, device: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` nearest other stored rows of each found row (``(n, k)`` rows, -1: none, and
+    similarities) and the kNN density ``(n,)`` (mean similarity to them; NaN: not found)."""
+    n = len(rows)
+    density = np.full(n, np.nan)
+    nb_idx = np.full((n, k), -1, np.int64)  # (n, k) stored rows, nearest first (-1: none)
+    nb_sim = np.full((n, k), np.nan, np.float32)  # (n, k)
+    if not found.any() or len(S) <= 1:
+        return nb_idx, nb_sim, density
+    kk = min(k + 1, len(S))
+    index = self_join_index(len(S), int(found.sum()), device=device).build(S)
+    sims, idx = index.search(S[rows[found]], kk)  # (n_found, kk)
+    other = (idx != rows[found][:, None]) & (idx >= 0)  # drop the image itself
+    order = np.argsort(~other, axis=1, kind="stable")[:, :k]  # others first, in rank order
+    j = np.take_along_axis(idx, order, 1)
+    sj = np.take_along_axis(sims, order, 1)
+    ok = np.take_along_axis(other, order, 1)
+    nb_idx[found, : j.shape[1]] = np.where(ok, j, -1)
+    nb_sim[found, : j.shape[1]] = np.where(ok, sj, np.nan)
+    with np.errstate(invalid="ignore"):
+        density = np.nanmean(nb_sim, axis=1)  # (n,) mean similarity to the k nearest
+    return nb_idx, nb_sim, density
+
+
+def _class_similarity(
+    S: np.ndarray, rows: np.ndarray, found: np.ndarray, y: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each found row's nearest class centroid (of the validation images' given labels) and
+    its cosine to it."""
+    n = len(rows)
+    nearest_class = np.zeros(n, np.int64)
+    class_sim = np.full(n, np.nan)
+    if not found.any() or len(S) <= 1:
+        return nearest_class, class_sim
+    V = l2_normalize(S[rows[found]])  # (n_found, d)
+    yf = y[found]
+    C = np.zeros((n_classes, V.shape[1]), np.float32)
+    np.add.at(C, yf, V)
+    C = l2_normalize(C)  # (C, d) class centroids of the validation images' given labels
+    cs = V @ C.T  # (n_found, C)
+    cs[:, np.bincount(yf, minlength=n_classes) == 0] = -np.inf
+    nearest_class[found] = cs.argmax(axis=1)
+    class_sim[found] = cs.max(axis=1)
+    return nearest_class, class_sim
 
 
 def _neighbours(
@@ -241,35 +320,9 @@ def _neighbours(
         {"path": t["path"][r], "root": t["root"][r]} if r >= 0 else {"path": None, "root": None}
         for r in rows
     ]
-    n = len(ids)
-    density = np.full(n, np.nan)
-    nearest_class = np.zeros(n, np.int64)
-    class_sim = np.full(n, np.nan)
-    nb_idx = np.full((n, k), -1, np.int64)  # (n, k) stored rows, nearest first (-1: none)
-    nb_sim = np.full((n, k), np.nan, np.float32)  # (n, k)
     found = rows >= 0
-    if found.any() and len(S) > 1:
-        kk = min(k + 1, len(S))
-        index = self_join_index(len(S), int(found.sum()), device=device).build(S)
-        sims, idx = index.search(S[rows[found]], kk)  # (n_found, kk)
-        other = (idx != rows[found][:, None]) & (idx >= 0)  # drop the image itself
-        order = np.argsort(~other, axis=1, kind="stable")[:, :k]  # others first, in rank order
-        j = np.take_along_axis(idx, order, 1)
-        sj = np.take_along_axis(sims, order, 1)
-        ok = np.take_along_axis(other, order, 1)
-        nb_idx[found, : j.shape[1]] = np.where(ok, j, -1)
-        nb_sim[found, : j.shape[1]] = np.where(ok, sj, np.nan)
-        with np.errstate(invalid="ignore"):
-            density = np.nanmean(nb_sim, axis=1)  # (n,) mean similarity to the k nearest
-        V = l2_normalize(S[rows[found]])  # (n_found, d)
-        yf = y[found]
-        C = np.zeros((n_classes, V.shape[1]), np.float32)
-        np.add.at(C, yf, V)
-        C = l2_normalize(C)  # (C, d) class centroids of the validation images' given labels
-        cs = V @ C.T  # (n_found, C)
-        cs[:, np.bincount(yf, minlength=n_classes) == 0] = -np.inf
-        nearest_class[found] = cs.argmax(axis=1)
-        class_sim[found] = cs.max(axis=1)
+    nb_idx, nb_sim, density = _nearest(S, rows, found, k, device)
+    nearest_class, class_sim = _class_similarity(S, rows, found, y, n_classes)
     density = np.where(np.isnan(density), np.inf, density)  # images not found rank last
 
     def neighbors(r: int) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ def predict_input(head: BaseEstimator, X: Any) -> np.ndarray:
     return validate_data(head, host_array(X), reset=False, dtype=np.float32)
 
 
-def head_tags(tags: Tags) -> Tags:
+def sklearn_head_tags(tags: Tags) -> Tags:
     """What a head takes: one dense, finite float matrix of embeddings and one label per row."""
     tags.input_tags.sparse = False  # scipy.sparse input: TypeError from check_array
     tags.input_tags.allow_nan = False  # NaN / Inf rows: ValueError

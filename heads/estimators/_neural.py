@@ -33,15 +33,24 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch import nn
-from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from embedstore import resolve_device
+from heads._base import EpochBar, HeadMixin, HeadTags, Progress, TrainingRecord
 from heads._metrics import macro_f1
 from heads._registry import register_head
-from heads._validation import head_tags, host_array
+from heads.estimators._neural_net import (
+    ArrayLike,
+    _as_fields,
+    _as_matrix,
+    _check_choice,
+    _HeadNet,
+    _lr_factor,
+    compute_class_weights,
+    prior_sample_weights,
+)
+from heads.estimators._validation import host_array, sklearn_head_tags
 from heads.losses import CompositeLoss, create_loss
+from heads.settings import BY_NAME, DEFAULTS
 from heads.types import ARCHS, CLASS_WEIGHTS, SAMPLERS, Arch, ClassWeights, Sampler
 
 __all__ = [
@@ -56,219 +65,14 @@ __all__ = [
 
 _EVAL_BATCH = 8192
 
-ArrayLike = np.ndarray | torch.Tensor
 
-
-def _check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
-
-
-def compute_class_weights(
-    class_counts: ArrayLike | Sequence[int], mode: ClassWeights
-) -> np.ndarray:
-    """Per-class loss weights ``(C,)`` from training counts, scaled so samples average 1.
-
-    ``"inverse"`` is ``N / (C * n_c)`` (scikit-learn's ``"balanced"``), ``"sqrt-inverse"`` is
-    proportional to ``1 / sqrt(n_c)``; both satisfy ``sum_c n_c w_c = N``. ``"none"`` gives ones.
-
-    >>> compute_class_weights([1, 4], "inverse")
-    array([2.5  , 0.625])
-    """
-    _check_choice("class_weights", mode, CLASS_WEIGHTS)
-    n = np.asarray(class_counts, dtype=np.float64)  # (C,)
-    if n.ndim != 1 or (n <= 0).any():
-        raise ValueError(f"class_counts must be a 1-D vector of positive counts, got {n[:10]}")
-    if mode == "none":
-        return np.ones_like(n)
-    raw = 1.0 / n if mode == "inverse" else 1.0 / np.sqrt(n)
-    return raw * n.sum() / (raw * n).sum()
-
-
-def prior_sample_weights(
-    y_train: ArrayLike | Sequence[int], y_val: ArrayLike | Sequence[int], num_classes: int
-) -> np.ndarray:
-    """Per-training-sample weights ``(N,)``: validation class frequency / training frequency.
-
-    The FungiCLEF 2024 sampler: drawing training samples with these weights makes the training
-    class distribution match the validation one. Labels are class indices ``0 .. C-1``; a class
-    absent from the validation data gets weight 0 (never drawn).
-
-    >>> prior_sample_weights([0, 0, 0, 1], [0, 1], 2)  # train freq (.75, .25), val (.5, .5)
-    array([0.66666667, 0.66666667, 0.66666667, 2.        ])
-    """
-    yt = np.asarray(y_train, dtype=np.int64)
-    yv = np.asarray(y_val, dtype=np.int64)
-    if yt.size == 0 or yv.size == 0:
-        raise ValueError("prior_sample_weights needs non-empty y_train and y_val")
-    f_train = np.bincount(yt, minlength=num_classes) / yt.size  # (C,)
-    f_val = np.bincount(yv, minlength=num_classes) / yv.size  # (C,)
-    ratio = np.divide(f_val, f_train, out=np.zeros(num_classes), where=f_train > 0)  # (C,)
-    return ratio[yt]
-
-
-# --------------------------------------------------------------------------- the network
-
-
-# A linear probe wants a larger step than a deeper head (DINOv2's linear eval sweeps 1e-3..1e-1).
-DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "transformer": 5e-4}
-
-
-class CosineClassifier(nn.Module):
-    """Cosines between L2-normalised features and class weights ``(B, C)``.
-
-    With ``subcenters`` K > 1 each class has K weight vectors (row ``c * K + k``) and its cosine
-    is the max over them (sub-center ArcFace).
-    """
-
-    def __init__(self, in_features: int, num_classes: int, subcenters: int = 1) -> None:
-        super().__init__()
-        self.num_classes, self.subcenters = num_classes, subcenters
-        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, in_features))
-        nn.init.xavier_uniform_(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cos = F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (B, C*K)
-        if self.subcenters > 1:
-            cos = cos.view(-1, self.num_classes, self.subcenters).amax(-1)  # (B, C)
-        return cos
-
-
-class _HeadNet(nn.Module):
-    """Body (per ``arch``) -> features ``(B, F)`` -> class outputs ``(B, C)`` [+ aux ``(B, A)``]."""
-
-    def __init__(
-        self,
-        *,
-        arch: str,
-        input_dim: int,
-        field_dims: Sequence[int],
-        num_classes: int,
-        num_aux: int,
-        hidden: int,
-        dropout: float,
-        classifier: str,
-        subcenters: int,
-        transformer_dim: int,
-        transformer_layers: int,
-        transformer_heads: int,
-        token_dims: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.arch = arch
-        self.token_dims = [int(t) for t in token_dims] if token_dims else None
-        if self.token_dims is not None and sum(self.token_dims) != input_dim:
-            raise ValueError(
-                f"token_dims {self.token_dims} sum to {sum(self.token_dims)}, not the embedding "
-                f"width {input_dim}"
-            )
-        if arch in ("linear", "mlp"):
-            self.norm = nn.LayerNorm(input_dim)
-            width = input_dim + sum(field_dims)
-            if arch == "mlp":
-                self.body = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))
-                width = hidden
-            else:
-                self.body = nn.Dropout(dropout)
-        else:
-            d = transformer_dim
-            if self.token_dims is None:  # the embedding is one token
-                self.embed = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, d))
-            else:  # one token per block of token_dims (a backbone each)
-                self.embeds = nn.ModuleList(
-                    nn.Sequential(nn.LayerNorm(w), nn.Linear(w, d)) for w in self.token_dims
-                )
-            n_emb = 1 if self.token_dims is None else len(self.token_dims)
-            self.field_proj = nn.ModuleList(nn.Linear(fd, d) for fd in field_dims)
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-            self.token_type = nn.Parameter(torch.zeros(1, 1 + n_emb + len(field_dims), d))
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-            nn.init.trunc_normal_(self.token_type, std=0.02)
-            layer = nn.TransformerEncoderLayer(
-                d,
-                transformer_heads,
-                dim_feedforward=hidden,
-                dropout=dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            self.encoder = nn.TransformerEncoder(
-                layer, transformer_layers, enable_nested_tensor=False
-            )
-            self.out_norm = nn.LayerNorm(d)
-            width = d
-        if classifier == "cosine":
-            self.classifier: nn.Module = CosineClassifier(width, num_classes, subcenters)
-        else:
-            self.classifier = nn.Linear(width, num_classes)
-        self.aux = nn.Linear(width, num_aux) if num_aux else None
-
-    def features(self, x: torch.Tensor, fields: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.arch != "transformer":
-            return self.body(torch.cat([self.norm(x), *fields], dim=1))  # (B, F)
-        if self.token_dims is None:
-            tokens = [self.embed(x)]  # (B, d)
-        else:
-            blocks = torch.split(x, self.token_dims, dim=1)  # (B, D_i) each
-            tokens = [e(b) for e, b in zip(self.embeds, blocks, strict=True)]
-        tokens += [p(f) for p, f in zip(self.field_proj, fields, strict=True)]
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, d)
-        seq = torch.cat([cls, torch.stack(tokens, dim=1)], dim=1) + self.token_type  # (B, T, d)
-        return self.out_norm(self.encoder(seq)[:, 0])  # (B, d)
-
-    def forward(
-        self, x: torch.Tensor, fields: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.features(x, fields)  # (B, F)
-        return self.classifier(h), (self.aux(h) if self.aux is not None else None)
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _as_matrix(
-    a: ArrayLike, name: str, device: torch.device, *, rows: int | None = None, finite: bool = True
-) -> torch.Tensor:
-    """``a`` as float32 ``(N, d)`` on ``device``; ValueError on NaN/Inf rows or a bad shape."""
-    with warnings.catch_warnings():  # a read-only memmap: the tensor is only ever read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        t = torch.as_tensor(a).detach()
-    if t.ndim == 1:
-        t = t[:, None]
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(t.shape)}")
-    if rows is not None and t.shape[0] != rows:
-        raise ValueError(f"{name} has {t.shape[0]} rows, expected {rows}")
-    t = t.to(device).float()
-    if finite:
-        bad = int((~torch.isfinite(t).all(dim=1)).sum())
-        if bad:
-            raise ValueError(
-                f"{name} has {bad} of {t.shape[0]} rows with NaN or Inf values; re-embed those "
-                f"images or filter those rows out"
-            )
-    return t
-
-
-def _as_fields(
-    fields: Sequence[ArrayLike] | None, name: str, device: torch.device, rows: int
-) -> list[torch.Tensor]:
-    return [_as_matrix(f, f"{name}[{i}]", device, rows=rows) for i, f in enumerate(fields or [])]
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+DEFAULT_LR: dict[str, float] = dict(BY_NAME["lr"].default_by_arch)  # per architecture
 
 
 # --------------------------------------------------------------------------- the estimator
 
 
-class NeuralHead(ClassifierMixin, BaseEstimator):
+class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
     """A linear / MLP / transformer classification head trained on the device in seconds.
 
     Settings (stored as given; checked at ``fit``): ``arch`` (None = the class default),
@@ -294,19 +98,19 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self,
         *,
         arch: Arch | None = None,
-        hidden: int = 1024,
-        dropout: float = 0.1,
-        loss: str = "ce",
+        hidden: int = DEFAULTS["hidden"],
+        dropout: float = DEFAULTS["dropout"],
+        loss: str = DEFAULTS["loss"],
         loss_kwargs: dict[str, Any] | None = None,
-        class_weights: ClassWeights = "none",
-        sampler: Sampler = "none",
-        aux_alpha: float = 1.0,
-        epochs: int = 30,
-        lr: float | None = None,
-        weight_decay: float = 1e-4,
-        batch_size: int = 1024,
-        warmup_epochs: int = 1,
-        patience: int | None = 10,
+        class_weights: ClassWeights = DEFAULTS["class_weights"],
+        sampler: Sampler = DEFAULTS["sampler"],
+        aux_alpha: float = DEFAULTS["aux_alpha"],
+        epochs: int = DEFAULTS["epochs"],
+        lr: float | None = DEFAULTS["lr"],
+        weight_decay: float = DEFAULTS["weight_decay"],
+        batch_size: int = DEFAULTS["batch_size"],
+        warmup_epochs: int = DEFAULTS["warmup_epochs"],
+        patience: int | None = DEFAULTS["patience"],
         seed: int = 0,
         device: str = "auto",
         transformer_dim: int = 256,
@@ -338,13 +142,24 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def __sklearn_tags__(self) -> Tags:
-        tags = head_tags(super().__sklearn_tags__())
+        tags = sklearn_head_tags(super().__sklearn_tags__())
         # LayerNorm over the embedding drops each row's mean and scale: on scikit-learn's
         # 2-feature blobs only the sign of x0 - x1 is left (64% accuracy, whatever the training),
         # short of its 0.83 check. Embeddings have hundreds of features; tests/test_neural.py
         # asserts the accuracy reached on those.
         tags.classifier_tags.poor_score = True
         return tags
+
+    def __head_tags__(self) -> HeadTags:
+        arch = self._arch
+        return HeadTags(
+            arch=arch, takes_views=True, iterative=True, token_fusion=arch == "transformer"
+        )
+
+    def training_record(self) -> TrainingRecord:
+        if not self.__sklearn_is_fitted__():
+            return TrainingRecord()
+        return TrainingRecord(list(self.history_), int(self.best_epoch_))
 
     # ------------------------------------------------------------------ building
 
@@ -433,12 +248,14 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         fields_val: Sequence[ArrayLike] | None = None,
         aux_val: ArrayLike | None = None,
         X_views: ArrayLike | None = None,
+        progress: Progress | None = None,
     ) -> NeuralHead:
         """Train on embeddings ``X`` ``(N, D)`` and labels ``y`` ``(N,)``; returns self.
 
         ``X_views``: ``(N, V, D)`` embeddings of augmented views of the same images (``ingest
         --views``), used as augmentation: each epoch every image is seen once, as one of its
-        ``1 + V`` embeddings (the main one or a view) drawn at random.
+        ``1 + V`` embeddings (the main one or a view) drawn at random. ``progress(done, total,
+        info)`` is called after each epoch (``verbose`` without it: a progress bar).
 
         ``fields``: encoded metadata blocks ``(N, d_i)``; ``aux``: ``(N, A)`` binary targets
         (NaN = missing). With ``X_val``/``y_val`` the best epoch by validation macro-F1 is kept
@@ -489,7 +306,13 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
                 0 if a_train is None else a_train.shape[1],
             )
             weights = self._sample_weights(y_idx, None if val is None else val[1].cpu().numpy())
-            self._train(xs, torch.as_tensor(y_idx, device=dev), f_train, a_train, val, weights, gen)
+            bar = EpochBar(f"{self._arch} head") if progress is None and self.verbose else None
+            try:
+                y_t = torch.as_tensor(y_idx, device=dev)
+                self._train(xs, y_t, f_train, a_train, val, weights, gen, progress or bar)
+            finally:
+                if bar is not None:
+                    bar.close()
         return self
 
     def _validation(
@@ -565,6 +388,7 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         val: tuple | None,
         weights: torch.Tensor | None,
         gen: torch.Generator,
+        progress: Progress | None,
     ) -> None:
         model, n, bs = self.model_, x.shape[-2], int(self.batch_size)  # x: (N, D) or (1 + V, N, D)
         self._composite = CompositeLoss(self.loss_, self.aux_alpha).to(self.device_)
@@ -583,13 +407,8 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
 
         self.history_: list[dict[str, Any]] = []
         best_f1, best_state, since_best = -1.0, None, 0
-        bar = tqdm(
-            range(int(self.epochs)),
-            desc=getattr(self, "_progress_desc", None) or f"{self._arch} head",
-            unit="epoch",
-            disable=not self.verbose,
-        )
-        for epoch in bar:
+        epochs = int(self.epochs)
+        for epoch in range(epochs):
             t0 = time.perf_counter()
             model.train()
             order = self._draw(n, weights, gen)  # (N,)
@@ -610,21 +429,22 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
             row.update(self._evaluate(val))
             row["seconds"] = time.perf_counter() - t0
             self.history_.append(row)
+            stop = False
             if val is None:
-                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-                continue
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_f1=f"{row['val_macro_f1']:.4f}")
-            if row["val_macro_f1"] > best_f1:
+                pass
+            elif row["val_macro_f1"] > best_f1:
                 best_f1, since_best, self.best_epoch_ = row["val_macro_f1"], 0, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-                if self.patience and since_best >= self.patience:
-                    # end the bar at 100%: the run is complete, not cut off
-                    bar.total = epoch + 1
-                    bar.set_postfix_str(f"stopped at epoch {epoch + 1}, best {self.best_epoch_}")
-                    break
-        bar.close()
+                stop = bool(self.patience) and since_best >= self.patience
+            if progress is not None:  # stopped early: done == total, the run is complete
+                shown = {k: row[k] for k in ("train_loss", "val_macro_f1") if row[k] is not None}
+                if stop:
+                    shown["best_epoch"] = self.best_epoch_
+                progress(epoch + 1, epoch + 1 if stop else epochs, shown)
+            if stop:
+                break
         if best_state is not None:
             model.load_state_dict(best_state)
         else:
@@ -684,14 +504,10 @@ class NeuralHead(ClassifierMixin, BaseEstimator):
         out, _ = self._outputs(*self._inputs(X, fields))
         return self.loss_.inference_logits(out).float()
 
-    def decision_function(
-        self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None
-    ) -> np.ndarray:
-        """Logits ``(N, C)`` float32, columns following ``classes_``.
-
-        Two columns for two classes as well (not scikit-learn's ``(N,)`` margin): the unknown
-        detectors and the ensembles read one logit per class.
-        """
+    def logits(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:
+        """Logits ``(N, C)`` float32, columns following ``classes_``, two for two classes as well
+        (what the unknown detectors and the ensembles read; ``decision_function`` gives
+        scikit-learn's ``(N,)`` margin for two classes)."""
         return self._logits(X, fields).cpu().numpy()
 
     def predict_proba(self, X: ArrayLike, fields: Sequence[ArrayLike] | None = None) -> np.ndarray:

@@ -24,12 +24,13 @@ import numpy as np
 import embedstore
 from embedstore import Result
 from embedstore.explore import DUPLICATE_THRESHOLD, load_thumbnail
-from heads._evaluate import evaluate, holdout_rows, score_rows
-from heads._issues import IssuesResult, find_issues
-from heads._loaded import Predictor, load
 from heads._metrics import most_confused, openset_scores, per_class_f1
-from heads._plots import plot_roc
-from heads._rundir import read_val
+from heads.evaluation._evaluate import evaluate, holdout_rows, score_rows
+from heads.evaluation._issues import IssuesResult, find_issues
+from heads.evaluation._plots import plot_roc
+from heads.runs._config import EnsembleConfig, RunConfig
+from heads.runs._loaded import Ensemble, Predictor, load
+from heads.runs._rundir import read_val
 from heads.types import METRIC_NAMES
 
 _THUMB_PX = 112
@@ -118,28 +119,7 @@ def report(
     val = read_val(path)
     scored = score_rows(model, val)
     sections: list[tuple[str, str, str]] = [("scores", "Scores", _scores(ev.metrics, ev.holdout))]
-    known = scored["_true"] >= 0
-    y, p = scored["_true"][known], scored["_pred_closed"][known]
-    if known.any():
-        f1 = per_class_f1(y, p, len(model.classes))
-        sections.append(("per-class", "Per-class F1", _per_class(f1, model)))
-        pairs = most_confused(y, p, model.classes, top=top)
-        sections.append(
-            (
-                "confusion",
-                "Confusion among the most-confused classes",
-                _confusion(y, p, model.classes, pairs),
-            )
-        )
-        ids = np.asarray(val["id"], dtype=object)[known]
-        probs = np.asarray(val["logits"], np.float64)[known]
-        sections.append(
-            (
-                "pairs",
-                "Most-confused pairs",
-                _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs),
-            )
-        )
+    sections += _closed_set_sections(model, val, scored, top, thumbs)
     sections.append(("unknown", "Unknown detector", _roc(model, val, store, notes)))
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -178,6 +158,31 @@ def report(
     )
 
 
+def _closed_set_sections(
+    model: Predictor, val: dict[str, Any], scored: dict[str, Any], top: int, thumbs: _Thumbs
+) -> list[tuple[str, str, str]]:
+    """Per-class F1, the confusion among the most-confused classes and their pairs (none
+    without validation images of a known class)."""
+    known = scored["_true"] >= 0
+    if not known.any():
+        return []
+    y, p = scored["_true"][known], scored["_pred_closed"][known]
+    f1 = per_class_f1(y, p, len(model.classes))
+    pairs = most_confused(y, p, model.classes, top=top)
+    ids = np.asarray(val["id"], dtype=object)[known]
+    probs = np.asarray(val["logits"], np.float64)[known]
+    confusion = _confusion(y, p, model.classes, pairs)
+    return [
+        ("per-class", "Per-class F1", _per_class(f1, model)),
+        ("confusion", "Confusion among the most-confused classes", confusion),
+        (
+            "pairs",
+            "Most-confused pairs",
+            _pairs(pairs[:6], ids, y, p, probs, model.classes, thumbs),
+        ),
+    ]
+
+
 # ---------------------------------------------------------------------------- sections
 
 _CSS = """
@@ -200,13 +205,17 @@ figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;whit
 """
 
 
+def _head_name(cfg: RunConfig | EnsembleConfig) -> str | None:
+    return cfg.head if isinstance(cfg, RunConfig) else None
+
+
 def _page(
     path: Path, model: Predictor, ev: Any, sections: list[tuple[str, str, str]], notes: list[str]
 ) -> str:
     cfg = model.config
     backbone = ", ".join(b.get("name", c) for c, b in model.backbone_columns().items())
-    members = getattr(model, "members", [])
-    kind_heads = sorted({str(m.config.get("head")) for m in members}) or [str(cfg.get("head"))]
+    members = model.members if isinstance(model, Ensemble) else []
+    kind_heads = sorted({str(_head_name(m.config)) for m in members}) or [str(_head_name(cfg))]
     what = f"ensemble of {len(members)} members" if members else "run"
     meta = (
         f"{what}, head {html.escape(', '.join(kind_heads))}, on "

@@ -38,14 +38,15 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from embedstore import Result, jsonable
+from heads._base import head_tags
 from heads._data import FoldData, check_finite, load_fold_data
 from heads._errors import HeadsError
 from heads._metrics import macro_f1
-from heads._neural import DEFAULT_LR
-from heads._plots import plot_trials
 from heads._registry import HEADS
-from heads._train import (
-    TrainResult,
+from heads.evaluation._plots import plot_trials
+from heads.losses import LOSSES, list_losses
+from heads.settings import BY_NAME, DEFAULTS, SETTINGS, head_options
+from heads.training._folds import (
     _Fold,
     _folds_to_train,
     build_head,
@@ -54,18 +55,13 @@ from heads._train import (
     tta_logits,
     use_views,
 )
-from heads._train import train as train_head
-from heads.losses import LOSSES, list_losses
+from heads.training._train import TrainResult
+from heads.training._train import train as train_head
 
 __all__ = ["TUNED_PARAMS", "TuneResult", "search_space", "tune"]
 
-TUNED_PARAMS = ("lr", "weight_decay", "dropout", "hidden", "loss", "label_smoothing")
-# Learning-rate ranges per architecture, each a decade either side of its default (DEFAULT_LR).
-_LR_RANGE = {"linear": (1e-3, 1e-1), "mlp": (1e-4, 1e-2), "transformer": (5e-5, 5e-3)}
-_WEIGHT_DECAY = (1e-6, 1.0)
-_DROPOUT = (0.0, 0.7)
-_HIDDEN = (256, 512, 1024, 2048)
-_LABEL_SMOOTHING = (0.0, 0.3)
+# What tune searches, in the order trials draw them: every setting with a ``tune`` range.
+TUNED_PARAMS = tuple(s.name for s in SETTINGS if s.tune is not None)
 
 
 @dataclass
@@ -103,29 +99,19 @@ def search_space(
     >>> search_space("linear")["lr"]
     (0.001, 0.1, 'log')
     """
-    cls = HEADS.get(head)
-    takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    arch = getattr(cls, "default_arch", None)
+    takes, arch = _head_settings(head)
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
     space: dict[str, Any] = {}
-    if "lr" in takes and arch in _LR_RANGE:
-        space["lr"] = (*_LR_RANGE[arch], "log")
-    if "weight_decay" in takes:
-        space["weight_decay"] = (*_WEIGHT_DECAY, "log")
-    if "dropout" in takes:
-        space["dropout"] = (*_DROPOUT, "linear")
-    if "hidden" in takes and arch != "linear":  # the linear head has no hidden layer
-        space["hidden"] = list(_HIDDEN)
-    if "loss" in takes:
-        names = list(losses) if losses is not None else list_losses()
-        bad = [n for n in names if n not in LOSSES]
-        if bad or not names:
-            raise HeadsError(
-                f"--losses {','.join(bad) or '(none)'}: valid losses: {', '.join(list_losses())}"
-            )
-        space["loss"] = names
-        if "loss_kwargs" in takes and any(_takes_smoothing(n) for n in names):
-            space["label_smoothing"] = (*_LABEL_SMOOTHING, "linear")
+    for name in TUNED_PARAMS:
+        rng = BY_NAME[name].tune_range(arch)
+        if rng is None or name not in takes:
+            continue
+        if rng.registry == "losses":
+            space[name] = _loss_names(losses)
+        elif name != "label_smoothing":
+            space[name] = rng.as_space()
+        elif "loss" in space and any(_takes_smoothing(n) for n in space["loss"]):
+            space[name] = rng.as_space()  # only beside a searched loss that takes it
     if "loss_kwargs" in fixed:
         space.pop("label_smoothing", None)
     for k in fixed:
@@ -135,22 +121,41 @@ def search_space(
     return space
 
 
+def _head_settings(head: str) -> tuple[set[str], str | None]:
+    """The settings ``head`` takes (``label_smoothing`` through ``loss_kwargs``) and its arch."""
+    cls = HEADS.get(head)
+    takes = set(cls.setting_names())
+    if "loss_kwargs" in takes:
+        takes.add("label_smoothing")
+    return takes, head_tags(cls()).arch
+
+
+def _loss_names(losses: list[str] | None) -> list[str]:
+    names = list(losses) if losses is not None else list_losses()
+    bad = [n for n in names if n not in LOSSES]
+    if bad or not names:
+        raise HeadsError(
+            f"--losses {','.join(bad) or '(none)'}: valid losses: {', '.join(list_losses())}"
+        )
+    return names
+
+
 def _takes_smoothing(loss: str) -> bool:
     return "label_smoothing" in inspect.signature(LOSSES.get(loss).__init__).parameters
 
 
 def _defaults(head: str, space: dict[str, Any]) -> dict[str, Any]:
     """The head's own settings for the searched names (trial 0: the default recipe)."""
-    cls = HEADS.get(head)
-    sig = inspect.signature(cls.__init__).parameters
+    head_defaults = HEADS.get(head)().get_params()
+    arch = _head_settings(head)[1]
     out: dict[str, Any] = {}
     for name in space:
         if name == "label_smoothing":
-            out[name] = 0.0
-        elif name == "lr" and sig[name].default is None:  # None: the architecture's default
-            out[name] = DEFAULT_LR[cls.default_arch]
+            out[name] = DEFAULTS[name]
+        elif head_defaults[name] is None:  # None: the architecture's default (lr)
+            out[name] = BY_NAME[name].default_by_arch[arch]
         else:
-            out[name] = sig[name].default
+            out[name] = head_defaults[name]
     lo_hi = {k: v for k, v in space.items() if isinstance(v, tuple)}
     for k, (lo, hi, _) in lo_hi.items():  # a default outside its range: do not enqueue it
         if not lo <= out[k] <= hi:
@@ -179,10 +184,7 @@ def _suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
 
 def head_settings(params: dict[str, Any]) -> dict[str, Any]:
     """Trial parameters as head settings (``label_smoothing`` goes into ``loss_kwargs``)."""
-    out = {k: v for k, v in params.items() if k != "label_smoothing"}
-    if params.get("label_smoothing"):
-        out["loss_kwargs"] = {"label_smoothing": float(params["label_smoothing"])}
-    return out
+    return head_options(params)
 
 
 def tune(
@@ -219,8 +221,6 @@ def tune(
 
     >>> heads.tune("grocery", head="mlp", trials=30, timeout_s=600, out="runs/mlp-tuned").best_params
     """
-    import optuna
-
     if trials < 1:
         raise HeadsError(f"--trials must be >= 1, got {trials}")
     if timeout_s is not None and timeout_s <= 0:
@@ -234,8 +234,52 @@ def tune(
             "or all are fixed); tune a neural head: linear, mlp or transformer"
         )
     base_est = build_head(head, head_options, progress=False)
+    data, folds = _tune_data(store, backbone, where, fold, unknown_label, views, tta)
+    base = _tune_out(out, head, data, overwrite)
+    classes = np.unique(np.concatenate([np.concatenate([f.classes, f.y_val]) for f in folds]))
+    t_start = time.perf_counter()
+    deadline = None if timeout_s is None else t_start + float(timeout_s)
+    objective = _Objective(base_est, data, folds, space, classes, deadline)
+    defaults = _defaults(head, space) if include_default else {}
+    study = _run_study(objective, head, trials, timeout_s, seed, defaults, progress)
+    seconds = time.perf_counter() - t_start
+    best = study.best_trial
+    default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
+    res = train_head(
+        store,
+        fold=fold,
+        backbone=backbone,
+        head=head,
+        out=base,
+        where=where,
+        unknown_label=unknown_label,
+        progress=progress,
+        overwrite=overwrite,
+        views=views,
+        tta=tta,
+        **head_options,
+        **head_settings(best.params),
+    )
+    used = _views_used(data)
+    rows = _trial_rows(study.trials, space, used)
+    settings = (head, head_options, trials, timeout_s, seed, len(folds), seconds, used)
+    files = _write_trials(base, rows, space, best, default, data, *settings)
+    return _tune_result(base, study, default, res, files, seconds, used)
+
+
+def _tune_data(
+    store: Any,
+    backbone: str | None,
+    where: str | None,
+    fold: int | str,
+    unknown_label: str,
+    views: bool | None,
+    tta: bool | None,
+) -> tuple[FoldData, list[_Fold]]:
+    """The store's rows (views decided as :func:`heads.train` does) and the folds with
+    validation rows of a known class, which trials are scored on."""
     data = load_fold_data(store, backbone, [], where, views=views is not False or bool(tta))
-    use_views(data, views, tta)  # as heads.train: data.extra["train_views"] / ["tta_views"]
+    use_views(data, views, tta)  # as heads.train: data.train_views / tta_views
     check_finite(data.X, data.ids, data.backbone.column)
     folds = [prepare_fold(data, k, [], [], unknown_label) for k in _folds_to_train(data, fold)]
     folds = [f for f in folds if f.known_val.any()]
@@ -243,22 +287,37 @@ def tune(
         raise HeadsError(
             f"{data.store_path}: no validation rows of a known class to score trials on"
         )
+    return data, folds
+
+
+def _tune_out(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
+    """``--out`` (default ``runs/<head>-tuned-<backbone>-<time>``), refused if a run is there."""
+    when = time.strftime("%Y%m%d-%H%M%S")
     base = (
         Path(out)
         if out is not None
-        else (
-            Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        else Path("runs") / f"{head}-tuned-{data.backbone.backbone}-{when}"
     )
     if base.exists() and (not base.is_dir() or any(base.iterdir())) and not overwrite:
         raise HeadsError(
             f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
         )
+    return base
 
-    classes = np.unique(np.concatenate([np.concatenate([f.classes, f.y_val]) for f in folds]))
-    t_start = time.perf_counter()
-    deadline = None if timeout_s is None else t_start + float(timeout_s)
-    objective = _Objective(base_est, data, folds, space, classes, deadline)
+
+def _run_study(
+    objective: _Objective,
+    head: str,
+    trials: int,
+    timeout_s: float | None,
+    seed: int,
+    defaults: dict[str, Any],
+    progress: bool,
+) -> Any:
+    """The optuna study after its trials (TPE sampler, median pruner; the default recipe
+    first when ``defaults``); an error when no trial completed."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -267,7 +326,6 @@ def tune(
         ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    defaults = _defaults(head, space) if include_default else {}
     if defaults:
         study.enqueue_trial(defaults)
     bar = tqdm(total=trials, desc=f"tune {head}", unit="trial", disable=not progress)
@@ -290,8 +348,7 @@ def tune(
     )
     bar.total = len(study.trials)
     bar.close()
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
         why = (
             failed[0].user_attrs.get("error", "see the warnings above")
@@ -299,56 +356,32 @@ def tune(
             else ("the time limit came before one trial finished; give a larger --timeout-s")
         )
         raise HeadsError(f"no trial completed ({len(study.trials)} started): {why}")
-    seconds = time.perf_counter() - t_start
-    best = study.best_trial
-    best_params = {**best.params}
-    default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
+    return study
 
-    res = train_head(
-        store,
-        fold=fold,
-        backbone=backbone,
-        head=head,
-        out=base,
-        where=where,
-        unknown_label=unknown_label,
-        progress=progress,
-        overwrite=overwrite,
-        views=views,
-        tta=tta,
-        **head_options,
-        **head_settings(best_params),
-    )
-    used = _views_used(data)
-    rows = _trial_rows(study.trials, space, used)
-    files = _write_trials(
-        base,
-        rows,
-        space,
-        best,
-        default,
-        data,
-        head,
-        head_options,
-        trials,
-        timeout_s,
-        seed,
-        len(folds),
-        seconds,
-        used,
-    )
+
+def _tune_result(
+    base: Path,
+    study: Any,
+    default: Any,
+    res: TrainResult,
+    files: tuple[Path, Path, Path],
+    seconds: float,
+    used: dict[str, list[str]],
+) -> TuneResult:
+    best = study.best_trial
+    states = [t.state.name for t in study.trials]
     return TuneResult(
         run=str(base),
-        best_params=best_params,
+        best_params={**best.params},
         best_trial=best.number,
         best_macro_f1=float(best.value),
         best_top1=float(best.user_attrs["top1"]),
         default_macro_f1=None if default is None else float(default.value),
         default_top1=None if default is None else float(default.user_attrs["top1"]),
         n_trials=len(study.trials),
-        n_complete=len(complete),
-        n_pruned=sum(t.state.name == "PRUNED" for t in study.trials),
-        n_failed=sum(t.state.name == "FAIL" for t in study.trials),
+        n_complete=states.count("COMPLETE"),
+        n_pruned=states.count("PRUNED"),
+        n_failed=states.count("FAIL"),
         seconds=round(seconds, 2),
         trials_csv=str(files[0]),
         trials_json=str(files[1]),
@@ -362,8 +395,8 @@ def tune(
 def _views_used(data: FoldData) -> dict[str, list[str]]:
     """The views trained on and those averaged at prediction, as a run's config records them."""
     return {
-        "train": list(data.extra.get("train_views") or []),
-        "tta": list(data.extra.get("tta_views") or []),
+        "train": list(data.train_views),
+        "tta": list(data.tta_views),
     }
 
 
@@ -403,8 +436,8 @@ class _Objective:
                 raise optuna.TrialPruned()
             model = clone(self.estimator).set_params(**head_settings(params))
             try:
-                fit_fold(model, self.data, f)  # trains on the views when data.extra says so
-                # scored as the retrained run predicts: with TTA when data.extra says so
+                fit_fold(model, self.data, f)  # trains on the views when data says so
+                # scored as the retrained run predicts: with TTA when data says so
                 logits = tta_logits(model, self.data, f.val_rows[f.known_val])
                 pred = model.classes_[logits.argmax(1)]
             except (ValueError, RuntimeError) as e:
@@ -415,7 +448,7 @@ class _Objective:
             y_true.append(t)
             y_pred.append(p)
             fold_f1.append(macro_f1(t, p))
-            epochs.append(int(getattr(model, "best_epoch_", 0) or 0))
+            epochs.append(int(model.training_record().best_epoch or 0))
             trial.report(float(np.mean(fold_f1)), step)
             if step + 1 < len(self.folds) and trial.should_prune():
                 trial.set_user_attr("fold_macro_f1", fold_f1)

@@ -1,0 +1,44 @@
+"""The heads and unknown-class detectors themselves (scikit-learn estimators), and the metadata
+encoders that feed them: the plug-ins behind ``heads.create_head`` / ``heads.create_detector``.
+
+>>> from heads.estimators import NeuralHead, KNNHead
+"""
+
+from heads.estimators._encoders import ENCODERS, MetadataEncoder
+from heads.estimators._knn import CentroidHead, KNNHead
+from heads.estimators._neural import DEFAULT_LR, NeuralHead
+from heads.estimators._unknown import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    UnknownDetector,
+    create_detector,
+    detector_from_state,
+    list_detectors,
+    register_detector,
+)
+from heads.estimators._unknown_embedding import (  # registers the embedding detectors
+    EnergyKNNDetector,
+    KNNDetector,
+    MahalanobisDetector,
+    RelativeMahalanobisDetector,
+)
+
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DEFAULT_LR",
+    "DETECTORS",
+    "EnergyKNNDetector",
+    "KNNDetector",
+    "MahalanobisDetector",
+    "RelativeMahalanobisDetector",
+    "ENCODERS",
+    "CentroidHead",
+    "KNNHead",
+    "MetadataEncoder",
+    "NeuralHead",
+    "UnknownDetector",
+    "create_detector",
+    "detector_from_state",
+    "list_detectors",
+    "register_detector",
+]

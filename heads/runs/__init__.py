@@ -1,0 +1,38 @@
+"""Trained runs on disk: the run format (``config.json`` as :class:`RunConfig` /
+:class:`EnsembleConfig`, safetensors, ``val.parquet``), loading (``load`` gives a :class:`Run`
+or an :class:`Ensemble`, both :class:`Predictor`) and a folder of runs as the service sees it.
+
+>>> from heads.runs import load, list_runs, read_run_config
+"""
+
+from heads.runs._config import (
+    EnsembleConfig,
+    RunConfig,
+    StoreRef,
+    parse_config,
+    read_run_config,
+    write_run_config,
+)
+from heads.runs._folder import PARTIAL, list_runs, read_eval, replace_run, run_checksum
+from heads.runs._loaded import Ensemble, Predictor, Run, load
+from heads.runs._rundir import RUN_FORMAT, read_val
+
+__all__ = [
+    "PARTIAL",
+    "RUN_FORMAT",
+    "Ensemble",
+    "EnsembleConfig",
+    "Predictor",
+    "Run",
+    "RunConfig",
+    "StoreRef",
+    "list_runs",
+    "load",
+    "parse_config",
+    "read_eval",
+    "read_run_config",
+    "read_val",
+    "replace_run",
+    "run_checksum",
+    "write_run_config",
+]

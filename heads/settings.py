@@ -1,0 +1,229 @@
+"""The heads' training settings, declared once: type, default, help, allowed values, tune range.
+
+Torch-free (``import heads.settings`` costs nothing), so the command line and the service can
+build their options from it. The heads take their defaults from here, and ``heads.tune``'s
+search space is derived from the ``tune`` ranges.
+
+Shape: :data:`SETTINGS` is a tuple of :class:`Setting`, each with
+
+- ``name``: the keyword of ``heads.train(**head_options)`` / the head's ``__init__``
+  (``--name-with-dashes`` on the command line, ``name`` in the service's JSON body);
+- ``type``: ``int``, ``float``, ``str`` or ``bool`` (a ``bool`` is a flag);
+- ``default``: the value the head uses when the option is not given (None: the head decides,
+  e.g. ``lr``: ``default_by_arch``);
+- ``help``: one line for ``--help`` and the OpenAPI description;
+- ``choices``: the valid strings (a tuple), or ``registry``: the name of the registry whose
+  names are valid (``"losses"``: ``heads.list_losses()``), or neither;
+- ``min`` / ``max`` (inclusive; ``min_exclusive`` for ``> min``): numeric bounds;
+- ``heads``: the registered heads that take it (``heads_taking(name)``);
+- ``tune``: its search range (:class:`TuneRange`, or ``{arch: TuneRange}``), None: not tuned.
+
+Deriving options (what the CLI and the service do; sketches, not code here)::
+
+    for s in heads.settings.SETTINGS:           # click
+        kind = click.Choice(s.choices) if s.choices else {int: click.IntRange(s.min, s.max),
+               float: click.FloatRange(s.min, s.max, min_open=s.min_exclusive)}.get(s.type, s.type)
+        click.option(f"--{s.name.replace('_', '-')}", type=kind, default=None, help=s.help)
+    fields = {s.name: (s.type | None, pydantic.Field(None, description=s.help, **s.bounds()))
+              for s in heads.settings.SETTINGS}  # pydantic.create_model("TrainBody", **fields)
+
+``label_smoothing`` is no head keyword: :func:`head_options` turns it into
+``loss_kwargs={"label_smoothing": x}`` (as ``heads train --label-smoothing`` always did).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from heads.types import CLASS_WEIGHTS, REFERENCES, SAMPLERS
+
+NEURAL = ("linear", "mlp", "transformer")
+
+
+@dataclass(frozen=True)
+class TuneRange:
+    """A search range: ``low``..``high`` (``log`` scale or linear), or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+    registry: str | None = None  # choices: every name of this registry ("losses")
+
+    def as_space(self) -> tuple[float, float, str] | list[Any] | None:
+        """As ``heads.search_space`` gives it: ``(low, high, "log"|"linear")`` or ``[choices]``
+        (None for a registry's names, which :func:`heads.search_space` fills in)."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.registry is not None:
+            return None
+        return (self.low, self.high, "log" if self.log else "linear")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting of the heads (see the module docstring)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    heads: tuple[str, ...] = NEURAL
+    choices: tuple[str, ...] | None = None
+    registry: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    tune: TuneRange | Mapping[str, TuneRange] | None = None
+    default_by_arch: Mapping[str, Any] = field(default_factory=dict)
+
+    def bounds(self) -> dict[str, float]:
+        """Bounds as pydantic's ``Field`` keywords (``ge``/``gt``, ``le``)."""
+        out: dict[str, float] = {}
+        if self.min is not None:
+            out["gt" if self.min_exclusive else "ge"] = self.min
+        if self.max is not None:
+            out["le"] = self.max
+        return out
+
+    def tune_range(self, arch: str | None) -> TuneRange | None:
+        """The search range for a head of architecture ``arch`` (None: not searched)."""
+        if isinstance(self.tune, TuneRange) or self.tune is None:
+            return self.tune
+        return self.tune.get(arch or "")
+
+
+# The learning rate searched a decade either side of each architecture's default.
+_LR = {"linear": 1e-2, "mlp": 1e-3, "transformer": 5e-4}
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "lr",
+        float,
+        None,
+        "Learning rate (default: the head's; linear 1e-2, mlp 1e-3, transformer 5e-4).",
+        min=0,
+        min_exclusive=True,
+        default_by_arch=_LR,
+        tune={
+            "linear": TuneRange(1e-3, 1e-1, log=True),
+            "mlp": TuneRange(1e-4, 1e-2, log=True),
+            "transformer": TuneRange(5e-5, 5e-3, log=True),
+        },
+    ),
+    Setting(
+        "weight_decay",
+        float,
+        1e-4,
+        "AdamW weight decay, on weight matrices only.",
+        min=0,
+        tune=TuneRange(1e-6, 1.0, log=True),
+    ),
+    Setting("dropout", float, 0.1, "Dropout rate.", min=0, max=1, tune=TuneRange(0.0, 0.7)),
+    Setting(
+        "hidden",
+        int,
+        1024,
+        "Hidden width (MLP; the transformer's feed-forward width).",
+        min=1,
+        tune={a: TuneRange(choices=(256, 512, 1024, 2048)) for a in ("mlp", "transformer")},
+    ),
+    Setting(
+        "loss",
+        str,
+        "ce",
+        "Loss from the registry (default ce).",
+        registry="losses",
+        tune=TuneRange(registry="losses"),
+    ),
+    Setting(
+        "label_smoothing",
+        float,
+        0.0,
+        "For --loss ce.",
+        min=0,
+        max=1,
+        tune=TuneRange(0.0, 0.3),
+    ),
+    Setting(
+        "class_weights",
+        str,
+        "none",
+        "Loss weights per class (default none).",
+        choices=CLASS_WEIGHTS,
+    ),
+    Setting(
+        "sampler",
+        str,
+        "none",
+        "prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
+        choices=SAMPLERS,
+    ),
+    Setting("aux_alpha", float, 1.0, "Weight of the auxiliary BCE loss."),
+    Setting(
+        "epochs",
+        int,
+        30,
+        "Training epochs, at most (early stopping on validation macro-F1).",
+        min=1,
+        max=10_000,
+    ),
+    Setting(
+        "patience",
+        int,
+        10,
+        "Stop after this many epochs without a better validation macro-F1 (default 10; 0: never).",
+        min=0,
+    ),
+    Setting("batch_size", int, 1024, "Training batch size.", min=1),
+    Setting("warmup_epochs", int, 1, "Epochs of linear learning-rate warm-up.", min=0),
+    Setting("k", int, 20, "Neighbours, for --head knn.", heads=("knn",), min=1),
+    Setting(
+        "reference",
+        str,
+        "train",
+        "For --head centroid: prototypes of the training part, or of train+val (all folds, "
+        "as a refit; needs --fold all).",
+        heads=("centroid",),
+        choices=REFERENCES,
+    ),
+    Setting(
+        "transductive",
+        bool,
+        False,
+        "For --head centroid: move the prototypes toward the images being predicted (soft "
+        "k-means) before predicting them.",
+        heads=("centroid",),
+    ),
+)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+
+
+def heads_taking(name: str) -> tuple[str, ...]:
+    """The built-in heads that take setting ``name``."""
+    return BY_NAME[name].heads
+
+
+def head_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` (None: not given) as head keywords: ``label_smoothing`` into ``loss_kwargs``."""
+    out = {k: v for k, v in options.items() if v is not None and k != "label_smoothing"}
+    if options.get("label_smoothing"):
+        out["loss_kwargs"] = {
+            **(out.get("loss_kwargs") or {}),
+            "label_smoothing": float(options["label_smoothing"]),
+        }
+    return out
+
+
+__all__ = [
+    "BY_NAME",
+    "DEFAULTS",
+    "SETTINGS",
+    "Setting",
+    "TuneRange",
+    "head_options",
+    "heads_taking",
+]

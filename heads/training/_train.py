@@ -1,0 +1,347 @@
+"""Training on store folds: build the estimator once from the registry, clone it per fold, and do
+each fold's work in small steps (prepare, fit, calibrate, save: ``heads.training._folds``); the
+refit on every fold and the folds' ensemble.
+
+``heads.train(store, fold=0, head="mlp")`` is the library call behind ``heads train``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from embedstore import Result
+from heads._base import Head, head_tags
+from heads._data import (
+    FoldData,
+    check_finite,
+    holdout_leakage,
+    load_fold_data,
+)
+from heads._errors import HeadsError
+from heads.estimators._unknown import DEFAULT_DETECTOR, UnknownDetector
+from heads.evaluation._evaluate import EvalResult, evaluate
+from heads.runs._rundir import replace_dir
+from heads.training._ensemble import ensemble as write_ensemble
+from heads.training._ensemble import fit_temperature
+from heads.training._folds import (
+    _Fold,
+    _folds_to_train,
+    _Job,
+    build_detector,
+    build_head,
+    calibrate_fold,
+    fit_fold,
+    prepare_fold,
+    save_fold,
+    use_views,
+)
+from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
+
+
+@dataclass
+class FoldResult(Result):
+    """One fold's run: where it went, how long it fitted, and its validation scores."""
+
+    run: str
+    fold: int | None  # None: the refit on every fold
+    fit_seconds: float
+    epochs: int
+    metrics: dict[str, Any]
+    knn_top1_by_k: dict[str, float] | None = None
+
+    def items_(self) -> dict[str, Any]:
+        out = {
+            "run": self.run,
+            "fold": self.fold,
+            "fit_seconds": self.fit_seconds,
+            "epochs": self.epochs,
+            **self.metrics,
+        }
+        if self.knn_top1_by_k is not None:
+            out["knn_top1_by_k"] = self.knn_top1_by_k
+        return out
+
+
+@dataclass
+class TrainResult(Result):
+    """The runs written, the fold ensemble (``--fold all``) and its scores, each fold's scores."""
+
+    runs: list[str]
+    ensemble: str | None
+    metrics: list[FoldResult]
+    ensemble_metrics: EvalResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    refit: FoldResult | None = None
+
+
+def train(
+    store: Any = None,
+    *,
+    fold: int | str = 0,
+    backbone: str | list[str] | None = None,
+    head: str = "mlp",
+    out: str | os.PathLike | None = None,
+    metadata: list[str] | tuple[str, ...] = (),
+    aux_targets: list[str] | tuple[str, ...] = (),
+    unknown: str | None = None,
+    unknown_label: str = "unknown",
+    where: str | None = None,
+    refit: bool = False,
+    ensemble: EnsembleMembers | None = None,
+    progress: bool = True,
+    on_fold: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+    views: bool | None = None,
+    tta: bool | None = None,
+    **head_options: Any,
+) -> TrainResult:
+    """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
+
+    ``head_options`` are the head's settings (``hidden``, ``dropout``, ``loss``, ``class_weights``,
+    ``sampler``, ``epochs``, ``lr``, ``batch_size``, ``seed``, ``device``, ``k`` ...).
+    ``metadata`` columns are encoded (fitted on the training part only) and fed to the head;
+    ``aux_targets`` are binary columns learned as auxiliary outputs (e.g. poisonous).
+    ``unknown`` attaches an unknown-class detector calibrated on the validation fold (a name
+    from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``).
+    An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
+    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that raises
+    from it stops the training between folds: how the service cancels a job).
+
+    ``refit`` (with ``fold="all"``) also trains one model on every fold's rows (the held-out part
+    stays out) for the median of the folds' best epochs, saved as ``<out>/refit``; it has no
+    validation rows, so its temperature is the mean of the folds' and its unknown threshold the
+    mean of the folds' thresholds. ``ensemble`` says what ``<out>`` predicts with: ``"folds"``,
+    ``"refit"`` or ``"both"`` (default with ``refit``: :data:`DEFAULT_REFIT_ENSEMBLE`); its
+    validation part stays the folds' out-of-fold predictions, the refit having none.
+    A centroid head with ``reference="train+val"`` implies ``refit`` (and by default
+    ``ensemble="refit"``): the folds are scored with prototypes of their training part, and
+    the refit's prototypes, which ``<out>`` predicts with, use every fold.
+
+    >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
+    >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
+    """
+    estimator = build_head(head, head_options, progress)
+    unknown = DEFAULT_DETECTOR if unknown == "default" else unknown
+    detector = build_detector(unknown, head_options.get("device"))
+    refit, ensemble = _refit_settings(estimator, fold, refit, ensemble)
+    data = _read_data(store, backbone, [*metadata, *aux_targets], where, views, tta, estimator)
+    folds = _folds_to_train(data, fold)
+    leaks = holdout_leakage(data)
+    base = _out_dir(out, head, data, overwrite)
+    # Train into a hidden folder beside --out and swap it in whole when complete: a run killed or
+    # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
+    work = base.parent / f".{base.name}.partial-{uuid.uuid4().hex[:8]}"
+    job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
+    job.estimator, job.detector, job.data, job.base, job.work = (
+        estimator,
+        detector,
+        data,
+        base,
+        work,
+    )
+    steps = len(folds) + int(refit)
+    metrics, stats, refit_res, ens, ens_metrics = [], [], None, None, None
+    try:
+        for done, k in enumerate(folds):
+            if on_fold is not None:
+                on_fold(done, steps)
+            run_dir = work / f"fold{k}" if fold == "all" else work
+            res, st = _train_fold(job, k, f"{head} fold {k} ({done + 1}/{len(folds)})", run_dir)
+            metrics.append(res)
+            stats.append(st)
+        runs = [str(work / Path(m.run).relative_to(base)) for m in metrics]
+        if refit:
+            if on_fold is not None:
+                on_fold(len(folds), steps)
+            refit_res = fit_refit(job, stats, work / "refit")
+            refit_res.run = str(base / "refit")
+        if fold == "all" and (len(runs) > 1 or refit):
+            ens, ens_metrics = _fold_ensemble(job, ensemble, runs, refit)
+        replace_dir(work, base)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
+        raise
+    if on_fold is not None:
+        on_fold(steps, steps)
+    return TrainResult([m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res)
+
+
+def _read_data(
+    store: Any,
+    backbone: str | list[str] | None,
+    columns: list[str],
+    where: str | None,
+    views: bool | None,
+    tta: bool | None,
+    estimator: Head,
+) -> FoldData:
+    """The store's rows for training, checked (finite, labelled), views decided; a head that
+    fuses tokens gets one token per backbone."""
+    several = isinstance(backbone, list | tuple) and len(backbone) > 1
+    data = load_fold_data(store, backbone, columns, where, views=views is not False or bool(tta))
+    if several and head_tags(estimator).token_fusion and not estimator.get_params()["token_dims"]:
+        estimator.set_params(token_dims=[i.dim for i in data.backbones])
+    use_views(data, views, tta)
+    check_finite(data.X, data.ids, data.backbone.column)
+    if not any(v is not None for v in data.labels):
+        raise HeadsError(
+            f"{data.store_path}: no labelled images; label them by class folders or `embedstore ingest --label-column`"
+        )
+    return data
+
+
+def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
+    """``--out`` (default ``runs/<head>-<backbones>-<time>``), refused if a run is there."""
+    names = "+".join(i.backbone for i in data.backbones)
+    base = (
+        Path(out)
+        if out is not None
+        else Path("runs") / f"{head}-{names}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if base.exists() and not base.is_dir():
+        raise HeadsError(f"{base}: --out is a file; give a directory")
+    if base.exists() and any(base.iterdir()) and not overwrite:
+        raise HeadsError(
+            f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
+        )
+    return base
+
+
+def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult, _FoldStats]:
+    """One fold: prepare, fit, calibrate, save, score; what the refit takes from it."""
+    f = prepare_fold(job.data, k, job.metadata, job.aux_targets, job.unknown_label)
+    model = clone(job.estimator)
+    tags = head_tags(model)
+    if tags.needs_refit:  # e.g. centroids: the folds score with their training part only
+        model.set_params(**tags.fold_settings)
+    fit_s = fit_fold(model, job.data, f, desc if job.progress else None)
+    det = None if job.detector is None else clone(job.detector)
+    val_logits, det, val_scores = calibrate_fold(model, det, job.data, f)
+    stats = _fold_stats(model, det, f, val_logits)
+    save_fold(run_dir, model, det, job.data, f, val_logits, val_scores, fit_s, job)
+    res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
+    shown = job.base / run_dir.relative_to(job.work) if run_dir != job.work else job.base
+    n_epochs = len(model.training_record().history)
+    result = FoldResult(str(shown), k, round(fit_s, 3), n_epochs, res.metrics, f.knn_top1_by_k)
+    return result, stats
+
+
+def _fold_ensemble(job: _Job, members: str, runs: list[str], refit: bool) -> tuple[str, EvalResult]:
+    """Write the ensemble of the fold runs (and the refit) into the work folder; its scores."""
+    paths, weights = _ensemble_members(members, runs, job.work / "refit", refit)
+    validation = runs if members == "refit" else None
+    ens_metrics = write_ensemble(paths, job.work, weights=weights, validation=validation)
+    ens_metrics.run = str(job.base)
+    for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
+        if getattr(ens_metrics, png):
+            setattr(ens_metrics, png, str(job.base / Path(getattr(ens_metrics, png)).name))
+    return str(job.base), ens_metrics
+
+
+# ---------------------------------------------------------------------------- refit
+
+# What a refit run's ensemble holds by default, and the refit's weight beside the K folds in
+# "both" (K: as much as the folds together); chosen out-of-fold on grocery81 (benchmarks/refit.py).
+DEFAULT_REFIT_ENSEMBLE: EnsembleMembers = "both"
+REFIT_WEIGHT = "folds"
+
+
+@dataclass
+class _FoldStats:
+    """What the refit takes from each fold: best epoch, temperature, unknown threshold."""
+
+    best_epoch: int | None
+    temperature: float
+    threshold: float | None
+
+
+def _refit_settings(
+    estimator: Any, fold: int | str, refit: bool, members: str | None
+) -> tuple[bool, str]:
+    if head_tags(estimator).needs_refit:
+        if fold != "all":
+            raise HeadsError(
+                "--reference train+val needs --fold all: the folds are scored on their training "
+                "part, and the refit on every fold is the reference set"
+            )
+        refit, members = True, members or "refit"
+    if members is not None and members not in ENSEMBLE_MEMBERS:
+        raise HeadsError(f"--ensemble {members!r}: valid: {', '.join(ENSEMBLE_MEMBERS)}")
+    if refit and fold != "all":
+        raise HeadsError("--refit needs --fold all (its epochs are chosen on the folds)")
+    if members in ("refit", "both") and not refit:
+        raise HeadsError(f"--ensemble {members} needs --refit")
+    return refit, members or (DEFAULT_REFIT_ENSEMBLE if refit else "folds")
+
+
+def _fold_stats(
+    model: Any, det: UnknownDetector | None, f: _Fold, val_logits: np.ndarray
+) -> _FoldStats:
+    temp = fit_temperature({"label": f.y_val, "logits": val_logits}, f.classes.tolist())
+    best = model.training_record().best_epoch
+    thr = None if det is None else getattr(det, "threshold_", None)
+    return _FoldStats(None if best is None else int(best), temp, thr)
+
+
+def refit_epochs(best_epochs: list[int]) -> int:
+    """The refit's epoch count: the median of the folds' best epochs (rounded, at least 1).
+
+    The refit sees K/(K-1) times the rows per epoch, so the same epochs already take that many
+    more optimiser steps; the count is not scaled further.
+    """
+    return max(1, int(round(float(np.median(best_epochs)))))
+
+
+def fit_refit(job: _Job, stats: list[_FoldStats], run_dir: Path) -> FoldResult:
+    """Train the head on every fold's rows for the folds' median best epoch and save it as a
+    run in ``run_dir`` (no validation rows: temperature and unknown threshold from the folds)."""
+    data, detector = job.data, job.detector
+    f = prepare_fold(data, None, job.metadata, job.aux_targets, job.unknown_label)
+    model = clone(job.estimator)
+    best = [s.best_epoch for s in stats if s.best_epoch is not None]
+    epochs = None
+    if best and head_tags(model).iterative:
+        epochs = refit_epochs(best)
+        model.set_params(epochs=epochs)
+    desc = f"{job.head} refit on all folds"
+    fit_s = fit_fold(model, data, f, desc if job.progress else None)
+    val_logits, det, _ = calibrate_fold(
+        model, None if detector is None else clone(detector), data, f
+    )
+    thresholds = [s.threshold for s in stats if s.threshold is not None]
+    if det is not None and thresholds:
+        det.threshold_ = float(np.mean(thresholds))
+        det.calibration_ = {"method": "mean of the folds' thresholds", "thresholds": thresholds}
+    temperature = float(np.mean([s.temperature for s in stats]))
+    extra = {
+        "refit": {
+            "epochs": epochs,
+            "fold_best_epochs": best,
+            "fold_temperatures": [s.temperature for s in stats],
+        },
+        "temperature": temperature,
+    }
+    save_fold(run_dir, model, det, data, f, val_logits, None, fit_s, job, extra)
+    n = len(model.training_record().history)
+    return FoldResult(str(run_dir), None, round(fit_s, 3), n, {"n_train": int(len(f.train_rows))})
+
+
+def _ensemble_members(
+    members: str, runs: list[str], refit_dir: Path, refit: bool
+) -> tuple[list[str], list[float] | str]:
+    if not refit or members == "folds":
+        return runs, "auto"
+    if members == "refit":
+        return [str(refit_dir)], "auto"
+    w_refit = float(len(runs)) if REFIT_WEIGHT == "folds" else 1.0
+    return [*runs, str(refit_dir)], [1.0] * len(runs) + [w_refit]
