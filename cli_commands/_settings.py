@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from cli_commands._common import Registered, loss_names
+from heads.settings import SETTINGS
 
 
 class FiniteFloat(click.FloatRange):
@@ -54,8 +55,6 @@ def setting_option(s: Any) -> Callable[[Any], Any]:
 
 def head_setting_options(f: Any) -> Any:
     """Every training setting of the heads as an option of the decorated command."""
-    from heads.settings import SETTINGS
-
     for s in reversed(SETTINGS):
         f = setting_option(s)(f)
     return f

@@ -15,19 +15,18 @@ from cli_commands._common import (
     echo_json,
     head_names,
     json_option,
-    loss_names,
     options,
     quiet_option,
     store_option,
 )
+from cli_commands._settings import head_setting_options, setting_option
+from heads.settings import BY_NAME
 from heads.types import (
-    CLASS_WEIGHTS,
     ENSEMBLE_MEMBERS,
-    REFERENCES,
-    SAMPLERS,
 )
 
-# The head-training options of ``heads train``, one block (to be derived from the heads' declaration).
+# The options of ``heads train``: every head setting derived from ``heads.settings``, then the
+# run's own options.
 TRAIN_OPTIONS = options(
     click.option(
         "--fold",
@@ -50,36 +49,7 @@ TRAIN_OPTIONS = options(
         show_default=True,
         help="Head from the registry.",
     ),
-    click.option(
-        "--hidden", type=click.IntRange(1), default=None, help="Hidden width (default 1024)."
-    ),
-    click.option(
-        "--dropout",
-        type=click.FloatRange(0, 1),
-        default=None,
-        help="Dropout before the classifier (default: the head's).",
-    ),
-    click.option(
-        "--loss",
-        type=Registered(loss_names),
-        default=None,
-        help="Loss from the registry (default ce).",
-    ),
-    click.option(
-        "--label-smoothing", type=click.FloatRange(0, 1), default=None, help="For --loss ce."
-    ),
-    click.option(
-        "--class-weights",
-        type=click.Choice(CLASS_WEIGHTS),
-        default=None,
-        help="Loss weights per class (default none).",
-    ),
-    click.option(
-        "--sampler",
-        type=click.Choice(SAMPLERS),
-        default=None,
-        help="prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
-    ),
+    head_setting_options,
     click.option(
         "--metadata", "metadata", multiple=True, help="Metadata column fed to the head; repeatable."
     ),
@@ -88,43 +58,6 @@ TRAIN_OPTIONS = options(
         "aux_targets",
         multiple=True,
         help="Binary column learned as an auxiliary output; repeatable.",
-    ),
-    click.option("--aux-alpha", type=float, default=None, help="Weight of the auxiliary BCE loss."),
-    click.option(
-        "--epochs",
-        type=click.IntRange(1),
-        default=None,
-        help="Training epochs, at most (early stopping on validation macro-F1).",
-    ),
-    click.option(
-        "--patience",
-        type=click.IntRange(0),
-        default=None,
-        help="Stop after this many epochs without a better validation macro-F1 (default 10; 0: never).",
-    ),
-    click.option(
-        "--lr",
-        type=float,
-        default=None,
-        help="Learning rate (default: the head's; linear 1e-2, mlp 1e-3).",
-    ),
-    click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size."),
-    click.option(
-        "--k", "k", type=click.IntRange(1), default=None, help="Neighbours, for --head knn."
-    ),
-    click.option(
-        "--reference",
-        type=click.Choice(REFERENCES),
-        default=None,
-        help="For --head centroid: prototypes of the training part, or of train+val (all folds, "
-        "as a refit; needs --fold all).",
-    ),
-    click.option(
-        "--transductive",
-        is_flag=True,
-        default=None,
-        help="For --head centroid: move the prototypes toward the images being predicted (soft "
-        "k-means) before predicting them.",
     ),
     click.option(
         "--unknown",
@@ -282,15 +215,9 @@ TUNE_OPTIONS = options(
         default=None,
         help="Comma-separated losses to try (default: every registered loss).",
     ),
-    click.option(
-        "--epochs", type=click.IntRange(1), default=None, help="Fixed training epochs, at most."
-    ),
-    click.option(
-        "--batch-size", type=click.IntRange(1), default=None, help="Fixed training batch size."
-    ),
-    click.option(
-        "--patience", type=click.IntRange(0), default=None, help="Fixed early-stopping patience."
-    ),
+    setting_option(BY_NAME["epochs"]),
+    setting_option(BY_NAME["batch_size"]),
+    setting_option(BY_NAME["patience"]),
     click.option(
         "--where", default=None, help="SQL filter on store rows used for training and validation."
     ),

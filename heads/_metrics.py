@@ -70,6 +70,16 @@ def _scores(y_true: np.ndarray, scores: object) -> np.ndarray:
 
 # --------------------------------------------------------------------------- closed set
 
+# What a row of scores holding nan or inf predicts: no class (always wrong, never "unknown").
+NO_PREDICTION = -2
+
+
+def predictions(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(1)``, with :data:`NO_PREDICTION` for a row that is not all finite (an
+    argmax over nan would name the first class and could score it as right)."""
+    s = np.asarray(scores)
+    return np.where(np.isfinite(s).all(1), s.argmax(1), NO_PREDICTION)
+
 
 def topk_accuracy(y_true: object, scores: object, k: int) -> float:
     """Fraction of samples whose true class is among the ``k`` highest scores.
@@ -91,6 +101,7 @@ def topk_accuracy(y_true: object, scores: object, k: int) -> float:
     cols = np.arange(c)[None, :]  # (1, C)
     # rank of the true class = classes strictly above it + tied classes with a lower index
     rank = (s > true_score).sum(1) + ((s == true_score) & (cols < t[:, None])).sum(1)  # (N,)
+    rank[~np.isfinite(s).all(1)] = c  # a row with nan or inf ranks no class: never right
     return float(np.mean(rank < k))
 
 
@@ -191,13 +202,14 @@ def classification_report(
 
     Keys: ``top1``, ``top3``, ``macro_f1``, ``mean_class_acc``, ``n``; with ``train_counts``
     also ``many_shot``, ``medium_shot``, ``few_shot`` (``None`` for an empty bucket).
-    Predictions are ``scores.argmax(1)``; all labels must be known classes.
+    Predictions are ``scores.argmax(1)`` (none for a row with nan or inf: wrong); all labels
+    must be known classes.
     """
     t = _labels(y_true, "y_true")
     if t.size == 0:
         raise ValueError("no samples: y_true is empty")
     s = _scores(t, scores)
-    pred = s.argmax(1)
+    pred = predictions(s)
     report: dict[str, float | int | None] = {
         "top1": topk_accuracy(t, s, 1),
         "top3": topk_accuracy(t, s, 3),

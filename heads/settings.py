@@ -106,6 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Learning rate (default: the head's; linear 1e-2, mlp 1e-3, transformer 5e-4).",
         min=0,
         min_exclusive=True,
+        max=100,
         default_by_arch=_LR,
         tune={
             "linear": TuneRange(1e-3, 1e-1, log=True),
@@ -119,6 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
         1e-4,
         "AdamW weight decay, on weight matrices only.",
         min=0,
+        max=100,
         tune=TuneRange(1e-6, 1.0, log=True),
     ),
     Setting("dropout", float, 0.1, "Dropout rate.", min=0, max=1, tune=TuneRange(0.0, 0.7)),
@@ -128,6 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
         "Hidden width (MLP; the transformer's feed-forward width).",
         min=1,
+        max=65_536,
         tune={a: TuneRange(choices=(256, 512, 1024, 2048)) for a in ("mlp", "transformer")},
     ),
     Setting(
@@ -161,7 +164,7 @@ SETTINGS: tuple[Setting, ...] = (
         "prior: FungiCLEF 2024 sampler, weight = val class freq / train class freq.",
         choices=SAMPLERS,
     ),
-    Setting("aux_alpha", float, 1.0, "Weight of the auxiliary BCE loss."),
+    Setting("aux_alpha", float, 1.0, "Weight of the auxiliary BCE loss.", min=0, max=1_000),
     Setting(
         "epochs",
         int,
@@ -176,10 +179,11 @@ SETTINGS: tuple[Setting, ...] = (
         10,
         "Stop after this many epochs without a better validation macro-F1 (default 10; 0: never).",
         min=0,
+        max=10_000,
     ),
-    Setting("batch_size", int, 1024, "Training batch size.", min=1),
-    Setting("warmup_epochs", int, 1, "Epochs of linear learning-rate warm-up.", min=0),
-    Setting("k", int, 20, "Neighbours, for --head knn.", heads=("knn",), min=1),
+    Setting("batch_size", int, 1024, "Training batch size.", min=1, max=1_000_000),
+    Setting("warmup_epochs", int, 1, "Epochs of linear learning-rate warm-up.", min=0, max=10_000),
+    Setting("k", int, 20, "Neighbours, for --head knn.", heads=("knn",), min=1, max=100_000),
     Setting(
         "reference",
         str,

@@ -16,6 +16,8 @@ from typing import Any
 
 import embedstore
 import heads
+import heads.settings
+import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from heads.runs import PARTIAL  # a run being trained: never listed, renamed when complete
 from service._batcher import BatchedBackbone
@@ -261,6 +263,7 @@ class State:
             raise BadInput(f"name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
         if (d / name).exists() and not overwrite:
             raise Conflict(f"run {name!r} exists; give overwrite=true to replace it")
+        self._check_train(options)
         if any(
             j.kind == "train" and j.params.get("name") == name and j.status in ("queued", "running")
             for j in self.jobs.list()
@@ -292,6 +295,30 @@ class State:
             return {"run": name, **{k: out[k] for k in ("runs", "ensemble", "metrics")}}
 
         return self.jobs.submit("train", {"name": name, **options}, work)
+
+    def _check_train(self, options: dict[str, Any]) -> None:
+        """What can be checked before a job is queued: the fold, the columns, the device, and
+        that every setting applies to the head (the head is built, not trained)."""
+        folds = (self.store.meta.table_metadata().get("folds") or {}).get("folds")
+        fold = options.get("fold", 0)
+        if not folds:
+            raise BadInput("the store has no folds; run `embedstore split` on it first")
+        if fold != "all" and not 0 <= int(fold) < int(folds):
+            raise BadInput(
+                f"option 'fold': {fold} does not exist; the store has folds 0-{folds - 1}"
+            )
+        schema = self.store.schema()
+        columns = set(schema.names) if schema is not None else set()
+        for key in ("metadata", "aux_targets"):
+            missing = [c for c in options.get(key) or [] if c not in columns]
+            if missing:
+                raise BadInput(f"option '{key}': the store has no column {', '.join(missing)}")
+        if "device" in options:
+            embedstore.resolve_device(options["device"])  # BadInput for a device not here
+        settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
+        if "loss_kwargs" in options:
+            settings["loss_kwargs"] = options["loss_kwargs"]
+        heads.training.build_head(options.get("head", "mlp"), settings, progress=False)
 
     def ingest_job(self, folder: str) -> Job:
         root = self.settings.allow_root

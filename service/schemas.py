@@ -6,15 +6,23 @@ both are validated by the same model, so an unknown or out-of-range option is re
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 from starlette.datastructures import UploadFile
 
 import heads
 from embedstore.errors import UserError
-from embedstore.types import check_device
+from embedstore.types import DEVICE_PATTERN, check_device
+from heads.settings import SETTINGS, Setting, head_options
 from heads.types import CLASS_WEIGHTS, SAMPLERS
 from service.errors import InvalidRequest, TooLarge, describe
 
@@ -23,6 +31,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# A run's name: one safe token (the service's run folders)
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # Most stored ids and uploaded files one request may name (413 above): a request's work stays
 # bounded (20,000 ids took 11 s, 1,000 files 37 s before).
 MAX_IDS = 1000
@@ -48,39 +58,44 @@ class LookupBody(_Body):
     where: str | None = None
 
 
-class TrainBody(_Body):
-    name: str
+class _TrainRun(_Body):
+    """What a training job is, beside the head's settings (those come from heads.settings)."""
+
+    name: Annotated[str, StringConstraints(pattern=RUN_NAME_PATTERN)] = Field(
+        description="The run's folder under --runs: one token of letters, digits, '.', '_', '-'."
+    )
     overwrite: bool = False
-    fold: int | str = 0
+    fold: Annotated[int, Field(ge=0, le=1_000)] | Literal["all"] = 0
     backbone: str | None = None
     head: str = "mlp"
-    metadata: list[str] = Field(default_factory=list)
-    aux_targets: list[str] = Field(default_factory=list)
+    metadata: list[str] = Field(default_factory=list, max_length=100)
+    aux_targets: list[str] = Field(default_factory=list, max_length=100)
     unknown: str | None = None
     unknown_label: str = "unknown"
     where: str | None = None
-    hidden: int | None = Field(None, ge=1)
-    dropout: float | None = Field(None, ge=0, le=1)
-    loss: str | None = None
-    label_smoothing: float | None = Field(None, ge=0, le=1)
-    class_weights: str | None = None
-    sampler: str | None = None
-    aux_alpha: float | None = None
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    patience: int | None = Field(None, ge=0)
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    k: int | None = Field(None, ge=1)
-    seed: int | None = None
-    device: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    device: Annotated[str, StringConstraints(pattern=DEVICE_PATTERN.pattern)] | None = None
 
     def train_options(self) -> dict[str, Any]:
         """The ``heads.train`` keyword arguments this body asks for (choices checked)."""
         opts = self.model_dump(exclude_none=True, exclude={"name", "overwrite"})
         _check_train_options(opts)
-        if "label_smoothing" in opts:
-            opts["loss_kwargs"] = {"label_smoothing": opts.pop("label_smoothing")}
-        return opts
+        return head_options(opts)
+
+
+def _setting_field(s: Setting) -> tuple[Any, Any]:
+    """A head setting as a pydantic field: its type (choices as an enum), its bounds, its help."""
+    kind: Any = s.type
+    if s.choices is not None:
+        kind = Literal[s.choices]  # type: ignore[valid-type]
+    return (kind | None, Field(None, description=s.help, **s.bounds()))
+
+
+# The body of POST /v1/train: the run's fields, and every head setting derived from the one
+# declaration in heads.settings (the same as `heads train`'s options).
+TrainBody = create_model(  # type: ignore[call-overload]
+    "TrainBody", __base__=_TrainRun, **{s.name: _setting_field(s) for s in SETTINGS}
+)
 
 
 class IngestBody(_Body):

@@ -164,3 +164,51 @@ def test_allow_root_never_follows_a_link_out_of_it(served, tmp_path):
         (allowed / "sub" / "y.png").symlink_to(elsewhere)  # a folder link, too
         r = c.post("/v1/ingest", json={"folder": str(allowed)})
         assert r.status_code == 403, r.text
+
+
+def test_train_options_are_checked_before_the_job_is_queued(served):
+    with _client(*served) as c:
+        cases = [
+            ({"fold": 99}, "fold': 99 does not exist"),
+            ({"metadata": ["no_such_column"]}, "no column no_such_column"),
+            ({"device": "cuda:7"}, "cuda"),
+            ({"hidden": 10**9}, "option 'hidden'"),
+            ({"head": "mlp", "k": 5}, "--k do not apply to head 'mlp'"),
+            ({"lr": 1000.0}, "option 'lr'"),
+        ]
+        for extra, text in cases:
+            r = c.post("/v1/train", json={"name": "checked", **extra})
+            assert r.status_code == 422 and text in r.json()["detail"], (extra, r.text)
+        raw = '{"name": "checked", "lr": 1e309}'  # inf, as a hostile client writes it
+        r = c.post("/v1/train", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "option 'lr'" in r.json()["detail"], r.text
+        assert c.get("/v1/jobs").json() == []
+
+
+def test_a_diverging_training_stops_with_a_clear_error_and_no_run(photo_store, tmp_path):
+    with pytest.raises(heads.HeadsError, match="training diverged in epoch"):
+        heads.train(
+            photo_store, fold=0, head="mlp", lr=1e30, epochs=3, out=tmp_path / "x", progress=False
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_scores_with_nan_are_never_counted_right():
+    from heads._metrics import classification_report, topk_accuracy
+
+    y = np.array([0, 1, 2, 0])
+    s = np.eye(3)[y].astype(float)
+    s[1:] = np.nan  # three rows of nan logits: an argmax would say class 0
+    assert topk_accuracy(y, s, 1) == 0.25 and topk_accuracy(y, s, 3) == 0.25
+    report = classification_report(y, s)
+    assert report["top1"] == 0.25 and report["mean_class_acc"] < 0.5
+
+
+def test_the_command_line_refuses_non_finite_numbers(photo_store):
+    from click.testing import CliRunner
+
+    from cli import heads_cli
+
+    for value in ("inf", "nan", "-1e999"):
+        r = CliRunner().invoke(heads_cli, ["train", "--store", str(photo_store), "--lr", value])
+        assert r.exit_code == 2 and "--lr" in r.output, (value, r.output)

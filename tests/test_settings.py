@@ -50,13 +50,17 @@ def test_bounds_as_pydantic_keywords():
 
 
 def test_every_head_option_of_the_command_line_is_declared():
-    import cli
+    from cli_commands.train import train_cmd, tune_cmd
 
     run_level = {"store", "fold", "backbone", "head", "metadata", "aux_targets", "unknown"}
     run_level |= {"unknown_label", "where", "refit", "ensemble", "views", "tta", "seed"}
     run_level |= {"device", "out", "overwrite", "as_json", "quiet", "backbones"}
-    head_level = {p.name for p in cli.train_cmd.params} - run_level
+    names = {p.name for p in train_cmd.params}
+    head_level = names - run_level
     assert head_level <= set(BY_NAME), head_level - set(BY_NAME)
+    # and every declared setting is an option of `heads train` (derived, not restated)
+    assert set(BY_NAME) <= names, set(BY_NAME) - names
+    assert {"epochs", "batch_size", "patience"} <= {p.name for p in tune_cmd.params}
 
 
 def test_reading_the_settings_loads_no_torch():

@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from embedstore import resolve_device
 from heads._base import EpochBar, HeadMixin, HeadTags, Progress, TrainingRecord
+from heads._errors import HeadsError
 from heads._metrics import macro_f1
 from heads._registry import register_head
 from heads.estimators._neural_net import (
@@ -426,6 +427,11 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
                 sched.step()
                 total_loss += loss.detach() * idx.shape[0]
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(total_loss) / n}
+            if not math.isfinite(row["train_loss"]):
+                raise HeadsError(
+                    f"training diverged in epoch {epoch + 1} (loss {row['train_loss']}); "
+                    "lower the learning rate (--lr) or check the embeddings for nan/inf"
+                )
             row.update(self._evaluate(val))
             row["seconds"] = time.perf_counter() - t0
             self.history_.append(row)

@@ -5,6 +5,7 @@ ensembling runs (``ensemble``).
 """
 
 from heads.training._ensemble import ensemble
+from heads.training._folds import build_head
 from heads.training._train import FoldResult, TrainResult, train
 from heads.training._tune import TUNED_PARAMS, TuneResult, search_space, tune
 
@@ -13,6 +14,7 @@ __all__ = [
     "FoldResult",
     "TrainResult",
     "TuneResult",
+    "build_head",
     "ensemble",
     "search_space",
     "train",
