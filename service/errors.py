@@ -32,7 +32,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from embedstore.errors import BadInput, UserError
 
@@ -131,11 +130,19 @@ async def _http(r: Request, e: StarletteHTTPException) -> JSONResponse:
 
 
 def _allowed_methods(r: Request) -> list[str]:
+    """Every method some route of the app answers on this path."""
     methods: set[str] = set()
-    for route in r.app.router.routes:
-        match, _ = route.matches({**r.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    path = r.url.path
+
+    def walk(routes: Any) -> None:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # an included APIRouter
+            if inner is not None:
+                walk(inner.routes)
+            elif getattr(route, "path_regex", None) is not None and route.path_regex.match(path):
+                methods.update(getattr(route, "methods", None) or ())
+
+    walk(r.app.router.routes)
     return sorted(methods)
 
 

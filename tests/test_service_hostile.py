@@ -212,3 +212,26 @@ def test_the_command_line_refuses_non_finite_numbers(photo_store):
     for value in ("inf", "nan", "-1e999"):
         r = CliRunner().invoke(heads_cli, ["train", "--store", str(photo_store), "--lr", value])
         assert r.exit_code == 2 and "--lr" in r.output, (value, r.output)
+
+
+def test_ready_tells_what_is_loaded_only_with_the_key(served):
+    store, runs = served
+    with _client(store, runs, api_key="s3cret") as c:
+        c.app.state.service.load()
+        bare = c.get("/ready")
+        assert bare.status_code == 200 and bare.json() == {"ready": True}
+        full = c.get("/ready", headers={"X-API-Key": "s3cret"}).json()
+        assert full["runs"] == ["centroid"] and full["images"] > 0
+
+
+def test_the_schema_says_what_each_route_takes_and_answers(served):
+    with _client(*served) as c:
+        spec = c.get("/openapi.json").json()
+        predict = spec["paths"]["/v1/predict"]["post"]
+        assert set(predict["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+        assert {"404", "413", "422"} <= set(predict["responses"])
+        detail = spec["components"]["schemas"]["ErrorBody"]["properties"]["detail"]
+        assert {"type": "string"} in detail["anyOf"]
+        r = c.request("PUT", "/v1/jobs/0")
+        assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}
+        assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 404
