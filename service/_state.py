@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +15,16 @@ from typing import Any
 
 import embedstore
 import heads
+import heads.runs
 import heads.settings
 import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
-from heads.runs import PARTIAL  # a run being trained: never listed, renamed when complete
 from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
 from service.errors import Forbidden
 
 # a run's name: one safe token (fullmatch: no trailing newline, no path)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# what the service's training jobs write into (its process id in the name: a folder whose
-# process is gone is a leftover of a killed service, collected at the next start)
-_PARTIAL_PID = re.compile(r"^\.?" + re.escape(PARTIAL) + r".*-p(\d+)(?:\.partial-\w+)?$")
 
 
 @dataclass
@@ -90,13 +86,8 @@ class State:
             embedstore.ingestion.collect_orphan_uploads(self.store)
         except embedstore.store.StoreLockedError:
             pass  # another process writes the store now: its uploads may be in flight
-        d = self.runs_dir
-        if d is None or not d.is_dir():
-            return
-        for p in d.iterdir():
-            m = _PARTIAL_PID.match(p.name)
-            if m and p.is_dir() and not _alive(int(m.group(1))):
-                shutil.rmtree(p, ignore_errors=True)
+        if self.runs_dir is not None:
+            heads.runs.collect_partial_runs(self.runs_dir)
 
     # ------------------------------------------------------------------ loading
 
@@ -274,24 +265,19 @@ class State:
 
         def work(job: Job) -> dict[str, Any]:
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f"{PARTIAL}{name}-{job.id}-p{os.getpid()}"
-            try:
-                res = heads.train(
-                    self.store.path,
-                    out=tmp,
-                    progress=False,
-                    on_fold=lambda done, total: job.checkpoint(folds_done=done, folds=total),
-                    **{"device": self.device, **options},  # resolved once, at start-up
-                )
-                with self._lock:
-                    heads.runs.replace_run(tmp, d / name)
-                    self._runs.pop(name, None)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            # heads.train fills a hidden folder and swaps it in whole when complete: the run
+            # being replaced stays servable until then, and a kill leaves no half run
+            res = heads.train(
+                self.store.path,
+                out=d / name,
+                overwrite=True,
+                progress=False,
+                on_fold=lambda done, total: job.checkpoint(folds_done=done, folds=total),
+                **{"device": self.device, **options},  # resolved once, at start-up
+            )
+            with self._lock:
+                self._runs.pop(name, None)
             out = res.to_dict()
-            out["runs"] = [str(Path(r)).replace(str(tmp), str(d / name)) for r in out["runs"]]
-            if out.get("ensemble"):
-                out["ensemble"] = str(d / name)
             return {"run": name, **{k: out[k] for k in ("runs", "ensemble", "metrics")}}
 
         return self.jobs.submit("train", {"name": name, **options}, work)
@@ -345,19 +331,6 @@ class State:
             return s.to_dict()
 
         return self.jobs.submit("ingest", {"folder": str(path)}, work)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (this one counts)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _refuse_links_out(folder: Path, root: Path) -> None:

@@ -13,7 +13,15 @@ from heads.runs._config import (
     read_run_config,
     write_run_config,
 )
-from heads.runs._folder import PARTIAL, list_runs, read_eval, replace_run, run_checksum
+from heads.runs._folder import (
+    PARTIAL,
+    collect_partial_runs,
+    list_runs,
+    read_eval,
+    replace_run,
+    run_checksum,
+    work_dir,
+)
 from heads.runs._loaded import Ensemble, Predictor, Run, load
 from heads.runs._rundir import RUN_FORMAT, read_val
 
@@ -34,5 +42,7 @@ __all__ = [
     "read_val",
     "replace_run",
     "run_checksum",
+    "collect_partial_runs",
+    "work_dir",
     "write_run_config",
 ]

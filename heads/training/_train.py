@@ -7,10 +7,10 @@ refit on every fold and the folds' ensemble.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from heads._data import (
 from heads._errors import HeadsError
 from heads.estimators._unknown import DEFAULT_DETECTOR, UnknownDetector
 from heads.evaluation._evaluate import EvalResult, evaluate
+from heads.runs._folder import collect_partial_runs, work_dir
 from heads.runs._rundir import replace_dir
 from heads.training._ensemble import ensemble as write_ensemble
 from heads.training._ensemble import fit_temperature
@@ -140,7 +141,8 @@ def train(
     base = _out_dir(out, head, data, overwrite)
     # Train into a hidden folder beside --out and swap it in whole when complete: a run killed or
     # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
-    work = base.parent / f".{base.name}.partial-{uuid.uuid4().hex[:8]}"
+    collect_partial_runs(base.parent)  # what killed trainings left beside it
+    work = work_dir(base)
     job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
     job.estimator, job.detector, job.data, job.base, job.work = (
         estimator,
@@ -245,6 +247,10 @@ def _fold_ensemble(job: _Job, members: str, runs: list[str], refit: bool) -> tup
     for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
         if getattr(ens_metrics, png):
             setattr(ens_metrics, png, str(job.base / Path(getattr(ens_metrics, png)).name))
+    if (job.work / "eval.json").is_file():  # what it records: the run's place, not the work's
+        (job.work / "eval.json").write_text(
+            json.dumps(ens_metrics.to_dict(), indent=2, default=str)
+        )
     return str(job.base), ens_metrics
 
 
