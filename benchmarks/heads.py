@@ -92,7 +92,8 @@ class Problem:
 
 
 def class_sizes(classes: int, rows: int, imbalance: float) -> np.ndarray:
-    """Long-tailed sizes ``(C,)``: exponential decay over the rank, largest/smallest about ``imbalance``."""
+    """Long-tailed sizes ``(C,)``: exponential decay over the rank, largest/smallest about
+    ``imbalance``."""
     rank = np.arange(classes) / max(1, classes - 1)
     w = imbalance ** (-rank)
     return np.maximum(3, np.round(w / w.sum() * rows)).astype(np.int64)
@@ -171,7 +172,8 @@ def _scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 def part_heads_mlp(p: Problem, args: argparse.Namespace) -> dict[str, Any]:
     """The library's MLP head: seconds per epoch, to the best epoch, in all; accuracy."""
-    # warm-up on a few rows: one-time costs (CUDA context, lazy imports, allocator) are not the head's
+    # warm-up on a few rows: one-time costs (CUDA context, lazy imports, allocator) are not the
+    # head's
     warm = slice(0, min(len(p.y), 256))
     heads.create_head("mlp", hidden=args.hidden, epochs=1, device=args.device).fit(
         p.X[warm], p.y[warm]
@@ -380,7 +382,8 @@ FLOWER_HEADS = ("linear", "mlp", "transformer")
 
 
 def _flowers_with_runs(store: Path, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
-    """``heads.train`` on every fold of a copy of the store, then ``heads.ensemble`` of the three."""
+    """``heads.train`` on every fold of a copy of the store, then ``heads.ensemble`` of the
+    three."""
     import embedstore
 
     copy = tmp / "store"
@@ -438,7 +441,8 @@ def _flowers_row(
 
 
 def _flowers_direct(store: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``create_head`` fitted on ``split = 'train'``, scored on ``split = 'test'``; mean of probabilities."""
+    """``create_head`` fitted on ``split = 'train'``, scored on ``split = 'test'``; mean of
+    probabilities."""
     import embedstore
 
     st = embedstore.connect(store, create=False)
@@ -501,7 +505,8 @@ def part_flowers(args: argparse.Namespace) -> dict[str, Any]:
             "embedstore ingest ../shared/data/flowers12 --store flowers-store"
         }
     store = Path(args.flowers_store)
-    # warm-up: one-time costs (CUDA context, torch._dynamo imported by the first AdamW) are not a head's
+    # warm-up: one-time costs (CUDA context, torch._dynamo imported by the first AdamW) are not a
+    # head's
     rng = np.random.default_rng(0)
     heads.create_head("linear", epochs=1, device=args.device).fit(
         rng.standard_normal((8, 4)).astype(np.float32), np.arange(8) % 2
@@ -587,14 +592,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r = part_heads_mlp(p, args)
             print(
                 f"[a] heads MLP: {r['s_per_epoch']:.2f} s/epoch, best epoch {r['best_epoch']} "
-                f"after {r['to_best_s']:.1f} s, fit {r['fit_s']:.1f} s, val top-1 {r['val_top1']:.3f}"
+                f"after {r['to_best_s']:.1f} s, fit {r['fit_s']:.1f} s, "
+                f"val top-1 {r['val_top1']:.3f}"
             )
             rows.append(r)
         if "b" in parts:
             for variant in DL_VARIANTS:
                 r = part_dataloader(p, args, variant)
                 print(
-                    f"[b] {r['method']}: {r['s_per_epoch']:.2f} s/epoch (loader alone {r['loader_only_s']:.2f} s)"
+                    f"[b] {r['method']}: {r['s_per_epoch']:.2f} s/epoch "
+                    f"(loader alone {r['loader_only_s']:.2f} s)"
                 )
                 rows.append(r)
         if "c" in parts:

@@ -1,4 +1,5 @@
-"""Import time of ``embedstore`` and ``heads`` in fresh interpreters, against their heavy dependencies.
+"""Import time of ``embedstore`` and ``heads`` in fresh interpreters, against their heavy
+dependencies.
 
 Run from the repository root (on a quiet machine):
 
@@ -80,7 +81,10 @@ def run_once(code: str) -> float:
 
 def loaded_after(statement: str, modules: tuple[str, ...]) -> dict[str, bool]:
     """Which of ``modules`` are in ``sys.modules`` after ``statement`` in a fresh interpreter."""
-    code = f"{statement}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {list(modules)!r}}}))"
+    code = (
+        f"{statement}\nimport json, sys\n"
+        f"print(json.dumps({{m: m in sys.modules for m in {list(modules)!r}}}))"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True
     )
@@ -90,7 +94,7 @@ def loaded_after(statement: str, modules: tuple[str, ...]) -> dict[str, bool]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5, help="runs of each statement (median kept)")
     p.add_argument("--out", type=Path, default=OUT_DIR / "import_time.json")
     return p.parse_args(argv)

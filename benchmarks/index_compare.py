@@ -2,8 +2,8 @@
 
 Run from the repository root (on a quiet machine: the figures are throughput):
 
-    python benchmarks/index_compare.py                  # 100k and 400k x 1,024, 2,000 queries
-    python benchmarks/index_compare.py --quick          # 20k only, 300 queries: checks that it works
+    python benchmarks/index_compare.py                # 100k and 400k x 1,024, 2,000 queries
+    python benchmarks/index_compare.py --quick        # 20k only, 300 queries: checks that it works
     python benchmarks/index_compare.py --n-stored 100000 --lance IVF_FLAT:256 IVF_FLAT:512
     python benchmarks/index_compare.py --nprobes 4 16 --pq-max-n 400000 --metric cosine
 
@@ -125,7 +125,8 @@ def _mib(n_bytes: int) -> float:
 def write_lance(
     path: Path, X16: np.ndarray, folds: np.ndarray, start_id: int = 0, mode: str = "create"
 ) -> Any:
-    """Write ``X16`` (N, d) float16 as ``id``, ``fold``, ``vector`` (fixed-size list, as the store)."""
+    """Write ``X16`` (N, d) float16 as ``id``, ``fold``, ``vector`` (fixed-size list, as the
+    store)."""
     import lance
     import pyarrow as pa
 
@@ -376,7 +377,8 @@ def bench_filter(
     nlist: int,
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """``fold = 0`` lookups: exact over the read rows (today), Lance pre/post-filter, faiss + selector."""
+    """``fold = 0`` lookups: exact over the read rows (today), Lance pre/post-filter, faiss +
+    selector."""
     import faiss
 
     k, where = args.k, "fold = 0"

@@ -25,26 +25,28 @@ For each backbone it measures, in images per second:
   then the time of a second ingest of the whole folder (nothing new: scanning and checking);
 - **decode**: the ingest's decode workers alone (its private ``_DecodeDataset``: read + hash +
   decode + preprocess, the same DataLoader settings and worker count, no model), with the time to
-  the first batch (worker start-up); and two single-process baselines: the ingest's per-file code, and plain PIL
-  (``Image.open().convert("RGB")`` + the same resize/crop, no hashing or EXIF handling).
+  the first batch (worker start-up); and two single-process baselines: the ingest's per-file code,
+  and plain PIL (``Image.open().convert("RGB")`` + the same resize/crop, no hashing or EXIF
+  handling).
 
 Ingest is reported as a % of the ceiling and of ``min(ceiling, steady decode rate)``, the rate a
 perfectly overlapped pipeline would reach.
 
 **Runtimes** (``--runtimes``, default ``torch,onnx`` on the CPU, ``torch`` on CUDA): the forward
 ceiling and the whole ingest are measured for each runtime, one after the other in this process
-(``embedstore.backbones.with_runtime``: torch eager, or the backbone's cached ONNX export run by ONNX
-Runtime with one intra-op thread per core), on the same images, so the comparison holds on a
+(``embedstore.backbones.with_runtime``: torch eager, or the backbone's cached ONNX export run by
+ONNX Runtime with one intra-op thread per core), on the same images, so the comparison holds on a
 busy machine. ``--batch-sweep`` times the forward pass of each runtime at several batch sizes.
 Each runtime other than torch also gets its embeddings of 64 of the photos compared with
 torch's (min cosine, max abs difference): ``onnx`` is torch within float32 rounding,
 ``onnx-int8`` (quantised) is not, and the row says by how much.
 Beside them, the **FLOP ceiling**: the backbone's FLOPs per image (``torch.utils.flop_counter``,
 a multiply-add counted as 2) against the CPU's peak (cores x clock x FLOPs per cycle: 32 with
-AVX2 + FMA, 64 with AVX-512, i.e. two FMA units; ``--peak-gflops`` to give it). Default backbones: ``efficientnet-lite0``; on CUDA also
-``dinov2-small`` and ``dinov2-large`` with *random* weights, built from ``Dinov2Config`` at the real
-sizes and saved with ``save_pretrained`` (so the ordinary loading path is used, and no network is
-needed): the speed of a model does not depend on its weights.
+AVX2 + FMA, 64 with AVX-512, i.e. two FMA units; ``--peak-gflops`` to give it). Default
+backbones: ``efficientnet-lite0``; on CUDA also ``dinov2-small`` and ``dinov2-large`` with *random*
+weights, built from ``Dinov2Config`` at the real sizes and saved with ``save_pretrained`` (so the
+ordinary loading path is used, and no network is needed): the speed of a model does not depend on
+its weights.
 
 Prints a table and writes ``--out`` (default ``benchmarks/out/ingest.json``) with the machine's
 description (``machine_info()``: CPU, GPU, versions, load average at the start).
@@ -383,7 +385,8 @@ def decode_workers(
 def decode_serial(
     files: list[tuple[Path, str]], preprocess: Any, plain_pil: bool
 ) -> dict[str, Any]:
-    """One process, no DataLoader: the ingest's per-file code, or plain PIL + the same resize/crop."""
+    """One process, no DataLoader: the ingest's per-file code, or plain PIL + the same
+    resize/crop."""
     from embedstore._images import DEFAULT_MAX_PIXELS
     from embedstore.ingestion._decode import _DecodeDataset, _Work
 
@@ -591,7 +594,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
                 print(
                     f"  {rt:<5} ingest   {ing['images_per_s']:8.1f} img/s ({ing['seconds']:.1f} s; "
-                    f"marginal {_fmt(ing['marginal_images_per_s'])} img/s, fixed {_fmt(ing['fixed_seconds'])} s; "
+                    f"marginal {_fmt(ing['marginal_images_per_s'])} img/s, "
+                    f"fixed {_fmt(ing['fixed_seconds'])} s; "
                     f"re-run with nothing new {ing['rescan_seconds']:.1f} s)"
                 )
                 fwd = ceiling["images_per_s"]
@@ -651,7 +655,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     },
                     {
                         **key,
-                        "measure": f"ingest marginal ({ing['half_images']} -> {ing['new_images']} images)",
+                        "measure": (
+                            f"ingest marginal ({ing['half_images']} -> {ing['new_images']} images)"
+                        ),
                         "img_per_s": ing["marginal_images_per_s"],
                         "seconds": ing["fixed_seconds"],
                         "pct_ceiling": _pct(ing["marginal_images_per_s"], fwd),
@@ -742,7 +748,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "pct_bound",
             "pct_flops",
         ],
-        title=f"ingest benchmark: {len(files)} images, {device}, {workers} workers, batch {args.batch_size}",
+        title=(
+            f"ingest benchmark: {len(files)} images, {device}, {workers} workers, "
+            f"batch {args.batch_size}"
+        ),
     )
     print(
         "pct_ceiling: ingest as a % of the same runtime's forward rate; pct_bound: of min(forward, "

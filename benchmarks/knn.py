@@ -2,10 +2,10 @@
 
 Run from the repository root (on a quiet machine: the figures are throughput):
 
-    python benchmarks/knn.py                                    # 100k and 400k x 1,024, 2,000 queries
-    python benchmarks/knn.py --quick                            # small sizes: checks that it works
+    python benchmarks/knn.py                                # 100k and 400k x 1,024, 2,000 queries
+    python benchmarks/knn.py --quick                        # small sizes: checks that it works
     python benchmarks/knn.py --n-stored 100000 --methods sklearn knn-faiss exact ivf
-    python benchmarks/knn.py --flowers-store flowers-store      # reuse a store for the AUROC table
+    python benchmarks/knn.py --flowers-store flowers-store  # reuse a store for the AUROC table
 
 **Speed** (``--n-stored`` vectors of ``--dim`` dims, ``--n-queries`` queries, ``--k`` neighbours).
 The data come from a clustered Gaussian generator (``--clusters`` centres drawn from N(0, 1),
@@ -29,13 +29,13 @@ Methods (``--methods``):
 
 Index builds are slow on few cores: on 2 cores, the IVF build (k-means on up to 256 vectors per
 list) took 9 s and the HNSW build 55 s at 40,000 vectors; expect minutes for both at 400,000
-(``--methods`` leaves them out). A size whose working set would not fit in the machine's memory (about five float32 copies of
-the stored vectors) is skipped with a note.
+(``--methods`` leaves them out). A size whose working set would not fit in the machine's memory
+(about five float32 copies of the stored vectors) is skipped with a note.
 
 **AUROC** of every registered unknown detector on flowers12 with held-out species
-(``heads.evaluation._openset.openset``: 3 of 12 species held out per draw, ``--draws`` draws, a linear head
-for the logit detectors), on the store given by ``--flowers-store`` or, when flowers12 is at
-``../shared/data/flowers12``, one built into a temporary folder with efficientnet-lite0
+(``heads.evaluation._openset.openset``: 3 of 12 species held out per draw, ``--draws`` draws, a
+linear head for the logit detectors), on the store given by ``--flowers-store`` or, when flowers12
+is at ``../shared/data/flowers12``, one built into a temporary folder with efficientnet-lite0
 (about a minute on 2 cores). ``--no-openset`` skips it.
 
 Figures are printed and written as JSON (``--out``, default ``benchmarks/out/knn.json``) with

@@ -2,8 +2,8 @@
 
 Run from the repository root (on a quiet machine: the figures are times):
 
-    python benchmarks/quality_checks.py                          # 100k and 400k vectors, issues at 100k
-    python benchmarks/quality_checks.py --quick                  # small sizes: checks that it works
+    python benchmarks/quality_checks.py                      # 100k and 400k vectors, issues at 100k
+    python benchmarks/quality_checks.py --quick              # small sizes: checks that it works
     python benchmarks/quality_checks.py --sizes 100000 --no-issues
 
 **Duplicates.** A store of ``--sizes`` synthetic vectors of ``--dim`` dims (``--clusters``

@@ -186,7 +186,8 @@ def _png_bomb(w: int, h: int) -> bytes:
 
 
 def _bad_folder(root: Path) -> dict[str, str]:
-    """Every kind of bad and awkward file; returns {rel: expected reason prefix} of those to skip."""
+    """Every kind of bad and awkward file; returns {rel: expected reason prefix} of those to
+    skip."""
     d = root / "cls"
     d.mkdir(parents=True)
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))

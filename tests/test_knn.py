@@ -1,4 +1,5 @@
-"""heads.estimators._knn: kNN voting against a per-query loop, centroid prototypes, and the head contract."""
+"""heads.estimators._knn: kNN voting against a per-query loop, centroid prototypes, and the head
+contract."""
 
 import json
 

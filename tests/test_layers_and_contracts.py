@@ -142,7 +142,10 @@ def test_no_import_cycle_between_modules():
 
 
 def test_import_embedstore_loads_neither_heads_nor_sklearn():
-    code = "import embedstore, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('heads', 'sklearn')))"
+    code = (
+        "import embedstore, sys; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('heads', 'sklearn')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

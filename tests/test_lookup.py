@@ -1,4 +1,5 @@
-"""embedstore.search._lookup: nearest stored images for files and row ids, saved indexes, bad input."""
+"""embedstore.search._lookup: nearest stored images for files and row ids, saved indexes, bad
+input."""
 
 from __future__ import annotations
 
@@ -227,11 +228,13 @@ def test_bad_input_fails_with_a_clear_message_and_changes_nothing(small, tmp_pat
         ),
         (
             dict(queries=[str(tmp_path / "nope.jpg")]),
-            f"{tmp_path / 'nope.jpg'}: query file not found (give an image file or a 64-hex stored row id)",
+            f"{tmp_path / 'nope.jpg'}: query file not found "
+            "(give an image file or a 64-hex stored row id)",
         ),
         (
             dict(queries=[str(bad)]),
-            f"{bad}: cannot use as a query image: not an image (content is not a recognised image format)",
+            f"{bad}: cannot use as a query image: not an image "
+            "(content is not a recognised image format)",
         ),
         (dict(queries=[str(empty)]), f"{empty}: cannot use as a query image: empty file (0 bytes)"),
         (dict(queries=["0" * 64]), f"{'0' * 64}: no stored image has this id (and no such file)"),
@@ -274,8 +277,8 @@ def test_empty_or_missing_store(tmp_path, small):
     embedstore.connect(tmp_path / "empty")  # creates the folder, no images
     msg = _message(lookup, tmp_path / "empty", [q])
     assert (
-        msg
-        == f"{tmp_path / 'empty'}: the store is empty; run `embedstore ingest IMAGES_DIR --store {tmp_path / 'empty'}`"
+        msg == f"{tmp_path / 'empty'}: the store is empty; "
+        f"run `embedstore ingest IMAGES_DIR --store {tmp_path / 'empty'}`"
     )
     assert "no store here" in _message(lookup, tmp_path / "missing", [q])
     assert not (tmp_path / "missing").exists()

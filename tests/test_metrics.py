@@ -1,4 +1,5 @@
-"""heads._metrics against sklearn and slow loop references; heads.evaluation._plots writes real PNGs."""
+"""heads._metrics against sklearn and slow loop references; heads.evaluation._plots writes real
+PNGs."""
 
 import json
 
@@ -183,17 +184,17 @@ def test_most_confused_by_hand():
 # A hand-worked FungiCLEF case: 6 observations (A..F), 10 images, 4 known species.
 # Species 1 and 3 are poisonous. Observations D and F are of unknown species (label -1).
 #
-# image  obs  true  logits              obs mean logits          prediction
-#   0     A    0    [3, 0, 0, 0]    A = (img0+img2)/2 = [2, 0, 1, 0]      -> 0  (right)
+# image  obs  true  logits              obs mean logits        prediction
+#   0     A    0    [3, 0, 0, 0]    A = (img0+img2)/2 = [2, 0, 1, 0]    -> 0  (right)
 #   2     A    0    [1, 0, 2, 0]        (img2 alone would say 2)
-#   1     B    1    [0, 2, 1, 0]    B = (img1+img4)/2 = [0, 1, 2, 0]      -> 2  (poisonous as edible)
+#   1     B    1    [0, 2, 1, 0]    B = (img1+img4)/2 = [0, 1, 2, 0]    -> 2  (poisonous as edible)
 #   4     B    1    [0, 0, 3, 0]        (img1 alone would say 1)
-#   5     C    3    [.5, 0, 0, .5]  C = [.5, 0, 0, .5], max .5 < 1        -> unknown
-#   3     D   -1    [0, 0, 0, 2]    D = (img3+img7)/2 = [0, 0, .5, 1.5]   -> 3  (unknown as poisonous)
+#   5     C    3    [.5, 0, 0, .5]  C = [.5, 0, 0, .5], max .5 < 1      -> unknown
+#   3     D   -1    [0, 0, 0, 2]    D = (img3+img7)/2 = [0, 0, .5, 1.5] -> 3  (unknown as poisonous)
 #   7     D   -1    [0, 0, 1, 1]
-#   6     E    2    [0, 2, 1, 0]    E = (img6+img8)/2 = [0, 1.5, .5, 0]   -> 1  (edible as poisonous)
+#   6     E    2    [0, 2, 1, 0]    E = (img6+img8)/2 = [0, 1.5, .5, 0] -> 1  (edible as poisonous)
 #   8     E    2    [0, 1, 0, 0]
-#   9     F   -1    [.2, .4, 0, 0]  F = [.2, .4, 0, 0], max .4 < 1        -> unknown (right)
+#   9     F   -1    [.2, .4, 0, 0]  F = [.2, .4, 0, 0], max .4 < 1      -> unknown (right)
 #
 # Rule used here: predict argmax of the mean logits, or unknown when the max mean logit < 1.
 #   y_true         = [0, 1, 3, -1, 2, -1]      (A..F)

@@ -1,5 +1,5 @@
-"""embedstore.backbones._onnx: ONNX Runtime gives torch's embeddings; exports are cached, verified and
-rebuilt when stale or corrupt; the runtime is chosen per call and recorded in the store."""
+"""embedstore.backbones._onnx: ONNX Runtime gives torch's embeddings; exports are cached, verified
+and rebuilt when stale or corrupt; the runtime is chosen per call and recorded in the store."""
 
 from __future__ import annotations
 

@@ -64,11 +64,13 @@ def test_bad_input_is_a_clear_heads_error():
     cases = [
         (
             dict(X=X, y=two),
-            "openset needs at least 3 labelled classes (some held out as unknown, at least 2 kept known); got 2",
+            "openset needs at least 3 labelled classes "
+            "(some held out as unknown, at least 2 kept known); got 2",
         ),
         (
             dict(X=X, y=y, holdout_classes=0.0),
-            "holdout_classes must be a fraction in (0, 1) of the classes to hold out as unknown; got 0.0",
+            "holdout_classes must be a fraction in (0, 1) "
+            "of the classes to hold out as unknown; got 0.0",
         ),
         (dict(X=X, y=y, holdout_classes=1.5), "holdout_classes must be a fraction in (0, 1)"),
         (dict(X=X, y=y, holdout_classes=3), "holdout_classes must be a fraction in (0, 1)"),

@@ -224,7 +224,8 @@ def test_mlp_on_real_flowers12_embeddings_beats_chance_widely(flowers_store, tmp
     )
     e = heads.evaluate(res["ensemble"], plots=False)
     print(
-        f"flowers12 MLP fold ensemble: out-of-fold top1 {e['top1']:.3f}, test top1 {e['holdout']['top1']:.3f}"
+        f"flowers12 MLP fold ensemble: out-of-fold top1 {e['top1']:.3f}, "
+        f"test top1 {e['holdout']['top1']:.3f}"
     )
     assert e["holdout"]["top1"] > 0.8  # chance is 1/12
     # predict test photos by path (their stored embeddings are reused): the JSON contract

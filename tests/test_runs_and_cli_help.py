@@ -27,7 +27,7 @@ FAST = {"epochs": 6, "batch_size": 64, "progress": False, "device": "cpu"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# ---------------------------------------------------------------------- 1. no silent overwrites
+# -------------------------------------------------------------- 1. no silent overwrites
 
 
 def test_out_is_refused_unless_overwrite_then_replaced_whole(tmp_path):
@@ -73,7 +73,7 @@ def test_a_failed_training_leaves_no_partial_folder(tmp_path):
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.partial-*"))
 
 
-# ---------------------------------------------------------------------- 2. the README as a script
+# -------------------------------------------------------------- 2. the README as a script
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_the_readme_python_section_runs_as_a_plain_script(tmp_path):
     assert "class_1" in r.stdout.splitlines()[-2]  # the predicted label
 
 
-# ---------------------------------------------------------------------- 3. offline backbones
+# -------------------------------------------------------------- 3. offline backbones
 
 
 def test_offline_hub_backbones_fail_in_seconds(monkeypatch):
@@ -142,7 +142,7 @@ def test_backbones_says_which_are_here(tiny_dino):
         embedstore.BACKBONES._items.pop("tiny-here")
 
 
-# ---------------------------------------------------------------------- 4. scores that mean what they say
+# -------------------------------------------------------------- 4. scores that mean what they say
 
 
 def test_open_set_measures_are_named_and_defined(tmp_path):
@@ -165,7 +165,7 @@ def test_open_set_measures_are_named_and_defined(tmp_path):
         assert key in help_text
 
 
-# ---------------------------------------------------------------------- 5. mixed ensembles
+# -------------------------------------------------------------- 5. mixed ensembles
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_a_head_with_knn_is_not_below_its_best_member_on_flowers(flowers_store, 
     assert read_config(tmp_path / "ens")["calibrated"]
 
 
-# ---------------------------------------------------------------------- 6. plots
+# -------------------------------------------------------------- 6. plots
 
 
 def test_plots_name_the_run_start_at_zero_and_exist(tmp_path):
@@ -214,7 +214,7 @@ def test_plots_name_the_run_start_at_zero_and_exist(tmp_path):
     )
 
 
-# ---------------------------------------------------------------------- 7. help and progress
+# -------------------------------------------------------------- 7. help and progress
 
 
 def test_every_option_is_described_and_defaults_are_shown():
@@ -264,7 +264,7 @@ def test_progress_names_the_fold_and_knn_reports_no_epochs(tmp_path):
     assert r.exit_code == 0 and "0 epochs" not in r.output and "epochs" not in r.output
 
 
-# ---------------------------------------------------------------------- 8. predict --csv and --group-by
+# -------------------------------------------------------------- 8. predict --csv and --group-by
 
 
 def test_predict_csv_and_group_by_folder(tmp_path, tiny_dino):
@@ -304,7 +304,7 @@ def test_predict_csv_and_group_by_folder(tmp_path, tiny_dino):
     assert len({tuple(t["probability"] for t in p.top_k) for p in single}) > 1  # views differ alone
 
 
-# ---------------------------------------------------------------------- 9. index freshness
+# -------------------------------------------------------------- 9. index freshness
 
 
 def test_split_alone_keeps_the_saved_index_fresh(tmp_path):

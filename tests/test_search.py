@@ -1,4 +1,5 @@
-"""embedstore.search._search against a numpy brute-force reference, with the real faiss on small data."""
+"""embedstore.search._search against a numpy brute-force reference, with the real faiss on small
+data."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""heads.estimators._unknown: detectors on held-out Gaussian clusters, slow references, calibration, contract."""
+"""heads.estimators._unknown: detectors on held-out Gaussian clusters, slow references,
+calibration, contract."""
 
 import json
 
