@@ -43,7 +43,7 @@ def test_label_smoothing_becomes_loss_kwargs():
 
 
 def test_bounds_as_pydantic_keywords():
-    assert BY_NAME["lr"].bounds() == {"gt": 0}
+    assert BY_NAME["lr"].bounds() == {"gt": 0, "le": 100}
     assert BY_NAME["dropout"].bounds() == {"ge": 0, "le": 1}
     assert BY_NAME["epochs"].bounds() == {"ge": 1, "le": 10_000}
     assert TuneRange(choices=(1, 2)).as_space() == [1, 2]
