@@ -9,7 +9,8 @@ from embedstore.types import DEVICE_CHOICES, check_device
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) into a ``torch.device``.
+    """Turn a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) into a
+    ``torch.device``.
 
     ``"auto"`` (or ``None``) gives ``cuda`` when a GPU is visible, else Apple ``mps``, else
     ``cpu``. Asking for a device this machine lacks fails here, with a clear message, rather than

@@ -166,7 +166,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         Image.MAX_IMAGE_PIXELS = max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(

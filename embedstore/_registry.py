@@ -65,7 +65,8 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Build the plug-in registered as ``name`` with keyword settings ``kwargs``."""
-        return self.get(name)(**kwargs)
+        factory: Any = self.get(name)  # T is a class or function: callable
+        return factory(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a glob ``pattern``, sorted."""

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -46,6 +46,10 @@ class Backbone:
     quantizable: bool = False
     # the weights' licence and whether the hub gates them (None: not known); see FAMILY_LICENSES
     license: License | None = None
+    # set by each subclass: the torch module, where its weights come from, their hash
+    model: torch.nn.Module
+    source: str
+    weights_sha256: str
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -136,6 +140,7 @@ class EfficientNetLite0(Backbone):
     """
 
     prefers_onnx_on_cpu = True  # 5-6x torch eager on 2 CPU cores (conv + BN fused, NCHWc)
+    model: Any  # efficientnet_lite_pytorch's EfficientNet (untyped: extract_features)
 
     def __init__(self, name: str = "efficientnet-lite0") -> None:
         super().__init__()
@@ -306,7 +311,8 @@ class HFBackbone(Backbone):
             raise BackboneError(
                 f"{source}: a NaFlex SigLIP 2 checkpoint (model_type siglip2) takes patch "
                 "sequences, not fixed-size images; use a fixed-resolution one, e.g. "
-                "`siglip2-base` (google/siglip2-base-patch16-224), see `embedstore backbones 'siglip2*'`"
+                "`siglip2-base` (google/siglip2-base-patch16-224), see "
+                "`embedstore backbones 'siglip2*'`"
             )
         self.model = model.eval().requires_grad_(False)
         self.model_type = config.model_type
@@ -540,8 +546,8 @@ def backbone_from_description(describe: dict[str, Any], *, warn: bool = True) ->
     import warnings
 
     name, source = describe["backbone"], describe.get("source", "")
-    pooling = describe.get("pooling", "cls")
-    pooling = pooling if pooling in POOLINGS else "cls"
+    recorded_pooling = describe.get("pooling", "cls")
+    pooling: Pooling = cast(Pooling, recorded_pooling) if recorded_pooling in POOLINGS else "cls"
     spec = _spec_of_source(source)
     bb = spec.factory(name=name, pooling=pooling) if spec else HFBackbone(name, source, pooling)
     _with_license(bb, spec)

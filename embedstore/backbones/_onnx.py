@@ -68,9 +68,9 @@ def resolve_runtime(
     backbone).
 
     ``auto`` is ONNX Runtime on the CPU when it is installed and the backbone runs faster there
-    (``backbone.prefers_onnx_on_cpu``: efficientnet-lite0 yes; the Hugging Face transformers
-    no, float32 ONNX Runtime measured 0.9-1.1x torch for DINOv2-small), torch anywhere else
-    (CUDA keeps its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only, and so does
+    (``backbone.prefers_onnx_on_cpu``: efficientnet-lite0 yes; the Hugging Face transformers no,
+    float32 ONNX Runtime measured 0.9-1.1x torch for DINOv2-small), torch anywhere else (CUDA keeps
+    its bf16 autocast path, MPS its own kernels). ``onnx`` runs on the CPU only, and so does
     ``onnx-int8``, for backbones with matrix multiplies to quantise (``backbone.quantizable``).
 
     >>> resolve_runtime("auto", "cpu", create_backbone("efficientnet-lite0"))
@@ -130,8 +130,9 @@ def with_runtime(
 
     For ONNX Runtime the backbone is exported (or its cached export loaded and verified) and an
     :class:`OnnxBackbone` returned: same name, preprocessing and description, ``runtime`` =
-    ``"onnx"`` (or ``"onnx-int8"``, its int8 export). With ``auto``, a backbone that cannot be exported, or whose export disagrees
-    with torch, warns and runs with torch; with ``onnx`` it raises :class:`BackboneError`.
+    ``"onnx"`` (or ``"onnx-int8"``, its int8 export). With ``auto``, a backbone that cannot be
+    exported, or whose export disagrees with torch, warns and runs with torch; with ``onnx`` it
+    raises :class:`BackboneError`.
     ``threads``: ONNX Runtime's intra-op threads (default: every core, :func:`cpu_threads`).
     ``memory_arena=False``: ONNX Runtime frees each run's buffers instead of keeping the
     largest in its arena; for batches of varying size (the service's dynamic batching) that

@@ -34,6 +34,7 @@ def has_fused_graph(backbone: Any) -> bool:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != "dinov2" or not hasattr(model, "encoder"):
         return False
+    assert model is not None  # hasattr(None, "encoder") is False
     layer = model.encoder.layer[0]  # another transformers layout: the generic export
     return all(hasattr(layer.attention, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj"))
 
@@ -49,7 +50,22 @@ def fused_graph(backbone: Any) -> tuple[nn.Module, dict[str, int]] | None:
 
 
 class _Block(nn.Module):
-    def __init__(self, layer: nn.Module) -> None:
+    ln1: nn.Module
+    ln2: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Linear
+    swiglu: bool
+    gate: nn.Module  # swiglu
+    up: nn.Module
+    down: nn.Linear
+    fc1: nn.Module  # else
+    act: nn.Module
+    fc2: nn.Linear
+
+    def __init__(self, layer: Any) -> None:
+        """``layer``: a transformers ``Dinov2Layer`` (its submodules are looked up by name)."""
         super().__init__()
         attn = layer.attention
         self.ln1, self.ln2 = layer.norm1, layer.norm2
@@ -69,6 +85,9 @@ class FusedDinov2(nn.Module):
     """``uint8`` images (B, 3, px, px) -> pooled embeddings, the backbone's normalisation and
     ``pooling`` (``cls``, ``mean`` of patch tokens, or both) included; the same function as
     ``backbone.embed`` within float32 rounding."""
+
+    start: torch.Tensor  # a buffer: (1, 1 + n, hidden)
+    blocks: nn.ModuleList
 
     def __init__(self, backbone: Any) -> None:
         super().__init__()
@@ -95,6 +114,7 @@ class FusedDinov2(nn.Module):
         x = torch.cat([x.new_zeros(b, 1, hidden), x], dim=1) + self.start  # (B, T, H)
         t = x.shape[1]
         for blk in self.blocks:
+            assert isinstance(blk, _Block)
             h = blk.ln1(x)
             q = blk.q(h).reshape(b, t, self.heads, self.head_dim).permute(0, 2, 1, 3)
             k = blk.k(h).reshape(b, t, self.heads, self.head_dim).permute(0, 2, 3, 1)

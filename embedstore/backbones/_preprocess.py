@@ -18,12 +18,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 # Photos whose scaled size is at most this many crops are scaled whole, then cropped (as
 # torchvision does); beyond it (aspect ratios past ~1:16) only the cropped box is resampled, so
 # a tiny file cannot make the resize cost gigabytes.
 _MAX_RESIZE_FACTOR = 16
-_PIL_CODE_TO_NAME = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear", 0: "nearest"}
+_PIL_CODE_TO_NAME = {
+    int(Image.Resampling.BICUBIC): "bicubic",
+    int(Image.Resampling.BILINEAR): "bilinear",
+    0: "nearest",
+}
 
 
 @dataclass(frozen=True)
@@ -101,5 +109,5 @@ def from_processor_config(cfg: dict[str, Any]) -> Preprocess:
     std = tuple(cfg.get("image_std") or IMAGENET_STD)
     if cfg.get("do_normalize") is False:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    resample = _PIL_CODE_TO_NAME.get(int(cfg.get("resample", Image.BICUBIC)), "bicubic")
+    resample = _PIL_CODE_TO_NAME.get(int(cfg.get("resample", Image.Resampling.BICUBIC)), "bicubic")
     return Preprocess(resize_px, crop_px, mode, resample, mean, std)

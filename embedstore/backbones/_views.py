@@ -17,6 +17,7 @@ uint8 (3, H, W)``, the same array the main view's :class:`~embedstore.Preprocess
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -75,7 +76,7 @@ def view_column(column: str, view: str) -> str:
 def view_describe(describe: dict, column: str, view: str) -> dict:
     """A view column's description: the main column's (what reproduces the backbone) plus the
     view and what it is a view of."""
-    spec = {"view": view, "view_of": column}
+    spec: dict[str, Any] = {"view": view, "view_of": column}
     if view.startswith("crop_"):
         spec["view_scale"] = CROP_SCALE
     return {**{k: v for k, v in describe.items() if k != "views"}, **spec}

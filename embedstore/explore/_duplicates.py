@@ -165,10 +165,10 @@ def star_groups(first: np.ndarray, second: np.ndarray, similarity: np.ndarray) -
         if ga is None and gb is None:
             group_of[a] = group_of[b] = len(groups)
             groups.append([a, b])
-        elif ga is None and (groups[gb][0], a) in pair_sim:
+        elif ga is None and gb is not None and (groups[gb][0], a) in pair_sim:
             group_of[a] = gb
             groups[gb].append(a)
-        elif gb is None and (groups[ga][0], b) in pair_sim:
+        elif gb is None and ga is not None and (groups[ga][0], b) in pair_sim:
             group_of[b] = ga
             groups[ga].append(b)
     for a, b in zip(first[order].tolist(), second[order].tolist(), strict=True):
@@ -214,8 +214,8 @@ class DuplicatePair(Result):
 @dataclass
 class DuplicateGroup(Result):
     """Near-duplicates of the group's first image. ``similarity``: the group's best pair;
-    ``leaks``: every kind of leak among its pairs. Member lists are aligned; ``similarity_to_first`` is each
-    member's cosine similarity to the first member."""
+    ``leaks``: every kind of leak among its pairs. Member lists are aligned;
+    ``similarity_to_first`` is each member's cosine similarity to the first member."""
 
     group: int
     size: int
@@ -293,7 +293,9 @@ def find_duplicates(
     check_choice(index, LOOKUP_INDEXES, "index")
     st = open_store(store)
     info = st.resolve_backbone(backbone)
-    names = set(st.schema().names)
+    schema = st.schema()
+    assert schema is not None  # resolve_backbone found an embedding column
+    names = set(schema.names)
     cols = [c for c in ("id", "path", "root", "label", "split", "fold") if c in names]
     X, t = st.embeddings(info.backbone, where=where, columns=cols)  # (N, d)
     n = len(X)

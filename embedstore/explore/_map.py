@@ -84,7 +84,9 @@ def map_store(
     st = open_store(store)
     info = st.resolve_backbone(backbone)
     if not st.has_column(color):
-        names = [n for n in st.schema().names if not n.startswith("emb_")]
+        schema = st.schema()
+        assert schema is not None  # resolve_backbone found an embedding column
+        names = [n for n in schema.names if not n.startswith("emb_")]
         raise StoreError(
             f"{st.path}: no column {color!r} to colour by; columns: {', '.join(names)}"
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -24,6 +25,7 @@ _PAD_PX = 8
 _BACKGROUND = (255, 255, 255)
 _EMPTY = (225, 225, 225)
 _TEXT = (30, 30, 30)
+_Font: TypeAlias = "ImageFont.ImageFont | ImageFont.FreeTypeFont"  # FreeType: with sizes
 
 
 @dataclass
@@ -61,14 +63,14 @@ def load_thumbnail(
     return im
 
 
-def _font(size_px: int) -> ImageFont.ImageFont:
+def _font(size_px: int) -> _Font:
     try:
         return ImageFont.load_default(size=size_px)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width_px: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: _Font, width_px: int) -> str:
     """``text`` shortened with an ellipsis so that it fits ``width_px``."""
     if draw.textlength(text, font=font) <= width_px:
         return text
@@ -77,9 +79,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width_
     return text + "..."
 
 
-def _wrap(
-    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width_px: int
-) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: _Font, width_px: int) -> list[str]:
     """``text`` broken into lines at spaces so that each fits ``width_px``."""
     lines: list[str] = []
     for word in text.split(" "):
@@ -143,7 +143,7 @@ def _draw_tile(
     x: int,
     y: int,
     tile_px: int,
-    font: ImageFont.ImageFont,
+    font: _Font,
     line_px: int,
     caption_lines: int,
 ) -> None:

@@ -22,6 +22,7 @@ from embedstore.ingestion._decode import _slot
 from embedstore.ingestion._options import _NOT_READ, IngestSummary
 from embedstore.ingestion._plan import IngestPlan
 from embedstore.store._store import Store
+from embedstore.types import EmbDtype
 
 
 def _embed_rows(
@@ -31,7 +32,7 @@ def _embed_rows(
     pre_of: list[int],
     pre_views: list[tuple[str, ...]],
     plan: IngestPlan,
-    dtype: str,
+    dtype: EmbDtype,
     root: Path,
     pending: _Pending,
     stats: Counter,
@@ -99,7 +100,8 @@ class _StoredPaths:
     """The paths stored for each image of ``root``, read on first use (after a crash only)."""
 
     def __init__(self, st: Store, root: str) -> None:
-        self.st, self.root, self.paths = st, root, None
+        self.st, self.root = st, root
+        self.paths: dict[str, set[str]] | None = None
 
     def has(self, image_id: str, rel: str) -> bool:
         if self.paths is None:
@@ -109,12 +111,16 @@ class _StoredPaths:
 
 class _Pending:
     def __init__(self) -> None:
+        self._reset()
+        self.skipped_from = 0  # skipped[skipped_from:] are not recorded in the store yet
+
+    def _reset(self) -> None:
+        """Empty every pending list (not ``skipped_from``)."""
         self.new: list[tuple[dict, int, dict]] = []
         self.updates: dict[str, list[tuple[str, np.ndarray]]] = {}
         self.paths: dict[str, list[str]] = {}
         self.files: list[tuple[str, str]] = []
         self.ok_rels: list[str] = []
-        self.skipped_from = 0  # skipped[skipped_from:] are not recorded in the store yet
 
     def add_path(self, image_id: str, rel: str) -> None:
         for row, _, _ in self.new:
@@ -128,9 +134,7 @@ class _Pending:
         return len(self.files)
 
     def clear(self) -> None:
-        skipped_from = self.skipped_from
-        self.__init__()
-        self.skipped_from = skipped_from
+        self._reset()
 
 
 def _commit(
@@ -138,7 +142,7 @@ def _commit(
     root: Path,
     p: _Pending,
     models: list[Backbone],
-    dtype: str,
+    dtype: EmbDtype,
     meta_cols: dict[str, pa.Array],
     skipped: list[dict],
     store_ids: set[str],

@@ -72,8 +72,8 @@ def decode_file(
 ) -> dict[str, Any]:
     """Read, hash (unless ``known_id``), decode and preprocess one file: ``{"id", "arrays",
     "size", "bytes"}``, or ``{"error": reason}`` (the reason recorded for a skipped file).
-    ``views[k]`` (embedstore.backbones._views) are made for ``preprocs[k]`` from the same decoded image:
-    each preprocessing gives its main array, then one per view (:func:`_slot` finds them).
+    ``views[k]`` (embedstore.backbones._views) are made for ``preprocs[k]`` from the same decoded
+    image: each preprocessing gives its main array, then one per view (:func:`_slot` finds them).
     What the decode workers of every engine run."""
     try:
         data = read_bytes(path, max_bytes)  # regular files only, at most max_bytes
@@ -93,7 +93,8 @@ def decode_file(
 
 
 def _slot(pre_views: list[tuple[str, ...]], k: int, view: str | None = None) -> int:
-    """Where preprocessing ``k``'s main array (or its ``view``) is in :func:`decode_file`'s arrays."""
+    """Where preprocessing ``k``'s main array (or its ``view``) is in :func:`decode_file`'s
+    arrays."""
     start = sum(1 + len(v) for v in pre_views[:k])
     return start if view is None else start + 1 + pre_views[k].index(view)
 

@@ -29,7 +29,8 @@ class IngestError(BadInput):
 
 
 # Engines other than "local": a function ``(images_dir, store, options: IngestOptions)`` that
-# returns an IngestSummary. "ray" registers itself when embedstore.ingestion._ray_ingest is imported (on first use).
+# returns an IngestSummary. "ray" registers itself when embedstore.ingestion._ray_ingest is
+# imported (on first use).
 INGEST_ENGINES: Registry = Registry("ingest engine", builtin=("embedstore.ingestion._ray_ingest",))
 
 

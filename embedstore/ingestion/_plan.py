@@ -66,7 +66,8 @@ def read_meta(
             raise IngestError("--label-column needs --metadata FILE")
         if label_column not in meta.table.column_names:
             raise IngestError(
-                f"{metadata}: label column {label_column!r} not found; columns: {', '.join(meta.table.column_names)}"
+                f"{metadata}: label column {label_column!r} not found; "
+                f"columns: {', '.join(meta.table.column_names)}"
             )
     return meta
 
@@ -91,8 +92,8 @@ class IngestPlan:
     have: dict[str, set[str]]
     work: list[_Work]
     unchanged_ids: set[str]
-    # backbone name -> its augmented views (embedstore.backbones._views): those asked for and those the
-    # store holds already; ``have`` also maps each view's column to the ids holding it
+    # backbone name -> its augmented views (embedstore.backbones._views): those asked for and
+    # those the store holds already; ``have`` also maps each view's column to the ids holding it
     views: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -161,7 +162,8 @@ def _scan(root: Path) -> tuple[list[FoundFile], list[FoundFile], list[dict[str, 
     ]
     if not found:
         raise IngestError(
-            f"{root}: no image files found (looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
+            f"{root}: no image files found "
+            "(looked for .jpg .jpeg .png .webp .bmp .tif .tiff, any case, recursively)"
         )
     return found, supported, skipped
 

@@ -1,18 +1,18 @@
 """Ingest on a Ray cluster (``ingest(..., engine="ray")``): the local ingest's plan, rows and
 commits, with decoding in Ray tasks and the backbones in an actor pool.
 
-- **Driver** (this process): :func:`embedstore.ingestion._plan.plan_ingest` (scan, labels, metadata, what
-  the store holds), then the content hash of every file to read (a thread pool here; Ray tasks
-  above ``hash_tasks_over`` files), so every id is known before anything is decoded: files of
-  stored images only get their paths and file records, bytes found under several names are
-  decoded once, and nothing stored is embedded again.
+- **Driver** (this process): :func:`embedstore.ingestion._plan.plan_ingest` (scan, labels, metadata,
+  what the store holds), then the content hash of every file to read (a thread pool here; Ray tasks
+  above ``hash_tasks_over`` files), so every id is known before anything is decoded: files of stored
+  images only get their paths and file records, bytes found under several names are decoded once,
+  and nothing stored is embedded again.
 - **Cluster**: decode tasks (read, check the hash, decode, preprocess: the local ingest's
-  :func:`embedstore.ingestion._decode.decode_file`), then ``map_batches`` over an actor pool: each actor
-  builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
+  :func:`embedstore.ingestion._decode.decode_file`), then ``map_batches`` over an actor pool: each
+  actor builds its backbones once (on its GPU when it holds one), embeds, and writes the new rows as
   uncommitted Lance fragments (:func:`embedstore.store.write_image_fragments`).
 - **Driver** again: streams the results and commits every ``commit_every`` images: the chunk's
-  fragments appended in one transaction (:meth:`Store.fragments.append_fragments`), then embeddings of
-  stored images, paths, file records and skipped files (the local ingest's ``_commit``). A job
+  fragments appended in one transaction (:meth:`Store.fragments.append_fragments`), then embeddings
+  of stored images, paths, file records and skipped files (the local ingest's ``_commit``). A job
   killed at any point leaves the store at its last commit and resumes like the local one: every
   image exactly once, the same schema, field metadata, dtype and ids.
 
@@ -195,8 +195,8 @@ def _driver_models(
         return [with_runtime(create_backbone(b, pooling), runtime, "cpu") for b in names]
     if runtime in ("onnx", "onnx-int8"):
         raise IngestError(
-            f"--runtime {runtime} runs on the CPU and the actors hold GPUs; use --runtime torch (or "
-            "auto), or --gpus-per-actor 0"
+            f"--runtime {runtime} runs on the CPU and the actors hold GPUs; "
+            "use --runtime torch (or auto), or --gpus-per-actor 0"
         )
     return [create_backbone(b, pooling) for b in names]  # torch, as on the actors' GPUs
 
@@ -222,7 +222,9 @@ def _hash_batch(batch: pa.Table) -> pa.Table:
 
 def _hash(plan: IngestPlan, tasks_over: int) -> dict[str, tuple[str | None, str | None]]:
     """``rel -> (id, error)`` for every file to read (known ids as they are)."""
-    out = {w.rel: (w.known_id, None) for w in plan.work if w.known_id is not None}
+    out: dict[str, tuple[str | None, str | None]] = {
+        w.rel: (w.known_id, None) for w in plan.work if w.known_id is not None
+    }
     todo = [w for w in plan.work if w.known_id is None]
     if len(todo) <= tasks_over:
         with ThreadPoolExecutor(_HASH_THREADS) as pool:
@@ -400,7 +402,7 @@ def _drain(
             if cols[_UPDATE][k]:  # a stored image that misses some backbone or view
                 for c, m, v in columns:
                     if image_id not in plan.have[_have_key(m, c, v)]:
-                        e = np.frombuffer(vecs[c][k], _np_dtype(dtype))
+                        e: np.ndarray = np.frombuffer(vecs[c][k], _np_dtype(dtype))
                         pending.updates.setdefault(c, []).append((image_id, e))
                         stats[_stat(m, v)] += 1
                 for r in rels:

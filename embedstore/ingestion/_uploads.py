@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -24,6 +24,7 @@ from embedstore._results import Result
 from embedstore.backbones._backbones import Backbone, backbone_from_description
 from embedstore.ingestion._ingest import ingest
 from embedstore.store._store import Store, StoreError, connect
+from embedstore.types import EmbDtype
 
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -165,6 +166,9 @@ def _ingest_folder(
     models = backbone_objects
     if models is None and infos:
         models = [backbone_from_description(i.describe) for i in infos]
+    # a column this store wrote: float16 or float32
+    dtype: EmbDtype = cast(EmbDtype, infos[0].dtype) if infos else "float16"
+    limits: dict[str, Any] = {"max_pixels": max_pixels} if max_pixels else {}
     return ingest(
         folder,
         st,
@@ -173,8 +177,8 @@ def _ingest_folder(
         backbone_objects=models,
         workers=0,
         progress=False,
-        dtype=infos[0].dtype if infos else "float16",
-        **({"max_pixels": max_pixels} if max_pixels else {}),
+        dtype=dtype,
+        **limits,
     )
 
 

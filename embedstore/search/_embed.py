@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,9 @@ class Input:
     error: str | None = None
 
 
-def read_inputs(items: list[str | os.PathLike | bytes], *, allow_ids: bool = False) -> list[Input]:
+def read_inputs(
+    items: Sequence[str | os.PathLike | bytes], *, allow_ids: bool = False
+) -> list[Input]:
     """Read and hash files (or bytes); with ``allow_ids`` a 64-hex string that is no file is a
     stored row id. Unreadable inputs carry an ``error`` instead of failing the batch."""
     out = []
@@ -131,8 +134,8 @@ def embed_inputs(
     ``resident`` (the store's rows held in memory) stored rows come from it, not from a read.
     A backbone that cannot be rebuilt raises StoreError; a file that cannot be decoded gets an
     error row. ``runtime`` runs the rebuilt backbones (``auto``: ONNX Runtime on the CPU where it
-    is faster, else torch; see embedstore.backbones._onnx); with ``torch`` or ``onnx`` a cached backbone
-    of the other runtime is rebuilt. Under ``auto`` on the CPU, a column that ``onnx-int8``
+    is faster, else torch; see embedstore.backbones._onnx); with ``torch`` or ``onnx`` a cached
+    backbone of the other runtime is rebuilt. Under ``auto`` on the CPU, a column that ``onnx-int8``
     wrote is embedded with ``onnx-int8`` too, so queries match the stored vectors' precision.
     """
     check_choice(runtime, RUNTIMES, "runtime")
@@ -177,7 +180,9 @@ def _from_store(
     ids = sorted({q.id for q in inputs if q.id and not q.error})
     if not ids:
         return
-    names = store.schema().names
+    schema = store.schema()
+    assert schema is not None  # the caller checked store.exists
+    names = schema.names
     want = [c for c in columns if c in names]
     meta = [c for c in meta_columns if c in names]
     t = store.read(["id", *meta, *want], ids=ids)
@@ -209,7 +214,8 @@ def _stored_only_errors(res: EmbeddedInputs, store: Store | None, columns: dict[
                 + ", ".join(_name(c, columns[c]) for c in columns if not have[c][j])
                 + " embedding"
                 + (
-                    f"; add the views with `embedstore ingest IMAGES_DIR --store {store.path if store else 'STORE'} --views ...`"
+                    "; add the views with `embedstore ingest IMAGES_DIR "
+                    f"--store {store.path if store else 'STORE'} --views ...`"
                     if any("view" in columns[c] and not have[c][j] for c in columns)
                     else ""
                 )
@@ -226,7 +232,9 @@ def _decode_rest(res: EmbeddedInputs) -> dict[int, Any]:
     images: dict[int, Any] = {}
     for j in todo:
         try:
-            images[j] = decode_image(res.inputs[j].data)
+            data = res.inputs[j].data
+            assert data is not None  # todo holds only inputs with data
+            images[j] = decode_image(data)
         except ImageError as e:
             res.errors[j] = f"cannot use as a query image: {e}"
     return images

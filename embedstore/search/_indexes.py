@@ -8,10 +8,11 @@
 - ``<column>.ids.parquet``: the row ids in index order (the build id in its metadata, checked
   against the sidecar).
 
-An index is *fresh* while the store's rows and embeddings are those it was built from (the
-store's ``embeddings_token``; metadata-only writes such as ``split`` keep it). A stale index is ignored (``"index_stale": true`` in the
-lookup result) until :func:`build_index` rebuilds it. Why a faiss side file rather than a Lance
-vector index inside the dataset: see ``benchmarks/RESULTS.md`` (lookup index comparison).
+An index is *fresh* while the store's rows and embeddings are those it was built from (the store's
+``embeddings_token``; metadata-only writes such as ``split`` keep it). A stale index is ignored
+(``"index_stale": true`` in the lookup result) until :func:`build_index` rebuilds it. Why a faiss
+side file rather than a Lance vector index inside the dataset: see ``benchmarks/RESULTS.md`` (lookup
+index comparison).
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ def build_index(
 ) -> IndexSummary:
     """Build and save an index over every stored embedding of one backbone.
 
-    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore.search._search.AUTO_ANN_MIN_VECTORS` (200,000)
-    vectors up and an exact flat index below (a saved flat index still spares ``lookup`` the
-    normalisation of the store; below 200k brute force is as fast as an ANN search and exact).
-    ``"ivf"`` (``nlist`` lists, default ``4 sqrt(N)``), ``"hnsw"`` or ``"exact"``. An index
-    already built at the current store version with the same kind is kept unless ``force``.
+    ``kind``: ``"auto"`` is IVF-flat from :data:`~embedstore.search._search.AUTO_ANN_MIN_VECTORS`
+    (200,000) vectors up and an exact flat index below (a saved flat index still spares ``lookup``
+    the normalisation of the store; below 200k brute force is as fast as an ANN search and exact).
+    ``"ivf"`` (``nlist`` lists, default ``4 sqrt(N)``), ``"hnsw"`` or ``"exact"``. An index already
+    built at the current store version with the same kind is kept unless ``force``.
 
     """
     t0 = time.perf_counter()

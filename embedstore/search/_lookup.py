@@ -83,11 +83,11 @@ def lookup(
 ) -> LookupResult:
     """The ``k`` stored images most similar (cosine) to each query, and a kNN vote on their labels.
 
-    ``queries``: image file paths, image bytes (uploads) or stored row ids. ``where``: a predicate on the candidates
-    (``"split = 'train'"``). ``columns``: metadata columns returned per neighbour (default: every
-    column that is not an embedding or ingest bookkeeping, e.g. ``split``, ``fold`` and the
-    metadata file's columns). ``index``: ``"auto"`` uses a fresh saved index when there is one
-    (and no ``where``), else exact search in memory; ``"exact"``/``"ivf"``/``"hnsw"`` use a
+    ``queries``: image file paths, image bytes (uploads) or stored row ids. ``where``: a predicate
+    on the candidates (``"split = 'train'"``). ``columns``: metadata columns returned per neighbour
+    (default: every column that is not an embedding or ingest bookkeeping, e.g. ``split``, ``fold``
+    and the metadata file's columns). ``index``: ``"auto"`` uses a fresh saved index when there is
+    one (and no ``where``), else exact search in memory; ``"exact"``/``"ivf"``/``"hnsw"`` use a
     fresh saved index of that kind, else build one of that kind in memory.
 
     Each :class:`QueryResult` has ``query``, ``query_id`` (SHA-256 of the file, or the id
@@ -208,6 +208,7 @@ def _candidates(
         (None, False) if use_resident else saved_index(st, info, index, where, dev, notes)
     )
     if use_resident:
+        assert resident is not None  # use_resident checked it
         search_index, rows = resident.index(info.column)
         cands = _Candidates(search_index, resident.ids[rows].tolist(), None)
     elif saved is not None:
@@ -267,6 +268,7 @@ def _query_result(
         nb.update({c: row[c] for c in meta_cols if c not in nb})
         neighbors.append(nb)
     v = vote([nb["label"] for nb in neighbors], [nb["similarity"] for nb in neighbors], temperature)
+    assert q.id is not None  # _read_queries let through only inputs read without an error
     return QueryResult(q.name, q.id, in_store, neighbors, v)
 
 
@@ -313,7 +315,9 @@ def _metadata_columns(st: Store, columns: list[str] | None) -> list[str]:
 
 def _rows_by_id(st: Store, ids: list[str], meta_cols: list[str]) -> dict[str, dict[str, Any]]:
     """``id -> {"path", "label", *meta_cols}`` (JSON-able values) for the neighbours."""
-    names = st.schema().names
+    schema = st.schema()
+    assert schema is not None  # the store has the embeddings searched
+    names = schema.names
     cols = [c for c in dict.fromkeys(["id", "path", "root", "label", *meta_cols]) if c in names]
     out: dict[str, dict[str, Any]] = {}
     for row in st.read(cols, ids=ids).to_pylist():

@@ -35,7 +35,8 @@ class Resident:
         self.store = store
         self.version = store.version
         self.device = device
-        names = store.schema().names if store.exists else []
+        schema = store.schema() if store.exists else None
+        names = schema.names if schema is not None else []
         self.columns = [c for c in columns if c in names]
         self.meta_columns = [c for c in meta_columns if c in names]
         dims = {
@@ -88,7 +89,10 @@ class Resident:
             embs[c] = np.where(found[:, None], X, 0).astype(np.float32)
             have[c] = found & (self.have[c][safe] if len(self.ids) else found)
         table = {
-            c: np.where(found, v[safe], None) if len(self.ids) else np.array([None] * len(ids))
+            # numpy's stubs reject None as the fill value, which numpy takes as an object scalar
+            c: np.where(found, v[safe], None)  # type: ignore[call-overload]
+            if len(self.ids)
+            else np.array([None] * len(ids))
             for c, v in self.table.items()
         }
         return embs, have, table

@@ -81,7 +81,8 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists for ``n`` vectors: ``4 sqrt(n)``, capped so each list gets >= 39 training vectors."""
+    """IVF lists for ``n`` vectors: ``4 sqrt(n)``, capped so each list gets >= 39 training
+    vectors."""
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
@@ -163,7 +164,8 @@ class NeighborIndex:
 
     def __repr__(self) -> str:
         return (
-            f"NeighborIndex(kind={self.kind_ or self.kind!r}, backend={self.backend_ or self.backend!r}, "
+            f"NeighborIndex(kind={self.kind_ or self.kind!r}, "
+            f"backend={self.backend_ or self.backend!r}, "
             f"device={str(self.device)!r}, ntotal={self.ntotal}, dim={self.dim})"
         )
 
@@ -311,8 +313,10 @@ class NeighborIndex:
 
     def _torch_search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         V = self._vectors  # (N, d)
+        assert V is not None  # search() checked that the index is not empty
         q = torch.from_numpy(Q).to(self.device, V.dtype)  # (B, d)
-        best_s = best_i = None
+        best_s: torch.Tensor | None = None
+        best_i: torch.Tensor | None = None
         with torch.inference_mode():
             for start in range(0, V.shape[0], TORCH_STORE_CHUNK):
                 s = q @ V[start : start + TORCH_STORE_CHUNK].T  # (B, chunk)
@@ -321,9 +325,11 @@ class NeighborIndex:
                 if best_s is None:
                     best_s, best_i = top_s, top_i
                 else:
+                    assert best_i is not None  # set together with best_s
                     cat_s = torch.cat([best_s, top_s], dim=1)  # (B, <=2k)
                     best_s, pos = cat_s.topk(k, dim=1)  # (B, k)
                     best_i = torch.cat([best_i, top_i], dim=1).gather(1, pos)  # (B, k)
+        assert best_s is not None and best_i is not None  # V has at least one chunk
         return best_s.float().cpu().numpy(), best_i.cpu().numpy()
 
     # ---------------------------------------------------------------- saving
@@ -338,6 +344,7 @@ class NeighborIndex:
         faiss = import_faiss()
         path = Path(path)
         if self.backend_ == "torch":
+            assert self._vectors is not None  # the torch backend holds what add() / build() gave
             index = faiss.IndexFlatIP(self.dim)
             index.add(np.ascontiguousarray(self._vectors.float().cpu().numpy()))
         elif self.backend_ == "faiss-gpu":

@@ -100,7 +100,8 @@ def _read_rows(st: Store, folds: int, holdout: float, group_by: str | None) -> _
     cols = ["id", "label"] + (["split"] if has_split else []) + ([group_by] if group_by else [])
     if group_by and group_by not in schema.names:
         raise StoreError(
-            f"{st.path}: no column {group_by!r} to group by; columns: {', '.join(n for n in schema.names if not n.startswith('emb_'))}"
+            f"{st.path}: no column {group_by!r} to group by; columns: "
+            f"{', '.join(n for n in schema.names if not n.startswith('emb_'))}"
         )
     t = st.read(columns=cols)
     ids = np.array(t.column("id").to_pylist(), dtype=object)
@@ -205,13 +206,14 @@ def _write_folds(st: Store, ids: np.ndarray, fold: np.ndarray, summary: SplitSum
 
 
 def _stratified_group_part(labels, group_key, pool, frac: float, seed: int) -> np.ndarray:
-    """A stratified, grouped random part of about ``frac`` of the pool (classes of one group stay out)."""
+    """A stratified, grouped random part of about ``frac`` of the pool (classes of one group
+    stay out)."""
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), dtype=bool)
     idx = np.flatnonzero(pool)
     by_class: dict[Any, list[int]] = {}
     for i in idx:
-        by_class.setdefault(labels[i], []).append(i)
+        by_class.setdefault(labels[i], []).append(int(i))
     taken_groups: set[int] = set()
     for c in sorted(by_class, key=str):
         members = np.array(by_class[c])

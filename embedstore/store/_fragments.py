@@ -51,7 +51,8 @@ def image_table(
 
 def write_image_fragments(store_path: str | os.PathLike, rows: pa.Table) -> list[str]:
     """Write ``rows`` (:func:`image_table`) as data files of the store's ``images`` table
-    without committing them; returns the fragments as JSON for :meth:`Store.fragments.append_fragments`.
+    without committing them; returns the fragments as JSON for
+    :meth:`Store.fragments.append_fragments`.
 
     What a worker of a distributed ingest calls: only the driver commits, one transaction per
     chunk, so a worker killed mid-write leaves unreferenced files and no rows.

@@ -40,7 +40,7 @@ def store_info(store: StoreParts) -> StoreInfo:
     out: dict[str, Any] = {"store": str(store.path), "exists": store.exists}
     ds = store.tables.open("images")
     skipped = store.records.skipped()
-    reasons = {}
+    reasons: dict[str, int] = {}
     if skipped.num_rows:
         for r in skipped.column("reason").to_pylist():
             key = r.split(":")[0].split("(")[0].strip()

@@ -110,7 +110,8 @@ class Tables:
         self.lance.write_dataset(data, self.uri(table), mode="create")
 
     def add_missing_columns(self, ds, schema: pa.Schema) -> None:
-        """Add ``schema``'s columns the table lacks (null for existing rows), keeping field metadata."""
+        """Add ``schema``'s columns the table lacks (null for existing rows), keeping field
+        metadata."""
         missing = [f for f in schema if f.name not in ds.schema.names]
         if not missing:
             return
@@ -233,7 +234,11 @@ class StoreParts(Protocol):
     def embeddings_info(self) -> dict[str, Any]: ...
 
     def read(
-        self, columns: list[str] | None = None, where: str | None = None, **select: Any
+        self,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        *,
+        ids: list[str] | None = None,
     ) -> pa.Table: ...
 
     def update_columns(self, ids: list[str], columns: dict[str, Any]) -> int: ...

@@ -35,7 +35,8 @@ class EmbeddingInfo:
 
     @property
     def views(self) -> list[str]:
-        """The augmented views stored beside this embedding, in order (``embedstore.backbones._views``)."""
+        """The augmented views stored beside this embedding, in order
+        (``embedstore.backbones._views``)."""
         return list(self.describe.get("views") or [])
 
     @property

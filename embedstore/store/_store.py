@@ -29,7 +29,7 @@ import re
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +58,9 @@ from embedstore.store._lance import (
     to_numpy,
     with_store_metadata,
 )
+
+if TYPE_CHECKING:
+    import torch
 from embedstore.store._lock import WriteLock, writes
 from embedstore.store._meta import EmbeddingInfo, TableMeta, embedding_infos
 from embedstore.store._records import FileRecords
@@ -152,7 +155,8 @@ class Store:
         if not self.path.exists():
             if not create:
                 raise StoreError(
-                    f"{self.path}: no store here; create one with `embedstore ingest IMAGES_DIR --store {self.path}`"
+                    f"{self.path}: no store here; create one with "
+                    f"`embedstore ingest IMAGES_DIR --store {self.path}`"
                 )
             self.path.mkdir(parents=True, exist_ok=True)  # another writer may create it first
         elif any(self.path.iterdir()) and not create and not self.exists:
@@ -229,14 +233,16 @@ class Store:
         if backbone is None:
             if len(infos) > 1:
                 raise StoreError(
-                    f"{self.path}: the store has several backbones ({', '.join(infos)}); choose one with --backbone"
+                    f"{self.path}: the store has several backbones ({', '.join(infos)}); "
+                    "choose one with --backbone"
                 )
             return next(iter(infos.values()))
         for info in infos.values():
             if backbone in (info.backbone, info.column) or info.column == column_of(backbone):
                 return info
         raise StoreError(
-            f"{self.path}: no embeddings for backbone {backbone!r}; the store has: {', '.join(infos)}"
+            f"{self.path}: no embeddings for backbone {backbone!r}; "
+            f"the store has: {', '.join(infos)}"
         )
 
     @writes
@@ -318,7 +324,8 @@ class Store:
             )
         if is_embedding(ds.schema.field(name)):
             raise StoreError(
-                f"{self.path}: column {name!r} holds embeddings; only metadata columns can be dropped"
+                f"{self.path}: column {name!r} holds embeddings; "
+                "only metadata columns can be dropped"
             )
         ds.drop_columns([name])
         if name == "fold":  # the fold summary describes the column: it goes with it
@@ -351,7 +358,8 @@ class Store:
 
     @writes
     def compact(self, min_fragments: int = 16) -> None:
-        """Merge small fragments (after a chunked ingest) when there are ``min_fragments`` or more."""
+        """Merge small fragments (after a chunked ingest) when there are ``min_fragments`` or
+        more."""
         for name in ("images", "files"):
             ds = self.tables.open(name)
             if ds is not None and len(ds.get_fragments()) >= min_fragments:
@@ -371,7 +379,8 @@ class Store:
         ds = self.tables.open("images")
         if ds is None:
             raise StoreError(
-                f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`"
+                f"{self.path}: the store is empty; "
+                f"run `embedstore ingest IMAGES_DIR --store {self.path}`"
             )
         check_columns(self.path, ds, [*columns, *embedded])
         filt = row_filter(self.path, ds, where, labelled=labelled, part=part, embedded=embedded)
@@ -399,7 +408,8 @@ class Store:
         ds = self.tables.open("images")
         if ds is None:
             raise StoreError(
-                f"{self.path}: the store is empty; run `embedstore ingest IMAGES_DIR --store {self.path}`"
+                f"{self.path}: the store is empty; "
+                f"run `embedstore ingest IMAGES_DIR --store {self.path}`"
             )
         if columns is not None:
             check_columns(self.path, ds, [*columns, *embedded])
@@ -441,6 +451,34 @@ class Store:
         t = self.read(["id"], embedded=[embedded] if embedded is not None else ())
         return set(t.column("id").to_pylist())
 
+    @overload
+    def embeddings(
+        self,
+        backbone: str | None = None,
+        *,
+        where: str | None = None,
+        columns: tuple[str, ...] | list[str] = ("id", "label"),
+        dtype: str = "float32",
+        as_torch: Literal[False] = False,
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    @overload
+    def embeddings(
+        self,
+        backbone: str | None = None,
+        *,
+        where: str | None = None,
+        columns: tuple[str, ...] | list[str] = ("id", "label"),
+        dtype: str = "float32",
+        as_torch: Literal[True],
+        ids: list[str] | None = None,
+        labelled: bool = False,
+        part: Part | None = None,
+    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]: ...
+
     def embeddings(
         self,
         backbone: str | None = None,
@@ -452,7 +490,7 @@ class Store:
         ids: list[str] | None = None,
         labelled: bool = False,
         part: Part | None = None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray | torch.Tensor, dict[str, np.ndarray]]:
         """One backbone's embeddings ``(N, dim)`` and the chosen columns, for rows with one.
 
         ``where`` is the user's predicate on any column (``"label = 'daisy'"``, ``"fold != 0"``);
