@@ -158,7 +158,8 @@ ray_options = options(
     click.option(
         "--ray-address",
         default=None,
-        help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
+        help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; "
+        "default: a local cluster.",
     ),
     click.option(
         "--actors",
@@ -170,7 +171,8 @@ ray_options = options(
         "--gpus-per-actor",
         type=click.FloatRange(0),
         default=None,
-        help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
+        help="With --engine ray: GPUs each actor holds "
+        "(default: 1 on a cluster with GPUs, else 0).",
     ),
     click.option(
         "--cpus-per-actor",
