@@ -81,8 +81,8 @@ class Registered(click.Choice):
         super().__init__([])
 
     @property
-    def choices(self) -> list[str]:  # type: ignore[override]
-        return list(self._names())
+    def choices(self) -> tuple[str, ...]:  # click declares (and itself stores) a tuple
+        return tuple(self._names())
 
     @choices.setter
     def choices(self, _value: Any) -> None:
@@ -158,7 +158,8 @@ ray_options = options(
     click.option(
         "--ray-address",
         default=None,
-        help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; default: a local cluster.",
+        help="With --engine ray: 'auto' (the cluster of `ray start` here) or HOST:PORT; "
+        "default: a local cluster.",
     ),
     click.option(
         "--actors",
@@ -170,7 +171,8 @@ ray_options = options(
         "--gpus-per-actor",
         type=click.FloatRange(0),
         default=None,
-        help="With --engine ray: GPUs each actor holds (default: 1 on a cluster with GPUs, else 0).",
+        help="With --engine ray: GPUs each actor holds "
+        "(default: 1 on a cluster with GPUs, else 0).",
     ),
     click.option(
         "--cpus-per-actor",
@@ -200,8 +202,9 @@ def _json_default(o: Any) -> Any:
 
 
 def human_bytes(n: int) -> str:
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)

@@ -69,10 +69,9 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
             f"  {'':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols, strict=True))
         )
         rows = [("images", [str((d or {}).get("n", "-")) for d in parts])]
-        rows += [
-            (k, [f"{d[k]:.4f}" if isinstance((d or {}).get(k), float) else "-" for d in parts])
-            for k in keys
-        ]
+        for k in keys:
+            found = [(d or {}).get(k) for d in parts]
+            rows.append((k, [f"{v:.4f}" if isinstance(v, float) else "-" for v in found]))
         for k, vals in rows:
             click.echo(
                 f"  {k:<{width}}  "

@@ -1,4 +1,5 @@
-"""``embedstore lookup | index | backbones | duplicates | map``: searching and looking at a store."""
+"""``embedstore lookup | index | backbones | duplicates | map``: searching and looking at a
+store."""
 
 from __future__ import annotations
 
@@ -125,8 +126,10 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
         lic = (r.get("license") or "-") + (" (gated)" if r.get("gated") else "")
         click.echo(f"{r['name']:<22} {here:<9} {lic:<24} {r['source']}")
     click.echo(
-        "here: the weights are on this machine (works offline); download: fetched from the hub on first use;\n"
-        "gated: the hub asks you to accept the licence and request access first (then `hf auth login`)"
+        "here: the weights are on this machine (works offline); "
+        "download: fetched from the hub on first use;\n"
+        "gated: the hub asks you to accept the licence and request access first "
+        "(then `hf auth login`)"
     )
 
 
@@ -176,7 +179,8 @@ def duplicates_cmd(as_json: bool, **kw: Any) -> None:
         return
     leak = ", ".join(f"{k} {v}" for k, v in res.leakage.items() if v) or "none"
     click.echo(
-        f"{res.images} images ({res.backbone}, {res.index} index): {res.pairs_found} near-duplicate "
+        f"{res.images} images ({res.backbone}, {res.index} index): "
+        f"{res.pairs_found} near-duplicate "
         f"pairs (cosine >= {res.threshold}) in {res.groups_found} groups; leaking pairs: {leak}"
     )
     if res.holdout_images:
@@ -186,7 +190,8 @@ def duplicates_cmd(as_json: bool, **kw: Any) -> None:
     for g in res.groups[:5]:
         leaks = f"  [leak: {', '.join(g.leaks)}]" if g.leaks else ""
         click.echo(
-            f"  group {g.group} ({g.size}, {g.similarity:.3f}): {', '.join(map(str, g.paths[:4]))}{leaks}"
+            f"  group {g.group} ({g.size}, {g.similarity:.3f}): "
+            f"{', '.join(map(str, g.paths[:4]))}{leaks}"
         )
     for n in res.notes:
         click.echo(f"  note: {n}")

@@ -25,12 +25,14 @@ BATCH_OPTIONS = options(
         "--out",
         default=None,
         type=click.Path(path_type=str),
-        help="Batch mode: write every prediction to this Lance table (id, path, label, probability, top_k, unknown).",
+        help="Batch mode: write every prediction to this Lance table "
+        "(id, path, label, probability, top_k, unknown).",
     ),
     click.option(
         "--store",
         default=None,
-        help="Batch mode without images: predict every image of this store (default: the run's store).",
+        help="Batch mode without images: predict every image of this store "
+        "(default: the run's store).",
     ),
     click.option("--overwrite", is_flag=True, help="Batch mode: replace an existing --out table."),
     click.option(

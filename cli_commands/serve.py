@@ -1,4 +1,5 @@
-"""``embedstore serve``: the HTTP service (``service``, imported only here: FastAPI is not light)."""
+"""``embedstore serve``: the HTTP service (``service``, imported only here: FastAPI is not
+light)."""
 
 from __future__ import annotations
 

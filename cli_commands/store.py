@@ -98,7 +98,8 @@ INGEST_OPTIONS = options(
         type=click.IntRange(1),
         default=DEFAULT_MAX_BYTES,
         show_default=True,
-        help="Larger files are skipped unread (FIFOs, devices and other non-regular files always are).",
+        help="Larger files are skipped unread "
+        "(FIFOs, devices and other non-regular files always are).",
     ),
     click.option(
         "--commit-every",
@@ -112,7 +113,8 @@ INGEST_OPTIONS = options(
         type=click.Choice(ENGINES),
         default="local",
         show_default=True,
-        help="local: this process; ray: decode and embed on a Ray cluster (pip install 'embedstore[ray]').",
+        help="local: this process; ray: decode and embed on a Ray cluster "
+        "(pip install 'embedstore[ray]').",
     ),
     ray_options,
     click.option(
@@ -120,7 +122,8 @@ INGEST_OPTIONS = options(
         default=None,
         metavar="NAMES",
         help="Also store embeddings of augmented views, comma-separated: flip, crops5 (4 corner + "
-        "centre crops at 87.5%), or crop_tl/crop_tr/crop_bl/crop_br/crop_c. On a store that has the "
+        "centre crops at 87.5%), or crop_tl/crop_tr/crop_bl/crop_br/crop_c. "
+        "On a store that has the "
         "images only the views are embedded; heads train on them and predict with them (TTA).",
     ),
 )
@@ -143,12 +146,14 @@ def ingest_cmd(
     """Embed every image under IMAGES_DIR into the store (incremental, resumable).
 
     Labels come from class folders (IMAGES_DIR/<label>/<image>) unless --label-column names a
-    metadata column. Set EMBEDSTORE_DEBUG=1 for tracebacks instead of one-line errors. Files that cannot be used are skipped and listed in STORE/skipped.csv.
+    metadata column. Set EMBEDSTORE_DEBUG=1 for tracebacks instead of one-line errors. Files that
+    cannot be used are skipped and listed in STORE/skipped.csv.
 
     \b
     Example:
       embedstore ingest ../shared/data/flowers12 --store flowers
-      embedstore ingest photos/ --metadata meta.csv --backbone dinov2-small --backbone efficientnet-lite0
+      embedstore ingest photos/ --metadata meta.csv --backbone dinov2-small \
+--backbone efficientnet-lite0
       embedstore ingest ../shared/data/flowers12 --store flowers --views flip,crops5
     """
     summary = embedstore.ingest(
@@ -196,15 +201,18 @@ def info_cmd(store: str | None, as_json: bool) -> None:
         echo_json(info)
         return
     click.echo(
-        f"store      {info['store']}  (version {info['version']}, {human_bytes(info['size_bytes'])} on disk)"
+        f"store      {info['store']}  "
+        f"(version {info['version']}, {human_bytes(info['size_bytes'])} on disk)"
     )
     click.echo(
-        f"images     {info['images']}  ({info['labelled']} labelled, {info['unlabelled']} unlabelled)"
+        f"images     {info['images']}  "
+        f"({info['labelled']} labelled, {info['unlabelled']} unlabelled)"
     )
     c = info["classes"]
     if c["count"]:
         click.echo(
-            f"classes    {c['count']}  (largest {c['largest']['label']}: {c['largest']['images']}, smallest "
+            f"classes    {c['count']}  "
+            f"(largest {c['largest']['label']}: {c['largest']['images']}, smallest "
             f"{c['smallest']['label']}: {c['smallest']['images']}, median {c['median_images']:g}, "
             f"{c['under_5_images']} with < 5 images)"
         )
@@ -224,7 +232,8 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     if info.get("folds"):
         f = info["folds"]
         click.echo(
-            f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, group-by {f.get('group_by')})"
+            f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, "
+            f"group-by {f.get('group_by')})"
         )
         if f.get("note"):
             click.echo(f"           warning: {f['note']}")
@@ -244,7 +253,8 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     stale = info.get("stale_files") or {}
     if stale.get("gone") or stale.get("changed"):
         click.echo(
-            f"warning    {stale['gone']} ingested file(s) deleted and {stale['changed']} changed on "
+            f"warning    {stale['gone']} ingested file(s) deleted "
+            f"and {stale['changed']} changed on "
             "disk since; their rows describe the old files: run `embedstore ingest FOLDER "
             "--prune` to bring the store in step"
         )
@@ -330,7 +340,8 @@ def drop_column_cmd(name: str, store: str | None) -> None:
     "--use-split",
     "use_split_column",
     is_flag=True,
-    help="Honour the store's split column (train/val/test folders): test is held out, val is fold 0.",
+    help="Honour the store's split column (train/val/test folders): "
+    "test is held out, val is fold 0.",
 )
 @json_summary_option
 def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:

@@ -88,14 +88,16 @@ TRAIN_OPTIONS = options(
         "ensemble",
         type=click.Choice(ENSEMBLE_MEMBERS),
         default=None,
-        help="What OUT predicts with: the fold runs, the refit, or both (default: both with --refit, "
+        help="What OUT predicts with: the fold runs, the refit, or both "
+        "(default: both with --refit, "
         "else folds).",
     ),
     click.option(
         "--views/--no-views",
         "views",
         default=None,
-        help="Train on the augmented views stored beside the embeddings (embedstore ingest --views) "
+        help="Train on the augmented views stored beside the embeddings "
+        "(embedstore ingest --views) "
         "as augmentation (default: yes when the store has them).",
     ),
     click.option(
@@ -163,7 +165,8 @@ def train_cmd(
     nan = float("nan")
     for m in res.metrics:
         click.echo(
-            f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
+            f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  "
+            f"macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
             f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s)  -> {m.run}"
         )
     if res.refit is not None:
@@ -175,12 +178,14 @@ def train_cmd(
     e = res.ensemble_metrics
     if e is not None:
         click.echo(
-            f"ensemble of {len(res.runs)} folds (out-of-fold): top1 {e.metrics.get('top1', nan):.4f}  "
+            f"ensemble of {len(res.runs)} folds (out-of-fold): "
+            f"top1 {e.metrics.get('top1', nan):.4f}  "
             f"macro-F1 {e.metrics.get('macro_f1', nan):.4f}  -> {res.ensemble}"
         )
         if e.holdout is not None:
             click.echo(
-                f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
+                f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  "
+                f"macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
             )
 
 
@@ -207,7 +212,8 @@ TUNE_OPTIONS = options(
         "--fold",
         default="all",
         show_default=True,
-        help="'all': score trials out-of-fold over every fold and retrain all folds; K: on fold K only.",
+        help="'all': score trials out-of-fold over every fold and retrain all folds; "
+        "K: on fold K only.",
     ),
     backbone_option,
     click.option(
@@ -233,7 +239,8 @@ TUNE_OPTIONS = options(
         "--tta/--no-tta",
         "tta",
         default=None,
-        help="Score the trials and predict with the best run by test-time augmentation: the mean of "
+        help="Score the trials and predict with the best run by test-time augmentation: "
+        "the mean of "
         "the main embedding's and the views' logits (default: yes when the store has views).",
     ),
     click.option(
@@ -278,7 +285,8 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     )
     if res.default_macro_f1 is not None:
         click.echo(
-            f"default recipe (trial 0): macro-F1 {res.default_macro_f1:.4f}  top1 {res.default_top1:.4f}"
+            f"default recipe (trial 0): macro-F1 {res.default_macro_f1:.4f}  "
+            f"top1 {res.default_top1:.4f}"
         )
     click.echo(
         f"best (trial {res.best_trial}): macro-F1 {res.best_macro_f1:.4f}  top1 {res.best_top1:.4f}"

@@ -19,6 +19,7 @@ import heads.runs
 import heads.settings
 import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
+from embedstore.types import Runtime
 from service._batcher import BatchedBackbone
 from service._jobs import Job, JobQueue
 from service.errors import Forbidden
@@ -40,7 +41,7 @@ class Settings:
     allow_root: str | None = None
     # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
     # onnx-int8; auto embeds for a column onnx-int8 wrote with onnx-int8
-    runtime: str = "auto"
+    runtime: Runtime = "auto"
     # Host headers answered (DNS rebinding); None: any (``serve`` sets the loopback names
     # when it binds a loopback address)
     allowed_hosts: tuple[str, ...] | None = None
@@ -74,7 +75,8 @@ class State:
         self._resident: embedstore.Resident | None = None
         self._raw: dict[str, embedstore.Backbone] = {}
         self.backbones: dict[str, BatchedBackbone] = {}  # column -> batched backbone
-        self._runs: dict[str, tuple[str, Any]] = {}  # name -> (config checksum, Predictor)
+        # name -> (config checksum, Predictor)
+        self._runs: dict[str, tuple[str | None, Any]] = {}
         self.ready = False
         self.load_errors: list[str] = []
         self._collect_leftovers()
@@ -211,7 +213,10 @@ class State:
 
     def run_summary(self, name: str) -> dict[str, Any]:
         model = self.run(name)
-        metrics = heads.runs.read_eval(self.runs_dir / name)
+        d = self.runs_dir
+        if d is None:  # not reached: run() answers NotFound without --runs
+            raise NotFound(f"no run {name!r}; runs: none")
+        metrics = heads.runs.read_eval(d / name)
         return {
             "name": name,
             "kind": model.config.get("kind"),

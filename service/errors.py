@@ -25,13 +25,15 @@ A 500 answers one line (the exception's type and first line) and logs the traceb
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ExceptionHandler
 
 from embedstore.errors import BadInput, UserError
 
@@ -104,7 +106,7 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def describe(errors: list[dict[str, Any]]) -> str:
+def describe(errors: Sequence[Mapping[str, Any]]) -> str:
     """pydantic's validation errors as ``option 'x': message; ...``."""
     parts = []
     for e in errors:
@@ -151,9 +153,20 @@ async def _internal(r: Request, e: Exception) -> JSONResponse:
     return error_response(500, "internal error", one_line(e))
 
 
+_E = TypeVar("_E", bound=Exception)
+
+
+def _add_handler(
+    app: FastAPI, exc: type[_E], handler: Callable[[Request, _E], Awaitable[JSONResponse]]
+) -> None:
+    """``app.add_exception_handler``, typed: Starlette calls ``handler`` only with an ``exc``,
+    but its stubs want a handler of any ``Exception``."""
+    app.add_exception_handler(exc, cast(ExceptionHandler, handler))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception to its JSON answer (the table above)."""
-    app.add_exception_handler(UserError, _user_error)
-    app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _internal)
+    _add_handler(app, UserError, _user_error)
+    _add_handler(app, RequestValidationError, _invalid)
+    _add_handler(app, StarletteHTTPException, _http)
+    _add_handler(app, Exception, _internal)

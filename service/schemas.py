@@ -88,7 +88,8 @@ def _setting_field(s: Setting) -> tuple[Any, Any]:
     kind: Any = s.type
     if s.choices is not None:
         kind = Literal[s.choices]  # type: ignore[valid-type]
-    return (kind | None, Field(None, description=s.help, **s.bounds()))
+    bounds: dict[str, Any] = s.bounds()  # ge or gt, le: keywords of Field
+    return (kind | None, Field(None, description=s.help, **bounds))
 
 
 # The body of POST /v1/train: the run's fields, and every head setting derived from the one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,10 +29,11 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
     if not files and not body.ids:
         raise BadInput(_NOTHING)
     state.check_ids(body.ids)
+    images: list[str | os.PathLike[Any] | bytes] = list(files)  # heads.predict takes a list
     res = await run_in_threadpool(
         heads.predict,
         model,
-        files,
+        images,
         ids=body.ids,
         top_k=body.top_k,
         prior=body.prior,
