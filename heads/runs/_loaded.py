@@ -36,7 +36,9 @@ class Predictor(Protocol):
     """
 
     path: Path
-    config: RunConfig | EnsembleConfig
+
+    @property
+    def config(self) -> RunConfig | EnsembleConfig: ...
 
     @property
     def classes(self) -> list[str]: ...
