@@ -155,7 +155,7 @@ def predict(
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
     model = run if isinstance(run, Predictor) else load(run, device)
-    paths: list[str | bytes] = [p if isinstance(p, bytes) else str(p) for p in (images or [])]
+    paths: list[str | os.PathLike | bytes] = [p if isinstance(p, bytes) else str(p) for p in (images or [])]
     if images_dir is not None:
         root = Path(images_dir)
         if not root.is_dir():
@@ -260,6 +260,7 @@ def predict_embeddings(
         if cost is not None:
             r.expected_cost = float((probs[row] @ cost)[best])
         if unknown is not None:
+            assert scores is not None  # unknown was decided from them
             r.unknown = bool(unknown[row])
             r.unknown_score = float(scores[row])
             if r.unknown:

@@ -280,12 +280,14 @@ class Ensemble(_Loaded):
 
         Each member scores with its own logits, computed from the same metadata ``table``.
         """
-        parts = []
+        parts: list[np.ndarray] = []
         for m in self.members:
-            if m.threshold is None:
+            t = m.threshold
+            if t is None:
                 continue
             s = m.unknown_scores(embeddings, m.logits(embeddings, table), table)
-            parts.append(s - m.threshold)
+            assert s is not None  # a member with a threshold has a detector
+            parts.append(s - t)
         return None if not parts else np.mean(parts, axis=0)
 
     @property
