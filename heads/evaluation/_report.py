@@ -54,7 +54,9 @@ class _Thumbs:
     """Inline thumbnails of stored images by id, read once from the store."""
 
     def __init__(self, st: embedstore.Store | None) -> None:
-        self.st, self.where, self.cache, self.count = st, {}, {}, 0
+        self.st, self.count = st, 0
+        self.where: dict[str, tuple[Any, Any]] = {}  # id -> (root, path)
+        self.cache: dict[tuple[Any, Any, int], str | None] = {}  # (root, path, px) -> base64
 
     def locate(self, ids: list[str]) -> None:
         need = [i for i in dict.fromkeys(ids) if i not in self.where]

@@ -155,7 +155,9 @@ def predict(
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
     model = run if isinstance(run, Predictor) else load(run, device)
-    paths: list[str | os.PathLike | bytes] = [p if isinstance(p, bytes) else str(p) for p in (images or [])]
+    paths: list[str | os.PathLike | bytes] = [
+        p if isinstance(p, bytes) else str(p) for p in (images or [])
+    ]
     if images_dir is not None:
         root = Path(images_dir)
         if not root.is_dir():

@@ -153,6 +153,7 @@ def _defaults(head: str, space: dict[str, Any]) -> dict[str, Any]:
         if name == "label_smoothing":
             out[name] = DEFAULTS[name]
         elif head_defaults[name] is None:  # None: the architecture's default (lr)
+            assert arch is not None  # only neural heads (which have an arch) default to None
             out[name] = BY_NAME[name].default_by_arch[arch]
         else:
             out[name] = head_defaults[name]
