@@ -150,7 +150,8 @@ def check_finite(X: np.ndarray, ids: np.ndarray, column: str) -> None:
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         raise HeadsError(
-            f"{int(bad.sum())} row(s) of {column} hold NaN or Inf embeddings (first id {ids[bad][0]}); "
+            f"{int(bad.sum())} row(s) of {column} hold NaN or Inf embeddings "
+            f"(first id {ids[bad][0]}); "
             "re-ingest those images or leave them out with --where"
         )
 

@@ -225,7 +225,8 @@ class KNNHead(HeadMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[best]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64 ``(N,)``)."""
+        """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64
+        ``(N,)``)."""
         check_is_fitted(self)
         config = {
             "head": "knn",

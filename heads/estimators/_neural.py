@@ -216,7 +216,8 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         self.class_counts_ = np.asarray(counts, dtype=np.int64)
 
     def _draw(self, n: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-        """This epoch's sample order ``(N,)``: a permutation, or a weighted draw with replacement."""
+        """This epoch's sample order ``(N,)``: a permutation, or a weighted draw with
+        replacement."""
         if weights is None:
             return torch.randperm(n, generator=gen, device=self.device_)
         return torch.multinomial(weights, n, replacement=True, generator=gen)

@@ -52,7 +52,8 @@ class KNNDetector(UnknownDetector):
     def _set_store(self, emb16: np.ndarray) -> None:
         if not 1 <= int(self.k) <= emb16.shape[0]:
             raise ValueError(
-                f"k={self.k} must be between 1 and the training set size ({emb16.shape[0]} embeddings)"
+                f"k={self.k} must be between 1 and the training set size "
+                f"({emb16.shape[0]} embeddings)"
             )
         self.embeddings_ = emb16  # (N, d) float16
         self.index_ = NeighborIndex(
@@ -256,7 +257,8 @@ class MahalanobisDetector(UnknownDetector):
         X = self._prepare(embeddings)
         if X.shape[1] != self.means_.shape[1]:
             raise ValueError(
-                f"embeddings have {X.shape[1]} features, the detector was fit on {self.means_.shape[1]}"
+                f"embeddings have {X.shape[1]} features, the detector was fit on "
+                f"{self.means_.shape[1]}"
             )
         return self._score_prepared(X)
 

@@ -148,9 +148,9 @@ def predict(
     backbone(s). ``backbones`` (a ``{column: Backbone}`` cache kept across calls) and
     ``resident`` (the store's embeddings held in memory) are what a long-lived caller (the
     service) passes to skip loading. ``runtime`` embeds new images (``auto``: ONNX Runtime on
-    the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives every image of
-    a group one answer from their mean logits (FungiCLEF style: several photos of one specimen):
-    a store column (for stored images), or ``"folder"`` (the image file's folder).
+    the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives
+    every image of a group one answer from their mean logits (FungiCLEF style: several photos of
+    one specimen): a store column (for stored images), or ``"folder"`` (the image file's folder).
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """

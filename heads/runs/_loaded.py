@@ -113,7 +113,8 @@ class Run(_Loaded):
             self.head = cls.from_state(_on_device(config.head_config, self.device), tensors)
         except (KeyError, RuntimeError, ValueError) as e:
             raise HeadsError(
-                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run"
+                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); "
+                "retrain the run"
             ) from e
         enc = config.metadata_encoder
         self.encoder = MetadataEncoder.from_state(enc) if enc else None
@@ -233,8 +234,9 @@ class Ensemble(_Loaded):
             have = read_run_config(p).config_sha256
             if want is not None and have != want:
                 raise HeadsError(
-                    f"{self.path}: member {p} changed since the ensemble was made (it was retrained "
-                    "or replaced); re-create the ensemble with `heads ensemble ... --overwrite`"
+                    f"{self.path}: member {p} changed since the ensemble was made "
+                    "(it was retrained or replaced); "
+                    "re-create the ensemble with `heads ensemble ... --overwrite`"
                 )
         self.members = [load(p, device) for p in paths]
         self.weights = np.asarray(config.weights, dtype=np.float64)
@@ -300,7 +302,8 @@ class Ensemble(_Loaded):
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Run | Ensemble:
-    """Load a run or an ensemble directory onto ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``).
+    """Load a run or an ensemble directory onto ``device`` (``auto``, ``cpu``, ``cuda[:N]``,
+    ``mps``).
 
     >>> model = heads.load("runs/mlp", device="cpu")
     >>> model.logits({"emb_efficientnet_lite0": X})

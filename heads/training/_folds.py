@@ -97,7 +97,8 @@ def build_head(head: str, options: dict[str, Any], progress: bool = True) -> Any
             unused.append(k)
     if unused:
         raise HeadsError(
-            f"option(s) {', '.join('--' + u.replace('_', '-') for u in unused)} do not apply to head "
+            f"option(s) {', '.join('--' + u.replace('_', '-') for u in unused)} "
+            "do not apply to head "
             f"{head!r}; its settings are: {', '.join(sorted(params))}"
         )
     if "verbose" in params:
@@ -123,7 +124,8 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
     present = sorted({int(f) for f in data.fold if f >= 0})
     if not present:
         raise HeadsError(
-            f"{data.store_path}: the store has no folds; run `embedstore split --store {data.store_path} --folds 5` first"
+            f"{data.store_path}: the store has no folds; "
+            f"run `embedstore split --store {data.store_path} --folds 5` first"
         )
     if fold == "all":
         return present
@@ -133,7 +135,8 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
         raise HeadsError(f"--fold must be a fold number or 'all', not {fold!r}") from None
     if k not in present:
         raise HeadsError(
-            f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} (or use --fold all)"
+            f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} "
+            "(or use --fold all)"
         )
     return [k]
 

@@ -114,8 +114,8 @@ def train(
     ``unknown`` attaches an unknown-class detector calibrated on the validation fold (a name
     from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``).
     An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
-    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that raises
-    from it stops the training between folds: how the service cancels a job).
+    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that
+    raises from it stops the training between folds: how the service cancels a job).
 
     ``refit`` (with ``fold="all"``) also trains one model on every fold's rows (the held-out part
     stays out) for the median of the folds' best epochs, saved as ``<out>/refit``; it has no
@@ -196,7 +196,8 @@ def _read_data(
     check_finite(data.X, data.ids, data.backbone.column)
     if not any(v is not None for v in data.labels):
         raise HeadsError(
-            f"{data.store_path}: no labelled images; label them by class folders or `embedstore ingest --label-column`"
+            f"{data.store_path}: no labelled images; label them by class folders or "
+            "`embedstore ingest --label-column`"
         )
     return data
 
@@ -213,7 +214,8 @@ def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
         raise HeadsError(f"{base}: --out is a file; give a directory")
     if base.exists() and any(base.iterdir()) and not overwrite:
         raise HeadsError(
-            f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
+            f"{base}: a run is there already; give --overwrite to replace it whole, "
+            "or another --out"
         )
     return base
 
