@@ -88,6 +88,7 @@ class HeadMixin:
     classes) from :meth:`logits`."""
 
     HEAD_TAGS: ClassVar[HeadTags] = HeadTags()
+    classes_: np.ndarray  # set by ``fit`` (or ``from_state``) in each head
 
     def __head_tags__(self) -> HeadTags:
         return self.HEAD_TAGS
@@ -123,7 +124,8 @@ class HeadMixin:
 
 def head_tags(head: Any) -> HeadTags:
     """The declared capabilities of ``head`` (an instance or a class of the protocol)."""
-    tags = head.__head_tags__() if not isinstance(head, type) else head.HEAD_TAGS
+    cls: Any = head  # a class of the protocol: its HEAD_TAGS (``type`` does not declare it)
+    tags = head.__head_tags__() if not isinstance(head, type) else cls.HEAD_TAGS
     if not isinstance(tags, HeadTags):
         raise TypeError(f"{type(head).__name__}.__head_tags__() must return a HeadTags")
     return tags
@@ -133,7 +135,8 @@ class EpochBar:
     """A :data:`Progress` callback drawing a tqdm bar over epochs (``close()`` at the end)."""
 
     def __init__(self, desc: str) -> None:
-        self.desc, self.bar = desc, None
+        self.desc = desc
+        self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int, info: Mapping[str, Any]) -> None:
         if self.bar is None:

@@ -63,16 +63,16 @@ def load_fold_data(
     ``data.backbone`` is the first, ``data.backbones`` all of them.
     """
     st = store if isinstance(store, Store) else connect(store, create=False)
-    infos = [
-        st.resolve_backbone(b)
-        for b in (backbone if isinstance(backbone, list | tuple) else [backbone])
-    ]
+    given = backbone if isinstance(backbone, list | tuple) else [backbone]
+    infos = [st.resolve_backbone(b) for b in given]
     if len({i.column for i in infos}) < len(infos):
         raise HeadsError(
-            f"--backbone: a backbone is named twice ({', '.join(backbone)}); name each once"
+            f"--backbone: a backbone is named twice ({', '.join(map(str, given))}); name each once"
         )
     info = infos[0]
-    names = st.schema().names
+    schema = st.schema()
+    assert schema is not None  # the store has embeddings (resolve_backbone), so a table
+    names = schema.names
     missing = [c for c in columns if c not in names]
     if missing:
         raise HeadsError(
@@ -150,7 +150,8 @@ def check_finite(X: np.ndarray, ids: np.ndarray, column: str) -> None:
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         raise HeadsError(
-            f"{int(bad.sum())} row(s) of {column} hold NaN or Inf embeddings (first id {ids[bad][0]}); "
+            f"{int(bad.sum())} row(s) of {column} hold NaN or Inf embeddings "
+            f"(first id {ids[bad][0]}); "
             "re-ingest those images or leave them out with --where"
         )
 

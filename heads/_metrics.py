@@ -320,8 +320,9 @@ def fungiclef_scores(
       ``(10 * #unknown predicted known + 0.1 * #known predicted unknown
       + #known predicted as another known species) / N``.
 
-    Source: the official FungiCLEF 2024 scoring script (``huggingface.co/spaces/BVRA/FungiCLEF2024``,
-    also ``huggingface.co/picekl/FungiCLEF2024-Sample_Submission`` ``script.py``), read through
+    Source: the official FungiCLEF 2024 scoring script
+    (``huggingface.co/spaces/BVRA/FungiCLEF2024``, also
+    ``huggingface.co/picekl/FungiCLEF2024-Sample_Submission`` ``script.py``), read through
     participants' verbatim copies: github.com/Jack-Etheredge/fungiclef2024
     ``fungiclef-effnet/competition_metrics.py`` and github.com/dsgt-kaggle-clef/fungiclef-2024
     ``fungiclef/evaluate/scoring.py``. Track 1 there is ``classification_error_with_unknown``

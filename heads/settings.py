@@ -59,6 +59,7 @@ class TuneRange:
             return list(self.choices)
         if self.registry is not None:
             return None
+        assert self.low is not None and self.high is not None  # a range without choices
         return (self.low, self.high, "log" if self.log else "linear")
 
 

@@ -12,7 +12,7 @@ never a pickle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from sklearn.utils import Tags
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from embedstore.search import NeighborIndex, as_float32, l2_normalize
-from embedstore.types import IndexKind, check_choice
+from embedstore.types import IndexKind, SearchBackend, check_choice
 from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
 from heads.estimators._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
@@ -141,7 +141,9 @@ class KNNHead(HeadMixin, ClassifierMixin, BaseEstimator):
         self.embeddings_ = emb16  # (N, d) float16, unit norm up to rounding
         self.labels_ = y_idx  # (N,) int64 indices into classes_
         self.n_features_in_ = emb16.shape[1]
-        self.index_ = NeighborIndex(kind=self.index, backend=self.backend, device=self.device)
+        self.index_ = NeighborIndex(
+            kind=self.index, backend=cast(SearchBackend, self.backend), device=self.device
+        )
         self.index_.build(emb16.astype(np.float32))
 
     def _resolve_ks(self, n: int) -> tuple[int, tuple[int, ...]]:
@@ -207,8 +209,9 @@ class KNNHead(HeadMixin, ClassifierMixin, BaseEstimator):
             out[k], prev = P.astype(np.float32), k
         return out
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """``(N, C)`` vote shares of the ``k_`` nearest training embeddings; columns = ``classes_``."""
+    def predict_proba(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N, C)`` vote shares of the ``k_`` nearest training embeddings; columns =
+        ``classes_``; ``fields`` are ignored."""
         check_is_fitted(self)
         return self.predict_proba_multi_k(X, (self.k_,))[self.k_]
 
@@ -216,13 +219,14 @@ class KNNHead(HeadMixin, ClassifierMixin, BaseEstimator):
         """``(N, C)`` log-probabilities, floored at ``log(1e-12)``; ``fields`` are ignored."""
         return np.log(np.maximum(self.predict_proba(X), _LOG_EPS))
 
-    def predict(self, X: Any) -> np.ndarray:
-        """``(N,)`` labels from ``classes_``."""
+    def predict(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N,)`` labels from ``classes_``; ``fields`` are ignored."""
         best = self.predict_proba(X).argmax(axis=1)  # (N,)
         return self.classes_[best]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64 ``(N,)``)."""
+        """JSON config and tensors (``embeddings`` float16 ``(N, d)``, ``labels`` int64
+        ``(N,)``)."""
         check_is_fitted(self)
         config = {
             "head": "knn",
@@ -382,12 +386,12 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
         ``fields`` are ignored."""
         return self._logits(X)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """``(N, C)`` softmax of the cosine logits."""
+    def predict_proba(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N, C)`` softmax of the cosine logits; ``fields`` are ignored."""
         return _softmax(self._logits(X))
 
-    def predict(self, X: Any) -> np.ndarray:
-        """``(N,)`` labels of the nearest prototypes."""
+    def predict(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N,)`` labels of the nearest prototypes; ``fields`` are ignored."""
         best = self._logits(X).argmax(axis=1)  # (N,)
         return self.classes_[best]
 

@@ -216,7 +216,8 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         self.class_counts_ = np.asarray(counts, dtype=np.int64)
 
     def _draw(self, n: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-        """This epoch's sample order ``(N,)``: a permutation, or a weighted draw with replacement."""
+        """This epoch's sample order ``(N,)``: a permutation, or a weighted draw with
+        replacement."""
         if weights is None:
             return torch.randperm(n, generator=gen, device=self.device_)
         return torch.multinomial(weights, n, replacement=True, generator=gen)
@@ -292,8 +293,8 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(
                     f"X_views must be (N, V, D) = ({n}, V, {x.shape[1]}), not {v.shape}"
                 )
-            v = _as_matrix(v.reshape(-1, v.shape[2]), "X_views", dev).reshape(v.shape)
-            xs = torch.cat([x[None], v.transpose(0, 1)])  # (1 + V, N, D)
+            vt = _as_matrix(v.reshape(-1, v.shape[2]), "X_views", dev).reshape(v.shape)
+            xs = torch.cat([x[None], vt.transpose(0, 1)])  # (1 + V, N, D)
 
         val = self._validation(X_val, y_val, fields_val, aux_val, len(f_train), a_train)
         counts = np.bincount(y_idx, minlength=len(self.classes_))
@@ -443,7 +444,7 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-                stop = bool(self.patience) and since_best >= self.patience
+                stop = since_best >= self.patience if self.patience else False
             if progress is not None:  # stopped early: done == total, the run is complete
                 shown = {k: row[k] for k in ("train_loss", "val_macro_f1") if row[k] is not None}
                 if stop:
@@ -531,6 +532,7 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         if not self.num_aux_:
             raise ValueError("the head was fitted without aux targets; pass aux= to fit")
         _, aux = self._outputs(x, f)
+        assert aux is not None  # the model has aux outputs when num_aux_ > 0
         return torch.sigmoid(aux.float()).cpu().numpy()
 
     # ------------------------------------------------------------------ persisting

@@ -126,7 +126,9 @@ class _HeadNet(nn.Module):
             self.norm = nn.LayerNorm(input_dim)
             width = input_dim + sum(field_dims)
             if arch == "mlp":
-                self.body = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))
+                self.body: nn.Module = nn.Sequential(
+                    nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)
+                )
                 width = hidden
             else:
                 self.body = nn.Dropout(dropout)

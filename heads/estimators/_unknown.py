@@ -38,7 +38,7 @@ works straight away; calibrate on held-out data for a threshold that means somet
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ def register_detector(name: str, cls: type | None = None) -> Callable[[type], ty
     """Register a detector class under ``name``; usable as ``@register_detector("msp")``."""
 
     def _add(c: type) -> type:
-        c.name = name
+        detector: Any = c  # a detector class: ``name`` is its class attribute
+        detector.name = name
         return DETECTORS.register(name, c)
 
     return _add(cls) if cls is not None else _add
@@ -80,7 +81,9 @@ def detector_from_state(
     config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> UnknownDetector:
     """Rebuild any detector from ``get_state()`` output, dispatching on ``config["detector"]``."""
-    return DETECTORS.get(config.get("detector")).from_state(config, tensors)
+    # a config without "detector" gets the registry's "unknown detector None" error
+    name = cast(str, config.get("detector"))
+    return DETECTORS.get(name).from_state(config, tensors)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -195,8 +198,8 @@ class UnknownDetector(OutlierMixin, BaseEstimator):
 
     def decision_function(self, embeddings: Any = None, logits: Any = None) -> np.ndarray:
         """``(N,)`` ``score_samples - threshold_``: >= 0 known, < 0 unknown."""
-        self._check_threshold()
-        return self.score_samples(embeddings, logits) - self.threshold_
+        t = self._check_threshold()
+        return self.score_samples(embeddings, logits) - t
 
     def predict(self, embeddings: Any = None, logits: Any = None) -> np.ndarray:
         """``(N,)`` int: +1 known, -1 unknown."""
@@ -204,15 +207,18 @@ class UnknownDetector(OutlierMixin, BaseEstimator):
 
     def predict_scores(self, scores: Any) -> np.ndarray:
         """``(N,)`` int +1 known / -1 unknown for scores :meth:`score_samples` already gave."""
-        self._check_threshold()
-        return np.where(np.asarray(scores, dtype=np.float64) - self.threshold_ >= 0, 1, -1)
+        t = self._check_threshold()
+        return np.where(np.asarray(scores, dtype=np.float64) - t >= 0, 1, -1)
 
-    def _check_threshold(self) -> None:
-        if getattr(self, "threshold_", None) is None:
+    def _check_threshold(self) -> float:
+        """``threshold_``; NotFittedError if there is none yet."""
+        t: float | None = getattr(self, "threshold_", None)
+        if t is None:
             raise NotFittedError(
                 f"detector {self.name!r} has no threshold_: call calibrate(...) on validation data "
                 "(or fit with logits=)"
             )
+        return t
 
     def fit_predict(self, embeddings: Any, labels: Any, logits: Any = None) -> np.ndarray:
         """``fit`` then ``predict`` on the same data (with the provisional threshold)."""

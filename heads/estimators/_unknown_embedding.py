@@ -4,7 +4,7 @@ Mahalanobis (registered in ``heads.estimators.DETECTORS`` beside the logit detec
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import NotFittedError
 
 from embedstore.search import NeighborIndex, as_float32, l2_normalize
-from embedstore.types import IndexKind
+from embedstore.types import IndexKind, SearchBackend
 from heads.estimators._unknown import (
     DetectorNeeds,
     UnknownDetector,
@@ -52,10 +52,13 @@ class KNNDetector(UnknownDetector):
     def _set_store(self, emb16: np.ndarray) -> None:
         if not 1 <= int(self.k) <= emb16.shape[0]:
             raise ValueError(
-                f"k={self.k} must be between 1 and the training set size ({emb16.shape[0]} embeddings)"
+                f"k={self.k} must be between 1 and the training set size "
+                f"({emb16.shape[0]} embeddings)"
             )
         self.embeddings_ = emb16  # (N, d) float16
-        self.index_ = NeighborIndex(kind=self.index, backend=self.backend, device=self.device)
+        self.index_ = NeighborIndex(
+            kind=self.index, backend=cast(SearchBackend, self.backend), device=self.device
+        )
         self.index_.build(emb16.astype(np.float32))
 
     def _score(self, embeddings: Any, logits: Any) -> np.ndarray:
@@ -130,7 +133,7 @@ class EnergyKNNDetector(KNNDetector):
         self.standardize_ = np.array(
             [energy.mean(), max(energy.std(), 1e-12), sims.mean(), max(sims.std(), 1e-12)]
         )
-        self._train_scores = self._fuse(energy, sims)
+        self._train_scores: np.ndarray | None = self._fuse(energy, sims)
 
     def _fuse(self, energy: np.ndarray, sims: np.ndarray) -> np.ndarray:
         me, se, ms, ss = self.standardize_
@@ -139,6 +142,7 @@ class EnergyKNNDetector(KNNDetector):
 
     def _fit_scores(self, embeddings: Any, logits: Any) -> np.ndarray:
         scores, self._train_scores = self._train_scores, None
+        assert scores is not None  # set by _fit, which fit calls just before
         return scores
 
     def _score(self, embeddings: Any, logits: Any) -> np.ndarray:
@@ -253,7 +257,8 @@ class MahalanobisDetector(UnknownDetector):
         X = self._prepare(embeddings)
         if X.shape[1] != self.means_.shape[1]:
             raise ValueError(
-                f"embeddings have {X.shape[1]} features, the detector was fit on {self.means_.shape[1]}"
+                f"embeddings have {X.shape[1]} features, the detector was fit on "
+                f"{self.means_.shape[1]}"
             )
         return self._score_prepared(X)
 

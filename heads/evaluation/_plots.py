@@ -140,11 +140,11 @@ def plot_training_curves(
     loss_keys = [k for k in keys if k.endswith("loss")]
     metric_keys = [k for k in keys if k.startswith("val_") and not k.endswith("loss")]
 
-    def series(key: str) -> tuple[list[float], list[float]]:
+    def series(key: str) -> tuple[list[float | int | None], list[float]]:
         pts = [
-            (e, float(row[key]))
+            (e, float(v))
             for e, row in zip(epochs, history, strict=True)
-            if row.get(key) is not None and math.isfinite(float(row[key]))
+            if (v := row.get(key)) is not None and math.isfinite(float(v))
         ]
         return [e for e, _ in pts], [v for _, v in pts]
 
@@ -203,7 +203,7 @@ def plot_confusion(
     fig = _figure(size + 1.2, size)
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [str(class_names[i]) for i in keep]
+    names = [str(class_names[int(i)]) for i in keep]
     ax.set_xticks(np.arange(len(keep)), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(np.arange(len(keep)), names, fontsize=7)
     for i in range(len(keep)):

@@ -54,7 +54,9 @@ class _Thumbs:
     """Inline thumbnails of stored images by id, read once from the store."""
 
     def __init__(self, st: embedstore.Store | None) -> None:
-        self.st, self.where, self.cache, self.count = st, {}, {}, 0
+        self.st, self.count = st, 0
+        self.where: dict[str, tuple[Any, Any]] = {}  # id -> (root, path)
+        self.cache: dict[tuple[Any, Any, int], str | None] = {}  # (root, path, px) -> base64
 
     def locate(self, ids: list[str]) -> None:
         need = [i for i in dict.fromkeys(ids) if i not in self.where]
@@ -185,24 +187,38 @@ def _closed_set_sections(
 
 # ---------------------------------------------------------------------------- sections
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-main{max-width:1180px;margin:0 auto;padding:20px 28px 60px}
-h1{font-size:22px;margin:8px 0 4px} h2{font-size:18px;margin:34px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
-nav a{margin-right:14px;color:#2060a0;text-decoration:none} .meta{color:#666;font-size:13px}
-table{border-collapse:collapse;margin:6px 0;background:#fff} td,th{padding:4px 9px;border:1px solid #e2e2e2;text-align:left}
-th{background:#f0f0f0;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.bar{display:inline-block;height:10px;background:#4c78a8;vertical-align:middle;margin-right:6px}
-.cm td{width:34px;text-align:center;font-variant-numeric:tabular-nums} .cm th.r{white-space:nowrap}
-.cm th.c{vertical-align:bottom;padding:6px 4px} .cm th.c span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
-figure{display:inline-block;margin:3px 5px 6px 0;vertical-align:top;width:112px}
-figure img,.noimg{width:112px;height:112px;object-fit:cover;border-radius:3px;display:block;background:#e5e5e5}
-.noimg{line-height:112px;text-align:center;color:#888;font-size:12px}
-figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.row{background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px 10px;margin:8px 0}
-.row h3{font-size:14px;margin:0 0 6px;font-weight:600} .leak{color:#b02020;font-weight:600}
-.suspect img{outline:3px solid #d62728;outline-offset:-3px} .note{color:#666;font-style:italic}
-"""
+_CSS = (
+    "\n"
+    'body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;'
+    "color:#222;background:#fafafa}\n"
+    "main{max-width:1180px;margin:0 auto;padding:20px 28px 60px}\n"
+    "h1{font-size:22px;margin:8px 0 4px} h2{font-size:18px;margin:34px 0 10px;"
+    "border-bottom:1px solid #ddd;padding-bottom:4px}\n"
+    "nav a{margin-right:14px;color:#2060a0;text-decoration:none} .meta{color:#666;"
+    "font-size:13px}\n"
+    "table{border-collapse:collapse;margin:6px 0;background:#fff} td,th{padding:4px 9px;"
+    "border:1px solid #e2e2e2;text-align:left}\n"
+    "th{background:#f0f0f0;font-weight:600} td.num{text-align:right;"
+    "font-variant-numeric:tabular-nums}\n"
+    ".bar{display:inline-block;height:10px;background:#4c78a8;vertical-align:middle;"
+    "margin-right:6px}\n"
+    ".cm td{width:34px;text-align:center;font-variant-numeric:tabular-nums} .cm "
+    "th.r{white-space:nowrap}\n"
+    ".cm th.c{vertical-align:bottom;padding:6px 4px} .cm th.c span{writing-mode:vertical-rl;"
+    "transform:rotate(180deg);white-space:nowrap}\n"
+    "figure{display:inline-block;margin:3px 5px 6px 0;vertical-align:top;width:112px}\n"
+    "figure img,.noimg{width:112px;height:112px;object-fit:cover;border-radius:3px;"
+    "display:block;background:#e5e5e5}\n"
+    ".noimg{line-height:112px;text-align:center;color:#888;font-size:12px}\n"
+    "figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;"
+    "white-space:nowrap}\n"
+    ".row{background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px 10px;"
+    "margin:8px 0}\n"
+    ".row h3{font-size:14px;margin:0 0 6px;font-weight:600} .leak{color:#b02020;"
+    "font-weight:600}\n"
+    ".suspect img{outline:3px solid #d62728;outline-offset:-3px} .note{color:#666;"
+    "font-style:italic}\n"
+)
 
 
 def _head_name(cfg: RunConfig | EnsembleConfig) -> str | None:

@@ -53,6 +53,9 @@ class Loss(nn.Module):
 
     classifier: Classifier = "linear"
     subcenters: int = 1
+    # Buffers (registered in __init__), declared for the type checker only.
+    class_counts: torch.Tensor | None
+    class_weight: torch.Tensor | None
 
     def __init__(
         self,

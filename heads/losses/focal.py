@@ -17,6 +17,8 @@ class FocalLoss(Loss):
     Unlike ``class_weight`` it does not change the ``"mean"`` denominator (which stays B).
     """
 
+    alpha: torch.Tensor | None  # a buffer (registered in __init__)
+
     def __init__(
         self,
         *,

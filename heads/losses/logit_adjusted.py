@@ -17,6 +17,8 @@ class LogitAdjustedLoss(Loss):
     class absent from the training data keeps a finite logit.
     """
 
+    class_counts: torch.Tensor  # required: __init__ refuses None
+
     def __init__(
         self,
         *,

@@ -27,6 +27,8 @@ class SeesawLoss(Loss):
     (samples per class in the training data) in place of its running counts.
     """
 
+    class_counts: torch.Tensor  # required: __init__ refuses None
+
     def __init__(
         self,
         *,

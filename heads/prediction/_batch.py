@@ -121,11 +121,12 @@ def predict_batch(
         }
         _predict_ray(model, out, st, files, settings, runtime, batch_size, ray_kw, overwrite)
     elif files is None:
+        assert st is not None  # required without files
         embs, table = st.embedding_rows(_dims(model), ["id", "path", *_meta(model, st)])
         t = prediction_rows(model, embs, table, settings)
         embedstore.store.write_table(out, t, overwrite=overwrite)
     else:
-        inputs = embedstore.read_inputs(files)
+        inputs = embedstore.read_inputs(list(files))  # a list of str | PathLike | bytes
         t = file_predictions(
             model, st, inputs, settings, device=device, runtime=runtime, batch_size=batch_size
         )
@@ -275,6 +276,7 @@ def _predict_ray(
         "compute": ray.data.ActorPoolStrategy(size=layout.actors),
     }
     if files is None:
+        assert st is not None  # required without files
         columns = ["id", "path", *_meta(model, st), *_dims(model)]
         ds = st.ray_dataset(columns, embedded=list(_dims(model)))
         ds = ds.map_batches(_StorePredictor, fn_constructor_kwargs=common, **pool)

@@ -148,14 +148,16 @@ def predict(
     backbone(s). ``backbones`` (a ``{column: Backbone}`` cache kept across calls) and
     ``resident`` (the store's embeddings held in memory) are what a long-lived caller (the
     service) passes to skip loading. ``runtime`` embeds new images (``auto``: ONNX Runtime on
-    the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives every image of
-    a group one answer from their mean logits (FungiCLEF style: several photos of one specimen):
-    a store column (for stored images), or ``"folder"`` (the image file's folder).
+    the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives
+    every image of a group one answer from their mean logits (FungiCLEF style: several photos of
+    one specimen): a store column (for stored images), or ``"folder"`` (the image file's folder).
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
     model = run if isinstance(run, Predictor) else load(run, device)
-    paths: list[str | bytes] = [p if isinstance(p, bytes) else str(p) for p in (images or [])]
+    paths: list[str | os.PathLike | bytes] = [
+        p if isinstance(p, bytes) else str(p) for p in (images or [])
+    ]
     if images_dir is not None:
         root = Path(images_dir)
         if not root.is_dir():
@@ -260,6 +262,7 @@ def predict_embeddings(
         if cost is not None:
             r.expected_cost = float((probs[row] @ cost)[best])
         if unknown is not None:
+            assert scores is not None  # unknown was decided from them
             r.unknown = bool(unknown[row])
             r.unknown_score = float(scores[row])
             if r.unknown:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ class StoreRef:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+_C = TypeVar("_C", bound="_Config")
 
 
 @dataclass
@@ -78,7 +81,7 @@ class _Config(Mapping):
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> _Config:
+    def from_dict(cls: type[_C], d: Mapping[str, Any]) -> _C:
         names = {f.name for f in dataclasses.fields(cls)} - {"extras"}
         kw = {k: v for k, v in d.items() if k in names}
         kw["store"] = StoreRef(**d.get("store", {"path": ""}))

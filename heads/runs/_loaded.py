@@ -36,7 +36,9 @@ class Predictor(Protocol):
     """
 
     path: Path
-    config: RunConfig | EnsembleConfig
+
+    @property
+    def config(self) -> RunConfig | EnsembleConfig: ...
 
     @property
     def classes(self) -> list[str]: ...
@@ -111,7 +113,8 @@ class Run(_Loaded):
             self.head = cls.from_state(_on_device(config.head_config, self.device), tensors)
         except (KeyError, RuntimeError, ValueError) as e:
             raise HeadsError(
-                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); retrain the run"
+                f"{self.path}: weights do not fit the config ({str(e).splitlines()[0]}); "
+                "retrain the run"
             ) from e
         enc = config.metadata_encoder
         self.encoder = MetadataEncoder.from_state(enc) if enc else None
@@ -231,8 +234,9 @@ class Ensemble(_Loaded):
             have = read_run_config(p).config_sha256
             if want is not None and have != want:
                 raise HeadsError(
-                    f"{self.path}: member {p} changed since the ensemble was made (it was retrained "
-                    "or replaced); re-create the ensemble with `heads ensemble ... --overwrite`"
+                    f"{self.path}: member {p} changed since the ensemble was made "
+                    "(it was retrained or replaced); "
+                    "re-create the ensemble with `heads ensemble ... --overwrite`"
                 )
         self.members = [load(p, device) for p in paths]
         self.weights = np.asarray(config.weights, dtype=np.float64)
@@ -278,12 +282,14 @@ class Ensemble(_Loaded):
 
         Each member scores with its own logits, computed from the same metadata ``table``.
         """
-        parts = []
+        parts: list[np.ndarray] = []
         for m in self.members:
-            if m.threshold is None:
+            t = m.threshold
+            if t is None:
                 continue
             s = m.unknown_scores(embeddings, m.logits(embeddings, table), table)
-            parts.append(s - m.threshold)
+            assert s is not None  # a member with a threshold has a detector
+            parts.append(s - t)
         return None if not parts else np.mean(parts, axis=0)
 
     @property
@@ -296,7 +302,8 @@ class Ensemble(_Loaded):
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Run | Ensemble:
-    """Load a run or an ensemble directory onto ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``).
+    """Load a run or an ensemble directory onto ``device`` (``auto``, ``cpu``, ``cuda[:N]``,
+    ``mps``).
 
     >>> model = heads.load("runs/mlp", device="cpu")
     >>> model.logits({"emb_efficientnet_lite0": X})

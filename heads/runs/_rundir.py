@@ -81,7 +81,8 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     fmt = config.get("format")
     if fmt != RUN_FORMAT:
         raise HeadsError(
-            f"{p}: run format {fmt!r}, this version reads format {RUN_FORMAT}; retrain with this version"
+            f"{p}: run format {fmt!r}, this version reads format {RUN_FORMAT}; "
+            "retrain with this version"
         )
     if config.get("config_sha256") != _checksum(config):
         raise HeadsError(

@@ -6,6 +6,7 @@ ensemble); :class:`heads.Ensemble` loads it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,14 @@ from heads.types import AVERAGES, Average
 
 
 def ensemble(
-    runs: list[str | os.PathLike],
+    runs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     weights: list[float] | str | None = "auto",
     average: Average = "logits",
     calibrate: bool = True,
     overwrite: bool = False,
-    validation: list[str | os.PathLike] | None = None,
+    validation: Sequence[str | os.PathLike] | None = None,
 ) -> EvalResult:
     """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
     (``.run`` is the ensemble's path).
@@ -91,15 +92,21 @@ def ensemble(
         v_vals = [read_val(Path(r)) for r in validation]
         v_temps = [_temperature(v, m) for v, m in zip(v_vals, v_members, strict=True)]
         config.validation = [os.path.relpath(Path(r).resolve(), out.resolve()) for r in validation]
-        v_temps = v_temps if calibrate else None
-        _write_val(out, v_vals, v_members, np.ones(len(validation)), average, v_temps)
+        _write_val(
+            out,
+            v_vals,
+            v_members,
+            np.ones(len(validation)),
+            average,
+            v_temps if calibrate else None,
+        )
     else:
         _write_val(out, vals, members, w, average, temps if calibrate else None)
     write_run_config(out, config)
     return evaluate(out, holdout=True, plots=True)
 
 
-def _check_weights(runs: list[Any], weights: Any, average: str) -> np.ndarray:
+def _check_weights(runs: Sequence[Any], weights: Any, average: str) -> np.ndarray:
     """The members' weights (ones for ``"auto"``, chosen later), checked with ``average``."""
     if not runs:
         raise HeadsError("give at least one run or ensemble directory")
@@ -118,7 +125,7 @@ def _check_weights(runs: list[Any], weights: Any, average: str) -> np.ndarray:
     return w
 
 
-def _load_members(runs: list[Any]) -> list[Any]:
+def _load_members(runs: Sequence[Any]) -> list[Any]:
     """The members, loaded on the CPU; they must share their classes."""
     members = [load(r, "cpu") for r in runs]
     for r, m in zip(runs, members, strict=True):
@@ -162,6 +169,7 @@ def select_weights(
         parts.append(np.exp(z) if average == "probs" else z)
         if y is None:
             y = np.array([index.get(str(x), -1) if x is not None else -1 for x in v["label"][rows]])
+    assert y is not None  # set by the first member (vals[0] exists)
     known = y >= 0
     if not known.any():
         return np.ones(len(vals))

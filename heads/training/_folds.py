@@ -97,7 +97,8 @@ def build_head(head: str, options: dict[str, Any], progress: bool = True) -> Any
             unused.append(k)
     if unused:
         raise HeadsError(
-            f"option(s) {', '.join('--' + u.replace('_', '-') for u in unused)} do not apply to head "
+            f"option(s) {', '.join('--' + u.replace('_', '-') for u in unused)} "
+            "do not apply to head "
             f"{head!r}; its settings are: {', '.join(sorted(params))}"
         )
     if "verbose" in params:
@@ -123,7 +124,8 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
     present = sorted({int(f) for f in data.fold if f >= 0})
     if not present:
         raise HeadsError(
-            f"{data.store_path}: the store has no folds; run `embedstore split --store {data.store_path} --folds 5` first"
+            f"{data.store_path}: the store has no folds; "
+            f"run `embedstore split --store {data.store_path} --folds 5` first"
         )
     if fold == "all":
         return present
@@ -133,7 +135,8 @@ def _folds_to_train(data: FoldData, fold: int | str) -> list[int]:
         raise HeadsError(f"--fold must be a fold number or 'all', not {fold!r}") from None
     if k not in present:
         raise HeadsError(
-            f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} (or use --fold all)"
+            f"fold {k} does not exist; the store has folds {', '.join(map(str, present))} "
+            "(or use --fold all)"
         )
     return [k]
 
@@ -175,6 +178,7 @@ def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None)
     fit_kw: dict[str, Any] = {} if bar is None else {"progress": bar}
     if f.fields_train is not None:
         fit_kw["fields"] = f.fields_train
+        assert f.fields_val is not None  # prepared with fields_train
         fit_kw["fields_val"] = [v[f.known_val] for v in f.fields_val]
     if f.aux_train is not None:
         fit_kw["aux"] = f.aux_train
@@ -182,6 +186,7 @@ def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None)
         fit_kw["X_val"], fit_kw["y_val"] = data.X[f.val_rows][f.known_val], f.y_val[f.known_val]
     X, y = data.X[f.train_rows], f.y_train
     if data.train_views:  # augmentation by the stored views of each image
+        assert data.views is not None  # use_views sets train_views only with views read
         V = data.views[f.train_rows]  # (n, V, D)
         if head_tags(model).takes_views:
             fit_kw["X_views"] = V  # the head draws one of main + views per image and epoch
@@ -225,6 +230,7 @@ def tta_logits(model: Any, data: FoldData, rows: np.ndarray, **kw: Any) -> np.nd
     the logits of the main embedding and of each view, as a loaded run predicts."""
     parts = [data.X[rows]]
     if data.tta_views:
+        assert data.views is not None  # use_views sets tta_views only with views read
         parts += list(data.views[rows].transpose(1, 0, 2))  # V of (n, D)
     z = [np.asarray(model.logits(x, **kw), dtype=np.float64) for x in parts]
     return np.mean(z, axis=0).astype(np.float32)
@@ -279,7 +285,7 @@ def _poisonous_of_class(data: FoldData, f: _Fold) -> list[bool] | None:
     """Per class: are most of its training images poisonous (None without that column)."""
     if not data.poison_column:
         return None
-    pv = aux_matrix(data.table, [data.poison_column], f.train_rows)[:, 0]
+    pv = _flag(data.table, data.poison_column, f.train_rows)
     return [
         bool(np.nanmean(pv[f.y_train == c]) > 0.5)
         if np.isfinite(pv[f.y_train == c]).any()
@@ -335,7 +341,7 @@ def save_fold(
         val_logits,
         val_scores,
         observation=data.table[obs_col][f.val_rows] if obs_col else None,
-        poisonous=aux_matrix(data.table, [poison_col], f.val_rows)[:, 0] if poison_col else None,
+        poisonous=_flag(data.table, poison_col, f.val_rows) if poison_col else None,
     )
     config = RunConfig(
         classes=f.classes.tolist(),
@@ -364,3 +370,10 @@ def save_fold(
         **(extra or {}),
     )
     write_run_config(run_dir, config)
+
+
+def _flag(table: dict[str, np.ndarray], column: str, rows: np.ndarray) -> np.ndarray:
+    """One flag column ``(n,)`` as :func:`aux_matrix` reads it (1.0, 0.0 or nan)."""
+    m = aux_matrix(table, [column], rows)
+    assert m is not None  # one column asked for
+    return m[:, 0]

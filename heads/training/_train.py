@@ -115,8 +115,8 @@ def train(
     ``unknown`` attaches an unknown-class detector calibrated on the validation fold (a name
     from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``).
     An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
-    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that raises
-    from it stops the training between folds: how the service cancels a job).
+    complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that
+    raises from it stops the training between folds: how the service cancels a job).
 
     ``refit`` (with ``fold="all"``) also trains one model on every fold's rows (the held-out part
     stays out) for the median of the folds' best epochs, saved as ``<out>/refit``; it has no
@@ -134,7 +134,7 @@ def train(
     estimator = build_head(head, head_options, progress)
     unknown = DEFAULT_DETECTOR if unknown == "default" else unknown
     detector = build_detector(unknown, head_options.get("device"))
-    refit, ensemble = _refit_settings(estimator, fold, refit, ensemble)
+    refit, members = _refit_settings(estimator, fold, refit, ensemble)
     data = _read_data(store, backbone, [*metadata, *aux_targets], where, views, tta, estimator)
     folds = _folds_to_train(data, fold)
     leaks = holdout_leakage(data)
@@ -168,7 +168,7 @@ def train(
             refit_res = fit_refit(job, stats, work / "refit")
             refit_res.run = str(base / "refit")
         if fold == "all" and (len(runs) > 1 or refit):
-            ens, ens_metrics = _fold_ensemble(job, ensemble, runs, refit)
+            ens, ens_metrics = _fold_ensemble(job, members, runs, refit)
         replace_dir(work, base)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
@@ -191,13 +191,15 @@ def _read_data(
     fuses tokens gets one token per backbone."""
     several = isinstance(backbone, list | tuple) and len(backbone) > 1
     data = load_fold_data(store, backbone, columns, where, views=views is not False or bool(tta))
-    if several and head_tags(estimator).token_fusion and not estimator.get_params()["token_dims"]:
-        estimator.set_params(token_dims=[i.dim for i in data.backbones])
+    sk: Any = estimator  # heads are scikit-learn estimators: get_params / set_params
+    if several and head_tags(estimator).token_fusion and not sk.get_params()["token_dims"]:
+        sk.set_params(token_dims=[i.dim for i in data.backbones])
     use_views(data, views, tta)
     check_finite(data.X, data.ids, data.backbone.column)
     if not any(v is not None for v in data.labels):
         raise HeadsError(
-            f"{data.store_path}: no labelled images; label them by class folders or `embedstore ingest --label-column`"
+            f"{data.store_path}: no labelled images; label them by class folders or "
+            "`embedstore ingest --label-column`"
         )
     return data
 
@@ -214,23 +216,26 @@ def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
         raise HeadsError(f"{base}: --out is a file; give a directory")
     if base.exists() and any(base.iterdir()) and not overwrite:
         raise HeadsError(
-            f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
+            f"{base}: a run is there already; give --overwrite to replace it whole, "
+            "or another --out"
         )
     return base
 
 
 def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult, _FoldStats]:
     """One fold: prepare, fit, calibrate, save, score; what the refit takes from it."""
-    f = prepare_fold(job.data, k, job.metadata, job.aux_targets, job.unknown_label)
+    data = job.data
+    assert data is not None  # train sets it before any fold
+    f = prepare_fold(data, k, job.metadata, job.aux_targets, job.unknown_label)
     model = clone(job.estimator)
     tags = head_tags(model)
     if tags.needs_refit:  # e.g. centroids: the folds score with their training part only
         model.set_params(**tags.fold_settings)
-    fit_s = fit_fold(model, job.data, f, desc if job.progress else None)
+    fit_s = fit_fold(model, data, f, desc if job.progress else None)
     det = None if job.detector is None else clone(job.detector)
-    val_logits, det, val_scores = calibrate_fold(model, det, job.data, f)
+    val_logits, det, val_scores = calibrate_fold(model, det, data, f)
     stats = _fold_stats(model, det, f, val_logits)
-    save_fold(run_dir, model, det, job.data, f, val_logits, val_scores, fit_s, job)
+    save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, job)
     res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
     shown = job.base / run_dir.relative_to(job.work) if run_dir != job.work else job.base
     n_epochs = len(model.training_record().history)
@@ -312,6 +317,7 @@ def fit_refit(job: _Job, stats: list[_FoldStats], run_dir: Path) -> FoldResult:
     """Train the head on every fold's rows for the folds' median best epoch and save it as a
     run in ``run_dir`` (no validation rows: temperature and unknown threshold from the folds)."""
     data, detector = job.data, job.detector
+    assert data is not None  # train sets it before the refit
     f = prepare_fold(data, None, job.metadata, job.aux_targets, job.unknown_label)
     model = clone(job.estimator)
     best = [s.best_epoch for s in stats if s.best_epoch is not None]

@@ -153,6 +153,7 @@ def _defaults(head: str, space: dict[str, Any]) -> dict[str, Any]:
         if name == "label_smoothing":
             out[name] = DEFAULTS[name]
         elif head_defaults[name] is None:  # None: the architecture's default (lr)
+            assert arch is not None  # only neural heads (which have an arch) default to None
             out[name] = BY_NAME[name].default_by_arch[arch]
         else:
             out[name] = head_defaults[name]
@@ -219,7 +220,9 @@ def tune(
     ``views`` and ``tta`` are :func:`heads.train`'s: with views stored, trials and the retrained
     run train on them as augmentation and predict with test-time augmentation unless turned off.
 
-    >>> heads.tune("grocery", head="mlp", trials=30, timeout_s=600, out="runs/mlp-tuned").best_params
+    >>> heads.tune(
+    ...     "grocery", head="mlp", trials=30, timeout_s=600, out="runs/mlp-tuned"
+    ... ).best_params
     """
     if trials < 1:
         raise HeadsError(f"--trials must be >= 1, got {trials}")
@@ -300,7 +303,8 @@ def _tune_out(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
     )
     if base.exists() and (not base.is_dir() or any(base.iterdir())) and not overwrite:
         raise HeadsError(
-            f"{base}: a run is there already; give --overwrite to replace it whole, or another --out"
+            f"{base}: a run is there already; give --overwrite to replace it whole, "
+            "or another --out"
         )
     return base
 
