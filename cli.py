@@ -1,7 +1,7 @@
 """Command line: ``embedstore ...`` and ``heads ...`` (the entry points of pyproject.toml).
 
 This module only declares the two groups and lists their commands; the commands live in
-``cli_commands/`` (one module per concern) and are plain library calls underneath
+``embedstore_cli/`` (one module per concern) and are plain library calls underneath
 (``embedstore.ingest``, ``heads.train`` ...). Exit codes: 0 done; 1 nothing could be done (no
 image ingested or predicted) or a bug (one line; the traceback with ``EMBEDSTORE_DEBUG=1``);
 2 a user error (a bad option, argument, file or store: ``embedstore.errors.UserError``).
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import click
 
-from cli_commands import evaluate, explore, predict, serve, store, train
-from cli_commands._common import CONTEXT, Group
+from embedstore_cli import evaluate, explore, predict, serve, store, train
+from embedstore_cli._common import CONTEXT, Group
 
 
 @click.group(cls=Group, context_settings=CONTEXT)

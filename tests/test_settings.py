@@ -50,7 +50,7 @@ def test_bounds_as_pydantic_keywords():
 
 
 def test_every_head_option_of_the_command_line_is_declared():
-    from cli_commands.train import train_cmd, tune_cmd
+    from embedstore_cli.train import train_cmd, tune_cmd
 
     run_level = {"store", "fold", "backbone", "head", "metadata", "aux_targets", "unknown"}
     run_level |= {"unknown_label", "where", "refit", "ensemble", "views", "tta", "seed"}

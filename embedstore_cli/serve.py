@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 import embedstore
-from cli_commands._common import (
+from embedstore_cli._common import (
     CliUserError,
     device_option,
     options,

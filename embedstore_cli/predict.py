@@ -8,15 +8,15 @@ from typing import Any
 import click
 
 import heads
-from cli_commands._common import (
+from embedstore.types import (
+    ENGINES,
+)
+from embedstore_cli._common import (
     device_option,
     echo_json,
     options,
     ray_options,
     runtime_option,
-)
-from embedstore.types import (
-    ENGINES,
 )
 
 # ``heads predict`` batch mode: a Lance table of predictions, locally or on Ray.

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 import heads
-from cli_commands._common import (
+from embedstore_cli._common import (
     DEVICE,
     Registered,
     backbone_option,
@@ -19,7 +19,7 @@ from cli_commands._common import (
     quiet_option,
     store_option,
 )
-from cli_commands._settings import head_setting_options, setting_option
+from embedstore_cli._settings import head_setting_options, setting_option
 from heads.settings import BY_NAME
 from heads.types import (
     ENSEMBLE_MEMBERS,

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from cli_commands._common import Registered, loss_names
+from embedstore_cli._common import Registered, loss_names
 from heads.settings import SETTINGS
 
 

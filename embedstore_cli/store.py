@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 import embedstore
-from cli_commands._common import (
+from embedstore.types import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    EMB_DTYPES,
+    ENGINES,
+    POOLINGS,
+)
+from embedstore_cli._common import (
     device_option,
     echo_json,
     human_bytes,
@@ -19,13 +26,6 @@ from cli_commands._common import (
     ray_options,
     runtime_option,
     store_option,
-)
-from embedstore.types import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    EMB_DTYPES,
-    ENGINES,
-    POOLINGS,
 )
 
 # How ``embedstore ingest`` embeds: backbones, metadata, decoding limits, commits, engine, views.

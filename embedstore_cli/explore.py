@@ -8,7 +8,11 @@ from typing import Any
 import click
 
 import embedstore
-from cli_commands._common import (
+from embedstore.types import (
+    LOOKUP_INDEXES,
+    MAP_METHODS,
+)
+from embedstore_cli._common import (
     DEVICE,
     backbone_option,
     device_option,
@@ -17,10 +21,6 @@ from cli_commands._common import (
     json_summary_option,
     runtime_option,
     store_option,
-)
-from embedstore.types import (
-    LOOKUP_INDEXES,
-    MAP_METHODS,
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import heads
-from cli_commands._common import (
+from embedstore_cli._common import (
     Registered,
     backbone_option,
     detector_names,
