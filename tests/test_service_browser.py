@@ -167,9 +167,11 @@ def test_every_page_and_static_file_carries_the_security_headers(hostile):
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["referrer-policy"] == "no-referrer"
         assert "<script>" not in r.text and " style=" not in r.text and "onclick" not in r.text
-    js = httpx.get(base + "/static/app.js")
-    assert js.headers["content-type"].startswith("text/javascript")
-    assert "innerHTML" not in js.text and "insertAdjacentHTML" not in js.text
+    for name in ("dom.js", "app.js", "docs.js"):  # the pages' only scripts
+        js = httpx.get(f"{base}/static/{name}")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in js.text, (name, sink)
     assert httpx.get(base + "/static/../_app.py").status_code == 404
     ids = httpx.post(base + "/v1/lookup", json={"ids": [], "k": 1})
     assert ids.headers["x-content-type-options"] == "nosniff"

@@ -13,6 +13,7 @@ from embedstore.errors import NotFound
 STATIC = Path(__file__).resolve().parents[1] / "static"
 # the files served under /static/, with their exact content types
 _FILES = {
+    "dom.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "docs.js": "text/javascript; charset=utf-8",

@@ -1,22 +1,10 @@
 // The species-lookup page. Every string that comes from data (labels, run names, file names,
-// error text) reaches the page through `el` below, as text or through an attribute setter,
-// never parsed as HTML. The page's Content-Security-Policy allows
-// only this file as script. The API key is sent only as a header to this origin.
+// error text) reaches the page through `el` (dom.js), as text or through an attribute setter,
+// never parsed as HTML. The page's Content-Security-Policy allows only this service's script
+// files. The API key is sent only as a header to this origin.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-
-// el("span", {class: "muted"}, "text", child, ...): an element whose children are text nodes
-// (strings) or elements; attributes are set one by one, so no string is ever parsed as HTML.
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 function show(id, ...children) {
   $(id).replaceChildren(...children.filter((c) => c !== null && c !== undefined));

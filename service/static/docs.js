@@ -1,15 +1,5 @@
-// The API reference page: routes from /openapi.json, every string set as text (no innerHTML).
+// The API reference page: routes from /openapi.json, every string set as text (`el`, dom.js).
 "use strict";
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 async function start() {
   const box = document.getElementById("routes");
@@ -24,7 +14,7 @@ async function start() {
     for (const [method, op] of Object.entries(ops)) {
       const codes = Object.keys(op.responses || {}).join(" ");
       rows.push(el("tr", {}, el("td", {class: "method"}, method.toUpperCase()), el("td", {class: "path"}, path),
-        el("td", {}, op.summary || ""), el("td", {class: "muted"}, codes)));
+        el("td", {}, (op.description || op.summary || "").split("\n")[0]), el("td", {class: "muted"}, codes)));
     }
   }
   box.replaceChildren(el("table", {}, el("tr", {}, el("th", {}, "method"), el("th", {}, "path"),
