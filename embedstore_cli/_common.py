@@ -38,6 +38,21 @@ class _Bug(click.ClickException):
         super().__init__(f"internal error ({what}); set EMBEDSTORE_DEBUG=1 for the traceback")
 
 
+# What Ctrl-C leaves, per command; the same command resumes (ingest) or starts again.
+EXIT_INTERRUPTED = 130
+_RESUME = "run the same command again to "
+_INTERRUPTED = {
+    "ingest": "interrupted: the images committed so far are in the store; "
+    + _RESUME
+    + "embed the rest (nothing is embedded twice)",
+    "train": "interrupted: no run was written and an existing one is untouched; "
+    + _RESUME
+    + "train",
+    "tune": "interrupted: no run was written and an existing one is untouched; " + _RESUME + "tune",
+    "": "interrupted: nothing was left half-written; " + _RESUME + "finish",
+}
+
+
 class Group(click.Group):
     """Runs a command: a UserError is one line and exit 2, any other exception (a bug) one
     line and exit 1; with $EMBEDSTORE_DEBUG set both raise, traceback and all."""
@@ -47,6 +62,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: say what was kept and how to go on (not "Aborted!")
+            click.echo(_INTERRUPTED.get(ctx.invoked_subcommand or "", _INTERRUPTED[""]), err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as e:
             if os.environ.get("EMBEDSTORE_DEBUG"):
                 raise

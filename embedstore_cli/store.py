@@ -231,10 +231,7 @@ def info_cmd(store: str | None, as_json: bool) -> None:
             )
     if info.get("folds"):
         f = info["folds"]
-        click.echo(
-            f"folds      {f.get('folds')} (seed {f.get('seed')}, holdout {f.get('holdout')}, "
-            f"group-by {f.get('group_by')})"
-        )
+        click.echo(f"folds      {f.get('folds')} ({_fold_words(f)})")
         if f.get("note"):
             click.echo(f"           warning: {f['note']}")
     s = info["skipped"]
@@ -366,3 +363,16 @@ def split_cmd(store: str | None, as_json: bool, **kw: Any) -> None:
     )
     for n in res["notes"]:
         click.echo(f"  {n}")
+
+
+def _fold_words(f: dict[str, Any]) -> str:
+    """What a split did: ``seed 0; held out 240 images (the split column's ...); no groups``."""
+    held = f.get("holdout_images") or 0
+    if f.get("use_split_column"):
+        part = f"held out {held} images (the split column's test/val)"
+    elif f.get("holdout"):
+        part = f"held out {held} images ({f['holdout']:.0%})"
+    else:
+        part = "nothing held out"
+    groups = f"grouped by {f['group_by']}" if f.get("group_by") else "no groups"
+    return f"seed {f.get('seed')}; {part}; {groups}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import pytest
@@ -169,3 +170,48 @@ def test_a_device_this_machine_lacks_is_a_user_error(tmp_path):
         )
         assert r.exit_code == 2 and "device 'cuda:99' requested but" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_info_says_what_the_split_held_out(photo_store, tmp_path):
+    """After a split that held out a part, `info` says how many images and why (it used to say
+    `holdout 0.0` after --use-split held out 240)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cli import embedstore_cli
+
+    store = tmp_path / "s"
+    shutil.copytree(photo_store, store)
+    out = CliRunner().invoke(embedstore_cli, ["info", "--store", str(store)]).output
+    held = embedstore.connect(store).meta.table_metadata()["folds"]["holdout_images"]
+    assert held > 0 and f"folds      3 (seed 0; held out {held} images (25%); no groups)" in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
+    """Ctrl-C during `heads train` (SIGINT to the real process): one line that says the old run
+    is untouched and the same command starts again, exit 130; not click's bare `Aborted!`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import make_synthetic_store
+
+    st = make_synthetic_store(tmp_path / "s", n_classes=3, per_class=30)
+    embedstore.split(st, folds=3, seed=0)
+    cmd = [sys.executable, "-c", "from cli import heads_cli; heads_cli()", "train"]
+    cmd += ["--store", str(tmp_path / "s"), "--fold", "all", "--head", "mlp", "--epochs", "5000"]
+    cmd += ["--patience", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not list(tmp_path.glob(".run.partial-*/fold0")) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    text = err.decode()
+    assert "interrupted: no run was written" in text and "run the same command again" in text
+    assert "Aborted!" not in text and not (tmp_path / "run").exists()
