@@ -138,6 +138,9 @@ def test_backbones_says_which_are_here(tiny_dino):
         assert re.search(r"efficientnet-lite0\s+here", out) and re.search(
             r"dinov2-giant\s+download", out
         )
+        # a header names the columns; a licence not checked is said to be so, never "-"
+        assert re.match(r"name\s+weights\s+licence\s+source", out)
+        assert re.search(r"clip-vit-b-16\s+download\s+not stated", out) and " - " not in out
     finally:
         embedstore.BACKBONES._items.pop("tiny-here")
 
