@@ -163,6 +163,12 @@ def train_cmd(
         echo_json(res.to_dict())
         return
     nan = float("nan")
+    if res.views["train"] or res.views["tta"]:
+        click.echo(
+            f"views: {', '.join(res.views['train'] or res.views['tta'])} "
+            f"(training: {'yes' if res.views['train'] else 'no'}, "
+            f"TTA: {'yes' if res.views['tta'] else 'no'}; --no-views / --no-tta turn them off)"
+        )
     for m in res.metrics:
         click.echo(
             f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  "

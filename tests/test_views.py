@@ -264,3 +264,21 @@ def test_training_learns_from_the_views(head):
     without = create_head(head, **kw).fit(X, y)
     assert (with_views.predict(Xt) == y).mean() > 0.9
     assert (without.predict(Xt) == y).mean() < 0.5
+
+
+def test_heads_train_says_which_views_it_used(views_store, tmp_path):
+    """The command says that views and TTA were used (only config.json recorded it), and the
+    result's JSON names them."""
+    from click.testing import CliRunner
+
+    from cli import heads_cli
+
+    args = ["train", "--store", str(views_store), "--fold", "0", "--head", "linear"]
+    args += ["--epochs", "2", "--device", "cpu", "--quiet", "--out"]
+    out = CliRunner().invoke(heads_cli, [*args, str(tmp_path / "a")]).output
+    assert "views: flip, crop_tl, crop_tr, crop_bl, crop_br, crop_c (training: yes, TTA: yes" in out
+    off = CliRunner().invoke(heads_cli, [*args, str(tmp_path / "b"), "--no-tta", "--json"])
+    assert json.loads(off.output)["views"] == {
+        "train": ["flip", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_c"],
+        "tta": [],
+    }

@@ -83,6 +83,8 @@ class TrainResult(Result):
     ensemble_metrics: EvalResult | None = None
     warnings: list[str] = field(default_factory=list)
     refit: FoldResult | None = None
+    # the stored views the heads trained on and predict with (test-time augmentation)
+    views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
 
 
 def train(
@@ -175,7 +177,8 @@ def train(
         raise
     if on_fold is not None:
         on_fold(steps, steps)
-    return TrainResult([m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res)
+    views = {"train": list(data.train_views), "tta": list(data.tta_views)}
+    return TrainResult([m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, views)
 
 
 def _read_data(
