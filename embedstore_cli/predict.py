@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -12,6 +13,7 @@ from embedstore.types import (
     ENGINES,
 )
 from embedstore_cli._common import (
+    CliUserError,
     device_option,
     echo_json,
     options,
@@ -104,6 +106,12 @@ def predict_cmd(
             raise click.UsageError("--group-by and --csv do not apply with --out")
         _predict_batch(run, images, as_json, **batch, **kw)
         return
+    folders = [p for p in images if os.path.isdir(p)]
+    if folders:
+        raise CliUserError(
+            f"{folders[0]}: is a folder; give image files, or --images {folders[0]} for every "
+            "image under it"
+        )
     res = heads.predict(run, list(images), **kw)
     if csv_path:
         heads.prediction.write_predictions_csv(res, csv_path)

@@ -215,3 +215,14 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     text = err.decode()
     assert "interrupted: no run was written" in text and "run the same command again" in text
     assert "Aborted!" not in text and not (tmp_path / "run").exists()
+
+
+def test_predict_on_a_folder_names_the_option_that_takes_one(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import heads_cli
+
+    (tmp_path / "photos").mkdir()
+    r = CliRunner().invoke(heads_cli, ["predict", str(tmp_path / "run"), str(tmp_path / "photos")])
+    assert r.exit_code == 2
+    assert f"--images {tmp_path / 'photos'} for every image under it" in r.output
