@@ -249,3 +249,12 @@ def test_the_schema_says_what_each_route_takes_and_answers(served):
         r = c.request("PUT", "/v1/jobs/0")
         assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}
         assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 404
+
+
+def test_uploads_come_back_by_their_file_names(served):
+    with _client(*served) as c:
+        files = [("images", ("my daisy.png", _png(40, 43)))]
+        p = c.post("/v1/predict", files=files, data={"run": "centroid"}).json()
+        assert p[0]["path"] == "my daisy.png"
+        q = c.post("/v1/lookup", files=files, data={"k": "2"}).json()
+        assert q[0]["query"] == "my daisy.png" and len(q[0]["query_id"]) == 64

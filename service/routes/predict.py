@@ -44,14 +44,17 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
     bad = [f"{names[i]}: {r.error}" for i, r in enumerate(res[: len(files)]) if r.error]
     if bad:
         raise BadInput("; ".join(bad))
-    return [r.to_dict() for r in res]
+    out = [r.to_dict() for r in res]
+    for d, name in zip(out, names, strict=False):  # uploads by their file name, not "upload 0"
+        d["path"] = name
+    return out
 
 
 @router.post("/v1/lookup", responses=documented(404, 413), openapi_extra=request_body(LookupBody))
 async def lookup(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
     """Nearest stored images to uploaded images and/or stored ``ids``: what
     ``embedstore lookup --json`` gives, each neighbour with a ``thumbnail`` URL."""
-    body, files, _names = await read_body(request, LookupBody, cap)
+    body, files, names = await read_body(request, LookupBody, cap)
     if not files and not body.ids:
         raise BadInput(_NOTHING)
     state.check_ids(body.ids)
@@ -67,7 +70,10 @@ async def lookup(request: Request, state: StateDep, cap: CapDep) -> list[dict[st
         resident=state.resident(),
         backbones=state.lazy_backbones([info.column]),
     )
-    return [_with_thumbnails(q.to_dict()) for q in res.results]
+    out = [_with_thumbnails(q.to_dict()) for q in res.results]
+    for d, name in zip(out, names, strict=False):  # uploads by their file name
+        d["query"] = name
+    return out
 
 
 def _with_thumbnails(d: dict[str, Any]) -> dict[str, Any]:
