@@ -17,10 +17,10 @@ from tests.fixtures.make_fixture_runs import fixture_embeddings
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 
 
-def _batch(X: np.ndarray) -> embedstore.EmbeddedInputs:
+def _batch(X: np.ndarray) -> embedstore.search.EmbeddedInputs:
     n = len(X)
-    return embedstore.EmbeddedInputs(
-        inputs=[embedstore.Input(f"row{i}", f"{i:064x}") for i in range(n)],
+    return embedstore.search.EmbeddedInputs(
+        inputs=[embedstore.search.Input(f"row{i}", f"{i:064x}") for i in range(n)],
         embeddings={"emb_synthetic": X},
         have={"emb_synthetic": np.ones(n, bool)},
         in_store=np.ones(n, bool),
