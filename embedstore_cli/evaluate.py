@@ -277,3 +277,5 @@ def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
     )
     for n in res.notes:
         click.echo(f"  note: {n}")
+    for w in res.warnings:
+        click.echo(f"  warning: {w}")

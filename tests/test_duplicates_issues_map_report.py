@@ -20,6 +20,7 @@ import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
 from embedstore.explore._duplicates import leaks_of_pair, star_groups
+from heads.evaluation._report import fold_leak_warning
 from tests.conftest import make_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,6 +141,33 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
         embedstore.StoreError, match="no column 'habitat' to colour by; columns: id"
     ):
         embedstore.map_store(st, color="habitat")
+
+
+def test_report_says_the_folds_leak_when_out_of_fold_beats_held_out_by_far(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (6, 16)) * 4.0
+    y = np.repeat(np.arange(6), 40)
+    y_test = np.repeat(np.arange(6), 5)
+    X = centers[np.concatenate([y, y_test])] + rng.normal(0, 1, (270, 16))
+    # the held-out rows lie where the folds put another class: out-of-fold ~1, held-out ~0
+    labels = [f"species_{c}" for c in y] + [f"species_{(c + 1) % 6}" for c in y_test]
+    split = ["train"] * 240 + ["test"] * 30
+    st = make_synthetic_store(
+        tmp_path / "s", X=X.astype(np.float32), labels=labels, extra={"split": split}
+    )
+    embedstore.split(st, folds=3, use_split_column=True, seed=0)
+    heads.train(st, fold="all", head="centroid", out=tmp_path / "r", progress=False)
+    res = heads.report(tmp_path / "r", out=tmp_path / "r.html")
+    (w,) = res.warnings
+    assert "the folds leak" in w and "embedstore split --group-by <column>" in w, w
+    assert "embedstore duplicates" in w
+    page = (tmp_path / "r.html").read_text()
+    assert '<p class="leak">out-of-fold top-1 ' in page and "the folds leak" in page
+    r = CliRunner().invoke(heads_cli, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "  warning: out-of-fold top-1 " in r.output, r.output
+    # a small gap says nothing
+    assert fold_leak_warning({"top1": 0.95}, {"top1": 0.9}) is None
+    assert fold_leak_warning({"top1": 0.95}, None) is None
 
 
 def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
