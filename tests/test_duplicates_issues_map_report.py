@@ -20,6 +20,7 @@ import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
 from embedstore.explore._duplicates import leaks_of_pair, star_groups
+from heads.evaluation._issues import _suspects
 from heads.evaluation._report import fold_leak_warning
 from tests.conftest import make_synthetic_store
 
@@ -143,6 +144,32 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
         embedstore.map_store(st, color="habitat")
 
 
+def test_a_suspect_the_model_agrees_with_says_why_it_is_listed():
+    probs = np.array([[0.33, 0.30, 0.37], [0.1, 0.8, 0.1]])
+    near = {"neighbors": lambda i: []}
+    meta = [{"path": "a.jpg"}, {"path": "b.jpg"}]
+    agree, differ = _suspects(
+        np.array([0, 1]),
+        np.array(["a", "b"]),
+        meta,
+        ["bluebell", "daisy", "tulip"],
+        np.array([2, 0]),
+        probs.argmax(axis=1),
+        np.array([0.37, 0.1]),
+        probs,
+        np.array([False, True]),
+        near,
+    )
+    assert agree.agrees and (agree.runner_up, agree.runner_up_probability) == ("bluebell", 0.33)
+    assert agree.reason == (
+        "the model agrees but is unsure: p 0.37 for tulip, bluebell next at 0.33 "
+        "(low self-confidence, near the decision boundary)"
+    )
+    assert not differ.agrees and differ.reason == (
+        "the model prefers daisy (p 0.80) to the given bluebell (p 0.10)"
+    )
+
+
 def test_report_says_the_folds_leak_when_out_of_fold_beats_held_out_by_far(tmp_path):
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (6, 16)) * 4.0
@@ -210,6 +237,16 @@ def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
     assert len(d["label_issues"]) == 3 and {"given", "suggested", "label_quality"} <= set(
         d["label_issues"][0]
     )
+    # every row listed says why it is suspect; where the model keeps the given label, it says so
+    r = runner.invoke(heads_cli, ["issues", str(tmp_path / "r"), "--top", "100"])
+    listed = r.output.split("most suspect")[1].split("outliers (")[0].splitlines()
+    rows = [x for x in listed if x.startswith("  #")]
+    assert r.exit_code == 0 and rows, r.output
+    for x in rows:
+        given = x.split("given ")[1].split(",")[0]
+        assert ("model agrees but is unsure" in x and "near the decision boundary" in x) or (
+            "model says " in x and f"model says {given} " not in x
+        ), x
     r = runner.invoke(heads_cli, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 0 and "wrote" in r.output, r.output
     page = (tmp_path / "r.html").read_text()

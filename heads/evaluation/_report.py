@@ -460,10 +460,16 @@ def _issues(res: IssuesResult, thumbs: _Thumbs) -> str:
             for n in s.neighbors
         )
         flag = " (flagged)" if s.flagged else ""
+        says = (
+            f"model agrees but is unsure (p = {s.given_probability:.2f}, next "
+            f"<b>{html.escape(s.runner_up)}</b> {s.runner_up_probability:.2f}: near the "
+            "decision boundary"
+            if s.agrees
+            else f"model says <b>{html.escape(s.suggested)}</b> (p = {s.suggested_probability:.2f}"
+        )
         out.append(
             f"<div class='row'><h3>#{s.rank} {html.escape(Path(s.path or s.id).name)}: given "
-            f"<b>{html.escape(s.given)}</b>, model says <b>{html.escape(s.suggested)}</b> "
-            f"(p = {s.suggested_probability:.2f}; label quality {s.label_quality:.3f}{flag})"
+            f"<b>{html.escape(s.given)}</b>, {says}; label quality {s.label_quality:.3f}{flag})"
             f"</h3>{figs}</div>"
         )
     return "".join(out)
