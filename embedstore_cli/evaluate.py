@@ -217,13 +217,19 @@ def issues_cmd(run: str, as_json: bool, **kw: Any) -> None:
         echo_json(res.to_dict())
         return
     click.echo(
-        f"cleanlab flags {res.flagged} of {res.images} validation images of {run}; most suspect:"
+        f"cleanlab flags {res.flagged} of {res.images} validation images of {run}; most suspect "
+        "(lowest probability of their given label):"
     )
     for s in res.label_issues:
         flag = "" if s.flagged else "  (not flagged)"
+        says = (
+            f"model agrees but is unsure (p {s.given_probability:.2f}, next {s.runner_up} "
+            f"{s.runner_up_probability:.2f}: near the decision boundary; "
+            if s.agrees
+            else f"model says {s.suggested} (p {s.suggested_probability:.2f}, "
+        )
         click.echo(
-            f"  #{s.rank} {s.path}: given {s.given}, model says {s.suggested} "
-            f"(p {s.suggested_probability:.2f}, quality {s.label_quality:.3f}){flag}"
+            f"  #{s.rank} {s.path}: given {s.given}, {says}quality {s.label_quality:.3f}){flag}"
         )
     click.echo("outliers (lowest mean similarity to their neighbours):")
     for o in res.outliers[:5]:
@@ -277,3 +283,5 @@ def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
     )
     for n in res.notes:
         click.echo(f"  note: {n}")
+    for w in res.warnings:
+        click.echo(f"  warning: {w}")

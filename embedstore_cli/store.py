@@ -163,15 +163,12 @@ def ingest_cmd(
     if as_json:
         echo_json(s.to_dict())
     else:
-        emb = ", ".join(f"{k}: {v}" for k, v in s.embedded.items())
         click.echo(
             f"{s.files_found} files: {s.new_images} new, {s.already_stored} already stored, "
-            f"{s.duplicates} duplicate names, {s.skipped} skipped; embedded {emb} "
+            f"{s.duplicates} duplicate names, {s.skipped} skipped; embedded {_embedded(s)} "
             f"in {s.seconds} s ({s.images_per_s} img/s on {s.device}, "
             f"{'/'.join(dict.fromkeys(s.runtimes.values()))})"
         )
-        for name, vs in s.views.items():
-            click.echo(f"  views of {name}: " + ", ".join(f"{v}: {n}" for v, n in vs.items()))
         for reason, n in s.skipped_by_reason.items():
             click.echo(f"  skipped {n}: {reason}")
         if s.skipped:
@@ -184,6 +181,19 @@ def ingest_cmd(
     if not s.ok:
         click.echo("error: no image could be ingested; see the reasons above", err=True)
         sys.exit(1)
+
+
+def _embedded(s: embedstore.IngestSummary) -> str:
+    """What an ingest embedded, per backbone: its images, then its views with their counts
+    ("tiny-dino: 0 images + 24 views (flip: 12, crop_c: 12)")."""
+    out = []
+    for name, n in s.embedded.items():
+        vs = s.views.get(name, {})
+        views = ", ".join(f"{v}: {k}" for v, k in vs.items())
+        out.append(
+            f"{name}: {n} images + {sum(vs.values())} views ({views})" if vs else f"{name}: {n}"
+        )
+    return ", ".join(out)
 
 
 @click.command("info")

@@ -212,7 +212,8 @@ TUNE_OPTIONS = options(
         "--timeout-s",
         type=click.FloatRange(0, min_open=True),
         default=None,
-        help="Stop starting trials after this many seconds (a running one stops between folds).",
+        help="Stop the search after this many seconds (a running trial stops between folds); "
+        "the best is then retrained, which takes about one trial more.",
     ),
     click.option(
         "--fold",
@@ -271,6 +272,7 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     """Search a head's learning rate, weight decay, dropout, hidden width, loss and label
     smoothing with Optuna for the best out-of-fold macro-F1, then retrain the best into --out
     (a normal run folder, with trials.csv, trials.json and trials.png beside it).
+    --timeout-s bounds the search; the retrain of the best comes after it.
 
     \b
     Example:
@@ -289,6 +291,13 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
         f"{res.n_trials} trials ({res.n_complete} complete, {res.n_pruned} pruned, "
         f"{res.n_failed} failed) in {res.seconds:.0f} s"
     )
+    if res.timeout_s is not None:
+        click.echo(
+            f"search {'stopped after' if res.seconds >= res.timeout_s else 'took'} "
+            f"{res.seconds:.0f} s (--timeout-s {res.timeout_s:g} bounds the "
+            f"search); retraining the best took {res.retrain_seconds:.0f} s more "
+            f"({res.seconds + res.retrain_seconds:.0f} s in all)"
+        )
     if res.default_macro_f1 is not None:
         click.echo(
             f"default recipe (trial 0): macro-F1 {res.default_macro_f1:.4f}  "

@@ -20,6 +20,8 @@ import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
 from embedstore.explore._duplicates import leaks_of_pair, star_groups
+from heads.evaluation._issues import _suspects
+from heads.evaluation._report import fold_leak_warning
 from tests.conftest import make_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,6 +144,59 @@ def test_map_writes_columns_and_a_png_and_names_bad_columns(tmp_path):
         embedstore.map_store(st, color="habitat")
 
 
+def test_a_suspect_the_model_agrees_with_says_why_it_is_listed():
+    probs = np.array([[0.33, 0.30, 0.37], [0.1, 0.8, 0.1]])
+    near = {"neighbors": lambda i: []}
+    meta = [{"path": "a.jpg"}, {"path": "b.jpg"}]
+    agree, differ = _suspects(
+        np.array([0, 1]),
+        np.array(["a", "b"]),
+        meta,
+        ["bluebell", "daisy", "tulip"],
+        np.array([2, 0]),
+        probs.argmax(axis=1),
+        np.array([0.37, 0.1]),
+        probs,
+        np.array([False, True]),
+        near,
+    )
+    assert agree.agrees and (agree.runner_up, agree.runner_up_probability) == ("bluebell", 0.33)
+    assert agree.reason == (
+        "the model agrees but is unsure: p 0.37 for tulip, bluebell next at 0.33 "
+        "(low self-confidence, near the decision boundary)"
+    )
+    assert not differ.agrees and differ.reason == (
+        "the model prefers daisy (p 0.80) to the given bluebell (p 0.10)"
+    )
+
+
+def test_report_says_the_folds_leak_when_out_of_fold_beats_held_out_by_far(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (6, 16)) * 4.0
+    y = np.repeat(np.arange(6), 40)
+    y_test = np.repeat(np.arange(6), 5)
+    X = centers[np.concatenate([y, y_test])] + rng.normal(0, 1, (270, 16))
+    # the held-out rows lie where the folds put another class: out-of-fold ~1, held-out ~0
+    labels = [f"species_{c}" for c in y] + [f"species_{(c + 1) % 6}" for c in y_test]
+    split = ["train"] * 240 + ["test"] * 30
+    st = make_synthetic_store(
+        tmp_path / "s", X=X.astype(np.float32), labels=labels, extra={"split": split}
+    )
+    embedstore.split(st, folds=3, use_split_column=True, seed=0)
+    heads.train(st, fold="all", head="centroid", out=tmp_path / "r", progress=False)
+    res = heads.report(tmp_path / "r", out=tmp_path / "r.html")
+    (w,) = res.warnings
+    assert "the folds leak" in w and "embedstore split --group-by <column>" in w, w
+    assert "embedstore duplicates" in w
+    page = (tmp_path / "r.html").read_text()
+    assert '<p class="leak">out-of-fold top-1 ' in page and "the folds leak" in page
+    r = CliRunner().invoke(heads_cli, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "  warning: out-of-fold top-1 " in r.output, r.output
+    # a small gap says nothing
+    assert fold_leak_warning({"top1": 0.95}, {"top1": 0.9}) is None
+    assert fold_leak_warning({"top1": 0.95}, None) is None
+
+
 def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
     st = _dup_store(tmp_path / "s", unknown=True)
     embedstore.split(st, folds=3, use_split_column=True, seed=0)
@@ -182,6 +237,16 @@ def test_cli_duplicates_map_issues_report_print_their_results(tmp_path):
     assert len(d["label_issues"]) == 3 and {"given", "suggested", "label_quality"} <= set(
         d["label_issues"][0]
     )
+    # every row listed says why it is suspect; where the model keeps the given label, it says so
+    r = runner.invoke(heads_cli, ["issues", str(tmp_path / "r"), "--top", "100"])
+    listed = r.output.split("most suspect")[1].split("outliers (")[0].splitlines()
+    rows = [x for x in listed if x.startswith("  #")]
+    assert r.exit_code == 0 and rows, r.output
+    for x in rows:
+        given = x.split("given ")[1].split(",")[0]
+        assert ("model agrees but is unsure" in x and "near the decision boundary" in x) or (
+            "model says " in x and f"model says {given} " not in x
+        ), x
     r = runner.invoke(heads_cli, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 0 and "wrote" in r.output, r.output
     page = (tmp_path / "r.html").read_text()

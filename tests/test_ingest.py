@@ -91,6 +91,8 @@ def test_duplicate_bytes_under_two_names_are_one_image(tmp_path, tiny_dino):
     (imgs / "class_0" / "copy.jpg").write_bytes(p.read_bytes())
     s = _ingest(imgs, tmp_path / "s", tiny_dino)
     assert s["new_images"] == 1 and s["duplicates"] == 1
+    again = _ingest(imgs, tmp_path / "s", tiny_dino)  # a re-run counts the duplicate name again
+    assert (again["already_stored"], again["duplicates"], again["files_found"]) == (1, 1, 2)
     t = _rows(tmp_path / "s")
     assert t.num_rows == 1
     assert sorted(t.column("paths")[0].as_py()) == ["class_0/copy.jpg", "class_0/img_0.jpg"]
@@ -99,6 +101,7 @@ def test_duplicate_bytes_under_two_names_are_one_image(tmp_path, tiny_dino):
     s = _ingest(imgs, tmp_path / "s", tiny_dino)
     t = _rows(tmp_path / "s")
     assert t.num_rows == 1 and len(t.column("paths")[0].as_py()) == 3 and s["new_images"] == 0
+    assert (s["already_stored"], s["duplicates"], s["files_found"]) == (1, 2, 3)
 
 
 def test_two_backbones_and_adding_one_later_embeds_only_that(tmp_path, tiny_dino, tiny_clip):

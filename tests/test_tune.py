@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,23 @@ def test_tune_stops_at_the_time_limit_with_the_trials_it_finished(store, tmp_pat
     res = heads.tune(store, head="mlp", trials=200, timeout_s=1.0, out=tmp_path / "r", **FAST)
     assert 1 <= res.n_complete and res.n_trials < 200
     assert (tmp_path / "r" / "config.json").is_file()
+    # the limit bounds the search; the retrain after it is timed apart
+    assert res.timeout_s == 1.0 and res.seconds >= 1.0 and res.retrain_seconds > 0
+
+
+def test_tune_cli_says_what_the_time_limit_bounds(store, tmp_path):
+    r = CliRunner().invoke(heads_cli, ["tune", "--help"])
+    assert "the best is then retrained" in " ".join(r.output.split())
+    args = ["tune", "--store", str(store), "--head", "mlp", "--trials", "50"]
+    args += ["--timeout-s", "0.5", "--epochs", "4", "--device", "cpu", "--quiet"]
+    r = CliRunner().invoke(heads_cli, [*args, "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("search "))
+    assert re.match(
+        r"search stopped after \d+ s \(--timeout-s 0\.5 bounds the search\); "
+        r"retraining the best took \d+ s more \(\d+ s in all\)$",
+        line,
+    ), line
 
 
 def test_tune_bad_input_says_what_to_do(store, tuned, tmp_path):
@@ -140,6 +158,7 @@ def test_heads_tune_cli(store, tmp_path):
     r = CliRunner().invoke(heads_cli, args)
     assert r.exit_code == 0, r.output
     assert "default recipe (trial 0): macro-F1" in r.output and "best (trial" in r.output
+    assert "search took" not in r.output  # no --timeout-s: nothing to say about it
     assert (out / "trials.csv").is_file() and (out / "trials.png").is_file()
     r = CliRunner().invoke(
         heads_cli, ["tune", "--store", str(store), "--head", "knn", "--out", str(tmp_path / "x")]

@@ -118,12 +118,26 @@ def test_adding_views_embeds_only_views_and_new_images_get_them(tmp_path, photos
     assert out.exit_code == 0, out.output
     s = json.loads(out.output)
     assert s["embedded"] == {"tiny-dino": 0} and s["views"] == {"tiny-dino": {"flip": 12}}
+    # every file is counted (all 12 were stored; they got their views)
+    assert (s["files_found"], s["new_images"], s["already_stored"]) == (12, 0, 12)
+    assert s["duplicates"] == 0 and s["skipped"] == 0
     after = _column(store, "emb_tiny_dino")
     assert all(np.array_equal(before[i], after[i]) for i in before)  # main not rewritten
 
-    s = _ingest(imgs, store, tiny_dino, views=["flip", "crops5"])  # only the 5 new views
-    assert s.embedded == {"tiny-dino": 0}
-    assert s.views == {"tiny-dino": {"flip": 0, **dict.fromkeys(VIEWS6[1:], 12)}}
+    out = CliRunner().invoke(  # only the 5 new views; the summary names them with counts
+        embedstore_cli,
+        ["ingest", str(imgs), "--store", str(store), "--backbone", str(tiny_dino)]
+        + ["--views", "flip,crops5", "--workers", "0", "--quiet"],
+    )
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith(
+        "12 files: 0 new, 12 already stored, 0 duplicate names, 0 skipped; embedded "
+        "tiny-dino: 0 images + 60 views (flip: 0, crop_tl: 12, crop_tr: 12, crop_bl: 12, "
+        "crop_br: 12, crop_c: 12) in "
+    ), out.output
+    s = _ingest(imgs, store, tiny_dino, views=["flip", "crops5"])  # nothing left to embed
+    assert s.embedded == {"tiny-dino": 0} and s.already_stored == 12
+    assert set(s.views["tiny-dino"].values()) == {0}
 
     version = embedstore.connect(store).version
     s = _ingest(imgs, store, tiny_dino, views="flip,crops5")  # re-running: a no-op

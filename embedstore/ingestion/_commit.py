@@ -89,6 +89,8 @@ def _embed_rows(
             }
             pending.new.append((row, pos, row_embs))
             stats["new"] += 1
+        else:  # stored, and now has the embeddings (or views) it lacked
+            stats["completed"] += 1
         for c, e in row_embs.items():
             if it["id"] in plan.store_ids:  # a stored image missing some backbone or view
                 pending.updates.setdefault(c, []).append((it["id"], e))
@@ -220,8 +222,10 @@ def summarize(
         store=str(st.path),
         files_found=len(plan.found),
         new_images=stats["new"],
-        already_stored=len(plan.unchanged_ids) + stats["rechecked"],
-        duplicates=stats["duplicates"],
+        # every file found is new, already stored (the first name of a stored image, whether
+        # or not it lacked an embedding or view), a duplicate name, or skipped
+        already_stored=plan.unchanged_files + stats["rechecked"] + stats["completed"],
+        duplicates=stats["duplicates"] + plan.unchanged_duplicates,
         embedded={m.name: stats[f"embedded:{m.name}"] for m in models},
         skipped=len(skipped),
         skipped_by_reason=dict(run_skips),

@@ -92,6 +92,10 @@ class IngestPlan:
     have: dict[str, set[str]]
     work: list[_Work]
     unchanged_ids: set[str]
+    # files left unread: those of a stored image met first (already stored), and further
+    # names of an image met before them (duplicate names), so a re-run counts every file
+    unchanged_files: int = 0
+    unchanged_duplicates: int = 0
     # backbone name -> its augmented views (embedstore.backbones._views): those asked for and
     # those the store holds already; ``have`` also maps each view's column to the ids holding it
     views: dict[str, list[str]] = field(default_factory=dict)
@@ -124,7 +128,7 @@ def plan_ingest(
         st.meta.ensure_embedding_column(m.column, m.dim, dtype, m.describe())
     infos = {i.column: i for i in st.embeddings_info().values()}  # read once, for both below
     views_of = _plan_views(st, infos, models, dtype, views, have)
-    work, unchanged_ids = _work(supported, index, store_ids, have)
+    work, unchanged_ids, unchanged_files, unchanged_dups = _work(supported, index, store_ids, have)
     if work:
         warnings += _precision_warnings(infos, models, have)
     if meta_cols and store_ids:  # refresh metadata (and labels) of images already stored
@@ -143,6 +147,8 @@ def plan_ingest(
         have,
         work,
         unchanged_ids,
+        unchanged_files,
+        unchanged_dups,
         views_of,
     )
 
@@ -193,12 +199,14 @@ def _work(
     index: dict[str, tuple[int, int, str]],
     store_ids: set[str],
     have: dict[str, set[str]],
-) -> tuple[list[_Work], set[str]]:
+) -> tuple[list[_Work], set[str], int, int]:
     """The files to read (unchanged files of stored images that miss an embedding with their
-    known id, once per image) and the ids of unchanged, complete images."""
+    known id, once per image), the ids of unchanged, complete images, and the unchanged files
+    left unread: first names of their image, and further names (duplicate names)."""
     work: list[_Work] = []
     unchanged_ids: set[str] = set()
     queued_ids: set[str] = set()
+    first, duplicates = 0, 0
     for f in supported:
         prev = index.get(f.rel)
         if (
@@ -212,10 +220,14 @@ def _work(
                 work.append(_Work(str(f.path), f.rel, image_id))
                 queued_ids.add(image_id)
             else:
+                if image_id in unchanged_ids or image_id in queued_ids:
+                    duplicates += 1
+                else:
+                    first += 1
                 unchanged_ids.add(image_id)
         else:
             work.append(_Work(str(f.path), f.rel, None))
-    return work, unchanged_ids
+    return work, unchanged_ids, first, duplicates
 
 
 def _plan_views(

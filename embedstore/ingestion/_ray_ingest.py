@@ -407,6 +407,7 @@ def _drain(
                         stats[_stat(m, v)] += 1
                 for r in rels:
                     pending.add_path(image_id, r)
+                stats["completed"] += 1
             else:
                 chunk.add(cols[_FRAGS][k], image_id)
                 stats["new"] += 1

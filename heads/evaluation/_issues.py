@@ -44,7 +44,10 @@ _SHEET_NEIGHBORS = 5
 class Suspect(Result):
     """A validation image whose label is likely wrong: its ``given`` label, the model's
     ``suggested`` one, cleanlab's ``label_quality`` (lower: more suspect) and whether cleanlab's
-    filter ``flagged`` it; ``neighbors``: its 5 nearest stored images."""
+    filter ``flagged`` it; ``neighbors``: its 5 nearest stored images. ``reason`` says why it is
+    suspect: the model prefers another class, or (``agrees``) it keeps the given label but gives
+    it a low probability, with the ``runner_up`` class close behind (near the decision
+    boundary): worth a look, less likely an error."""
 
     rank: int
     id: str
@@ -56,6 +59,20 @@ class Suspect(Result):
     suggested_probability: float
     flagged: bool
     neighbors: list[dict[str, Any]] = field(default_factory=list)
+    agrees: bool = False
+    runner_up: str = ""
+    runner_up_probability: float = 0.0
+    reason: str = ""
+
+
+def _reason(given: str, pg: float, suggested: str, ps: float, runner: str, pr: float) -> str:
+    """Why a row is suspect, in words (:class:`Suspect`)."""
+    if suggested != given:
+        return f"the model prefers {suggested} (p {ps:.2f}) to the given {given} (p {pg:.2f})"
+    return (
+        f"the model agrees but is unsure: p {pg:.2f} for {given}, {runner} next at {pr:.2f} "
+        "(low self-confidence, near the decision boundary)"
+    )
 
 
 @dataclass
@@ -202,22 +219,33 @@ def _suspects(
     flagged: np.ndarray,
     near: dict[str, Any],
 ) -> list[Suspect]:
-    """The likely label errors at ``rows`` (ranked), with their given and suggested labels."""
-    return [
-        Suspect(
+    """The likely label errors at ``rows`` (ranked), with their given and suggested labels and
+    why each is suspect."""
+    out = []
+    for rank, i in enumerate(rows.tolist()):
+        p = probs[i].copy()
+        p[suggested[i]] = -np.inf
+        r = int(p.argmax()) if len(p) > 1 else int(suggested[i])  # the runner-up class
+        pg, ps, pr = (round(float(probs[i, c]), 4) for c in (y[i], suggested[i], r))
+        given, sugg, runner = classes[y[i]], classes[suggested[i]], classes[r]
+        s = Suspect(
             rank + 1,
             str(ids[i]),
             meta[i]["path"],
-            classes[y[i]],
-            classes[suggested[i]],
+            given,
+            sugg,
             round(float(quality[i]), 4),
-            round(float(probs[i, y[i]]), 4),
-            round(float(probs[i, suggested[i]]), 4),
+            pg,
+            ps,
             bool(flagged[i]),
             near["neighbors"](i),
+            agrees=given == sugg,
+            runner_up=runner,
+            runner_up_probability=pr,
+            reason=_reason(given, pg, sugg, ps, runner, pr),
         )
-        for rank, i in enumerate(rows.tolist())
-    ]
+        out.append(s)
+    return out
 
 
 def _outliers(
@@ -423,9 +451,14 @@ def _plot_suspects(
     rows = []
     for s in suspects[:_SHEET_ROWS]:
         m = meta[row_of[s.id]]
+        says = (
+            f"model agrees but is unsure (p={s.given_probability:.2f}, next '{s.runner_up}' "
+            f"{s.runner_up_probability:.2f}: near the decision boundary"
+            if s.agrees
+            else f"model says '{s.suggested}' (p={s.suggested_probability:.2f}"
+        )
         head = (
-            f"#{s.rank}  given '{s.given}', model says '{s.suggested}' "
-            f"(p={s.suggested_probability:.2f}; quality {s.label_quality:.3f}"
+            f"#{s.rank}  given '{s.given}', {says}; quality {s.label_quality:.3f}"
             f"{', flagged by cleanlab' if s.flagged else ''})  -  nearest neighbours:"
         )
         tile = Tile(

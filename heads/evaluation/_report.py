@@ -48,6 +48,7 @@ class ReportResult(Result):
     images_inlined: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also shown on the page (leaking folds)
 
 
 class _Thumbs:
@@ -120,7 +121,10 @@ def report(
     ev = evaluate(path, plots=False, store=store, device=device)
     val = read_val(path)
     scored = score_rows(model, val)
-    sections: list[tuple[str, str, str]] = [("scores", "Scores", _scores(ev.metrics, ev.holdout))]
+    warnings = [w for w in [fold_leak_warning(ev.metrics, ev.holdout)] if w]
+    sections: list[tuple[str, str, str]] = [
+        ("scores", "Scores", _scores(ev.metrics, ev.holdout, warnings))
+    ]
     sections += _closed_set_sections(model, val, scored, top, thumbs)
     sections.append(("unknown", "Unknown detector", _roc(model, val, store, notes)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +161,7 @@ def report(
         thumbs.count,
         round(time.perf_counter() - t0, 3),
         notes,
+        warnings,
     )
 
 
@@ -263,7 +268,27 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _scores(metrics: dict[str, Any], holdout: dict[str, Any] | None) -> str:
+LEAK_GAP = 0.1  # out-of-fold top-1 above held-out top-1 by more than this: folds likely leak
+
+
+def fold_leak_warning(metrics: dict[str, Any], holdout: dict[str, Any] | None) -> str | None:
+    """A warning when the out-of-fold top-1 exceeds the held-out part's by more than
+    ``LEAK_GAP``: the folds likely leak (near-duplicates on both sides of a fold)."""
+    oof, held = metrics.get("top1"), (holdout or {}).get("top1")
+    if not isinstance(oof, float) or not isinstance(held, float) or oof - held <= LEAK_GAP:
+        return None
+    return (
+        f"out-of-fold top-1 {oof:.3f} is {oof - held:.3f} above the held-out part's {held:.3f}: "
+        "a gap this large usually means the folds leak (near-duplicate photos, e.g. one series "
+        "of shots, on both sides of a fold), so the out-of-fold scores are optimistic. "
+        "Find them with `embedstore duplicates`; keep each series in one fold with "
+        "`embedstore split --group-by <column>` (a column naming the series), then retrain"
+    )
+
+
+def _scores(
+    metrics: dict[str, Any], holdout: dict[str, Any] | None, warnings: list[str] | None = None
+) -> str:
     keys = [
         k
         for k in METRIC_NAMES
@@ -283,7 +308,8 @@ def _scores(metrics: dict[str, Any], holdout: dict[str, Any] | None) -> str:
         + (f"<td class='num'>{holdout.get('n')}</td>" if holdout else "")
         + "</tr>"
     )
-    return f"<table>{head}{rows}{n}</table>"
+    notes = "".join(f'<p class="leak">{html.escape(w)}</p>' for w in warnings or [])
+    return f"<table>{head}{rows}{n}</table>{notes}"
 
 
 def _per_class(f1: np.ndarray, model: Predictor) -> str:
@@ -434,10 +460,16 @@ def _issues(res: IssuesResult, thumbs: _Thumbs) -> str:
             for n in s.neighbors
         )
         flag = " (flagged)" if s.flagged else ""
+        says = (
+            f"model agrees but is unsure (p = {s.given_probability:.2f}, next "
+            f"<b>{html.escape(s.runner_up)}</b> {s.runner_up_probability:.2f}: near the "
+            "decision boundary"
+            if s.agrees
+            else f"model says <b>{html.escape(s.suggested)}</b> (p = {s.suggested_probability:.2f}"
+        )
         out.append(
             f"<div class='row'><h3>#{s.rank} {html.escape(Path(s.path or s.id).name)}: given "
-            f"<b>{html.escape(s.given)}</b>, model says <b>{html.escape(s.suggested)}</b> "
-            f"(p = {s.suggested_probability:.2f}; label quality {s.label_quality:.3f}{flag})"
+            f"<b>{html.escape(s.given)}</b>, {says}; label quality {s.label_quality:.3f}{flag})"
             f"</h3>{figs}</div>"
         )
     return "".join(out)

@@ -177,8 +177,10 @@ def train(
         raise
     if on_fold is not None:
         on_fold(steps, steps)
-    views = {"train": list(data.train_views), "tta": list(data.tta_views)}
-    return TrainResult([m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, views)
+    used_views = {"train": list(data.train_views), "tta": list(data.tta_views)}
+    return TrainResult(
+        [m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, used_views
+    )
 
 
 def _read_data(

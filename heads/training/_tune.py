@@ -88,6 +88,9 @@ class TuneResult(Result):
     warnings: list[str] = field(default_factory=list)
     # augmented views used (``ingest --views``): trained on, and averaged at prediction (TTA)
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
+    # ``seconds`` is the search, which ``timeout_s`` bounds; retraining the best comes after it
+    timeout_s: float | None = None
+    retrain_seconds: float = 0.0
 
 
 def search_space(
@@ -213,10 +216,12 @@ def tune(
     one validation fold; then retrain the best with :func:`heads.train` into ``out``.
 
     ``trials`` at most, stopping once ``timeout_s`` seconds have passed (a trial running then is
-    cut short between folds and counted as pruned). ``head_options`` are fixed head settings
-    (``epochs``, ``batch_size``, ``device``, ... ; a searched name given here is fixed and not
-    searched). ``losses`` limits the losses tried (default: every registered loss). ``seed``
-    seeds the sampler and every head, so the same call gives the same trials (on one device).
+    cut short between folds and counted as pruned). ``timeout_s`` bounds the search only: the
+    best is retrained after it, which takes about as long as one trial (``retrain_seconds``).
+    ``head_options`` are fixed head settings (``epochs``, ``batch_size``, ``device``, ... ; a
+    searched name given here is fixed and not searched). ``losses`` limits the losses tried
+    (default: every registered loss). ``seed`` seeds the sampler and every head, so the same
+    call gives the same trials (on one device).
     ``views`` and ``tta`` are :func:`heads.train`'s: with views stored, trials and the retrained
     run train on them as augmentation and predict with test-time augmentation unless turned off.
 
@@ -246,6 +251,7 @@ def tune(
     defaults = _defaults(head, space) if include_default else {}
     study = _run_study(objective, head, trials, timeout_s, seed, defaults, progress)
     seconds = time.perf_counter() - t_start
+    t_retrain = time.perf_counter()
     best = study.best_trial
     default = study.trials[0] if defaults and study.trials[0].state.name == "COMPLETE" else None
     res = train_head(
@@ -263,11 +269,14 @@ def tune(
         **head_options,
         **head_settings(best.params),
     )
+    retrain_seconds = time.perf_counter() - t_retrain
     used = _views_used(data)
     rows = _trial_rows(study.trials, space, used)
     settings = (head, head_options, trials, timeout_s, seed, len(folds), seconds, used)
     files = _write_trials(base, rows, space, best, default, data, *settings)
-    return _tune_result(base, study, default, res, files, seconds, used)
+    out_res = _tune_result(base, study, default, res, files, seconds, used)
+    out_res.timeout_s, out_res.retrain_seconds = timeout_s, round(retrain_seconds, 2)
+    return out_res
 
 
 def _tune_data(
