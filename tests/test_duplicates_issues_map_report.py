@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from embedstore.explore._duplicates import leaks_of_pair, star_groups
+from embedstore.explore._duplicates import _sheet_rows, leaks_of_pair, star_groups
 from tests.conftest import make_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +103,35 @@ def _dup_store(path: Path, n_classes: int = 4, per_class: int = 20, unknown: boo
     split = ["train"] * len(y) + ["test"] * 6
     st = make_synthetic_store(path, X=X, labels=labels, extra={"split": split})
     return st
+
+
+def test_duplicate_sheet_shows_linking_pairs_above_threshold_and_counts_hidden_tiles(tmp_path):
+    # a chain at 0, 20, 40 degrees (0-20 and 20-40 pair at cos 0.94; 0-40 is only 0.77) and a
+    # star of 10 (nine copies at cos 0.93 to the first, 0.86 to each other): 8 tiles are drawn,
+    # and the heading says how many are not
+    ang = np.deg2rad([0.0, 20.0, 40.0])
+    X = np.zeros((13, 16), np.float32)
+    X[:3, 0], X[:3, 1] = np.cos(ang), np.sin(ang)
+    X[3:, 5] = 1.0
+    X[4:, 6:15] = 0.4 * np.eye(9)
+    st = make_synthetic_store(tmp_path / "s", X=X, labels=["a"] * 3 + ["b"] * 10)
+    res = embedstore.find_duplicates(st, threshold=0.9, out=tmp_path / "d")
+    assert sorted(g.size for g in res.groups) == [3, 10]
+    chain = next(g for g in res.groups if g.size == 3)
+    assert min(chain.similarity_to_first) < 0.9  # the third joined through the second
+    sheet = _sheet_rows(res.groups, [{"id": i} for i in _hex_ids(13)], csv_name="duplicates.csv")
+    for head, tiles in sheet:
+        sims = [float(t.caption[2].split()[2]) for t in tiles[1:]]
+        assert min(sims) >= 0.9, (head, [t.caption for t in tiles])
+        assert tiles[0].caption[2] == "#1 first"
+        if "10 images" in head:
+            assert len(tiles) == 8 and "8 shown, +2 more (all in duplicates.csv)" in head
+        else:
+            assert "more" not in head and tiles[2].caption[2].endswith("to #2")
+
+
+def _hex_ids(n: int) -> list[str]:
+    return [f"{i:064x}" for i in range(n)]
 
 
 def test_duplicates_on_a_store_find_copies_and_their_leaks(tmp_path):
