@@ -240,8 +240,9 @@ def plot_roc(
 
     ``curves`` maps a detector name to ``(is_known (N,) bool, scores (N,))`` with higher score =
     more known (the ``score_samples`` convention). The x axis is the fraction of unknowns
-    accepted, the y axis the fraction of knowns accepted; legends give AUROC and FPR@95%TPR
-    (``summaries[name] = (auroc, fpr95)`` when given, e.g. means over several draws).
+    accepted, the y axis the fraction of knowns accepted; legends give the drawn curve's AUROC
+    and FPR@95%TPR, followed by ``summaries[name] = (auroc, fpr95)`` in brackets when given
+    (e.g. means over several draws, of which the curve is one: say which in ``title``).
     """
     from sklearn.metrics import roc_curve
 
@@ -253,12 +254,12 @@ def plot_roc(
         known = np.asarray(is_known, dtype=bool)
         s = np.asarray(scores, dtype=np.float64)
         fpr, tpr, _ = roc_curve(known, s)
+        here = openset_scores(known, s)
+        label = f"{name}: AUROC {here['auroc']:.3f}, FPR95 {here['fpr95']:.3f}"
         if summaries is not None and name in summaries:
             auroc, fpr95 = summaries[name]
-        else:
-            summary = openset_scores(known, s)
-            auroc, fpr95 = summary["auroc"], summary["fpr95"]
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {auroc:.3f}, FPR95 {fpr95:.3f})")
+            label += f" (mean {auroc:.3f}, {fpr95:.3f})"
+        ax.plot(fpr, tpr, linewidth=1.5, label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
