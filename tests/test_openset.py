@@ -108,8 +108,9 @@ def test_flowers12_default_detector_beats_chance_and_energy(flowers_store):
 def test_roc_figure_says_it_draws_the_last_draw_and_its_legend_scores_are_of_the_curves(
     tmp_path, monkeypatch
 ):
-    import heads.evaluation._plots as plots
     from sklearn.metrics import auc
+
+    import heads.evaluation._plots as plots
 
     figs = []
     save = plots._save
