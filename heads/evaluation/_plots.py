@@ -295,7 +295,9 @@ def plot_trials(
     last = max(list(numbers) + [0])
     if done:
         ax.scatter(*zip(*done, strict=True), s=18, color="tab:blue", label="trial", zorder=4)
-        best, xs, ys = -math.inf, [], []
+        best = -math.inf
+        xs: list[float] = []
+        ys: list[float] = []
         for n, v in done:
             best = max(best, v)
             xs.append(n)
