@@ -19,9 +19,11 @@ from PIL import Image, ImageOps
 import embedstore
 import heads
 from cli import embedstore_cli, heads_cli
-from embedstore.explore._duplicates import leaks_of_pair, star_groups
+from embedstore.explore._duplicates import _sheet_rows, leaks_of_pair, star_groups
+from embedstore.explore._map import _GREY, _NONE_GREY, _palette
 from heads.evaluation._issues import _suspects
-from heads.evaluation._report import fold_leak_warning
+from heads.evaluation._report import _CSS, _Thumbs, fold_leak_warning
+from heads.evaluation._report import _duplicates as _report_duplicates
 from tests.conftest import make_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +107,65 @@ def _dup_store(path: Path, n_classes: int = 4, per_class: int = 20, unknown: boo
     split = ["train"] * len(y) + ["test"] * 6
     st = make_synthetic_store(path, X=X, labels=labels, extra={"split": split})
     return st
+
+
+def test_duplicate_sheet_shows_linking_pairs_above_threshold_and_counts_hidden_tiles(tmp_path):
+    # a chain at 0, 20, 40 degrees (0-20 and 20-40 pair at cos 0.94; 0-40 is only 0.77) and a
+    # star of 10 (nine copies at cos 0.93 to the first, 0.86 to each other): 8 tiles are drawn,
+    # and the heading says how many are not
+    ang = np.deg2rad([0.0, 20.0, 40.0])
+    X = np.zeros((13, 16), np.float32)
+    X[:3, 0], X[:3, 1] = np.cos(ang), np.sin(ang)
+    X[3:, 5] = 1.0
+    X[4:, 6:15] = 0.4 * np.eye(9)
+    st = make_synthetic_store(
+        tmp_path / "s", X=X, labels=["a"] * 3 + ["tigerlily-with-a-long-name"] * 10
+    )
+    res = embedstore.find_duplicates(st, threshold=0.9, out=tmp_path / "d")
+    assert sorted(g.size for g in res.groups) == [3, 10]
+    chain = next(g for g in res.groups if g.size == 3)
+    assert min(chain.similarity_to_first) < 0.9  # the third joined through the second
+    sheet = _sheet_rows(res.groups, [{"id": i} for i in _hex_ids(13)], csv_name="duplicates.csv")
+    for head, tiles in sheet:
+        sims = [float(t.caption[2].split()[2]) for t in tiles[1:]]
+        assert min(sims) >= 0.9, (head, [t.caption for t in tiles])
+        assert tiles[0].caption[2] == "#1 first"
+        if "10 images" in head:
+            assert len(tiles) == 8 and "8 shown, +2 more (all in duplicates.csv)" in head
+        else:
+            assert "more" not in head and tiles[2].caption[2].endswith("to #2")
+    # the report's captions say the same, wrap instead of being cut, and count hidden tiles
+    page = _report_duplicates(res, _Thumbs(st), 5)
+    assert "tigerlily-with-a-long-name<br>-<br>#2 sim 0.928 to #1" in page
+    assert "+4 more" in page and "#3 sim 0.940 to #2" in page
+    figcaption = next(r for r in _CSS.split("\n") if r.startswith("figcaption"))
+    assert "nowrap" not in figcaption and "ellipsis" not in figcaption
+
+
+def test_map_palette_gives_twelve_classes_twelve_distinct_hues():
+    def lab(colors):  # sRGB hex -> CIELAB (D65)
+        rgb = np.array([[int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)] for c in colors])
+        rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+        m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+        xyz = rgb @ m.T / np.array([0.95047, 1.0, 1.08883])
+        f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+        return np.stack(
+            [116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1
+        )
+
+    for n in (12, 18):
+        colors = _palette(n)
+        assert len(set(colors)) == n
+        # hue and chroma count, lightness a quarter: a light tint of a colour used already (tab20's
+        # light blue beside its blue, 21.8 apart) reads as the same colour among small dots
+        L = lab([*colors, _GREY, _NONE_GREY]) * np.array([0.25, 1.0, 1.0])
+        d = np.linalg.norm(L[:, None] - L[None], axis=2)[:n]
+        d[np.arange(n), np.arange(n)] = np.inf
+        assert d.min() > (24 if n == 12 else 21), colors
+
+
+def _hex_ids(n: int) -> list[str]:
+    return [f"{i:064x}" for i in range(n)]
 
 
 def test_duplicates_on_a_store_find_copies_and_their_leaks(tmp_path):

@@ -103,3 +103,32 @@ def test_flowers12_default_detector_beats_chance_and_energy(flowers_store):
     assert auroc[DEFAULT_DETECTOR] > 0.85
     assert auroc[DEFAULT_DETECTOR] > auroc["energy"]
     assert "energy-knn *" in format_table(rows)
+
+
+def test_roc_figure_says_it_draws_the_last_draw_and_its_legend_scores_are_of_the_curves(
+    tmp_path, monkeypatch
+):
+    from sklearn.metrics import auc
+
+    import heads.evaluation._plots as plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    X, y = _clusters(seed=2, n_classes=6, per_class=30)
+    rows = openset_arrays(
+        X, y, detectors=["knn", "mahalanobis"], draws=3, device="cpu", roc_png=tmp_path / "r.png"
+    )
+    ax = figs[0].axes[0]
+    title = ax.get_title()
+    assert "draw 3 of 3" in title and "means over the 3 draws" in title
+    assert "mean over 3" not in title  # the old title claimed the curves were the mean
+    means = {r["detector"]: r["auroc"] for r in rows}
+    for line in ax.get_lines():
+        name = line.get_label().split(":")[0]
+        if name not in means:
+            continue  # chance line
+        drawn = auc(line.get_xdata(), line.get_ydata())
+        here = float(line.get_label().split("AUROC ")[1].split(",")[0])
+        assert abs(here - drawn) < 1e-3  # the first number is the drawn curve's
+        assert f"(mean {means[name]:.3f}" in line.get_label()

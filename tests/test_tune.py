@@ -273,3 +273,42 @@ def test_tune_uses_the_stored_views_as_train_does_and_no_views_turns_them_off(
 def test_tune_with_views_on_a_store_without_them_says_how_to_add_them(store, tmp_path):
     with pytest.raises(heads.HeadsError, match="no views of synthetic are stored"):
         heads.tune(store, head="mlp", trials=1, views=True, out=tmp_path / "r", **FAST)
+
+
+def _trials_figure(tmp_path, monkeypatch, **kw):
+    import heads.evaluation._plots as plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    plots.plot_trials(path=tmp_path / "trials.png", **kw)
+    ax = figs[0].axes[0]
+    lines = {ln.get_label().split(" (")[0]: ln for ln in ax.get_lines()}
+    dots = {c.get_label().split(" (")[0]: c for c in ax.collections}
+    return ax, lines, dots
+
+
+def test_trials_plot_one_trial_shows_the_best_line_over_the_default(tmp_path, monkeypatch):
+    _, lines, _ = _trials_figure(
+        tmp_path, monkeypatch, numbers=[0], values=[0.9], pruned=[None], default=0.9
+    )
+    best, default = lines["best so far"], lines["default recipe"]
+    assert len(set(best.get_xdata())) >= 2  # a segment, not a single invisible point
+    assert best.get_zorder() > default.get_zorder()
+
+
+def test_trials_plot_pruned_trials_are_not_drawn_as_scores(tmp_path, monkeypatch):
+    ax, lines, dots = _trials_figure(
+        tmp_path,
+        monkeypatch,
+        numbers=[0, 1, 2],
+        values=[0.9615, None, 0.9],
+        pruned=[None, 0.98, None],
+        default=0.9615,
+    )
+    assert max(lines["best so far"].get_ydata()) == pytest.approx(0.9615)
+    assert max(dots["trial"].get_offsets()[:, 1]) == pytest.approx(0.9615)
+    cut = dots["pruned"]
+    assert list(cut.get_offsets()[:, 0]) == [1]
+    assert cut.get_offset_transform() != ax.transData  # a strip at the bottom, in axes units
+    assert all(y < 0.1 for y in cut.get_offsets()[:, 1])  # not at its partial 0.98

@@ -215,7 +215,10 @@ class DuplicatePair(Result):
 class DuplicateGroup(Result):
     """Near-duplicates of the group's first image. ``similarity``: the group's best pair;
     ``leaks``: every kind of leak among its pairs. Member lists are aligned;
-    ``similarity_to_first`` is each member's cosine similarity to the first member."""
+    ``similarity_to_first`` is each member's cosine similarity to the first member (below the
+    threshold for a member that joined through another member). ``linked_to``: the earlier
+    member each one pairs with (the first when it does, else its most similar partner; None
+    for the first), at ``similarity_to_link`` (at or above the threshold)."""
 
     group: int
     size: int
@@ -227,6 +230,19 @@ class DuplicateGroup(Result):
     splits: list[str | None]
     folds: list[int | None]
     similarity_to_first: list[float]
+    linked_to: list[int | None] = field(default_factory=list)
+    similarity_to_link: list[float | None] = field(default_factory=list)
+
+    def link_caption(self, i: int) -> str:
+        """``#1 first``, ``#3 sim 0.951 to #1``: member ``i``'s number and the pair that puts it
+        in the group (at or above the threshold, unlike its similarity to the first)."""
+        if i == 0:
+            return "#1 first"
+        j = self.linked_to[i] if i < len(self.linked_to) else None
+        s = self.similarity_to_link[i] if i < len(self.similarity_to_link) else None
+        if j is None or s is None:  # no pair inside the group was found (not expected)
+            return f"#{i + 1} sim {self.similarity_to_first[i]:.3f} to #1"
+        return f"#{i + 1} sim {s:.3f} to #{j + 1}"
 
 
 @dataclass
@@ -409,7 +425,9 @@ def _groups(
     group_of = {int(m): g for g, comp in enumerate(comps) for m in comp}
     best = [0.0] * len(comps)
     leaks: list[set[str]] = [set() for _ in comps]
+    pair_sim: dict[tuple[int, int], float] = {}
     for a, b, p in zip(pairs.first.tolist(), pairs.second.tolist(), pair_objs, strict=True):
+        pair_sim[(a, b)] = pair_sim[(b, a)] = p.similarity
         g = group_of[a]
         if group_of[b] != g:
             continue  # a pair across two groups: counted in the leakage totals, not in a group
@@ -419,6 +437,7 @@ def _groups(
     for g, comp in enumerate(comps):
         V = l2_normalize(X[comp])  # (m, d)
         sim0 = (V @ V[0]).tolist()
+        links = _links(comp, pair_sim)
         out.append(
             DuplicateGroup(
                 group=0,
@@ -431,11 +450,30 @@ def _groups(
                 splits=[rows[m].get("split") for m in comp],
                 folds=[rows[m].get("fold") for m in comp],
                 similarity_to_first=[round(float(s), 4) for s in sim0],
+                linked_to=[j for j, _ in links],
+                similarity_to_link=[None if v is None else round(v, 4) for _, v in links],
             )
         )
     out.sort(key=lambda d: (_severity(d.leaks), -d.similarity, -d.size))
     for i, d in enumerate(out, 1):
         d.group = i
+    return out
+
+
+def _links(
+    comp: list[int], pair_sim: dict[tuple[int, int], float]
+) -> list[tuple[int | None, float | None]]:
+    """Per member of a group: the earlier member it pairs with (the first when it does, else
+    the most similar one) and that pair's similarity; ``(None, None)`` for the first.
+    :func:`star_groups` adds a member after the partner it joins through, so one exists."""
+    out: list[tuple[int | None, float | None]] = [(None, None)]
+    for i, m in enumerate(comp[1:], 1):
+        if (comp[0], m) in pair_sim:
+            out.append((0, pair_sim[(comp[0], m)]))
+            continue
+        cands = [(pair_sim[(comp[j], m)], j) for j in range(i) if (comp[j], m) in pair_sim]
+        s, j = max(cands, key=lambda c: (c[0], -c[1])) if cands else (None, None)
+        out.append((j, s))
     return out
 
 
@@ -475,38 +513,48 @@ def _write_csv(
 def _plot_groups(
     path: Path, groups: list[DuplicateGroup], rows: list[dict[str, Any]], res: DuplicatesResult
 ) -> Path:
-    by_id = {r["id"]: r for r in rows}
-    sheet = []
-    for g in groups:
-        head = f"group {g.group}: {g.size} images, best similarity {g.similarity:.3f}"
-        if g.leaks:
-            head += "   LEAK: " + ", ".join(g.leaks)
-        tiles = []
-        for i in range(min(g.size, _TILES_PER_GROUP)):
-            r = by_id[g.ids[i]]
-            part = _part(g.splits[i], g.folds[i])
-            held = g.folds[i] == HOLDOUT or g.splits[i] == "test"
-            tiles.append(
-                Tile(
-                    load_thumbnail(r.get("root"), r.get("path")),
-                    [
-                        str(g.labels[i]),
-                        part,
-                        "first" if i == 0 else f"sim {g.similarity_to_first[i]:.3f}",
-                    ],
-                    _HELD_OUT_COLOR if held else _TRAIN_COLOR,
-                )
-            )
-        sheet.append((head, tiles))
+    sheet = _sheet_rows(groups, rows, csv_name=Path(res.csv).name if res.csv else None)
     if not sheet:
         sheet = [(f"no near-duplicates at similarity >= {res.threshold}", [])]
     leak = ", ".join(f"{k} {v}" for k, v in res.leakage.items() if v) or "none"
     title = (
         f"{res.groups_found} near-duplicate groups ({res.pairs_found} pairs, cosine >= "
         f"{res.threshold}) in {res.images} images; leaking pairs: {leak}. "
-        "Orange border: held-out / test; blue: training"
+        "Orange border: held-out / test; blue: training. Tiles are numbered; "
+        "'sim 0.93 to #1' is the pair that puts a tile in its group"
     )
     return contact_sheet(sheet, path, title=title)
+
+
+def _sheet_rows(
+    groups: list[DuplicateGroup], rows: list[dict[str, Any]], csv_name: str | None = None
+) -> list[tuple[str, list[Tile]]]:
+    """One contact-sheet row per group: up to :data:`_TILES_PER_GROUP` tiles, each captioned
+    with the pair that links it into the group (always at or above the threshold), and a
+    heading that says how many members are not shown."""
+    by_id = {r["id"]: r for r in rows}
+    sheet = []
+    for g in groups:
+        shown = min(g.size, _TILES_PER_GROUP)
+        head = f"group {g.group}: {g.size} images, best similarity {g.similarity:.3f}"
+        if shown < g.size:
+            where = f" (all in {csv_name})" if csv_name else ""
+            head += f"; {shown} shown, +{g.size - shown} more{where}"
+        if g.leaks:
+            head += "   LEAK: " + ", ".join(g.leaks)
+        tiles = []
+        for i in range(shown):
+            r = by_id[g.ids[i]]
+            held = g.folds[i] == HOLDOUT or g.splits[i] == "test"
+            tiles.append(
+                Tile(
+                    load_thumbnail(r.get("root"), r.get("path")),
+                    [str(g.labels[i]), _part(g.splits[i], g.folds[i]), g.link_caption(i)],
+                    _HELD_OUT_COLOR if held else _TRAIN_COLOR,
+                )
+            )
+        sheet.append((head, tiles))
+    return sheet
 
 
 def _part(split: str | None, fold: int | None) -> str:

@@ -298,15 +298,17 @@ def _categorical(
     return legend
 
 
+# tab10 without its grey, then colours picked greedily for the largest CIELAB distance (hue and
+# chroma weighted over lightness) to those before them and to the greys: a light tint of a
+# colour already used (tab20's second half) reads as the same colour in a cloud of small dots.
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#f032e6", "#637939", "#000080", "#008856", "#9a6324", "#f6a600", "#e68fac",
+    "#882d17", "#4363d8",
+)  # fmt: skip
+
+
 def _palette(n: int) -> list[str]:
-    """``n`` distinct colours, none grey (grey is for the values not named): tab20's strong
-    colours first, then its light ones."""
-    from matplotlib import colormaps
-
-    tab20 = colormaps["tab20"]
-    order = [i for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]  # 14-15 grey
-    return [_hex(tab20(order[i % len(order)])) for i in range(n)]
-
-
-def _hex(rgba: tuple[float, ...]) -> str:
-    return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
+    """``n`` well-separated colours, none grey (grey is for the values not named); the most
+    distinct first, so 12 classes get 12 different hues."""
+    return [_PALETTE[i % len(_PALETTE)] for i in range(n)]

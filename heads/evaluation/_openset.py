@@ -73,7 +73,8 @@ def openset_arrays(
     the head whose ``logits`` feed the logit detectors, built with ``head_kwargs``
     (``epochs=30``, ``seed`` and ``device`` by default when it takes them); it is only trained
     when a detector that reads logits is asked for. ``roc_png``: ROC curves of the last draw, the
-    legend giving the means over draws (as the table). ``progress``: a bar over the draws.
+    legend giving that draw's scores and the means over draws (as the table) in brackets.
+    ``progress``: a bar over the draws.
 
     Returns one dict per detector, best AUROC first: ``detector``, ``needs``, ``auroc``,
     ``fpr95`` (means over draws), ``auroc_std``, ``fpr95_std`` (population std), ``draws``.
@@ -114,8 +115,7 @@ def openset_arrays(
             curves[n] = (is_known, scores)
     rows = [_summary(n, needs[n], per_draw[n], int(draws)) for n in names]
     if roc_png is not None:
-        means = {r["detector"]: (r["auroc"], r["fpr95"]) for r in rows}
-        plot_roc(curves, roc_png, summaries=means, title=f"mean over {int(draws)} draw(s)")
+        plot_roc(curves, roc_png, **_roc_labels(rows, int(draws), held))
     return sorted(rows, key=lambda r: (-r["auroc"], r["detector"]))
 
 
@@ -145,6 +145,19 @@ def _check_settings(
             f"valid detectors: {', '.join(valid)}"
         )
     return names
+
+
+def _roc_labels(rows: list[dict[str, Any]], draws: int, held: np.ndarray) -> dict[str, Any]:
+    """Title (and legend means) of the ROC figure, which draws the last draw's curves."""
+    names = sorted(str(c) for c in held)
+    unknown = ", ".join(names) if len(names) <= 4 else f"{len(names)} classes"
+    if draws == 1:
+        return {"title": f"one draw (unknown: {unknown})"}
+    return {
+        "summaries": {r["detector"]: (r["auroc"], r["fpr95"]) for r in rows},
+        "title": f"curves and scores: draw {draws} of {draws} (unknown: {unknown})\n"
+        f"in brackets: means over the {draws} draws",
+    }
 
 
 def _summary(name: str, needs: str, draws: list[dict[str, float]], n: int) -> dict[str, Any]:

@@ -240,8 +240,9 @@ def plot_roc(
 
     ``curves`` maps a detector name to ``(is_known (N,) bool, scores (N,))`` with higher score =
     more known (the ``score_samples`` convention). The x axis is the fraction of unknowns
-    accepted, the y axis the fraction of knowns accepted; legends give AUROC and FPR@95%TPR
-    (``summaries[name] = (auroc, fpr95)`` when given, e.g. means over several draws).
+    accepted, the y axis the fraction of knowns accepted; legends give the drawn curve's AUROC
+    and FPR@95%TPR, followed by ``summaries[name] = (auroc, fpr95)`` in brackets when given
+    (e.g. means over several draws, of which the curve is one: say which in ``title``).
     """
     from sklearn.metrics import roc_curve
 
@@ -253,12 +254,12 @@ def plot_roc(
         known = np.asarray(is_known, dtype=bool)
         s = np.asarray(scores, dtype=np.float64)
         fpr, tpr, _ = roc_curve(known, s)
+        here = openset_scores(known, s)
+        label = f"{name}: AUROC {here['auroc']:.3f}, FPR95 {here['fpr95']:.3f}"
         if summaries is not None and name in summaries:
             auroc, fpr95 = summaries[name]
-        else:
-            summary = openset_scores(known, s)
-            auroc, fpr95 = summary["auroc"], summary["fpr95"]
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {auroc:.3f}, FPR95 {fpr95:.3f})")
+            label += f" (mean {auroc:.3f}, {fpr95:.3f})"
+        ax.plot(fpr, tpr, linewidth=1.5, label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
@@ -280,20 +281,29 @@ def plot_trials(
     title: str | None = None,
     ylabel: str = "out-of-fold macro-F1",
 ) -> Path:
-    """A hyper-parameter search: each finished trial's objective (dots), each pruned trial's
-    last running value (grey crosses), the best so far (a step line) and the default recipe
-    (a dashed line, when given). The y axis starts at 0, as the other score plots do."""
+    """A hyper-parameter search: each finished trial's objective (dots), the best so far (a step
+    line drawn over the default recipe's dashed line, carried on to the last trial) and each
+    pruned trial as a grey cross in a strip at the bottom: a pruned trial has no score (its
+    running value over the folds it ran is not comparable to a finished one's). The y axis
+    starts at 0, as the other score plots do."""
+    from matplotlib.transforms import blended_transform_factory
+
     fig = _figure(7.0, 4.2)
     ax = fig.add_subplot()
     done = [(n, v) for n, v in zip(numbers, values, strict=True) if v is not None]
-    cut = [(n, v) for n, v in zip(numbers, pruned, strict=True) if v is not None]
+    cut = [n for n, v in zip(numbers, pruned, strict=True) if v is not None]
+    last = max(list(numbers) + [0])
     if done:
-        ax.scatter(*zip(*done, strict=True), s=18, color="tab:blue", label="trial", zorder=3)
-        best, xs, ys = -math.inf, [], []
+        ax.scatter(*zip(*done, strict=True), s=18, color="tab:blue", label="trial", zorder=4)
+        best = -math.inf
+        xs: list[float] = []
+        ys: list[float] = []
         for n, v in done:
             best = max(best, v)
             xs.append(n)
             ys.append(best)
+        xs.append(max(last, xs[-1]) + 0.5)  # on to the last trial, so one trial shows a line
+        ys.append(ys[-1])
         ax.step(
             xs,
             ys,
@@ -301,14 +311,19 @@ def plot_trials(
             color="tab:red",
             linewidth=1.5,
             label=f"best so far ({ys[-1]:.4f})",
+            zorder=3,
         )
     if cut:
+        strip = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(
-            *zip(*cut, strict=True),
-            s=18,
+            cut,
+            [0.04] * len(cut),
+            s=24,
             marker="x",
-            color="0.6",
-            label="pruned (running mean at the stop)",
+            color="0.45",
+            transform=strip,
+            label="pruned (stopped early: no score)",
+            zorder=4,
         )
     if default is not None:
         ax.axhline(
@@ -317,10 +332,15 @@ def plot_trials(
             linestyle="--",
             linewidth=1,
             label=f"default recipe ({default:.4f})",
+            zorder=2,
         )
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered 0, 1, 2 ...
+    if len(numbers) <= 12:
+        ax.set_xticks(sorted(set(numbers)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered 0, 1, 2 ...
+    ax.set_xlim(min(list(numbers) + [0]) - 0.5, last + 0.5)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("trial")
     ax.set_ylabel(ylabel)

@@ -215,10 +215,10 @@ _CSS = (
     "figure img,.noimg{width:112px;height:112px;object-fit:cover;border-radius:3px;"
     "display:block;background:#e5e5e5}\n"
     ".noimg{line-height:112px;text-align:center;color:#888;font-size:12px}\n"
-    "figcaption{font-size:11px;color:#444;overflow:hidden;text-overflow:ellipsis;"
-    "white-space:nowrap}\n"
+    "figcaption{font-size:11px;line-height:1.25;color:#444;overflow-wrap:anywhere}\n"
     ".row{background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px 10px;"
     "margin:8px 0}\n"
+    ".more{color:#666;font-size:12px}\n"
     ".row h3{font-size:14px;margin:0 0 6px;font-weight:600} .leak{color:#b02020;"
     "font-weight:600}\n"
     ".suspect img{outline:3px solid #d62728;outline-offset:-3px} .note{color:#666;"
@@ -488,13 +488,15 @@ def _duplicates(res: embedstore.DuplicatesResult, thumbs: _Thumbs, top: int) -> 
         figs = "".join(
             thumbs.img(
                 g.ids[i],
-                html.escape(
-                    f"{g.labels[i]} · {g.splits[i] or '-'} · "
-                    f"{'first' if i == 0 else f'{g.similarity_to_first[i]:.3f}'}"
+                "<br>".join(
+                    html.escape(t)
+                    for t in (str(g.labels[i]), g.splits[i] or "-", g.link_caption(i))
                 ),
             )
             for i in range(min(g.size, 6))
         )
+        if g.size > 6:
+            figs += f"<span class='more'>+{g.size - 6} more</span>"
         leaks = f" <span class='leak'>leak: {', '.join(g.leaks)}</span>" if g.leaks else ""
         out.append(
             f"<div class='row'><h3>group {g.group}: {g.size} images, best similarity "
