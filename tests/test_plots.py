@@ -14,6 +14,7 @@ import embedstore
 import heads
 from heads.evaluation import _plots
 from heads.evaluation._evaluate import class_image_counts
+from heads.evaluation._report import _per_class as _per_class_table
 from heads.runs._config import read_run_config
 from tests.conftest import make_synthetic_store
 
@@ -63,6 +64,9 @@ def test_a_fold_ensemble_counts_each_class_whole(tmp_path, figures):
     names = heads.load(tmp_path / "r").classes
     assert shown == {f"{n} ({int(c)})" for n, c in zip(names, total, strict=True)}
     assert "training images (all folds) in brackets" in ax.get_title()
+    table = _per_class_table(np.linspace(0.5, 1.0, len(names)), heads.load(tmp_path / "r"))
+    assert "<th>training images (all folds)</th>" in table  # the report's table counts the same
+    assert all(f"<td class='num'>{int(c)}</td>" in table for c in total)
 
 
 def test_the_bars_legend_is_clear_of_bars_at_f1_one(tmp_path, figures):
