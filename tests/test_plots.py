@@ -120,3 +120,13 @@ def test_curves_whole_epochs_and_a_validation_axis_on_the_data(tmp_path, figures
     top1 = [row["val_top1"] for row in history]
     assert lo <= min(top1) and max(top1) <= hi <= 1.01
     assert lo > 0.8  # scores between 0.86 and 0.97 fill the panel, not a 0-1 axis
+
+
+def test_a_long_tail_log_axis_reads_1_10_100(tmp_path, figures):
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 500, 40)  # a class with no image is drawn at 1
+    counts[0] = 0
+    _plots.plot_per_class(rng.random(40), counts, [f"c{i}" for i in range(40)], tmp_path / "p.png")
+    ax = figures["p.png"].axes[0]
+    shown = [t for t in _tick_texts(ax.xaxis) + _tick_texts(ax.xaxis, minor=True) if t]
+    assert shown == ["1", "10", "100"], shown  # not 1.0, 10.0 nor 10^1; no minor labels
