@@ -262,10 +262,10 @@ def _annotate_apart(
     for text, x, y in labels:
         tries = []
         for i, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            ha = "left" if dx > 0 else "right"
             probe = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7
+                text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=7
             )
-            probe.set_ha("left" if dx > 0 else "right")
             box = probe.get_window_extent(renderer)  # the text alone: no leader line yet
             probe.remove()
             outside = box.width * box.height - _overlap(box, inside)
