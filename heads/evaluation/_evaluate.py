@@ -28,8 +28,8 @@ from heads._metrics import (
     per_class_f1,
 )
 from heads.evaluation._plots import plot_confusion, plot_per_class
-from heads.runs._config import EnsembleConfig, RunConfig
-from heads.runs._loaded import Predictor, load
+from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
+from heads.runs._loaded import Predictor, load, resolve_member
 from heads.runs._rundir import read_val
 
 # What each score means (``heads eval --help`` and the README print these).
@@ -177,16 +177,18 @@ def evaluate(
         str(path), cfg.kind, cfg.head if isinstance(cfg, RunConfig) else None, _public(res)
     )
     name = _plot_name(path, model)
+    counts, counted = class_image_counts(path, model) if plots else (model.train_counts, "")
     if plots and res["n_known"]:
         y, p = _known_pairs(res)
         f1 = per_class_f1(y, p, len(model.classes))
         out.per_class_png = str(
             plot_per_class(
                 f1,
-                model.train_counts,
+                counts,
                 model.classes,
                 path / "per_class.png",
                 title=f"{name}, validation part (out-of-fold)",
+                counts_label=counted,
             )
         )
         out.confusion_png = str(
@@ -205,15 +207,38 @@ def evaluate(
                 out.holdout_per_class_png = str(
                     plot_per_class(
                         per_class_f1(y, p, len(model.classes)),
-                        model.train_counts,
+                        counts,
                         model.classes,
                         path / "holdout_per_class.png",
                         title=f"{name}, held-out part",
+                        counts_label=counted,
                     )
                 )
     if plots:
         (path / "eval.json").write_text(json.dumps(out.to_dict(), indent=2, default=str))
     return out
+
+
+def class_image_counts(path: Path, model: Predictor) -> tuple[np.ndarray, str]:
+    """Per class, the images the per-class plots count, and what to call them: a run's
+    training images; for an ensemble, the class's images in all its members' training folds
+    (a fold ensemble of 5 whose folds each trained on 48 of a class's 60 images shows 60)."""
+    if not isinstance(model.config, EnsembleConfig):
+        return model.train_counts, "training images"
+    return _training_part_counts(path, model.classes), "training images (all folds)"
+
+
+def _training_part_counts(path: Path, classes: list[str]) -> np.ndarray:
+    """A run's training plus validation images per class (the folds it was split from); for
+    an ensemble, the most over its members."""
+    cfg = read_run_config(path)
+    if isinstance(cfg, EnsembleConfig):
+        members = [resolve_member(path, m) for m in cfg.members]
+        return np.max([_training_part_counts(m, classes) for m in members], axis=0)
+    index = {c: i for i, c in enumerate(classes)}
+    val = [index[lab] for lab in read_val(path)["label"] if lab in index]
+    counts = np.asarray(cfg.train_counts, dtype=np.float64)
+    return counts + np.bincount(np.asarray(val, dtype=np.int64), minlength=len(classes))
 
 
 def _known_pairs(res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

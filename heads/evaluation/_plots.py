@@ -46,12 +46,16 @@ def plot_per_class(
     path: str | os.PathLike[str],
     n_annotate: int = 5,
     title: str | None = None,
+    counts_label: str = "training images",
 ) -> Path:
     """Scatter of per-class F1 against training images per class (log x axis).
 
     The ``n_annotate`` worst classes (lowest F1; among equal F1 the better-represented class
-    first, since a frequent class that fails is the surprising one) are labelled by name.
-    Classes with no training image are drawn at x = 1. The dashed line is the mean (macro) F1.
+    first, since a frequent class that fails is the surprising one) are labelled by name, the
+    labels placed clear of each other and of the legend. Classes with no training image are
+    drawn at x = 1. The dashed line is the mean (macro) F1. ``counts_label`` says what
+    ``train_counts`` counts (e.g. an ensemble's images in all its training folds); with balanced
+    classes the figure is sorted bars instead, each class's count in brackets after its name.
     """
     f1 = np.asarray(f1, dtype=np.float64)
     counts = np.asarray(train_counts, dtype=np.float64)
@@ -62,7 +66,7 @@ def plot_per_class(
         )
     x = np.maximum(counts, 1.0)
     if x.max() / x.min() < 4.0 and f1.size <= 60:  # no real long tail: a scatter says nothing
-        return _plot_per_class_bars(f1, counts, class_names, path, title)
+        return _plot_per_class_bars(f1, counts, class_names, path, title, counts_label)
 
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
@@ -70,27 +74,15 @@ def plot_per_class(
     ax.axhline(
         f1.mean(), color="grey", linestyle="--", linewidth=1, label=f"mean F1 {f1.mean():.3f}"
     )
-    ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1 ...
+    _plain_log_x(ax)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("training images per class (log scale)")
+    ax.set_xlabel(f"{counts_label} per class (log scale)")
     ax.set_ylabel("per-class F1")
     ax.set_title(_titled(title, f"per-class F1 vs. training class frequency ({f1.size} classes)"))
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right")
-
+    legend = ax.legend(loc="lower right")
     worst = np.lexsort((-x, f1))[: max(0, n_annotate)]
-    for rank, i in enumerate(worst):
-        ax.annotate(
-            str(class_names[i]),
-            (x[i], f1[i]),
-            xytext=(6, 6 + 9 * (rank % 3)),
-            textcoords="offset points",
-            fontsize=7,
-            arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "0.4"},
-        )
+    _annotate_apart(fig, ax, [(str(class_names[i]), x[i], f1[i]) for i in worst], [legend])
     return _save(fig, path)
 
 
@@ -100,8 +92,11 @@ def _plot_per_class_bars(
     class_names: Sequence[str],
     path: str | os.PathLike[str],
     title: str | None = None,
+    counts_label: str = "training images",
 ) -> Path:
-    """Per-class F1 as sorted horizontal bars (worst at the top), for balanced class sizes."""
+    """Per-class F1 as sorted horizontal bars (worst at the top), for balanced class sizes.
+
+    The legend sits below the axes, so no bar (F1 up to 1.0) runs under it."""
     order = np.argsort(-f1, kind="stable")  # barh draws bottom-up: best at the bottom
     fig = _figure(7.0, max(2.5, 0.28 * f1.size + 1.2))
     ax = fig.add_subplot()
@@ -113,9 +108,9 @@ def _plot_per_class_bars(
     )
     ax.set_xlim(0.0, 1.0)  # from 0: a zoomed axis exaggerates small differences
     ax.set_xlabel("per-class F1")
-    ax.set_title(_titled(title, f"per-class F1 ({f1.size} classes; training images in brackets)"))
+    ax.set_title(_titled(title, f"per-class F1 ({f1.size} classes; {counts_label} in brackets)"))
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower right", fontsize=8, frameon=False)  # below the axes
     return _save(fig, path)
 
 
@@ -131,8 +126,11 @@ def plot_training_curves(
     "val_macro_f1": 0.41, "val_top1": 0.55}``. Keys ending in ``loss`` go on the left panel,
     other keys starting with ``val_`` on the right; epochs missing a key (validation every few
     epochs) are skipped for that curve. Without ``"epoch"`` the x axis is 1, 2, ...
-    ``best_epoch`` (the epoch kept) is marked on both panels.
+    ``best_epoch`` (the epoch kept) is marked on both panels. Epoch ticks are whole numbers;
+    the validation axis follows the scores (within 0..1), so their changes stay visible.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if not history:
         raise ValueError("history is empty: nothing to plot")
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
@@ -152,7 +150,6 @@ def plot_training_curves(
     ax_loss, ax_metric = fig.subplots(1, 2)
     if title:
         fig.suptitle(title)
-    ax_metric.set_ylim(0, 1.02)  # scores from 0, so small gains look small
     for ax, group, ylabel, panel in (
         (ax_loss, loss_keys, "loss", "Loss"),
         (ax_metric, metric_keys, "score", "Validation metrics"),
@@ -168,6 +165,7 @@ def plot_training_curves(
                 linewidth=1,
                 label=f"best epoch {best_epoch} (kept)",
             )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are 1, 2, 3 ...
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(panel)
@@ -176,6 +174,11 @@ def plot_training_curves(
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    scores = [v for key in metric_keys for v in series(key)[1]]
+    if scores:
+        lo, hi = min(scores), max(scores)
+        pad = max(0.05 * (hi - lo), 0.01)
+        ax_metric.set_ylim(max(-0.01, lo - pad), hi + pad if hi > 1.0 else min(1.01, hi + pad))
     return _save(fig, path)
 
 
@@ -228,6 +231,69 @@ def plot_confusion(
 
 def _titled(title: str | None, what: str) -> str:
     return f"{title}\n{what}" if title else what[0].upper() + what[1:]
+
+
+def _plain_log_x(ax: Any) -> None:
+    """A log scale labelled 20, 50, 100 (not 2x10^1 or 1.0): plain numbers on the decades and,
+    where the data spans too little for those to show, on the ticks between them."""
+    from matplotlib.ticker import FuncFormatter, LogFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.7)))
+
+
+# offsets (points) tried in turn for a point's label: beside it, then further above or below
+_LABEL_OFFSETS = [(dx, dy) for dy in (4, -12, 16, -24, 28, -36, 40, -48, 52, -60) for dx in (7, -7)]
+
+
+def _annotate_apart(
+    fig: Any, ax: Any, labels: Sequence[tuple[str, float, float]], avoid: Sequence[Any] = ()
+) -> list[Any]:
+    """Label points ``(text, x, y)`` with a leader line each, every label at the first offset
+    where its text overlaps no earlier label nor the artists in ``avoid`` (a legend) and stays
+    inside the axes (else where it overlaps least). The layout is settled first and the labels
+    kept out of it, so what is measured here is where they are saved."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    taken = [a.get_window_extent(renderer) for a in avoid]
+    placed = []
+    for text, x, y in labels:
+        tries = []
+        for i, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            ha = "left" if dx > 0 else "right"
+            probe = ax.annotate(
+                text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=7
+            )
+            box = probe.get_window_extent(renderer)  # the text alone: no leader line yet
+            probe.remove()
+            outside = box.width * box.height - _overlap(box, inside)
+            tries.append((outside + sum(_overlap(box, t) for t in taken), i, box))
+            if not tries[-1][0]:
+                break
+        _, i, box = min(tries, key=lambda t: (t[0], t[1]))
+        dx, dy = _LABEL_OFFSETS[i]
+        ann = ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="left" if dx > 0 else "right",
+            fontsize=7,
+            arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "0.4"},
+        )
+        ann.set_in_layout(False)
+        taken.append(box)
+        placed.append(ann)
+    return placed
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Area shared by two display boxes."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
 
 
 def plot_roc(

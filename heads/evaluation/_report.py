@@ -25,7 +25,7 @@ import embedstore
 from embedstore import Result
 from embedstore.explore import DUPLICATE_THRESHOLD, load_thumbnail
 from heads._metrics import most_confused, openset_scores, per_class_f1
-from heads.evaluation._evaluate import evaluate, holdout_rows, score_rows
+from heads.evaluation._evaluate import class_image_counts, evaluate, holdout_rows, score_rows
 from heads.evaluation._issues import IssuesResult, find_issues
 from heads.evaluation._plots import plot_roc
 from heads.runs._config import EnsembleConfig, RunConfig
@@ -313,7 +313,7 @@ def _scores(
 
 
 def _per_class(f1: np.ndarray, model: Predictor) -> str:
-    counts = model.train_counts
+    counts, counted = class_image_counts(model.path, model)
     rows = []
     for i in np.argsort(f1, kind="stable"):
         w = int(round(160 * float(f1[i])))
@@ -322,8 +322,8 @@ def _per_class(f1: np.ndarray, model: Predictor) -> str:
             f"<td><span class='bar' style='width:{w}px'></span>{f1[i]:.3f}</td></tr>"
         )
     return (
-        "<p class='meta'>Worst first; training images per class beside each. Macro-F1 "
-        f"{float(np.mean(f1)):.4f}.</p><table><tr><th>class</th><th>train images</th>"
+        f"<p class='meta'>Worst first; {counted} per class beside each. Macro-F1 "
+        f"{float(np.mean(f1)):.4f}.</p><table><tr><th>class</th><th>{counted}</th>"
         f"<th>F1</th></tr>{''.join(rows)}</table>"
     )
 
