@@ -104,7 +104,7 @@ def serve_cmd(host: str, port: int, api_key_env: str | None, store: str | None, 
       embedstore serve --store flowers --runs runs --port 8000
       curl -F images=@photo.jpg -F run=mlp localhost:8000/v1/predict
     """
-    import service
+    import embedstore_service as service
 
     key = None
     if api_key_env is not None:

@@ -5,7 +5,7 @@ predictions in milliseconds, batches concurrent uploads into one forward pass, t
 request as background jobs, and serves a species-lookup page at ``/``. Routes are thin skins
 over the public ``embedstore`` and ``heads`` API.
 
->>> from service import Settings, create_app
+>>> from embedstore_service import Settings, create_app
 >>> app = create_app(Settings(store="flowers", runs="runs"))   # FastAPI app (TestClient, uvicorn)
 """
 
@@ -16,9 +16,10 @@ import ipaddress
 import os
 
 from embedstore.errors import BadInput
-from service._app import create_app
-from service._state import Settings
-from service.security import LOOPBACK_HOSTS
+
+from ._app import create_app
+from ._state import Settings
+from .security import LOOPBACK_HOSTS
 
 __all__ = ["LOOPBACK_HOSTS", "Settings", "create_app", "is_loopback", "serve"]
 

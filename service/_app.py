@@ -14,11 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service._state import Settings, State
-from service.deps import key_ok
-from service.errors import error_response, install_error_handlers
-from service.routes import ROUTERS
-from service.security import BrowserGuard
+from ._state import Settings, State
+from .deps import key_ok
+from .errors import error_response, install_error_handlers
+from .routes import ROUTERS
+from .security import BrowserGuard
 
 
 def create_app(settings: Settings, *, load: bool = True) -> FastAPI:

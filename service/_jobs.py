@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedstore.errors import UserError
-from service.errors import QueueFull, log
+
+from .errors import QueueFull, log
 
 
 class Cancelled(Exception):

@@ -20,9 +20,10 @@ import heads.settings
 import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from embedstore.types import Runtime
-from service._batcher import BatchedBackbone
-from service._jobs import Job, JobQueue
-from service.errors import Forbidden
+
+from ._batcher import BatchedBackbone
+from ._jobs import Job, JobQueue
+from .errors import Forbidden
 
 # a run's name: one safe token (fullmatch: no trailing newline, no path)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

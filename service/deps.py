@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service._state import State
+from ._state import State
 
 
 def get_state(request: Request) -> State:

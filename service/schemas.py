@@ -24,7 +24,8 @@ from embedstore.errors import UserError
 from embedstore.types import DEVICE_PATTERN, check_device
 from heads.settings import SETTINGS, Setting, head_options
 from heads.types import CLASS_WEIGHTS, SAMPLERS
-from service.errors import InvalidRequest, TooLarge, describe
+
+from .errors import InvalidRequest, TooLarge, describe
 
 
 class _Body(BaseModel):

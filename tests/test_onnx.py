@@ -461,9 +461,8 @@ def test_cli_runtime_onnx_int8_on_a_conv_net_is_a_user_error(tmp_path):
 
 
 def test_the_service_embeds_uploads_for_an_int8_column_with_int8(tmp_path, scaled_dino):
+    import embedstore_service as service
     from fastapi.testclient import TestClient
-
-    import service
 
     imgs, new = tmp_path / "imgs", tmp_path / "new"
     write_class_images(imgs, n_classes=2, per_class=4, size=48)

@@ -15,17 +15,17 @@ import threading
 import time
 from pathlib import Path
 
+import embedstore_service as service
 import numpy as np
 import pytest
 import torch
+from embedstore_service._batcher import BatchedBackbone
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import embedstore
 import heads
-import service
 from embedstore.errors import Conflict
-from service._batcher import BatchedBackbone
 from tests.conftest import make_synthetic_store, write_class_images
 
 ROOT = Path(__file__).resolve().parents[1]

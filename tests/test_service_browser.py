@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
+import embedstore_service as service
 import httpx
 import pytest
 from PIL import Image
 
 import embedstore
 import heads
-import service
 from tests.conftest import write_class_images
 from tests.test_service import _chrome, _free_port
 

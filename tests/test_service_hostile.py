@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 
+import embedstore_service as service
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,6 @@ from PIL import Image
 
 import embedstore
 import heads
-import service
 
 
 @pytest.fixture(scope="module")

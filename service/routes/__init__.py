@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.routes import health, images, page, predict, runs
+from . import health, images, page, predict, runs
 
 ROUTERS = [health.router, predict.router, images.router, runs.router, page.router]
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import embedstore
-from service.deps import StateDep, key_ok
-from service.errors import documented, error_response
+
+from ..deps import StateDep, key_ok
+from ..errors import documented, error_response
 
 router = APIRouter()
 

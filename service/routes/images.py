@@ -12,9 +12,10 @@ from starlette.datastructures import UploadFile
 
 import embedstore
 from embedstore.errors import BadInput, NotFound
-from service.deps import CapDep, StateDep
-from service.errors import documented
-from service.schemas import IngestBody, form_limits, read_files, upload_body, upload_names
+
+from ..deps import CapDep, StateDep
+from ..errors import documented
+from ..schemas import IngestBody, form_limits, read_files, upload_body, upload_names
 
 router = APIRouter()
 

@@ -11,9 +11,10 @@ from starlette.concurrency import run_in_threadpool
 import embedstore
 import heads
 from embedstore.errors import BadInput
-from service.deps import CapDep, StateDep
-from service.errors import documented
-from service.schemas import LookupBody, PredictBody, read_body, request_body
+
+from ..deps import CapDep, StateDep
+from ..errors import documented
+from ..schemas import LookupBody, PredictBody, read_body, request_body
 
 router = APIRouter()
 _NOTHING = "give images (multipart 'images') or stored 'ids'"

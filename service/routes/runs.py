@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.deps import StateDep
-from service.errors import documented
-from service.schemas import TrainBody
+from ..deps import StateDep
+from ..errors import documented
+from ..schemas import TrainBody
 
 router = APIRouter()
 
