@@ -472,3 +472,27 @@ def test_lookup_and_predict_share_one_files_to_embeddings_path(tmp_path, tiny_di
     assert "not found" in batch.errors[2] and info.column in cache  # backbone built once, kept
     stored, _ = st.embeddings(None, ids=[inputs[0].id])
     np.testing.assert_array_equal(batch.embeddings[info.column][0], stored[0])
+
+
+def test_the_wheel_lists_every_package_and_installs_distinctive_names_only():
+    """Every folder with an ``__init__.py`` is a package the wheel installs (a subpackage left
+    out of pyproject.toml works in a checkout and breaks every real install), under a
+    distinctive top-level name: ``service/`` installs as ``embedstore_service``."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {v: k for k, v in setup.get("package-dir", {}).items()}  # folder -> package name
+    found = set()
+    for top in ("embedstore", "heads", "embedstore_cli", "service"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = list(init.parent.relative_to(ROOT).parts)
+            parts[0] = mapped.get(parts[0], parts[0])
+            found.add(".".join(parts))
+    assert found <= set(setup["packages"]), found - set(setup["packages"])
+    assert {p.split(".")[0] for p in setup["packages"]} == {
+        "embedstore",
+        "heads",
+        "embedstore_cli",
+        "embedstore_service",
+    }
+    assert "py-modules" not in setup  # cli.py is a shim at the root, not an installed module
