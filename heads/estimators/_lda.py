@@ -252,6 +252,11 @@ class LDAHead(HeadMixin, ClassifierMixin, BaseEstimator):
         z = self._prepare(X) @ self.coef_.T + self.intercept_  # (N, C)
         return z.astype(np.float32)
 
+    def predict(self, X: Any, fields: Any = None) -> np.ndarray:
+        """``(N,)`` labels of the largest discriminant score; ``fields`` are ignored."""
+        z = self.logits(X)  # checks that the head is fitted before classes_ is read
+        return self.classes_[z.argmax(axis=1)]
+
     def mahalanobis(self, X: Any) -> np.ndarray:
         """``(N, C)`` squared Mahalanobis distances to each class mean under the shared
         covariance (``-0.5 *`` it ``+ log prior`` is :meth:`logits` less a constant per row)."""
