@@ -29,8 +29,8 @@ def centre_l2(X: Any, centre: np.ndarray | None, dtype: Any = np.float32) -> np.
     in ``dtype``. Without a centre in float32: exactly :func:`embedstore.search.l2_normalize`."""
     if centre is None and np.dtype(dtype) == np.float32:
         return l2_normalize(X)
-    Z = np.asarray(X, dtype=np.float64)  # (N, d)
+    Z = np.array(X, dtype=np.float64)  # (N, d), a copy worked on in place
     if centre is not None:
-        Z = Z - centre
-    Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+        Z -= centre
+    Z /= np.maximum(np.sqrt(np.einsum("nd,nd->n", Z, Z)), 1e-12)[:, None]
     return np.ascontiguousarray(Z.astype(dtype, copy=False))

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.linalg.blas import dsyrk
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
@@ -82,8 +83,9 @@ def _ledoit_wolf(
         idx = torch.as_tensor(classes, device=R.device)
         Y = _padded(R, counts, idx, scale)  # (k, m, d) standardised, zero-padded
         G = Y @ Y.transpose(1, 2) if Y.shape[1] <= d else Y.transpose(1, 2) @ Y
-        sq = (Y * Y).sum(dim=2)  # (k, m) ||y_i||^2
-        sums[:, idx] = torch.stack([(G * G).sum(dim=(1, 2)), (sq * sq).sum(1), sq.sum(1)])
+        sq = torch.linalg.vector_norm(Y, dim=2) ** 2  # (k, m) ||y_i||^2
+        frob = torch.linalg.matrix_norm(G) ** 2  # (k,) ||Y'Y||_F^2
+        sums[:, idx] = torch.stack([frob, (sq * sq).sum(1), sq.sum(1)])
     delta_, beta_, t = sums
     n = counts.to(R.dtype)
     t, delta_ = t / n, delta_ / n**2
@@ -119,8 +121,17 @@ def _padded(
     valid = pos[None, :] < n[:, None]  # (k, m)
     rows = (starts[idx][:, None] + pos[None, :])[valid]  # the batch's rows
     Y = torch.zeros(len(idx), len(pos), R.shape[1], dtype=R.dtype, device=R.device)
-    Y[valid] = R[rows] / scale[idx].repeat_interleave(n, dim=0)
-    return Y
+    Y[valid] = R[rows]
+    return Y.div_(scale[idx][:, None, :])  # padding rows stay zero
+
+
+def _scatter(R: torch.Tensor) -> torch.Tensor:
+    """``R' R`` ``(d, d)`` of rows ``R`` ``(N, d)``; on the CPU by BLAS ``syrk`` (one triangle:
+    half the work of the matrix product, the largest step of the fit), mirrored."""
+    if R.device.type != "cpu" or R.dtype != torch.float64:
+        return R.T @ R
+    upper = dsyrk(1.0, R.numpy().T, trans=0)  # R.T is Fortran-ordered: no copy
+    return torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
 
 
 def shared_gaussians(
@@ -142,7 +153,7 @@ def shared_gaussians(
         a = torch.full_like(n, float(shrinkage))
         target = (var.sum(dim=1) / d)[:, None].expand(-1, d)
     R.mul_(((1 - a)[y] / N).sqrt()[:, None])  # sum_c p_c (1 - a_c) S_c = R'R
-    cov = R.T @ R  # (d, d)
+    cov = _scatter(R)  # (d, d)
     cov.diagonal().add_(((n / N * a)[:, None] * target).sum(dim=0))
     return means, cov, a
 
