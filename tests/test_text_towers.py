@@ -134,7 +134,7 @@ def test_siglip_tower_gives_transformers_own_text_features_in_the_image_space(
     # SigLIP's image column is already in the shared space: the projection is the identity
     X = bb.embed(u8).numpy()
     np.testing.assert_allclose(tower.project_images(X), F.normalize(image, dim=-1), atol=1e-5)
-    assert tower.logit_bias == pytest.approx(float(model.logit_bias))
+    assert tower.logit_bias == pytest.approx(float(model.logit_bias.detach()))
 
 
 # ---------------------------------------------------------------------- record and cache
