@@ -141,7 +141,7 @@ def test_siglip_tower_gives_transformers_own_text_features_in_the_image_space(
 
 
 def test_ingest_records_the_tower_and_each_prompt_is_embedded_once(
-    tmp_path, two_tower_store, tiny_clip_text
+    tmp_path, two_tower_store, tiny_clip_text, tiny_siglip_text
 ):
     st = embedstore.connect(_copy(two_tower_store, tmp_path), create=False)
     info = st.resolve_backbone("tiny-clip-text")
@@ -167,6 +167,12 @@ def test_ingest_records_the_tower_and_each_prompt_is_embedded_once(
     assert (third.cached, third.computed, tower.texts) == (3, 1, 4)
     assert st.text_cache.count(ref.identity) == 4
     np.testing.assert_allclose(third.embeddings[1:], tower.encode(PROMPTS), atol=1e-6)
+
+    # another model's tower never fills this column's cache
+    for other in (text_tower("clip-vit-b-32"), text_tower(str(tiny_siglip_text))):
+        with pytest.raises(embedstore.errors.BadInput, match="is not the one of column"):
+            text_embeddings(st, ["an iris"], "tiny-clip-text", tower=other)
+    assert st.text_cache.count() == 4
 
     # the public call builds the column's tower itself and returns the array
     T = embedstore.embed_texts(st.path, PROMPTS, "emb_tiny_clip_text", device="cpu")

@@ -16,6 +16,7 @@ anything; the weights load on the first :meth:`TextTower.encode` or
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class TextTower:
         self.kind, self.source = ref.kind, ref.source
         self.device = torch.device("cpu")
         self._loaded = False
+        self._loading = threading.Lock()  # one load when threads share a tower
         self._dim: int | None = ref.dim
         self.image_dim: int | None = None  # the image column's dim the tower expects
         self.logit_scale: float | None = None  # exp of the learned temperature, once loaded
@@ -86,13 +88,13 @@ class TextTower:
 
     def load(self) -> TextTower:
         """Load the weights and tokenizer now (the first encode does it otherwise)."""
-        if not self._loaded:
-            self._load()
-            self._loaded = True
-            self._move(self.device)
+        with self._loading:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+                self._move(self.device)
         return self
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = TEXT_BATCH) -> np.ndarray:
         """``texts`` -> float32 ``(N, dim)``, each row of unit length (L2-normalised)."""
         texts = check_texts(texts)
@@ -100,12 +102,12 @@ class TextTower:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
         out = []
-        for s in range(0, len(texts), batch_size):
-            Z = self._encode_batch(texts[s : s + batch_size]).float()  # (B, dim)
-            out.append(F.normalize(Z, dim=-1).cpu().numpy())
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                Z = self._encode_batch(texts[s : s + batch_size]).float()  # (B, dim)
+                out.append(F.normalize(Z, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
-    @torch.inference_mode()
     def project_images(self, X: np.ndarray) -> np.ndarray:
         """The column's stored image embeddings ``(N, image_dim)`` (any float dtype) -> float32
         ``(N, dim)`` in the text tower's space, each row of unit length."""
@@ -116,10 +118,11 @@ class TextTower:
                 f"text tower of {self.name}: image embeddings must be (N, {self.image_dim}), "
                 f"not {X.shape}: give the column's stored embeddings"
             )
-        Z = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))  # (N, image_dim)
-        if self._image_projection is not None:
-            Z = Z @ self._image_projection.T.cpu()  # (N, dim)
-        return F.normalize(Z, dim=-1).numpy().astype(np.float32, copy=False)
+        with torch.inference_mode():
+            Z = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))  # (N, image_dim)
+            if self._image_projection is not None:
+                Z = Z @ self._image_projection.T.cpu()  # (N, dim)
+            return F.normalize(Z, dim=-1).numpy().astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, Any]:
         """What this tower is: its reference, and once loaded its scale and bias."""
@@ -370,7 +373,7 @@ def check_texts(texts: Any) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise BackboneError("texts must be a list of strings, not one string: use [text]")
     texts = list(texts)
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None or any(t is None for t in texts):
-        raise BackboneError(f"texts must be strings, not {type(bad).__name__} {bad!r}")
+    for t in texts:
+        if not isinstance(t, str):
+            raise BackboneError(f"texts must be strings, not {type(t).__name__} {t!r}")
     return texts

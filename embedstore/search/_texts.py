@@ -25,7 +25,7 @@ import torch
 from embedstore._device import resolve_device
 from embedstore._results import Result
 from embedstore.backbones._text import TEXT_BATCH, TextTower, check_texts, text_tower
-from embedstore.backbones._text_spec import text_tower_ref
+from embedstore.backbones._text_spec import TextTowerRef, text_tower_ref
 from embedstore.errors import BadInput
 from embedstore.store._lance import StoreLockedError
 from embedstore.store._meta import EmbeddingInfo
@@ -125,8 +125,7 @@ def _tower_for(
     if ref is None or tower is None:
         tower = text_tower(info)  # ref None: raises the one-line "has no text tower" error
         return tower.identity, tower.to(resolve_device(device))
-    theirs = tower.ref.weights_sha256
-    if tower.kind != ref.kind or (theirs and ref.weights_sha256 and theirs != ref.weights_sha256):
+    if not _same_model(tower.ref, ref):
         raise BadInput(
             f"text tower {tower.identity} is not the one of column {info.column} "
             f"({ref.identity}); build it with text_tower(info)"
@@ -134,6 +133,16 @@ def _tower_for(
     if device != "auto":
         tower.to(resolve_device(device))
     return ref.identity, tower
+
+
+def _same_model(a: TextTowerRef, b: TextTowerRef) -> bool:
+    """The same kind and weights (by hash where both know it, else by where they come from):
+    a tower must never fill the cache under another model's identity."""
+    if a.kind != b.kind:
+        return False
+    if a.weights_sha256 and b.weights_sha256:
+        return a.weights_sha256 == b.weights_sha256
+    return a.source == b.source
 
 
 def _store(st: Store, model: str, texts: list[str], X: np.ndarray) -> bool:
