@@ -1,7 +1,8 @@
 """Request bodies (pydantic), and how a JSON or multipart request becomes one.
 
-Predict and lookup take either a JSON body or multipart form fields with ``images`` files;
-both are validated by the same model, so an unknown or out-of-range option is refused alike.
+Predict, lookup and search take either a JSON body or multipart form fields with ``images``
+files; both are validated by the same model, so an unknown or out-of-range option is refused
+alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.datastructures import UploadFile
 
 import heads
 from embedstore.errors import UserError
-from embedstore.types import DEVICE_PATTERN
+from embedstore.types import DEVICE_PATTERN, TEXT_WEIGHT
 from heads.settings import SETTINGS, Setting, head_options
 
 from .errors import InvalidRequest, TooLarge, describe
@@ -53,6 +54,32 @@ class PredictBody(_Body):
 
 class LookupBody(_Body):
     ids: Ids = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=1000)
+    backbone: str | None = None
+    where: str | None = None
+
+
+# A text search's words: not blank, and bounded (text towers read at most 64-77 tokens)
+MAX_TEXT_CHARS = 1000
+
+
+class SearchBody(_Body):
+    text: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S")
+    ] = Field(description="The words to search for, e.g. 'a photo of a daisy'.")
+    ids: Annotated[
+        list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]], Field(max_length=1)
+    ] = Field(
+        default_factory=list,
+        description="A stored image to blend with the text (or upload one as 'images').",
+    )
+    weight: float = Field(
+        TEXT_WEIGHT,
+        ge=0,
+        le=1,
+        description="The text's share of the query with an image: 0 the image alone, 1 the "
+        "text alone.",
+    )
     k: int = Field(10, ge=1, le=1000)
     backbone: str | None = None
     where: str | None = None
@@ -185,11 +212,11 @@ async def read_files(form: Any, cap: int) -> list[bytes]:
 # ---------------------------------------------------------------------- what OpenAPI says
 
 
-def _images_field(min_items: int = 0) -> dict[str, Any]:
+def _images_field(min_items: int = 0, max_items: int = MAX_FILES) -> dict[str, Any]:
     field: dict[str, Any] = {
         "type": "array",
         "items": {"type": "string", "format": "binary"},
-        "maxItems": MAX_FILES,
+        "maxItems": max_items,
         "description": "Image files (JPEG, PNG, WebP ...); a file that is not an image is "
         "refused with 422 naming it.",
     }
@@ -198,26 +225,28 @@ def _images_field(min_items: int = 0) -> dict[str, Any]:
     return field
 
 
-def request_body(model: type[BaseModel]) -> dict[str, Any]:
+def request_body(
+    model: type[BaseModel], *, images_or_ids: bool = True, max_images: int = MAX_FILES
+) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads ``model`` from a JSON body or from multipart
-    form fields with ``images`` files (what :func:`read_body` accepts): images or ids, or both."""
+    form fields with ``images`` files (what :func:`read_body` accepts): with ``images_or_ids``,
+    images or ids (or both) are required; otherwise they are optional (search: the text is)."""
     schema = model.model_json_schema()
     props = dict(schema["properties"])
     required = list(schema.get("required", []))
-    json_schema = {
-        **schema,
-        "anyOf": [{"required": ["ids"], "properties": {"ids": {"minItems": 1}}}],
-    }
-    form = {
+    json_schema = dict(schema)
+    form: dict[str, Any] = {
         "type": "object",
-        "properties": {**props, "images": _images_field()},
+        "properties": {**props, "images": _images_field(max_items=max_images)},
         "required": required,
-        "anyOf": [
-            {"required": ["images"], "properties": {"images": {"minItems": 1}}},
-            {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
-        ],
         "additionalProperties": False,
     }
+    if images_or_ids:
+        json_schema["anyOf"] = [{"required": ["ids"], "properties": {"ids": {"minItems": 1}}}]
+        form["anyOf"] = [
+            {"required": ["images"], "properties": {"images": {"minItems": 1}}},
+            {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+        ]
     return {
         "requestBody": {
             "required": True,
