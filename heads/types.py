@@ -24,6 +24,11 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
 Reference = Literal["train", "train+val"]
 REFERENCES: tuple[str, ...] = get_args(Reference)
 
+# Conformal scores of prediction sets (heads.prediction._sets): 1 - p of the label, or the
+# probability mass of the labels at least as probable (adaptive sets).
+SetScore = Literal["lac", "aps"]
+SET_SCORES: tuple[str, ...] = get_args(SetScore)
+
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1",
