@@ -33,6 +33,7 @@ SET_SCORES: tuple[str, ...] = get_args(SetScore)
 MetricName = Literal[
     "top1",
     "top3",
+    "recall@5",
     "macro_f1",
     "mean_class_acc",
     "many_shot",
@@ -49,5 +50,7 @@ MetricName = Literal[
     "track2",
     "track3",
     "track4",
+    "set_coverage",
+    "mean_set_size",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)

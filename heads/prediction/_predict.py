@@ -24,7 +24,7 @@ from embedstore import Result
 from embedstore.types import Runtime
 from heads._errors import HeadsError
 from heads.prediction._priors import LocalPriors, SpeciesList, local_priors
-from heads.prediction._sets import SetCalibration, calibrate_sets
+from heads.prediction._sets import SetCalibration, calibrate_sets, check_set_options
 from heads.runs._loaded import Predictor, load, log_softmax
 from heads.types import SetScore
 
@@ -205,6 +205,7 @@ def predict(
         raise HeadsError(f"--top-k must be at least 1, not {top_k}")
     pri = read_prior(prior, model.classes) if prior else None
     cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
+    check_set_options(coverage, set_score, calibrate_on)
     local = local_priors(model, species_list, prior_by, place)
     sets = None
     if coverage is not None:

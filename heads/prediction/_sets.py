@@ -87,6 +87,16 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     return float(s[k - 1]) if 0 < k <= len(s) else math.inf
 
 
+def check_set_options(coverage: float | None, score: str, calibrate_on: str | None) -> None:
+    """The set options given make sense together (``score``, ``calibrate_on`` need a
+    ``coverage``)."""
+    if coverage is None and (calibrate_on is not None or score != "lac"):
+        what = "--calibrate-on" if calibrate_on is not None else "--set-score"
+        raise HeadsError(f"{what} applies to prediction sets: give --coverage too (e.g. 0.9)")
+    if score not in SET_SCORES:
+        raise HeadsError(f"--set-score {score!r}: valid: {', '.join(SET_SCORES)}")
+
+
 def _check_coverage(coverage: float) -> float:
     if not isinstance(coverage, int | float) or not 0.0 < float(coverage) < 1.0:
         raise HeadsError(f"--coverage must be between 0 and 1 (e.g. 0.9), not {coverage!r}")
@@ -295,9 +305,9 @@ def _store_rows(
         logits[new] = model.logits({c: X[new] for c, X in embs.items()}, table)
     old = keep & in_oof
     logits[old] = val["logits"][[oof[str(i)] for i in ids[old]]]
-    what = f"{int(keep.sum())} store images where {where}"
+    what = f"store rows where {where}"
     if old.any():
-        what += f" ({int(old.sum())} out-of-fold)"
+        what += f" ({int(old.sum())} of them out-of-fold)"
     return logits[keep], y[keep], [str(i) for i in ids[keep]], what
 
 
