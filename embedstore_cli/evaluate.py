@@ -133,6 +133,14 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool, **kw: Any)
     help="Temperature-scale each member on its out-of-fold logits before averaging.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing ensemble at --out.")
+@click.option(
+    "--class-thresholds",
+    type=click.IntRange(1),
+    default=None,
+    metavar="MIN_COUNT",
+    help="Members with unknown detectors: an unknown threshold per predicted class, fitted on "
+    "the out-of-fold margins, for classes predicted at least MIN_COUNT times (others: global).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> None:
     """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.

@@ -133,7 +133,7 @@ def score_rows(model: Predictor, rows: dict[str, Any], recall_k: int = 5) -> dic
     if scores is not None and thr is not None and len(scores):
         s = np.asarray(scores, dtype=np.float64)
         closed = pred
-        pred = np.where(model.is_unknown(s), -1, pred)
+        pred = np.where(model.is_unknown(s, closed), -1, pred)
         accepted = pred != -1
         out["unknown_rate"] = float(np.mean(~accepted))
         if known.any():
@@ -164,7 +164,7 @@ def score_rows(model: Predictor, rows: dict[str, Any], recall_k: int = 5) -> dic
             mean_s = np.bincount(inv, weights=s, minlength=len(uniq)) / np.bincount(
                 inv, minlength=len(uniq)
             )
-            p_obs = np.where(model.is_unknown(mean_s), -1, p_obs)
+            p_obs = np.where(model.is_unknown(mean_s, p_obs), -1, p_obs)
         pt = np.array(
             [bool(p) if p is not None else False for p in np.asarray(poison, dtype=object)[first]]
         )

@@ -312,7 +312,7 @@ def predict_embeddings(
         logits, scores = _group_means(logits, scores, [groups[j] for j in sel], sel)
         for j in sel:
             results[j].group = groups[j]
-    unknown = model.is_unknown(scores) if scores is not None else None
+    unknown = None if scores is None else model.is_unknown(scores, logits.argmax(axis=1))
     raw = logits.astype(np.float64)  # (n, C) the model's own: what sets are calibrated on
     logits = raw
     if prior is not None:
