@@ -90,7 +90,7 @@ def conformal_rows(
         p, y, _ = test_rows(run)
         for score in scores:
             for level in levels:
-                cal = heads.calibrate_sets(
+                cal = heads.prediction.calibrate_sets(
                     run, level, score=score, calibrate_on=VAL_FILES if name == "val" else None
                 )
                 s = set_scores(cal.sets(p), y)

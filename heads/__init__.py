@@ -57,8 +57,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Prediction": ("heads.prediction._predict", "Prediction"),
     "predict": ("heads.prediction._predict", "predict"),
     "predict_embeddings": ("heads.prediction._predict", "predict_embeddings"),
-    "SetCalibration": ("heads.prediction._sets", "SetCalibration"),
-    "calibrate_sets": ("heads.prediction._sets", "calibrate_sets"),
 }
 # Names `heads.X` still answers (scripts, the command line and the service use them) whose
 # public home is a subpackage: `heads.X` is `heads.<subpackage>.X`.
@@ -117,7 +115,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.losses import create_loss, list_losses, register_loss
     from heads.prediction._batch import BatchPrediction, predict_batch
     from heads.prediction._predict import Prediction, predict, predict_embeddings
-    from heads.prediction._sets import SetCalibration, calibrate_sets
     from heads.runs._loaded import Ensemble, Predictor, Run, load
     from heads.training._ensemble import ensemble
     from heads.training._train import FoldResult, TrainResult, train
@@ -138,10 +135,8 @@ __all__ = [
     "Predictor",
     "ReportResult",
     "Run",
-    "SetCalibration",
     "TrainResult",
     "TuneResult",
-    "calibrate_sets",
     "create_detector",
     "create_head",
     "create_loss",

@@ -144,7 +144,7 @@ def test_predict_gives_the_sets_evaluate_scores(flowers_run):
     st = embedstore.connect(store)
     t = st.read(["id", "label"], part="holdout").to_pylist()[::20]
     preds = heads.predict(run, ids=[r["id"] for r in t], coverage=0.9)
-    cal = heads.calibrate_sets(run, 0.9)
+    cal = heads.prediction.calibrate_sets(run, 0.9)
     assert cal.source == "out-of-fold" and cal.n == st.count(part="folds")
     model = heads.load(run, "cpu")
     embs, tab = st.embedding_rows(
@@ -165,8 +165,10 @@ def test_calibrating_on_rows_the_run_trained_on_is_refused(flowers_run, tmp_path
     store, _ = flowers_run
     heads.train(store, fold=0, head="centroid", out=tmp_path / "f0", progress=False)
     with pytest.raises(heads.HeadsError, match="trained the run; calibrate on images it never"):
-        heads.calibrate_sets(tmp_path / "f0", 0.9, calibrate_on="fold >= 0")
-    ok = heads.calibrate_sets(tmp_path / "f0", 0.9, calibrate_on="fold = 0")  # its own fold
+        heads.prediction.calibrate_sets(tmp_path / "f0", 0.9, calibrate_on="fold >= 0")
+    ok = heads.prediction.calibrate_sets(
+        tmp_path / "f0", 0.9, calibrate_on="fold = 0"
+    )  # its own fold
     assert "out-of-fold" in ok.source and ok.n == embedstore.connect(store).count("fold = 0")
 
 

@@ -185,7 +185,7 @@ def predict(
     unconstrained top-1 and flags ``unusual_here``. ``coverage`` (e.g. 0.9) adds the conformal
     prediction set that holds the true label that often (``set_score`` ``lac`` or ``aps``;
     calibrated on the run's out-of-fold predictions, or on the store rows ``calibrate_on``
-    selects: see :func:`heads.calibrate_sets`).
+    selects: see :func:`heads.prediction.calibrate_sets`).
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     >>> heads.predict("runs/fungi", ["a.jpg"], species_list="dk.txt", coverage=0.9)[0].set
@@ -296,7 +296,7 @@ def predict_embeddings(
     ``prior`` adjustment, the least-cost label, the unknown decision. Inputs sharing a
     ``groups`` key (None: a group of its own) get one answer from their mean logits and scores.
     ``local`` priors (``places``: each input's value of their column) constrain the answer;
-    ``sets`` (:func:`heads.calibrate_sets`) adds each input's prediction set."""
+    ``sets`` (:func:`heads.prediction.calibrate_sets`) adds each input's prediction set."""
     classes = model.classes
     results = [
         Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(batch.inputs)

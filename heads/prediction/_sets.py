@@ -31,7 +31,7 @@ larger than needed), and where random folds put near-duplicate photos on both si
 probabilities are optimistic and the sets too small on new photos. ``calibrate_on`` then names a
 part of the store the model never trained on, taken apart like the photos to come.
 
->>> cal = heads.calibrate_sets("runs/mlp", coverage=0.9)
+>>> cal = heads.prediction.calibrate_sets("runs/mlp", coverage=0.9)
 >>> cal.sets(probs)   # (N, C) bool
 """
 
@@ -203,7 +203,7 @@ def calibrate_sets(
     store rows matching that predicate (rows it never trained on, or out-of-fold ones).
     Results are kept in memory per run, settings and store version.
 
-    >>> heads.calibrate_sets("runs/mlp", 0.9, calibrate_on="path LIKE '%/val_%'").n
+    >>> heads.prediction.calibrate_sets("runs/mlp", 0.9, calibrate_on="path LIKE '%/val_%'").n
     """
     if score not in SET_SCORES:
         raise HeadsError(f"--set-score {score!r}: valid: {', '.join(SET_SCORES)}")
