@@ -22,7 +22,10 @@ baseline that is told the test answer: conformal sets must do as well without it
 split conformal on random halves of the test part itself (exchangeable by construction: 200
 draws, mean and spread), which shows what the method gives when its assumption holds. Recall@5
 and top-1 of both runs and of scikit-learn ``LogisticRegression`` (C by CV over the folds) on
-test. Results: printed, ``benchmarks/out/sets.json`` and ``sets.png``.
+test. With ``--unknown``: an MLP with the default unknown detector, its fold ensemble with one
+threshold and with per-class thresholds (``class_thresholds=20``), and how often each rejects
+the (all known) test photos, per class. Results: printed, ``benchmarks/out/sets.json`` and
+``sets.png``.
 """
 
 from __future__ import annotations
@@ -185,6 +188,49 @@ def recall_rows(store: Path, runs: dict[str, Path]) -> list[dict[str, Any]]:
     return out
 
 
+def threshold_rows(store: Path, runs: Path, device: str) -> list[dict[str, Any]]:
+    """An MLP with the default unknown detector; its folds' ensemble with one threshold and
+    with per-class ones (min count 20): rejection of the (all known) test photos."""
+    import heads
+    from heads.evaluation._evaluate import holdout_rows
+
+    base = runs / "mlp-unknown"
+    if not (base / "config.json").is_file():
+        heads.train(
+            store,
+            fold="all",
+            head="mlp",
+            unknown="default",
+            out=base,
+            device=device,
+            progress=False,
+        )
+    folds = sorted(str(p) for p in base.glob("fold*"))
+    out = []
+    for name, ct in (("one threshold", None), ("per class, min count 20", 20)):
+        ens = runs / f"unknown-{'per-class' if ct else 'global'}"
+        heads.ensemble(folds, ens, class_thresholds=ct, overwrite=True)
+        model = heads.load(ens, "cpu")
+        rows = holdout_rows(model)
+        assert rows is not None
+        index = {c: i for i, c in enumerate(model.classes)}
+        y = np.array([index[str(v)] for v in rows["label"]])
+        pred = rows["logits"].argmax(1)
+        unknown = model.is_unknown(rows["unknown_score"], pred)
+        rate = np.array([unknown[y == c].mean() for c in range(len(model.classes))])
+        out.append(
+            {
+                "thresholds": name,
+                "own": sum((model.config.class_thresholds or {}).get("own", [])),
+                "rejected": round(float(unknown.mean()), 4),
+                "class_rate_sd": round(float(rate.std()), 4),
+                "class_rate_max": round(float(rate.max()), 4),
+                "acc_on_accepted": round(float(np.mean(pred[~unknown] == y[~unknown])), 4),
+            }
+        )
+    return out
+
+
 def plot(rows: list[dict[str, Any]], topk: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -206,7 +252,7 @@ def plot(rows: list[dict[str, Any]], topk: list[dict[str, Any]], path: Path) -> 
     b.plot(lv, [x["k"] for x in topk], "k^", label="top-k list reaching it (told the answer)")
     a.set(xlabel="coverage asked for", ylabel="coverage on the 2,485 test photos")
     b.set(xlabel="coverage asked for", ylabel="labels per set (mean)")
-    a.legend(fontsize=7)
+    a.legend(fontsize=7, loc="lower right")
     b.legend(fontsize=7)
     fig.suptitle("grocery81: conformal prediction sets on the held-out test photos")
     fig.tight_layout()
@@ -222,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "sets.json")
+    ap.add_argument(
+        "--unknown", action="store_true", help="also per-class unknown thresholds vs one"
+    )
     args = ap.parse_args(argv)
     runs = train_runs(args.store, args.runs, args.device)
     rows = conformal_rows(runs, args.levels, ["lac", "aps"])
@@ -233,8 +282,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(halves, ["target", "coverage", "coverage_sd", "mean_size"], "test halves (val run)")
     recall = recall_rows(args.store, runs)
     print_table(recall, ["model", "top1", "recall@5"], "top-1 and recall@5 on the test photos")
+    thresholds = threshold_rows(args.store, args.runs, args.device) if args.unknown else []
+    if thresholds:
+        print_table(
+            thresholds,
+            ["thresholds", "own", "rejected", "class_rate_sd", "class_rate_max", "acc_on_accepted"],
+            "unknown decision on the (all known) test photos",
+        )
     res = {
         "machine": machine_info(),
+        "unknown_thresholds": thresholds,
         "store": str(args.store),
         "sets": rows,
         "topk": topk,

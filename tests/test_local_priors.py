@@ -4,6 +4,7 @@ that removes half the classes and a region prior, through the library and the CL
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -154,9 +155,15 @@ def test_predict_cli_with_a_species_list_and_a_place(region_run, flowers, tmp_pa
     out = json.loads(r.output)[0]
     assert out["label"] in NORTH and out["unconstrained"]["label"] == "sunflower"
     assert out["unusual_here"] is True and set(out["set"]) <= set(NORTH)
-    r = CliRunner().invoke(heads_cli, [*args, "--prior-by", "region", "--place", "north"])
+    csv_path = tmp_path / "p.csv"
+    r = CliRunner().invoke(
+        heads_cli, [*args, "--prior-by", "region", "--place", "north", "--csv", str(csv_path)]
+    )
     assert r.exit_code == 0 and "the image alone: sunflower" in r.output, r.output
     assert "(unusual here)" in r.output
+    row = next(csv.DictReader(csv_path.open()))
+    assert row["unconstrained"] == "sunflower" and row["unusual_here"] == "true"
+    assert row["label"] in NORTH and "set" not in row
     r = CliRunner().invoke(
         heads_cli,
         [

@@ -373,10 +373,15 @@ def _group_means(
 
 def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike) -> Path:
     """A CSV of predictions: ``path, id, label, probability`` (of the top label), ``unknown``,
-    ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``."""
+    ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``;
+    with local priors also ``unconstrained`` (the image alone's top-1) and ``unusual_here``, with
+    sets ``set`` (labels joined by ``;``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    local = any(p.unconstrained is not None for p in predictions)
+    sets = any(p.set is not None for p in predictions)
+    extra = [*(["unconstrained", "unusual_here"] if local else []), *(["set"] if sets else [])]
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -390,6 +395,7 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
                 "group",
                 "top_k",
                 "error",
+                *extra,
             ]
         )
         for p in predictions:
@@ -405,10 +411,22 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
                     p.group or "",
                     ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top),
                     p.error or "",
+                    *(_extra_cells(p, local, sets)),
                 ]
             )
     os.replace(tmp, path)
     return path
+
+
+def _extra_cells(p: Prediction, local: bool, sets: bool) -> list[str]:
+    cells = []
+    if local:
+        u = p.unconstrained or {}
+        flag = "" if p.unusual_here is None else str(p.unusual_here).lower()
+        cells += [str(u.get("label", "")), flag]
+    if sets:
+        cells.append(";".join(p.set or []))
+    return cells
 
 
 def _is_id(s: str) -> bool:
