@@ -237,7 +237,7 @@ def plot(rows: list[dict[str, Any]], topk: list[dict[str, Any]], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.6))
     for (run, score), style in (
         (("oof", "lac"), "o--"),
         (("val", "lac"), "o-"),
@@ -252,10 +252,11 @@ def plot(rows: list[dict[str, Any]], topk: list[dict[str, Any]], path: Path) -> 
     b.plot(lv, [x["k"] for x in topk], "k^", label="top-k list reaching it (told the answer)")
     a.set(xlabel="coverage asked for", ylabel="coverage on the 2,485 test photos")
     b.set(xlabel="coverage asked for", ylabel="labels per set (mean)")
-    a.legend(fontsize=7, loc="lower right")
-    b.legend(fontsize=7)
+    handles = [*a.get_legend_handles_labels()[0], b.get_legend_handles_labels()[0][-1]]
+    labels = [*a.get_legend_handles_labels()[1], b.get_legend_handles_labels()[1][-1]]
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("grocery81: conformal prediction sets on the held-out test photos")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -266,12 +267,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", type=Path, default=OUT_DIR / "sets-runs")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     ap.add_argument("--draws", type=int, default=200)
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out's JSON")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "sets.json")
     ap.add_argument(
         "--unknown", action="store_true", help="also per-class unknown thresholds vs one"
     )
     args = ap.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        saved = json.loads(args.out.read_text())
+        plot(saved["sets"], saved["topk"], args.out.with_suffix(".png"))
+        return saved
     runs = train_runs(args.store, args.runs, args.device)
     rows = conformal_rows(runs, args.levels, ["lac", "aps"])
     cols = ["run", "score", "target", "coverage", "mean_size", "singletons", "class_cov_min"]
