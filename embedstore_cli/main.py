@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from embedstore_cli import evaluate, explore, predict, serve, store, train
+from embedstore_cli import evaluate, explore, predict, serve, store, text, train
 from embedstore_cli._common import CONTEXT, Group
 
 
@@ -52,6 +52,8 @@ for _cmd in (
     explore.backbones_cmd,
     explore.duplicates_cmd,
     explore.map_cmd,
+    text.embed_texts_cmd,
+    text.convert_open_clip_cmd,
     serve.serve_cmd,
 ):
     embedstore_cli.add_command(_cmd)

@@ -34,6 +34,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_image_fragments": ("embedstore.store._fragments", "write_image_fragments"),
     "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
     "split": ("embedstore.store._folds", "split"),
+    "TextCache": ("embedstore.store._text_cache", "TextCache"),
+    "text_sha256": ("embedstore.store._text_cache", "text_sha256"),
     "MetadataError": ("embedstore.store._metadata", "MetadataError"),
     "read_metadata": ("embedstore.store._metadata", "read_metadata"),
 }
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.store._outputs import read_table, write_ray_dataset, write_table
     from embedstore.store._sql import check_predicate
     from embedstore.store._store import Store, connect, default_store_path, drop_column
+    from embedstore.store._text_cache import TextCache, text_sha256
 
 __all__ = [
     "ALWAYS_TRAIN",
@@ -69,6 +72,7 @@ __all__ = [
     "StoreError",
     "StoreInfo",
     "StoreLockedError",
+    "TextCache",
     "check",
     "check_predicate",
     "connect",
@@ -79,6 +83,7 @@ __all__ = [
     "read_metadata",
     "read_table",
     "split",
+    "text_sha256",
     "write_image_fragments",
     "write_ray_dataset",
     "write_table",
