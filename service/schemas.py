@@ -24,6 +24,7 @@ import heads
 from embedstore.errors import UserError
 from embedstore.types import DEVICE_PATTERN, TEXT_WEIGHT
 from heads.settings import SETTINGS, Setting, head_options
+from heads.types import SET_SCORES
 
 from .errors import InvalidRequest, TooLarge, describe
 
@@ -45,11 +46,49 @@ Ids = Annotated[
 ]
 
 
+# A species list: labels (or label -> weight), at most this many; in a multipart form, labels
+# separated by commas or new lines (the field may repeat).
+MAX_SPECIES = 100_000
+Label = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+SpeciesList = (
+    Annotated[list[Label], Field(max_length=MAX_SPECIES)]
+    | Annotated[dict[Label, Annotated[float, Field(ge=0)]], Field(max_length=MAX_SPECIES)]
+)
+
+
 class PredictBody(_Body):
     run: str
     ids: Ids = Field(default_factory=list)
     top_k: int = Field(5, ge=1, le=1000)
     prior: str | None = Field(None, pattern="^uniform$")
+    species_list: SpeciesList | None = Field(
+        None,
+        description="Only these labels may be the answer: a list of labels, or an object of "
+        "label -> weight (labels the run does not know are skipped).",
+    )
+    prior_by: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="A metadata column (e.g. country): weigh labels by how common each was at "
+        "the image's value in the training rows (a stored image's own, or 'place').",
+    )
+    place: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="With prior_by: the value for every image (e.g. DK)."
+    )
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Add each image's prediction set, holding the true label this share of the "
+        "time (e.g. 0.9; split conformal).",
+    )
+    set_score: Literal[SET_SCORES] = Field(  # type: ignore[valid-type]
+        "lac", description="With coverage: lac (smallest sets) or aps (adaptive)."
+    )
+    calibrate_on: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = Field(
+        None,
+        description="With coverage: calibrate the sets on the store rows matching this "
+        "predicate (rows the run never trained on) instead of its out-of-fold predictions.",
+    )
 
 
 class LookupBody(_Body):
@@ -100,6 +139,13 @@ class _TrainRun(_Body):
     unknown: str | None = None
     unknown_label: str = "unknown"
     where: str | None = None
+    class_thresholds: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="With unknown: an unknown threshold per predicted class, fitted out-of-fold, "
+        "for classes predicted at least this many times there (others: the global one).",
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: Annotated[str, StringConstraints(pattern=DEVICE_PATTERN.pattern)] | None = None
 
@@ -190,6 +236,9 @@ def form_fields(form: Any) -> dict[str, Any]:
             continue
         if k == "ids":
             data.setdefault("ids", []).extend(x for x in v.replace(",", " ").split() if x)
+        elif k == "species_list":
+            labels = (x.strip() for x in v.replace("\n", ",").split(","))
+            data.setdefault("species_list", []).extend(x for x in labels if x)
         else:
             data[k] = v
     return data
