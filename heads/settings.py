@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from heads.types import CLASS_WEIGHTS, REFERENCES, SAMPLERS
+from heads.types import CENTRINGS, CLASS_WEIGHTS, REFERENCES, SAMPLERS
 
 NEURAL = ("linear", "mlp", "transformer")
 
@@ -201,6 +201,15 @@ SETTINGS: tuple[Setting, ...] = (
         "For --head centroid: move the prototypes toward the images being predicted (soft "
         "k-means) before predicting them.",
         heads=("centroid",),
+    ),
+    Setting(
+        "centring",
+        str,
+        "mean",
+        "For --head centroid and lda: subtract the training mean, then L2-normalise "
+        "(SimpleShot), or none: L2-normalise only.",
+        heads=("centroid", "lda"),
+        choices=CENTRINGS,
     ),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -23,6 +23,10 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
 # The reference set of the centroid head: the training part, or training + validation.
 Reference = Literal["train", "train+val"]
 REFERENCES: tuple[str, ...] = get_args(Reference)
+# What the centroid and LDA heads do to an embedding before anything else: subtract the training
+# mean, then L2-normalise (SimpleShot's CL2N), or L2-normalise only.
+Centring = Literal["mean", "none"]
+CENTRINGS: tuple[str, ...] = get_args(Centring)
 
 # Conformal scores of prediction sets (heads.prediction._sets): 1 - p of the label, or the
 # probability mass of the labels at least as probable (adaptive sets).

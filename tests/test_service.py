@@ -361,6 +361,31 @@ def test_train_on_request_poll_cancel_and_serve_at_once(client, flowers):
     assert out.status_code == 200 and out.json()[0]["label"] == "sunflower"
 
 
+def test_train_an_lda_head_on_request(client, flowers):
+    """The LDA head from the service: its name from the registry, its setting from
+    heads.settings; a setting of the trained heads is refused before any job runs."""
+    bad = client.post("/v1/train", json={"name": "lda-x", "head": "lda", "epochs": 5})
+    assert bad.status_code == 422 and "do not apply to head 'lda'" in bad.json()["detail"]
+    bad = client.post("/v1/train", json={"name": "lda-x", "head": "lda", "centring": "median"})
+    assert bad.status_code == 422 and "centring" in bad.text
+    r = client.post("/v1/train", json={"name": "lda", "head": "lda", "centring": "mean"})
+    assert r.status_code == 202, r.text
+    for _ in range(600):
+        status = client.get(f"/v1/jobs/{r.json()['id']}").json()
+        if status["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    assert status["status"] == "done", status
+    assert status["result"]["metrics"][0]["top1"] > 0.9
+    (run,) = [x for x in client.get("/v1/runs").json() if x["name"] == "lda"]
+    assert run["head"] == "lda"
+    photo = _photo(flowers, "daisy", 2)
+    out = client.post(
+        "/v1/predict", files=[("images", ("d.jpg", _reencoded(photo)))], data={"run": "lda"}
+    )
+    assert out.status_code == 200 and out.json()[0]["label"] == "daisy"
+
+
 def test_dynamic_batching_shares_forward_passes(tiny_dino):
     bb = embedstore.create_backbone(str(tiny_dino))
     batched = BatchedBackbone(bb, max_batch=64, max_wait_ms=200)

@@ -1,11 +1,12 @@
 """The heads and unknown-class detectors themselves (scikit-learn estimators), and the metadata
 encoders that feed them: the plug-ins behind ``heads.create_head`` / ``heads.create_detector``.
 
->>> from heads.estimators import NeuralHead, KNNHead
+>>> from heads.estimators import NeuralHead, KNNHead, LDAHead
 """
 
 from heads.estimators._encoders import ENCODERS, MetadataEncoder
 from heads.estimators._knn import CentroidHead, KNNHead
+from heads.estimators._lda import LDAHead
 from heads.estimators._neural import DEFAULT_LR, NeuralHead
 from heads.estimators._unknown import (
     DEFAULT_DETECTOR,
@@ -34,6 +35,7 @@ __all__ = [
     "ENCODERS",
     "CentroidHead",
     "KNNHead",
+    "LDAHead",
     "MetadataEncoder",
     "NeuralHead",
     "UnknownDetector",
