@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EmbeddingInfo": ("embedstore.store._meta", "EmbeddingInfo"),
     "StoreInfo": ("embedstore.store._info", "StoreInfo"),
     "check_predicate": ("embedstore.store._sql", "check_predicate"),
+    "unlabelled_predicates": ("embedstore.store._sql", "unlabelled_predicates"),
     "Store": ("embedstore.store._store", "Store"),
     "connect": ("embedstore.store._store", "connect"),
     "default_store_path": ("embedstore.store._store", "default_store_path"),
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.store._meta import EmbeddingInfo
     from embedstore.store._metadata import MetadataError, read_metadata
     from embedstore.store._outputs import read_table, write_ray_dataset, write_table
-    from embedstore.store._sql import check_predicate
+    from embedstore.store._sql import check_predicate, unlabelled_predicates
     from embedstore.store._store import Store, connect, default_store_path, drop_column
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "read_metadata",
     "read_table",
     "split",
+    "unlabelled_predicates",
     "write_image_fragments",
     "write_ray_dataset",
     "write_table",

@@ -104,7 +104,13 @@ class RunConfig(_Config):
     """``config.json`` of one trained head (``heads train``; a fold, or the refit)."""
 
     KIND: ClassVar[str] = "run"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("backbones", "refit", "temperature")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "backbones",
+        "refit",
+        "temperature",
+        "pseudo",
+        "distilled",
+    )
 
     head: str = ""
     head_config: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +133,11 @@ class RunConfig(_Config):
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
     refit: dict[str, Any] | None = None  # the refit's epochs and the folds' best epochs
     temperature: float | None = None  # the refit's: the mean of the folds'
+    # ``--pseudo-label``: the round it trained in, how many pseudo-labelled rows, their fraction
+    # and weight, how those were chosen, the unlabelled rows' predicate (rows: pseudo.parquet)
+    pseudo: dict[str, Any] | None = None
+    # ``heads distill``: the teacher, its checksum, temperature, label weight, rows trained on
+    distilled: dict[str, Any] | None = None
 
     @property
     def backbone_list(self) -> list[dict[str, Any]]:
