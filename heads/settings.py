@@ -230,7 +230,7 @@ PSEUDO_SETTINGS: tuple[Setting, ...] = (
         float,
         None,
         "Share of the unlabelled rows pseudo-labelled, most confident first, per predicted class "
-        "(default: chosen out-of-fold from 0.1-0.5, or none when none helps).",
+        "(default: chosen out-of-fold from 0.1, 0.3, 0.5, or none when none helps).",
         heads=(),
         min=0,
         min_exclusive=True,

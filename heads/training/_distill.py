@@ -111,11 +111,11 @@ def distill(
         views=views is not False or bool(tta),
     )
     use_views(data, views, tta)
+    base = _out_dir(out if out is not None else f"{run}-distilled", head, data, overwrite)
     U = load_unlabelled(data, unl_where)
     rows, y_lab = _labelled_rows(data, first.unknown_label, teacher.classes)
     t = _targets(teacher, data, rows, y_lab, U, temperature, label_weight)
     epochs = _epochs(student, head_options, teacher)
-    base = _out_dir(out if out is not None else f"{run}-distilled", head, data, overwrite)
     collect_partial_runs(base.parent)
     work = work_dir(base)
     try:
