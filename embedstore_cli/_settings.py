@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from embedstore_cli._common import Registered, loss_names
-from heads.settings import SETTINGS
+from heads.settings import DISTILL_SETTINGS, PSEUDO_SETTINGS, SETTINGS
 
 
 class FiniteFloat(click.FloatRange):
@@ -53,8 +53,18 @@ def setting_option(s: Any) -> Callable[[Any], Any]:
     return click.option(flag, s.name, type=_param_type(s), default=None, help=s.help)
 
 
-def head_setting_options(f: Any) -> Any:
-    """Every training setting of the heads as an option of the decorated command."""
-    for s in reversed(SETTINGS):
-        f = setting_option(s)(f)
-    return f
+def setting_options(settings: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A decorator adding every one of ``settings`` as an option, in the declared order."""
+
+    def decorate(f: Any) -> Any:
+        for s in reversed(settings):
+            f = setting_option(s)(f)
+        return f
+
+    return decorate
+
+
+# Every training setting of the heads; the run's pseudo-labelling options; distill's own.
+head_setting_options = setting_options(SETTINGS)
+pseudo_setting_options = setting_options(PSEUDO_SETTINGS)
+distill_setting_options = setting_options(DISTILL_SETTINGS)

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import click
 
-from embedstore_cli import evaluate, explore, predict, search, serve, store, text, train
+from embedstore_cli import (
+    distill,
+    evaluate,
+    explore,
+    predict,
+    search,
+    serve,
+    store,
+    text,
+    train,
+)
 from embedstore_cli._common import CONTEXT, Group
 
 
@@ -61,6 +71,7 @@ for _cmd in (
 for _cmd in (
     train.train_cmd,
     train.tune_cmd,
+    distill.distill_cmd,
     evaluate.eval_cmd,
     evaluate.ensemble_cmd,
     predict.predict_cmd,

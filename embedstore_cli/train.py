@@ -19,7 +19,11 @@ from embedstore_cli._common import (
     quiet_option,
     store_option,
 )
-from embedstore_cli._settings import head_setting_options, setting_option
+from embedstore_cli._settings import (
+    head_setting_options,
+    pseudo_setting_options,
+    setting_option,
+)
 from heads.settings import BY_NAME
 from heads.types import (
     ENSEMBLE_MEMBERS,
@@ -119,6 +123,7 @@ TRAIN_OPTIONS = options(
         "--seed", type=int, default=None, help="Random seed for initialisation and sampling."
     ),
     click.option("--device", type=DEVICE, default=None, help="Where to train (default: auto)."),
+    pseudo_setting_options,
 )
 
 
@@ -159,6 +164,8 @@ def train_cmd(
       heads train --store flowers --fold all --head mlp --no-tta --out runs/mlp-views
       heads train --store flowers --fold all --head mlp --backbone efficientnet-lite0 \\
           --backbone dinov2-small --out runs/mlp-2bb
+      heads train --store grocery --fold all --no-views --pseudo-label \\
+          --unlabelled "split = 'test'" --out runs/mlp-pseudo
     """
     kw["backbone"] = list(backbones) if len(backbones) > 1 else (backbones or [None])[0]
     if label_smoothing is not None:
@@ -190,6 +197,8 @@ def train_cmd(
             f"refit on all folds: {r.metrics['n_train']} images"
             f"{f', {r.epochs} epochs' if r.epochs else ''} ({r.fit_seconds} s)  -> {r.run}"
         )
+    if res.pseudo is not None:
+        echo_pseudo(res.pseudo)
     e = res.ensemble_metrics
     if e is not None:
         click.echo(
@@ -202,6 +211,32 @@ def train_cmd(
                 f"held-out part: top1 {e.holdout.get('top1', nan):.4f}  "
                 f"macro-F1 {e.holdout.get('macro_f1', nan):.4f}"
             )
+
+
+def echo_pseudo(p: Any) -> None:
+    """What --pseudo-label chose and did, in a few lines."""
+    for c in p.choice:
+        what = (
+            "plain (no pseudo-labels)"
+            if not c["fraction"]
+            else (f"fraction {c['fraction']:g}, weight {c['weight']:g}")
+        )
+        click.echo(
+            f"  out-of-fold {what}: top1 {c['oof_top1']:.4f}  macro-F1 {c['oof_macro_f1']:.4f}"
+        )
+    if not p.fraction:
+        click.echo(
+            f"pseudo-labels: none helped out-of-fold on the labelled rows; the run is the plain "
+            f"fit ({p.n_unlabelled} unlabelled rows: {p.unlabelled})"
+        )
+        return
+    click.echo(
+        f"pseudo-labels: fraction {p.fraction:g}, weight {p.weight:g} ({p.chosen}) of "
+        f"{p.n_unlabelled} unlabelled rows ({p.unlabelled})"
+    )
+    for r in p.rounds:
+        click.echo(f"  round {r['round']}: {r['rows']} rows of {r['classes']} classes")
+    click.echo(f"  recorded in {p.labels}")
 
 
 # The search and training options of ``heads tune``, one block.

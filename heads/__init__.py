@@ -45,6 +45,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TuneResult": ("heads.training._tune", "TuneResult"),
     "tune": ("heads.training._tune", "tune"),
     "ensemble": ("heads.training._ensemble", "ensemble"),
+    "DistillResult": ("heads.training._distill", "DistillResult"),
+    "distill": ("heads.training._distill", "distill"),
+    "PseudoResult": ("heads.training._pseudo", "PseudoResult"),
     "EvalResult": ("heads.evaluation._evaluate", "EvalResult"),
     "evaluate": ("heads.evaluation._evaluate", "evaluate"),
     "IssuesResult": ("heads.evaluation._issues", "IssuesResult"),
@@ -116,13 +119,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.prediction._batch import BatchPrediction, predict_batch
     from heads.prediction._predict import Prediction, predict, predict_embeddings
     from heads.runs._loaded import Ensemble, Predictor, Run, load
+    from heads.training._distill import DistillResult, distill
     from heads.training._ensemble import ensemble
+    from heads.training._pseudo import PseudoResult
     from heads.training._train import FoldResult, TrainResult, train
     from heads.training._tune import TuneResult, tune
 
 __all__ = [
     "HEADS",
     "BatchPrediction",
+    "DistillResult",
     "Ensemble",
     "EvalResult",
     "FoldResult",
@@ -133,6 +139,7 @@ __all__ = [
     "IssuesResult",
     "Prediction",
     "Predictor",
+    "PseudoResult",
     "ReportResult",
     "Run",
     "TrainResult",
@@ -140,6 +147,7 @@ __all__ = [
     "create_detector",
     "create_head",
     "create_loss",
+    "distill",
     "ensemble",
     "evaluate",
     "find_issues",

@@ -13,8 +13,10 @@ for two classes) that also gives
 
 ``fit`` takes keyword inputs every head accepts and may ignore: ``fields=``, ``aux=``, ``X_val=``,
 ``y_val=``, ``fields_val=``, ``progress=`` (a :data:`Progress` callback), and ``X_views=`` where
-``HeadTags.takes_views``. :class:`HeadMixin` gives the defaults; ``heads.train`` reads
-:func:`head_tags` and nothing else about a head. ``docs/heads.md`` has a complete example.
+``HeadTags.takes_views``, ``sample_weight=`` where ``HeadTags.sample_weight``, ``soft_targets=``
+and ``soft_temperature=`` where ``HeadTags.soft_targets``. :class:`HeadMixin` gives the
+defaults; ``heads.train`` reads :func:`head_tags` and nothing else about a head.
+``docs/heads.md`` has a complete example.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class HeadTags:
     needs_refit: bool = False  # its run predicts with the refit on every fold (not the folds)
     # settings a fold's copy gets when ``needs_refit`` (e.g. prototypes of the training part)
     fold_settings: Mapping[str, Any] = field(default_factory=dict)
+    sample_weight: bool = False  # fit(sample_weight=(N,)): rows count by their weight
+    # fit(soft_targets=(N, C), soft_temperature=T): learns another model's probabilities
+    # (what ``heads distill`` trains a head with)
+    soft_targets: bool = False
 
 
 @dataclass

@@ -215,6 +215,85 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 
+# The run's pseudo-labelling options: ``heads.train`` keywords that no head takes (``heads`` is
+# empty), declared here all the same so that ``heads train`` and the service derive them.
+PSEUDO_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "pseudo_label",
+        bool,
+        False,
+        "Pseudo-label (needs --fold all): score the unlabelled rows with the fold ensemble, add "
+        "the most confident with their predicted labels, train again.",
+        heads=(),
+    ),
+    Setting(
+        "unlabelled",
+        str,
+        None,
+        "SQL filter on store rows that --pseudo-label treats as unlabelled (their labels are "
+        "never read), e.g. \"split = 'test'\" (default: the rows with no label).",
+        heads=(),
+    ),
+    Setting(
+        "fraction",
+        float,
+        None,
+        "Share of the unlabelled rows pseudo-labelled, most confident first, per predicted class "
+        "(default: chosen out-of-fold from 0.1, 0.3, 0.5, or none when none helps).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=1,
+    ),
+    Setting(
+        "pseudo_weight",
+        float,
+        None,
+        "Loss weight of a pseudo-labelled row, a labelled one weighing 1 (default: chosen "
+        "out-of-fold from 0.5 and 1).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=1,
+    ),
+    Setting(
+        "rounds",
+        int,
+        1,
+        "Rounds of --pseudo-label: each scores the unlabelled rows again with the last round's "
+        "fold ensemble and trains again.",
+        heads=(),
+        min=1,
+        max=10,
+    ),
+)
+PSEUDO_BY_NAME: dict[str, Setting] = {s.name: s for s in PSEUDO_SETTINGS}
+
+# ``heads distill``'s own options (the student's head settings are :data:`SETTINGS`).
+DISTILL_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "temperature",
+        float,
+        2.0,
+        "Distillation temperature T: the student matches softmax(teacher logits / T).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=100,
+    ),
+    Setting(
+        "label_weight",
+        float,
+        0.5,
+        "On labelled rows the target is this much the true label and the rest the teacher's "
+        "probabilities (0: the teacher's alone).",
+        heads=(),
+        min=0,
+        max=1,
+    ),
+)
+DISTILL_BY_NAME: dict[str, Setting] = {s.name: s for s in DISTILL_SETTINGS}
+
 
 def heads_taking(name: str) -> tuple[str, ...]:
     """The built-in heads that take setting ``name``."""
@@ -235,6 +314,10 @@ def head_options(options: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "BY_NAME",
     "DEFAULTS",
+    "DISTILL_BY_NAME",
+    "DISTILL_SETTINGS",
+    "PSEUDO_BY_NAME",
+    "PSEUDO_SETTINGS",
     "SETTINGS",
     "Setting",
     "TuneRange",

@@ -321,6 +321,8 @@ class State:
                 raise BadInput(f"option '{key}': the store has no column {', '.join(missing)}")
         if "device" in options:
             embedstore.resolve_device(options["device"])  # BadInput for a device not here
+        if options.get("pseudo_label") and fold != "all":
+            raise BadInput("option 'pseudo_label' needs fold 'all'")
         settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
         if "loss_kwargs" in options:
             settings["loss_kwargs"] = options["loss_kwargs"]

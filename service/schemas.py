@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 import heads
 from embedstore.errors import UserError
 from embedstore.types import DEVICE_PATTERN, TEXT_WEIGHT
-from heads.settings import SETTINGS, Setting, head_options
+from heads.settings import PSEUDO_SETTINGS, SETTINGS, Setting, head_options
 from heads.types import SET_SCORES
 
 from .errors import InvalidRequest, TooLarge, describe
@@ -165,10 +165,12 @@ def _setting_field(s: Setting) -> tuple[Any, Any]:
     return (kind | None, Field(None, description=s.help, **bounds))
 
 
-# The body of POST /v1/train: the run's fields, and every head setting derived from the one
-# declaration in heads.settings (the same as `heads train`'s options).
+# The body of POST /v1/train: the run's fields, and every head setting and pseudo-labelling
+# option derived from the one declaration in heads.settings (as `heads train`'s options).
 TrainBody = create_model(  # type: ignore[call-overload]
-    "TrainBody", __base__=_TrainRun, **{s.name: _setting_field(s) for s in SETTINGS}
+    "TrainBody",
+    __base__=_TrainRun,
+    **{s.name: _setting_field(s) for s in (*SETTINGS, *PSEUDO_SETTINGS)},
 )
 
 

@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EmbeddingInfo": ("embedstore.store._meta", "EmbeddingInfo"),
     "StoreInfo": ("embedstore.store._info", "StoreInfo"),
     "check_predicate": ("embedstore.store._sql", "check_predicate"),
+    "unlabelled_predicates": ("embedstore.store._sql", "unlabelled_predicates"),
     "Store": ("embedstore.store._store", "Store"),
     "connect": ("embedstore.store._store", "connect"),
     "default_store_path": ("embedstore.store._store", "default_store_path"),
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.store._meta import EmbeddingInfo
     from embedstore.store._metadata import MetadataError, read_metadata
     from embedstore.store._outputs import read_table, write_ray_dataset, write_table
-    from embedstore.store._sql import check_predicate
+    from embedstore.store._sql import check_predicate, unlabelled_predicates
     from embedstore.store._store import Store, connect, default_store_path, drop_column
     from embedstore.store._text_cache import TextCache, text_sha256
 
@@ -84,6 +85,7 @@ __all__ = [
     "read_table",
     "split",
     "text_sha256",
+    "unlabelled_predicates",
     "write_image_fragments",
     "write_ray_dataset",
     "write_table",

@@ -109,6 +109,8 @@ class RunConfig(_Config):
         "refit",
         "temperature",
         "class_thresholds",
+        "pseudo",
+        "distilled",
     )
 
     head: str = ""
@@ -134,6 +136,11 @@ class RunConfig(_Config):
     temperature: float | None = None  # the refit's: the mean of the folds'
     # unknown thresholds per predicted class (heads.estimators._class_thresholds), or None
     class_thresholds: dict[str, Any] | None = None
+    # ``--pseudo-label``: the round it trained in, how many pseudo-labelled rows, their fraction
+    # and weight, how those were chosen, the unlabelled rows' predicate (rows: pseudo.parquet)
+    pseudo: dict[str, Any] | None = None
+    # ``heads distill``: the teacher, its checksum, temperature, label weight, rows trained on
+    distilled: dict[str, Any] | None = None
 
     @property
     def backbone_list(self) -> list[dict[str, Any]]:

@@ -20,12 +20,14 @@ import numpy as np
 from sklearn.base import clone
 
 from embedstore import Result
+from embedstore.store import unlabelled_predicates
 from heads._base import Head, head_tags
 from heads._data import (
     FoldData,
     check_finite,
     holdout_leakage,
     load_fold_data,
+    load_unlabelled,
 )
 from heads._errors import HeadsError
 from heads.estimators._class_thresholds import fit_class_thresholds
@@ -46,6 +48,14 @@ from heads.training._folds import (
     prepare_fold,
     save_fold,
     use_views,
+)
+from heads.training._pseudo import (
+    FoldScores,
+    PseudoOptions,
+    PseudoPlan,
+    PseudoResult,
+    fold_scores,
+    pseudo_options,
 )
 from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
 
@@ -86,6 +96,7 @@ class TrainResult(Result):
     refit: FoldResult | None = None
     # the stored views the heads trained on and predict with (test-time augmentation)
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
+    pseudo: PseudoResult | None = None  # --pseudo-label: what was chosen, each round's rows
 
 
 def train(
@@ -108,6 +119,11 @@ def train(
     overwrite: bool = False,
     views: bool | None = None,
     tta: bool | None = None,
+    pseudo_label: bool = False,
+    unlabelled: str | None = None,
+    fraction: float | None = None,
+    pseudo_weight: float | None = None,
+    rounds: int | None = None,
     **head_options: Any,
 ) -> TrainResult:
     """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
@@ -135,14 +151,27 @@ def train(
     ``ensemble="refit"``): the folds are scored with prototypes of their training part, and
     the refit's prototypes, which ``<out>`` predicts with, use every fold.
 
+    ``pseudo_label`` (with ``fold="all"``): after the folds, the rows with no label (or those
+    ``unlabelled`` selects, e.g. ``"split = 'test'"``, whose labels are then never read) are
+    scored by the fold ensemble; the most confident ``fraction`` of them per predicted class
+    join every fold's training part with their predicted label and a loss weight
+    ``pseudo_weight``, and the folds train again, ``rounds`` times. ``fraction`` and
+    ``pseudo_weight`` not given are chosen out-of-fold (:mod:`heads.training._pseudo`); the
+    run records the rows in ``<out>/pseudo.parquet``.
+
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
+    >>> heads.train("grocery", fold="all", pseudo_label=True, unlabelled="split = 'test'")
     """
     estimator = build_head(head, head_options, progress)
     unknown = DEFAULT_DETECTOR if unknown == "default" else unknown
     detector = build_detector(unknown, head_options.get("device"))
     refit, members = _refit_settings(estimator, fold, refit, ensemble)
-    data = _read_data(store, backbone, [*metadata, *aux_targets], where, views, tta, estimator)
+    pseudo = pseudo_options(pseudo_label, unlabelled, fraction, pseudo_weight, rounds)
+    _check_pseudo(pseudo, fold, [*metadata, *aux_targets])
+    data, unlabelled_rows = _read_data(
+        store, backbone, [*metadata, *aux_targets], where, views, tta, estimator, pseudo
+    )
     folds = _folds_to_train(data, fold)
     leaks = holdout_leakage(data)
     base = _out_dir(out, head, data, overwrite)
@@ -161,20 +190,19 @@ def train(
         base,
         work,
     )
-    steps = len(folds) + int(refit)
-    metrics, stats, refit_res, ens, ens_metrics = [], [], None, None, None
+    job.unlabelled = unlabelled_rows
+    tick = _Ticker(on_fold, len(folds) * (1 + (pseudo.rounds if pseudo else 0)) + int(refit))
+    refit_res, ens, ens_metrics, pseudo_res = None, None, None, None
     try:
-        for done, k in enumerate(folds):
-            if on_fold is not None:
-                on_fold(done, steps)
-            run_dir = work / f"fold{k}" if fold == "all" else work
-            res, st = _train_fold(job, k, f"{head} fold {k} ({done + 1}/{len(folds)})", run_dir)
-            metrics.append(res)
-            stats.append(st)
+        metrics, stats = _train_folds(job, folds, fold, tick)
+        if pseudo is not None:
+            plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
+            while plan.start_round(job, _scores(stats)):
+                metrics, stats = _train_folds(job, folds, fold, tick)
+            pseudo_res = plan.finish(job, work, base)
         runs = [str(work / Path(m.run).relative_to(base)) for m in metrics]
         if refit:
-            if on_fold is not None:
-                on_fold(len(folds), steps)
+            tick()
             refit_res = fit_refit(job, stats, work / "refit")
             refit_res.run = str(base / "refit")
         if fold == "all" and (len(runs) > 1 or refit):
@@ -184,11 +212,71 @@ def train(
         shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
         raise
     if on_fold is not None:
-        on_fold(steps, steps)
+        on_fold(tick.total, tick.total)
     used_views = {"train": list(data.train_views), "tta": list(data.tta_views)}
     return TrainResult(
-        [m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, used_views
+        [m.run for m in metrics],
+        ens,
+        metrics,
+        ens_metrics,
+        leaks,
+        refit_res,
+        used_views,
+        pseudo_res,
     )
+
+
+@dataclass
+class _Ticker:
+    """``on_fold(done, total)`` before each fit; ``advance=False``: a checkpoint between the
+    fits that choose the pseudo-labels (a caller that raises from it stops the training)."""
+
+    on_fold: Callable[[int, int], None] | None
+    total: int
+    done: int = 0
+
+    def __call__(self, advance: bool = True) -> None:
+        if self.on_fold is not None:
+            self.on_fold(self.done, self.total)
+        self.done += int(advance)
+
+
+def _train_folds(
+    job: _Job, folds: list[int], fold: int | str, tick: _Ticker
+) -> tuple[list[FoldResult], list[_FoldStats]]:
+    """Train every fold of ``folds`` into the work folder (again, in a pseudo-labelling
+    round: ``job.extra`` holds its rows)."""
+    metrics, stats = [], []
+    what = "" if job.record is None else f", pseudo-label round {job.record['round']}"
+    for i, k in enumerate(folds):
+        tick()
+        run_dir = job.work / f"fold{k}" if fold == "all" else job.work
+        desc = f"{job.head} fold {k} ({i + 1}/{len(folds)}){what}"
+        res, st = _train_fold(job, k, desc, run_dir)
+        metrics.append(res)
+        stats.append(st)
+    return metrics, stats
+
+
+def _scores(stats: list[_FoldStats]) -> list[FoldScores]:
+    out = [s.scores for s in stats]
+    assert all(s is not None for s in out)  # scored when the job has unlabelled rows
+    return [s for s in out if s is not None]
+
+
+def _check_pseudo(pseudo: PseudoOptions | None, fold: int | str, columns: list[str]) -> None:
+    if pseudo is None:
+        return
+    if fold != "all":
+        raise HeadsError(
+            "--pseudo-label needs --fold all: the fold ensemble scores the unlabelled rows and "
+            "the fraction is chosen out-of-fold"
+        )
+    if columns:
+        raise HeadsError(
+            "--pseudo-label does not take --metadata or --aux-target yet (the unlabelled rows "
+            "are read as embeddings only); drop them"
+        )
 
 
 def _read_data(
@@ -199,10 +287,15 @@ def _read_data(
     views: bool | None,
     tta: bool | None,
     estimator: Head,
-) -> FoldData:
+    pseudo: PseudoOptions | None = None,
+) -> tuple[FoldData, Any]:
     """The store's rows for training, checked (finite, labelled), views decided; a head that
-    fuses tokens gets one token per backbone."""
+    fuses tokens gets one token per backbone. With ``pseudo``: the labelled rows only, and the
+    unlabelled ones apart (ids and embeddings: their labels are never read)."""
     several = isinstance(backbone, list | tuple) and len(backbone) > 1
+    unl_where = None
+    if pseudo is not None:
+        where, unl_where = unlabelled_predicates(where, pseudo.unlabelled)
     data = load_fold_data(store, backbone, columns, where, views=views is not False or bool(tta))
     sk: Any = estimator  # heads are scikit-learn estimators: get_params / set_params
     if several and head_tags(estimator).token_fusion and not sk.get_params()["token_dims"]:
@@ -214,7 +307,15 @@ def _read_data(
             f"{data.store_path}: no labelled images; label them by class folders or "
             "`embedstore ingest --label-column`"
         )
-    return data
+    if unl_where is None or pseudo is None:
+        return data, None
+    rows = load_unlabelled(data, unl_where)
+    if not len(rows.ids):
+        raise HeadsError(
+            f"{data.store_path}: --pseudo-label found no unlabelled rows ({pseudo.described}); "
+            "give --unlabelled WHERE (e.g. \"split = 'test'\") or add images without labels"
+        )
+    return data, rows
 
 
 def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
@@ -244,7 +345,7 @@ def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult
     tags = head_tags(model)
     if tags.needs_refit:  # e.g. centroids: the folds score with their training part only
         model.set_params(**tags.fold_settings)
-    fit_s = fit_fold(model, data, f, desc if job.progress else None)
+    fit_s = fit_fold(model, data, f, desc if job.progress else None, job.extra)
     det = None if job.detector is None else clone(job.detector)
     val_logits, det, val_scores = calibrate_fold(model, det, data, f)
     stats = _fold_stats(model, det, f, val_logits)
@@ -260,6 +361,7 @@ def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult
             min_count=job.class_thresholds,
         )
         extra = {"class_thresholds": ct.to_dict()}
+    stats.scores = fold_scores(model, job, f, val_logits, stats.temperature)
     save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, job, extra)
     res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
     shown = job.base / run_dir.relative_to(job.work) if run_dir != job.work else job.base
@@ -305,6 +407,7 @@ class _FoldStats:
     best_epoch: int | None
     temperature: float
     threshold: float | None
+    scores: FoldScores | None = None  # with unlabelled rows: what pseudo-labelling reads
 
 
 def _refit_settings(
@@ -357,7 +460,7 @@ def fit_refit(job: _Job, stats: list[_FoldStats], run_dir: Path) -> FoldResult:
         epochs = refit_epochs(best)
         model.set_params(epochs=epochs)
     desc = f"{job.head} refit on all folds"
-    fit_s = fit_fold(model, data, f, desc if job.progress else None)
+    fit_s = fit_fold(model, data, f, desc if job.progress else None, job.extra)
     val_logits, det, _ = calibrate_fold(
         model, None if detector is None else clone(detector), data, f
     )
