@@ -12,8 +12,9 @@ for two classes) that also gives
   trip through a run folder (a JSON-able config, safetensors; nothing pickled).
 
 ``fit`` takes keyword inputs every head accepts and may ignore: ``fields=``, ``aux=``, ``X_val=``,
-``y_val=``, ``fields_val=``, ``progress=`` (a :data:`Progress` callback), and ``X_views=`` where
-``HeadTags.takes_views``. :class:`HeadMixin` gives the defaults; ``heads.train`` reads
+``y_val=``, ``fields_val=``, ``progress=`` (a :data:`Progress` callback), ``X_views=`` where
+``HeadTags.takes_views`` and ``text=`` (:class:`heads.text.ClassTexts`) where
+``HeadTags.text_prior``. :class:`HeadMixin` gives the defaults; ``heads.train`` reads
 :func:`head_tags` and nothing else about a head. ``docs/heads.md`` has a complete example.
 """
 
@@ -44,14 +45,19 @@ class HeadTags:
     needs_refit: bool = False  # its run predicts with the refit on every fold (not the folds)
     # settings a fold's copy gets when ``needs_refit`` (e.g. prototypes of the training part)
     fold_settings: Mapping[str, Any] = field(default_factory=dict)
+    # fit(text=heads.text.ClassTexts): class weights from prompts, which heads.train builds with
+    # the column's text tower; such a head fits with no labelled row too (X (0, D), y (0,))
+    text_prior: bool = False
 
 
 @dataclass
 class TrainingRecord:
-    """An iterative fit's history (one dict per epoch) and its best epoch (None: not iterative)."""
+    """An iterative fit's history (one dict per epoch) and its best epoch (None: not iterative);
+    ``chosen``: what the fit chose on its own out-of-fold (e.g. the zero-shot head's blend)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -106,8 +112,9 @@ class HeadMixin:
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, X: Any, fields: Any = None) -> np.ndarray:
-        """The class of the largest logit ``(N,)``."""
-        return self.classes_[np.asarray(self.logits(X, fields)).argmax(axis=1)]
+        """The class of the largest logit ``(N,)`` (``logits`` first: it checks the fit)."""
+        best = np.asarray(self.logits(X, fields)).argmax(axis=1)  # (N,)
+        return self.classes_[best]
 
     def decision_function(self, X: Any, fields: Any = None) -> np.ndarray:
         """scikit-learn's decision function: ``(N, C)`` logits, or for two classes the ``(N,)``
