@@ -22,6 +22,7 @@ import embedstore
 import heads
 from cli import heads_cli
 from embedstore.backbones import text_tower
+from embedstore.errors import UserError
 from heads.estimators import BLEND_GRID, ZeroShotHead
 from heads.runs import read_run_config
 from heads.text import (
@@ -189,6 +190,30 @@ def test_blend_is_chosen_out_of_fold_and_reaches_high_accuracy(zs_store, tmp_pat
         rtol=1e-5, atol=1e-5,
     )  # fmt: skip
     assert pure.metrics[0].chosen == {"blend": 0.0}
+
+
+def test_a_zero_shot_run_joins_ensembles_and_takes_an_unknown_detector(zs_store, tmp_path):
+    """With labelled folds it is a normal run: a detector calibrated on the validation fold,
+    and an ensemble member beside another head over the same folds."""
+    store = _copy(zs_store, tmp_path)
+    bb = _backbone(store, "clip")
+    zs = heads.train(
+        store, fold="all", backbone=bb, head="zeroshot", unknown="msp", out=tmp_path / "zs",
+        progress=False,
+    )  # fmt: skip
+    run = heads.load(zs.runs[0], device="cpu")
+    assert run.threshold is not None and np.isfinite(run.threshold)
+    heads.train(store, fold="all", backbone=bb, head="centroid", out=tmp_path / "c", progress=False)
+    ens = heads.ensemble([tmp_path / "zs", tmp_path / "c"], tmp_path / "ens")
+    assert ens.metrics["top1"] >= 0.95 and ens.holdout["top1"] >= 0.95
+    img = sorted((Path(zs_store).parent / "imgs").rglob("*.jpg"))[0]
+    (pred,) = heads.predict(tmp_path / "ens", [img], device="cpu")
+    assert pred.label == "class_0" and pred.unknown is False
+
+
+def test_a_column_without_a_text_tower_is_refused_by_name(photo_store, tmp_path):
+    with pytest.raises(UserError, match="has no text tower"):
+        heads.train(photo_store, head="zeroshot", out=tmp_path / "r", progress=False)
 
 
 # ---------------------------------------------------------------------- no labelled image
