@@ -33,6 +33,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_index": ("embedstore.search._indexes", "build_index"),
     "embed_inputs": ("embedstore.search._embed", "embed_inputs"),
     "embed_texts": ("embedstore.search._texts", "embed_texts"),
+    "search_text": ("embedstore.search._text_search", "search_text"),
     "read_inputs": ("embedstore.search._embed", "read_inputs"),
     "Resident": ("embedstore.search._resident", "Resident"),
     "BACKBONES": ("embedstore.backbones._backbones", "BACKBONES"),
@@ -144,6 +145,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.search._indexes import build_index
     from embedstore.search._lookup import LookupResult, lookup
     from embedstore.search._resident import Resident
+    from embedstore.search._text_search import search_text
     from embedstore.search._texts import embed_texts
     from embedstore.store._check import check
     from embedstore.store._folds import SplitSummary, split
@@ -183,5 +185,6 @@ __all__ = [
     "read_inputs",
     "register_backbone",
     "resolve_device",
+    "search_text",
     "split",
 ]

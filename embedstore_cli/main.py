@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from embedstore_cli import evaluate, explore, predict, serve, store, text, train
+from embedstore_cli import evaluate, explore, predict, search, serve, store, text, train
 from embedstore_cli._common import CONTEXT, Group
 
 
@@ -48,6 +48,7 @@ for _cmd in (
     store.drop_column_cmd,
     store.split_cmd,
     explore.lookup_cmd,
+    search.search_cmd,
     explore.index_cmd,
     explore.backbones_cmd,
     explore.duplicates_cmd,

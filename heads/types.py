@@ -24,10 +24,16 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
 Reference = Literal["train", "train+val"]
 REFERENCES: tuple[str, ...] = get_args(Reference)
 
+# Conformal scores of prediction sets (heads.prediction._sets): 1 - p of the label, or the
+# probability mass of the labels at least as probable (adaptive sets).
+SetScore = Literal["lac", "aps"]
+SET_SCORES: tuple[str, ...] = get_args(SetScore)
+
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1",
     "top3",
+    "recall@5",
     "macro_f1",
     "mean_class_acc",
     "many_shot",
@@ -44,5 +50,7 @@ MetricName = Literal[
     "track2",
     "track3",
     "track4",
+    "set_coverage",
+    "mean_set_size",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
