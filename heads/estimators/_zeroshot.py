@@ -131,6 +131,8 @@ class ZeroShotHead(HeadMixin, ClassifierMixin, BaseEstimator):
         y = np.asarray(host_array(y)).reshape(-1)
         if len(y) == 0:
             X = as_float32(host_array(X), "X")  # (0, D_image)
+            if len(X):
+                raise ValueError(f"X has {len(X)} rows and y none")
             self.n_features_in_ = X.shape[1]
         else:
             X, y = fit_inputs(self, X, y)
