@@ -166,6 +166,9 @@ def train_cmd(
           --backbone dinov2-small --out runs/mlp-2bb
       heads train --store grocery --fold all --no-views --pseudo-label \\
           --unlabelled "split = 'test'" --out runs/mlp-pseudo
+      heads train --store birds --head zeroshot --classes species.txt --names names.csv \\
+          --templates "a photo of {}." --out runs/zeroshot
+      heads train --store birds --fold all --head zeroshot --out runs/zeroshot-blend
     """
     kw["backbone"] = list(backbones) if len(backbones) > 1 else (backbones or [None])[0]
     if label_smoothing is not None:
@@ -186,10 +189,14 @@ def train_cmd(
             f"TTA: {'yes' if res.views['tta'] else 'no'}; --no-views / --no-tta turn them off)"
         )
     for m in res.metrics:
+        if m.fold is None:  # a zero-shot run: no labelled training image, no folds
+            _echo_zero_shot(m)
+            continue
+        chosen = "".join(f", {k} {v}" for k, v in (m.chosen or {}).items() if k == "blend")
         click.echo(
             f"fold {m.fold}: top1 {m.metrics.get('top1', nan):.4f}  "
             f"macro-F1 {m.metrics.get('macro_f1', nan):.4f}  "
-            f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s)  -> {m.run}"
+            f"({f'{m.epochs} epochs, ' if m.epochs else ''}{m.fit_seconds} s{chosen})  -> {m.run}"
         )
     if res.refit is not None:
         r = res.refit
@@ -237,6 +244,19 @@ def echo_pseudo(p: Any) -> None:
     for r in p.rounds:
         click.echo(f"  round {r['round']}: {r['rows']} rows of {r['classes']} classes")
     click.echo(f"  recorded in {p.labels}")
+
+
+def _echo_zero_shot(m: Any) -> None:
+    """The line of a run made of class names alone, and its held-out scores."""
+    click.echo(f"zero-shot run from class names (no labelled training image)  -> {m.run}")
+    h = m.metrics.get("holdout")
+    if h and h.get("n_known"):
+        click.echo(
+            f"held-out part: top1 {h.get('top1', float('nan')):.4f}  "
+            f"macro-F1 {h.get('macro_f1', float('nan')):.4f}  ({h['n_known']} images)"
+        )
+    else:
+        click.echo("no labelled held-out image to score it on (`heads eval` once there are some)")
 
 
 # The search and training options of ``heads tune``, one block.

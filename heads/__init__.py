@@ -10,7 +10,8 @@ Built on ``embedstore`` (imports run one way: ``heads`` uses ``embedstore``, nev
 The rest lives in public subpackages, each with its ``__all__``: ``heads.estimators`` (the
 heads, detectors and encoders), ``heads.runs`` (the run format, loading, a folder of runs),
 ``heads.training``, ``heads.evaluation``, ``heads.prediction``; ``heads.losses``,
-``heads.settings`` (the training settings, declared once) and ``heads.types``.
+``heads.settings`` (the training settings, declared once), ``heads.text`` (prompts and class
+text weights for the zero-shot head) and ``heads.types``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 _MOVED: dict[str, str] = {
     "CentroidHead": "heads.estimators",
     "KNNHead": "heads.estimators",
+    "ZeroShotHead": "heads.estimators",
     "NeuralHead": "heads.estimators",
     "MetadataEncoder": "heads.estimators",
     "ENCODERS": "heads.estimators",
@@ -85,7 +87,7 @@ _MOVED: dict[str, str] = {
     "PREDICTION_SCHEMA": "heads.prediction",
     "write_predictions_csv": "heads.prediction",
 }
-_SUBPACKAGES = ("estimators", "runs", "training", "evaluation", "prediction", "losses")
+_SUBPACKAGES = ("estimators", "runs", "training", "evaluation", "prediction", "losses", "text")
 
 
 def __getattr__(name: str) -> Any:

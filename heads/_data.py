@@ -41,6 +41,9 @@ class FoldData:
     # its main embedding there; None when not read. ``view_names`` names the V views in order.
     views: np.ndarray | None = None
     view_names: list[str] = field(default_factory=list)
+    # class text weights (heads.text.ClassTexts) for a head with HeadTags.text_prior: built once
+    # from the column's text tower; its classes are every fold's classes
+    text: Any = None
 
 
 def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:

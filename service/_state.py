@@ -18,6 +18,7 @@ import embedstore
 import heads
 import heads.runs
 import heads.settings
+import heads.text
 import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from embedstore.types import Runtime
@@ -303,30 +304,37 @@ class State:
         return self.jobs.submit("train", {"name": name, **options}, work)
 
     def _check_train(self, options: dict[str, Any]) -> None:
-        """What can be checked before a job is queued: the fold, the columns, the device, and
-        that every setting applies to the head (the head is built, not trained)."""
+        """What can be checked before a job is queued: that every setting applies to the head
+        (the head is built, not trained), the fold (none needed by a zero-shot head), the
+        columns, the device."""
+        settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
+        if "loss_kwargs" in options:
+            settings["loss_kwargs"] = options["loss_kwargs"]
+        head = heads.training.build_head(options.get("head", "mlp"), settings, progress=False)
         folds = (self.store.meta.table_metadata().get("folds") or {}).get("folds")
         fold = options.get("fold", 0)
-        if not folds:
+        zero_shot = head.__head_tags__().text_prior  # trains from class names, folds or not
+        if not folds and not zero_shot:
             raise BadInput("the store has no folds; run `embedstore split` on it first")
-        if fold != "all" and not 0 <= int(fold) < int(folds):
+        if folds and fold != "all" and not 0 <= int(fold) < int(folds):
             raise BadInput(
                 f"option 'fold': {fold} does not exist; the store has folds 0-{folds - 1}"
             )
         schema = self.store.schema()
         columns = set(schema.names) if schema is not None else set()
-        for key in ("metadata", "aux_targets"):
-            missing = [c for c in options.get(key) or [] if c not in columns]
+        for key in ("metadata", "aux_targets", "name_columns", "coarse_column"):
+            given = options.get(key) or []
+            missing = [
+                c for c in ([given] if isinstance(given, str) else given) if c not in columns
+            ]
             if missing:
                 raise BadInput(f"option '{key}': the store has no column {', '.join(missing)}")
         if "device" in options:
             embedstore.resolve_device(options["device"])  # BadInput for a device not here
         if options.get("pseudo_label") and fold != "all":
             raise BadInput("option 'pseudo_label' needs fold 'all'")
-        settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
-        if "loss_kwargs" in options:
-            settings["loss_kwargs"] = options["loss_kwargs"]
-        heads.training.build_head(options.get("head", "mlp"), settings, progress=False)
+        if options.get("templates") is not None:
+            heads.text.check_templates(options["templates"])  # BadInput naming the template
 
     def ingest_job(self, folder: str) -> Job:
         root = self.settings.allow_root

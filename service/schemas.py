@@ -156,11 +156,21 @@ class _TrainRun(_Body):
         return head_options(opts)
 
 
+# One value of a list or dict setting (a template, a class name, a column): a line of text.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+
+
 def _setting_field(s: Setting) -> tuple[Any, Any]:
-    """A head setting as a pydantic field: its type (choices as an enum), its bounds, its help."""
+    """A head setting as a pydantic field: its type (choices as an enum), its bounds, its help.
+    A ``list`` or ``dict`` setting takes the values themselves (never a file on the server):
+    ``templates``, ``classes`` as JSON arrays, ``names`` as ``{label: [name, ...]}``."""
     kind: Any = s.type
     if s.choices is not None:
         kind = Literal[s.choices]  # type: ignore[valid-type]
+    elif s.type is list:
+        kind = list[Text]
+    elif s.type is dict:
+        kind = dict[Text, Annotated[list[Text], Field(max_length=100)]]
     bounds: dict[str, Any] = s.bounds()  # ge or gt, le: keywords of Field
     return (kind | None, Field(None, description=s.help, **bounds))
 

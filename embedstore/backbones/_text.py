@@ -124,6 +124,18 @@ class TextTower:
                 Z = Z @ self._image_projection.T.cpu()  # (N, dim)
             return F.normalize(Z, dim=-1).numpy().astype(np.float32, copy=False)
 
+    @property
+    def image_projection(self) -> np.ndarray | None:
+        """The linear map :meth:`project_images` applies before normalising, as float32
+        ``(dim, image_dim)`` (CLIP's visual projection: ``project_images(X)`` is
+        ``normalise(X @ P.T)``), or None where the column is already in the shared space
+        (SigLIP). Loads the weights. What a head keeps to predict from the stored column
+        without the tower."""
+        self.load()
+        if self._image_projection is None:
+            return None
+        return self._image_projection.detach().float().cpu().numpy().copy()
+
     def describe(self) -> dict[str, Any]:
         """What this tower is: its reference, and once loaded its scale and bias."""
         out = {**self.ref.to_dict(), "name": self.name, "dim": self._dim}

@@ -334,6 +334,8 @@ def _plot_name(path: Path, model: Predictor) -> str:
         label = f"{shown(path.parent.name)}/{path.name}"
     if isinstance(cfg, EnsembleConfig):
         return f"{label} (ensemble of {len(cfg.members)})"
+    if cfg.fold is None:  # the refit on every fold, or a zero-shot run with no folds
+        return f"{label} ({cfg.head}, {'refit' if cfg.refit is not None else 'no folds'})"
     return f"{label} ({cfg.head}, fold {cfg.fold})"
 
 

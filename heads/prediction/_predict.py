@@ -316,7 +316,9 @@ def predict_embeddings(
     raw = logits.astype(np.float64)  # (n, C) the model's own: what sets are calibrated on
     logits = raw
     if prior is not None:
-        train_prior = model.train_counts / model.train_counts.sum()
+        # a class with no training image (a zero-shot head's) was not learnt at frequency 0
+        counts = np.maximum(model.train_counts, 1.0)
+        train_prior = counts / counts.sum()
         logits = logits + np.log(np.maximum(prior, 1e-12)) - np.log(np.maximum(train_prior, 1e-12))
     free = np.exp(log_softmax(logits))  # (n, C) before the local priors
     weights = None

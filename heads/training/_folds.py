@@ -165,7 +165,8 @@ def prepare_fold(
     """Rows, labels, encoded metadata (encoder fitted on the training part) and aux targets."""
     train_rows, val_rows = fold_rows(data, k, unknown_label)
     y_tr = data.labels[train_rows].astype(str)
-    classes = np.unique(y_tr)
+    # a text prior names every class, images or not; else the training part's labels
+    classes = np.unique(y_tr if data.text is None else np.asarray(data.text.classes, dtype=str))
     if len(classes) < 2:
         raise HeadsError(
             f"{'refit' if k is None else f'fold {k}'}: the training part has {len(classes)} "
@@ -204,6 +205,8 @@ def fit_fold(
         fit_kw["fields_val"] = [v[f.known_val] for v in f.fields_val]
     if f.aux_train is not None:
         fit_kw["aux"] = f.aux_train
+    if data.text is not None and head_tags(model).text_prior:
+        fit_kw["text"] = data.text  # the class text weights the labelled images move
     if f.known_val.any():
         fit_kw["X_val"], fit_kw["y_val"] = data.X[f.val_rows][f.known_val], f.y_val[f.known_val]
     X, y = data.X[f.train_rows], f.y_train
@@ -407,7 +410,7 @@ def save_fold(
         poisonous_of_class=_poisonous_of_class(data, f),
         head=job.head,
         head_config=config_h,
-        train_counts=[int(counts[c]) for c in f.classes],
+        train_counts=[int(counts.get(c, 0)) for c in f.classes],  # 0: a class of words only
         backbone=_backbone_ref(data.backbone),
         backbones=[_backbone_ref(i) for i in data.backbones] if len(data.backbones) > 1 else None,
         fold=f.k,

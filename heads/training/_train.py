@@ -57,6 +57,14 @@ from heads.training._pseudo import (
     fold_scores,
     pseudo_options,
 )
+from heads.training._text_prior import (
+    attach_class_texts,
+    check_zero_shot_options,
+    text_columns,
+    train_zero_shot,
+    unused_labels_warning,
+    zero_shot_only,
+)
 from heads.types import ENSEMBLE_MEMBERS, EnsembleMembers
 
 
@@ -70,6 +78,8 @@ class FoldResult(Result):
     epochs: int
     metrics: dict[str, Any]
     knn_top1_by_k: dict[str, float] | None = None
+    # what the head chose out-of-fold on its training part (the zero-shot head's blend)
+    chosen: dict[str, Any] | None = None
 
     def items_(self) -> dict[str, Any]:
         out = {
@@ -81,6 +91,8 @@ class FoldResult(Result):
         }
         if self.knn_top1_by_k is not None:
             out["knn_top1_by_k"] = self.knn_top1_by_k
+        if self.chosen is not None:
+            out["chosen"] = self.chosen
         return out
 
 
@@ -159,7 +171,14 @@ def train(
     ``pseudo_weight`` not given are chosen out-of-fold (:mod:`heads.training._pseudo`); the
     run records the rows in ``<out>/pseudo.parquet``.
 
+    A head with a text prior (``head="zeroshot"``: ``classes``, ``templates``, ``names``,
+    ``name_columns``, ``coarse_column``, ``blend``) gets class weights from the column's text
+    tower first (``heads.training._text_prior``); on a store with no labelled training image
+    (labels only on the held-out part, or none) it makes one run with no folds (``fold``
+    None), scored on the held-out part.
+
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
+    >>> heads.train("birds", head="zeroshot", classes=["Turdus merula", "Erithacus rubecula"])
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
     >>> heads.train("grocery", fold="all", pseudo_label=True, unlabelled="split = 'test'")
     """
@@ -169,11 +188,19 @@ def train(
     refit, members = _refit_settings(estimator, fold, refit, ensemble)
     pseudo = pseudo_options(pseudo_label, unlabelled, fraction, pseudo_weight, rounds)
     _check_pseudo(pseudo, fold, [*metadata, *aux_targets])
+    columns = [*metadata, *aux_targets, *text_columns(estimator)]
     data, unlabelled_rows = _read_data(
-        store, backbone, [*metadata, *aux_targets], where, views, tta, estimator, pseudo
+        store, backbone, columns, where, views, tta, estimator, pseudo
     )
-    folds = _folds_to_train(data, fold)
-    leaks = holdout_leakage(data)
+    job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
+    zero = _text_prior(job, data, estimator, refit, head_options.get("device"))
+    if zero and pseudo is not None:
+        raise HeadsError(
+            "--pseudo-label needs labelled training images to score the unlabelled rows; "
+            "this store has none (a zero-shot run): drop --pseudo-label"
+        )
+    folds = [] if zero else _folds_to_train(data, fold)
+    leaks = holdout_leakage(data) + (unused_labels_warning(data, unknown_label) if zero else [])
     base = _out_dir(out, head, data, overwrite)
     # Train into a hidden folder beside --out and swap it in whole when complete: a run killed or
     # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
@@ -181,7 +208,6 @@ def train(
     work = work_dir(base)
     if class_thresholds is not None and unknown is None:
         raise HeadsError("--class-thresholds sets the unknown detector's thresholds: add --unknown")
-    job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
     job.class_thresholds = class_thresholds
     job.estimator, job.detector, job.data, job.base, job.work = (
         estimator,
@@ -194,7 +220,11 @@ def train(
     tick = _Ticker(on_fold, len(folds) * (1 + (pseudo.rounds if pseudo else 0)) + int(refit))
     refit_res, ens, ens_metrics, pseudo_res = None, None, None, None
     try:
-        metrics, stats = _train_folds(job, folds, fold, tick)
+        stats: list[_FoldStats] = []
+        if zero:  # no labelled image to train on: one run of the class texts
+            metrics = [_zero_shot_run(job)]
+        else:
+            metrics, stats = _train_folds(job, folds, fold, tick)
         if pseudo is not None:
             plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
             while plan.start_round(job, _scores(stats)):
@@ -302,7 +332,7 @@ def _read_data(
         sk.set_params(token_dims=[i.dim for i in data.backbones])
     use_views(data, views, tta)
     check_finite(data.X, data.ids, data.backbone.column)
-    if not any(v is not None for v in data.labels):
+    if not head_tags(estimator).text_prior and not any(v is not None for v in data.labels):
         raise HeadsError(
             f"{data.store_path}: no labelled images; label them by class folders or "
             "`embedstore ingest --label-column`"
@@ -316,6 +346,27 @@ def _read_data(
             "give --unlabelled WHERE (e.g. \"split = 'test'\") or add images without labels"
         )
     return data, rows
+
+
+def _text_prior(job: _Job, data: FoldData, estimator: Any, refit: bool, device: str | None) -> bool:
+    """For a head with a text prior: its class texts built into ``data``; whether the store
+    has no labelled training image (then one zero-shot run, no folds)."""
+    if not head_tags(estimator).text_prior:
+        return False
+    attach_class_texts(data, estimator, job.unknown_label, device)
+    zero = zero_shot_only(data, estimator, job.unknown_label)
+    if zero:
+        check_zero_shot_options(job, refit)
+    return zero
+
+
+def _zero_shot_run(job: _Job) -> FoldResult:
+    """The zero-shot run into the work folder (``fold`` None: no folds), with its held-out
+    scores."""
+    model, metrics = train_zero_shot(job, job.work)
+    fit_s = metrics.pop("fit_seconds")
+    chosen = model.training_record().chosen or None
+    return FoldResult(str(job.base), None, fit_s, 0, metrics, chosen=chosen)
 
 
 def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
@@ -365,8 +416,16 @@ def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult
     save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, job, extra)
     res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
     shown = job.base / run_dir.relative_to(job.work) if run_dir != job.work else job.base
-    n_epochs = len(model.training_record().history)
-    result = FoldResult(str(shown), k, round(fit_s, 3), n_epochs, res.metrics, f.knn_top1_by_k)
+    record = model.training_record()
+    result = FoldResult(
+        str(shown),
+        k,
+        round(fit_s, 3),
+        len(record.history),
+        res.metrics,
+        f.knn_top1_by_k,
+        chosen=record.chosen or None,
+    )
     return result, stats
 
 
