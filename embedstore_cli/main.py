@@ -47,6 +47,7 @@ for _cmd in (
     store.check_cmd,
     store.drop_column_cmd,
     store.split_cmd,
+    store.taxonomy_cmd,
     explore.lookup_cmd,
     explore.index_cmd,
     explore.backbones_cmd,
@@ -58,12 +59,14 @@ for _cmd in (
 for _cmd in (
     train.train_cmd,
     train.tune_cmd,
+    train.hierarchy_cmd,
     evaluate.eval_cmd,
     evaluate.ensemble_cmd,
     predict.predict_cmd,
     evaluate.openset_cmd,
     evaluate.issues_cmd,
     evaluate.report_cmd,
+    evaluate.unknowns_cmd,
 ):
     heads_cli.add_command(_cmd)
 

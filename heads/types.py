@@ -24,6 +24,12 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
 Reference = Literal["train", "train+val"]
 REFERENCES: tuple[str, ...] = get_args(Reference)
 
+# The fallback to a coarser rank of the taxonomy (heads.taxonomy): the share of answers at each
+# rank that must be right out-of-fold, and the validation rows a predicted class needs for its
+# own threshold (fewer: its rank's).
+DEFAULT_TARGET = 0.9
+DEFAULT_MIN_COUNT = 20
+
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1",

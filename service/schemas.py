@@ -49,6 +49,11 @@ class PredictBody(_Body):
     ids: Ids = Field(default_factory=list)
     top_k: int = Field(5, ge=1, le=1000)
     prior: str | None = Field(None, pattern="^uniform$")
+    fallback: bool = Field(
+        False,
+        description="Also answer at the finest rank of the store's taxonomy whose confidence "
+        "clears its threshold: rank, answer and each rank's top-1 (a run with a hierarchy).",
+    )
 
 
 class LookupBody(_Body):
@@ -73,6 +78,11 @@ class _TrainRun(_Body):
     unknown: str | None = None
     unknown_label: str = "unknown"
     where: str | None = None
+    rank: str | None = Field(
+        None,
+        max_length=200,
+        description="Train on the labels' names at this rank of the store's taxonomy.",
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: Annotated[str, StringConstraints(pattern=DEVICE_PATTERN.pattern)] | None = None
 

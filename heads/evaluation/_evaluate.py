@@ -27,10 +27,12 @@ from heads._metrics import (
     openset_scores,
     per_class_f1,
 )
+from heads.evaluation._hierarchy import HIERARCHY_MEASURES, hierarchy_scores
 from heads.evaluation._plots import plot_confusion, plot_per_class
 from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
 from heads.runs._loaded import Predictor, load, resolve_member
 from heads.runs._rundir import read_val
+from heads.taxonomy._tree import map_labels
 
 # What each score means (``heads eval --help`` and the README print these).
 MEASURES: dict[str, str] = {
@@ -46,6 +48,7 @@ MEASURES: dict[str, str] = {
     "open_set_acc": "share of all images right with 'unknown' as one more class",
     "auroc/fpr95": "known vs unknown separation of the detector's score (needs unknown images)",
     "track1..track4": "FungiCLEF 2024 scores per observation (with unknown and poisonous labels)",
+    **HIERARCHY_MEASURES,  # with a taxonomy: under "hierarchy"
 }
 
 
@@ -171,11 +174,15 @@ def evaluate(
     """
     path = Path(path)
     model = load(path, device)
-    res = score_rows(model, read_val(path))
+    val = read_val(path)
+    res = score_rows(model, val)
     cfg = model.config
     out = EvalResult(
         str(path), cfg.kind, cfg.head if isinstance(cfg, RunConfig) else None, _public(res)
     )
+    ranks = hierarchy_scores(model, val, "val")
+    if ranks is not None:
+        out.metrics["hierarchy"] = ranks
     name = _plot_name(path, model)
     counts, counted = class_image_counts(path, model) if plots else (model.train_counts, "")
     if plots and res["n_known"]:
@@ -202,6 +209,9 @@ def evaluate(
         if rows is not None:
             scored = score_rows(model, rows)
             out.holdout = _public(scored)
+            ranks = hierarchy_scores(model, rows, "holdout", store)
+            if ranks is not None:
+                out.holdout["hierarchy"] = ranks
             if plots and scored["n_known"]:
                 y, p = _known_pairs(scored)
                 out.holdout_per_class_png = str(
@@ -287,7 +297,8 @@ def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> di
     logits = model.logits(embs, table)
     rows: dict[str, Any] = {
         "id": np.asarray(t["id"], dtype=object),
-        "label": np.asarray(t["label"], dtype=object),
+        # a run trained at a coarser rank (heads train --rank) names the labels at that rank
+        "label": map_labels(model, np.asarray(t["label"], dtype=object)),
         "logits": logits,
     }
     s = model.unknown_scores(embs, logits, table)

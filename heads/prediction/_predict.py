@@ -21,7 +21,9 @@ import embedstore
 from embedstore import Result
 from embedstore.types import Runtime
 from heads._errors import HeadsError
+from heads.prediction._fallback import answer_ranks
 from heads.runs._loaded import Predictor, load, log_softmax
+from heads.taxonomy._hierarchy import Hierarchy, load_hierarchy
 
 
 def read_prior(spec: str, classes: list[str]) -> np.ndarray:
@@ -107,6 +109,11 @@ class Prediction(Result):
     expected_cost: float | None = None
     group: str | None = None
     error: str | None = None
+    # with ``fallback``: the finest rank of the taxonomy whose confidence clears its threshold
+    # (None: none does, or the image is unknown), the answer there, and every rank's top-1
+    rank: str | None = None
+    answer: str | None = None
+    ranks: list[dict[str, Any]] | None = None
 
     def items_(self) -> dict[str, Any]:
         if self.error is not None:
@@ -121,6 +128,8 @@ class Prediction(Result):
         for k in ("unknown_score", "expected_cost", "group"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
+        if self.ranks is not None:
+            out.update(rank=self.rank, answer=self.answer, ranks=self.ranks)
         return out
 
 
@@ -139,6 +148,7 @@ def predict(
     backbones: dict[str, Any] | None = None,
     resident: embedstore.Resident | None = None,
     group_by: str | None = None,
+    fallback: bool = False,
 ) -> list[Prediction]:
     """Top-k labels with probabilities for each image (a file, or bytes) and each stored row id
     in ``ids``; one result per input, files first.
@@ -151,6 +161,9 @@ def predict(
     the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives
     every image of a group one answer from their mean logits (FungiCLEF style: several photos of
     one specimen): a store column (for stored images), or ``"folder"`` (the image file's folder).
+    ``fallback`` (a run with a hierarchy: its store has a taxonomy) also answers at the finest
+    rank whose confidence clears its threshold: ``rank``, ``answer`` and every rank's top-1 in
+    ``ranks`` ("genus Amanita, species uncertain"; heads.taxonomy).
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
@@ -169,6 +182,11 @@ def predict(
         raise HeadsError(f"--top-k must be at least 1, not {top_k}")
     pri = read_prior(prior, model.classes) if prior else None
     cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
+    if fallback and cost is not None:
+        raise HeadsError(
+            "--fallback answers by confidence, --cost-matrix by expected cost: choose one"
+        )
+    hier = load_hierarchy(model) if fallback else None
     st = None
     if resident is None:
         try:
@@ -184,7 +202,8 @@ def predict(
         )
         for i in (ids or [])
     ]
-    columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()}
+    cols = {**model.backbone_columns(), **(hier.backbone_columns(device) if hier else {})}
+    columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in cols.items()}
     meta = [*model.columns, *([group_by] if group_by not in (None, "folder") else [])]
     batch = embedstore.embed_inputs(
         st,
@@ -207,7 +226,9 @@ def predict(
         ]
     elif group_by is not None:
         groups = [None if v is None else str(v) for v in batch.table[group_by]]
-    return predict_embeddings(model, batch, top_k=top_k, prior=pri, cost=cost, groups=groups)
+    return predict_embeddings(
+        model, batch, top_k=top_k, prior=pri, cost=cost, groups=groups, hierarchy=hier
+    )
 
 
 def predict_embeddings(
@@ -218,10 +239,13 @@ def predict_embeddings(
     prior: np.ndarray | None = None,
     cost: np.ndarray | None = None,
     groups: list[str | None] | None = None,
+    hierarchy: Hierarchy | None = None,
 ) -> list[Prediction]:
     """Predictions for inputs already embedded (``embedstore.embed_inputs``): top-k, the
-    ``prior`` adjustment, the least-cost label, the unknown decision. Inputs sharing a
-    ``groups`` key (None: a group of its own) get one answer from their mean logits and scores."""
+    ``prior`` adjustment, the least-cost label, the unknown decision, and with ``hierarchy``
+    (``heads.taxonomy.load_hierarchy``) the answer at the finest confident rank. Inputs sharing
+    a ``groups`` key (None: a group of its own) get one answer from their mean logits and
+    scores."""
     classes = model.classes
     results = [
         Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(batch.inputs)
@@ -233,15 +257,15 @@ def predict_embeddings(
     subt = {c: v[sel] for c, v in batch.table.items()}
     logits = model.logits(sub, subt)
     scores = model.unknown_scores(sub, logits, subt)
+    rank_logits = hierarchy.rank_logits(sub, subt) if hierarchy is not None else {}
     if groups is not None:  # one answer per group: mean logits (and scores) over its images
         keys = np.array(
             [groups[j] if groups[j] is not None else f"\0{j}" for j in sel], dtype=object
         )
         _, inv = np.unique(keys, return_inverse=True)
         counts = np.bincount(inv)[:, None]
-        mean = np.zeros((inv.max() + 1, logits.shape[1]))
-        np.add.at(mean, inv, logits)
-        logits = (mean / counts)[inv].astype(np.float32)
+        logits = group_mean(logits, inv)
+        rank_logits = {r: group_mean(z, inv) for r, z in rank_logits.items()}
         if scores is not None:
             scores = (np.bincount(inv, weights=scores) / counts[:, 0])[inv]
         for j in sel:
@@ -267,30 +291,30 @@ def predict_embeddings(
             r.unknown_score = float(scores[row])
             if r.unknown:
                 r.label = model.unknown_label
+    if hierarchy is not None:
+        answer_ranks([results[j] for j in sel], hierarchy, logits, rank_logits, unknown)
     return results
+
+
+def group_mean(x: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """``(N, C)`` rows replaced by the mean of their group (``inv``: each row's group)."""
+    mean = np.zeros((inv.max() + 1, x.shape[1]))
+    np.add.at(mean, inv, x)
+    return (mean / np.bincount(inv)[:, None])[inv].astype(np.float32)
 
 
 def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike) -> Path:
     """A CSV of predictions: ``path, id, label, probability`` (of the top label), ``unknown``,
-    ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``."""
+    ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``;
+    with ``fallback`` also the answered ``rank`` and ``answer``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    ranked = any(p.ranks is not None for p in predictions)
+    header = ["path", "id", "label", "probability", "unknown", "unknown_score", "group", "top_k"]
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "path",
-                "id",
-                "label",
-                "probability",
-                "unknown",
-                "unknown_score",
-                "group",
-                "top_k",
-                "error",
-            ]
-        )
+        w.writerow([*header, "error", *(["rank", "answer"] if ranked else [])])
         for p in predictions:
             top = p.top_k or []
             w.writerow(
@@ -304,6 +328,7 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
                     p.group or "",
                     ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top),
                     p.error or "",
+                    *([p.rank or "", p.answer or ""] if ranked else []),
                 ]
             )
     os.replace(tmp, path)

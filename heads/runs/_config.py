@@ -104,7 +104,13 @@ class RunConfig(_Config):
     """``config.json`` of one trained head (``heads train``; a fold, or the refit)."""
 
     KIND: ClassVar[str] = "run"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("backbones", "refit", "temperature")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "backbones",
+        "refit",
+        "temperature",
+        "taxonomy",
+        "label_rank",
+    )
 
     head: str = ""
     head_config: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +133,9 @@ class RunConfig(_Config):
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
     refit: dict[str, Any] | None = None  # the refit's epochs and the folds' best epochs
     temperature: float | None = None  # the refit's: the mean of the folds'
+    # the store's taxonomy when it was trained (its labels only; embedstore.store.Taxonomy)
+    taxonomy: dict[str, Any] | None = None
+    label_rank: str | None = None  # `heads train --rank genus`: the classes are that rank's
 
     @property
     def backbone_list(self) -> list[dict[str, Any]]:

@@ -68,6 +68,8 @@ class _Job:
     data: FoldData | None = None
     base: Path = Path()
     work: Path = Path()
+    taxonomy: dict[str, Any] | None = None  # the store's (embedstore.store.Taxonomy.to_dict)
+    label_rank: str | None = None  # --rank: the labels are the taxonomy's names at that rank
 
 
 def _backbone_ref(info: Any) -> dict[str, Any]:
@@ -367,6 +369,8 @@ def save_fold(
         detector=det_config,
         # augmented views (``ingest --views``): those trained on, those averaged at prediction
         views={"train": list(data.train_views), "tta": list(data.tta_views)},
+        taxonomy=job.taxonomy,
+        label_rank=job.label_rank,
         **(extra or {}),
     )
     write_run_config(run_dir, config)

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import clone
 
 from embedstore import Result
+from embedstore.store import read_taxonomy
 from heads._base import Head, head_tags
 from heads._data import (
     FoldData,
@@ -32,6 +33,8 @@ from heads.estimators._unknown import DEFAULT_DETECTOR, UnknownDetector
 from heads.evaluation._evaluate import EvalResult, evaluate
 from heads.runs._folder import collect_partial_runs, work_dir
 from heads.runs._rundir import replace_dir
+from heads.taxonomy._fit import HierarchyResult, fit_hierarchy
+from heads.taxonomy._tree import relabel, restrict
 from heads.training._ensemble import ensemble as write_ensemble
 from heads.training._ensemble import fit_temperature
 from heads.training._folds import (
@@ -85,6 +88,8 @@ class TrainResult(Result):
     refit: FoldResult | None = None
     # the stored views the heads trained on and predict with (test-time augmentation)
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
+    # with a taxonomy on the store: the hierarchy fitted on the validation part
+    hierarchy: HierarchyResult | None = None
 
 
 def train(
@@ -106,6 +111,7 @@ def train(
     overwrite: bool = False,
     views: bool | None = None,
     tta: bool | None = None,
+    rank: str | None = None,
     **head_options: Any,
 ) -> TrainResult:
     """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
@@ -130,6 +136,11 @@ def train(
     ``ensemble="refit"``): the folds are scored with prototypes of their training part, and
     the refit's prototypes, which ``<out>`` predicts with, use every fold.
 
+    With a taxonomy on the store (``embedstore taxonomy``) the run records it and its
+    hierarchy is fitted on the validation part (``RUN/hierarchy.json``: answers at every rank,
+    ``heads predict --fallback``; heads.taxonomy.fit_hierarchy). ``rank`` (``"genus"``) trains
+    on the labels' names at that rank of the taxonomy instead of the labels themselves.
+
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
     """
@@ -138,6 +149,7 @@ def train(
     detector = build_detector(unknown, head_options.get("device"))
     refit, members = _refit_settings(estimator, fold, refit, ensemble)
     data = _read_data(store, backbone, [*metadata, *aux_targets], where, views, tta, estimator)
+    taxonomy = _use_taxonomy(data, rank, unknown_label)
     folds = _folds_to_train(data, fold)
     leaks = holdout_leakage(data)
     base = _out_dir(out, head, data, overwrite)
@@ -153,6 +165,7 @@ def train(
         base,
         work,
     )
+    job.taxonomy, job.label_rank = taxonomy, rank
     steps = len(folds) + int(refit)
     metrics, stats, refit_res, ens, ens_metrics = [], [], None, None, None
     try:
@@ -171,6 +184,7 @@ def train(
             refit_res.run = str(base / "refit")
         if fold == "all" and (len(runs) > 1 or refit):
             ens, ens_metrics = _fold_ensemble(job, members, runs, refit)
+        hierarchy = _fit_hierarchy(job, leaks)
         replace_dir(work, base)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
@@ -178,8 +192,10 @@ def train(
     if on_fold is not None:
         on_fold(steps, steps)
     used_views = {"train": list(data.train_views), "tta": list(data.tta_views)}
+    if hierarchy is not None:
+        hierarchy.run, hierarchy.file = str(base), str(base / Path(hierarchy.file).name)
     return TrainResult(
-        [m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, used_views
+        [m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res, used_views, hierarchy
     )
 
 
@@ -207,6 +223,38 @@ def _read_data(
             "`embedstore ingest --label-column`"
         )
     return data
+
+
+def _use_taxonomy(data: FoldData, rank: str | None, unknown_label: str) -> dict[str, Any] | None:
+    """The store's taxonomy as the run records it (None without one); with ``rank``, the
+    labels become their names at that rank."""
+    tax = read_taxonomy(data.store_path)
+    if tax is None:
+        if rank is not None:
+            raise HeadsError(
+                f"--rank {rank}: the store {data.store_path} has no taxonomy; set one with "
+                f"`embedstore taxonomy FILE --store {data.store_path}` (or --rank COLUMN)"
+            )
+        return None
+    recorded = restrict(tax, data.labels)
+    if rank is not None:
+        data.labels = relabel(data.labels, tax, rank, unknown_label)
+    return recorded
+
+
+def _fit_hierarchy(job: _Job, warnings: list[str]) -> HierarchyResult | None:
+    """The run's hierarchy fitted on its validation part, when the store has a taxonomy with a
+    rank above the run's classes (a warning instead when it cannot be fitted)."""
+    if (
+        job.taxonomy is None
+        or (job.label_rank or job.taxonomy["ranks"][0]) == job.taxonomy["ranks"][-1]
+    ):
+        return None
+    try:
+        return fit_hierarchy(job.work, device="cpu")
+    except HeadsError as e:
+        warnings.append(f"no hierarchy fitted: {e}")
+        return None
 
 
 def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:
