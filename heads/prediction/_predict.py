@@ -180,12 +180,12 @@ def predict(
         raise HeadsError("no images given; name image files or use --images DIR")
     if top_k < 1:
         raise HeadsError(f"--top-k must be at least 1, not {top_k}")
-    pri = read_prior(prior, model.classes) if prior else None
-    cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
-    if fallback and cost is not None:
+    if fallback and cost_matrix is not None:
         raise HeadsError(
             "--fallback answers by confidence, --cost-matrix by expected cost: choose one"
         )
+    pri = read_prior(prior, model.classes) if prior else None
+    cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
     hier = load_hierarchy(model) if fallback else None
     st = None
     if resident is None:
