@@ -156,8 +156,9 @@ def _rejected_rows(model: Predictor, st: embedstore.Store, where: str | None) ->
             )
     cols = model.backbone_columns()
     meta = list(model.columns)
+    where_from = [c for c in ("path", "root") if st.has_column(c)]  # the thumbnails' files
     embs, t = st.embedding_rows(
-        {c: b["dim"] for c, b in cols.items()}, ["id", "label", "path", "root", *meta], **select
+        {c: b["dim"] for c, b in cols.items()}, ["id", "label", *where_from, *meta], **select
     )
     if not len(t["id"]):
         raise HeadsError(f"{st.path}: no photos with the run's embeddings match --where {where!r}")
@@ -169,8 +170,8 @@ def _rejected_rows(model: Predictor, st: embedstore.Store, where: str | None) ->
     return {
         "id": np.asarray(t["id"], dtype=object),
         "label": np.asarray(t["label"], dtype=object),
-        "path": np.asarray(t["path"], dtype=object),
-        "root": np.asarray(t["root"], dtype=object),
+        "path": np.asarray(t.get("path", [None] * len(t["id"])), dtype=object),
+        "root": np.asarray(t.get("root", [None] * len(t["id"])), dtype=object),
         "score": np.asarray(scores, dtype=np.float64),
         "X": concat_backbones(main) if len(main) > 1 else l2_normalize(main[0]),
         "rejected": model.is_unknown(scores),
@@ -216,7 +217,7 @@ def _write_sheets(
         shown = [
             Tile(
                 load_thumbnail(rows["root"][i], rows["path"][i]),
-                [Path(str(rows["path"][i])).name, f"score {rows['score'][i]:.3f}"],
+                [_name(rows["path"][i], rows["id"][i]), f"score {rows['score'][i]:.3f}"],
             )
             for i in idx[:tiles]
         ]
@@ -245,6 +246,11 @@ def _write_sheets(
                 )
             )
     return out
+
+
+def _name(path: str | None, image_id: str) -> str:
+    """A tile's caption: the file's name, or the start of its id without one."""
+    return Path(str(path)).name if path else str(image_id)[:12]
 
 
 def _write_csvs(
