@@ -154,7 +154,7 @@ def map_labels(model: Predictor, labels: np.ndarray) -> np.ndarray:
     """The store's labels of rows as ``model`` names them: the same, or, for a run trained at a
     coarser rank (``heads train --rank genus``), their names at that rank (unplaced: None)."""
     tax, rank = run_taxonomy(model)
-    if tax is None or rank is None:
+    if tax is None or rank is None or tax.rank_index(rank) == 0:
         return labels
     r = tax.rank_index(rank)
     keep = model.unknown_label

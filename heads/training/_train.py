@@ -237,7 +237,7 @@ def _use_taxonomy(data: FoldData, rank: str | None, unknown_label: str) -> dict[
             )
         return None
     recorded = restrict(tax, data.labels)
-    if rank is not None:
+    if rank is not None and tax.rank_index(rank) > 0:  # the labels' own rank: as they are
         data.labels = relabel(data.labels, tax, rank, unknown_label)
     return recorded
 
