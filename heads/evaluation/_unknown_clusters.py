@@ -228,10 +228,13 @@ def _write_sheets(
             )
             for s in range(0, len(shown), TILES_PER_ROW)
         ]
-        what = f"cluster {k}: {len(idx)} photos" if k >= 0 else f"unclustered: {len(idx)} photos"
+        shown_n = f"{min(tiles, len(idx))} shown"
         title = (
-            f"{what} the unknown detector of {run} rejected (nearest the centre first; "
-            f"{min(tiles, len(idx))} shown). Name it in cluster_names.csv."
+            f"cluster {k}: {len(idx)} photos the unknown detector of {run} rejected (nearest "
+            f"the centre first; {shown_n}). Name it in cluster_names.csv."
+            if k >= 0
+            else f"{len(idx)} rejected photos that fit no cluster of at least the minimum size "
+            f"({shown_n}): look at them one by one."
         )
         sheet = contact_sheet(sheet_rows, folder / name, title=title, caption_lines=2)
         stored = Counter(str(v) for v in rows["label"][idx] if v is not None)
