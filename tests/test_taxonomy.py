@@ -351,3 +351,25 @@ def test_grocery81_coarse_and_fine_answers_on_real_photos(grocery_subset, tmp_pa
     fb = h["fallback"]
     assert fb["answer_accuracy"] > fine and fb["answered"]["coarse_class"] > 0, h
     assert res.hierarchy.oof["answer_accuracy"] >= 0.9 * res.hierarchy.target
+
+
+def test_predict_fallback_on_image_files_from_the_command_line(photo_store, tmp_path):
+    store = tmp_path / "s"
+    shutil.copytree(photo_store, store)
+    f = tmp_path / "kinds.csv"
+    f.write_text("label,kind\nclass_0,warm\nclass_1,warm\nclass_2,cool\nclass_3,cool\n")
+    out = CliRunner().invoke(embedstore_cli, ["taxonomy", str(f), "--store", str(store)])
+    assert out.exit_code == 0 and "label (4) < kind (2)" in out.output, out.output
+    heads.train(store, fold="all", head="centroid", out=tmp_path / "r", progress=False)
+    photo = sorted((photo_store.parent / "imgs" / "class_2").glob("*.jpg"))[0]
+    args = ["predict", str(tmp_path / "r"), str(photo), "--fallback"]
+    out = CliRunner().invoke(heads_cli, args)
+    assert out.exit_code == 0 and "  fallback: " in out.output, out.output
+    d = json.loads(CliRunner().invoke(heads_cli, [*args, "--json"]).output)[0]
+    assert [k["rank"] for k in d["ranks"]] == ["label", "kind"]
+    assert d["rank"] in ("label", "kind", None) and d["ranks"][1]["label"] in ("warm", "cool")
+    csv_out = tmp_path / "p.csv"
+    CliRunner().invoke(heads_cli, [*args, "--csv", str(csv_out)])
+    assert csv_out.read_text().splitlines()[0].endswith(",error,rank,answer")
+    out = CliRunner().invoke(heads_cli, [*args, "--out", str(tmp_path / "t.lance")])
+    assert out.exit_code == 2 and "--fallback" in out.output
