@@ -21,7 +21,9 @@ model. What it measures:
 - **the fallback** (target 90% right at each rank): the share of test photos answered at each
   rank and how often those answers were right, with its thresholds fitted (a) out-of-fold over
   the store's random folds, (b) on grocery81's official validation files (``val_*``,
-  photographed apart from the training ones) held out as fold 0.
+  photographed apart from the training ones) held out as fold 0, (c) as (b) with the one-sided
+  95% Wilson lower bound of each threshold's share right asked to reach the target
+  (``heads hierarchy --bound wilson``).
 
 Figures are printed, written as JSON (``--out``, default ``benchmarks/out/taxonomy.json``) with
 the machine they ran on, and plotted (``taxonomy.png``: where the fallback answered and how
@@ -132,7 +134,7 @@ def plot(results: list[tuple[str, dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(9.5, 4.4))
     colours = [("#2b8a3e", "#a5d8a5"), ("#1c6fb3", "#a9cbea")]
     names = []
     for i, (name, fb) in enumerate(results):
@@ -193,6 +195,8 @@ def main() -> None:
         heads.taxonomy.fit_hierarchy(fine, target=TARGET)  # back to the roll-up only
         official, s_val = train(val, work / "official", args.head, args.device, fold=0)
         b = scored(official, f"{args.head}, thresholds on the official val files", s_val)
+        heads.taxonomy.fit_hierarchy(official, target=TARGET, bound="wilson")
+        bw = scored(official, f"{args.head}, official val, Wilson bound", 0.0)
     source = chosen.sources[0]
     rows = [
         {
@@ -227,6 +231,8 @@ def main() -> None:
         ("thresholds out-of-fold, test", a["test_fallback"]),
         ("thresholds on official val, val (fitted rows)", b["oof_fallback"]),
         ("thresholds on official val, test", b["test_fallback"]),
+        ("official val + Wilson 95% bound, val (fitted)", bw["oof_fallback"]),
+        ("official val + Wilson 95% bound, test", bw["test_fallback"]),
     ]
     fb_rows = [
         {
@@ -253,6 +259,7 @@ def main() -> None:
             "fine_with_coarse_run": a_choice,
             "coarse_choice": source,
             "official_val": b,
+            "official_val_wilson": bw,
             "png": str(png),
         },
         args.out,

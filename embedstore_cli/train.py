@@ -21,7 +21,7 @@ from embedstore_cli._common import (
 )
 from embedstore_cli._settings import head_setting_options, setting_option
 from heads.settings import BY_NAME
-from heads.types import DEFAULT_MIN_COUNT, DEFAULT_TARGET, ENSEMBLE_MEMBERS
+from heads.types import BOUNDS, DEFAULT_MIN_COUNT, DEFAULT_TARGET, ENSEMBLE_MEMBERS
 
 # The options of ``heads train``: every head setting derived from ``heads.settings``, then the
 # run's own options.
@@ -221,7 +221,8 @@ def echo_hierarchy(h: Any) -> None:
         + (f" ({t['classes_with_own']} classes their own)" if t["classes_with_own"] else "")
         for t in h.thresholds
     )
-    click.echo(f"  fallback thresholds for {h.target:.0%} right answers: {ths}")
+    bound = " (Wilson 95% lower bound)" if h.bound == "wilson" else ""
+    click.echo(f"  fallback thresholds for {h.target:.0%} right answers{bound}: {ths}")
     ans = h.oof["answered"]
     acc = h.oof.get("accuracy", {})
     words = ", ".join(
@@ -388,6 +389,14 @@ def tune_cmd(store: str | None, losses: str | None, as_json: bool, quiet: bool, 
     show_default=True,
     help="Validation rows a predicted class needs for its own threshold (else its rank's).",
 )
+@click.option(
+    "--bound",
+    type=click.Choice(BOUNDS),
+    default="none",
+    show_default=True,
+    help="none: the answers' share right must reach --target on the validation rows; wilson: "
+    "its one-sided 95% lower bound must (a margin for small validation parts).",
+)
 @click.option("--store", default=None, help="Store whose taxonomy to use if the run recorded none.")
 @json_option
 def hierarchy_cmd(run: str, rank_runs: tuple[str, ...], as_json: bool, **kw: Any) -> None:
@@ -399,6 +408,7 @@ def hierarchy_cmd(run: str, rank_runs: tuple[str, ...], as_json: bool, **kw: Any
     \b
     Example:
       heads hierarchy runs/mlp --target 0.95
+      heads hierarchy runs/mlp-val --target 0.9 --bound wilson
       heads hierarchy runs/mlp --rank-run coarse_class=runs/coarse
     """
     pairs = {}

@@ -29,6 +29,10 @@ REFERENCES: tuple[str, ...] = get_args(Reference)
 # own threshold (fewer: its rank's).
 DEFAULT_TARGET = 0.9
 DEFAULT_MIN_COUNT = 20
+# How a threshold meets the target: the share of its answers right on the rows fitted ("none"),
+# or the one-sided 95% Wilson lower bound of that share (small validation parts: a margin).
+Bound = Literal["none", "wilson"]
+BOUNDS: tuple[str, ...] = get_args(Bound)
 
 # --- metrics, in the order tables print them
 MetricName = Literal[

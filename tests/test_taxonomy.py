@@ -143,6 +143,13 @@ def test_rollup_and_lowest_common_ancestor_against_a_loop():
         Tree.from_taxonomy(tax, ["a", "zz"])
 
 
+def _wilson_lower(k: int, n: int, z: float = 1.6449) -> float:
+    p = k / n
+    return (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (
+        1 + z * z / n
+    )
+
+
 def test_threshold_is_the_lowest_confidence_whose_answers_meet_the_target():
     rng = np.random.default_rng(1)
     for _ in range(30):
@@ -150,12 +157,19 @@ def test_threshold_is_the_lowest_confidence_whose_answers_meet_the_target():
         conf = np.round(rng.random(n), 1)  # ties
         right = rng.random(n) < conf
         target = float(rng.choice([0.5, 0.8, 0.9]))
-        best = None
-        for t in sorted(set(conf.tolist())):  # reference: every cut, the lowest that holds
-            if right[conf >= t].mean() >= target:
-                best = t
-                break
-        assert threshold_for(conf, right, target) == best
+        for bound in ("none", "wilson"):
+            best = None
+            for t in sorted(set(conf.tolist())):  # reference: every cut, the lowest that holds
+                k, m = int(right[conf >= t].sum()), int((conf >= t).sum())
+                share = k / m if bound == "none" else _wilson_lower(k, m)
+                if share >= target - 1e-12:
+                    best = t
+                    break
+            assert threshold_for(conf, right, target, bound) == best, (bound, conf, right)
+    # the bound asks for more: never a lower threshold than the plain share
+    conf, right = rng.random(500), rng.random(500) < 0.85
+    plain, wilson = threshold_for(conf, right, 0.8), threshold_for(conf, right, 0.8, "wilson")
+    assert plain is not None and wilson is not None and wilson >= plain
 
 
 def test_fallback_answers_meet_the_target_at_each_rank_on_the_rows_fitted():

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from embedstore.types import check_choice
 from heads._errors import HeadsError
-from heads.types import DEFAULT_MIN_COUNT, DEFAULT_TARGET
+from heads.types import BOUNDS, DEFAULT_MIN_COUNT, DEFAULT_TARGET, Bound
+
+_Z95 = 1.6449  # one-sided 95% normal quantile (the Wilson bound)
 
 
 @dataclass
@@ -65,14 +68,23 @@ def _inf(t: float | None) -> float:
     return np.inf if t is None else float(t)
 
 
-def threshold_for(conf: np.ndarray, right: np.ndarray, target: float) -> float | None:
+def threshold_for(
+    conf: np.ndarray, right: np.ndarray, target: float, bound: Bound = "none"
+) -> float | None:
     """The lowest confidence ``t`` such that the rows with ``conf >= t`` are right at least
-    ``target`` of the time (None when no ``t`` is)."""
+    ``target`` of the time (None when no ``t`` is); with ``bound="wilson"``, such that the
+    one-sided 95% Wilson lower bound of that share is (a margin that shrinks with the rows)."""
     if not len(conf):
         return None
     order = np.argsort(-conf, kind="stable")
     q, ok = conf[order], right[order].astype(np.float64)
-    precision = np.cumsum(ok) / np.arange(1, len(q) + 1)
+    n = np.arange(1, len(q) + 1)
+    precision = np.cumsum(ok) / n
+    if bound == "wilson":
+        z2 = _Z95**2
+        centre = precision + z2 / (2 * n)
+        margin = _Z95 * np.sqrt(precision * (1 - precision) / n + z2 / (4 * n**2))
+        precision = (centre - margin) / (1 + z2 / n)
     ends = np.r_[q[:-1] > q[1:], True]  # a cut between tied confidences is not a threshold
     good = np.flatnonzero(ends & (precision >= target))
     return None if not len(good) else float(q[good[-1]])
@@ -87,10 +99,15 @@ def fit_thresholds(
     *,
     target: float = DEFAULT_TARGET,
     min_count: int = DEFAULT_MIN_COUNT,
+    bound: Bound = "none",
 ) -> list[RankThresholds]:
     """Thresholds for every rank from out-of-fold rows: ``conf``, ``pred`` and ``right`` are
     ``(N, R)`` (each rank's top confidence, its class index into ``names[r]``, whether it is
-    right), finest rank first."""
+    right), finest rank first; ``bound`` as in :func:`threshold_for`."""
+    try:
+        check_choice(bound, BOUNDS, "bound")
+    except ValueError as e:
+        raise HeadsError(f"--bound: {e}") from None
     if not 0.0 < target <= 1.0:
         raise HeadsError(f"--target must be in (0, 1], not {target}")
     if min_count < 1:
@@ -99,12 +116,12 @@ def fit_thresholds(
     left = np.arange(len(conf))
     for r, rank in enumerate(ranks):
         q, p, ok = conf[left, r], pred[left, r], right[left, r]
-        th = RankThresholds(rank, threshold_for(q, ok, target), rows=int(len(left)))
+        th = RankThresholds(rank, threshold_for(q, ok, target, bound), rows=int(len(left)))
         ks, counts = np.unique(p, return_counts=True)
         for k, n in zip(ks, counts, strict=True):
             if n >= min_count:
                 own = p == k
-                th.classes[names[r][int(k)]] = threshold_for(q[own], ok[own], target)
+                th.classes[names[r][int(k)]] = threshold_for(q[own], ok[own], target, bound)
         out.append(th)
         left = left[q < th.of(names[r], p)]  # the rows this rank leaves unanswered
     return out

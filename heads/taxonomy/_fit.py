@@ -36,6 +36,7 @@ from heads.taxonomy._hierarchy import (
     softmax,
 )
 from heads.taxonomy._tree import Tree, cut, run_taxonomy
+from heads.types import Bound
 
 
 @dataclass
@@ -52,6 +53,7 @@ class HierarchyResult(Result):
     temperature: float
     target: float
     min_count: int
+    bound: str
     sources: list[dict[str, Any]]
     thresholds: list[dict[str, Any]]
     oof: dict[str, Any]
@@ -64,6 +66,7 @@ def fit_hierarchy(
     rank_runs: dict[str, str | os.PathLike] | None = None,
     target: float = DEFAULT_TARGET,
     min_count: int = DEFAULT_MIN_COUNT,
+    bound: Bound = "none",
     store: str | os.PathLike | None = None,
     device: str = "auto",
 ) -> HierarchyResult:
@@ -74,7 +77,8 @@ def fit_hierarchy(
     run trained at that rank (``heads train --rank genus``, same store and folds) that is more
     accurate out-of-fold. The fallback thresholds are set so that the answers at each rank are
     right ``target`` of the time out-of-fold, per predicted class where it has ``min_count``
-    rows, else per rank (heads.taxonomy._fallback).
+    rows, else per rank (heads.taxonomy._fallback); ``bound="wilson"`` asks the one-sided 95%
+    lower bound of that share to reach ``target`` (a margin for small validation parts).
 
     >>> heads.taxonomy.fit_hierarchy("runs/mlp", rank_runs={"genus": "runs/genus"}).oof
     """
@@ -101,7 +105,7 @@ def fit_hierarchy(
     conf = np.stack([p.max(axis=1) for p in P], axis=1)
     right = pred == truth
     th = fit_thresholds(
-        conf, pred, right, tree.names, tree.ranks, target=target, min_count=min_count
+        conf, pred, right, tree.names, tree.ranks, target=target, min_count=min_count, bound=bound
     )
     oof = fallback_summary(answered_rank(conf, pred, th, tree.names), right, tree.ranks)
     hier = Hierarchy(
@@ -114,6 +118,7 @@ def fit_hierarchy(
             "thresholds": [t.to_dict() for t in th],
             "target": target,
             "min_count": min_count,
+            "bound": bound,
             "oof": oof,
         }
     )
@@ -126,6 +131,7 @@ def fit_hierarchy(
         temperature,
         target,
         min_count,
+        bound,
         [s.to_dict() for s in sources],
         [_shown(t.to_dict()) for t in th],
         oof,

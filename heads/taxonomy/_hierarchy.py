@@ -70,6 +70,7 @@ class Hierarchy:
         self.thresholds = [RankThresholds.from_dict(t) for t in d.get("thresholds", [])]
         self.target = d.get("target")
         self.min_count = d.get("min_count")
+        self.bound = d.get("bound", "none")
         self.run_sha256 = d.get("run_sha256")
         self.oof = d.get("oof") or {}
         self._models: dict[str, Predictor] = {}
@@ -84,6 +85,7 @@ class Hierarchy:
             "thresholds": [t.to_dict() for t in self.thresholds],
             "target": self.target,
             "min_count": self.min_count,
+            "bound": self.bound,
             "oof": self.oof,
         }
 
