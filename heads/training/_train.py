@@ -248,6 +248,7 @@ def _fit_hierarchy(job: _Job, warnings: list[str]) -> HierarchyResult | None:
     if (
         job.taxonomy is None
         or (job.label_rank or job.taxonomy["ranks"][0]) == job.taxonomy["ranks"][-1]
+        or not (job.work / "config.json").is_file()  # --fold all over one fold: no ensemble
     ):
         return None
     try:
