@@ -18,6 +18,7 @@ from embedstore_cli._common import (
     human_bytes,
     json_option,
     run_store_option,
+    sets_options,
     store_option,
 )
 from heads.types import (
@@ -42,8 +43,16 @@ class _EvalCommand(click.Command):
 @click.option(
     "--store", default=None, help="Store to read the held-out part from (default: the run's)."
 )
+@click.option(
+    "--recall-k",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="k of recall@k (FungiCLEF 2025 scored recall@5, per observation).",
+)
+@sets_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run or ensemble.")
-def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
+def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool, **kw: Any) -> None:
     """Score runs or ensembles side by side: on the validation part (out-of-fold for a fold
     ensemble) and on the store's held-out part.
 
@@ -51,16 +60,19 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     Example:
       heads eval runs/mlp runs/knn runs/ens
       heads eval runs/mlp --json
+      heads eval runs/ens --coverage 0.9 --calibrate-on "path LIKE '%/val_%'"
     """
-    results = [heads.evaluate(r, store=store).to_dict() for r in runs]
+    results = [heads.evaluate(r, store=store, **kw).to_dict() for r in runs]
     if as_json:
         echo_json(results)
         return
+    recall = f"recall@{kw['recall_k']}"
+    order = [recall if k == "recall@5" else k for k in _EVAL_KEYS]
     for part, key in (("validation (out-of-fold)", None), ("held-out part", "holdout")):
         parts = [r if key is None else r.get(key) for r in results]
         if not any(parts):
             continue
-        keys = [k for k in _EVAL_KEYS if any(isinstance((d or {}).get(k), float) for d in parts)]
+        keys = [k for k in order if any(isinstance((d or {}).get(k), float) for d in parts)]
         names = [Path(r["run"]).name or r["run"] for r in results]
         width = max(len(k) for k in ["images", *keys])
         cols = [max(10, len(n)) for n in names]
@@ -79,6 +91,13 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
             )
     _echo_hierarchy(results)
     for r in results:
+        if r.get("sets"):
+            c = r["sets"]
+            click.echo(
+                f"{r['run']}: {c['coverage']:.0%} sets ({c['score']}) calibrated on {c['n']} "
+                f"images ({c['source']}), {c['classes_with_own_threshold']} classes with a "
+                "threshold of their own"
+            )
         if r.get("most_confused"):
             pairs = ", ".join(
                 f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5]
@@ -144,6 +163,14 @@ def _echo_hierarchy(results: list[dict[str, Any]]) -> None:
     help="Temperature-scale each member on its out-of-fold logits before averaging.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing ensemble at --out.")
+@click.option(
+    "--class-thresholds",
+    type=click.IntRange(1),
+    default=None,
+    metavar="MIN_COUNT",
+    help="Members with unknown detectors: an unknown threshold per predicted class, fitted on "
+    "the out-of-fold margins, for classes predicted at least MIN_COUNT times (others: global).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> None:
     """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from embedstore_cli import evaluate, explore, predict, serve, store, train
+from embedstore_cli import evaluate, explore, predict, search, serve, store, text, train
 from embedstore_cli._common import CONTEXT, Group
 
 
@@ -49,10 +49,13 @@ for _cmd in (
     store.split_cmd,
     store.taxonomy_cmd,
     explore.lookup_cmd,
+    search.search_cmd,
     explore.index_cmd,
     explore.backbones_cmd,
     explore.duplicates_cmd,
     explore.map_cmd,
+    text.embed_texts_cmd,
+    text.convert_open_clip_cmd,
     serve.serve_cmd,
 ):
     embedstore_cli.add_command(_cmd)

@@ -242,6 +242,12 @@ def info_cmd(store: str | None, as_json: bool) -> None:
             f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded by "
             f"{' + '.join(b.get('runtimes') or ['torch'])}  [{b['column']}]"
         )
+        t = b.get("text_tower")
+        click.echo(
+            f"  text     {t['kind']} text tower ({t['source']}), {t['cached_texts']} text(s) cached"
+            if t
+            else "  text     none (an image-only model: no text tower)"
+        )
         if b.get("views"):
             click.echo(
                 "  views    "

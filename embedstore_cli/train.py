@@ -73,6 +73,14 @@ TRAIN_OPTIONS = options(
         help="Label of images of no known class.",
     ),
     click.option(
+        "--class-thresholds",
+        type=click.IntRange(1),
+        default=None,
+        metavar="MIN_COUNT",
+        help="With --unknown: an unknown threshold per predicted class, fitted out-of-fold, for "
+        "classes predicted at least MIN_COUNT times there (others: the global one); e.g. 20.",
+    ),
+    click.option(
         "--where", default=None, help="SQL filter on store rows used for training and validation."
     ),
     click.option(
@@ -147,6 +155,7 @@ def train_cmd(
     Example:
       heads train --store flowers --fold all --head mlp --epochs 30 --out runs/mlp
       heads train --store flowers --fold all --head mlp --unknown --out runs/mlp-open
+      heads train --store flowers --fold all --unknown --class-thresholds 20 --out runs/open
       heads train --store fungi --fold 0 --head transformer --metadata habitat --metadata month \\
           --aux-target poisonous --loss seesaw --sampler prior --unknown energy --out runs/tf
       heads train --store flowers --fold all --head mlp --refit --ensemble both --out runs/mlp

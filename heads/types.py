@@ -33,11 +33,16 @@ DEFAULT_MIN_COUNT = 20
 # or the one-sided 95% Wilson lower bound of that share (small validation parts: a margin).
 Bound = Literal["none", "wilson"]
 BOUNDS: tuple[str, ...] = get_args(Bound)
+# Conformal scores of prediction sets (heads.prediction._sets): 1 - p of the label, or the
+# probability mass of the labels at least as probable (adaptive sets).
+SetScore = Literal["lac", "aps"]
+SET_SCORES: tuple[str, ...] = get_args(SetScore)
 
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1",
     "top3",
+    "recall@5",
     "macro_f1",
     "mean_class_acc",
     "many_shot",
@@ -54,5 +59,7 @@ MetricName = Literal[
     "track2",
     "track3",
     "track4",
+    "set_coverage",
+    "mean_set_size",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)

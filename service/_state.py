@@ -1,5 +1,6 @@
 """What the service keeps resident: the store's embeddings (reloaded when the store's version
-changes), the backbones that embed uploads (loaded once, behind dynamic batching), and the runs
+changes), the backbones that embed uploads (loaded once, behind dynamic batching), the text
+towers of image-text columns (built on the first text search, kept), and the runs
 under ``--runs`` (reloaded when their config checksum changes). Runs are read through
 ``heads`` (``list_runs``, ``run_checksum``, ``read_eval``, ``replace_run``), never file by file;
 the device is resolved once, here, and handed to everything below."""
@@ -76,6 +77,8 @@ class State:
         self._resident: embedstore.Resident | None = None
         self._raw: dict[str, embedstore.Backbone] = {}
         self.backbones: dict[str, BatchedBackbone] = {}  # column -> batched backbone
+        # column -> (the column's description it was built from, its text tower)
+        self._towers: dict[str, tuple[dict[str, Any], embedstore.backbones.TextTower]] = {}
         # name -> (config checksum, Predictor)
         self._runs: dict[str, tuple[str | None, Any]] = {}
         self.ready = False
@@ -169,6 +172,17 @@ class State:
     def lazy_backbones(self, columns: list[str]) -> _LazyBackbones:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""
         return _LazyBackbones(self, columns)
+
+    def text_tower(self, info: embedstore.store.EmbeddingInfo) -> embedstore.backbones.TextTower:
+        """The text tower of the image column ``info``, built on first use (its weights load on
+        the first search) and kept; rebuilt if the column was embedded again by another model.
+        A column without one raises ``BackboneError`` (422) naming the backbones that have one."""
+        with self._lock:
+            have = self._towers.get(info.column)
+            if have is None or have[0] != info.describe:
+                tower = embedstore.backbones.text_tower(info, device=self.device)
+                have = self._towers[info.column] = (dict(info.describe), tower)
+            return have[1]
 
     def embedding_info(self, backbone: str | None) -> embedstore.store.EmbeddingInfo:
         """The embedding column of ``backbone`` (None: the only one); an unknown one is 404."""

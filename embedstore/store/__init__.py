@@ -34,6 +34,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_image_fragments": ("embedstore.store._fragments", "write_image_fragments"),
     "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
     "split": ("embedstore.store._folds", "split"),
+    "TextCache": ("embedstore.store._text_cache", "TextCache"),
+    "text_sha256": ("embedstore.store._text_cache", "text_sha256"),
     "MetadataError": ("embedstore.store._metadata", "MetadataError"),
     "read_metadata": ("embedstore.store._metadata", "read_metadata"),
     "Taxonomy": ("embedstore.store._taxonomy", "Taxonomy"),
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         read_taxonomy_file,
         set_taxonomy,
     )
+    from embedstore.store._text_cache import TextCache, text_sha256
 
 __all__ = [
     "ALWAYS_TRAIN",
@@ -86,6 +89,7 @@ __all__ = [
     "Taxonomy",
     "TaxonomyError",
     "TaxonomySummary",
+    "TextCache",
     "check",
     "check_predicate",
     "connect",
@@ -99,6 +103,7 @@ __all__ = [
     "read_taxonomy_file",
     "set_taxonomy",
     "split",
+    "text_sha256",
     "write_image_fragments",
     "write_ray_dataset",
     "write_table",

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from embedstore._results import Result
+from embedstore.backbones._text_spec import text_tower_ref
 from embedstore.store._lance import EMB_PREFIX, StoreParts
 
 
@@ -86,6 +87,7 @@ def store_info(store: StoreParts) -> StoreInfo:
                 "source": info.describe.get("source"),
                 # what made its embeddings: torch, onnx or onnx-int8 (in order)
                 "runtimes": info.runtimes,
+                "text_tower": _text_tower(store, info.describe),
             }
         )
         if info.views:  # augmented views: name, column and how many images hold it
@@ -117,6 +119,15 @@ def store_info(store: StoreParts) -> StoreInfo:
         ],
     )
     return StoreInfo(**out)
+
+
+def _text_tower(store: StoreParts, describe: dict[str, Any]) -> dict[str, Any] | None:
+    """The column's text tower (recorded at ingest, or derived from its backbone) and how many
+    texts the store has cached for it; None for an image-only column."""
+    ref = text_tower_ref(describe)
+    if ref is None:
+        return None
+    return {**ref.to_dict(), "cached_texts": store.text_cache.count(ref.identity)}
 
 
 def _fold_summary(folds: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -174,7 +174,7 @@ def _rejected_rows(model: Predictor, st: embedstore.Store, where: str | None) ->
         "root": np.asarray(t.get("root", [None] * len(t["id"])), dtype=object),
         "score": np.asarray(scores, dtype=np.float64),
         "X": concat_backbones(main) if len(main) > 1 else l2_normalize(main[0]),
-        "rejected": model.is_unknown(scores),
+        "rejected": model.is_unknown(scores, logits.argmax(axis=1)),
     }
 
 

@@ -110,6 +110,7 @@ class RunConfig(_Config):
         "temperature",
         "taxonomy",
         "label_rank",
+        "class_thresholds",
     )
 
     head: str = ""
@@ -136,6 +137,8 @@ class RunConfig(_Config):
     # the store's taxonomy when it was trained (its labels only; embedstore.store.Taxonomy)
     taxonomy: dict[str, Any] | None = None
     label_rank: str | None = None  # `heads train --rank genus`: the classes are that rank's
+    # unknown thresholds per predicted class (heads.estimators._class_thresholds), or None
+    class_thresholds: dict[str, Any] | None = None
 
     @property
     def backbone_list(self) -> list[dict[str, Any]]:
@@ -152,7 +155,7 @@ class EnsembleConfig(_Config):
     """``config.json`` of an ensemble: its members (relative paths) and how they combine."""
 
     KIND: ClassVar[str] = "ensemble"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("validation",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("validation", "class_thresholds")
 
     members: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
@@ -161,6 +164,8 @@ class EnsembleConfig(_Config):
     temperatures: list[float] = field(default_factory=list)
     member_sha256: list[str | None] = field(default_factory=list)
     validation: list[str] | None = None  # the runs whose predictions are its validation part
+    # unknown thresholds per predicted class on the members' margins, or None
+    class_thresholds: dict[str, Any] | None = None
 
 
 def parse_config(d: Mapping[str, Any]) -> RunConfig | EnsembleConfig:

@@ -63,6 +63,7 @@ class _Job:
     unknown_label: str
     where: str | None
     progress: bool = True
+    class_thresholds: int | None = None  # per-class unknown thresholds: their minimum count
     estimator: Any = None
     detector: UnknownDetector | None = None
     data: FoldData | None = None

@@ -29,6 +29,7 @@ from heads._data import (
     load_fold_data,
 )
 from heads._errors import HeadsError
+from heads.estimators._class_thresholds import fit_class_thresholds
 from heads.estimators._unknown import DEFAULT_DETECTOR, UnknownDetector
 from heads.evaluation._evaluate import EvalResult, evaluate
 from heads.runs._folder import collect_partial_runs, work_dir
@@ -103,6 +104,7 @@ def train(
     aux_targets: list[str] | tuple[str, ...] = (),
     unknown: str | None = None,
     unknown_label: str = "unknown",
+    class_thresholds: int | None = None,
     where: str | None = None,
     refit: bool = False,
     ensemble: EnsembleMembers | None = None,
@@ -121,7 +123,10 @@ def train(
     ``metadata`` columns are encoded (fitted on the training part only) and fed to the head;
     ``aux_targets`` are binary columns learned as auxiliary outputs (e.g. poisonous).
     ``unknown`` attaches an unknown-class detector calibrated on the validation fold (a name
-    from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``).
+    from ``heads.list_detectors()``, or ``"default"`` for ``heads.DEFAULT_DETECTOR``);
+    ``class_thresholds`` (a minimum count, e.g. 20) gives it a threshold per predicted class,
+    fitted out-of-fold on each fold and on the fold ensemble, for the classes predicted that
+    many times there (the others keep the global one).
     An existing ``out`` is refused unless ``overwrite`` (then replaced whole, once the new run is
     complete). ``on_fold(done, total)`` is called before each fold and at the end (a caller that
     raises from it stops the training between folds: how the service cancels a job).
@@ -157,7 +162,10 @@ def train(
     # failed half-way never leaves a mixed run, and --overwrite leaves nothing of the old one.
     collect_partial_runs(base.parent)  # what killed trainings left beside it
     work = work_dir(base)
+    if class_thresholds is not None and unknown is None:
+        raise HeadsError("--class-thresholds sets the unknown detector's thresholds: add --unknown")
     job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
+    job.class_thresholds = class_thresholds
     job.estimator, job.detector, job.data, job.base, job.work = (
         estimator,
         detector,
@@ -289,7 +297,19 @@ def _train_fold(job: _Job, k: int, desc: str, run_dir: Path) -> tuple[FoldResult
     det = None if job.detector is None else clone(job.detector)
     val_logits, det, val_scores = calibrate_fold(model, det, data, f)
     stats = _fold_stats(model, det, f, val_logits)
-    save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, job)
+    extra = None
+    if job.class_thresholds is not None and det is not None and val_scores is not None:
+        assert det.threshold_ is not None  # calibrated on the validation rows
+        ct = fit_class_thresholds(
+            val_scores,
+            val_logits.argmax(axis=1),
+            f.known_val,
+            len(f.classes),
+            global_threshold=float(det.threshold_),
+            min_count=job.class_thresholds,
+        )
+        extra = {"class_thresholds": ct.to_dict()}
+    save_fold(run_dir, model, det, data, f, val_logits, val_scores, fit_s, job, extra)
     res = evaluate(run_dir, holdout=False, plots=False, device="cpu")
     shown = job.base / run_dir.relative_to(job.work) if run_dir != job.work else job.base
     n_epochs = len(model.training_record().history)
@@ -301,7 +321,13 @@ def _fold_ensemble(job: _Job, members: str, runs: list[str], refit: bool) -> tup
     """Write the ensemble of the fold runs (and the refit) into the work folder; its scores."""
     paths, weights = _ensemble_members(members, runs, job.work / "refit", refit)
     validation = runs if members == "refit" else None
-    ens_metrics = write_ensemble(paths, job.work, weights=weights, validation=validation)
+    ens_metrics = write_ensemble(
+        paths,
+        job.work,
+        weights=weights,
+        validation=validation,
+        class_thresholds=job.class_thresholds,
+    )
     ens_metrics.run = str(job.base)
     for png in ("per_class_png", "holdout_per_class_png", "confusion_png"):
         if getattr(ens_metrics, png):
