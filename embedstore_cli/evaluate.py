@@ -89,6 +89,7 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool, **kw: Any)
                 f"  {k:<{width}}  "
                 + "  ".join(f"{v:>{w}}" for v, w in zip(vals, cols, strict=True))
             )
+    _echo_hierarchy(results)
     for r in results:
         if r.get("sets"):
             c = r["sets"]
@@ -107,6 +108,35 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool, **kw: Any)
                 click.echo(
                     f"{r['run']}: {png.removesuffix('_png').replace('_', ' ')} plot: {r[png]}"
                 )
+
+
+def _echo_hierarchy(results: list[dict[str, Any]]) -> None:
+    """With a taxonomy: each run's top-1 at every rank, its mistake severity and how the
+    fallback answered, on the validation and held-out parts."""
+    for r in results:
+        for part, d in (("validation", r.get("hierarchy")), ("held-out", r.get("holdout"))):
+            h = d if part == "validation" else (d or {}).get("hierarchy")
+            if not h:
+                continue
+            name = Path(r["run"]).name or r["run"]
+            tops = ", ".join(
+                f"{k} {v['top1']:.4f}" + (f" ({v['source']})" if v["source"] != "head" else "")
+                for k, v in h["ranks"].items()
+            )
+            sev = h.get("mistake_severity")
+            click.echo(
+                f"{name}, {part} by rank: top-1 {tops}; mistake severity "
+                f"{'-' if sev is None else format(sev, '.3f')} (distance "
+                f"{h['hierarchical_distance']:.3f})"
+            )
+            fb = h.get("fallback")
+            if fb:
+                acc = fb.get("accuracy", {})
+                words = ", ".join(
+                    f"{k} {v:.1%}" + (f" right {acc[k]:.1%}" if acc.get(k) is not None else "")
+                    for k, v in fb["answered"].items()
+                )
+                click.echo(f"  fallback (target {fb['target']:.0%} right): answered at {words}")
 
 
 @click.command("ensemble")
@@ -312,3 +342,60 @@ def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
         click.echo(f"  note: {n}")
     for w in res.warnings:
         click.echo(f"  warning: {w}")
+
+
+@click.command("unknowns")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--store", default=None, help="Store whose photos to look at (default: the run's).")
+@click.option(
+    "--where",
+    default=None,
+    help="SQL filter choosing the photos (default: the unlabelled ones and the held-out part).",
+)
+@click.option(
+    "--out", default=None, help="Folder for the CSVs and contact sheets (default RUN/unknowns)."
+)
+@click.option(
+    "--min-cluster-size",
+    type=click.IntRange(2),
+    default=5,
+    show_default=True,
+    help="Fewest photos a candidate class holds (HDBSCAN); the rest stay unclustered.",
+)
+@click.option(
+    "--tiles", type=click.IntRange(1), default=24, show_default=True, help="Photos per sheet."
+)
+@device_option
+@json_option
+def unknowns_cmd(run: str, as_json: bool, **kw: Any) -> None:
+    """Group the photos RUN's unknown detector rejects into candidate new classes: a contact
+    sheet per cluster, clusters.csv (cluster, id, path: what labelling a cluster takes) and
+    cluster_names.csv, where a reviewer names each cluster.
+
+    \b
+    Example:
+      heads unknowns runs/mlp-open --store flowers
+      heads unknowns runs/mlp-open --where "split = 'new'" --out review/
+    """
+    res = heads.evaluation.cluster_unknowns(run, **kw)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    click.echo(
+        f"{res.rejected} of {res.rows} photos rejected by the unknown detector; "
+        f"{res.clustered} in {len(res.clusters)} candidate class(es) ({res.method})"
+    )
+    for c in res.clusters:
+        seen = ", ".join(f"{k} {v}" for k, v in list(c.stored_labels.items())[:3])
+        click.echo(
+            f"  cluster {c.cluster}: {c.size} photos -> {c.sheet}"
+            + (f"  (stored labels: {seen})" if seen else "")
+        )
+    if res.purity is not None:
+        click.echo(f"  purity against the stored labels: {res.purity:.3f}")
+    for n in res.notes:
+        click.echo(f"  note: {n}")
+    click.echo(
+        f"clusters: {res.csv}\nname them in {res.names_csv} (a label call that reads these "
+        "does not exist yet)"
+    )

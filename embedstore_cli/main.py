@@ -57,6 +57,7 @@ for _cmd in (
     store.check_cmd,
     store.drop_column_cmd,
     store.split_cmd,
+    store.taxonomy_cmd,
     explore.lookup_cmd,
     search.search_cmd,
     explore.index_cmd,
@@ -72,12 +73,14 @@ for _cmd in (
     train.train_cmd,
     train.tune_cmd,
     distill.distill_cmd,
+    train.hierarchy_cmd,
     evaluate.eval_cmd,
     evaluate.ensemble_cmd,
     predict.predict_cmd,
     evaluate.openset_cmd,
     evaluate.issues_cmd,
     evaluate.report_cmd,
+    evaluate.unknowns_cmd,
 ):
     heads_cli.add_command(_cmd)
 

@@ -103,6 +103,12 @@ BATCH_OPTIONS = options(
     "(e.g. observation_id) or 'folder' (each image's folder).",
 )
 @click.option(
+    "--fallback",
+    is_flag=True,
+    help="Also answer at the finest rank of the store's taxonomy whose confidence clears its "
+    "threshold (fitted out-of-fold; `heads hierarchy`): rank, answer and each rank's top-1.",
+)
+@click.option(
     "--csv", "csv_path", default=None, help="Also write the predictions to this CSV file."
 )
 @BATCH_OPTIONS
@@ -116,6 +122,7 @@ def predict_cmd(
     Example:
       heads predict runs/mlp photo1.jpg photo2.jpg --top-k 3
       heads predict runs/ens --images new_photos/ --prior uniform --json
+      heads predict runs/mlp photo.jpg --fallback
       heads predict runs/ens photo.jpg --species-list denmark.txt --coverage 0.9
       heads predict runs/ens photo.jpg --prior-by country --place DK
       heads predict runs/mlp --store flowers --engine ray --out predictions.lance
@@ -126,8 +133,8 @@ def predict_cmd(
             raise click.UsageError(
                 "batch prediction (--engine, --store) writes a table: give --out PATH"
             )
-        if kw.pop("group_by", None) is not None or csv_path:
-            raise click.UsageError("--group-by and --csv do not apply with --out")
+        if kw.pop("group_by", None) is not None or csv_path or kw.pop("fallback", False):
+            raise click.UsageError("--group-by, --fallback and --csv do not apply with --out")
         local = [k for k in _ONE_BY_ONE if kw.pop(k, None) not in (None, "lac")]
         if local:
             given = ", ".join("--" + k.replace("_", "-") for k in local)
@@ -181,6 +188,24 @@ def _predict_batch(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) 
         sys.exit(1)
 
 
+def _fallback_words(r: Any) -> str:
+    """``coarse_class Apple (label Golden-Delicious 0.41 < 0.62)``: the answer and the ranks
+    below it that were not confident enough."""
+    shown = []
+    for k in r.ranks:
+        t = "never" if k["threshold"] is None else f"{k['threshold']:.2f}"
+        mark = ">=" if k["rank"] == r.rank else "<"
+        shown.append(f"{k['rank']} {k['label']} {k['confidence']:.2f} {mark} {t}")
+        if k["rank"] == r.rank:
+            break
+    what = (
+        f"{r.rank} {r.answer}"
+        if r.rank is not None
+        else ("unknown" if r.unknown else "no rank confident")
+    )
+    return f"{what}  ({'; '.join(shown)})"
+
+
 def _print_predictions(res: list[Any], csv_path: str | None) -> None:
     for r in res:
         if r.error is not None:
@@ -198,5 +223,7 @@ def _print_predictions(res: list[Any], csv_path: str | None) -> None:
             click.echo("    unusual here")
         if r.set is not None:
             click.echo(f"    set ({len(r.set)}): {', '.join(r.set)}")
+        if r.ranks is not None:
+            click.echo(f"  fallback: {_fallback_words(r)}")
     if csv_path:
         click.echo(f"predictions written to {csv_path}")

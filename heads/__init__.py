@@ -9,7 +9,8 @@ Built on ``embedstore`` (imports run one way: ``heads`` uses ``embedstore``, nev
 
 The rest lives in public subpackages, each with its ``__all__``: ``heads.estimators`` (the
 heads, detectors and encoders), ``heads.runs`` (the run format, loading, a folder of runs),
-``heads.training``, ``heads.evaluation``, ``heads.prediction``; ``heads.losses``,
+``heads.training``, ``heads.evaluation``, ``heads.prediction``, ``heads.taxonomy`` (answers at
+every rank of a taxonomy, the fallback); ``heads.losses``,
 ``heads.settings`` (the training settings, declared once), ``heads.text`` (prompts and class
 text weights for the zero-shot head) and ``heads.types``.
 """
@@ -87,7 +88,16 @@ _MOVED: dict[str, str] = {
     "PREDICTION_SCHEMA": "heads.prediction",
     "write_predictions_csv": "heads.prediction",
 }
-_SUBPACKAGES = ("estimators", "runs", "training", "evaluation", "prediction", "losses", "text")
+_SUBPACKAGES = (
+    "estimators",
+    "runs",
+    "training",
+    "evaluation",
+    "prediction",
+    "losses",
+    "taxonomy",
+    "text",
+)
 
 
 def __getattr__(name: str) -> Any:

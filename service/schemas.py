@@ -89,6 +89,11 @@ class PredictBody(_Body):
         description="With coverage: calibrate the sets on the store rows matching this "
         "predicate (rows the run never trained on) instead of its out-of-fold predictions.",
     )
+    fallback: bool = Field(
+        False,
+        description="Also answer at the finest rank of the store's taxonomy whose confidence "
+        "clears its threshold: rank, answer and each rank's top-1 (a run with a hierarchy).",
+    )
 
 
 class LookupBody(_Body):
@@ -145,6 +150,11 @@ class _TrainRun(_Body):
         le=1_000_000,
         description="With unknown: an unknown threshold per predicted class, fitted out-of-fold, "
         "for classes predicted at least this many times there (others: the global one).",
+    )
+    rank: str | None = Field(
+        None,
+        max_length=200,
+        description="Train on the labels' names at this rank of the store's taxonomy.",
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: Annotated[str, StringConstraints(pattern=DEVICE_PATTERN.pattern)] | None = None

@@ -55,7 +55,7 @@ def test_every_head_option_of_the_command_line_is_declared():
     run_level = {"store", "fold", "backbone", "head", "metadata", "aux_targets", "unknown"}
     run_level |= {"unknown_label", "where", "refit", "ensemble", "views", "tta", "seed"}
     run_level |= {"class_thresholds"}
-    run_level |= {"device", "out", "overwrite", "as_json", "quiet", "backbones"}
+    run_level |= {"device", "out", "overwrite", "as_json", "quiet", "backbones", "rank"}
     names = {p.name for p in train_cmd.params}
     head_level = names - run_level
     assert head_level <= set(BY_NAME), head_level - set(BY_NAME)

@@ -39,6 +39,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "text_sha256": ("embedstore.store._text_cache", "text_sha256"),
     "MetadataError": ("embedstore.store._metadata", "MetadataError"),
     "read_metadata": ("embedstore.store._metadata", "read_metadata"),
+    "Taxonomy": ("embedstore.store._taxonomy", "Taxonomy"),
+    "TaxonomyError": ("embedstore.store._taxonomy", "TaxonomyError"),
+    "TaxonomySummary": ("embedstore.store._taxonomy", "TaxonomySummary"),
+    "read_taxonomy": ("embedstore.store._taxonomy", "read_taxonomy"),
+    "read_taxonomy_file": ("embedstore.store._taxonomy", "read_taxonomy_file"),
+    "set_taxonomy": ("embedstore.store._taxonomy", "set_taxonomy"),
 }
 
 __getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
@@ -60,6 +66,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.store._outputs import read_table, write_ray_dataset, write_table
     from embedstore.store._sql import check_predicate, unlabelled_predicates
     from embedstore.store._store import Store, connect, default_store_path, drop_column
+    from embedstore.store._taxonomy import (
+        Taxonomy,
+        TaxonomyError,
+        TaxonomySummary,
+        read_taxonomy,
+        read_taxonomy_file,
+        set_taxonomy,
+    )
     from embedstore.store._text_cache import TextCache, text_sha256
 
 __all__ = [
@@ -73,6 +87,9 @@ __all__ = [
     "StoreError",
     "StoreInfo",
     "StoreLockedError",
+    "Taxonomy",
+    "TaxonomyError",
+    "TaxonomySummary",
     "TextCache",
     "check",
     "check_predicate",
@@ -83,6 +100,9 @@ __all__ = [
     "numpy_columns",
     "read_metadata",
     "read_table",
+    "read_taxonomy",
+    "read_taxonomy_file",
+    "set_taxonomy",
     "split",
     "text_sha256",
     "unlabelled_predicates",

@@ -29,6 +29,7 @@ from heads._metrics import (
     per_class_f1,
     recall_at_k,
 )
+from heads.evaluation._hierarchy import HIERARCHY_MEASURES, hierarchy_scores
 from heads.evaluation._plots import plot_confusion, plot_per_class
 from heads.prediction._sets import (
     SetCalibration,
@@ -39,6 +40,7 @@ from heads.prediction._sets import (
 from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
 from heads.runs._loaded import Predictor, load, log_softmax, resolve_member
 from heads.runs._rundir import read_val
+from heads.taxonomy._tree import map_labels
 from heads.types import SetScore
 
 # What each score means (``heads eval --help`` and the README print these).
@@ -57,6 +59,7 @@ MEASURES: dict[str, str] = {
     "open_set_acc": "share of all images right with 'unknown' as one more class",
     "auroc/fpr95": "known vs unknown separation of the detector's score (needs unknown images)",
     "track1..track4": "FungiCLEF 2024 scores per observation (with unknown and poisonous labels)",
+    **HIERARCHY_MEASURES,  # with a taxonomy: under "hierarchy"
     "set_coverage": "with --coverage: share of images whose prediction set holds the true label "
     "(images not used to calibrate the sets)",
     "mean_set_size": "with --coverage: labels per prediction set, on average",
@@ -226,6 +229,9 @@ def evaluate(
     out = EvalResult(
         str(path), cfg.kind, cfg.head if isinstance(cfg, RunConfig) else None, _public(res)
     )
+    ranks = hierarchy_scores(model, val, "val")
+    if ranks is not None:
+        out.metrics["hierarchy"] = ranks
     if cal is not None:
         out.sets = cal.to_dict()
         out.metrics.update(sets_on_rows(model, val, cal))
@@ -255,6 +261,9 @@ def evaluate(
         if rows is not None:
             scored = score_rows(model, rows, recall_k)
             out.holdout = _public(scored)
+            ranks = hierarchy_scores(model, rows, "holdout", store)
+            if ranks is not None:
+                out.holdout["hierarchy"] = ranks
             if cal is not None:
                 out.holdout.update(sets_on_rows(model, rows, cal))
             if plots and scored["n_known"]:
@@ -365,7 +374,8 @@ def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> di
     logits = model.logits(embs, table)
     rows: dict[str, Any] = {
         "id": np.asarray(t["id"], dtype=object),
-        "label": np.asarray(t["label"], dtype=object),
+        # a run trained at a coarser rank (heads train --rank) names the labels at that rank
+        "label": map_labels(model, np.asarray(t["label"], dtype=object)),
         "logits": logits,
     }
     s = model.unknown_scores(embs, logits, table)

@@ -23,9 +23,11 @@ import embedstore
 from embedstore import Result
 from embedstore.types import Runtime
 from heads._errors import HeadsError
+from heads.prediction._fallback import answer_ranks
 from heads.prediction._priors import LocalPriors, SpeciesList, local_priors
 from heads.prediction._sets import SetCalibration, calibrate_sets, check_set_options
 from heads.runs._loaded import Predictor, load, log_softmax
+from heads.taxonomy._hierarchy import Hierarchy, load_hierarchy
 from heads.types import SetScore
 
 
@@ -117,6 +119,11 @@ class Prediction(Result):
     expected_cost: float | None = None
     group: str | None = None
     error: str | None = None
+    # with ``fallback``: the finest rank of the taxonomy whose confidence clears its threshold
+    # (None: none does, or the image is unknown), the answer there, and every rank's top-1
+    rank: str | None = None
+    answer: str | None = None
+    ranks: list[dict[str, Any]] | None = None
     set: list[str] | None = None
     unconstrained: dict[str, Any] | None = None
     unusual_here: bool | None = None
@@ -141,6 +148,8 @@ class Prediction(Result):
         ):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
+        if self.ranks is not None:
+            out.update(rank=self.rank, answer=self.answer, ranks=self.ranks)
         return out
 
 
@@ -165,6 +174,7 @@ def predict(
     coverage: float | None = None,
     set_score: SetScore = "lac",
     calibrate_on: str | None = None,
+    fallback: bool = False,
 ) -> list[Prediction]:
     """Top-k labels with probabilities for each image (a file, or bytes) and each stored row id
     in ``ids``; one result per input, files first.
@@ -177,6 +187,9 @@ def predict(
     the CPU where it is faster, else torch; ``torch`` or ``onnx`` to choose). ``group_by`` gives
     every image of a group one answer from their mean logits (FungiCLEF style: several photos of
     one specimen): a store column (for stored images), or ``"folder"`` (the image file's folder).
+    ``fallback`` (a run with a hierarchy: its store has a taxonomy) also answers at the finest
+    rank whose confidence clears its threshold: ``rank``, ``answer`` and every rank's top-1 in
+    ``ranks`` ("genus Amanita, species uncertain"; heads.taxonomy).
 
     Local priors: ``species_list`` (a file, a list of labels or a ``{label: weight}`` mapping)
     allows only the listed labels; ``prior_by`` (a metadata column, e.g. ``"country"``) weighs
@@ -203,6 +216,10 @@ def predict(
         raise HeadsError("no images given; name image files or use --images DIR")
     if top_k < 1:
         raise HeadsError(f"--top-k must be at least 1, not {top_k}")
+    if fallback and cost_matrix is not None:
+        raise HeadsError(
+            "--fallback answers by confidence, --cost-matrix by expected cost: choose one"
+        )
     pri = read_prior(prior, model.classes) if prior else None
     cost = read_cost_matrix(cost_matrix, model.classes) if cost_matrix else None
     check_set_options(coverage, set_score, calibrate_on)
@@ -210,6 +227,7 @@ def predict(
     sets = None
     if coverage is not None:
         sets = calibrate_sets(model, coverage, score=set_score, calibrate_on=calibrate_on)
+    hier = load_hierarchy(model) if fallback else None
     st = None
     if resident is None:
         try:
@@ -225,7 +243,8 @@ def predict(
         )
         for i in (ids or [])
     ]
-    columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in model.backbone_columns().items()}
+    cols = {**model.backbone_columns(), **(hier.backbone_columns(device) if hier else {})}
+    columns = {c: {**b["describe"], "dim": b["dim"]} for c, b in cols.items()}
     meta = [*model.columns, *([group_by] if group_by not in (None, "folder") else [])]
     batch = embedstore.embed_inputs(
         st,
@@ -261,6 +280,7 @@ def predict(
         local=local,
         places=places,
         sets=sets,
+        hierarchy=hier,
     )
 
 
@@ -291,12 +311,14 @@ def predict_embeddings(
     local: LocalPriors | None = None,
     places: list[Any] | None = None,
     sets: SetCalibration | None = None,
+    hierarchy: Hierarchy | None = None,
 ) -> list[Prediction]:
     """Predictions for inputs already embedded (``embedstore.embed_inputs``): top-k, the
     ``prior`` adjustment, the least-cost label, the unknown decision. Inputs sharing a
     ``groups`` key (None: a group of its own) get one answer from their mean logits and scores.
     ``local`` priors (``places``: each input's value of their column) constrain the answer;
-    ``sets`` (:func:`heads.prediction.calibrate_sets`) adds each input's prediction set."""
+    ``sets`` (:func:`heads.prediction.calibrate_sets`) adds each input's prediction set;
+    ``hierarchy`` (``heads.taxonomy.load_hierarchy``) the answer at the finest confident rank."""
     classes = model.classes
     results = [
         Prediction(q.name, q.id, error=batch.errors.get(j)) for j, q in enumerate(batch.inputs)
@@ -308,8 +330,11 @@ def predict_embeddings(
     subt = {c: v[sel] for c, v in batch.table.items()}
     logits = model.logits(sub, subt)
     scores = model.unknown_scores(sub, logits, subt)
+    rank_logits = hierarchy.rank_logits(sub, subt) if hierarchy is not None else {}
     if groups is not None:  # one answer per group: mean logits (and scores) over its images
-        logits, scores = _group_means(logits, scores, [groups[j] for j in sel], sel)
+        keys = [groups[j] for j in sel]
+        logits, scores = _group_means(logits, scores, keys, sel)
+        rank_logits = {r: _group_means(z, None, keys, sel)[0] for r, z in rank_logits.items()}
         for j in sel:
             results[j].group = groups[j]
     unknown = None if scores is None else model.is_unknown(scores, logits.argmax(axis=1))
@@ -355,6 +380,8 @@ def predict_embeddings(
             r.unknown_score = float(scores[row])
             if r.unknown:
                 r.label = model.unknown_label
+    if hierarchy is not None:
+        answer_ranks([results[j] for j in sel], hierarchy, logits, rank_logits, unknown)
     return results
 
 
@@ -377,13 +404,19 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
     """A CSV of predictions: ``path, id, label, probability`` (of the top label), ``unknown``,
     ``unknown_score``, ``group``, ``top_k`` (``label:probability`` joined by ``;``), ``error``;
     with local priors also ``unconstrained`` (the image alone's top-1) and ``unusual_here``, with
-    sets ``set`` (labels joined by ``;``)."""
+    sets ``set`` (labels joined by ``;``), with ``fallback`` the answered ``rank`` and
+    ``answer``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     local = any(p.unconstrained is not None for p in predictions)
     sets = any(p.set is not None for p in predictions)
-    extra = [*(["unconstrained", "unusual_here"] if local else []), *(["set"] if sets else [])]
+    ranked = any(p.ranks is not None for p in predictions)
+    extra = [
+        *(["unconstrained", "unusual_here"] if local else []),
+        *(["set"] if sets else []),
+        *(["rank", "answer"] if ranked else []),
+    ]
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -414,6 +447,7 @@ def write_predictions_csv(predictions: list[Prediction], path: str | os.PathLike
                     ";".join(f"{t['label']}:{t['probability']:.6f}" for t in top),
                     p.error or "",
                     *(_extra_cells(p, local, sets)),
+                    *([p.rank or "", p.answer or ""] if ranked else []),
                 ]
             )
     os.replace(tmp, path)

@@ -108,6 +108,8 @@ class RunConfig(_Config):
         "backbones",
         "refit",
         "temperature",
+        "taxonomy",
+        "label_rank",
         "class_thresholds",
         "pseudo",
         "distilled",
@@ -134,6 +136,9 @@ class RunConfig(_Config):
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
     refit: dict[str, Any] | None = None  # the refit's epochs and the folds' best epochs
     temperature: float | None = None  # the refit's: the mean of the folds'
+    # the store's taxonomy when it was trained (its labels only; embedstore.store.Taxonomy)
+    taxonomy: dict[str, Any] | None = None
+    label_rank: str | None = None  # `heads train --rank genus`: the classes are that rank's
     # unknown thresholds per predicted class (heads.estimators._class_thresholds), or None
     class_thresholds: dict[str, Any] | None = None
     # ``--pseudo-label``: the round it trained in, how many pseudo-labelled rows, their fraction

@@ -83,6 +83,8 @@ class _Job:
     unlabelled: Unlabelled | None = None  # rows to pseudo-label (ids and embeddings only)
     extra: ExtraRows | None = None  # pseudo-labelled rows every fold (and the refit) trains on
     record: dict[str, Any] | None = None  # what a run's config records of them ("pseudo")
+    taxonomy: dict[str, Any] | None = None  # the store's (embedstore.store.Taxonomy.to_dict)
+    label_rank: str | None = None  # --rank: the labels are the taxonomy's names at that rank
 
 
 def _backbone_ref(info: Any) -> dict[str, Any]:
@@ -426,6 +428,8 @@ def save_fold(
         # augmented views (``ingest --views``): those trained on, those averaged at prediction
         views={"train": list(data.train_views), "tta": list(data.tta_views)},
         pseudo=job.record,
+        taxonomy=job.taxonomy,
+        label_rank=job.label_rank,
         **(extra or {}),
     )
     write_run_config(run_dir, config)

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.base import clone
 
 from embedstore import Result
-from embedstore.store import unlabelled_predicates
+from embedstore.store import read_taxonomy, unlabelled_predicates
 from heads._base import Head, head_tags
 from heads._data import (
     FoldData,
@@ -35,6 +35,8 @@ from heads.estimators._unknown import DEFAULT_DETECTOR, UnknownDetector
 from heads.evaluation._evaluate import EvalResult, evaluate
 from heads.runs._folder import collect_partial_runs, work_dir
 from heads.runs._rundir import replace_dir
+from heads.taxonomy._fit import HierarchyResult, fit_hierarchy
+from heads.taxonomy._tree import relabel, restrict
 from heads.training._ensemble import ensemble as write_ensemble
 from heads.training._ensemble import fit_temperature
 from heads.training._folds import (
@@ -109,6 +111,8 @@ class TrainResult(Result):
     # the stored views the heads trained on and predict with (test-time augmentation)
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
     pseudo: PseudoResult | None = None  # --pseudo-label: what was chosen, each round's rows
+    # with a taxonomy on the store: the hierarchy fitted on the validation part
+    hierarchy: HierarchyResult | None = None
 
 
 def train(
@@ -136,6 +140,7 @@ def train(
     fraction: float | None = None,
     pseudo_weight: float | None = None,
     rounds: int | None = None,
+    rank: str | None = None,
     **head_options: Any,
 ) -> TrainResult:
     """Train ``head`` with fold ``fold`` as validation (``"all"``: every fold, then their ensemble).
@@ -177,6 +182,11 @@ def train(
     (labels only on the held-out part, or none) it makes one run with no folds (``fold``
     None), scored on the held-out part.
 
+    With a taxonomy on the store (``embedstore taxonomy``) the run records it and its
+    hierarchy is fitted on the validation part (``RUN/hierarchy.json``: answers at every rank,
+    ``heads predict --fallback``; heads.taxonomy.fit_hierarchy). ``rank`` (``"genus"``) trains
+    on the labels' names at that rank of the taxonomy instead of the labels themselves.
+
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", epochs=30).ensemble
     >>> heads.train("birds", head="zeroshot", classes=["Turdus merula", "Erithacus rubecula"])
     >>> heads.train("flowers", fold="all", head="mlp", out="runs/mlp", refit=True).refit.epochs
@@ -193,6 +203,7 @@ def train(
         store, backbone, columns, where, views, tta, estimator, pseudo
     )
     job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
+    taxonomy = _use_taxonomy(data, rank, unknown_label)
     zero = _text_prior(job, data, estimator, refit, head_options.get("device"))
     if zero and pseudo is not None:
         raise HeadsError(
@@ -216,6 +227,7 @@ def train(
         base,
         work,
     )
+    job.taxonomy, job.label_rank = taxonomy, rank
     job.unlabelled = unlabelled_rows
     tick = _Ticker(on_fold, len(folds) * (1 + (pseudo.rounds if pseudo else 0)) + int(refit))
     refit_res, ens, ens_metrics, pseudo_res = None, None, None, None
@@ -237,6 +249,7 @@ def train(
             refit_res.run = str(base / "refit")
         if fold == "all" and (len(runs) > 1 or refit):
             ens, ens_metrics = _fold_ensemble(job, members, runs, refit)
+        hierarchy = _fit_hierarchy(job, leaks)
         replace_dir(work, base)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # a failed or cancelled run leaves nothing
@@ -244,6 +257,8 @@ def train(
     if on_fold is not None:
         on_fold(tick.total, tick.total)
     used_views = {"train": list(data.train_views), "tta": list(data.tta_views)}
+    if hierarchy is not None:
+        hierarchy.run, hierarchy.file = str(base), str(base / Path(hierarchy.file).name)
     return TrainResult(
         [m.run for m in metrics],
         ens,
@@ -253,6 +268,7 @@ def train(
         refit_res,
         used_views,
         pseudo_res,
+        hierarchy,
     )
 
 
@@ -367,6 +383,39 @@ def _zero_shot_run(job: _Job) -> FoldResult:
     fit_s = metrics.pop("fit_seconds")
     chosen = model.training_record().chosen or None
     return FoldResult(str(job.base), None, fit_s, 0, metrics, chosen=chosen)
+
+
+def _use_taxonomy(data: FoldData, rank: str | None, unknown_label: str) -> dict[str, Any] | None:
+    """The store's taxonomy as the run records it (None without one); with ``rank``, the
+    labels become their names at that rank."""
+    tax = read_taxonomy(data.store_path)
+    if tax is None:
+        if rank is not None:
+            raise HeadsError(
+                f"--rank {rank}: the store {data.store_path} has no taxonomy; set one with "
+                f"`embedstore taxonomy FILE --store {data.store_path}` (or --rank COLUMN)"
+            )
+        return None
+    recorded = restrict(tax, data.labels)
+    if rank is not None and tax.rank_index(rank) > 0:  # the labels' own rank: as they are
+        data.labels = relabel(data.labels, tax, rank, unknown_label)
+    return recorded
+
+
+def _fit_hierarchy(job: _Job, warnings: list[str]) -> HierarchyResult | None:
+    """The run's hierarchy fitted on its validation part, when the store has a taxonomy with a
+    rank above the run's classes (a warning instead when it cannot be fitted)."""
+    if (
+        job.taxonomy is None
+        or (job.label_rank or job.taxonomy["ranks"][0]) == job.taxonomy["ranks"][-1]
+        or not (job.work / "config.json").is_file()  # --fold all over one fold: no ensemble
+    ):
+        return None
+    try:
+        return fit_hierarchy(job.work, device="cpu")
+    except HeadsError as e:
+        warnings.append(f"no hierarchy fitted: {e}")
+        return None
 
 
 def _out_dir(out: Any, head: str, data: FoldData, overwrite: bool) -> Path:

@@ -26,7 +26,8 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
     ``heads predict --json`` gives. Multipart fields or a JSON body: ``run``, ``ids``,
     ``top_k``, ``prior`` (``uniform``); local priors ``species_list``, ``prior_by`` and
     ``place`` (the answer keeps the unconstrained top-1 and flags ``unusual_here``);
-    ``coverage``, ``set_score`` and ``calibrate_on`` for each image's prediction ``set``."""
+    ``coverage``, ``set_score`` and ``calibrate_on`` for each image's prediction ``set``;
+    ``fallback`` (answers at the finest confident rank of the store's taxonomy)."""
     body, files, names = await read_body(request, PredictBody, cap)
     model = state.run(body.run)
     if not files and not body.ids:
@@ -40,6 +41,7 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
         ids=body.ids,
         top_k=body.top_k,
         prior=body.prior,
+        fallback=body.fallback,
         species_list=body.species_list,
         prior_by=body.prior_by,
         place=body.place,
