@@ -41,15 +41,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Predictor": ("heads.runs._loaded", "Predictor"),
     "Run": ("heads.runs._loaded", "Run"),
     "load": ("heads.runs._loaded", "load"),
-    "FoldResult": ("heads.training._train", "FoldResult"),
     "TrainResult": ("heads.training._train", "TrainResult"),
     "train": ("heads.training._train", "train"),
     "TuneResult": ("heads.training._tune", "TuneResult"),
     "tune": ("heads.training._tune", "tune"),
     "ensemble": ("heads.training._ensemble", "ensemble"),
-    "DistillResult": ("heads.training._distill", "DistillResult"),
     "distill": ("heads.training._distill", "distill"),
-    "PseudoResult": ("heads.training._pseudo", "PseudoResult"),
     "EvalResult": ("heads.evaluation._evaluate", "EvalResult"),
     "evaluate": ("heads.evaluation._evaluate", "evaluate"),
     "IssuesResult": ("heads.evaluation._issues", "IssuesResult"),
@@ -80,6 +77,7 @@ _MOVED: dict[str, str] = {
     "replace_run": "heads.runs",
     "run_checksum": "heads.runs",
     "search_space": "heads.training",
+    "FoldResult": "heads.training",
     "MEASURES": "heads.evaluation",
     "Outlier": "heads.evaluation",
     "Suspect": "heads.evaluation",
@@ -131,19 +129,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.prediction._batch import BatchPrediction, predict_batch
     from heads.prediction._predict import Prediction, predict, predict_embeddings
     from heads.runs._loaded import Ensemble, Predictor, Run, load
-    from heads.training._distill import DistillResult, distill
+    from heads.training._distill import distill
     from heads.training._ensemble import ensemble
-    from heads.training._pseudo import PseudoResult
-    from heads.training._train import FoldResult, TrainResult, train
+    from heads.training._train import TrainResult, train
     from heads.training._tune import TuneResult, tune
 
 __all__ = [
     "HEADS",
     "BatchPrediction",
-    "DistillResult",
     "Ensemble",
     "EvalResult",
-    "FoldResult",
     "Head",
     "HeadMixin",
     "HeadTags",
@@ -151,7 +146,6 @@ __all__ = [
     "IssuesResult",
     "Prediction",
     "Predictor",
-    "PseudoResult",
     "ReportResult",
     "Run",
     "TrainResult",

@@ -14,7 +14,7 @@ class as the label, and trained again (public-test macro-F1 0.8774 -> 0.8877 wit
   never saw that fold's labels) pseudo-labels the unlabelled rows, a copy of the head trains on
   the fold's training part plus those rows for each (fraction, weight) of a small grid, and the
   fold's labelled rows score it; the best mean macro-F1 wins, no pseudo-labels at all (the plain
-  fit) included, ties kept plain;
+  fit) included unless ``--fraction`` is given, ties kept plain;
 - **rounds**: each round scores the unlabelled rows again with the last round's folds and
   replaces the pseudo-labelled set (:class:`PseudoPlan`).
 
@@ -237,7 +237,9 @@ def choose(
                 got.setdefault((fr, w), []).append(val_scores(f, z))
     table = [_row(0.0, None, [(s.top1, s.macro_f1) for s in scores])]
     table += [_row(fr, w, v) for (fr, w), v in got.items()]
-    best = max(table, key=lambda r: (r["oof_macro_f1"], r["oof_top1"]))  # first max: plain
+    # the plain fit may win (ties too: it comes first) unless a fraction was asked for
+    candidates = table if options.fraction is None else table[1:]
+    best = max(candidates, key=lambda r: (r["oof_macro_f1"], r["oof_top1"]))
     return best["fraction"], best["weight"] or 1.0, "out-of-fold", table
 
 
