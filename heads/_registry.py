@@ -6,7 +6,12 @@ from embedstore import Registry
 
 HEADS: Registry = Registry(
     "head",
-    builtin=("heads.estimators._neural", "heads.estimators._knn", "heads.estimators._lda"),
+    builtin=(
+        "heads.estimators._neural",
+        "heads.estimators._knn",
+        "heads.estimators._lda",
+        "heads.estimators._zeroshot",
+    ),
 )
 
 register_head = HEADS.register

@@ -104,6 +104,40 @@ def test_predict_uploads_and_stored_ids(client, flowers):
     assert r.json() == [p.to_dict() for p in lib]
 
 
+def test_predict_with_a_species_list_a_place_prior_and_sets(client, flowers):
+    kept = ["daisy", "iris", "pansy"]
+    files = [("images", ("s.jpg", _reencoded(_photo(flowers, "sunflower")), "image/jpeg"))]
+    data = {"run": "centroid", "species_list": ",".join(kept), "coverage": "0.9"}
+    r = client.post("/v1/predict", files=files, data=data)  # multipart: labels comma-separated
+    assert r.status_code == 200, r.text
+    out = r.json()[0]
+    assert out["label"] in kept and {t["label"] for t in out["top_k"]} <= set(kept)
+    assert out["unconstrained"]["label"] == "sunflower" and out["unusual_here"] is True
+    assert set(out["set"]) <= set(kept) and out["label"] in out["set"]
+    stored = embedstore.ingestion.hash_bytes(_photo(flowers, "pansy").read_bytes())
+    body = {"run": "centroid", "ids": [stored], "species_list": {"pansy": 1, "iris": 0.5}}
+    body |= {"prior_by": "split", "place": "test", "coverage": 0.8, "set_score": "aps"}
+    r = client.post("/v1/predict", json=body)
+    assert r.status_code == 200, r.text
+    lib = heads.predict(
+        client.app.state.service.runs_dir / "centroid",
+        ids=[stored],
+        **{k: v for k, v in body.items() if k not in ("run", "ids")},
+    )
+    assert r.json() == [p.to_dict() for p in lib] and r.json()[0]["label"] == "pansy"
+    for bad, says in (
+        ({"prior_by": "nothing"}, "has no column 'nothing'"),
+        ({"calibrate_on": "fold >= 1"}, "trained the run"),
+        ({"set_score": "aps"}, "give --coverage too"),
+        ({"species_list": ["no-such-flower"]}, "no listed species"),
+    ):
+        body = {"run": "centroid", "ids": [stored], "coverage": 0.9, **bad}
+        if "set_score" in bad:
+            body.pop("coverage")
+        r = client.post("/v1/predict", json=body)
+        assert r.status_code == 422 and says in r.text, (bad, r.text)
+
+
 def test_lookup_upload_gives_neighbours_with_thumbnails(client, flowers):
     photo = _photo(flowers, "buttercup", 1)
     r = client.post(

@@ -1,7 +1,7 @@
 """The heads and unknown-class detectors themselves (scikit-learn estimators), and the metadata
 encoders that feed them: the plug-ins behind ``heads.create_head`` / ``heads.create_detector``.
 
->>> from heads.estimators import NeuralHead, KNNHead, LDAHead
+>>> from heads.estimators import NeuralHead, KNNHead, LDAHead, ZeroShotHead
 """
 
 from heads.estimators._encoders import ENCODERS, MetadataEncoder
@@ -23,8 +23,10 @@ from heads.estimators._unknown_embedding import (  # registers the embedding det
     MahalanobisDetector,
     RelativeMahalanobisDetector,
 )
+from heads.estimators._zeroshot import BLEND_GRID, ZeroShotHead
 
 __all__ = [
+    "BLEND_GRID",
     "DEFAULT_DETECTOR",
     "DEFAULT_LR",
     "DETECTORS",
@@ -39,6 +41,7 @@ __all__ = [
     "MetadataEncoder",
     "NeuralHead",
     "UnknownDetector",
+    "ZeroShotHead",
     "create_detector",
     "detector_from_state",
     "list_detectors",

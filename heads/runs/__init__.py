@@ -23,7 +23,7 @@ from heads.runs._folder import (
     work_dir,
 )
 from heads.runs._loaded import Ensemble, Predictor, Run, load
-from heads.runs._rundir import RUN_FORMAT, read_val
+from heads.runs._rundir import RUN_FORMAT, read_pseudo, read_val
 
 __all__ = [
     "PARTIAL",
@@ -38,6 +38,7 @@ __all__ = [
     "load",
     "parse_config",
     "read_eval",
+    "read_pseudo",
     "read_run_config",
     "read_val",
     "replace_run",
