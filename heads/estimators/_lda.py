@@ -39,7 +39,6 @@ from embedstore import resolve_device
 from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
 from heads.estimators._centring import centre_l2, fit_centre
-from heads.estimators._knn import _jsonable, classes_to_json
 from heads.estimators._validation import fit_inputs, predict_input, sklearn_head_tags
 from heads.settings import DEFAULTS
 from heads.types import Centring
@@ -309,8 +308,12 @@ class LDAHead(HeadMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         config = {
             "head": "lda",
-            "params": {k: _jsonable(v) for k, v in self.get_params().items()},
-            "classes": classes_to_json(self.classes_),
+            "params": {
+                "shrinkage": _check_shrinkage(self.shrinkage),  # "auto" or a float
+                "centring": self.centring,
+                "device": str(self.device),
+            },
+            "classes": np.asarray(self.classes_).tolist(),  # Python str / int / float
             "class_counts": self.class_counts_.tolist(),
         }
         arrays = {
