@@ -231,8 +231,7 @@ def predict_embeddings(
         return results
     sub = {c: v[sel] for c, v in batch.embeddings.items()}
     subt = {c: v[sel] for c, v in batch.table.items()}
-    logits = model.logits(sub, subt)
-    scores = model.unknown_scores(sub, logits, subt)
+    logits, scores = model.logits_and_scores(sub, subt)  # each head run once
     if groups is not None:  # one answer per group: mean logits (and scores) over its images
         keys = np.array(
             [groups[j] if groups[j] is not None else f"\0{j}" for j in sel], dtype=object
