@@ -96,6 +96,12 @@ class BatchedPredictor(heads.runs.WrappedPredictor):
         self.batches = 0  # forwards run
         self.rows = 0  # rows answered
 
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a head forward now."""
+        with self._queue_lock:
+            return len(self._queue)
+
     def logits_and_scores(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -48,6 +48,9 @@ def test_an_mlp_ensemble_answers_as_its_torch_path_on_real_photos(flowers_runs):
     fast = compile_predictor(model)
     assert isinstance(fast, heads.Predictor) and compile_predictor(fast) is fast
     assert len(fast.groups) == 1 and fast.on_torch == []  # every member stacked
+    assert len(fast.knn) == 1 and fast.knn[0].index == [0, 1, 2]  # and every detector
+    # each training image once: the 3 folds' detectors hold 2 copies of each
+    assert len(fast.knn[0].vectors) < sum(len(r) for r in fast.knn[0].rows) * 0.6
     st = embedstore.connect(store)
     col = next(iter(model.backbone_columns()))
     res = embedstore.Resident(st, [col])
@@ -102,6 +105,7 @@ def meta_store(tmp_path_factory):
         ("mlp", "arcface", {"metadata": ["habitat", "depth_m"]}),
         ("mlp", "ce", {"metadata": ["habitat", "depth_m"], "aux_targets": ["poisonous"]}),
         ("mlp", "seesaw", {"unknown": "msp"}),
+        ("mlp", "ce", {"unknown": "knn"}),  # k = 10: the 10th nearest training row
         ("transformer", "ce", {"metadata": ["habitat"]}),  # not stacked: its own torch path
     ],
 )
@@ -110,6 +114,7 @@ def test_heads_losses_and_metadata_answer_as_the_torch_path(meta_store, tmp_path
     model = heads.load(tmp_path / "r", device="cpu")
     fast = compile_predictor(model)
     assert fast.on_torch == ([0] if head == "transformer" else [])
+    assert len(fast.knn) == (kw.get("unknown") == "knn")
     st = embedstore.connect(meta_store)
     res = embedstore.Resident(st, ["emb_synthetic"], model.columns)
     table = dict(res.table)

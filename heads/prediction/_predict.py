@@ -154,7 +154,7 @@ def predict(
 
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     """
-    model = run if isinstance(run, Predictor) else load(run, device)
+    model = load(run, device) if isinstance(run, str | os.PathLike) else run  # else a Predictor
     paths: list[str | os.PathLike | bytes] = [
         p if isinstance(p, bytes) else str(p) for p in (images or [])
     ]

@@ -37,6 +37,7 @@ from threadpoolctl import ThreadpoolController
 from heads.estimators._neural import NeuralHead
 from heads.estimators._neural_net import CosineClassifier
 from heads.runs._loaded import Ensemble, Run
+from heads.runs._stacked_knn import StackedKNN, stack_detectors, stackable
 from heads.runs._wrapped import WrappedPredictor
 
 _CHECK_ROWS = 4  # random rows each group is checked on against the torch path when compiled
@@ -309,6 +310,16 @@ class CompiledPredictor(WrappedPredictor):
                 self.groups.append(g)
         stacked = {i for g in self.groups for i in g.index}
         self.on_torch = [i for i in range(len(self.members)) if i not in stacked]
+        self.knn: list[StackedKNN] = []  # members' kNN detectors, their training rows once
+        by_key = {}
+        for i, m in enumerate(self.members):
+            key = stackable(m) if isinstance(m, Run) else None
+            if key is not None:
+                by_key.setdefault(key, []).append(i)
+        for idx in by_key.values():
+            knn = stack_detectors(idx, [self.members[i] for i in idx])  # type: ignore[misc]
+            if knn is not None:
+                self.knn.append(knn)
 
     # ---------------------------------------------------------------- compiled
     def member_logits(
@@ -344,12 +355,28 @@ class CompiledPredictor(WrappedPredictor):
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         parts = self.member_logits(embeddings, table)
+        scores = self.member_scores(embeddings, parts, table)
         if isinstance(self.model, Run):
-            return parts[0], self.model.unknown_scores(embeddings, parts[0], table)
-        return (
-            self.model.combine_members(parts),
-            self.model.member_scores(embeddings, list(parts), table),
-        )
+            return parts[0], scores[0]
+        return self.model.combine_members(parts), self.model.combine_scores(scores)
+
+    def member_scores(
+        self,
+        embeddings: dict[str, np.ndarray],
+        parts: list[np.ndarray],
+        table: dict[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray | None]:
+        """Each member's detector scores ``(N,)`` from its own logits (None: no detector)."""
+        out: list[np.ndarray | None] = [None] * len(self.members)
+        for knn in self.knn:
+            X = knn.runs[0].head_input(embeddings)
+            for i, s in zip(knn.index, knn.scores(X, [parts[i] for i in knn.index]), strict=True):
+                out[i] = s
+        stacked = {i for knn in self.knn for i in knn.index}
+        for i, m in enumerate(self.members):
+            if i not in stacked and (isinstance(m, Ensemble) or m.detector is not None):
+                out[i] = m.unknown_scores(embeddings, parts[i], table)
+        return out
 
 
 def compile_predictor(model: Run | Ensemble | CompiledPredictor) -> CompiledPredictor:

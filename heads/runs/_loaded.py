@@ -320,16 +320,23 @@ class Ensemble(_Loaded):
         table: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray | None:
         """:meth:`unknown_scores` from the members' own logits ``parts`` (in order)."""
-        scores: list[np.ndarray] = []
-        for m, z in zip(self.members, parts, strict=True):
+        return self.combine_scores(
+            [
+                None if m.threshold is None or z is None else m.unknown_scores(embeddings, z, table)
+                for m, z in zip(self.members, parts, strict=True)
+            ]
+        )
+
+    def combine_scores(self, scores: list[np.ndarray | None]) -> np.ndarray | None:
+        """The ensemble's unknown scores from its members' detector scores (in order)."""
+        margins: list[np.ndarray] = []
+        for m, s in zip(self.members, scores, strict=True):
             t = m.threshold
             if t is None:
                 continue
-            assert z is not None  # given for every member with a detector
-            s = m.unknown_scores(embeddings, z, table)
-            assert s is not None  # a member with a threshold has a detector
-            scores.append(s - t)
-        return None if not scores else np.mean(scores, axis=0)
+            assert s is not None  # given for every member with a threshold (and a detector)
+            margins.append(s - t)
+        return None if not margins else np.mean(margins, axis=0)
 
     def logits_and_scores(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
