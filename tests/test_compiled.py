@@ -4,16 +4,13 @@ give the torch path's answers (logits, unknown scores, predictions) to 1e-5, on 
 from __future__ import annotations
 
 import shutil
-import threading
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 import embedstore
 import heads
 from heads.runs import CompiledPredictor, compile_predictor
-from heads.runs._compiled import _ONE_BLAS_THREAD
 from tests.conftest import make_synthetic_store
 
 FAST = {"epochs": 5, "device": "cpu", "progress": False}
@@ -158,29 +155,6 @@ def test_a_row_the_compiled_path_cannot_take_gets_the_torch_paths_error(flowers_
         fast.logits({col: X})
     with pytest.raises(ValueError, match="1280 features|features"):
         fast.logits({col: X[:, :100]})
-
-
-def test_one_blas_thread_inside_and_the_count_restored_after_concurrent_callers():
-    def blas_threads() -> list[int]:  # numpy's BLAS: what the compiled products run on
-        return [i["num_threads"] for i in threadpool_info() if "numpy" in i["filepath"]]
-
-    before = blas_threads()
-    inside: list[list[int]] = []
-    go = threading.Barrier(4)
-
-    def call() -> None:
-        go.wait()
-        for _ in range(50):
-            with _ONE_BLAS_THREAD:
-                inside.append(blas_threads())
-
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(n == [1] for n in inside) and len(inside) == 200
-    assert blas_threads() == before  # not left at one thread by an exit under another caller
 
 
 def test_compiled_predictor_is_a_predictor_for_every_caller(flowers_runs):

@@ -15,8 +15,10 @@ torch path, and each group is checked against the torch path on random rows when
 (it falls back to torch where they differ): the answers are the torch path's to float32
 rounding (``tests/test_compiled.py`` checks 1e-5 on real runs).
 
-The products run on numpy's BLAS; a server answering requests concurrently does best with one
-BLAS thread per request (the service sets that), not a pool per product.
+The products run on numpy's BLAS. A server answering requests concurrently does best with one
+BLAS thread per product (``embedstore serve`` sets that): on a few rows a thread pool costs more
+than it gives, and on a busy machine much more (a 1 x 1280 by 1280 x 5120 product took 5.6 ms
+with two OpenBLAS threads, 1.7 ms with one, on a loaded 2-core machine).
 
 >>> fast = compile_predictor(heads.load("runs/mlp", device="cpu"))
 >>> logits, scores = fast.logits_and_scores({"emb_efficientnet_lite0": X})
@@ -25,14 +27,11 @@ BLAS thread per request (the service sets that), not a pool per product.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from scipy.special import erf
-from threadpoolctl import ThreadpoolController
 
 from heads.estimators._neural import NeuralHead
 from heads.estimators._neural_net import CosineClassifier
@@ -42,38 +41,6 @@ from heads.runs._wrapped import WrappedPredictor
 
 _CHECK_ROWS = 4  # random rows each group is checked on against the torch path when compiled
 _CHECK_TOL = 1e-4  # relative to the logits' scale: float32 rounding is ~1e-6
-_FEW_ROWS = 64  # up to this many rows a product runs on one BLAS thread
-
-
-class _OneBlasThread:
-    """numpy's BLAS on one thread while any caller is inside (a few rows: a thread pool costs
-    more than it gives, and on a busy machine much more); the original count after the last.
-    threadpoolctl's limit is process-wide: counting callers keeps one thread's exit from
-    restoring the count under another that is still inside. It covers the BLAS libraries loaded
-    at the first call (numpy's and scipy's: this module imports both)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inside = 0
-        self._limiter: Any = None
-        self._controller: ThreadpoolController | None = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._inside == 0:
-                if self._controller is None:
-                    self._controller = ThreadpoolController()
-                self._limiter = self._controller.limit(limits=1, user_api="blas")
-            self._inside += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._inside -= 1
-            if self._inside == 0:
-                self._limiter.restore_original_limits()
-
-
-_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 @dataclass
@@ -111,11 +78,7 @@ class _Group:
             return None
         z = _normalise(x, self.eps)  # (R, D) float32
         fields = self._fields(n, k, table)  # (M, R, F) or None
-        if len(z) <= _FEW_ROWS:
-            with _ONE_BLAS_THREAD:
-                out = self._outputs(z, fields)  # (M, R, C)
-        else:
-            out = self._outputs(z, fields)
+        out = self._outputs(z, fields)  # (M, R, C)
         out = out * self.scale[:, None, None]
         if k == 1:
             return [o for o in out]
