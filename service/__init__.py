@@ -15,8 +15,6 @@ import dataclasses
 import ipaddress
 import os
 
-import threadpoolctl
-
 from embedstore.errors import BadInput
 
 from ._app import create_app
@@ -52,8 +50,4 @@ def serve(
         # to 127.0.0.1 (DNS rebinding): answer loopback names only
         settings = dataclasses.replace(settings, allowed_hosts=LOOPBACK_HOSTS)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # One BLAS thread per product: requests run concurrently, and a head's products on a few
-    # rows are slower with a thread pool (3x on a busy 2-core machine). Set here, in the main
-    # thread: OpenBLAS ignores a thread count set from another thread.
-    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

@@ -151,6 +151,14 @@ class State:
         bb = self._raw.get(column)
         return None if bb is None else bb.runtime
 
+    def backbone_counts(self, column: str) -> dict[str, int]:
+        """``forward_passes`` and ``images_embedded`` by ``column``'s backbone since start."""
+        bb = self.backbones.get(column)
+        return {
+            "forward_passes": 0 if bb is None else bb.batches,
+            "images_embedded": 0 if bb is None else bb.images,
+        }
+
     def backbone(self, column: str) -> BatchedBackbone:
         """The backbone that embeds uploads for ``column``, built once from its description."""
         with self._lock:

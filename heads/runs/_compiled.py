@@ -5,7 +5,8 @@ forwards of seven modules each, and on a busy CPU torch's per-call and thread-po
 milliseconds where the arithmetic costs a few hundred microseconds. :func:`compile_predictor`
 turns the linear and MLP members into stacked numpy arrays: every member's first layer is one
 column block of one matrix (LayerNorm's scale and shift folded in), so a request is one LayerNorm,
-one matrix product, one GELU and one batched product for all members at once; the ensemble's
+one matrix product (ONNX Runtime's, its weights packed once: ``heads.runs._matmul``), one GELU
+and one batched product for all members at once; the ensemble's
 temperatures, weights and the members' unknown detectors then run as in :mod:`heads.runs._loaded`.
 
 Members are grouped by structure (backbones, TTA views, architecture, widths, classifier), one
@@ -15,10 +16,10 @@ torch path, and each group is checked against the torch path on random rows when
 (it falls back to torch where they differ): the answers are the torch path's to float32
 rounding (``tests/test_compiled.py`` checks 1e-5 on real runs).
 
-The products run on numpy's BLAS. A server answering requests concurrently does best with one
-BLAS thread per product (``embedstore serve`` sets that): on a few rows a thread pool costs more
-than it gives, and on a busy machine much more (a 1 x 1280 by 1280 x 5120 product took 5.6 ms
-with two OpenBLAS threads, 1.7 ms with one, on a loaded 2-core machine).
+The large products (the first layer's, the kNN detectors') run on one ONNX Runtime thread
+each: a server answers requests concurrently, and on a few rows a thread pool costs more than
+it gives (a 1 x 1280 by 1280 x 5120 product took 5.6 ms with two OpenBLAS threads, 1.7 ms with
+one, on a busy 2-core machine).
 
 >>> fast = compile_predictor(heads.load("runs/mlp", device="cpu"))
 >>> logits, scores = fast.logits_and_scores({"emb_efficientnet_lite0": X})
@@ -36,6 +37,7 @@ from scipy.special import erf
 from heads.estimators._neural import NeuralHead
 from heads.estimators._neural_net import CosineClassifier
 from heads.runs._loaded import Ensemble, Run
+from heads.runs._matmul import MatMul
 from heads.runs._stacked_knn import StackedKNN, stack_detectors, stackable
 from heads.runs._wrapped import WrappedPredictor
 
@@ -53,7 +55,7 @@ class _Group:
     eps: float  # LayerNorm's
     # first layer over the normalised embedding z, LayerNorm's affine folded in where it can be:
     # mlp: hidden pre-activation; linear with a linear classifier: the logits themselves
-    w1: np.ndarray  # (D, M * H) float32
+    w1: MatMul  # by (D, M * H) float32
     b1: np.ndarray  # (M, H) float32
     w1f: np.ndarray | None  # (M, H, F) weights of the metadata fields, or None without fields
     # the classifier over the features (None: folded into w1 above)
@@ -105,7 +107,7 @@ class _Group:
             if fields is not None:
                 feat = np.concatenate([feat, fields], axis=2)  # (M, R, D + F)
         else:
-            pre = (z @ self.w1).reshape(r, m, -1).transpose(1, 0, 2) + self.b1[:, None, :]
+            pre = self.w1(z).reshape(r, m, -1).transpose(1, 0, 2) + self.b1[:, None, :]
             if self.w1f is not None and fields is not None:
                 pre = pre + fields @ self.w1f.transpose(0, 2, 1)  # (M, R, H)
             if self.wc is None:  # linear arch, linear classifier: pre are the logits
@@ -213,9 +215,7 @@ def _stack(index: list[int], runs: list[Run]) -> _Group:
         arch=arch,
         eps=float(nets[0].norm.eps),
         # LayerNorm's affine folded in: W (z * gamma + beta) + b = (W * gamma) z + (W beta + b)
-        w1=np.ascontiguousarray(
-            (wx * gamma[:, None, :]).transpose(2, 0, 1).reshape(d, -1), np.float32
-        ),
+        w1=MatMul((wx * gamma[:, None, :]).transpose(2, 0, 1).reshape(d, -1)),
         b1=(b + np.einsum("mhd,md->mh", wx, beta)).astype(np.float32),
         w1f=np.ascontiguousarray(wf, np.float32) if wf.shape[2] else None,
         wc=None if wc is None else np.ascontiguousarray(wc, np.float32),

@@ -18,6 +18,7 @@ import numpy as np
 from embedstore.search import l2_normalize
 from heads.estimators._unknown_embedding import EnergyKNNDetector, KNNDetector
 from heads.runs._loaded import Run
+from heads.runs._matmul import MatMul
 
 _CHECK_ROWS = 4
 _CHECK_TOL = 1e-5
@@ -35,8 +36,9 @@ class StackedKNN:
         flat = np.concatenate(rows16)  # (sum N_m, D)
         keys = flat.view(np.dtype((np.void, flat.dtype.itemsize * width))).ravel()
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        # every distinct training row once, as each member's index holds it
-        self.vectors = l2_normalize(flat[first].astype(np.float32))  # (U, D)
+        # every distinct training row once, as each member's index holds it: (U, D) -> by (D, U)
+        self.product = MatMul(l2_normalize(flat[first].astype(np.float32)).T)
+        self.n_distinct = len(first)
         bounds = np.cumsum([0, *(len(r) for r in rows16)])
         self.rows = [inverse.ravel()[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self.k = [int(d.k) for d in dets]
@@ -49,7 +51,7 @@ class StackedKNN:
     def scores(self, X: np.ndarray, logits: list[np.ndarray]) -> list[np.ndarray]:
         """Each run's detector scores ``(N,)`` float64 for head inputs ``X`` ``(N, D)`` and the
         runs' own ``logits`` (in order)."""
-        sims = l2_normalize(X) @ self.vectors.T  # (N, U)
+        sims = self.product(l2_normalize(X))  # (N, U)
         out = []
         for m, rows in enumerate(self.rows):
             s = sims[:, rows]  # (N, N_m): this member's training rows, repeats included
@@ -83,10 +85,12 @@ def stack_detectors(index: list[int], runs: list[Run]) -> StackedKNN | None:
     (on random rows and logits)."""
     stack = StackedKNN(index, runs)
     rng = np.random.default_rng(0)
-    d = stack.vectors.shape[1]
+    first = runs[0].detector
+    assert first is not None  # stackable runs have one
+    train = np.asarray(first.embeddings_, np.float32)  # type: ignore[attr-defined]
     c = len(runs[0].classes)
-    X = rng.standard_normal((_CHECK_ROWS, d)).astype(np.float32)
-    X[0] = stack.vectors[0] * 3.0  # a training row itself: the nearest at similarity 1
+    X = rng.standard_normal((_CHECK_ROWS, train.shape[1])).astype(np.float32)
+    X[0] = train[0] * 3.0  # a training row itself: the nearest at similarity 1
     logits = [rng.standard_normal((_CHECK_ROWS, c)).astype(np.float32) * 4 for _ in runs]
     got = stack.scores(X, logits)
     for run, z, s in zip(runs, logits, got, strict=True):

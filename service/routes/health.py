@@ -44,8 +44,9 @@ def store_info(state: StateDep) -> dict[str, Any]:
 
 @router.get("/v1/backbones", responses=documented())
 def backbones(state: StateDep) -> dict[str, Any]:
-    """The store's embedding columns (whether their model is loaded, and with which runtime)
-    and the registry."""
+    """The store's embedding columns (whether their model is loaded, with which runtime, and
+    the forward passes and images it has run since start: uploads share forward passes) and
+    the registry."""
     cols = [
         {
             "name": i.backbone,
@@ -55,6 +56,7 @@ def backbones(state: StateDep) -> dict[str, Any]:
             "source": i.describe.get("source"),
             "loaded": i.column in state.backbones,
             "runtime": state.backbone_runtime(i.column),
+            **state.backbone_counts(i.column),
         }
         for i in state.store.embeddings_info().values()
     ]
