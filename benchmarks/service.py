@@ -255,14 +255,16 @@ def _during_hostile_stream(
     return row
 
 
-def _start_server(store: Path, runs: Path, device: str) -> tuple[subprocess.Popen, str, float]:
+def _start_server(
+    store: Path, runs: Path, device: str, forwards: int = 1
+) -> tuple[subprocess.Popen, str, float]:
     """``embedstore serve`` in a subprocess on a free loopback port, once ``/ready``."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", "from cli import embedstore_cli; embedstore_cli()", "serve"]
     cmd += ["--store", str(store), "--runs", str(runs), "--port", str(port), "--device", device]
-    cmd += ["--max-batch", "32", "--max-wait-ms", "10"]
+    cmd += ["--max-batch", "32", "--max-wait-ms", "10", "--forwards", str(forwards)]
     server = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -397,6 +399,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=960, help="flowers12 photos the uploads send")
     ap.add_argument("--processes", type=int, default=2, help="`heads predict` process runs")
     ap.add_argument("--rounds", type=int, default=1, help="run every scenario this many times")
+    ap.add_argument("--forwards", type=int, default=1, help="the server's --forwards")
     ap.add_argument(
         "--only",
         nargs="+",
@@ -424,7 +427,7 @@ def main() -> None:
     )
 
     # ---- the server
-    server, url, start_s = _start_server(store, runs, args.device)
+    server, url, start_s = _start_server(store, runs, args.device, args.forwards)
     try:
         mem_start = _rss_mib(server.pid)
         rows = []

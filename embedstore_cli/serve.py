@@ -60,6 +60,15 @@ SERVE_OPTIONS = options(
         help="Longest a request waits for others to share its forward pass.",
     ),
     click.option(
+        "--forwards",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Backbone forward passes in flight at once, each on cores/N ONNX Runtime threads "
+        "(1: the lowest latency for one upload; 2 on 2 cores: more uploads a second under "
+        "concurrency, on a busy machine at least).",
+    ),
+    click.option(
         "--max-jobs",
         type=click.IntRange(1),
         default=8,

@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests share one forward pass, of a backbone or of a head.
 
 A :class:`BatchedBackbone` looks like the backbone it wraps to ``embedstore.embed_inputs``
-(``preprocess``, ``embed``): each ``embed`` call queues its images and waits; one worker thread
-takes what is queued, waits up to ``max_wait_ms`` for more (up to ``max_batch`` images), runs the
-real backbone once and hands each caller its rows. A :class:`BatchedPredictor` shares a
+(``preprocess``, ``embed``): each ``embed`` call queues its images and waits; a worker thread
+(or ``workers`` of them, each with a forward pass in flight) takes what is queued, waits up to
+``max_wait_ms`` for more (up to ``max_batch`` images), runs the real backbone once and hands
+each caller its rows. A :class:`BatchedPredictor` shares a
 run's head forward among the requests that arrive while one runs (no waiting: see its docstring).
 """
 
@@ -26,18 +27,24 @@ from embedstore import Backbone
 class BatchedBackbone:
     """``backbone`` behind a queue; thread-safe ``embed``."""
 
-    def __init__(self, backbone: Backbone, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, backbone: Backbone, max_batch: int = 32, max_wait_ms: float = 5.0, workers: int = 1
+    ) -> None:
         self.backbone = backbone
         self.preprocess = backbone.preprocess
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self._queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
+        self._count = threading.Lock()
         self.batches = 0  # forward passes run
         self.images = 0  # images embedded
-        self._thread = threading.Thread(
-            target=self._loop, name=f"batcher-{backbone.name}", daemon=True
-        )
-        self._thread.start()
+        # ``workers`` forward passes in flight at once (each takes its own batch off the queue)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{backbone.name}-{k}", daemon=True)
+            for k in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     def __getattr__(self, name: str) -> Any:  # name, dim, column, describe ... of the backbone
         return getattr(self.backbone, name)
@@ -65,8 +72,9 @@ class BatchedBackbone:
                 n += len(item[0])
             try:
                 out = self.backbone.embed(torch.cat([x for x, _ in items])).cpu()  # (n, dim)
-                self.batches += 1
-                self.images += n
+                with self._count:
+                    self.batches += 1
+                    self.images += n
                 start = 0
                 for x, fut in items:
                     fut.set_result(out[start : start + len(x)])

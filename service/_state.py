@@ -43,6 +43,8 @@ class Settings:
     max_upload_mb: float = 20.0
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    # backbone forward passes in flight at once, each on cores / forwards runtime threads
+    forwards: int = 1
     max_jobs: int = 8
     allow_root: str | None = None
     # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
@@ -175,6 +177,9 @@ class State:
                             self.settings.runtime, info.describe, self.device
                         ),
                         self.device,
+                        # --forwards N: N forwards in flight share the cores (None: all of
+                        # them for the one)
+                        threads=None if self.settings.forwards == 1 else self._forward_threads(),
                         # batches of every size from 1 to --max-batch: an arena would keep
                         # each size's peak (~240 MiB more resident, no faster)
                         memory_arena=False,
@@ -186,9 +191,14 @@ class State:
                     ) from e
                 self._raw[column] = bb
                 self.backbones[column] = BatchedBackbone(
-                    bb, self.settings.max_batch, self.settings.max_wait_ms
+                    bb, self.settings.max_batch, self.settings.max_wait_ms, self.settings.forwards
                 )
             return self.backbones[column]
+
+    def _forward_threads(self) -> int:
+        """ONNX Runtime threads of each of ``--forwards`` forward passes: the cores shared."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, (cores or os.cpu_count() or 1) // self.settings.forwards)
 
     def lazy_backbones(self, columns: list[str]) -> _LazyBackbones:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""

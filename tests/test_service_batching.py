@@ -13,7 +13,8 @@ import embedstore_service as service
 import embedstore_service._state as state_module
 import numpy as np
 import pytest
-from embedstore_service._batcher import BatchedPredictor
+import torch
+from embedstore_service._batcher import BatchedBackbone, BatchedPredictor
 from PIL import Image
 
 import embedstore
@@ -172,3 +173,21 @@ def test_a_run_replaced_by_another_process_is_seen_within_the_interval(
     assert again is not first and again.config.kind == "run"
     with pytest.raises(embedstore.errors.NotFound):
         state.run("nope")
+
+
+def test_two_forwards_in_flight_answer_every_caller_its_own_rows(tiny_dino):
+    bb = embedstore.create_backbone(str(tiny_dino))
+    batched = BatchedBackbone(bb, max_batch=4, max_wait_ms=50, workers=2)
+    x = torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8)
+    want = bb.embed(x)
+    out: dict[int, torch.Tensor] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, batched.embed(x[i : i + 1])))
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.testing.assert_close(torch.cat([out[i] for i in range(16)]), want, rtol=1e-4, atol=1e-4)
+    assert batched.images == 16 and 4 <= batched.batches < 16 and len(batched._threads) == 2
