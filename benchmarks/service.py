@@ -399,7 +399,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=960, help="flowers12 photos the uploads send")
     ap.add_argument("--processes", type=int, default=2, help="`heads predict` process runs")
     ap.add_argument("--rounds", type=int, default=1, help="run every scenario this many times")
-    ap.add_argument("--forwards", type=int, default=1, help="the server's --forwards")
+    ap.add_argument("--forwards", type=int, default=2, help="the server's --forwards")
     ap.add_argument(
         "--only",
         nargs="+",

@@ -43,8 +43,9 @@ class Settings:
     max_upload_mb: float = 20.0
     max_batch: int = 32
     max_wait_ms: float = 5.0
-    # backbone forward passes in flight at once, each on cores / forwards runtime threads
-    forwards: int = 1
+    # backbone forward passes in flight at once, each on cores / forwards runtime threads (two
+    # single-threaded forwards beat one two-threaded on 2 busy cores: benchmarks/RESULTS.md)
+    forwards: int = 2
     max_jobs: int = 8
     allow_root: str | None = None
     # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
