@@ -52,6 +52,7 @@ bench: setup
 	$(PY) benchmarks/knn.py
 	$(PY) benchmarks/quality_checks.py
 	$(PY) benchmarks/ingest_ray.py
+	$(PY) benchmarks/texts.py --threads 1
 
 clean:
 	rm -rf $(STORE) $(RUNS)

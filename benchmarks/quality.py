@@ -52,13 +52,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "linear": {"head": "linear"},
     "mlp refit only": {"head": "mlp", "refit": True, "ensemble": "refit"},
     "mlp folds + refit": {"head": "mlp", "refit": True, "ensemble": "both"},
-    "centroid": {"head": "centroid"},
+    "centroid": {"head": "centroid"},  # SimpleShot centring (the default)
+    "centroid, no centring": {"head": "centroid", "centring": "none"},
     "centroid train+val transductive": {
         "head": "centroid",
         "reference": "train+val",
         "transductive": True,
     },
     "knn": {"head": "knn"},
+    "lda": {"head": "lda"},
+    "lda, no views": {"head": "lda", "views": False, "tta": False},
+    "lda refit": {"head": "lda", "refit": True, "ensemble": "refit"},
 }
 
 

@@ -32,6 +32,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "lookup": ("embedstore.search._lookup", "lookup"),
     "build_index": ("embedstore.search._indexes", "build_index"),
     "embed_inputs": ("embedstore.search._embed", "embed_inputs"),
+    "embed_texts": ("embedstore.search._texts", "embed_texts"),
+    "search_text": ("embedstore.search._text_search", "search_text"),
     "read_inputs": ("embedstore.search._embed", "read_inputs"),
     "Resident": ("embedstore.search._resident", "Resident"),
     "BACKBONES": ("embedstore.backbones._backbones", "BACKBONES"),
@@ -143,6 +145,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.search._indexes import build_index
     from embedstore.search._lookup import LookupResult, lookup
     from embedstore.search._resident import Resident
+    from embedstore.search._text_search import search_text
+    from embedstore.search._texts import embed_texts
     from embedstore.store._check import check
     from embedstore.store._folds import SplitSummary, split
     from embedstore.store._lance import StoreError
@@ -171,6 +175,7 @@ __all__ = [
     "create_backbone",
     "default_store_path",
     "embed_inputs",
+    "embed_texts",
     "find_duplicates",
     "ingest",
     "jsonable",
@@ -180,5 +185,6 @@ __all__ = [
     "read_inputs",
     "register_backbone",
     "resolve_device",
+    "search_text",
     "split",
 ]

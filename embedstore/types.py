@@ -45,6 +45,9 @@ LookupIndex = Literal["auto", "exact", "ivf", "hnsw"]
 LOOKUP_INDEXES: tuple[str, ...] = get_args(LookupIndex)
 SearchBackend = Literal["auto", "faiss", "torch"]
 SEARCH_BACKENDS: tuple[str, ...] = get_args(SearchBackend)
+# Text search blending an image with the words: the text's share of the query (0: the image
+# alone, 1: the text alone), one default for the library, the command line and the service
+TEXT_WEIGHT = 0.5
 
 # --- looking at the data (embedstore map)
 MapMethod = Literal["auto", "umap", "pca"]

@@ -13,6 +13,7 @@ import click
 import heads
 from embedstore.errors import UserError
 from embedstore.types import DEVICE_CHOICES, RUNTIMES, check_device
+from heads.types import SET_SCORES
 
 # ---------------------------------------------------------------------- exit codes
 
@@ -198,6 +199,33 @@ ray_options = options(
         default=1.0,
         show_default=True,
         help="With --engine ray: CPUs each actor holds.",
+    ),
+)
+
+
+# --coverage: conformal prediction sets (heads predict, heads eval)
+sets_options = options(
+    click.option(
+        "--coverage",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        help="Add a prediction set per image holding the true label this share of the time "
+        "(e.g. 0.9; split conformal, per class where a class has 20 calibration images).",
+    ),
+    click.option(
+        "--set-score",
+        type=click.Choice(SET_SCORES),
+        default="lac",
+        show_default=True,
+        help="With --coverage: lac (1 - probability of the label: smallest sets) or aps "
+        "(adaptive: larger, surer sets).",
+    ),
+    click.option(
+        "--calibrate-on",
+        default=None,
+        metavar="WHERE",
+        help="With --coverage: calibrate on the store rows matching this predicate (rows the "
+        "run never trained on, e.g. a held-out session) instead of its out-of-fold predictions.",
     ),
 )
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 
+from embedstore.errors import UserError
 from embedstore_cli._common import Registered, loss_names
-from heads.settings import SETTINGS
+from heads.settings import DISTILL_SETTINGS, PSEUDO_SETTINGS, SETTINGS
+from heads.text import read_lines, read_names, read_templates
 
 
 class FiniteFloat(click.FloatRange):
@@ -45,16 +47,62 @@ def _param_type(s: Any) -> Any:
     return s.type
 
 
+# How a ``list`` or ``dict`` setting's files are read (``Setting.file``): the library's readers,
+# so that the command line and a script read a file alike. The service takes values, not paths.
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "lines": lambda v: read_lines(v, "--classes"),
+    "templates": read_templates,
+    "names": read_names,
+}
+
+
+def _reader(s: Any) -> Callable[[Any, Any, Any], Any]:
+    """A click callback turning the option's value(s) into the setting (None: not given); a
+    file that cannot be read is a usage error naming it."""
+
+    def convert(ctx: Any, param: Any, value: Any) -> Any:
+        if value is None or value == ():
+            return None
+        try:
+            return _READERS[s.file](value) if s.file else list(value)
+        except UserError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return convert
+
+
 def setting_option(s: Any) -> Callable[[Any], Any]:
-    """The click option of one :class:`heads.settings.Setting` (default None: the head's)."""
+    """The click option of one :class:`heads.settings.Setting` (default None: the head's); a
+    ``list`` setting repeats (``--name-columns a --name-columns b``) unless read from one file."""
     flag = f"--{s.name.replace('_', '-')}"
     if s.type is bool:
         return click.option(flag, s.name, is_flag=True, default=None, help=s.help)
+    if s.type in (list, dict):
+        single = s.file in ("lines", "names")  # one file
+        return click.option(
+            flag,
+            s.name,
+            type=click.Path(dir_okay=False) if single else str,
+            multiple=not single,
+            default=None,
+            callback=_reader(s),
+            help=s.help,
+        )
     return click.option(flag, s.name, type=_param_type(s), default=None, help=s.help)
 
 
-def head_setting_options(f: Any) -> Any:
-    """Every training setting of the heads as an option of the decorated command."""
-    for s in reversed(SETTINGS):
-        f = setting_option(s)(f)
-    return f
+def setting_options(settings: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A decorator adding every one of ``settings`` as an option, in the declared order."""
+
+    def decorate(f: Any) -> Any:
+        for s in reversed(settings):
+            f = setting_option(s)(f)
+        return f
+
+    return decorate
+
+
+# Every training setting of the heads; the run's pseudo-labelling options; distill's own.
+head_setting_options = setting_options(SETTINGS)
+pseudo_setting_options = setting_options(PSEUDO_SETTINGS)
+distill_setting_options = setting_options(DISTILL_SETTINGS)

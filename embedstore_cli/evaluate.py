@@ -18,6 +18,7 @@ from embedstore_cli._common import (
     human_bytes,
     json_option,
     run_store_option,
+    sets_options,
     store_option,
 )
 from heads.types import (
@@ -42,8 +43,16 @@ class _EvalCommand(click.Command):
 @click.option(
     "--store", default=None, help="Store to read the held-out part from (default: the run's)."
 )
+@click.option(
+    "--recall-k",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="k of recall@k (FungiCLEF 2025 scored recall@5, per observation).",
+)
+@sets_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run or ensemble.")
-def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
+def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool, **kw: Any) -> None:
     """Score runs or ensembles side by side: on the validation part (out-of-fold for a fold
     ensemble) and on the store's held-out part.
 
@@ -51,16 +60,19 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     Example:
       heads eval runs/mlp runs/knn runs/ens
       heads eval runs/mlp --json
+      heads eval runs/ens --coverage 0.9 --calibrate-on "path LIKE '%/val_%'"
     """
-    results = [heads.evaluate(r, store=store).to_dict() for r in runs]
+    results = [heads.evaluate(r, store=store, **kw).to_dict() for r in runs]
     if as_json:
         echo_json(results)
         return
+    recall = f"recall@{kw['recall_k']}"
+    order = [recall if k == "recall@5" else k for k in _EVAL_KEYS]
     for part, key in (("validation (out-of-fold)", None), ("held-out part", "holdout")):
         parts = [r if key is None else r.get(key) for r in results]
         if not any(parts):
             continue
-        keys = [k for k in _EVAL_KEYS if any(isinstance((d or {}).get(k), float) for d in parts)]
+        keys = [k for k in order if any(isinstance((d or {}).get(k), float) for d in parts)]
         names = [Path(r["run"]).name or r["run"] for r in results]
         width = max(len(k) for k in ["images", *keys])
         cols = [max(10, len(n)) for n in names]
@@ -77,7 +89,15 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
                 f"  {k:<{width}}  "
                 + "  ".join(f"{v:>{w}}" for v, w in zip(vals, cols, strict=True))
             )
+    _echo_hierarchy(results)
     for r in results:
+        if r.get("sets"):
+            c = r["sets"]
+            click.echo(
+                f"{r['run']}: {c['coverage']:.0%} sets ({c['score']}) calibrated on {c['n']} "
+                f"images ({c['source']}), {c['classes_with_own_threshold']} classes with a "
+                "threshold of their own"
+            )
         if r.get("most_confused"):
             pairs = ", ".join(
                 f"{p['true']}->{p['predicted']} ({p['count']})" for p in r["most_confused"][:5]
@@ -88,6 +108,35 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
                 click.echo(
                     f"{r['run']}: {png.removesuffix('_png').replace('_', ' ')} plot: {r[png]}"
                 )
+
+
+def _echo_hierarchy(results: list[dict[str, Any]]) -> None:
+    """With a taxonomy: each run's top-1 at every rank, its mistake severity and how the
+    fallback answered, on the validation and held-out parts."""
+    for r in results:
+        for part, d in (("validation", r.get("hierarchy")), ("held-out", r.get("holdout"))):
+            h = d if part == "validation" else (d or {}).get("hierarchy")
+            if not h:
+                continue
+            name = Path(r["run"]).name or r["run"]
+            tops = ", ".join(
+                f"{k} {v['top1']:.4f}" + (f" ({v['source']})" if v["source"] != "head" else "")
+                for k, v in h["ranks"].items()
+            )
+            sev = h.get("mistake_severity")
+            click.echo(
+                f"{name}, {part} by rank: top-1 {tops}; mistake severity "
+                f"{'-' if sev is None else format(sev, '.3f')} (distance "
+                f"{h['hierarchical_distance']:.3f})"
+            )
+            fb = h.get("fallback")
+            if fb:
+                acc = fb.get("accuracy", {})
+                words = ", ".join(
+                    f"{k} {v:.1%}" + (f" right {acc[k]:.1%}" if acc.get(k) is not None else "")
+                    for k, v in fb["answered"].items()
+                )
+                click.echo(f"  fallback (target {fb['target']:.0%} right): answered at {words}")
 
 
 @click.command("ensemble")
@@ -114,6 +163,14 @@ def eval_cmd(runs: tuple[str, ...], store: str | None, as_json: bool) -> None:
     help="Temperature-scale each member on its out-of-fold logits before averaging.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing ensemble at --out.")
+@click.option(
+    "--class-thresholds",
+    type=click.IntRange(1),
+    default=None,
+    metavar="MIN_COUNT",
+    help="Members with unknown detectors: an unknown threshold per predicted class, fitted on "
+    "the out-of-fold margins, for classes predicted at least MIN_COUNT times (others: global).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def ensemble_cmd(runs: tuple[str, ...], out: str, as_json: bool, **kw: Any) -> None:
     """Average runs (folds, heads, backbones) into an ensemble usable wherever a run is.
@@ -285,3 +342,60 @@ def report_cmd(run: str, as_json: bool, **kw: Any) -> None:
         click.echo(f"  note: {n}")
     for w in res.warnings:
         click.echo(f"  warning: {w}")
+
+
+@click.command("unknowns")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--store", default=None, help="Store whose photos to look at (default: the run's).")
+@click.option(
+    "--where",
+    default=None,
+    help="SQL filter choosing the photos (default: the unlabelled ones and the held-out part).",
+)
+@click.option(
+    "--out", default=None, help="Folder for the CSVs and contact sheets (default RUN/unknowns)."
+)
+@click.option(
+    "--min-cluster-size",
+    type=click.IntRange(2),
+    default=5,
+    show_default=True,
+    help="Fewest photos a candidate class holds (HDBSCAN); the rest stay unclustered.",
+)
+@click.option(
+    "--tiles", type=click.IntRange(1), default=24, show_default=True, help="Photos per sheet."
+)
+@device_option
+@json_option
+def unknowns_cmd(run: str, as_json: bool, **kw: Any) -> None:
+    """Group the photos RUN's unknown detector rejects into candidate new classes: a contact
+    sheet per cluster, clusters.csv (cluster, id, path: what labelling a cluster takes) and
+    cluster_names.csv, where a reviewer names each cluster.
+
+    \b
+    Example:
+      heads unknowns runs/mlp-open --store flowers
+      heads unknowns runs/mlp-open --where "split = 'new'" --out review/
+    """
+    res = heads.evaluation.cluster_unknowns(run, **kw)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    click.echo(
+        f"{res.rejected} of {res.rows} photos rejected by the unknown detector; "
+        f"{res.clustered} in {len(res.clusters)} candidate class(es) ({res.method})"
+    )
+    for c in res.clusters:
+        seen = ", ".join(f"{k} {v}" for k, v in list(c.stored_labels.items())[:3])
+        click.echo(
+            f"  cluster {c.cluster}: {c.size} photos -> {c.sheet}"
+            + (f"  (stored labels: {seen})" if seen else "")
+        )
+    if res.purity is not None:
+        click.echo(f"  purity against the stored labels: {res.purity:.3f}")
+    for n in res.notes:
+        click.echo(f"  note: {n}")
+    click.echo(
+        f"clusters: {res.csv}\nname them in {res.names_csv} (a label call that reads these "
+        "does not exist yet)"
+    )

@@ -121,17 +121,19 @@ def backbones_cmd(pattern: str, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'name':<22} {'weights':<9} {'licence':<24} source")
+    click.echo(f"{'name':<22} {'weights':<9} {'licence':<24} {'text':<7} source")
     for r in rows:
         here = "here" if r["local"] else "download"
         # a licence we have not checked on the weights' own card is "not stated", not guessed
         lic = (r.get("license") or "not stated") + (" (gated)" if r.get("gated") else "")
-        click.echo(f"{r['name']:<22} {here:<9} {lic:<24} {r['source']}")
+        text = r.get("text_tower") or "none"
+        click.echo(f"{r['name']:<22} {here:<9} {lic:<24} {text:<7} {r['source']}")
     click.echo(
         "here: the weights are on this machine (works offline); "
         "download: fetched from the hub on first use;\n"
         "gated: the hub asks you to accept the licence and request access first "
-        "(then `hf auth login`); not stated: read the weights' model card before use"
+        "(then `hf auth login`); not stated: read the weights' model card before use;\n"
+        "text: the kind of its text tower (`embedstore embed-texts`), none for image-only models"
     )
 
 

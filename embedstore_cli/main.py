@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import click
 
-from embedstore_cli import evaluate, explore, predict, serve, store, train
+from embedstore_cli import (
+    distill,
+    evaluate,
+    explore,
+    predict,
+    search,
+    serve,
+    store,
+    text,
+    train,
+)
 from embedstore_cli._common import CONTEXT, Group
 
 
@@ -47,23 +57,30 @@ for _cmd in (
     store.check_cmd,
     store.drop_column_cmd,
     store.split_cmd,
+    store.taxonomy_cmd,
     explore.lookup_cmd,
+    search.search_cmd,
     explore.index_cmd,
     explore.backbones_cmd,
     explore.duplicates_cmd,
     explore.map_cmd,
+    text.embed_texts_cmd,
+    text.convert_open_clip_cmd,
     serve.serve_cmd,
 ):
     embedstore_cli.add_command(_cmd)
 for _cmd in (
     train.train_cmd,
     train.tune_cmd,
+    distill.distill_cmd,
+    train.hierarchy_cmd,
     evaluate.eval_cmd,
     evaluate.ensemble_cmd,
     predict.predict_cmd,
     evaluate.openset_cmd,
     evaluate.issues_cmd,
     evaluate.report_cmd,
+    evaluate.unknowns_cmd,
 ):
     heads_cli.add_command(_cmd)
 

@@ -19,6 +19,7 @@ from embedstore_cli._common import (
     options,
     ray_options,
     runtime_option,
+    sets_options,
 )
 
 # ``heads predict`` batch mode: a Lance table of predictions, locally or on Ray.
@@ -72,6 +73,27 @@ BATCH_OPTIONS = options(
     type=click.Path(path_type=str),
     help="CSV cost[true, predicted]: choose the label of least expected cost.",
 )
+@click.option(
+    "--species-list",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Only these labels may be the answer: a file of one label a line, label,weight CSV "
+    "rows or a JSON list (labels the run does not know are skipped).",
+)
+@click.option(
+    "--prior-by",
+    default=None,
+    metavar="COLUMN",
+    help="Weigh labels by how common each was at the image's value of this metadata column "
+    "in the training rows (e.g. country); a stored image's own value, or --place.",
+)
+@click.option(
+    "--place",
+    default=None,
+    metavar="VALUE",
+    help="With --prior-by: the value for every image (e.g. --prior-by country --place DK).",
+)
+@sets_options
 @device_option
 @runtime_option
 @click.option(
@@ -79,6 +101,12 @@ BATCH_OPTIONS = options(
     default=None,
     help="One answer per group from the mean logits of its images: a store column "
     "(e.g. observation_id) or 'folder' (each image's folder).",
+)
+@click.option(
+    "--fallback",
+    is_flag=True,
+    help="Also answer at the finest rank of the store's taxonomy whose confidence clears its "
+    "threshold (fitted out-of-fold; `heads hierarchy`): rank, answer and each rank's top-1.",
 )
 @click.option(
     "--csv", "csv_path", default=None, help="Also write the predictions to this CSV file."
@@ -94,6 +122,9 @@ def predict_cmd(
     Example:
       heads predict runs/mlp photo1.jpg photo2.jpg --top-k 3
       heads predict runs/ens --images new_photos/ --prior uniform --json
+      heads predict runs/mlp photo.jpg --fallback
+      heads predict runs/ens photo.jpg --species-list denmark.txt --coverage 0.9
+      heads predict runs/ens photo.jpg --prior-by country --place DK
       heads predict runs/mlp --store flowers --engine ray --out predictions.lance
     """
     batch = {k: kw.pop(k) for k in _BATCH_KEYS}
@@ -102,8 +133,12 @@ def predict_cmd(
             raise click.UsageError(
                 "batch prediction (--engine, --store) writes a table: give --out PATH"
             )
-        if kw.pop("group_by", None) is not None or csv_path:
-            raise click.UsageError("--group-by and --csv do not apply with --out")
+        if kw.pop("group_by", None) is not None or csv_path or kw.pop("fallback", False):
+            raise click.UsageError("--group-by, --fallback and --csv do not apply with --out")
+        local = [k for k in _ONE_BY_ONE if kw.pop(k, None) not in (None, "lac")]
+        if local:
+            given = ", ".join("--" + k.replace("_", "-") for k in local)
+            raise click.UsageError(f"{given}: not with --out (predict the images one by one)")
         _predict_batch(run, images, as_json, **batch, **kw)
         return
     folders = [p for p in images if os.path.isdir(p)]
@@ -124,6 +159,8 @@ def predict_cmd(
         sys.exit(1)
 
 
+# What only one-by-one prediction answers (the batch table has no columns for them).
+_ONE_BY_ONE = ("species_list", "prior_by", "place", "coverage", "set_score", "calibrate_on")
 _BATCH_KEYS = (
     "out",
     "store",
@@ -151,6 +188,24 @@ def _predict_batch(run: str, images: tuple[str, ...], as_json: bool, **kw: Any) 
         sys.exit(1)
 
 
+def _fallback_words(r: Any) -> str:
+    """``coarse_class Apple (label Golden-Delicious 0.41 < 0.62)``: the answer and the ranks
+    below it that were not confident enough."""
+    shown = []
+    for k in r.ranks:
+        t = "never" if k["threshold"] is None else f"{k['threshold']:.2f}"
+        mark = ">=" if k["rank"] == r.rank else "<"
+        shown.append(f"{k['rank']} {k['label']} {k['confidence']:.2f} {mark} {t}")
+        if k["rank"] == r.rank:
+            break
+    what = (
+        f"{r.rank} {r.answer}"
+        if r.rank is not None
+        else ("unknown" if r.unknown else "no rank confident")
+    )
+    return f"{what}  ({'; '.join(shown)})"
+
+
 def _print_predictions(res: list[Any], csv_path: str | None) -> None:
     for r in res:
         if r.error is not None:
@@ -160,5 +215,15 @@ def _print_predictions(res: list[Any], csv_path: str | None) -> None:
         flag = "  [unknown]" if r.unknown else ""
         group = f"  [group {r.group}]" if r.group else ""
         click.echo(f"{r.path}: {r.label}{flag}{group}  ({tops})")
+        if r.unconstrained is not None and r.unconstrained["label"] != r.label:
+            u = r.unconstrained
+            why = " (unusual here)" if r.unusual_here else ""
+            click.echo(f"    the image alone: {u['label']} {u['probability']:.4f}{why}")
+        elif r.unusual_here:
+            click.echo("    unusual here")
+        if r.set is not None:
+            click.echo(f"    set ({len(r.set)}): {', '.join(r.set)}")
+        if r.ranks is not None:
+            click.echo(f"  fallback: {_fallback_words(r)}")
     if csv_path:
         click.echo(f"predictions written to {csv_path}")

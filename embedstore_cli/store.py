@@ -126,6 +126,13 @@ INGEST_OPTIONS = options(
         "On a store that has the "
         "images only the views are embedded; heads train on them and predict with them (TTA).",
     ),
+    click.option(
+        "--taxonomy",
+        type=click.Path(path_type=str),
+        default=None,
+        help="CSV of the ranks above the labels: a header naming them, finest first "
+        "(species,genus,family), one row per label; checked first, set on the store at the end.",
+    ),
 )
 
 
@@ -177,6 +184,8 @@ def ingest_cmd(
             click.echo(f"  warning: {w}")
         if s.pruned:
             click.echo(f"  pruned {s.pruned} image(s) whose files are gone or changed")
+        if s.taxonomy:
+            click.echo("  taxonomy: " + " < ".join(f"{r} ({n})" for r, n in s.taxonomy.items()))
         click.echo(f"store {s.store}: {s.images_in_store} images, version {s.store_version}")
     if not s.ok:
         click.echo("error: no image could be ingested; see the reasons above", err=True)
@@ -233,6 +242,12 @@ def info_cmd(store: str | None, as_json: bool) -> None:
             f"backbone   {b['name']}  dim {b['dim']} {b['dtype']}, {b['embedded']} embedded by "
             f"{' + '.join(b.get('runtimes') or ['torch'])}  [{b['column']}]"
         )
+        t = b.get("text_tower")
+        click.echo(
+            f"  text     {t['kind']} text tower ({t['source']}), {t['cached_texts']} text(s) cached"
+            if t
+            else "  text     none (an image-only model: no text tower)"
+        )
         if b.get("views"):
             click.echo(
                 "  views    "
@@ -255,6 +270,8 @@ def info_cmd(store: str | None, as_json: bool) -> None:
     )
     if info.get("columns"):
         click.echo(f"columns    {', '.join(info['columns'])}")
+    if info.get("taxonomy"):
+        click.echo("taxonomy   " + " < ".join(f"{r} ({n})" for r, n in info["taxonomy"].items()))
     for w in info.get("warnings") or []:
         click.echo(f"warning    {w}")
     stale = info.get("stale_files") or {}
@@ -386,3 +403,45 @@ def _fold_words(f: dict[str, Any]) -> str:
         part = "nothing held out"
     groups = f"grouped by {f['group_by']}" if f.get("group_by") else "no groups"
     return f"seed {f.get('seed')}; {part}; {groups}"
+
+
+@click.command("taxonomy")
+@click.argument("file", required=False, type=click.Path(path_type=str))
+@store_option
+@click.option(
+    "--rank",
+    "ranks",
+    multiple=True,
+    help="A metadata column naming each image's parent at a coarser rank, finest first "
+    "(repeatable: --rank genus --rank family); instead of FILE.",
+)
+@click.option("--clear", is_flag=True, help="Remove the store's taxonomy.")
+@json_summary_option
+def taxonomy_cmd(
+    file: str | None, store: str | None, ranks: tuple[str, ...], clear: bool, as_json: bool
+) -> None:
+    """Set (or show) the ranks above the store's labels: runs trained on the store then answer
+    at every rank (`heads predict --fallback`) and `heads eval` scores each rank.
+
+    FILE is a CSV whose header names the ranks, finest first, with one row per label; or name
+    metadata columns with --rank. A label (or a genus) under two parents is refused. Without
+    FILE, --rank or --clear: the store's taxonomy.
+
+    \b
+    Example:
+      embedstore taxonomy taxonomy.csv --store fungi       # species,genus,family
+      embedstore taxonomy --store grocery --rank coarse_class
+    """
+    res = embedstore.store.set_taxonomy(store, file, ranks=list(ranks), clear=clear)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    if clear:
+        click.echo(f"taxonomy removed from {res.store}")
+        return
+    per = " < ".join(f"{r} ({n})" for r, n in res.names_per_rank.items())
+    click.echo(f"{res.store}: taxonomy {per}, from {res.source}")
+    for w in res.warnings:
+        click.echo(f"  warning: {w}")
+    if res.extra_labels:
+        click.echo(f"  {len(res.extra_labels)} label(s) of the taxonomy have no image yet")

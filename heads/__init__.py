@@ -9,8 +9,10 @@ Built on ``embedstore`` (imports run one way: ``heads`` uses ``embedstore``, nev
 
 The rest lives in public subpackages, each with its ``__all__``: ``heads.estimators`` (the
 heads, detectors and encoders), ``heads.runs`` (the run format, loading, a folder of runs),
-``heads.training``, ``heads.evaluation``, ``heads.prediction``; ``heads.losses``,
-``heads.settings`` (the training settings, declared once) and ``heads.types``.
+``heads.training``, ``heads.evaluation``, ``heads.prediction``, ``heads.taxonomy`` (answers at
+every rank of a taxonomy, the fallback); ``heads.losses``,
+``heads.settings`` (the training settings, declared once), ``heads.text`` (prompts and class
+text weights for the zero-shot head) and ``heads.types``.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Predictor": ("heads.runs._loaded", "Predictor"),
     "Run": ("heads.runs._loaded", "Run"),
     "load": ("heads.runs._loaded", "load"),
-    "FoldResult": ("heads.training._train", "FoldResult"),
     "TrainResult": ("heads.training._train", "TrainResult"),
     "train": ("heads.training._train", "train"),
     "TuneResult": ("heads.training._tune", "TuneResult"),
     "tune": ("heads.training._tune", "tune"),
     "ensemble": ("heads.training._ensemble", "ensemble"),
+    "distill": ("heads.training._distill", "distill"),
     "EvalResult": ("heads.evaluation._evaluate", "EvalResult"),
     "evaluate": ("heads.evaluation._evaluate", "evaluate"),
     "IssuesResult": ("heads.evaluation._issues", "IssuesResult"),
@@ -63,6 +65,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 _MOVED: dict[str, str] = {
     "CentroidHead": "heads.estimators",
     "KNNHead": "heads.estimators",
+    "ZeroShotHead": "heads.estimators",
     "NeuralHead": "heads.estimators",
     "MetadataEncoder": "heads.estimators",
     "ENCODERS": "heads.estimators",
@@ -74,6 +77,7 @@ _MOVED: dict[str, str] = {
     "replace_run": "heads.runs",
     "run_checksum": "heads.runs",
     "search_space": "heads.training",
+    "FoldResult": "heads.training",
     "MEASURES": "heads.evaluation",
     "Outlier": "heads.evaluation",
     "Suspect": "heads.evaluation",
@@ -82,7 +86,16 @@ _MOVED: dict[str, str] = {
     "PREDICTION_SCHEMA": "heads.prediction",
     "write_predictions_csv": "heads.prediction",
 }
-_SUBPACKAGES = ("estimators", "runs", "training", "evaluation", "prediction", "losses")
+_SUBPACKAGES = (
+    "estimators",
+    "runs",
+    "training",
+    "evaluation",
+    "prediction",
+    "losses",
+    "taxonomy",
+    "text",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -116,8 +129,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from heads.prediction._batch import BatchPrediction, predict_batch
     from heads.prediction._predict import Prediction, predict, predict_embeddings
     from heads.runs._loaded import Ensemble, Predictor, Run, load
+    from heads.training._distill import distill
     from heads.training._ensemble import ensemble
-    from heads.training._train import FoldResult, TrainResult, train
+    from heads.training._train import TrainResult, train
     from heads.training._tune import TuneResult, tune
 
 __all__ = [
@@ -125,7 +139,6 @@ __all__ = [
     "BatchPrediction",
     "Ensemble",
     "EvalResult",
-    "FoldResult",
     "Head",
     "HeadMixin",
     "HeadTags",
@@ -140,6 +153,7 @@ __all__ = [
     "create_detector",
     "create_head",
     "create_loss",
+    "distill",
     "ensemble",
     "evaluate",
     "find_issues",

@@ -13,8 +13,11 @@ for two classes) that also gives
 
 ``fit`` takes keyword inputs every head accepts and may ignore: ``fields=``, ``aux=``, ``X_val=``,
 ``y_val=``, ``fields_val=``, ``progress=`` (a :data:`Progress` callback), and ``X_views=`` where
-``HeadTags.takes_views``. :class:`HeadMixin` gives the defaults; ``heads.train`` reads
-:func:`head_tags` and nothing else about a head. ``docs/heads.md`` has a complete example.
+``HeadTags.takes_views``, ``sample_weight=`` where ``HeadTags.sample_weight``, ``soft_targets=``
+and ``soft_temperature=`` where ``HeadTags.soft_targets``, ``text=``
+(:class:`heads.text.ClassTexts`) where ``HeadTags.text_prior``. :class:`HeadMixin` gives the
+defaults; ``heads.train`` reads :func:`head_tags` and nothing else about a head.
+``docs/heads.md`` has a complete example.
 """
 
 from __future__ import annotations
@@ -44,14 +47,23 @@ class HeadTags:
     needs_refit: bool = False  # its run predicts with the refit on every fold (not the folds)
     # settings a fold's copy gets when ``needs_refit`` (e.g. prototypes of the training part)
     fold_settings: Mapping[str, Any] = field(default_factory=dict)
+    sample_weight: bool = False  # fit(sample_weight=(N,)): rows count by their weight
+    # fit(soft_targets=(N, C), soft_temperature=T): learns another model's probabilities
+    # (what ``heads distill`` trains a head with)
+    soft_targets: bool = False
+    # fit(text=heads.text.ClassTexts): class weights from prompts, which heads.train builds with
+    # the column's text tower; such a head fits with no labelled row too (X (0, D), y (0,))
+    text_prior: bool = False
 
 
 @dataclass
 class TrainingRecord:
-    """An iterative fit's history (one dict per epoch) and its best epoch (None: not iterative)."""
+    """An iterative fit's history (one dict per epoch) and its best epoch (None: not iterative);
+    ``chosen``: what the fit chose on its own out-of-fold (e.g. the zero-shot head's blend)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -106,8 +118,9 @@ class HeadMixin:
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, X: Any, fields: Any = None) -> np.ndarray:
-        """The class of the largest logit ``(N,)``."""
-        return self.classes_[np.asarray(self.logits(X, fields)).argmax(axis=1)]
+        """The class of the largest logit ``(N,)`` (``logits`` first: it checks the fit)."""
+        best = np.asarray(self.logits(X, fields)).argmax(axis=1)  # (N,)
+        return self.classes_[best]
 
     def decision_function(self, X: Any, fields: Any = None) -> np.ndarray:
         """scikit-learn's decision function: ``(N, C)`` logits, or for two classes the ``(N,)``

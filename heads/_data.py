@@ -41,6 +41,9 @@ class FoldData:
     # its main embedding there; None when not read. ``view_names`` names the V views in order.
     views: np.ndarray | None = None
     view_names: list[str] = field(default_factory=list)
+    # class text weights (heads.text.ClassTexts) for a head with HeadTags.text_prior: built once
+    # from the column's text tower; its classes are every fold's classes
+    text: Any = None
 
 
 def _find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -115,6 +118,44 @@ def load_fold_data(
     if views:
         data.view_names, data.views = read_views(st, infos, data.ids, mains)
     return data
+
+
+@dataclass
+class Unlabelled:
+    """Rows read without their labels (to pseudo-label, or to distil on): ids and embeddings
+    only. The label column is never read for them (:func:`load_unlabelled`)."""
+
+    ids: np.ndarray  # (M,)
+    X: np.ndarray  # (M, D) float32, made as FoldData.X is (several backbones concatenated)
+    views: np.ndarray | None = None  # (M, V, D): the views FoldData.view_names names, if read
+
+
+def load_unlabelled(data: FoldData, where: str) -> Unlabelled:
+    """The rows ``where`` selects (the unlabelled predicate of
+    :func:`embedstore.store.unlabelled_predicates`), with the backbones (and, when ``data``
+    trains on or predicts with views, the views) of ``data``. Reads the ``id`` column and the
+    embeddings, nothing else: whatever label such a row holds in the store is not read."""
+    st = connect(data.store_path, create=False)
+    infos = data.backbones or [data.backbone]
+    if len(infos) == 1:
+        X, t = st.embeddings(infos[0].backbone, where=where, columns=["id"], dtype="float32")
+        mains = [X]
+    else:
+        embs, t = st.embedding_rows({i.column: i.dim for i in infos}, ["id"], where=where)
+        mains = [embs[i.column] for i in infos]
+        X = concat_backbones(mains)
+    ids = np.asarray(t["id"], dtype=object)
+    check_finite(X, ids, infos[0].column)
+    views = None
+    if data.train_views or data.tta_views:
+        names, views = read_views(st, infos, ids, mains)
+        if names != data.view_names:  # the same views as the labelled rows, in the same order
+            raise HeadsError(
+                f"{data.store_path}: the unlabelled rows hold the views {', '.join(names)}, "
+                f"the labelled ones {', '.join(data.view_names)}; add the missing views with "
+                "`embedstore ingest --views`, or train with --no-views --no-tta"
+            )
+    return Unlabelled(ids, X, views)
 
 
 def read_views(

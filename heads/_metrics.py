@@ -1,4 +1,5 @@
-"""Evaluation metrics: top-k, macro-F1, long-tail shot buckets, FungiCLEF 2024 tracks, open set.
+"""Evaluation metrics: top-k, macro-F1, long-tail shot buckets, FungiCLEF 2024 tracks and 2025's
+recall@k, open set.
 
 Every function takes numpy arrays (or anything ``np.asarray`` accepts) and returns plain Python
 floats, ints, lists and dicts, so a result can go straight into ``json.dump``. The exceptions are
@@ -25,6 +26,7 @@ __all__ = [
     "openset_accuracy",
     "openset_scores",
     "per_class_f1",
+    "recall_at_k",
     "shot_accuracy",
     "topk_accuracy",
 ]
@@ -103,6 +105,24 @@ def topk_accuracy(y_true: object, scores: object, k: int) -> float:
     rank = (s > true_score).sum(1) + ((s == true_score) & (cols < t[:, None])).sum(1)  # (N,)
     rank[~np.isfinite(s).all(1)] = c  # a row with nan or inf ranks no class: never right
     return float(np.mean(rank < k))
+
+
+def recall_at_k(
+    y_true: object, scores: object, k: int = 5, observations: object | None = None
+) -> float:
+    """FungiCLEF 2025's Recall@k: the share of observations whose true species is among the
+    ``k`` best labels, an observation scored by the mean of its images' ``(N, C)`` scores
+    (``aggregate_by_observation``); per image (top-k accuracy) without ``observations``.
+
+    >>> recall_at_k([0, 1, 1], [[0.1, 0.9], [0.8, 0.2], [0.0, 0.9]], 1, ["a", "b", "b"])
+    0.5
+    """
+    t = _labels(y_true, "y_true")
+    s = np.asarray(scores, dtype=np.float64)
+    if observations is not None:
+        _, s, first = aggregate_by_observation(observations, s)
+        t = t[first]
+    return topk_accuracy(t, s, k)
 
 
 def _confusion_counts(

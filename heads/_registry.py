@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from embedstore import Registry
 
-HEADS: Registry = Registry("head", builtin=("heads.estimators._neural", "heads.estimators._knn"))
+HEADS: Registry = Registry(
+    "head",
+    builtin=(
+        "heads.estimators._neural",
+        "heads.estimators._knn",
+        "heads.estimators._lda",
+        "heads.estimators._zeroshot",
+    ),
+)
 
 register_head = HEADS.register
 list_heads = HEADS.list

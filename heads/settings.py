@@ -8,7 +8,12 @@ Shape: :data:`SETTINGS` is a tuple of :class:`Setting`, each with
 
 - ``name``: the keyword of ``heads.train(**head_options)`` / the head's ``__init__``
   (``--name-with-dashes`` on the command line, ``name`` in the service's JSON body);
-- ``type``: ``int``, ``float``, ``str`` or ``bool`` (a ``bool`` is a flag);
+- ``type``: ``int``, ``float``, ``str`` or ``bool`` (a ``bool`` is a flag), ``list`` (of
+  strings; a repeatable option, a JSON array) or ``dict`` (``{str: [str, ...]}``, a JSON object);
+- ``file``: how the command line reads a ``list`` or ``dict`` setting from a file (the service
+  takes the values themselves, never a path on the server): ``"lines"`` (one value a line),
+  ``"templates"`` (a value holding ``{`` is itself one, else a file of them), ``"names"`` (a
+  CSV, ``heads.text.read_names``); ``max_items``: the most values the service accepts;
 - ``default``: the value the head uses when the option is not given (None: the head decides,
   e.g. ``lr``: ``default_by_arch``);
 - ``help``: one line for ``--help`` and the OpenAPI description;
@@ -37,9 +42,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from heads.types import CLASS_WEIGHTS, REFERENCES, SAMPLERS
+from heads.text._prompts import DEFAULT_TEMPLATES
+from heads.types import CENTRINGS, CLASS_WEIGHTS, REFERENCES, SAMPLERS
 
 NEURAL = ("linear", "mlp", "transformer")
+ZEROSHOT = ("zeroshot",)
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,14 @@ class Setting:
     min_exclusive: bool = False
     tune: TuneRange | Mapping[str, TuneRange] | None = None
     default_by_arch: Mapping[str, Any] = field(default_factory=dict)
+    file: str | None = None  # "lines", "templates" or "names": how the command line reads it
+    max_items: int | None = None  # a list's or dict's most values (the service's bound)
 
     def bounds(self) -> dict[str, float]:
-        """Bounds as pydantic's ``Field`` keywords (``ge``/``gt``, ``le``)."""
+        """Bounds as pydantic's ``Field`` keywords (``ge``/``gt``, ``le``; ``max_length``)."""
         out: dict[str, float] = {}
+        if self.max_items is not None:
+            out["max_length"] = self.max_items
         if self.min is not None:
             out["gt" if self.min_exclusive else "ge"] = self.min
         if self.max is not None:
@@ -202,9 +213,156 @@ SETTINGS: tuple[Setting, ...] = (
         "k-means) before predicting them.",
         heads=("centroid",),
     ),
+    Setting(
+        "centring",
+        str,
+        "mean",
+        "For --head centroid and lda: subtract the training mean, then L2-normalise "
+        "(SimpleShot), or none: L2-normalise only.",
+        heads=("centroid", "lda"),
+        choices=CENTRINGS,
+    ),
+    Setting(
+        "templates",
+        list,
+        None,
+        "For --head zeroshot: prompt templates, each with {} for the class name ({coarse}: "
+        "its --coarse-column group); on the command line repeatable, or a file of them, one a "
+        "line (default: " + " | ".join(DEFAULT_TEMPLATES) + ").",
+        heads=ZEROSHOT,
+        file="templates",
+        max_items=1_000,
+    ),
+    Setting(
+        "classes",
+        list,
+        None,
+        "For --head zeroshot: the class names (on the command line a file, one a line; "
+        "default: the store's labels); the labels of training images are classes too.",
+        heads=ZEROSHOT,
+        file="lines",
+        max_items=1_000_000,
+    ),
+    Setting(
+        "names",
+        dict,
+        None,
+        "For --head zeroshot: each class's names, {label: [name, ...]} (on the command line a "
+        "CSV of a label column and name columns: scientific_name, common_name ...); its "
+        "prompts are made with each name and averaged (default: the label, '_' as ' ').",
+        heads=ZEROSHOT,
+        file="names",
+        max_items=1_000_000,
+    ),
+    Setting(
+        "name_columns",
+        list,
+        None,
+        "For --head zeroshot: a store column naming each image's class (as --names does); "
+        "repeatable.",
+        heads=ZEROSHOT,
+        max_items=100,
+    ),
+    Setting(
+        "coarse_column",
+        str,
+        None,
+        "For --head zeroshot: a store column with each class's coarse group (genus, "
+        "department ...), for {coarse} in templates.",
+        heads=ZEROSHOT,
+    ),
+    Setting(
+        "blend",
+        float,
+        None,
+        "For --head zeroshot: how far labelled images move the text weights toward their class "
+        "means (0: zero-shot, 1: prototypes; default: chosen out-of-fold from 0, .25, .5, .75, 1).",
+        heads=ZEROSHOT,
+        min=0,
+        max=1,
+    ),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+
+# The run's pseudo-labelling options: ``heads.train`` keywords that no head takes (``heads`` is
+# empty), declared here all the same so that ``heads train`` and the service derive them.
+PSEUDO_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "pseudo_label",
+        bool,
+        False,
+        "Pseudo-label (needs --fold all): score the unlabelled rows with the fold ensemble, add "
+        "the most confident with their predicted labels, train again.",
+        heads=(),
+    ),
+    Setting(
+        "unlabelled",
+        str,
+        None,
+        "SQL filter on store rows that --pseudo-label treats as unlabelled (their labels are "
+        "never read), e.g. \"split = 'test'\" (default: the rows with no label).",
+        heads=(),
+    ),
+    Setting(
+        "fraction",
+        float,
+        None,
+        "Share of the unlabelled rows pseudo-labelled, most confident first, per predicted class "
+        "(default: chosen out-of-fold from 0.1, 0.3, 0.5, or none when none helps).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=1,
+    ),
+    Setting(
+        "pseudo_weight",
+        float,
+        None,
+        "Loss weight of a pseudo-labelled row, a labelled one weighing 1 (default: chosen "
+        "out-of-fold from 0.5 and 1).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=1,
+    ),
+    Setting(
+        "rounds",
+        int,
+        1,
+        "Rounds of --pseudo-label: each scores the unlabelled rows again with the last round's "
+        "fold ensemble and trains again.",
+        heads=(),
+        min=1,
+        max=10,
+    ),
+)
+PSEUDO_BY_NAME: dict[str, Setting] = {s.name: s for s in PSEUDO_SETTINGS}
+
+# ``heads distill``'s own options (the student's head settings are :data:`SETTINGS`).
+DISTILL_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "temperature",
+        float,
+        2.0,
+        "Distillation temperature T: the student matches softmax(teacher logits / T).",
+        heads=(),
+        min=0,
+        min_exclusive=True,
+        max=100,
+    ),
+    Setting(
+        "label_weight",
+        float,
+        0.5,
+        "On labelled rows the target is this much the true label and the rest the teacher's "
+        "probabilities (0: the teacher's alone).",
+        heads=(),
+        min=0,
+        max=1,
+    ),
+)
+DISTILL_BY_NAME: dict[str, Setting] = {s.name: s for s in DISTILL_SETTINGS}
 
 
 def heads_taking(name: str) -> tuple[str, ...]:
@@ -226,6 +384,10 @@ def head_options(options: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "BY_NAME",
     "DEFAULTS",
+    "DISTILL_BY_NAME",
+    "DISTILL_SETTINGS",
+    "PSEUDO_BY_NAME",
+    "PSEUDO_SETTINGS",
     "SETTINGS",
     "Setting",
     "TuneRange",

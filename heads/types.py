@@ -23,11 +23,30 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = get_args(EnsembleMembers)
 # The reference set of the centroid head: the training part, or training + validation.
 Reference = Literal["train", "train+val"]
 REFERENCES: tuple[str, ...] = get_args(Reference)
+# What the centroid and LDA heads do to an embedding before anything else: subtract the training
+# mean, then L2-normalise (SimpleShot's CL2N), or L2-normalise only.
+Centring = Literal["mean", "none"]
+CENTRINGS: tuple[str, ...] = get_args(Centring)
+
+# The fallback to a coarser rank of the taxonomy (heads.taxonomy): the share of answers at each
+# rank that must be right out-of-fold, and the validation rows a predicted class needs for its
+# own threshold (fewer: its rank's).
+DEFAULT_TARGET = 0.9
+DEFAULT_MIN_COUNT = 20
+# How a threshold meets the target: the share of its answers right on the rows fitted ("none"),
+# or the one-sided 95% Wilson lower bound of that share (small validation parts: a margin).
+Bound = Literal["none", "wilson"]
+BOUNDS: tuple[str, ...] = get_args(Bound)
+# Conformal scores of prediction sets (heads.prediction._sets): 1 - p of the label, or the
+# probability mass of the labels at least as probable (adaptive sets).
+SetScore = Literal["lac", "aps"]
+SET_SCORES: tuple[str, ...] = get_args(SetScore)
 
 # --- metrics, in the order tables print them
 MetricName = Literal[
     "top1",
     "top3",
+    "recall@5",
     "macro_f1",
     "mean_class_acc",
     "many_shot",
@@ -44,5 +63,7 @@ MetricName = Literal[
     "track2",
     "track3",
     "track4",
+    "set_coverage",
+    "mean_set_size",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)

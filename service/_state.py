@@ -1,5 +1,6 @@
 """What the service keeps resident: the store's embeddings (reloaded when the store's version
-changes), the backbones that embed uploads (loaded once, behind dynamic batching), and the runs
+changes), the backbones that embed uploads (loaded once, behind dynamic batching), the text
+towers of image-text columns (built on the first text search, kept), and the runs
 under ``--runs`` (reloaded when their config checksum changes). Runs are read through
 ``heads`` (``list_runs``, ``run_checksum``, ``read_eval``, ``replace_run``), never file by file;
 the device is resolved once, here, and handed to everything below."""
@@ -18,6 +19,7 @@ import embedstore
 import heads
 import heads.runs
 import heads.settings
+import heads.text
 import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from embedstore.types import Runtime
@@ -85,6 +87,8 @@ class State:
         self._resident_checked = 0.0  # time.monotonic() of the last look at the store's version
         self._raw: dict[str, embedstore.Backbone] = {}
         self.backbones: dict[str, BatchedBackbone] = {}  # column -> batched backbone
+        # column -> (the column's description it was built from, its text tower)
+        self._towers: dict[str, tuple[dict[str, Any], embedstore.backbones.TextTower]] = {}
         # name -> (config checksum, Predictor behind a BatchedPredictor, when last checked)
         self._runs: dict[str, tuple[str | None, Any, float]] = {}
         self.ready = False
@@ -204,6 +208,17 @@ class State:
     def lazy_backbones(self, columns: list[str]) -> _LazyBackbones:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""
         return _LazyBackbones(self, columns)
+
+    def text_tower(self, info: embedstore.store.EmbeddingInfo) -> embedstore.backbones.TextTower:
+        """The text tower of the image column ``info``, built on first use (its weights load on
+        the first search) and kept; rebuilt if the column was embedded again by another model.
+        A column without one raises ``BackboneError`` (422) naming the backbones that have one."""
+        with self._lock:
+            have = self._towers.get(info.column)
+            if have is None or have[0] != info.describe:
+                tower = embedstore.backbones.text_tower(info, device=self.device)
+                have = self._towers[info.column] = (dict(info.describe), tower)
+            return have[1]
 
     def embedding_info(self, backbone: str | None) -> embedstore.store.EmbeddingInfo:
         """The embedding column of ``backbone`` (None: the only one); an unknown one is 404."""
@@ -336,28 +351,37 @@ class State:
         return self.jobs.submit("train", {"name": name, **options}, work)
 
     def _check_train(self, options: dict[str, Any]) -> None:
-        """What can be checked before a job is queued: the fold, the columns, the device, and
-        that every setting applies to the head (the head is built, not trained)."""
+        """What can be checked before a job is queued: that every setting applies to the head
+        (the head is built, not trained), the fold (none needed by a zero-shot head), the
+        columns, the device."""
+        settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
+        if "loss_kwargs" in options:
+            settings["loss_kwargs"] = options["loss_kwargs"]
+        head = heads.training.build_head(options.get("head", "mlp"), settings, progress=False)
         folds = (self.store.meta.table_metadata().get("folds") or {}).get("folds")
         fold = options.get("fold", 0)
-        if not folds:
+        zero_shot = head.__head_tags__().text_prior  # trains from class names, folds or not
+        if not folds and not zero_shot:
             raise BadInput("the store has no folds; run `embedstore split` on it first")
-        if fold != "all" and not 0 <= int(fold) < int(folds):
+        if folds and fold != "all" and not 0 <= int(fold) < int(folds):
             raise BadInput(
                 f"option 'fold': {fold} does not exist; the store has folds 0-{folds - 1}"
             )
         schema = self.store.schema()
         columns = set(schema.names) if schema is not None else set()
-        for key in ("metadata", "aux_targets"):
-            missing = [c for c in options.get(key) or [] if c not in columns]
+        for key in ("metadata", "aux_targets", "name_columns", "coarse_column"):
+            given = options.get(key) or []
+            missing = [
+                c for c in ([given] if isinstance(given, str) else given) if c not in columns
+            ]
             if missing:
                 raise BadInput(f"option '{key}': the store has no column {', '.join(missing)}")
         if "device" in options:
             embedstore.resolve_device(options["device"])  # BadInput for a device not here
-        settings = {k: v for k, v in options.items() if k in heads.settings.BY_NAME}
-        if "loss_kwargs" in options:
-            settings["loss_kwargs"] = options["loss_kwargs"]
-        heads.training.build_head(options.get("head", "mlp"), settings, progress=False)
+        if options.get("pseudo_label") and fold != "all":
+            raise BadInput("option 'pseudo_label' needs fold 'all'")
+        if options.get("templates") is not None:
+            heads.text.check_templates(options["templates"])  # BadInput naming the template
 
     def ingest_job(self, folder: str) -> Job:
         root = self.settings.allow_root

@@ -1,7 +1,8 @@
 """Request bodies (pydantic), and how a JSON or multipart request becomes one.
 
-Predict and lookup take either a JSON body or multipart form fields with ``images`` files;
-both are validated by the same model, so an unknown or out-of-range option is refused alike.
+Predict, lookup and search take either a JSON body or multipart form fields with ``images``
+files; both are validated by the same model, so an unknown or out-of-range option is refused
+alike.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from starlette.datastructures import UploadFile
 
 import heads
 from embedstore.errors import UserError
-from embedstore.types import DEVICE_PATTERN
-from heads.settings import SETTINGS, Setting, head_options
+from embedstore.types import DEVICE_PATTERN, TEXT_WEIGHT
+from heads.settings import PSEUDO_SETTINGS, SETTINGS, Setting, head_options
+from heads.types import SET_SCORES
 
 from .errors import InvalidRequest, TooLarge, describe
 
@@ -44,15 +46,84 @@ Ids = Annotated[
 ]
 
 
+# A species list: labels (or label -> weight), at most this many; in a multipart form, labels
+# separated by commas or new lines (the field may repeat).
+MAX_SPECIES = 100_000
+Label = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+SpeciesList = (
+    Annotated[list[Label], Field(max_length=MAX_SPECIES)]
+    | Annotated[dict[Label, Annotated[float, Field(ge=0)]], Field(max_length=MAX_SPECIES)]
+)
+
+
 class PredictBody(_Body):
     run: str
     ids: Ids = Field(default_factory=list)
     top_k: int = Field(5, ge=1, le=1000)
     prior: str | None = Field(None, pattern="^uniform$")
+    species_list: SpeciesList | None = Field(
+        None,
+        description="Only these labels may be the answer: a list of labels, or an object of "
+        "label -> weight (labels the run does not know are skipped).",
+    )
+    prior_by: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="A metadata column (e.g. country): weigh labels by how common each was at "
+        "the image's value in the training rows (a stored image's own, or 'place').",
+    )
+    place: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="With prior_by: the value for every image (e.g. DK)."
+    )
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Add each image's prediction set, holding the true label this share of the "
+        "time (e.g. 0.9; split conformal).",
+    )
+    set_score: Literal[SET_SCORES] = Field(  # type: ignore[valid-type]
+        "lac", description="With coverage: lac (smallest sets) or aps (adaptive)."
+    )
+    calibrate_on: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = Field(
+        None,
+        description="With coverage: calibrate the sets on the store rows matching this "
+        "predicate (rows the run never trained on) instead of its out-of-fold predictions.",
+    )
+    fallback: bool = Field(
+        False,
+        description="Also answer at the finest rank of the store's taxonomy whose confidence "
+        "clears its threshold: rank, answer and each rank's top-1 (a run with a hierarchy).",
+    )
 
 
 class LookupBody(_Body):
     ids: Ids = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=1000)
+    backbone: str | None = None
+    where: str | None = None
+
+
+# A text search's words: not blank, and bounded (text towers read at most 64-77 tokens)
+MAX_TEXT_CHARS = 1000
+
+
+class SearchBody(_Body):
+    text: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S")
+    ] = Field(description="The words to search for, e.g. 'a photo of a daisy'.")
+    ids: Annotated[
+        list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]], Field(max_length=1)
+    ] = Field(
+        default_factory=list,
+        description="A stored image to blend with the text (or upload one as 'images').",
+    )
+    weight: float = Field(
+        TEXT_WEIGHT,
+        ge=0,
+        le=1,
+        description="The text's share of the query with an image: 0 the image alone, 1 the "
+        "text alone.",
+    )
     k: int = Field(10, ge=1, le=1000)
     backbone: str | None = None
     where: str | None = None
@@ -73,6 +144,18 @@ class _TrainRun(_Body):
     unknown: str | None = None
     unknown_label: str = "unknown"
     where: str | None = None
+    class_thresholds: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="With unknown: an unknown threshold per predicted class, fitted out-of-fold, "
+        "for classes predicted at least this many times there (others: the global one).",
+    )
+    rank: str | None = Field(
+        None,
+        max_length=200,
+        description="Train on the labels' names at this rank of the store's taxonomy.",
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: Annotated[str, StringConstraints(pattern=DEVICE_PATTERN.pattern)] | None = None
 
@@ -83,19 +166,31 @@ class _TrainRun(_Body):
         return head_options(opts)
 
 
+# One value of a list or dict setting (a template, a class name, a column): a line of text.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+
+
 def _setting_field(s: Setting) -> tuple[Any, Any]:
-    """A head setting as a pydantic field: its type (choices as an enum), its bounds, its help."""
+    """A head setting as a pydantic field: its type (choices as an enum), its bounds, its help.
+    A ``list`` or ``dict`` setting takes the values themselves (never a file on the server):
+    ``templates``, ``classes`` as JSON arrays, ``names`` as ``{label: [name, ...]}``."""
     kind: Any = s.type
     if s.choices is not None:
         kind = Literal[s.choices]  # type: ignore[valid-type]
+    elif s.type is list:
+        kind = list[Text]
+    elif s.type is dict:
+        kind = dict[Text, Annotated[list[Text], Field(max_length=100)]]
     bounds: dict[str, Any] = s.bounds()  # ge or gt, le: keywords of Field
     return (kind | None, Field(None, description=s.help, **bounds))
 
 
-# The body of POST /v1/train: the run's fields, and every head setting derived from the one
-# declaration in heads.settings (the same as `heads train`'s options).
+# The body of POST /v1/train: the run's fields, and every head setting and pseudo-labelling
+# option derived from the one declaration in heads.settings (as `heads train`'s options).
 TrainBody = create_model(  # type: ignore[call-overload]
-    "TrainBody", __base__=_TrainRun, **{s.name: _setting_field(s) for s in SETTINGS}
+    "TrainBody",
+    __base__=_TrainRun,
+    **{s.name: _setting_field(s) for s in (*SETTINGS, *PSEUDO_SETTINGS)},
 )
 
 
@@ -163,6 +258,9 @@ def form_fields(form: Any) -> dict[str, Any]:
             continue
         if k == "ids":
             data.setdefault("ids", []).extend(x for x in v.replace(",", " ").split() if x)
+        elif k == "species_list":
+            labels = (x.strip() for x in v.replace("\n", ",").split(","))
+            data.setdefault("species_list", []).extend(x for x in labels if x)
         else:
             data[k] = v
     return data
@@ -185,11 +283,11 @@ async def read_files(form: Any, cap: int) -> list[bytes]:
 # ---------------------------------------------------------------------- what OpenAPI says
 
 
-def _images_field(min_items: int = 0) -> dict[str, Any]:
+def _images_field(min_items: int = 0, max_items: int = MAX_FILES) -> dict[str, Any]:
     field: dict[str, Any] = {
         "type": "array",
         "items": {"type": "string", "format": "binary"},
-        "maxItems": MAX_FILES,
+        "maxItems": max_items,
         "description": "Image files (JPEG, PNG, WebP ...); a file that is not an image is "
         "refused with 422 naming it.",
     }
@@ -198,26 +296,28 @@ def _images_field(min_items: int = 0) -> dict[str, Any]:
     return field
 
 
-def request_body(model: type[BaseModel]) -> dict[str, Any]:
+def request_body(
+    model: type[BaseModel], *, images_or_ids: bool = True, max_images: int = MAX_FILES
+) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads ``model`` from a JSON body or from multipart
-    form fields with ``images`` files (what :func:`read_body` accepts): images or ids, or both."""
+    form fields with ``images`` files (what :func:`read_body` accepts): with ``images_or_ids``,
+    images or ids (or both) are required; otherwise they are optional (search: the text is)."""
     schema = model.model_json_schema()
     props = dict(schema["properties"])
     required = list(schema.get("required", []))
-    json_schema = {
-        **schema,
-        "anyOf": [{"required": ["ids"], "properties": {"ids": {"minItems": 1}}}],
-    }
-    form = {
+    json_schema = dict(schema)
+    form: dict[str, Any] = {
         "type": "object",
-        "properties": {**props, "images": _images_field()},
+        "properties": {**props, "images": _images_field(max_items=max_images)},
         "required": required,
-        "anyOf": [
-            {"required": ["images"], "properties": {"images": {"minItems": 1}}},
-            {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
-        ],
         "additionalProperties": False,
     }
+    if images_or_ids:
+        json_schema["anyOf"] = [{"required": ["ids"], "properties": {"ids": {"minItems": 1}}}]
+        form["anyOf"] = [
+            {"required": ["images"], "properties": {"images": {"minItems": 1}}},
+            {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+        ]
     return {
         "requestBody": {
             "required": True,

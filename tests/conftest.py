@@ -134,6 +134,78 @@ def tiny_clip(tmp_path_factory) -> Path:
     return d
 
 
+def tiny_clip_tokenizer():
+    """A real ``CLIPTokenizer`` over a tiny byte-level BPE vocabulary laid out as OpenAI's: the
+    256 byte symbols, each again with ``</w>``, a few merges, then ``<|startoftext|>`` and
+    ``<|endoftext|>`` last (so the end-of-text token has the highest id, as open_clip's pooling
+    expects)."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>"), ("p", "h")]
+    words = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def tiny_siglip_tokenizer():
+    """A word-level tokenizer laid out as SigLIP's (``</s>`` appended, and used as padding)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", *"a an photo of the flower daisy rose tulip iris".split()]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_text(tmp_path_factory) -> Path:
+    """A tiny random CLIP with its tokenizer (a real CLIPTokenizer), saved with save_pretrained:
+    both towers usable, the text one through ``embedstore.backbones.text_tower``."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    d = tmp_path_factory.mktemp("models") / "tiny-clip-text"
+    tok = tiny_clip_tokenizer()
+    text = {**TINY_TEXT, "vocab_size": len(tok), "max_position_embeddings": 24}
+    text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text["pad_token_id"] = tok.pad_token_id
+    cfg = CLIPConfig(
+        text_config=text, vision_config={**TINY_VISION, "image_size": 32}, projection_dim=12
+    )
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_text(tmp_path_factory) -> Path:
+    """A tiny random SigLIP (its text head projecting into the image tower's 24-d output) with
+    a tokenizer laid out as SigLIP's, saved with save_pretrained."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    d = tmp_path_factory.mktemp("models") / "tiny-siglip-text"
+    tok = tiny_siglip_tokenizer()
+    text = {**TINY_TEXT, "vocab_size": len(tok), "max_position_embeddings": 16}
+    text.update(projection_size=TINY_VISION["hidden_size"], eos_token_id=1, pad_token_id=1)
+    cfg = SiglipConfig(text_config=text, vision_config={**TINY_VISION, "image_size": 32})
+    torch.manual_seed(0)
+    SiglipModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def photo_store(tmp_path_factory, tiny_dino):
     """4 classes x 12 JPEG files embedded with a tiny DINOv2, 3 folds and a held-out part

@@ -25,6 +25,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 from heads import NeuralHead, create_head, list_heads
+from heads._base import head_tags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,11 +72,23 @@ EXPECTED_FAILED_TRANSDUCTIVE = {
 }
 
 
+# The neural heads take sample_weight (pseudo-labelled rows weigh less), trained by minibatch
+# SGD: a row of weight 2 is not two rows (other batches, other steps), so the weighted and the
+# repeated fits differ; weights of ones give bit-identical fits (tests/test_distill.py).
+EXPECTED_FAILED_NEURAL = {
+    "check_sample_weight_equivalence_on_dense_data": "minibatch SGD: weight 2 is not 2 rows",
+}
+
+
+def _expected_failures(head: Any) -> dict[str, str]:
+    if head is TRANSDUCTIVE:
+        return EXPECTED_FAILED_TRANSDUCTIVE
+    return EXPECTED_FAILED_NEURAL if isinstance(head, NeuralHead) else {}
+
+
 @parametrize_with_checks(
     [*(_head(name) for name in list_heads()), TRANSDUCTIVE],
-    expected_failed_checks=lambda head: (
-        EXPECTED_FAILED_TRANSDUCTIVE if head is TRANSDUCTIVE else {}
-    ),
+    expected_failed_checks=_expected_failures,
     xfail_strict=True,
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -153,11 +166,22 @@ def test_head_contract(tmp_path, name, labels):
 
 
 @pytest.mark.parametrize("name", list_heads())
-def test_head_refuses_sample_weight(name):
-    """A weight nobody reads is worse than an error (GridSearchCV routes sample_weight)."""
+def test_sample_weight_is_honoured_where_declared_and_refused_elsewhere(name):
+    """A weight nobody reads is worse than an error (GridSearchCV routes sample_weight): a head
+    declaring ``HeadTags.sample_weight`` honours it, any other refuses it."""
     X, y, _ = _blobs()
-    with pytest.raises(TypeError, match="sample_weight"):
-        _head(name).fit(X, y, sample_weight=np.ones(len(X)))
+    if not head_tags(_head(name)).sample_weight:
+        with pytest.raises(TypeError, match="sample_weight"):
+            _head(name).fit(X, y, sample_weight=np.ones(len(X)))
+        return
+    wrong = np.flatnonzero(y == 0)[:30]  # 30 of class 0's 40 rows labelled 1
+    y_bad = y.copy()
+    y_bad[wrong] = 1
+    w = np.ones(len(y))
+    w[wrong] = 0.0
+    fooled = _head(name).fit(X, y_bad).predict(X[y == 0])
+    ignored = _head(name).fit(X, y_bad, sample_weight=w).predict(X[y == 0])
+    assert np.mean(fooled == 0) < 0.5 < np.mean(ignored == 0), (fooled, ignored)
 
 
 @pytest.mark.parametrize("name", list_heads())

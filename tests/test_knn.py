@@ -97,17 +97,19 @@ def test_k_larger_than_training_set():
     assert KNNHead(k=25, ks=(5,), device="cpu").fit(X, y).k_ == 25
 
 
-def test_centroid_prototypes_and_logits_match_loop_reference():
+@pytest.mark.parametrize("centring", ["mean", "none"])
+def test_centroid_prototypes_and_logits_match_loop_reference(centring):
     rng = np.random.default_rng(4)
     X, y, _ = _clusters(rng, n_classes=5, per_class=12, spread=3.0)
-    head = CentroidHead(temperature=0.2).fit(X, y)
-    Xn = l2_normalize(X)
+    head = CentroidHead(temperature=0.2, centring=centring).fit(X, y)
+    centre = X.mean(0) if centring == "mean" else np.zeros(X.shape[1])  # SimpleShot's CL2N
+    Xn = l2_normalize(X - centre)
     for c_i, c in enumerate(head.classes_):
         proto = Xn[y == c].mean(0)
         np.testing.assert_allclose(head.prototypes_[c_i], proto / np.linalg.norm(proto), atol=1e-6)
     Q = rng.normal(size=(7, 32))
     np.testing.assert_allclose(
-        head.decision_function(Q), l2_normalize(Q) @ head.prototypes_.T / 0.2, atol=1e-5
+        head.decision_function(Q), l2_normalize(Q - centre) @ head.prototypes_.T / 0.2, atol=1e-5
     )
 
 

@@ -401,3 +401,23 @@ def test_plots_write_png_files(tmp_path):
         "knn distance": (known, rng.normal(size=300) + 2 * known),
     }
     _assert_png(plot_roc(curves, str(tmp_path / "roc.png")))
+
+
+def test_recall_at_k_against_a_hand_computation():
+    from heads._metrics import recall_at_k
+
+    scores = np.array(
+        [
+            [0.5, 0.3, 0.1, 0.1],  # true 1: second best
+            [0.1, 0.2, 0.3, 0.4],  # true 0: last
+            [0.4, 0.3, 0.2, 0.1],  # true 2: third
+            [0.0, 0.0, 0.1, 0.9],  # true 3: best
+        ]
+    )
+    y = [1, 0, 2, 3]
+    assert [recall_at_k(y, scores, k) for k in (1, 2, 3, 4)] == [0.25, 0.5, 0.75, 1.0]
+    # per observation: rows 0 and 1 are one specimen (mean [0.3, 0.25, 0.2, 0.25], true 1:
+    # second best), rows 2 and 3 two more
+    obs = ["a", "a", "b", "c"]
+    assert recall_at_k([1, 1, 2, 3], scores, 1, obs) == pytest.approx(1 / 3)
+    assert recall_at_k([1, 1, 2, 3], scores, 2, obs) == pytest.approx(2 / 3)

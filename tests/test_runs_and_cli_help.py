@@ -139,7 +139,7 @@ def test_backbones_says_which_are_here(tiny_dino):
             r"dinov2-giant\s+download", out
         )
         # a header names the columns; a licence not checked is said to be so, never "-"
-        assert re.match(r"name\s+weights\s+licence\s+source", out)
+        assert re.match(r"name\s+weights\s+licence\s+text\s+source", out)
         assert re.search(r"clip-vit-b-16\s+download\s+not stated", out) and " - " not in out
     finally:
         embedstore.BACKBONES._items.pop("tiny-here")

@@ -104,6 +104,40 @@ def test_predict_uploads_and_stored_ids(client, flowers):
     assert r.json() == [p.to_dict() for p in lib]
 
 
+def test_predict_with_a_species_list_a_place_prior_and_sets(client, flowers):
+    kept = ["daisy", "iris", "pansy"]
+    files = [("images", ("s.jpg", _reencoded(_photo(flowers, "sunflower")), "image/jpeg"))]
+    data = {"run": "centroid", "species_list": ",".join(kept), "coverage": "0.9"}
+    r = client.post("/v1/predict", files=files, data=data)  # multipart: labels comma-separated
+    assert r.status_code == 200, r.text
+    out = r.json()[0]
+    assert out["label"] in kept and {t["label"] for t in out["top_k"]} <= set(kept)
+    assert out["unconstrained"]["label"] == "sunflower" and out["unusual_here"] is True
+    assert set(out["set"]) <= set(kept) and out["label"] in out["set"]
+    stored = embedstore.ingestion.hash_bytes(_photo(flowers, "pansy").read_bytes())
+    body = {"run": "centroid", "ids": [stored], "species_list": {"pansy": 1, "iris": 0.5}}
+    body |= {"prior_by": "split", "place": "test", "coverage": 0.8, "set_score": "aps"}
+    r = client.post("/v1/predict", json=body)
+    assert r.status_code == 200, r.text
+    lib = heads.predict(
+        client.app.state.service.runs_dir / "centroid",
+        ids=[stored],
+        **{k: v for k, v in body.items() if k not in ("run", "ids")},
+    )
+    assert r.json() == [p.to_dict() for p in lib] and r.json()[0]["label"] == "pansy"
+    for bad, says in (
+        ({"prior_by": "nothing"}, "has no column 'nothing'"),
+        ({"calibrate_on": "fold >= 1"}, "trained the run"),
+        ({"set_score": "aps"}, "give --coverage too"),
+        ({"species_list": ["no-such-flower"]}, "no listed species"),
+    ):
+        body = {"run": "centroid", "ids": [stored], "coverage": 0.9, **bad}
+        if "set_score" in bad:
+            body.pop("coverage")
+        r = client.post("/v1/predict", json=body)
+        assert r.status_code == 422 and says in r.text, (bad, r.text)
+
+
 def test_lookup_upload_gives_neighbours_with_thumbnails(client, flowers):
     photo = _photo(flowers, "buttercup", 1)
     r = client.post(
@@ -325,6 +359,31 @@ def test_train_on_request_poll_cancel_and_serve_at_once(client, flowers):
         "/v1/predict", files=[("images", ("s.jpg", _reencoded(photo)))], data={"run": "mlp"}
     )
     assert out.status_code == 200 and out.json()[0]["label"] == "sunflower"
+
+
+def test_train_an_lda_head_on_request(client, flowers):
+    """The LDA head from the service: its name from the registry, its setting from
+    heads.settings; a setting of the trained heads is refused before any job runs."""
+    bad = client.post("/v1/train", json={"name": "lda-x", "head": "lda", "epochs": 5})
+    assert bad.status_code == 422 and "do not apply to head 'lda'" in bad.json()["detail"]
+    bad = client.post("/v1/train", json={"name": "lda-x", "head": "lda", "centring": "median"})
+    assert bad.status_code == 422 and "centring" in bad.text
+    r = client.post("/v1/train", json={"name": "lda", "head": "lda", "centring": "mean"})
+    assert r.status_code == 202, r.text
+    for _ in range(600):
+        status = client.get(f"/v1/jobs/{r.json()['id']}").json()
+        if status["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    assert status["status"] == "done", status
+    assert status["result"]["metrics"][0]["top1"] > 0.9
+    (run,) = [x for x in client.get("/v1/runs").json() if x["name"] == "lda"]
+    assert run["head"] == "lda"
+    photo = _photo(flowers, "daisy", 2)
+    out = client.post(
+        "/v1/predict", files=[("images", ("d.jpg", _reencoded(photo)))], data={"run": "lda"}
+    )
+    assert out.status_code == 200 and out.json()[0]["label"] == "daisy"
 
 
 def test_dynamic_batching_shares_forward_passes(tiny_dino):

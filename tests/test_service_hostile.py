@@ -90,6 +90,24 @@ def test_a_run_trained_by_the_service_records_its_own_name(served, tmp_path):
     assert not [p for p in runs.iterdir() if "partial" in p.name]
 
 
+def test_pseudo_label_options_arrive_through_the_train_route(served):
+    """The pseudo-labelling options are fields of the train body (from heads.settings)."""
+    store, runs = served
+    body = {"name": "pseudo", "head": "mlp", "fold": "all", "epochs": 5, "hidden": 32}
+    body |= {"pseudo_label": True, "unlabelled": "fold = -1", "fraction": 0.5, "rounds": 2}
+    with _client(store, runs) as c:
+        r = c.post("/v1/train", json=body)
+        assert r.status_code == 202, r.text
+        for _ in range(1200):
+            job = c.get(f"/v1/jobs/{r.json()['id']}").json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert job["status"] == "done", job
+    rows = heads.runs.read_pseudo(runs / "pseudo")
+    assert set(rows["round"]) == {1, 2} and len(rows["id"]) > 0
+
+
 def test_a_1x60000_png_is_answered_fast_with_memory_flat(served):
     """162 bytes that used to cost 5 GB and 100 s: scaled only where the crop needs it."""
     store, runs = served
@@ -189,6 +207,8 @@ def test_train_options_are_checked_before_the_job_is_queued(served):
             ({"hidden": 10**9}, "option 'hidden'"),
             ({"head": "mlp", "k": 5}, "--k do not apply to head 'mlp'"),
             ({"lr": 1000.0}, "option 'lr'"),
+            ({"pseudo_label": True}, "option 'pseudo_label' needs fold 'all'"),
+            ({"fold": "all", "fraction": 1.5}, "option 'fraction'"),
         ]
         for extra, text in cases:
             r = c.post("/v1/train", json={"name": "checked", **extra})

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import heads
-from heads.settings import BY_NAME, SETTINGS, TuneRange, head_options
+from heads.settings import BY_NAME, PSEUDO_BY_NAME, SETTINGS, TuneRange, head_options
 from heads.training._tune import TUNED_PARAMS
 
 
@@ -54,15 +54,37 @@ def test_every_head_option_of_the_command_line_is_declared():
 
     run_level = {"store", "fold", "backbone", "head", "metadata", "aux_targets", "unknown"}
     run_level |= {"unknown_label", "where", "refit", "ensemble", "views", "tta", "seed"}
-    run_level |= {"device", "out", "overwrite", "as_json", "quiet", "backbones"}
+    run_level |= {"class_thresholds"}
+    run_level |= {"device", "out", "overwrite", "as_json", "quiet", "backbones", "rank"}
     names = {p.name for p in train_cmd.params}
-    head_level = names - run_level
+    head_level = names - run_level - set(PSEUDO_BY_NAME)
     assert head_level <= set(BY_NAME), head_level - set(BY_NAME)
     # and every declared setting is an option of `heads train` (derived, not restated)
-    assert set(BY_NAME) <= names, set(BY_NAME) - names
+    assert set(BY_NAME) | set(PSEUDO_BY_NAME) <= names, set(BY_NAME) - names
     assert {"epochs", "batch_size", "patience"} <= {p.name for p in tune_cmd.params}
 
 
 def test_reading_the_settings_loads_no_torch():
     code = "import sys, heads.settings; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_pseudo_label_and_distill_options_are_declared_once():
+    """`heads train`, `heads distill` and the service's train body take them from the
+    declaration; no head takes them."""
+    import pydantic
+    from embedstore_service.schemas import TrainBody
+
+    from embedstore_cli.distill import distill_cmd
+    from heads.settings import DISTILL_BY_NAME
+
+    fields = TrainBody.model_json_schema()["properties"]
+    for s in PSEUDO_BY_NAME.values():
+        assert s.heads == () and fields[s.name]["description"] == s.help
+    for bad in (0.0, 1.5):  # the declared bounds: (0, 1]
+        with pytest.raises(pydantic.ValidationError, match="fraction"):
+            TrainBody(name="x", fraction=bad)
+    assert TrainBody(name="x", fraction=1.0, pseudo_label=True).train_options()["fraction"] == 1
+    names = {p.name for p in distill_cmd.params}
+    assert set(DISTILL_BY_NAME) | set(BY_NAME) <= names
+    assert not set(PSEUDO_BY_NAME) & set(BY_NAME)  # no head setting is a run option too

@@ -1,5 +1,6 @@
 """Frozen backbones: the ``BACKBONES`` registry (efficientnet-lite0, Hugging Face models), their
-runtimes (torch, ONNX Runtime fp32 / int8), preprocessing and test-time views.
+runtimes (torch, ONNX Runtime fp32 / int8), preprocessing, test-time views, and the text towers
+of image-text models (``TEXT_TOWERS``, ``text_tower``; ``convert_open_clip`` for BioCLIP 2).
 
 >>> from embedstore.backbones import create_backbone
 >>> bb = create_backbone("efficientnet-lite0")
@@ -21,6 +22,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "embedding_column": ("embedstore.backbones._backbones", "embedding_column"),
     "list_backbones": ("embedstore.backbones._backbones", "list_backbones"),
     "register_backbone": ("embedstore.backbones._backbones", "register_backbone"),
+    "TEXT_TOWERS": ("embedstore.backbones._text", "TEXT_TOWERS"),
+    "HFTextTower": ("embedstore.backbones._text", "HFTextTower"),
+    "TextTower": ("embedstore.backbones._text", "TextTower"),
+    "register_text_tower": ("embedstore.backbones._text", "register_text_tower"),
+    "text_tower": ("embedstore.backbones._text", "text_tower"),
+    "TextTowerRef": ("embedstore.backbones._text_spec", "TextTowerRef"),
+    "text_tower_ref": ("embedstore.backbones._text_spec", "text_tower_ref"),
+    "convert_open_clip": ("embedstore.backbones._open_clip", "convert_open_clip"),
     "OnnxBackbone": ("embedstore.backbones._onnx", "OnnxBackbone"),
     "resolve_runtime": ("embedstore.backbones._onnx", "resolve_runtime"),
     "runtime_for_column": ("embedstore.backbones._onnx", "runtime_for_column"),
@@ -54,7 +63,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         runtime_for_column,
         with_runtime,
     )
+    from embedstore.backbones._open_clip import convert_open_clip
     from embedstore.backbones._preprocess import Preprocess
+    from embedstore.backbones._text import (
+        TEXT_TOWERS,
+        HFTextTower,
+        TextTower,
+        register_text_tower,
+        text_tower,
+    )
+    from embedstore.backbones._text_spec import TextTowerRef, text_tower_ref
     from embedstore.backbones._views import (
         VIEWS,
         expand_views,
@@ -68,20 +86,28 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BackboneError",
+    "HFTextTower",
     "License",
     "OnnxBackbone",
     "Preprocess",
+    "TEXT_TOWERS",
+    "TextTower",
+    "TextTowerRef",
     "VIEWS",
     "backbone_from_description",
+    "convert_open_clip",
     "create_backbone",
     "embedding_column",
     "expand_views",
     "list_backbones",
     "list_views",
     "register_backbone",
+    "register_text_tower",
     "register_view",
     "resolve_runtime",
     "runtime_for_column",
+    "text_tower",
+    "text_tower_ref",
     "view_column",
     "view_describe",
     "with_runtime",

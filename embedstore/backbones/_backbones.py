@@ -21,6 +21,7 @@ import torch
 
 from embedstore._registry import Registry
 from embedstore.backbones._preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_processor_config
+from embedstore.backbones._text_spec import HUB_TEXT_KINDS, text_record
 from embedstore.errors import BadInput
 from embedstore.types import POOLINGS, Pooling
 
@@ -46,6 +47,8 @@ class Backbone:
     quantizable: bool = False
     # the weights' licence and whether the hub gates them (None: not known); see FAMILY_LICENSES
     license: License | None = None
+    # the matching text tower recorded with the column (embedstore.backbones._text_spec), or None
+    text_tower: dict[str, Any] | None = None
     # set by each subclass: the torch module, where its weights come from, their hash
     model: torch.nn.Module
     source: str
@@ -107,6 +110,7 @@ class Backbone:
             "runtime": self.runtime,
             "license": None if self.license is None else self.license.name,
             "gated": None if self.license is None else self.license.gated,
+            **({"text_tower": self.text_tower} if self.text_tower else {}),
             "versions": {
                 "torch": torch.__version__,
                 "transformers": _v("transformers"),
@@ -302,11 +306,13 @@ class HFBackbone(Backbone):
             ) from e
         except ValueError as e:
             raise BackboneError(f"{source}: not a supported vision model: {e}") from e
+        vcfg = getattr(config, "vision_config", config)
+        joint = getattr(config, "projection_dim", None) or vcfg.hidden_size  # SigLIP: no projection
+        self.text_tower = text_record(
+            config.model_type, hasattr(model, "text_model"), pooling, source, joint
+        )
         if hasattr(model, "vision_model"):  # CLIP / SigLIP: keep the image tower only
             model = model.vision_model
-            vcfg = getattr(config, "vision_config", config)
-        else:
-            vcfg = config
         if config.model_type == "siglip2":
             raise BackboneError(
                 f"{source}: a NaFlex SigLIP 2 checkpoint (model_type siglip2) takes patch "
@@ -382,6 +388,7 @@ class BackboneSpec:
     source: str
     note: str = ""
     license: License | None = None
+    text_tower: str | None = None  # the TEXT_TOWERS kind of its text tower (clip, siglip)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -394,11 +401,14 @@ def register_backbone(
     source: str = "registered",
     note: str = "",
     license: License | None = None,
+    text_tower: str | None = None,
 ) -> None:
     """Register ``factory(name=..., pooling=...)`` under ``name``; ``source`` is what the built
     backbone records as its source, so a stored column rebuilds through the same entry;
-    ``license`` (name, gated) is recorded in the column metadata of what it embeds."""
-    BACKBONES.register(name, BackboneSpec(factory, source, note, license), replace=True)
+    ``license`` (name, gated) is recorded in the column metadata of what it embeds;
+    ``text_tower`` names the ``TEXT_TOWERS`` kind of its text tower (image-text models)."""
+    spec = BackboneSpec(factory, source, note, license, text_tower)
+    BACKBONES.register(name, spec, replace=True)
 
 
 def hub_license(hub_id: str) -> License | None:
@@ -435,6 +445,7 @@ for _short, _hub in HF_SHORT_NAMES.items():
         source=_hub,
         note=f"hf:{_hub}",
         license=hub_license(_hub),
+        text_tower=next((k for p, k in HUB_TEXT_KINDS.items() if _hub.startswith(p)), None),
     )
 
 
@@ -454,6 +465,7 @@ def list_backbones(pattern: str = "*") -> list[dict[str, Any]]:
                 "local": _available_locally(spec.source),
                 "license": None if lic is None else lic.name,
                 "gated": None if lic is None else lic.gated,
+                "text_tower": spec.text_tower,
             }
         )
     return rows

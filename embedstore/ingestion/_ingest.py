@@ -44,6 +44,7 @@ from embedstore.ingestion._options import (
 from embedstore.ingestion._plan import IngestPlan, _missing, check_folder, plan_ingest, read_meta
 from embedstore.ingestion._prune import prune as prune_store
 from embedstore.store._store import Store, connect
+from embedstore.store._taxonomy import read_taxonomy_file, set_taxonomy
 from embedstore.types import ENGINES, EmbDtype, Engine, Pooling, Runtime, check_choice
 
 
@@ -73,6 +74,7 @@ def ingest(
     gpus_per_actor: float | None = None,
     cpus_per_actor: float = 1.0,
     views: list[str] | tuple[str, ...] | str | None = None,
+    taxonomy: str | os.PathLike | None = None,
 ) -> IngestSummary:
     """Embed every image under ``images_dir`` into ``store``; returns what it did.
 
@@ -88,7 +90,9 @@ def ingest(
     ``engine="ray"`` runs decoding and the backbones on a Ray cluster (``ray_address``,
     ``actors``, ``gpus_per_actor``, ``cpus_per_actor``; embedstore.ingestion._ray_ingest) and
     writes the same rows: ``pip install 'embedstore[ray]'``. The settings travel to the engine
-    as one :class:`IngestOptions`.
+    as one :class:`IngestOptions`. ``taxonomy`` (a CSV naming the ranks above the labels,
+    finest first: ``species,genus,family``; embedstore.store.read_taxonomy_file) is checked
+    before anything is embedded and set on the store at the end.
 
     >>> summary = ingest("photos/", "my-store", backbones=["efficientnet-lite0"])
     >>> summary = ingest("photos/", "my-store", engine="ray", ray_address="auto")
@@ -116,6 +120,7 @@ def ingest(
         gpus_per_actor=gpus_per_actor,
         cpus_per_actor=cpus_per_actor,
         views=views,
+        taxonomy=taxonomy,
     )
     return run_ingest(images_dir, store, options)
 
@@ -129,11 +134,17 @@ def run_ingest(
         check_choice(options.engine, ENGINES, "engine")
     except ValueError as e:
         raise IngestError(f"--engine: {e}") from None
+    tax = None if options.taxonomy is None else read_taxonomy_file(options.taxonomy)
     if options.engine == "local":
-        return ingest_local(images_dir, store, options)
-    summary = INGEST_ENGINES.get(options.engine)(images_dir, store, options)
-    if options.prune:
-        summary.pruned = prune_store(connect(summary.store), summary.root)
+        summary = ingest_local(images_dir, store, options)
+    else:
+        summary = INGEST_ENGINES.get(options.engine)(images_dir, store, options)
+        if options.prune:
+            summary.pruned = prune_store(connect(summary.store), summary.root)
+    if tax is not None and summary.images_in_store:
+        set_tax = set_taxonomy(summary.store, tax)
+        summary.taxonomy = set_tax.names_per_rank
+        summary.warnings += set_tax.warnings
     return summary
 
 

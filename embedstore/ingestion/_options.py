@@ -59,6 +59,7 @@ class IngestSummary(Result):
     engine: str = "local"
     pruned: int = 0  # image rows removed by prune (their files are gone or hold other bytes)
     views: dict[str, dict[str, int]] = field(default_factory=dict)  # backbone -> view -> embedded
+    taxonomy: dict[str, int] | None = None  # --taxonomy: names per rank, finest first
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,4 @@ class IngestOptions:
     cpus_per_actor: float = 1.0
     views: Sequence[str] | str | None = None
     hash_tasks_over: int = HASH_TASKS_OVER  # engine "ray": see HASH_TASKS_OVER
+    taxonomy: str | os.PathLike | None = None  # a taxonomy file set on the store afterwards

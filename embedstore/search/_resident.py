@@ -9,6 +9,7 @@ microseconds, until the store's version moves on (the service keeps these reside
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,7 @@ class Resident:
                 self.X[c] = X
         self.row = {i: r for r, i in enumerate(self.ids.tolist())}
         self._indexes: dict[str, tuple[NeighborIndex, np.ndarray]] = {}
+        self._projected: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -108,6 +110,20 @@ class Resident:
                     rows,
                 )
             return self._indexes[column]
+
+    def projected(
+        self, column: str, key: str, project: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(project(vectors of the rows holding column), their row numbers)``, computed once
+        per ``(column, key)``: the column mapped into another space and kept, e.g. a text
+        tower's image-text space (``key``: the tower's identity, ``project``: its
+        ``project_images``), so text searches do not project the store again."""
+        with self._lock:
+            if (column, key) not in self._projected:
+                rows = np.flatnonzero(self.have[column])
+                P = np.asarray(project(self.X[column][rows]), dtype=np.float32)  # (N, D)
+                self._projected[column, key] = (P, rows)
+            return self._projected[column, key]
 
     def info(self) -> dict[str, Any]:
         return {"version": self.version, "rows": int(len(self.ids)), "columns": self.columns}

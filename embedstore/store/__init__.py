@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EmbeddingInfo": ("embedstore.store._meta", "EmbeddingInfo"),
     "StoreInfo": ("embedstore.store._info", "StoreInfo"),
     "check_predicate": ("embedstore.store._sql", "check_predicate"),
+    "unlabelled_predicates": ("embedstore.store._sql", "unlabelled_predicates"),
     "Store": ("embedstore.store._store", "Store"),
     "connect": ("embedstore.store._store", "connect"),
     "default_store_path": ("embedstore.store._store", "default_store_path"),
@@ -34,8 +35,16 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_image_fragments": ("embedstore.store._fragments", "write_image_fragments"),
     "SplitSummary": ("embedstore.store._folds", "SplitSummary"),
     "split": ("embedstore.store._folds", "split"),
+    "TextCache": ("embedstore.store._text_cache", "TextCache"),
+    "text_sha256": ("embedstore.store._text_cache", "text_sha256"),
     "MetadataError": ("embedstore.store._metadata", "MetadataError"),
     "read_metadata": ("embedstore.store._metadata", "read_metadata"),
+    "Taxonomy": ("embedstore.store._taxonomy", "Taxonomy"),
+    "TaxonomyError": ("embedstore.store._taxonomy", "TaxonomyError"),
+    "TaxonomySummary": ("embedstore.store._taxonomy", "TaxonomySummary"),
+    "read_taxonomy": ("embedstore.store._taxonomy", "read_taxonomy"),
+    "read_taxonomy_file": ("embedstore.store._taxonomy", "read_taxonomy_file"),
+    "set_taxonomy": ("embedstore.store._taxonomy", "set_taxonomy"),
 }
 
 __getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
@@ -55,8 +64,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from embedstore.store._meta import EmbeddingInfo
     from embedstore.store._metadata import MetadataError, read_metadata
     from embedstore.store._outputs import read_table, write_ray_dataset, write_table
-    from embedstore.store._sql import check_predicate
+    from embedstore.store._sql import check_predicate, unlabelled_predicates
     from embedstore.store._store import Store, connect, default_store_path, drop_column
+    from embedstore.store._taxonomy import (
+        Taxonomy,
+        TaxonomyError,
+        TaxonomySummary,
+        read_taxonomy,
+        read_taxonomy_file,
+        set_taxonomy,
+    )
+    from embedstore.store._text_cache import TextCache, text_sha256
 
 __all__ = [
     "ALWAYS_TRAIN",
@@ -69,6 +87,10 @@ __all__ = [
     "StoreError",
     "StoreInfo",
     "StoreLockedError",
+    "Taxonomy",
+    "TaxonomyError",
+    "TaxonomySummary",
+    "TextCache",
     "check",
     "check_predicate",
     "connect",
@@ -78,7 +100,12 @@ __all__ = [
     "numpy_columns",
     "read_metadata",
     "read_table",
+    "read_taxonomy",
+    "read_taxonomy_file",
+    "set_taxonomy",
     "split",
+    "text_sha256",
+    "unlabelled_predicates",
     "write_image_fragments",
     "write_ray_dataset",
     "write_table",

@@ -27,7 +27,7 @@ class CheckReport(Result):
     advice: list[str]
 
 
-_TABLES = ("images", "files", "skipped")
+_TABLES = ("images", "files", "skipped", "text_embeddings")
 
 
 _U64 = 2**64 - 1
@@ -69,6 +69,11 @@ def check(store: str | os.PathLike, repair: bool = False) -> CheckReport:
             advice.append(
                 "images: no version can be read; ingest the images again into a new store "
                 "(`embedstore ingest IMAGES_DIR --store NEW`)"
+            )
+        elif t["damaged"] and t["table"] == "text_embeddings":
+            advice.append(
+                f"text_embeddings: run `embedstore check --store {root} --repair` to move the "
+                "text cache aside; texts are embedded again when next asked for"
             )
         elif t["damaged"]:
             advice.append(

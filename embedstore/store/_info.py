@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from embedstore._results import Result
+from embedstore.backbones._text_spec import text_tower_ref
 from embedstore.store._lance import EMB_PREFIX, StoreParts
 
 
@@ -33,6 +34,7 @@ class StoreInfo(Result):
     folds: dict[str, Any] | None = None
     warnings: list[str] | None = None  # of the last ingest of each folder (metadata problems)
     stale_files: dict[str, int] | None = None  # ingested files gone or changed on disk since
+    taxonomy: dict[str, int] | None = None  # ranks above the labels: names per rank, finest first
 
 
 def store_info(store: StoreParts) -> StoreInfo:
@@ -85,6 +87,7 @@ def store_info(store: StoreParts) -> StoreInfo:
                 "source": info.describe.get("source"),
                 # what made its embeddings: torch, onnx or onnx-int8 (in order)
                 "runtimes": info.runtimes,
+                "text_tower": _text_tower(store, info.describe),
             }
         )
         if info.views:  # augmented views: name, column and how many images hold it
@@ -109,12 +112,22 @@ def store_info(store: StoreParts) -> StoreInfo:
         columns=cols,
         size_bytes=_du(store.path),
         folds=_fold_summary(store.meta.table_metadata().get("folds")),
+        taxonomy=_taxonomy_summary(store.meta.table_metadata().get("taxonomy")),
         stale_files=store.records.stale_files(),
         warnings=[
             w for ws in (store.meta.table_metadata().get("warnings") or {}).values() for w in ws
         ],
     )
     return StoreInfo(**out)
+
+
+def _text_tower(store: StoreParts, describe: dict[str, Any]) -> dict[str, Any] | None:
+    """The column's text tower (recorded at ingest, or derived from its backbone) and how many
+    texts the store has cached for it; None for an image-only column."""
+    ref = text_tower_ref(describe)
+    if ref is None:
+        return None
+    return {**ref.to_dict(), "cached_texts": store.text_cache.count(ref.identity)}
 
 
 def _fold_summary(folds: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -127,6 +140,17 @@ def _fold_summary(folds: dict[str, Any] | None) -> dict[str, Any] | None:
         "note": "a split was stopped before it finished: the "
         "fold column may not match this summary; run `embedstore split` again",
     }
+
+
+def _taxonomy_summary(tax: dict[str, Any] | None) -> dict[str, int] | None:
+    """``{rank: names}`` of the store's taxonomy (embedstore.store._taxonomy), finest first."""
+    if not tax:
+        return None
+    parents = list(tax["parents"].values())
+    out = {tax["ranks"][0]: len(parents)}
+    for r, rank in enumerate(tax["ranks"][1:]):
+        out[rank] = len({p[r] for p in parents})
+    return out
 
 
 def _du(path: Path) -> int:

@@ -222,6 +222,7 @@ class StoreParts(Protocol):
     lock: Any
     meta: Any
     records: Any
+    text_cache: Any
 
     @property
     def exists(self) -> bool: ...

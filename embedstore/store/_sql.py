@@ -118,6 +118,26 @@ def row_filter(
     return " AND ".join(terms) if terms else None
 
 
+def unlabelled_predicates(where: str | None, unlabelled: str | None) -> tuple[str, str]:
+    """``(labelled, unlabelled)``: two predicates splitting the rows of ``where`` (None: all)
+    into those a training reads with their labels and those it treats as unlabelled.
+
+    ``unlabelled`` None: the rows with a label / the rows without one. Else the user's
+    predicate (e.g. ``"split = 'test'"``): the rows it does not select (NULL counts as not
+    selected) / the rows it selects, whose stored labels are then never read.
+
+    >>> unlabelled_predicates(None, "split = 'test'")
+    ("((split = 'test') IS NOT TRUE)", "((split = 'test') IS TRUE)")
+    """
+    scope = [f"({check_predicate(where)})"] if where is not None else []
+    if unlabelled is None:
+        pair = ("label IS NOT NULL", "label IS NULL")
+    else:
+        u = check_predicate(unlabelled)
+        pair = (f"(({u}) IS NOT TRUE)", f"(({u}) IS TRUE)")
+    return " AND ".join([*scope, pair[0]]), " AND ".join([*scope, pair[1]])
+
+
 def check_columns(path: Path, ds, columns: list[str]) -> None:
     unknown = [c for c in columns if c not in ds.schema.names]
     if unknown:

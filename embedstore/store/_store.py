@@ -16,6 +16,7 @@ Layout of a store folder (readable with ``lance.dataset``, DuckDB or Polars):
 - ``files.lance``: (root, rel, size, mtime_ns, id) for every ingested file, so re-runs skip
   unchanged files without reading them.
 - ``skipped.lance`` and ``skipped.csv``: every file that was not ingested, with its reason.
+- ``text_embeddings.lance``: text embeddings cached per text tower (``Store.text_cache``).
 - ``indexes/``: ANN indexes built by ``embedstore index``.
 
 Every write is one atomic Lance commit, so a process killed at any moment leaves the store at
@@ -65,6 +66,7 @@ from embedstore.store._lock import WriteLock, writes
 from embedstore.store._meta import EmbeddingInfo, TableMeta, embedding_infos
 from embedstore.store._records import FileRecords
 from embedstore.store._sql import check_columns, read_error, row_filter, sql_in
+from embedstore.store._text_cache import TextCache
 from embedstore.types import EmbDtype
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -141,8 +143,8 @@ class Store:
 
     The rows (read and write) are its methods; the rest hangs off it by concern: ``lock`` (the
     write lock), ``meta`` (schema metadata and column descriptions), ``records`` (files ingested
-    and skipped), ``fragments`` (commits of rows written by Ray workers) and ``tables`` (the
-    Lance tables themselves).
+    and skipped), ``fragments`` (commits of rows written by Ray workers), ``text_cache`` (text
+    embeddings per text tower) and ``tables`` (the Lance tables themselves).
     """
 
     def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
@@ -175,6 +177,7 @@ class Store:
         self.meta = TableMeta(self)
         self.records = FileRecords(self)
         self.fragments = Fragments(self)
+        self.text_cache = TextCache(self)
 
     def __getattr__(self, name: str) -> Any:
         part = _MOVED.get(name)

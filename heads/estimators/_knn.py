@@ -24,9 +24,10 @@ from embedstore.search import NeighborIndex, as_float32, l2_normalize
 from embedstore.types import IndexKind, SearchBackend, check_choice
 from heads._base import HeadMixin, HeadTags
 from heads._registry import register_head
+from heads.estimators._centring import centre_l2, fit_centre
 from heads.estimators._validation import fit_inputs, host_array, predict_input, sklearn_head_tags
 from heads.settings import DEFAULTS
-from heads.types import REFERENCES, Reference
+from heads.types import REFERENCES, Centring, Reference
 
 DEFAULT_K: int = DEFAULTS["k"]
 DEFAULT_KS = (10, 20, 100, 200)
@@ -259,8 +260,10 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
     """Nearest class prototype: prototype = normalised mean of normalised embeddings.
 
     ``logits`` gives cosine logits ``cos(x, prototype_c) / temperature``;
-    ``predict_proba`` is their softmax. The options the FungiCLEF 2025 winners used on frozen
-    embeddings:
+    ``predict_proba`` is their softmax. ``centring="mean"`` (the default, SimpleShot's CL2N)
+    first subtracts the mean of the training embeddings from every embedding, then
+    L2-normalises; ``"none"`` L2-normalises only (chosen out-of-fold: ``benchmarks/RESULTS.md``).
+    The options the FungiCLEF 2025 winners used on frozen embeddings:
 
     - ``reference="train+val"``: the prototypes are built from ``X`` and the validation rows
       ``X_val``/``y_val`` passed to ``fit`` (``heads train`` scores its folds on their training
@@ -288,6 +291,7 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
         transductive_rounds: int = 3,
         transductive_temperature: float = 0.05,
         transductive_weight: float = 0.5,
+        centring: Centring = DEFAULTS["centring"],
     ) -> None:
         self.temperature = temperature
         self.reference = reference
@@ -295,6 +299,7 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
         self.transductive_rounds = transductive_rounds
         self.transductive_temperature = transductive_temperature
         self.transductive_weight = transductive_weight
+        self.centring = centring
 
     def _check_settings(self) -> None:
         if self.temperature <= 0:
@@ -330,7 +335,8 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
             if Xv.shape[1] != X.shape[1]:
                 raise ValueError(f"X_val has {Xv.shape[1]} features, X has {X.shape[1]}")
             X, y = np.concatenate([X, Xv]), np.concatenate([y, np.asarray(y_val).reshape(-1)])
-        Xn = l2_normalize(X)  # (N, d)
+        self.centre_ = fit_centre(X, self.centring)  # (d,), None without centring
+        Xn = centre_l2(X, self.centre_)  # (N, d)
         classes, y_idx = _encode_labels(y)
         self.classes_ = classes
         self.prototypes_ = l2_normalize(_class_sums(Xn, y_idx, len(classes)))  # (C, d)
@@ -351,7 +357,7 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
 
     def transductive_prototypes(self, X: Any) -> np.ndarray:
         """``(C, d)`` prototypes moved toward the queries ``X`` ``(N, d)`` by soft k-means."""
-        return self._transduce(l2_normalize(predict_input(self, X)).astype(np.float64))[0]
+        return self._transduce(self._prepare(X).astype(np.float64))[0]
 
     def _transduce(self, Xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Updated prototypes ``(C, d)`` and the queries' centred cosines to them ``(N, C)``."""
@@ -375,8 +381,11 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
         mq = (Xn.sum(axis=0) + len(p) * mp) / (len(Xn) + len(p))  # (d,)
         return _unit(Xn - mq) @ _unit(p - mp).T  # (N, C)
 
+    def _prepare(self, X: Any) -> np.ndarray:
+        return centre_l2(predict_input(self, X), self.centre_)  # (N, d) float32
+
     def _logits(self, X: Any) -> np.ndarray:
-        Xn = l2_normalize(predict_input(self, X))  # (N, d)
+        Xn = self._prepare(X)  # (N, d)
         if self.transductive:  # float64: the same answer whatever the order of the queries
             return self._transduce(Xn.astype(np.float64))[1] / np.float32(self.temperature)
         return (Xn @ self.prototypes_.T) / np.float32(self.temperature)  # (N, C)
@@ -396,7 +405,8 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[best]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """JSON config (settings, classes, class counts) and tensors (``prototypes`` ``(C, d)``)."""
+        """JSON config (settings, classes, class counts) and tensors (``prototypes`` ``(C, d)``;
+        ``centre`` ``(d,)`` with centring)."""
         check_is_fitted(self)
         config = {
             "head": "centroid",
@@ -404,13 +414,19 @@ class CentroidHead(HeadMixin, ClassifierMixin, BaseEstimator):
             "classes": classes_to_json(self.classes_),
             "class_counts": self.class_counts_.tolist(),
         }
-        return config, {"prototypes": torch.from_numpy(np.ascontiguousarray(self.prototypes_))}
+        tensors = {"prototypes": torch.from_numpy(np.ascontiguousarray(self.prototypes_))}
+        if self.centre_ is not None:
+            tensors["centre"] = torch.from_numpy(self.centre_)
+        return config, tensors
 
     @classmethod
     def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CentroidHead:
         """Rebuild a fitted head from :meth:`get_state` output."""
-        head = cls(**config["params"])
+        # runs saved before the centring setting were not centred
+        head = cls(**{"centring": "none", **config["params"]})
         head.classes_ = np.asarray(config["classes"])
+        centre = tensors.get("centre")
+        head.centre_ = None if centre is None else centre.to(torch.float64).cpu().numpy()
         head.prototypes_ = as_float32(tensors["prototypes"])
         head.n_features_in_ = head.prototypes_.shape[1]
         counts = config.get("class_counts") or [1] * len(head.classes_)  # runs before the option

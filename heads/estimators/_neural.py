@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from embedstore import resolve_device
 from heads._base import EpochBar, HeadMixin, HeadTags, Progress, TrainingRecord
@@ -48,7 +47,9 @@ from heads.estimators._neural_net import (
     _lr_factor,
     compute_class_weights,
     prior_sample_weights,
+    validation_tensors,
 )
+from heads.estimators._neural_targets import RowTargets, row_targets, soft_cross_entropy
 from heads.estimators._validation import host_array, sklearn_head_tags
 from heads.losses import CompositeLoss, create_loss
 from heads.settings import BY_NAME, DEFAULTS
@@ -154,7 +155,12 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
     def __head_tags__(self) -> HeadTags:
         arch = self._arch
         return HeadTags(
-            arch=arch, takes_views=True, iterative=True, token_fusion=arch == "transformer"
+            arch=arch,
+            takes_views=True,
+            iterative=True,
+            token_fusion=arch == "transformer",
+            sample_weight=True,
+            soft_targets=True,
         )
 
     def training_record(self) -> TrainingRecord:
@@ -251,6 +257,9 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         aux_val: ArrayLike | None = None,
         X_views: ArrayLike | None = None,
         progress: Progress | None = None,
+        sample_weight: ArrayLike | None = None,
+        soft_targets: ArrayLike | None = None,
+        soft_temperature: float = 1.0,
     ) -> NeuralHead:
         """Train on embeddings ``X`` ``(N, D)`` and labels ``y`` ``(N,)``; returns self.
 
@@ -263,6 +272,11 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         (NaN = missing). With ``X_val``/``y_val`` the best epoch by validation macro-F1 is kept
         and training stops after ``patience`` epochs without improvement; validation samples
         whose label is not among the training classes are left out (with a warning).
+
+        ``sample_weight`` ``(N,)``: each row's loss counts that much (a minibatch's mean is
+        divided by its weights' sum). ``soft_targets`` ``(N, C)`` (columns following the sorted
+        classes of ``y``): probabilities to match at ``soft_temperature`` instead of the labels
+        (distillation; ``y`` still names the classes).
         """
         self._check_settings()
         # scikit-learn's checks (2-D, not empty, not sparse or complex, len(y) == len(X), a
@@ -286,6 +300,9 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
             )
         f_train = _as_fields(fields, "fields", dev, n)
         a_train = None if aux is None else _as_matrix(aux, "aux", dev, rows=n, finite=False)
+        rt = row_targets(
+            np.asarray(X), len(self.classes_), dev, sample_weight, soft_targets, soft_temperature
+        )
         xs = x  # (N, D), or with views (1 + V, N, D)
         if X_views is not None:
             v = np.asarray(host_array(X_views), dtype=np.float32)
@@ -296,7 +313,7 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
             vt = _as_matrix(v.reshape(-1, v.shape[2]), "X_views", dev).reshape(v.shape)
             xs = torch.cat([x[None], vt.transpose(0, 1)])  # (1 + V, N, D)
 
-        val = self._validation(X_val, y_val, fields_val, aux_val, len(f_train), a_train)
+        val = validation_tensors(self, X_val, y_val, fields_val, aux_val, len(f_train), a_train)
         counts = np.bincount(y_idx, minlength=len(self.classes_))
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(self.seed)
@@ -311,75 +328,30 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
             bar = EpochBar(f"{self._arch} head") if progress is None and self.verbose else None
             try:
                 y_t = torch.as_tensor(y_idx, device=dev)
-                self._train(xs, y_t, f_train, a_train, val, weights, gen, progress or bar)
+                self._train(xs, y_t, f_train, a_train, val, weights, gen, progress or bar, rt)
             finally:
                 if bar is not None:
                     bar.close()
         return self
 
-    def _validation(
-        self,
-        X_val: ArrayLike | None,
-        y_val: Any,
-        fields_val: Sequence[ArrayLike] | None,
-        aux_val: ArrayLike | None,
-        num_fields: int,
-        a_train: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None:
-        """Checked validation tensors ``(X, y index, fields, aux)``, known classes only."""
-        if X_val is None and y_val is None:
-            return None
-        if X_val is None or y_val is None:
-            raise ValueError("pass both X_val and y_val, or neither")
-        dev = self.device_
-        xv = check_array(
-            host_array(X_val),
-            input_name="X_val",
-            estimator=self,
-            dtype=np.float32,
-            ensure_all_finite=False,
-        )
-        if xv.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X_val has {xv.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input (those of X)"
-            )
-        xv = _as_matrix(xv, "X_val", dev)
-        m = xv.shape[0]
-        yv = np.asarray(y_val).reshape(-1)
-        if yv.shape[0] != m:
-            raise ValueError(f"X_val has {m} rows but y_val has {yv.shape[0]}")
-        if len(fields_val or []) != num_fields:
-            raise ValueError(f"fit got {num_fields} fields but {len(fields_val or [])} fields_val")
-        fv = _as_fields(fields_val, "fields_val", dev, m)
-        av = None
-        if a_train is not None and aux_val is not None:
-            av = _as_matrix(aux_val, "aux_val", dev, rows=m, finite=False)
-        c = len(self.classes_)
-        pos = np.searchsorted(self.classes_, yv).clip(0, c - 1)
-        known = self.classes_[pos] == yv  # (M,)
-        if not known.any():
-            raise ValueError("none of the y_val labels is a training class")
-        if not known.all():
-            warnings.warn(
-                f"{int((~known).sum())} of {m} validation samples have labels absent from y; "
-                f"they are left out of validation",
-                stacklevel=3,
-            )
-        keep = torch.as_tensor(np.flatnonzero(known), device=dev)
-        return (
-            xv[keep],
-            torch.as_tensor(pos[known], device=dev),
-            [f[keep] for f in fv],
-            None if av is None else av[keep],
-        )
-
     def _criterion(
-        self, out: torch.Tensor, aux_out: torch.Tensor | None, y: torch.Tensor, aux: Any
+        self,
+        out: torch.Tensor,
+        aux_out: torch.Tensor | None,
+        y: torch.Tensor,
+        aux: Any,
+        rt: RowTargets | None = None,
     ) -> torch.Tensor:
+        w = None if rt is None else rt.weight
+        if rt is not None and rt.soft is not None:  # distillation: the soft targets, not y
+            loss = soft_cross_entropy(self.loss_.inference_logits(out), rt)
+            if aux_out is None or aux is None:
+                return loss
+            aux_loss = self._composite.aux_loss(aux_out, aux, batch=out.shape[0])
+            return loss + self._composite.alpha * aux_loss
         if aux_out is None or aux is None:
-            return self.loss_(out, y)
-        return self._composite(out, y, aux_logits=aux_out, aux_target=aux)
+            return self.loss_(out, y, w)
+        return self._composite(out, y, aux_logits=aux_out, aux_target=aux, sample_weight=w)
 
     def _train(
         self,
@@ -391,6 +363,7 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
         weights: torch.Tensor | None,
         gen: torch.Generator,
         progress: Progress | None,
+        rt: RowTargets | None = None,
     ) -> None:
         model, n, bs = self.model_, x.shape[-2], int(self.batch_size)  # x: (N, D) or (1 + V, N, D)
         self._composite = CompositeLoss(self.loss_, self.aux_alpha).to(self.device_)
@@ -421,7 +394,8 @@ class NeuralHead(HeadMixin, ClassifierMixin, BaseEstimator):
                 idx = order[s : s + bs]  # (B,)
                 xb = x[idx] if x.ndim == 2 else x[pick[idx], idx]  # (B, D)
                 out, aux_out = model(xb, [f[idx] for f in fields])  # (B, C), (B, A)
-                loss = self._criterion(out, aux_out, y[idx], None if aux is None else aux[idx])
+                aux_b = None if aux is None else aux[idx]
+                loss = self._criterion(out, aux_out, y[idx], aux_b, rt and rt.batch(idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

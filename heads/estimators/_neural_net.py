@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_array
 from torch import nn
 from torch.nn import functional as F
 
+from heads.estimators._validation import host_array
 from heads.types import CLASS_WEIGHTS, ClassWeights
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -217,6 +219,65 @@ def _as_fields(
     fields: Sequence[ArrayLike] | None, name: str, device: torch.device, rows: int
 ) -> list[torch.Tensor]:
     return [_as_matrix(f, f"{name}[{i}]", device, rows=rows) for i, f in enumerate(fields or [])]
+
+
+def validation_tensors(
+    head: Any,
+    X_val: ArrayLike | None,
+    y_val: Any,
+    fields_val: Sequence[ArrayLike] | None,
+    aux_val: ArrayLike | None,
+    num_fields: int,
+    a_train: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None:
+    """Checked validation tensors ``(X, y index, fields, aux)`` of a neural ``head`` being
+    fitted (its ``device_``, ``classes_`` and ``n_features_in_`` set), known classes only."""
+    if X_val is None and y_val is None:
+        return None
+    if X_val is None or y_val is None:
+        raise ValueError("pass both X_val and y_val, or neither")
+    dev = head.device_
+    xv = check_array(
+        host_array(X_val),
+        input_name="X_val",
+        estimator=head,
+        dtype=np.float32,
+        ensure_all_finite=False,
+    )
+    if xv.shape[1] != head.n_features_in_:
+        raise ValueError(
+            f"X_val has {xv.shape[1]} features, but {type(head).__name__} is expecting "
+            f"{head.n_features_in_} features as input (those of X)"
+        )
+    xv = _as_matrix(xv, "X_val", dev)
+    m = xv.shape[0]
+    yv = np.asarray(y_val).reshape(-1)
+    if yv.shape[0] != m:
+        raise ValueError(f"X_val has {m} rows but y_val has {yv.shape[0]}")
+    if len(fields_val or []) != num_fields:
+        raise ValueError(f"fit got {num_fields} fields but {len(fields_val or [])} fields_val")
+    fv = _as_fields(fields_val, "fields_val", dev, m)
+    av = None
+    if a_train is not None and aux_val is not None:
+        av = _as_matrix(aux_val, "aux_val", dev, rows=m, finite=False)
+    c = len(head.classes_)
+    pos = np.searchsorted(head.classes_, yv).clip(0, c - 1)
+    known = head.classes_[pos] == yv  # (M,)
+    if not known.any():
+        raise ValueError("none of the y_val labels is a training class")
+    if not known.all():
+        warnings.warn(
+            f"{int((~known).sum())} of {m} validation samples have labels absent from y; "
+            f"they are left out of validation",
+            stacklevel=3,
+        )
+    keep = torch.as_tensor(np.flatnonzero(known), device=dev)
+    return (
+        xv[keep],
+        torch.as_tensor(pos[known], device=dev),
+        [f[keep] for f in fv],
+        None if av is None else av[keep],
+    )
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

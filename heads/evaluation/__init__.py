@@ -1,6 +1,7 @@
 """Scoring runs: validation and held-out scores (``evaluate``), unknown detectors measured by
 holding out classes (``openset``), likely label errors and outliers (``find_issues``), one HTML
-page per run (``report``), and the PNGs.
+page per run (``report``), photos the unknown detector rejects grouped into candidate new
+classes (``cluster_unknowns``), and the PNGs.
 
 >>> from heads.evaluation import evaluate, MEASURES
 """
@@ -10,6 +11,7 @@ from heads.evaluation._issues import IssuesResult, Outlier, Suspect, find_issues
 from heads.evaluation._openset import format_table as format_openset_table
 from heads.evaluation._openset import openset, openset_arrays
 from heads.evaluation._report import ReportResult, report
+from heads.evaluation._unknown_clusters import UnknownCluster, UnknownClusters, cluster_unknowns
 
 __all__ = [
     "MEASURES",
@@ -18,6 +20,9 @@ __all__ = [
     "Outlier",
     "ReportResult",
     "Suspect",
+    "UnknownCluster",
+    "UnknownClusters",
+    "cluster_unknowns",
     "evaluate",
     "find_issues",
     "format_openset_table",

@@ -18,6 +18,7 @@ import numpy as np
 
 import embedstore
 from embedstore import Result
+from heads._errors import HeadsError
 from heads._metrics import (
     aggregate_by_observation,
     classification_report,
@@ -26,16 +27,28 @@ from heads._metrics import (
     openset_accuracy,
     openset_scores,
     per_class_f1,
+    recall_at_k,
 )
+from heads.evaluation._hierarchy import HIERARCHY_MEASURES, hierarchy_scores
 from heads.evaluation._plots import plot_confusion, plot_per_class
+from heads.prediction._sets import (
+    SetCalibration,
+    calibrate_sets,
+    check_set_options,
+    set_scores,
+)
 from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
-from heads.runs._loaded import Predictor, load, resolve_member
+from heads.runs._loaded import Predictor, load, log_softmax, resolve_member
 from heads.runs._rundir import read_val
+from heads.taxonomy._tree import map_labels
+from heads.types import SetScore
 
 # What each score means (``heads eval --help`` and the README print these).
 MEASURES: dict[str, str] = {
     "top1": "share of known-class images whose best label is right (no rejection)",
     "top3": "share of known-class images whose label is among the best three",
+    "recall@k": "FungiCLEF 2025: share of observations (images without an observation column) "
+    "whose true label is among the best k (k = 5 unless --recall-k)",
     "macro_f1": "F1 per class, averaged over classes (each class counts the same)",
     "mean_class_acc": "recall per class, averaged over classes",
     "many_shot/medium_shot/few_shot": "top-1 on classes with >100 / 20-100 / <20 training images",
@@ -46,6 +59,10 @@ MEASURES: dict[str, str] = {
     "open_set_acc": "share of all images right with 'unknown' as one more class",
     "auroc/fpr95": "known vs unknown separation of the detector's score (needs unknown images)",
     "track1..track4": "FungiCLEF 2024 scores per observation (with unknown and poisonous labels)",
+    **HIERARCHY_MEASURES,  # with a taxonomy: under "hierarchy"
+    "set_coverage": "with --coverage: share of images whose prediction set holds the true label "
+    "(images not used to calibrate the sets)",
+    "mean_set_size": "with --coverage: labels per prediction set, on average",
 }
 
 
@@ -67,10 +84,12 @@ class EvalResult(Result):
     holdout_per_class_png: str | None = None
     confusion_png: str | None = None
     most_confused: list[dict[str, Any]] | None = None
+    sets: dict[str, Any] | None = None  # with coverage: how the sets were calibrated
 
     def items_(self) -> dict[str, Any]:
         out = {"run": self.run, "kind": self.kind, "head": self.head, **self.metrics}
         for k in (
+            "sets",
             "per_class_png",
             "holdout_per_class_png",
             "confusion_png",
@@ -82,8 +101,9 @@ class EvalResult(Result):
         return out
 
 
-def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
-    """Metrics for rows ``{"label", "logits", ["unknown_score", "observation", "poisonous"]}``."""
+def score_rows(model: Predictor, rows: dict[str, Any], recall_k: int = 5) -> dict[str, Any]:
+    """Metrics for rows ``{"label", "logits", ["unknown_score", "observation", "poisonous"]}``
+    (``recall@{recall_k}``: per observation where rows have one)."""
     classes = model.classes
     index = {c: i for i, c in enumerate(classes)}
     labels = rows["label"]
@@ -101,6 +121,13 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
         out.update(
             classification_report(y_true[known], logits[known], train_counts=model.train_counts)
         )
+        obs = rows.get("observation")
+        out[f"recall@{recall_k}"] = recall_at_k(
+            y_true[known],
+            logits[known],
+            recall_k,
+            None if obs is None else _observation_ids(obs, rows["id"])[known],
+        )
         out["n"] = int(len(y_true))
     pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
     out["_pred_closed"] = pred  # species confusions, before any unknown decision
@@ -109,7 +136,7 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
     if scores is not None and thr is not None and len(scores):
         s = np.asarray(scores, dtype=np.float64)
         closed = pred
-        pred = np.where(model.is_unknown(s), -1, pred)
+        pred = np.where(model.is_unknown(s, closed), -1, pred)
         accepted = pred != -1
         out["unknown_rate"] = float(np.mean(~accepted))
         if known.any():
@@ -126,11 +153,10 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
     has_unknown = any(str(v) == unknown_label for v in labels if v is not None)
     if poison is not None and poc is not None and has_unknown and len(labels):
         obs = rows.get("observation")
-        obs_ids = np.array(
-            [str(o) if o is not None else f"id:{i}" for i, o in enumerate(obs)]
+        obs_ids = (
+            _observation_ids(obs, rows["id"])
             if obs is not None
-            else [str(i) for i in rows["id"]],
-            dtype=object,
+            else np.array([str(i) for i in rows["id"]], dtype=object)
         )
         uniq, mean_logits, first = aggregate_by_observation(obs_ids, logits)
         y_obs = y_true[first]
@@ -141,7 +167,7 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
             mean_s = np.bincount(inv, weights=s, minlength=len(uniq)) / np.bincount(
                 inv, minlength=len(uniq)
             )
-            p_obs = np.where(model.is_unknown(mean_s), -1, p_obs)
+            p_obs = np.where(model.is_unknown(mean_s, p_obs), -1, p_obs)
         pt = np.array(
             [bool(p) if p is not None else False for p in np.asarray(poison, dtype=object)[first]]
         )
@@ -150,6 +176,14 @@ def score_rows(model: Predictor, rows: dict[str, Any]) -> dict[str, Any]:
         out["observations"] = int(len(uniq))
     out["_pred"], out["_true"] = pred, y_true
     return out
+
+
+def _observation_ids(obs: Any, ids: Any) -> np.ndarray:
+    """Each row's observation (a row without one is an observation of its own)."""
+    return np.array(
+        [str(o) if o is not None else f"id:{i}" for i, o in zip(ids, obs, strict=True)],
+        dtype=object,
+    )
 
 
 def _public(res: dict[str, Any]) -> dict[str, Any]:
@@ -163,19 +197,44 @@ def evaluate(
     plots: bool = True,
     store: str | os.PathLike | None = None,
     device: str = "auto",
+    recall_k: int = 5,
+    coverage: float | None = None,
+    set_score: SetScore = "lac",
+    calibrate_on: str | None = None,
 ) -> EvalResult:
-    """Scores of a run or ensemble directory (``top1``, ``top3``, ``macro_f1``, ``mean_class_acc``,
-    shot buckets; open-set and ``track1``..``track4`` when defined), plus ``holdout`` scores.
+    """Scores of a run or ensemble directory (``top1``, ``top3``, ``recall@5``, ``macro_f1``,
+    ``mean_class_acc``, shot buckets; open-set and ``track1``..``track4`` when defined), plus
+    ``holdout`` scores.
+
+    ``coverage`` (e.g. 0.9) calibrates conformal prediction sets as :func:`heads.predict` makes
+    them (out-of-fold, or on the store rows ``calibrate_on`` selects) and reports
+    ``set_coverage`` and ``mean_set_size`` on every part's images not used to calibrate them.
 
     >>> heads.evaluate("runs/mlp").metrics["macro_f1"]
+    >>> heads.evaluate("runs/mlp", coverage=0.9).holdout["set_coverage"]
     """
+    if recall_k < 1:
+        raise HeadsError(f"--recall-k must be at least 1, not {recall_k}")
+    check_set_options(coverage, set_score, calibrate_on)
     path = Path(path)
     model = load(path, device)
-    res = score_rows(model, read_val(path))
+    cal = None
+    if coverage is not None:
+        cal = calibrate_sets(
+            model, coverage, score=set_score, calibrate_on=calibrate_on, store=store
+        )
+    val = read_val(path)
+    res = score_rows(model, val, recall_k)
     cfg = model.config
     out = EvalResult(
         str(path), cfg.kind, cfg.head if isinstance(cfg, RunConfig) else None, _public(res)
     )
+    ranks = hierarchy_scores(model, val, "val")
+    if ranks is not None:
+        out.metrics["hierarchy"] = ranks
+    if cal is not None:
+        out.sets = cal.to_dict()
+        out.metrics.update(sets_on_rows(model, val, cal))
     name = _plot_name(path, model)
     counts, counted = class_image_counts(path, model) if plots else (model.train_counts, "")
     if plots and res["n_known"]:
@@ -200,8 +259,13 @@ def evaluate(
     if holdout:
         rows = holdout_rows(model, store)
         if rows is not None:
-            scored = score_rows(model, rows)
+            scored = score_rows(model, rows, recall_k)
             out.holdout = _public(scored)
+            ranks = hierarchy_scores(model, rows, "holdout", store)
+            if ranks is not None:
+                out.holdout["hierarchy"] = ranks
+            if cal is not None:
+                out.holdout.update(sets_on_rows(model, rows, cal))
             if plots and scored["n_known"]:
                 y, p = _known_pairs(scored)
                 out.holdout_per_class_png = str(
@@ -217,6 +281,27 @@ def evaluate(
     if plots:
         (path / "eval.json").write_text(json.dumps(out.to_dict(), indent=2, default=str))
     return out
+
+
+def sets_on_rows(model: Predictor, rows: dict[str, Any], cal: SetCalibration) -> dict[str, Any]:
+    """``set_coverage``, ``mean_set_size``, ``set_singletons``, ``set_class_coverage_min`` and
+    ``set_n`` of the prediction sets on the rows of a known class that did not calibrate them
+    (``{}`` when none is left: sets calibrated on these very rows)."""
+    index = {c: i for i, c in enumerate(model.classes)}
+    y = np.array([index.get(str(v), -1) if v is not None else -1 for v in rows["label"]])
+    used = set(cal.ids)
+    keep = (y >= 0) & np.array([str(i) not in used for i in rows["id"]], dtype=bool)
+    if not keep.any():
+        return {}
+    probs = np.exp(log_softmax(np.asarray(rows["logits"], dtype=np.float64)[keep]))
+    found = set_scores(cal.sets(probs), y[keep])
+    return {
+        "set_coverage": found["coverage"],
+        "mean_set_size": found["mean_set_size"],
+        "set_singletons": found["singletons"],
+        "set_class_coverage_min": found["class_coverage_min"],
+        "set_n": found["n"],
+    }
 
 
 def class_image_counts(path: Path, model: Predictor) -> tuple[np.ndarray, str]:
@@ -258,6 +343,8 @@ def _plot_name(path: Path, model: Predictor) -> str:
         label = f"{shown(path.parent.name)}/{path.name}"
     if isinstance(cfg, EnsembleConfig):
         return f"{label} (ensemble of {len(cfg.members)})"
+    if cfg.fold is None:  # the refit on every fold, or a zero-shot run with no folds
+        return f"{label} ({cfg.head}, {'refit' if cfg.refit is not None else 'no folds'})"
     return f"{label} ({cfg.head}, fold {cfg.fold})"
 
 
@@ -287,7 +374,8 @@ def rows_from_store(model: Predictor, st: embedstore.Store, **select: Any) -> di
     logits = model.logits(embs, table)
     rows: dict[str, Any] = {
         "id": np.asarray(t["id"], dtype=object),
-        "label": np.asarray(t["label"], dtype=object),
+        # a run trained at a coarser rank (heads train --rank) names the labels at that rank
+        "label": map_labels(model, np.asarray(t["label"], dtype=object)),
         "logits": logits,
     }
     s = model.unknown_scores(embs, logits, table)

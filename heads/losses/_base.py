@@ -89,13 +89,17 @@ class Loss(nn.Module):
         self.register_buffer("class_counts", counts, persistent=False)
         self.register_buffer("class_weight", weight, persistent=False)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The reduced loss: a scalar, or ``(B,)`` with ``reduction="none"``."""
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The reduced loss: a scalar, or ``(B,)`` with ``reduction="none"``; ``sample_weight``
+        ``(B,)`` multiplies each sample's loss as ``class_weight`` does (e.g. pseudo-labelled
+        rows counting less than labelled ones)."""
         self.check_inputs(logits, target)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()  # (B, C) half precision is computed in float32
         loss = self.per_sample_loss(logits, target)  # (B,)
-        return self.reduce(loss, target)
+        return self.reduce(loss, target, sample_weight)
 
     def per_sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Unweighted loss of each sample ``(B,)`` from checked inputs; subclasses implement it."""
@@ -105,13 +109,26 @@ class Loss(nn.Module):
         """The logits to predict with, from the head's outputs ``(B, C)``: identity here."""
         return outputs
 
-    def reduce(self, loss: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Apply ``class_weight[target]`` to the per-sample ``loss`` ``(B,)`` and reduce it."""
+    def reduce(
+        self, loss: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Apply ``class_weight[target]`` and ``sample_weight`` to the per-sample ``loss``
+        ``(B,)`` and reduce it (``"mean"``: divided by the sum of the weights)."""
+        w = None
         if self.class_weight is not None:
             w = self.class_weight.to(device=loss.device, dtype=loss.dtype)[target]  # (B,)
+        if sample_weight is not None:
+            sw = sample_weight.to(device=loss.device, dtype=loss.dtype).reshape(-1)  # (B,)
+            if sw.shape != loss.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: sample_weight must be (B,) = {tuple(loss.shape)}, "
+                    f"got {tuple(sample_weight.shape)}"
+                )
+            w = sw if w is None else w * sw
+        if w is not None:
             loss = loss * w  # (B,)
             if self.reduction == "mean":
-                return loss.sum() / w.sum()
+                return loss.sum() / w.sum().clamp_min(torch.finfo(loss.dtype).tiny)
         if self.reduction == "mean":
             return loss.mean()
         if self.reduction == "sum":

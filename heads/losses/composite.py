@@ -59,9 +59,11 @@ class CompositeLoss(nn.Module):
         target: torch.Tensor,
         aux_logits: torch.Tensor | None = None,
         aux_target: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The class loss plus ``alpha`` times the masked auxiliary loss (when aux is given)."""
-        loss = self.class_loss(logits, target)  # () or (B,)
+        """The class loss (``sample_weight`` ``(B,)`` weighs its samples) plus ``alpha`` times
+        the masked auxiliary loss (when aux is given)."""
+        loss = self.class_loss(logits, target, sample_weight)  # () or (B,)
         if aux_logits is None and aux_target is None:
             return loss
         return loss + self.alpha * self.aux_loss(aux_logits, aux_target, batch=logits.shape[0])

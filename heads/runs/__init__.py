@@ -24,7 +24,7 @@ from heads.runs._folder import (
     work_dir,
 )
 from heads.runs._loaded import Ensemble, Predictor, Run, load
-from heads.runs._rundir import RUN_FORMAT, read_val
+from heads.runs._rundir import RUN_FORMAT, read_pseudo, read_val
 from heads.runs._wrapped import WrappedPredictor
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "load",
     "parse_config",
     "read_eval",
+    "read_pseudo",
     "read_run_config",
     "read_val",
     "replace_run",

@@ -321,7 +321,7 @@ class CompiledPredictor(WrappedPredictor):
         scores = self.member_scores(embeddings, parts, table)
         if isinstance(self.model, Run):
             return parts[0], scores[0]
-        return self.model.combine_members(parts), self.model.combine_scores(scores)
+        return self.model.combine_members(parts), self.model.combine_scores(scores, list(parts))
 
     def member_scores(
         self,

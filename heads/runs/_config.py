@@ -104,7 +104,16 @@ class RunConfig(_Config):
     """``config.json`` of one trained head (``heads train``; a fold, or the refit)."""
 
     KIND: ClassVar[str] = "run"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("backbones", "refit", "temperature")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "backbones",
+        "refit",
+        "temperature",
+        "taxonomy",
+        "label_rank",
+        "class_thresholds",
+        "pseudo",
+        "distilled",
+    )
 
     head: str = ""
     head_config: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +136,16 @@ class RunConfig(_Config):
     views: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "tta": []})
     refit: dict[str, Any] | None = None  # the refit's epochs and the folds' best epochs
     temperature: float | None = None  # the refit's: the mean of the folds'
+    # the store's taxonomy when it was trained (its labels only; embedstore.store.Taxonomy)
+    taxonomy: dict[str, Any] | None = None
+    label_rank: str | None = None  # `heads train --rank genus`: the classes are that rank's
+    # unknown thresholds per predicted class (heads.estimators._class_thresholds), or None
+    class_thresholds: dict[str, Any] | None = None
+    # ``--pseudo-label``: the round it trained in, how many pseudo-labelled rows, their fraction
+    # and weight, how those were chosen, the unlabelled rows' predicate (rows: pseudo.parquet)
+    pseudo: dict[str, Any] | None = None
+    # ``heads distill``: the teacher, its checksum, temperature, label weight, rows trained on
+    distilled: dict[str, Any] | None = None
 
     @property
     def backbone_list(self) -> list[dict[str, Any]]:
@@ -143,7 +162,7 @@ class EnsembleConfig(_Config):
     """``config.json`` of an ensemble: its members (relative paths) and how they combine."""
 
     KIND: ClassVar[str] = "ensemble"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("validation",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("validation", "class_thresholds")
 
     members: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
@@ -152,6 +171,8 @@ class EnsembleConfig(_Config):
     temperatures: list[float] = field(default_factory=list)
     member_sha256: list[str | None] = field(default_factory=list)
     validation: list[str] | None = None  # the runs whose predictions are its validation part
+    # unknown thresholds per predicted class on the members' margins, or None
+    class_thresholds: dict[str, Any] | None = None
 
 
 def parse_config(d: Mapping[str, Any]) -> RunConfig | EnsembleConfig:

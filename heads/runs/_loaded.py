@@ -20,6 +20,7 @@ from embedstore.backbones import view_column, view_describe
 from heads._data import concat_backbones
 from heads._errors import HeadsError
 from heads._registry import head_class
+from heads.estimators._class_thresholds import ClassThresholds
 from heads.estimators._encoders import MetadataEncoder
 from heads.estimators._unknown import detector_from_state
 from heads.runs._config import EnsembleConfig, RunConfig, read_run_config
@@ -32,7 +33,8 @@ class Predictor(Protocol):
 
     ``logits`` and ``unknown_scores`` take ``{embedding column: (N, D) float32}`` and a table
     ``{metadata column: (N,) array}`` holding :attr:`columns`; ``unknown_scores`` compares with
-    :attr:`threshold` (score >= threshold: known).
+    :attr:`threshold` (score >= threshold: known), or with the threshold of each image's
+    predicted class where the run has per-class thresholds (``is_unknown(scores, pred)``).
     """
 
     path: Path
@@ -71,7 +73,9 @@ class Predictor(Protocol):
         table: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray | None: ...
 
-    def is_unknown(self, scores: np.ndarray) -> np.ndarray: ...
+    def thresholds_for(self, pred: np.ndarray) -> np.ndarray | None: ...
+
+    def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray: ...
 
     def logits_and_scores(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
@@ -96,6 +100,25 @@ class _Loaded:
     @property
     def unknown_label(self) -> str:
         return self.config.unknown_label
+
+    @property
+    def class_thresholds(self) -> ClassThresholds | None:
+        """The unknown thresholds per predicted class (``heads train --class-thresholds``)."""
+        d = self.config.class_thresholds
+        return None if d is None else ClassThresholds.from_dict(d)
+
+    @property
+    def threshold(self) -> float | None:
+        raise NotImplementedError
+
+    def thresholds_for(self, pred: np.ndarray) -> np.ndarray | None:
+        """``(N,)`` the unknown threshold of each image's predicted class ``pred`` (the global
+        :attr:`threshold` without per-class ones; None without a detector)."""
+        t = self.threshold
+        if t is None:
+            return None
+        ct = self.class_thresholds
+        return np.full(len(pred), t) if ct is None else ct.for_pred(pred)
 
 
 class Run(_Loaded):
@@ -232,10 +255,15 @@ class Run(_Loaded):
         z = self.logits(embeddings, table)
         return z, self.unknown_scores(embeddings, z, table)
 
-    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
-        """``(N,)`` bool: the detector's decision for scores from :meth:`unknown_scores`."""
+    def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
+        """``(N,)`` bool: the detector's decision for scores from :meth:`unknown_scores`; with
+        the predicted classes ``pred`` and per-class thresholds, each class's own."""
         if self.detector is None:
             return np.zeros(len(scores), dtype=bool)
+        if pred is not None and self.config.class_thresholds is not None:
+            t = self.thresholds_for(pred)
+            assert t is not None  # a detector, so a threshold
+            return np.asarray(scores, dtype=np.float64) < t
         return self.detector.predict_scores(scores) == -1
 
 
@@ -324,17 +352,22 @@ class Ensemble(_Loaded):
             [
                 None if m.threshold is None or z is None else m.unknown_scores(embeddings, z, table)
                 for m, z in zip(self.members, parts, strict=True)
-            ]
+            ],
+            parts,
         )
 
-    def combine_scores(self, scores: list[np.ndarray | None]) -> np.ndarray | None:
-        """The ensemble's unknown scores from its members' detector scores (in order)."""
+    def combine_scores(
+        self, scores: list[np.ndarray | None], parts: list[np.ndarray | None]
+    ) -> np.ndarray | None:
+        """The ensemble's unknown scores from its members' detector scores and logits (in
+        order): the mean of each member's margin over its threshold."""
         margins: list[np.ndarray] = []
-        for m, s in zip(self.members, scores, strict=True):
-            t = m.threshold
-            if t is None:
+        for m, s, z in zip(self.members, scores, parts, strict=True):
+            if m.threshold is None:
                 continue
-            assert s is not None  # given for every member with a threshold (and a detector)
+            assert s is not None and z is not None  # given for every member with a threshold
+            t = m.thresholds_for(z.argmax(axis=1))  # its own class's where it has them
+            assert t is not None  # a member with a threshold has a detector
             margins.append(s - t)
         return None if not margins else np.mean(margins, axis=0)
 
@@ -349,9 +382,15 @@ class Ensemble(_Loaded):
     def threshold(self) -> float | None:
         return 0.0 if any(m.threshold is not None for m in self.members) else None
 
-    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
-        """``(N,)`` bool: the mean margin over members' thresholds is below 0."""
-        return np.asarray(scores, dtype=np.float64) < 0.0
+    def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
+        """``(N,)`` bool: the mean margin over members' thresholds is below 0 (below the
+        predicted class's own threshold with ``pred`` and per-class thresholds)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if pred is not None and self.config.class_thresholds is not None:
+            t = self.thresholds_for(pred)
+            assert t is not None  # per-class thresholds exist only with a detector
+            return s < t
+        return s < 0.0
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Run | Ensemble:

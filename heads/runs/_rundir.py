@@ -9,6 +9,9 @@ A run directory holds:
 - ``head.safetensors`` (and ``detector.safetensors``): tensors only; nothing is ever unpickled.
 - ``history.json`` and ``curves.png``: per-epoch metrics.
 - ``val.parquet``: the validation rows' ids, labels and logits (and unknown scores).
+- ``pseudo.parquet`` (``heads train --pseudo-label``, in the fold ensemble's folder): the rows
+  pseudo-labelled in each round, the label they were given, their confidence margin and the
+  share of the folds that agreed; each fold run's config records its round (``"pseudo"``).
 
 An ensemble directory has the same ``config.json`` (``"kind": "ensemble"``) and ``val.parquet``.
 """
@@ -192,6 +195,36 @@ def write_val(
     if scores is not None:
         cols["unknown_score"] = pa.array(np.asarray(scores, dtype=np.float64))
     pq.write_table(pa.table(cols), Path(run_dir) / "val.parquet")
+
+
+PSEUDO_FILE = "pseudo.parquet"
+
+
+def write_pseudo(run_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    """``pseudo.parquet``: one row per pseudo-labelled row and round: ``id``, ``label`` (the
+    predicted class it was trained as), ``round``, ``margin``, ``agreement``."""
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array([str(i) for i in rows["id"]], pa.string()),
+                "label": pa.array([str(v) for v in rows["label"]], pa.string()),
+                "round": pa.array(np.asarray(rows["round"], np.int32)),
+                "margin": pa.array(np.asarray(rows["margin"], np.float32)),
+                "agreement": pa.array(np.asarray(rows["agreement"], np.float32)),
+            }
+        ),
+        Path(run_dir) / PSEUDO_FILE,
+    )
+
+
+def read_pseudo(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The pseudo-labelled rows a ``heads train --pseudo-label`` run recorded (every round):
+    ``{"id", "label", "round", "margin", "agreement"}``, each ``(N,)``."""
+    p = Path(run_dir) / PSEUDO_FILE
+    if not p.is_file():
+        raise HeadsError(f"{p}: no pseudo-labelled rows recorded (not a --pseudo-label run)")
+    t = pq.read_table(p)
+    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
 
 
 def read_val(run_dir: Path) -> dict[str, Any]:

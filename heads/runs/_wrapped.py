@@ -69,8 +69,11 @@ class WrappedPredictor:
     ) -> np.ndarray | None:
         return self.model.unknown_scores(embeddings, logits, table)
 
-    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
-        return self.model.is_unknown(scores)
+    def thresholds_for(self, pred: np.ndarray) -> np.ndarray | None:
+        return self.model.thresholds_for(pred)
+
+    def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
+        return self.model.is_unknown(scores, pred)
 
     def logits_and_scores(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None

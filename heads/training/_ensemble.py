@@ -14,12 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from heads._calibration import fit_temperature
 from heads._errors import HeadsError
+from heads.estimators._class_thresholds import fit_class_thresholds
 from heads.evaluation._evaluate import EvalResult, evaluate
 from heads.runs._config import EnsembleConfig, RunConfig, read_run_config, write_run_config
 from heads.runs._loaded import load, log_softmax
 from heads.runs._rundir import read_val
 from heads.types import AVERAGES, Average
+
+__all__ = ["ensemble", "fit_temperature", "select_weights"]
 
 
 def ensemble(
@@ -31,6 +35,7 @@ def ensemble(
     calibrate: bool = True,
     overwrite: bool = False,
     validation: Sequence[str | os.PathLike] | None = None,
+    class_thresholds: int | None = None,
 ) -> EvalResult:
     """Write an ensemble of ``runs`` (runs or ensembles) into ``out``; returns its scores
     (``.run`` is the ensemble's path).
@@ -56,6 +61,8 @@ def ensemble(
     part, and is calibrated with the temperature its config records (the folds' mean).
     ``validation``: runs whose out-of-fold predictions make the validation part instead of the
     members' (how ``heads train --refit --ensemble refit`` scores the refit alone).
+    ``class_thresholds`` (a minimum count): unknown thresholds per predicted class on the
+    members' margins, fitted on the validation part (``heads.estimators._class_thresholds``).
 
     >>> heads.ensemble(["runs/mlp/fold0", "runs/mlp/fold1"], "runs/mlp")
     """
@@ -102,8 +109,37 @@ def ensemble(
         )
     else:
         _write_val(out, vals, members, w, average, temps if calibrate else None)
+    if class_thresholds is not None:
+        config.class_thresholds = _class_thresholds(out, classes, members, class_thresholds)
     write_run_config(out, config)
     return evaluate(out, holdout=True, plots=True)
+
+
+def _class_thresholds(
+    out: Path, classes: list[str], members: list[Any], min_count: int
+) -> dict[str, Any] | None:
+    """Per-class thresholds on the margins of the validation part just written (None when no
+    member has a detector)."""
+    if all(m.threshold is None for m in members):
+        raise HeadsError(
+            "--class-thresholds: no member has an unknown detector (heads train --unknown)"
+        )
+    val = read_val(out)
+    if "unknown_score" not in val:
+        return None
+    s = np.asarray(val["unknown_score"], dtype=np.float64)
+    index = {c: i for i, c in enumerate(classes)}
+    known = np.array([v is not None and str(v) in index for v in val["label"]], dtype=bool)
+    labelled = np.array([v is not None for v in val["label"]], dtype=bool)
+    ct = fit_class_thresholds(
+        s[labelled],
+        val["logits"][labelled].argmax(axis=1),
+        known[labelled],
+        len(classes),
+        global_threshold=0.0,
+        min_count=min_count,
+    )
+    return ct.to_dict()
 
 
 def _check_weights(runs: Sequence[Any], weights: Any, average: str) -> np.ndarray:
@@ -204,35 +240,6 @@ def _temperature(val: dict[str, Any], member: Any) -> float:
     return fit_temperature(val, member.classes)
 
 
-def fit_temperature(val: dict[str, Any], classes: list[str]) -> float:
-    """The temperature T minimising the log-loss of ``softmax(logits / T)`` on the validation
-    rows of known classes (1.0 when there are none): a golden-section search on log T."""
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index.get(str(v), -1) if v is not None else -1 for v in val["label"]])
-    known = y >= 0
-    if not known.any():
-        return 1.0
-    z, y = val["logits"][known].astype(np.float64), y[known]
-
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(z / np.exp(log_t))[np.arange(len(y)), y].mean())
-
-    lo, hi = np.log(1e-3), np.log(1e3)
-    g = (np.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = nll(a), nll(b)
-    for _ in range(60):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = nll(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = nll(b)
-    return float(np.exp((lo + hi) / 2))
-
-
 def _write_val(
     out: Path, vals: list, members: list, w: np.ndarray, average: str, temps: list[float] | None
 ) -> None:
@@ -260,7 +267,8 @@ def _write_val(
         if "poisonous" in v:
             poison[idx] = v["poisonous"]
         if "unknown_score" in v and m.threshold is not None:
-            score_acc[idx] += np.asarray(v["unknown_score"], dtype=np.float64) - m.threshold
+            t = m.thresholds_for(v["logits"].argmax(axis=1))  # its own class's, where it has them
+            score_acc[idx] += np.asarray(v["unknown_score"], dtype=np.float64) - t
             score_n[idx] += 1
     acc /= np.maximum(wsum, 1e-12)[:, None]
     logits = np.log(np.maximum(acc, 1e-30)) if average == "probs" else acc

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from heads._base import EpochBar, Head, head_tags
-from heads._data import FoldData, aux_matrix, fold_rows, meta_table
+from heads._data import FoldData, Unlabelled, aux_matrix, fold_rows, meta_table
 from heads._errors import HeadsError
 from heads._registry import HEADS
 from heads.estimators._encoders import MetadataEncoder
@@ -52,6 +52,17 @@ class _Fold:
 
 
 @dataclass
+class ExtraRows:
+    """Rows trained on beside a fold's labelled ones (pseudo-labelled rows): their embeddings,
+    the labels they are given, their views, and the loss weight of each (a labelled row: 1)."""
+
+    X: np.ndarray  # (M, D) float32
+    y: np.ndarray  # (M,) str
+    weight: float = 1.0
+    views: np.ndarray | None = None  # (M, V, D): the views of FoldData.view_names
+
+
+@dataclass
 class _Job:
     """What every fold of one :func:`train` call shares: its settings, the unfitted head and
     detector, the store's data, and where the run goes (``base``) through ``work``."""
@@ -63,11 +74,17 @@ class _Job:
     unknown_label: str
     where: str | None
     progress: bool = True
+    class_thresholds: int | None = None  # per-class unknown thresholds: their minimum count
     estimator: Any = None
     detector: UnknownDetector | None = None
     data: FoldData | None = None
     base: Path = Path()
     work: Path = Path()
+    unlabelled: Unlabelled | None = None  # rows to pseudo-label (ids and embeddings only)
+    extra: ExtraRows | None = None  # pseudo-labelled rows every fold (and the refit) trains on
+    record: dict[str, Any] | None = None  # what a run's config records of them ("pseudo")
+    taxonomy: dict[str, Any] | None = None  # the store's (embedstore.store.Taxonomy.to_dict)
+    label_rank: str | None = None  # --rank: the labels are the taxonomy's names at that rank
 
 
 def _backbone_ref(info: Any) -> dict[str, Any]:
@@ -150,7 +167,8 @@ def prepare_fold(
     """Rows, labels, encoded metadata (encoder fitted on the training part) and aux targets."""
     train_rows, val_rows = fold_rows(data, k, unknown_label)
     y_tr = data.labels[train_rows].astype(str)
-    classes = np.unique(y_tr)
+    # a text prior names every class, images or not; else the training part's labels
+    classes = np.unique(y_tr if data.text is None else np.asarray(data.text.classes, dtype=str))
     if len(classes) < 2:
         raise HeadsError(
             f"{'refit' if k is None else f'fold {k}'}: the training part has {len(classes)} "
@@ -171,9 +189,16 @@ def prepare_fold(
     return f
 
 
-def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None) -> float:
+def fit_fold(
+    model: Head,
+    data: FoldData,
+    f: _Fold,
+    progress: str | None = None,
+    extra: ExtraRows | None = None,
+) -> float:
     """Fit ``model`` on the fold's training part (validation rows of known classes for early
-    stopping); returns the seconds it took. ``progress``: a progress bar's title (None: none)."""
+    stopping) and the ``extra`` rows of the fold's classes; returns the seconds it took.
+    ``progress``: a progress bar's title (None: none)."""
     bar = EpochBar(progress) if progress else None
     fit_kw: dict[str, Any] = {} if bar is None else {"progress": bar}
     if f.fields_train is not None:
@@ -182,12 +207,20 @@ def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None)
         fit_kw["fields_val"] = [v[f.known_val] for v in f.fields_val]
     if f.aux_train is not None:
         fit_kw["aux"] = f.aux_train
+    if data.text is not None and head_tags(model).text_prior:
+        fit_kw["text"] = data.text  # the class text weights the labelled images move
     if f.known_val.any():
         fit_kw["X_val"], fit_kw["y_val"] = data.X[f.val_rows][f.known_val], f.y_val[f.known_val]
     X, y = data.X[f.train_rows], f.y_train
+    V = None
     if data.train_views:  # augmentation by the stored views of each image
         assert data.views is not None  # use_views sets train_views only with views read
         V = data.views[f.train_rows]  # (n, V, D)
+    if extra is not None:
+        X, y, V, weight = _with_extra(X, y, V, extra, f.classes)
+        if weight is not None and head_tags(model).sample_weight:
+            fit_kw["sample_weight"] = weight
+    if V is not None:
         if head_tags(model).takes_views:
             fit_kw["X_views"] = V  # the head draws one of main + views per image and epoch
         else:  # others (kNN, centroids, ...) fit on every view as one more image
@@ -203,6 +236,24 @@ def fit_fold(model: Head, data: FoldData, f: _Fold, progress: str | None = None)
         if bar is not None:
             bar.close()
     return time.perf_counter() - t0
+
+
+def _with_extra(
+    X: np.ndarray, y: np.ndarray, V: np.ndarray | None, extra: ExtraRows, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The training rows followed by the ``extra`` rows of ``classes``: ``X``, ``y``, views and
+    the weight of each row (None when every row weighs 1)."""
+    keep = np.isin(extra.y, classes)  # a class the fold never trained on stays out
+    X = np.concatenate([X, extra.X[keep]])
+    y = np.concatenate([y, extra.y[keep]])
+    if V is not None:
+        assert extra.views is not None  # read with the views when training uses them
+        V = np.concatenate([V, extra.views[keep]])
+    if extra.weight == 1.0:
+        return X, y, V, None
+    w = np.ones(len(y), np.float32)
+    w[len(y) - int(keep.sum()) :] = extra.weight
+    return X, y, V, w
 
 
 def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
@@ -228,10 +279,17 @@ def use_views(data: FoldData, views: bool | None, tta: bool | None) -> None:
 def tta_logits(model: Any, data: FoldData, rows: np.ndarray, **kw: Any) -> np.ndarray:
     """Logits ``(n, C)`` of ``rows``: with test-time augmentation (``tta_views``) the mean of
     the logits of the main embedding and of each view, as a loaded run predicts."""
-    parts = [data.X[rows]]
+    V = None
     if data.tta_views:
         assert data.views is not None  # use_views sets tta_views only with views read
-        parts += list(data.views[rows].transpose(1, 0, 2))  # V of (n, D)
+        V = data.views[rows]  # (n, V, D)
+    return view_logits(model, data.X[rows], V, **kw)
+
+
+def view_logits(model: Any, X: np.ndarray, V: np.ndarray | None, **kw: Any) -> np.ndarray:
+    """Logits ``(n, C)`` of embeddings ``X`` ``(n, D)``; with views ``V`` ``(n, V, D)`` the mean
+    of the main embedding's and each view's logits."""
+    parts = [X] + ([] if V is None else list(V.transpose(1, 0, 2)))  # 1 + V of (n, D)
     z = [np.asarray(model.logits(x, **kw), dtype=np.float64) for x in parts]
     return np.mean(z, axis=0).astype(np.float32)
 
@@ -248,6 +306,8 @@ def _stack_views(
         kw["fields"] = [np.concatenate([a] * reps) for a in kw["fields"]]
     if "aux" in kw:
         kw["aux"] = np.concatenate([kw["aux"]] * reps)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = np.tile(kw["sample_weight"], reps)
     return X, np.tile(y, reps), kw
 
 
@@ -352,7 +412,7 @@ def save_fold(
         poisonous_of_class=_poisonous_of_class(data, f),
         head=job.head,
         head_config=config_h,
-        train_counts=[int(counts[c]) for c in f.classes],
+        train_counts=[int(counts.get(c, 0)) for c in f.classes],  # 0: a class of words only
         backbone=_backbone_ref(data.backbone),
         backbones=[_backbone_ref(i) for i in data.backbones] if len(data.backbones) > 1 else None,
         fold=f.k,
@@ -367,6 +427,9 @@ def save_fold(
         detector=det_config,
         # augmented views (``ingest --views``): those trained on, those averaged at prediction
         views={"train": list(data.train_views), "tta": list(data.tta_views)},
+        pseudo=job.record,
+        taxonomy=job.taxonomy,
+        label_rank=job.label_rank,
         **(extra or {}),
     )
     write_run_config(run_dir, config)

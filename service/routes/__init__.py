@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from . import health, images, page, predict, runs
+from . import health, images, page, predict, runs, search
 
-ROUTERS = [health.router, predict.router, images.router, runs.router, page.router]
+ROUTERS = [
+    health.router,
+    predict.router,
+    search.router,
+    images.router,
+    runs.router,
+    page.router,
+]
 
 __all__ = ["ROUTERS"]

@@ -45,8 +45,9 @@ def store_info(state: StateDep) -> dict[str, Any]:
 @router.get("/v1/backbones", responses=documented())
 def backbones(state: StateDep) -> dict[str, Any]:
     """The store's embedding columns (whether their model is loaded, with which runtime, and
-    the forward passes and images it has run since start: uploads share forward passes) and
-    the registry."""
+    the forward passes and images it has run since start: uploads share forward passes;
+    ``text_tower``: the kind of their text tower, for ``/v1/search``, or None with
+    ``no_text_tower`` saying why, in one line) and the registry."""
     cols = [
         {
             "name": i.backbone,
@@ -57,7 +58,18 @@ def backbones(state: StateDep) -> dict[str, Any]:
             "loaded": i.column in state.backbones,
             "runtime": state.backbone_runtime(i.column),
             **state.backbone_counts(i.column),
+            **_text_tower(i),
         }
         for i in state.store.embeddings_info().values()
     ]
     return {"store": cols, "registered": embedstore.list_backbones()}
+
+
+def _text_tower(info: Any) -> dict[str, str | None]:
+    """``text_tower`` (its kind) and ``no_text_tower`` (the one-line reason when there is none),
+    from the column's description: a tower is not loaded until a search uses it."""
+    try:
+        tower = embedstore.backbones.text_tower(info)
+    except embedstore.BackboneError as e:
+        return {"text_tower": None, "no_text_tower": str(e)}
+    return {"text_tower": tower.kind, "no_text_tower": None}

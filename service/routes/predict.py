@@ -24,7 +24,10 @@ _NOTHING = "give images (multipart 'images') or stored 'ids'"
 async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[str, Any]]:
     """Labels for uploaded images (multipart ``images``) and/or stored ``ids``: what
     ``heads predict --json`` gives. Multipart fields or a JSON body: ``run``, ``ids``,
-    ``top_k``, ``prior`` (``uniform``)."""
+    ``top_k``, ``prior`` (``uniform``); local priors ``species_list``, ``prior_by`` and
+    ``place`` (the answer keeps the unconstrained top-1 and flags ``unusual_here``);
+    ``coverage``, ``set_score`` and ``calibrate_on`` for each image's prediction ``set``;
+    ``fallback`` (answers at the finest confident rank of the store's taxonomy)."""
     body, files, names = await read_body(request, PredictBody, cap)
     model = state.run(body.run)
     if not files and not body.ids:
@@ -38,6 +41,13 @@ async def predict(request: Request, state: StateDep, cap: CapDep) -> list[dict[s
         ids=body.ids,
         top_k=body.top_k,
         prior=body.prior,
+        fallback=body.fallback,
+        species_list=body.species_list,
+        prior_by=body.prior_by,
+        place=body.place,
+        coverage=body.coverage,
+        set_score=body.set_score,
+        calibrate_on=body.calibrate_on,
         backbones=state.lazy_backbones(list(model.backbone_columns())),
         resident=state.resident(),
     )

@@ -1,4 +1,6 @@
-// The species-lookup page. Every string that comes from data (labels, run names, file names,
+// The species-lookup page: identify a photo (a run's prediction and the nearest stored photos),
+// or search the stored photos by words (the store's text tower; with the photo, both blended).
+// Every string that comes from data (labels, run names, file names,
 // error text) reaches the page through `el` (dom.js), as text or through an attribute setter,
 // never parsed as HTML. The page's Content-Security-Policy allows only this service's script
 // files. The API key is sent only as a header to this origin.
@@ -11,6 +13,8 @@ function show(id, ...children) {
 }
 
 let photo = null;
+let textBackbone = null; // the first column with a text tower, searched by words
+let towerNote = ""; // which text tower the words go through
 const headers = () => ($("key").value ? {"X-API-Key": $("key").value} : {});
 
 async function errorText(response) {
@@ -45,6 +49,58 @@ function choose(file) {
   $("preview").src = URL.createObjectURL(file);
   $("preview").style.display = "block";
   $("go").disabled = !$("run").options.length;
+  canSearch();
+}
+
+// Which column the words are searched in; where none has a text tower, the one-line reason.
+async function loadTextSearch() {
+  textBackbone = null;
+  towerNote = "";
+  const r = await fetch("/v1/backbones", {headers: headers()});
+  if (!r.ok) {
+    show("text-status", el("span", {class: "error"}, "cannot read the store's backbones: " + (await errorText(r))));
+  } else {
+    const columns = (await r.json()).store;
+    const col = columns.find((c) => c.text_tower);
+    if (col) {
+      textBackbone = col.name;
+      towerNote = `words are compared with the photos through the ${col.text_tower} text tower of ${col.name}`;
+      $("text-status").textContent = towerNote;
+    } else {
+      const why = columns.length ? columns[0].no_text_tower : "the store has no embeddings";
+      show("text-status", el("span", {class: "error"}, why));
+    }
+  }
+  canSearch();
+}
+
+function canSearch() {
+  $("find").disabled = !(textBackbone && $("text").value.trim());
+  $("blend").disabled = !photo;
+}
+
+async function searchWords() {
+  const text = $("text").value.trim();
+  $("find").disabled = true;
+  $("text-status").textContent = "searching…";
+  const fields = {text, k: Number($("k").value), backbone: textBackbone};
+  let request;
+  if ($("blend").checked && photo) {
+    request = {method: "POST", headers: headers(), body: form({...fields, weight: $("weight").value})};
+  } else {
+    request = {method: "POST", headers: {...headers(), "Content-Type": "application/json"}, body: JSON.stringify(fields)};
+  }
+  try {
+    const r = await fetch("/v1/search", request);
+    if (!r.ok) throw new Error(await errorText(r));
+    const q = (await r.json())[0];
+    const blend = q.image ? ` and like ${q.image}` : "";
+    showNeighbors(q, `Stored photos matching “${text}”${blend}`);
+    $("text-status").textContent = towerNote;
+  } catch (e) {
+    show("text-status", el("span", {class: "error"}, e.message));
+  }
+  canSearch();
 }
 
 function form(extra) {
@@ -64,7 +120,7 @@ async function identify() {
     ]);
     if (!p.ok) throw new Error(await errorText(p));
     showPrediction((await p.json())[0]);
-    if (l.ok) showNeighbors((await l.json())[0]);
+    if (l.ok) showNeighbors((await l.json())[0], "Nearest stored photos");
     else $("nearest").hidden = true;
     $("status").textContent = "";
   } catch (e) {
@@ -95,8 +151,9 @@ function showPrediction(r) {
   }));
 }
 
-function showNeighbors(q) {
+function showNeighbors(q, title) {
   $("nearest").hidden = false;
+  $("nearest-title").textContent = title;
   const cards = q.neighbors.map((n) => {
     const img = el("img", {alt: n.label ?? "unlabelled", loading: "lazy"});
     const src = `${n.thumbnail}?size=160`;
@@ -114,7 +171,11 @@ function showNeighbors(q) {
 
 function start() {
   $("key").value = sessionStorage.getItem("embedstore-key") || "";
-  $("key").addEventListener("change", () => { sessionStorage.setItem("embedstore-key", $("key").value); loadRuns(); });
+  $("key").addEventListener("change", () => {
+    sessionStorage.setItem("embedstore-key", $("key").value);
+    loadRuns();
+    loadTextSearch();
+  });
   $("drop").addEventListener("click", () => $("file").click());
   $("file").addEventListener("change", (e) => choose(e.target.files[0]));
   $("drop").addEventListener("dragover", (e) => { e.preventDefault(); $("drop").classList.add("over"); });
@@ -125,7 +186,11 @@ function start() {
     choose(e.dataTransfer.files[0]);
   });
   $("go").addEventListener("click", identify);
+  $("text").addEventListener("input", canSearch);
+  $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && !$("find").disabled) searchWords(); });
+  $("find").addEventListener("click", searchWords);
   loadRuns();
+  loadTextSearch();
 }
 
 document.addEventListener("DOMContentLoaded", start);
