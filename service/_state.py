@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,16 @@ import heads.training
 from embedstore.errors import BadInput, Conflict, NotFound, UserError
 from embedstore.types import Runtime
 
-from ._batcher import BatchedBackbone
+from ._batcher import BatchedBackbone, BatchedPredictor
 from ._jobs import Job, JobQueue
 from .errors import Forbidden
 
 # a run's name: one safe token (fullmatch: no trailing newline, no path)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# How often a request looks whether another process wrote the store or replaced a run (reading
+# the store's version costs ~0.4 ms, a run's checksum a file read): a write by another process
+# is seen within this, the service's own writes (uploads, ingest and train jobs) at once.
+RECHECK_S = 0.25
 
 
 @dataclass
@@ -40,6 +45,9 @@ class Settings:
     max_upload_mb: float = 20.0
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    # backbone forward passes in flight at once, each on cores / forwards runtime threads (two
+    # single-threaded forwards beat one two-threaded on 2 busy cores: benchmarks/RESULTS.md)
+    forwards: int = 2
     max_jobs: int = 8
     allow_root: str | None = None
     # what runs the backbones: auto (ONNX Runtime on CPU where faster), torch, onnx,
@@ -76,12 +84,13 @@ class State:
         self.write_lock = threading.Lock()  # one writer to the store at a time
         self._lock = threading.Lock()
         self._resident: embedstore.Resident | None = None
+        self._resident_checked = 0.0  # time.monotonic() of the last look at the store's version
         self._raw: dict[str, embedstore.Backbone] = {}
         self.backbones: dict[str, BatchedBackbone] = {}  # column -> batched backbone
         # column -> (the column's description it was built from, its text tower)
         self._towers: dict[str, tuple[dict[str, Any], embedstore.backbones.TextTower]] = {}
-        # name -> (config checksum, Predictor)
-        self._runs: dict[str, tuple[str | None, Any]] = {}
+        # name -> (config checksum, Predictor behind a BatchedPredictor, when last checked)
+        self._runs: dict[str, tuple[str | None, Any, float]] = {}
         self.ready = False
         self.load_errors: list[str] = []
         self._collect_leftovers()
@@ -115,15 +124,25 @@ class State:
         self.ready = True
 
     def resident(self) -> embedstore.Resident:
-        """The store's embeddings and metadata in memory, at the store's current version."""
+        """The store's embeddings and metadata in memory, at the store's current version (looked
+        at every ``RECHECK_S`` at most, and at once after the service's own writes)."""
         with self._lock:
+            now = time.monotonic()
+            if self._resident is not None and now - self._resident_checked < RECHECK_S:
+                return self._resident
+            self._resident_checked = now
             if self._resident is None or self._resident.stale:
                 infos = self.store.embeddings_info().values()
-                meta = sorted({c for _, m in self._runs.values() for c in m.columns})
+                meta = sorted({c for _, m, _ in self._runs.values() for c in m.columns})
                 # with the views' columns: runs that predict with TTA read them for stored ids
                 cols = [c for i in infos for c in (i.column, *i.view_columns.values())]
                 self._resident = embedstore.Resident(self.store, cols, meta, device=self.device)
             return self._resident
+
+    def wrote(self) -> None:
+        """The service wrote the store: the next request looks at its version."""
+        with self._lock:
+            self._resident_checked = -RECHECK_S
 
     def check_ids(self, ids: list[str]) -> None:
         """NotFound naming the ids no stored image has (ids are ids, never server paths)."""
@@ -138,6 +157,14 @@ class State:
         while it is not loaded."""
         bb = self._raw.get(column)
         return None if bb is None else bb.runtime
+
+    def backbone_counts(self, column: str) -> dict[str, int]:
+        """``forward_passes`` and ``images_embedded`` by ``column``'s backbone since start."""
+        bb = self.backbones.get(column)
+        return {
+            "forward_passes": 0 if bb is None else bb.batches,
+            "images_embedded": 0 if bb is None else bb.images,
+        }
 
     def backbone(self, column: str) -> BatchedBackbone:
         """The backbone that embeds uploads for ``column``, built once from its description."""
@@ -155,6 +182,9 @@ class State:
                             self.settings.runtime, info.describe, self.device
                         ),
                         self.device,
+                        # --forwards N: N forwards in flight share the cores (None: all of
+                        # them for the one)
+                        threads=None if self.settings.forwards == 1 else self._forward_threads(),
                         # batches of every size from 1 to --max-batch: an arena would keep
                         # each size's peak (~240 MiB more resident, no faster)
                         memory_arena=False,
@@ -166,9 +196,14 @@ class State:
                     ) from e
                 self._raw[column] = bb
                 self.backbones[column] = BatchedBackbone(
-                    bb, self.settings.max_batch, self.settings.max_wait_ms
+                    bb, self.settings.max_batch, self.settings.max_wait_ms, self.settings.forwards
                 )
             return self.backbones[column]
+
+    def _forward_threads(self) -> int:
+        """ONNX Runtime threads of each of ``--forwards`` forward passes: the cores shared."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, (cores or os.cpu_count() or 1) // self.settings.forwards)
 
     def lazy_backbones(self, columns: list[str]) -> _LazyBackbones:
         """``{column: backbone}`` for ``columns``, each built only when an upload needs it."""
@@ -210,7 +245,14 @@ class State:
         return [] if d is None else heads.runs.list_runs(d)
 
     def run(self, name: str) -> Any:
-        """The loaded run or ensemble ``name`` (reloaded when its config changed)."""
+        """The loaded run or ensemble ``name``, compiled for small batches and behind a
+        :class:`BatchedPredictor` (reloaded when its config changed; looked at every
+        ``RECHECK_S`` at most, and at once after the service's own training)."""
+        now = time.monotonic()
+        with self._lock:
+            have = self._runs.get(name)
+            if have is not None and now - have[2] < RECHECK_S:
+                return have[1]
         d = self.runs_dir
         if d is None or not RUN_NAME.fullmatch(name) or name not in self.run_names():
             raise NotFound(f"no run {name!r}; runs: {', '.join(self.run_names()) or 'none'}")
@@ -219,10 +261,12 @@ class State:
         with self._lock:
             have = self._runs.get(name)
             if have is not None and have[0] == checksum:
+                self._runs[name] = (checksum, have[1], now)
                 return have[1]
-        model = heads.load(path, device=self.device)
+        loaded = heads.load(path, device=self.device)
+        model = BatchedPredictor(heads.runs.compile_predictor(loaded))
         with self._lock:
-            self._runs[name] = (checksum, model)
+            self._runs[name] = (checksum, model, now)
             if self._resident is not None and set(model.columns) - set(self._resident.meta_columns):
                 self._resident = None  # reload with this run's metadata columns
         return model
@@ -252,14 +296,17 @@ class State:
     ) -> embedstore.ingestion.AddedImages:
         """Add uploaded images (one label and the same metadata for all), committed at once."""
         with self.write_lock:
-            return embedstore.add_images(
-                self.store,
-                files,
-                labels=[label] * len(files),
-                metadata=[dict(fields) for _ in files],
-                backbone_objects=self.raw_backbones() or None,
-                names=names,
-            )
+            try:
+                return embedstore.add_images(
+                    self.store,
+                    files,
+                    labels=[label] * len(files),
+                    metadata=[dict(fields) for _ in files],
+                    backbone_objects=self.raw_backbones() or None,
+                    names=names,
+                )
+            finally:
+                self.wrote()
 
     def job(self, job_id: str) -> Job:
         j = self.jobs.get(job_id)
@@ -351,13 +398,16 @@ class State:
             with self.write_lock:
                 job.checkpoint(stage="ingest")
                 _refuse_links_out(path, Path(root).resolve())  # again: links made meanwhile
-                s = embedstore.ingest(
-                    path,
-                    self.store,
-                    backbone_objects=self.raw_backbones() or None,
-                    progress=False,
-                    workers=0,
-                )
+                try:
+                    s = embedstore.ingest(
+                        path,
+                        self.store,
+                        backbone_objects=self.raw_backbones() or None,
+                        progress=False,
+                        workers=0,
+                    )
+                finally:
+                    self.wrote()
             return s.to_dict()
 
         return self.jobs.submit("ingest", {"folder": str(path)}, work)

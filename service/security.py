@@ -17,11 +17,13 @@ resolves to 127.0.0.1 (DNS rebinding) can read its answers. So:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -77,21 +79,36 @@ class BrowserGuard:
         )
 
     @staticmethod
-    def add_headers(response: Response) -> None:
-        h = response.headers
+    def add_headers(h: MutableHeaders) -> None:
+        """The security headers on an answer's headers (its start message's)."""
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "no-referrer")
         h.setdefault("X-Frame-Options", "DENY")
-        if response.headers.get("content-type", "").startswith("text/html"):
+        if h.get("content-type", "").startswith("text/html"):
             h["Content-Security-Policy"] = CSP
 
     def install(self, app: FastAPI) -> None:
-        """Check every request and decorate every answer of ``app`` (an HTTP middleware)."""
+        """Check every request and decorate every answer of ``app`` (a plain ASGI middleware:
+        ``BaseHTTPMiddleware`` costs ~0.3 ms of CPU a request)."""
+        app.add_middleware(_BrowserGuardMiddleware, guard=self)
 
-        @app.middleware("http")
-        async def _browser_guard(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            response = self.refusal(request) or await call_next(request)
-            self.add_headers(response)
-            return response
+
+class _BrowserGuardMiddleware:
+    def __init__(self, app: ASGIApp, guard: BrowserGuard) -> None:
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                BrowserGuard.add_headers(MutableHeaders(scope=message))
+            await send(message)
+
+        refusal = self.guard.refusal(Request(scope))
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)

@@ -203,7 +203,7 @@ def predict(
     >>> heads.predict("runs/mlp", ["photo.jpg"], top_k=3)[0].label
     >>> heads.predict("runs/fungi", ["a.jpg"], species_list="dk.txt", coverage=0.9)[0].set
     """
-    model = run if isinstance(run, Predictor) else load(run, device)
+    model = load(run, device) if isinstance(run, str | os.PathLike) else run  # else a Predictor
     paths: list[str | os.PathLike | bytes] = [
         p if isinstance(p, bytes) else str(p) for p in (images or [])
     ]
@@ -328,8 +328,7 @@ def predict_embeddings(
         return results
     sub = {c: v[sel] for c, v in batch.embeddings.items()}
     subt = {c: v[sel] for c, v in batch.table.items()}
-    logits = model.logits(sub, subt)
-    scores = model.unknown_scores(sub, logits, subt)
+    logits, scores = model.logits_and_scores(sub, subt)  # each head run once
     rank_logits = hierarchy.rank_logits(sub, subt) if hierarchy is not None else {}
     if groups is not None:  # one answer per group: mean logits (and scores) over its images
         keys = [groups[j] for j in sel]

@@ -5,6 +5,7 @@ or an :class:`Ensemble`, both :class:`Predictor`) and a folder of runs as the se
 >>> from heads.runs import load, list_runs, read_run_config
 """
 
+from heads.runs._compiled import CompiledPredictor, compile_predictor
 from heads.runs._config import (
     EnsembleConfig,
     RunConfig,
@@ -24,9 +25,11 @@ from heads.runs._folder import (
 )
 from heads.runs._loaded import Ensemble, Predictor, Run, load
 from heads.runs._rundir import RUN_FORMAT, read_pseudo, read_val
+from heads.runs._wrapped import WrappedPredictor
 
 __all__ = [
     "PARTIAL",
+    "CompiledPredictor",
     "RUN_FORMAT",
     "Ensemble",
     "EnsembleConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "StoreRef",
+    "WrappedPredictor",
     "list_runs",
     "load",
     "parse_config",
@@ -44,6 +48,7 @@ __all__ = [
     "replace_run",
     "run_checksum",
     "collect_partial_runs",
+    "compile_predictor",
     "work_dir",
     "write_run_config",
 ]

@@ -77,6 +77,10 @@ class Predictor(Protocol):
 
     def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray: ...
 
+    def logits_and_scores(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
@@ -195,26 +199,34 @@ class Run(_Loaded):
                 }
         return out
 
-    def logits(
-        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns;
-        with TTA the mean of the logits of the main embedding and of each view's."""
-        X = self.head_input(embeddings)
-        kw = {}
-        if self.encoder is not None:
-            n = len(X)
-            none = np.array([None] * n, dtype=object)
-            tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
-            kw["fields"] = self.encoder.transform(tab)
-        if not self.tta_views:
-            return np.asarray(self.head.logits(X, **kw), dtype=np.float32)
-        inputs = [X] + [  # each view of every backbone, made into the head's input as X is
+    def head_inputs(self, embeddings: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The head's inputs: the main one (:meth:`head_input`), then (with TTA) each view's."""
+        return [self.head_input(embeddings)] + [
             self.head_input(
                 {b["column"]: embeddings[view_column(b["column"], v)] for b in self.backbones}
             )
             for v in self.tta_views
         ]
+
+    def fields(self, n: int, table: dict[str, np.ndarray] | None) -> list[np.ndarray] | None:
+        """The encoded metadata blocks of ``n`` rows (None for a run without metadata)."""
+        if self.encoder is None:
+            return None
+        none = np.array([None] * n, dtype=object)
+        tab = {c: table[c] if table is not None and c in table else none for c in self.columns}
+        return self.encoder.transform(tab)
+
+    def logits(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Logits (N, C) from ``{column: (N, D)}`` embeddings and a table of metadata columns;
+        with TTA the mean of the logits of the main embedding and of each view's."""
+        inputs = self.head_inputs(embeddings)
+        kw = {}
+        if self.encoder is not None:
+            kw["fields"] = self.fields(len(inputs[0]), table)
+        if not self.tta_views:
+            return np.asarray(self.head.logits(inputs[0], **kw), dtype=np.float32)
         z = [np.asarray(self.head.logits(x, **kw), np.float64) for x in inputs]
         return np.mean(z, axis=0).astype(np.float32)  # (N, C)
 
@@ -235,6 +247,13 @@ class Run(_Loaded):
         return (
             None if self.detector is None else float(getattr(self.detector, "threshold_", np.nan))
         )
+
+    def logits_and_scores(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits (N, C), unknown scores (N,) or None)``: what a prediction reads."""
+        z = self.logits(embeddings, table)
+        return z, self.unknown_scores(embeddings, z, table)
 
     def is_unknown(self, scores: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
         """``(N,)`` bool: the detector's decision for scores from :meth:`unknown_scores`; with
@@ -292,7 +311,10 @@ class Ensemble(_Loaded):
     def logits(
         self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
     ) -> np.ndarray:
-        parts = [m.logits(embeddings, table) for m in self.members]
+        return self.combine_members([m.logits(embeddings, table) for m in self.members])
+
+    def combine_members(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The ensemble's logits ``(N, C)`` from its members' (in order)."""
         if self.temperatures is not None:  # calibrated members: log-probabilities at temperature T
             parts = [
                 log_softmax(z.astype(np.float64) / t)
@@ -310,16 +332,51 @@ class Ensemble(_Loaded):
 
         Each member scores with its own logits, computed from the same metadata ``table``.
         """
-        parts: list[np.ndarray] = []
-        for m in self.members:
+        return self.member_scores(
+            embeddings,
+            [
+                m.logits(embeddings, table) if m.threshold is not None else None
+                for m in self.members
+            ],
+            table,
+        )
+
+    def member_scores(
+        self,
+        embeddings: dict[str, np.ndarray],
+        parts: list[np.ndarray | None],
+        table: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """:meth:`unknown_scores` from the members' own logits ``parts`` (in order)."""
+        return self.combine_scores(
+            [
+                None if m.threshold is None or z is None else m.unknown_scores(embeddings, z, table)
+                for m, z in zip(self.members, parts, strict=True)
+            ],
+            parts,
+        )
+
+    def combine_scores(
+        self, scores: list[np.ndarray | None], parts: list[np.ndarray | None]
+    ) -> np.ndarray | None:
+        """The ensemble's unknown scores from its members' detector scores and logits (in
+        order): the mean of each member's margin over its threshold."""
+        margins: list[np.ndarray] = []
+        for m, s, z in zip(self.members, scores, parts, strict=True):
             if m.threshold is None:
                 continue
-            z = m.logits(embeddings, table)
-            s = m.unknown_scores(embeddings, z, table)
+            assert s is not None and z is not None  # given for every member with a threshold
             t = m.thresholds_for(z.argmax(axis=1))  # its own class's where it has them
-            assert s is not None and t is not None  # a member with a threshold has a detector
-            parts.append(s - t)
-        return None if not parts else np.mean(parts, axis=0)
+            assert t is not None  # a member with a threshold has a detector
+            margins.append(s - t)
+        return None if not margins else np.mean(margins, axis=0)
+
+    def logits_and_scores(
+        self, embeddings: dict[str, np.ndarray], table: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits (N, C), unknown scores (N,) or None)``, each member's head run once."""
+        parts = [m.logits(embeddings, table) for m in self.members]
+        return self.combine_members(parts), self.member_scores(embeddings, list(parts), table)
 
     @property
     def threshold(self) -> float | None:

@@ -18,6 +18,7 @@ from embedstore.store import Taxonomy
 from heads._errors import HeadsError
 from heads.runs._config import RunConfig
 from heads.runs._loaded import Ensemble, Predictor
+from heads.runs._wrapped import WrappedPredictor
 
 _SHOWN = 5
 
@@ -113,8 +114,8 @@ class Tree:
 def run_taxonomy(model: Predictor) -> tuple[Taxonomy | None, str | None]:
     """The taxonomy a run was trained with (the store's, as recorded in its config) and the
     rank its classes are at (None: the store's labels); an ensemble's are its first member's."""
-    while isinstance(model, Ensemble):
-        model = model.members[0]
+    while isinstance(model, WrappedPredictor | Ensemble):  # compiled, batched: the model's
+        model = model.model if isinstance(model, WrappedPredictor) else model.members[0]
     cfg = model.config
     if not isinstance(cfg, RunConfig) or cfg.taxonomy is None:
         return None, None

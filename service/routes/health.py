@@ -44,7 +44,8 @@ def store_info(state: StateDep) -> dict[str, Any]:
 
 @router.get("/v1/backbones", responses=documented())
 def backbones(state: StateDep) -> dict[str, Any]:
-    """The store's embedding columns (whether their model is loaded, and with which runtime;
+    """The store's embedding columns (whether their model is loaded, with which runtime, and
+    the forward passes and images it has run since start: uploads share forward passes;
     ``text_tower``: the kind of their text tower, for ``/v1/search``, or None with
     ``no_text_tower`` saying why, in one line) and the registry."""
     cols = [
@@ -56,6 +57,7 @@ def backbones(state: StateDep) -> dict[str, Any]:
             "source": i.describe.get("source"),
             "loaded": i.column in state.backbones,
             "runtime": state.backbone_runtime(i.column),
+            **state.backbone_counts(i.column),
             **_text_tower(i),
         }
         for i in state.store.embeddings_info().values()
