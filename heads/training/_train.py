@@ -175,23 +175,16 @@ def train(
     collect_partial_runs(base.parent)  # what killed trainings left beside it
     work = work_dir(base)
     job = _Job(head, list(metadata), list(aux_targets), unknown, unknown_label, where, progress)
-    job.estimator, job.detector, job.data, job.base, job.work = (
-        estimator,
-        detector,
-        data,
-        base,
-        work,
-    )
-    job.unlabelled = unlabelled_rows
+    job.estimator, job.detector, job.data = estimator, detector, data
+    job.base, job.work, job.unlabelled = base, work, unlabelled_rows
     tick = _Ticker(on_fold, len(folds) * (1 + (pseudo.rounds if pseudo else 0)) + int(refit))
     refit_res, ens, ens_metrics, pseudo_res = None, None, None, None
     try:
         metrics, stats = _train_folds(job, folds, fold, tick)
         if pseudo is not None:
-            plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
-            while plan.start_round(job, _scores(stats)):
-                metrics, stats = _train_folds(job, folds, fold, tick)
-            pseudo_res = plan.finish(job, work, base)
+            metrics, stats, pseudo_res = _pseudo_rounds(
+                job, pseudo, folds, fold, tick, stats, metrics
+            )
         runs = [str(work / Path(m.run).relative_to(base)) for m in metrics]
         if refit:
             tick()
@@ -205,17 +198,10 @@ def train(
         raise
     if on_fold is not None:
         on_fold(tick.total, tick.total)
-    used_views = {"train": list(data.train_views), "tta": list(data.tta_views)}
-    return TrainResult(
-        [m.run for m in metrics],
-        ens,
-        metrics,
-        ens_metrics,
-        leaks,
-        refit_res,
-        used_views,
-        pseudo_res,
-    )
+    res = TrainResult([m.run for m in metrics], ens, metrics, ens_metrics, leaks, refit_res)
+    res.views = {"train": list(data.train_views), "tta": list(data.tta_views)}
+    res.pseudo = pseudo_res
+    return res
 
 
 @dataclass
@@ -248,6 +234,24 @@ def _train_folds(
         metrics.append(res)
         stats.append(st)
     return metrics, stats
+
+
+def _pseudo_rounds(
+    job: _Job,
+    pseudo: PseudoOptions,
+    folds: list[int],
+    fold: int | str,
+    tick: _Ticker,
+    stats: list[_FoldStats],
+    metrics: list[FoldResult],
+) -> tuple[list[FoldResult], list[_FoldStats], PseudoResult]:
+    """Choose the fraction and weight from the plain folds (``stats``, ``metrics``), then each
+    round: select the rows with the last round's folds and train every fold again with them
+    (none when the plain fit won out-of-fold: its folds stay as written)."""
+    plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
+    while plan.start_round(job, _scores(stats)):
+        metrics, stats = _train_folds(job, folds, fold, tick)
+    return metrics, stats, plan.finish(job, job.work, job.base)
 
 
 def _scores(stats: list[_FoldStats]) -> list[FoldScores]:
