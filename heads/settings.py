@@ -32,6 +32,9 @@ Deriving options (what the CLI and the service do; sketches, not code here)::
     fields = {s.name: (s.type | None, pydantic.Field(None, description=s.help, **s.bounds()))
               for s in heads.settings.SETTINGS}  # pydantic.create_model("TrainBody", **fields)
 
+:data:`PSEUDO_SETTINGS` (``heads train --pseudo-label``'s options) and :data:`DISTILL_SETTINGS`
+(``heads distill``'s) are declared the same way: run options no head takes (``heads=()``).
+
 ``label_smoothing`` is no head keyword: :func:`head_options` turns it into
 ``loss_kwargs={"label_smoothing": x}`` (as ``heads train --label-smoothing`` always did).
 """

@@ -238,10 +238,9 @@ def train(
         else:
             metrics, stats = _train_folds(job, folds, fold, tick)
         if pseudo is not None:
-            plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
-            while plan.start_round(job, _scores(stats)):
-                metrics, stats = _train_folds(job, folds, fold, tick)
-            pseudo_res = plan.finish(job, work, base)
+            metrics, stats, pseudo_res = _pseudo_rounds(
+                job, pseudo, folds, fold, tick, stats, metrics
+            )
         runs = [str(work / Path(m.run).relative_to(base)) for m in metrics]
         if refit:
             tick()
@@ -302,6 +301,24 @@ def _train_folds(
         metrics.append(res)
         stats.append(st)
     return metrics, stats
+
+
+def _pseudo_rounds(
+    job: _Job,
+    pseudo: PseudoOptions,
+    folds: list[int],
+    fold: int | str,
+    tick: _Ticker,
+    stats: list[_FoldStats],
+    metrics: list[FoldResult],
+) -> tuple[list[FoldResult], list[_FoldStats], PseudoResult]:
+    """Choose the fraction and weight from the plain folds (``stats``, ``metrics``), then each
+    round: select the rows with the last round's folds and train every fold again with them
+    (none when the plain fit won out-of-fold: its folds stay as written)."""
+    plan = PseudoPlan(job, pseudo, _scores(stats), lambda: tick(advance=False))
+    while plan.start_round(job, _scores(stats)):
+        metrics, stats = _train_folds(job, folds, fold, tick)
+    return metrics, stats, plan.finish(job, job.work, job.base)
 
 
 def _scores(stats: list[_FoldStats]) -> list[FoldScores]:
