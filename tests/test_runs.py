@@ -253,7 +253,11 @@ def test_predict_new_images_prior_and_cost_matrix(tmp_path, tiny_dino):
     write_class_images(imgs, n_classes=2, per_class=10, size=40)
     embedstore.ingest(imgs, tmp_path / "s", backbones=[str(tiny_dino)], workers=0, progress=False)
     embedstore.split(tmp_path / "s", folds=2, seed=0)
-    heads.train(tmp_path / "s", fold=0, head="centroid", out=tmp_path / "r", progress=False)
+    # uncentred prototypes: on two classes, centring makes them opposite and the logit gaps
+    # wider than the prior below moves (the prior's arithmetic is what this checks)
+    heads.train(
+        tmp_path / "s", fold=0, head="centroid", centring="none", out=tmp_path / "r", progress=False
+    )
     new = tmp_path / "new"
     write_class_images(new, n_classes=2, per_class=2, size=40, seed=42)  # not in the store
     (new / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
