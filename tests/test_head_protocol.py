@@ -51,12 +51,19 @@ def test_the_doc_example_head_trains_through_heads_train(doc_head, tmp_path):
     assert type(run.head).__name__ == "NearestMeanHead" and len(run.classes) == 5
 
 
+# the neural heads take row weights (pseudo-labels) and soft targets (heads distill)
+_WEIGHTS = {"sample_weight": True, "soft_targets": True}
+
+
 @pytest.mark.parametrize(
     "name, tags",
     [
-        ("mlp", HeadTags(arch="mlp", takes_views=True, iterative=True)),
-        ("linear", HeadTags(arch="linear", takes_views=True, iterative=True)),
-        ("transformer", HeadTags("transformer", True, token_fusion=True, iterative=True)),
+        ("mlp", HeadTags(arch="mlp", takes_views=True, iterative=True, **_WEIGHTS)),
+        ("linear", HeadTags(arch="linear", takes_views=True, iterative=True, **_WEIGHTS)),
+        (
+            "transformer",
+            HeadTags("transformer", True, token_fusion=True, iterative=True, **_WEIGHTS),
+        ),
         ("knn", HeadTags(multi_k=True)),
         ("centroid", HeadTags()),
     ],

@@ -296,7 +296,11 @@ def _store_version(path):
         ("single_class", "at least 2"),
         ("all_missing_metadata", "no usable value"),
         ("nan", "NaN or Inf embeddings"),
-        ("bad_head", "'resnet' is not one of 'centroid', 'knn', 'linear', 'mlp', 'transformer'"),
+        (
+            "bad_head",
+            "'resnet' is not one of 'centroid', 'knn', 'lda', 'linear', 'mlp', 'transformer', "
+            "'zeroshot'",
+        ),
         ("bad_option", "do not apply to head 'knn'"),
     ],
 )
